@@ -1,0 +1,33 @@
+# Jumpgate developer entry points.  `make test` works on a fresh Debian machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+PYTEST_WORKERS ?= 2
+
+.PHONY: test venv system-deps demo pyz bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,build]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Debian's real OpenSSH is the interop peer; install it when missing.
+system-deps:
+	@if [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null || ! command -v ssh-keygen >/dev/null \
+	    || ! command -v sftp >/dev/null || [ ! -x /usr/lib/openssh/sftp-server ]; then \
+	  echo "installing openssh-client openssh-server"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openssh-client openssh-server; \
+	fi
+	@mkdir -p /run/sshd
+
+test: venv system-deps
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q tests
+
+bench: venv system-deps
+	$(PY) tests/bench/bench_ssh.py
+
+clean:
+	rm -rf $(VENV) dist build/_work .pytest_cache

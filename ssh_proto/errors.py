@@ -1,0 +1,112 @@
+"""Errors raised by ssh_proto.
+
+Every protocol violation raises :class:`ProtocolError` (or a subclass) carrying the
+SSH_MSG_DISCONNECT reason code (RFC 4253 §11.1) the connection should close with.
+Decoders raise nothing else on malformed input.
+"""
+from __future__ import annotations
+
+import enum
+
+
+class DisconnectReason(enum.IntEnum):
+    """SSH_MSG_DISCONNECT reason codes, RFC 4253 §11.1."""
+
+    HOST_NOT_ALLOWED_TO_CONNECT = 1
+    PROTOCOL_ERROR = 2
+    KEY_EXCHANGE_FAILED = 3
+    RESERVED = 4
+    MAC_ERROR = 5
+    COMPRESSION_ERROR = 6
+    SERVICE_NOT_AVAILABLE = 7
+    PROTOCOL_VERSION_NOT_SUPPORTED = 8
+    HOST_KEY_NOT_VERIFIABLE = 9
+    CONNECTION_LOST = 10
+    BY_APPLICATION = 11
+    TOO_MANY_CONNECTIONS = 12
+    AUTH_CANCELLED_BY_USER = 13
+    NO_MORE_AUTH_METHODS_AVAILABLE = 14
+    ILLEGAL_USER_NAME = 15
+
+
+class SSHError(Exception):
+    """Base class of every error ssh_proto raises."""
+
+
+class ProtocolError(SSHError):
+    """The peer broke the protocol; the connection must be closed.
+
+    ``reason`` is the disconnect reason code to send, ``description`` a short
+    human-readable text (never containing secrets).
+    """
+
+    reason: DisconnectReason = DisconnectReason.PROTOCOL_ERROR
+
+    def __init__(self, description: str, reason: DisconnectReason | None = None):
+        super().__init__(description)
+        self.description = description
+        if reason is not None:
+            self.reason = DisconnectReason(reason)
+
+
+class MACError(ProtocolError):
+    """A packet failed its MAC or AEAD tag check."""
+
+    reason = DisconnectReason.MAC_ERROR
+
+
+class KeyExchangeError(ProtocolError):
+    """Key exchange could not complete (no common algorithm, bad public value, ...)."""
+
+    reason = DisconnectReason.KEY_EXCHANGE_FAILED
+
+
+class HostKeyNotVerifiable(ProtocolError):
+    """The server's host key (or certificate) is not trusted."""
+
+    reason = DisconnectReason.HOST_KEY_NOT_VERIFIABLE
+
+
+class DisconnectError(SSHError):
+    """The peer sent SSH_MSG_DISCONNECT, or the connection was lost."""
+
+    def __init__(self, reason: int, description: str = ""):
+        super().__init__(f"disconnected ({reason}): {description}")
+        self.reason = reason
+        self.description = description
+
+
+class ConnectionLost(DisconnectError):
+    """The byte stream ended or failed without a DISCONNECT message."""
+
+    def __init__(self, description: str = "connection lost"):
+        super().__init__(DisconnectReason.CONNECTION_LOST, description)
+
+
+class AuthError(SSHError):
+    """User authentication failed (client side): no offered method was accepted."""
+
+
+class KeyFormatError(ProtocolError, ValueError):
+    """A key, signature, certificate or key file could not be parsed.
+
+    A subclass of :class:`ProtocolError` so that a malformed key blob received on the
+    wire closes the connection like any other malformed field.
+    """
+
+
+class CertificateError(SSHError):
+    """A certificate was rejected; ``str(err)`` says which rule it broke."""
+
+
+class ChannelOpenError(SSHError):
+    """The peer refused to open a channel (RFC 4254 §5.1)."""
+
+    def __init__(self, code: int, description: str = ""):
+        super().__init__(f"channel open failed ({code}): {description}")
+        self.code = code
+        self.description = description
+
+
+class ChannelError(SSHError):
+    """A channel operation failed (closed channel, refused request, ...)."""
