@@ -1,0 +1,233 @@
+"""One SSH connection, sans-IO: transport + service request + user auth + channels.
+
+:class:`Connection` is the object the I/O layer drives, in the style of h11: feed it bytes
+(:meth:`receive_data`), send what :meth:`data_to_send` returns, and handle what
+:meth:`next_event` gives back (classes in :mod:`.events`). It moves through the phases of
+:mod:`.state` (key exchange → service → auth → open) and checks every upper-layer message
+against that table before acting on it.
+
+A client starts user authentication itself once the handshake is done (SERVICE_REQUEST
+"ssh-userauth"); the I/O layer then drives :attr:`Connection.client_auth`. A server answers
+authentication events through :attr:`Connection.server_auth`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+from typing import Callable
+
+from . import events as ev
+from . import messages as m
+from .auth import SERVICE_USERAUTH, ClientAuth, ServerAuth
+from .channels import DEFAULT_MAX_CHANNELS, DEFAULT_MAX_PACKET, DEFAULT_WINDOW, ChannelTable
+from .errors import ConnectionLost, DisconnectError, DisconnectReason, ProtocolError
+from .state import Phase, Role, check_phase
+from .transport import Algorithms, Transport
+
+MAX_PENDING_GLOBAL_REPLIES = 64
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConnectionOptions:
+    """Tunables shared by client and server; defaults follow OpenSSH where it has one."""
+
+    algorithms: Algorithms = Algorithms()
+    rekey_bytes: int | None = None         # None: the cipher's own limit (RFC 4344)
+    rekey_seconds: float = 3600.0
+    window: int = DEFAULT_WINDOW
+    max_packet: int = DEFAULT_MAX_PACKET
+    max_channels: int = DEFAULT_MAX_CHANNELS
+    # server only
+    auth_methods: tuple[str, ...] = ("publickey", "password", "keyboard-interactive")
+    max_auth_attempts: int = 6
+    banner: str | None = None
+
+
+class Connection:
+    """Sans-IO SSH connection for either role."""
+
+    def __init__(self, role: Role, options: ConnectionOptions = ConnectionOptions(), *,
+                 host_keys=(), verify_host_key=None, username: str | None = None, clock=None):
+        self.role = role
+        self.options = options
+        kw = {"clock": clock} if clock is not None else {}
+        self.transport = Transport(role, algorithms=options.algorithms, host_keys=host_keys,
+                                   verify_host_key=verify_host_key, rekey_bytes=options.rekey_bytes,
+                                   rekey_seconds=options.rekey_seconds, **kw)
+        self.phase = Phase.KEX_INITIAL
+        self.username = username
+        self.client_auth: ClientAuth | None = None
+        self.server_auth: ServerAuth | None = None
+        self.channels = ChannelTable(self.transport.send, window=options.window,
+                                     max_packet=options.max_packet, max_channels=options.max_channels)
+        self._events: deque[ev.Event] = deque()
+        self._global_replies: deque[list] = deque()  # [token, answer | None, data]
+        self._global_requests_out = 0
+        self._next_token = 0
+        self.no_more_sessions = False
+        self.closed = False
+
+    # ---- I/O ----------------------------------------------------------------------------
+    def receive_data(self, data: bytes) -> None:
+        """Feed bytes; raises ProtocolError (the caller then sends disconnect and closes)."""
+        if not data:
+            self.closed = True
+            raise ConnectionLost("connection closed by peer")
+        try:
+            self.transport.receive_data(data)
+        except DisconnectError:
+            self.closed = True
+            raise
+
+    def data_to_send(self) -> bytes:
+        return self.transport.data_to_send()
+
+    def next_event(self) -> ev.Event | None:
+        while not self._events:
+            if self.phase is Phase.KEX_INITIAL:
+                if not self.transport.handshake_complete:
+                    return None
+                self._handshake_done()
+                continue
+            payload = self.transport.next_payload()
+            if payload is None:
+                return None
+            event = self._dispatch(payload)
+            if event is not None:
+                return event
+        return self._events.popleft()
+
+    def disconnect(self, reason: int = DisconnectReason.BY_APPLICATION, description: str = "") -> None:
+        self.transport.disconnect(reason, description)
+        self.closed = True
+
+    def send_protocol_error(self, err: ProtocolError) -> None:
+        """Send the DISCONNECT matching ``err`` (call after receive_data raised it)."""
+        self.disconnect(err.reason, err.description)
+
+    @property
+    def session_id(self) -> bytes | None:
+        return self.transport.session_id
+
+    @property
+    def authenticated(self) -> bool:
+        return self.phase is Phase.OPEN
+
+    # ---- phases ---------------------------------------------------------------------------
+    def _handshake_done(self) -> None:
+        self.phase = Phase.SERVICE
+        self._events.append(ev.HandshakeComplete())
+        if self.role is Role.CLIENT:
+            self.transport.send(m.ServiceRequest(SERVICE_USERAUTH).encode())
+
+    def _dispatch(self, payload: bytes) -> ev.Event | None:
+        t = payload[0]
+        check_phase(t, sender=self.role.peer, phase=self.phase)
+        if t >= m.MSG_GLOBAL_REQUEST:
+            if t >= m.MSG_CHANNEL_OPEN:
+                if t == m.MSG_CHANNEL_OPEN:
+                    return self._on_channel_open(payload)
+                return self.channels.receive(payload)
+            return self._on_global(payload)
+        if t >= m.MSG_USERAUTH_REQUEST:
+            return self._on_auth(payload)
+        if t == m.MSG_SERVICE_REQUEST:
+            return self._on_service_request(payload)
+        if t == m.MSG_SERVICE_ACCEPT:
+            msg = m.ServiceAccept.decode(payload)
+            if msg.service != SERVICE_USERAUTH:
+                raise ProtocolError("server accepted a service we did not ask for")
+            self.phase = Phase.AUTH
+            self.client_auth = ClientAuth(self.transport.send, self.session_id, self.username or "")
+            return ev.ServiceAccepted()
+        raise ProtocolError(f"unexpected message {t}")
+
+    def _on_service_request(self, payload: bytes) -> None:
+        msg = m.ServiceRequest.decode(payload)
+        if msg.service != SERVICE_USERAUTH:
+            raise ProtocolError(f"service {msg.service!r} not available", DisconnectReason.SERVICE_NOT_AVAILABLE)
+        o = self.options
+        self.server_auth = ServerAuth(self.transport.send, self.session_id, methods=o.auth_methods,
+                                      max_attempts=o.max_auth_attempts, banner=o.banner)
+        self.transport.send(m.ServiceAccept(SERVICE_USERAUTH).encode())
+        self.phase = Phase.AUTH
+        return None
+
+    def _on_auth(self, payload: bytes) -> ev.Event | None:
+        if self.role is Role.SERVER:
+            if self.phase is Phase.OPEN:
+                return None  # RFC 4252 §5.1: requests after success are ignored
+            return self.server_auth.receive(payload)
+        event = self.client_auth.receive(payload)
+        if isinstance(event, ev.AuthResult) and event.success:
+            self._enter_open()
+        return event
+
+    def _enter_open(self) -> None:
+        self.phase = Phase.OPEN
+        self.transport.enable_compression()
+
+    # ---- server auth answers (thin wrappers keeping phase in step) ----------------------------
+    def auth_accept(self) -> None:
+        self.server_auth.accept()
+        self._enter_open()
+        self._events.append(ev.AuthSucceeded(self.server_auth.username))
+
+    # ---- global requests (RFC 4254 §4) ---------------------------------------------------------
+    def _on_global(self, payload: bytes) -> ev.Event | None:
+        t = payload[0]
+        if t == m.MSG_GLOBAL_REQUEST:
+            msg = m.GlobalRequest.decode(payload)
+            if msg.name == "no-more-sessions@openssh.com" and self.role is Role.SERVER:
+                self.no_more_sessions = True
+                if msg.want_reply:
+                    self._queue_global_reply(True)
+                return None
+            token = self._queue_global_reply(None) if msg.want_reply else -1
+            return ev.GlobalRequestReceived(msg.name, msg.want_reply, msg.data, token)
+        if self._global_requests_out <= 0:
+            raise ProtocolError("global request reply without a request")
+        self._global_requests_out -= 1
+        if t == m.MSG_REQUEST_SUCCESS:
+            return ev.GlobalRequestReplied(True, m.RequestSuccess.decode(payload).data)
+        m.RequestFailure.decode(payload)
+        return ev.GlobalRequestReplied(False, b"")
+
+    def _queue_global_reply(self, answer) -> int:
+        if len(self._global_replies) >= MAX_PENDING_GLOBAL_REPLIES:
+            raise ProtocolError("too many unanswered global requests")
+        token = self._next_token
+        self._next_token += 1
+        self._global_replies.append([token, answer, b""])
+        self._flush_global_replies()
+        return token
+
+    def reply_global_request(self, token: int, success: bool, data: bytes = b"") -> None:
+        for entry in self._global_replies:
+            if entry[0] == token:
+                entry[1], entry[2] = success, data
+                break
+        else:
+            raise RuntimeError("unknown global request token")
+        self._flush_global_replies()
+
+    def _flush_global_replies(self) -> None:
+        q = self._global_replies
+        while q and q[0][1] is not None:
+            _, ok, data = q.popleft()
+            self.transport.send(m.RequestSuccess(data).encode() if ok else m.RequestFailure().encode())
+
+    def send_global_request(self, name: str, data: bytes = b"", want_reply: bool = True) -> None:
+        if want_reply:
+            self._global_requests_out += 1
+        self.transport.send(m.GlobalRequest(name, want_reply, data).encode())
+
+    # ---- channels ---------------------------------------------------------------------------
+    def _on_channel_open(self, payload: bytes) -> ev.Event | None:
+        event = self.channels.receive(payload)
+        if (isinstance(event, ev.ChannelOpenRequest) and event.channel_type == "session"
+                and self.no_more_sessions):
+            self.channels.reject(event.channel_id, m.OPEN_ADMINISTRATIVELY_PROHIBITED, "no more sessions")
+            return None
+        return event
+

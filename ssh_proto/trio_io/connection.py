@@ -1,0 +1,292 @@
+"""The Trio side of one SSH connection: pumps bytes between a stream and the sans-IO core.
+
+:class:`SSHConnection` owns three things: the byte stream, the sans-IO
+:class:`~ssh_proto.connection.Connection`, and a nursery in which its reader and writer
+tasks and every channel task run. Closing the connection cancels them all.
+
+Sending never blocks the reader: the core queues outgoing bytes, one writer task puts them
+on the wire, and channel writers wait for that queue to drain (backpressure) before
+producing more. The reader keeps reading even while the socket is full, so two peers
+pushing bulk data at each other cannot deadlock.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable
+
+import trio
+
+from .. import events as ev
+from ..connection import Connection
+from ..errors import ChannelOpenError, ConnectionLost, DisconnectError, DisconnectReason, ProtocolError, SSHError
+from .channel import SSHChannel
+
+log = logging.getLogger("ssh_proto")
+
+RECEIVE_SIZE = 256 * 1024
+HIGH_WATER = 512 * 1024   # queued outgoing bytes above which channel writers wait
+KEEPALIVE_CHECK = 60.0     # how often the rekey timer is looked at
+
+
+class SSHConnection:
+    """A live SSH connection (either role). Created by :func:`connect` or a listener."""
+
+    def __init__(self, stream: trio.abc.Stream, core: Connection):
+        self._stream = stream
+        self.core = core
+        self._nursery: trio.Nursery | None = None
+        self._wake_writer = trio.Event()
+        self._drained = trio.Event()
+        self._queued = 0
+        self._channels: dict[int, SSHChannel] = {}
+        self._opening: dict[int, trio.MemorySendChannel] = {}
+        self._global_waiters: list[trio.MemorySendChannel] = []
+        self._handshake = trio.Event()
+        self._auth_events_send, self.auth_events = trio.open_memory_channel(16)
+        self.closed = trio.Event()
+        self.error: BaseException | None = None
+        self.on_event: Callable[[ev.Event], object] | None = None  # role-specific dispatch (async)
+        self.peer_address: tuple | None = None
+        self.local_address: tuple | None = None
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    async def start_tasks(self, nursery: trio.Nursery) -> None:
+        """Start the connection's tasks in a nursery of its own, itself run in ``nursery``.
+
+        The connection's nursery holds the reader, the writer and every channel task;
+        closing the connection cancels exactly those, never the caller's code.
+        """
+        await nursery.start(self._run_tasks)
+
+    async def _run_tasks(self, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as inner:
+            self._nursery = inner
+            inner.start_soon(self._writer)
+            inner.start_soon(self._reader)
+            inner.start_soon(self._timers)
+            self._kick()
+            task_status.started()
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        return self._nursery
+
+    async def wait_handshake(self) -> None:
+        await self._handshake.wait()
+        if self.error is not None and not self._handshake_ok:
+            raise self.error
+
+    _handshake_ok = False
+
+    def _kick(self) -> None:
+        self._wake_writer.set()
+
+    async def flush(self) -> None:
+        """Wake the writer; wait while too much output is queued (backpressure)."""
+        self._kick()
+        while self._queued_bytes() > HIGH_WATER and not self.closed.is_set():
+            await self._drained.wait()
+
+    def _queued_bytes(self) -> int:
+        return self._queued + self.core.transport.pending_output
+
+    async def _writer(self) -> None:
+        try:
+            while True:
+                await self._wake_writer.wait()
+                self._wake_writer = trio.Event()
+                while True:
+                    data = self.core.data_to_send()
+                    if not data:
+                        break
+                    self._queued = len(data)
+                    await self._stream.send_all(data)
+                    self._queued = 0
+                self._drained.set()
+                self._drained = trio.Event()
+                if self.core.closed:
+                    await self._finish(None)
+                    return
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            await self._finish(ConnectionLost(f"send failed: {exc}"))
+
+    async def _reader(self) -> None:
+        core = self.core
+        try:
+            while not core.closed:
+                try:
+                    data = await self._stream.receive_some(RECEIVE_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    raise ConnectionLost(str(exc)) from None
+                core.receive_data(data)
+                while (event := core.next_event()) is not None:
+                    await self._dispatch(event)
+                self._kick()
+        except ProtocolError as exc:
+            log.info("protocol error: %s", exc.description)
+            core.send_protocol_error(exc)
+            self._kick()
+            await self._finish(exc)
+        except DisconnectError as exc:
+            await self._finish(exc)
+
+    async def _timers(self) -> None:
+        while True:
+            await trio.sleep(KEEPALIVE_CHECK)
+            self.core.transport.check_rekey_timer()
+            self._kick()
+
+    async def _finish(self, error: BaseException | None) -> None:
+        if self.closed.is_set():
+            return
+        if error is not None and self.error is None:
+            self.error = error
+        self.closed.set()
+        self._handshake.set()
+        self._drained.set()
+        self._auth_events_send.close()
+        for ch in list(self._channels.values()):
+            ch._connection_lost(self.error)
+        for waiter in list(self._opening.values()) + self._global_waiters:
+            waiter.close()
+        # give the writer a moment to put a DISCONNECT on the wire, then close the stream
+        with trio.move_on_after(1):
+            data = self.core.data_to_send()
+            if data:
+                try:
+                    await self._stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, trio.BusyResourceError):
+                    pass
+        await trio.aclose_forcefully(self._stream)
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    async def aclose(self, reason: int = DisconnectReason.BY_APPLICATION, description: str = "") -> None:
+        """Send DISCONNECT and close everything this connection owns."""
+        with trio.CancelScope(shield=True):
+            if not self.closed.is_set():
+                self.core.disconnect(reason, description)
+                self._kick()
+                with trio.move_on_after(2):
+                    await self._drained_or_closed()
+                await self._finish(None)
+
+    async def _drained_or_closed(self) -> None:
+        while self._queued_bytes() and not self.closed.is_set():
+            await self._drained.wait()
+
+    # ---- event dispatch ------------------------------------------------------------------
+    async def _dispatch(self, event: ev.Event) -> None:
+        t = type(event)
+        if t is ev.ChannelDataReceived:
+            ch = self._channels.get(event.channel_id)
+            if ch is not None:
+                ch._on_data(event.data, event.data_type)
+            return
+        if t is ev.ChannelWindowAdjusted:
+            ch = self._channels.get(event.channel_id)
+            if ch is not None:
+                ch._on_window()
+            return
+        if t is ev.HandshakeComplete:
+            self._handshake_ok = True
+            self._handshake.set()
+            return
+        if t is ev.ChannelEofReceived:
+            ch = self._channels.get(event.channel_id)
+            if ch is not None:
+                ch._on_eof()
+            return
+        if t is ev.ChannelCloseReceived:
+            ch = self._channels.pop(event.channel_id, None)
+            if ch is not None:
+                ch._on_close()
+            return
+        if t is ev.ChannelRequestReceived:
+            ch = self._channels.get(event.channel_id)
+            if ch is not None:
+                await ch._on_request(event)
+            elif event.want_reply:
+                self.core.channels.reply_request(event.channel_id, event.token, False)
+            return
+        if t is ev.ChannelRequestReplied:
+            ch = self._channels.get(event.channel_id)
+            if ch is not None:
+                ch._on_request_reply(event.success)
+            return
+        if t in (ev.ChannelOpenConfirmed, ev.ChannelOpenFailed):
+            waiter = self._opening.pop(event.channel_id, None)
+            if waiter is not None:
+                waiter.send_nowait(event)
+            return
+        if t is ev.GlobalRequestReplied:
+            if self._global_waiters:
+                self._global_waiters.pop(0).send_nowait(event)
+            return
+        if isinstance(event, (ev.AuthResult, ev.AuthPkOk, ev.AuthInfoRequest, ev.AuthBanner, ev.ServiceAccepted)):
+            await self._auth_events_send.send(event)
+            return
+        if self.on_event is not None:
+            await self.on_event(event)
+
+    # ---- channels ----------------------------------------------------------------------------
+    def register_channel(self, channel: SSHChannel) -> None:
+        self._channels[channel.channel_id] = channel
+
+    async def open_channel(self, channel_type: str, data: bytes = b"", *, window: int | None = None,
+                           max_packet: int | None = None, channel_factory=SSHChannel) -> SSHChannel:
+        """Open a channel of any type; raises ChannelOpenError if the peer refuses."""
+        self._check_open()
+        local_id = self.core.channels.open(channel_type, data, window=window, max_packet=max_packet)
+        send, recv = trio.open_memory_channel(1)
+        self._opening[local_id] = send
+        await self.flush()
+        try:
+            event = await recv.receive()
+        except trio.EndOfChannel:
+            raise self._lost_error() from None
+        if isinstance(event, ev.ChannelOpenFailed):
+            raise ChannelOpenError(event.code, event.description)
+        channel = channel_factory(self, local_id, channel_type)
+        self.register_channel(channel)
+        return channel
+
+    async def global_request(self, name: str, data: bytes = b"", want_reply: bool = True) -> tuple[bool, bytes]:
+        self._check_open()
+        if not want_reply:
+            self.core.send_global_request(name, data, False)
+            await self.flush()
+            return True, b""
+        send, recv = trio.open_memory_channel(1)
+        self._global_waiters.append(send)
+        self.core.send_global_request(name, data, True)
+        await self.flush()
+        try:
+            event = await recv.receive()
+        except trio.EndOfChannel:
+            raise self._lost_error() from None
+        return event.success, event.data
+
+    def _check_open(self) -> None:
+        if self.closed.is_set():
+            raise self._lost_error()
+
+    def _lost_error(self) -> SSHError:
+        if isinstance(self.error, SSHError):
+            return self.error
+        return ConnectionLost("connection closed")
+
+    # ---- info -------------------------------------------------------------------------------
+    @property
+    def session_id(self) -> bytes | None:
+        return self.core.session_id
+
+    @property
+    def negotiated(self):
+        return self.core.transport.negotiated
+
+    @property
+    def peer_version(self) -> str:
+        v = self.core.transport.peer_version
+        return v.decode("ascii", "replace") if v else ""

@@ -1,0 +1,153 @@
+"""TCP/IP port forwarding (RFC 4254 §7) and the byte relay both directions use.
+
+Client side: ``ssh -L`` (:func:`serve_local_forward`: listen here, open direct-tcpip per
+connection) and ``ssh -R`` (:func:`request_remote_forward`: tcpip-forward global request,
+then accept forwarded-tcpip channels — only for a listen address we asked for, rule T21).
+Server side: :func:`handle_tcpip_forward_request` asks the application, listens, and opens
+a forwarded-tcpip channel per accepted connection; everything stops with the connection.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import trio
+
+from .. import events as ev
+from .. import messages as m
+from ..errors import ChannelOpenError, SSHError
+from .channel import SSHChannel
+
+if TYPE_CHECKING:
+    from .client import SSHClientConnection
+    from .server import SSHServerConnection
+
+RELAY_CHUNK = 64 * 1024
+
+
+async def relay(channel: SSHChannel, stream: trio.abc.Stream) -> None:
+    """Copy bytes both ways until both directions reach EOF; then close both ends."""
+
+    async def channel_to_stream():
+        while data := await channel.receive_some(RELAY_CHUNK):
+            await stream.send_all(data)
+        if isinstance(stream, trio.abc.HalfCloseableStream):
+            await stream.send_eof()
+
+    async def stream_to_channel():
+        while data := await stream.receive_some(RELAY_CHUNK):
+            await channel.send_all(data)
+        await channel.send_eof()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(channel_to_stream)
+            nursery.start_soon(stream_to_channel)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, SSHError):
+        pass
+    finally:
+        await channel.aclose()
+        await trio.aclose_forcefully(stream)
+
+
+async def serve_local_forward(conn: "SSHClientConnection", listen_host: str, listen_port: int,
+                              dest_host: str, dest_port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    listeners = await trio.open_tcp_listeners(listen_port, host=listen_host)
+    port = listeners[0].socket.getsockname()[1]
+
+    async def handle(stream: trio.SocketStream) -> None:
+        try:
+            orig_host, orig_port = stream.socket.getpeername()[:2]
+        except OSError:
+            orig_host, orig_port = "127.0.0.1", 0
+        try:
+            channel = await conn.open_direct_tcpip(dest_host, dest_port, orig_host, orig_port)
+        except (ChannelOpenError, SSHError):
+            await trio.aclose_forcefully(stream)
+            return
+        await relay(channel, stream)
+
+    async with trio.open_nursery() as nursery:
+        task_status.started(port)
+        await trio.serve_listeners(handle, listeners, handler_nursery=conn.nursery)
+
+
+async def request_remote_forward(conn: "SSHClientConnection", listen_host: str, listen_port: int,
+                                 dest_host: str, dest_port: int) -> int:
+    ok, data = await conn.global_request("tcpip-forward", m.TcpipForward(listen_host, listen_port).encode())
+    if not ok:
+        raise ChannelOpenError(m.OPEN_ADMINISTRATIVELY_PROHIBITED, "remote port forwarding refused")
+    port = listen_port or m.TcpipForwardReply.decode(data).port
+    conn._remote_forwards[(listen_host, port)] = (dest_host, dest_port)
+    return port
+
+
+async def accept_forwarded_tcpip(conn: "SSHClientConnection", event: ev.ChannelOpenRequest) -> None:
+    channels = conn.core.channels
+    req = m.DirectTcpip.decode(event.data)
+    dest = conn._remote_forwards.get((req.host, req.port))
+    if dest is None:
+        # rule T21: "server requests forwarding for unknown listen_port"
+        channels.reject(event.channel_id, m.OPEN_ADMINISTRATIVELY_PROHIBITED, "unknown listen port")
+        return
+    try:
+        stream = await trio.open_tcp_stream(*dest)
+    except OSError as exc:
+        channels.reject(event.channel_id, m.OPEN_CONNECT_FAILED, f"connect failed: {exc.strerror or exc}")
+        return
+    channel = SSHChannel(conn, event.channel_id, "forwarded-tcpip")
+    conn.register_channel(channel)
+    channels.accept(event.channel_id)
+    conn.nursery.start_soon(relay, channel, stream)
+
+
+async def accept_agent_channel(conn: "SSHClientConnection", event: ev.ChannelOpenRequest) -> None:
+    """Serve our agent on an auth-agent@openssh.com channel the server opened."""
+    m.Empty.decode(event.data)
+    channel = SSHChannel(conn, event.channel_id, event.channel_type)
+    conn.register_channel(channel)
+    conn.core.channels.accept(event.channel_id)
+    conn.nursery.start_soon(conn.agent.serve_channel, channel)
+
+
+async def handle_tcpip_forward_request(conn: "SSHServerConnection", event: ev.GlobalRequestReceived) -> tuple[bool, bytes]:
+    req = m.TcpipForward.decode(event.data)
+    key = (req.address, req.port)
+    if event.name == "cancel-tcpip-forward":
+        scope = conn.remote_forwards.pop(key, None)
+        if scope is None:
+            return False, b""
+        scope.cancel()
+        return True, b""
+    if conn.policy is not None and not conn.policy.permit_port_forwarding:
+        return False, b""
+    if not await conn.server.tcpip_forward(req.address, req.port):
+        return False, b""
+    host = None if req.address in ("", "0.0.0.0", "*", "::") else ("127.0.0.1" if req.address == "localhost" else req.address)
+    try:
+        listeners = await trio.open_tcp_listeners(req.port, host=host)
+    except OSError:
+        return False, b""
+    port = listeners[0].socket.getsockname()[1]
+    scope = trio.CancelScope()
+    conn.remote_forwards[(req.address, port)] = scope
+    conn.nursery.start_soon(_serve_remote_forward, conn, listeners, req.address, port, scope)
+    return True, (m.TcpipForwardReply(port).encode() if req.port == 0 else b"")
+
+
+async def _serve_remote_forward(conn: "SSHServerConnection", listeners, address: str, port: int,
+                                scope: trio.CancelScope) -> None:
+    async def handle(stream: trio.SocketStream) -> None:
+        try:
+            orig_host, orig_port = stream.socket.getpeername()[:2]
+        except OSError:
+            orig_host, orig_port = "127.0.0.1", 0
+        data = m.DirectTcpip(address, port, orig_host, orig_port).encode()
+        try:
+            channel = await conn.open_channel("forwarded-tcpip", data)
+        except (ChannelOpenError, SSHError):
+            await trio.aclose_forcefully(stream)
+            return
+        await relay(channel, stream)
+
+    with scope:
+        await trio.serve_listeners(handle, listeners, handler_nursery=conn.nursery)

@@ -1,0 +1,301 @@
+"""Session channels (RFC 4254 §6): the client's process handle and the server's session.
+
+Client: :class:`SSHProcess` wraps a "session" channel after ``exec``/``shell``/``subsystem``;
+it exposes the channel as a stream for stdin/stdout, ``receive_stderr``, ``resize``,
+``signal`` and ``wait`` (exit status). :class:`RunResult` is what ``conn.run`` returns.
+
+Server: :class:`ServerSession` collects the requests that precede a shell/exec/subsystem
+(pty-req, env, auth-agent-req@openssh.com), enforces the connection's permissions (a
+certificate's permit-pty / force-command, checklist rule 14), then hands itself to the
+application's ``session`` handler. While it runs, window-change, signal and break requests
+reach the callbacks the application set. When the handler returns, exit-status (or
+exit-signal), EOF and CLOSE are sent.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+import trio
+
+from .. import events as ev
+from .. import messages as m
+from ..errors import ChannelError, ProtocolError
+from .channel import SSHChannel
+
+if TYPE_CHECKING:
+    from .connection import SSHConnection
+
+MAX_ENV = 64
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PtyInfo:
+    term: str
+    cols: int
+    rows: int
+    width: int = 0
+    height: int = 0
+    modes: bytes = b""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunResult:
+    """Outcome of ``SSHClientConnection.run``."""
+
+    exit_status: int | None
+    stdout: bytes
+    stderr: bytes
+    exit_signal: str | None = None
+
+    @property
+    def returncode(self) -> int:
+        """Like subprocess: the status, or -1 when the remote command died of a signal."""
+        return self.exit_status if self.exit_status is not None else -1
+
+
+class SSHProcess(SSHChannel):
+    """Client side of a session channel."""
+
+    def __init__(self, conn: "SSHConnection", channel_id: int, channel_type: str):
+        super().__init__(conn, channel_id, channel_type)
+        self.exit_status: int | None = None
+        self.exit_signal: str | None = None
+        self.exit_message: str = ""
+        self.request_handler = self._handle_request
+
+    async def _handle_request(self, req: ev.ChannelRequestReceived) -> bool:
+        if req.request_type == "exit-status":
+            self.exit_status = m.ExitStatus.decode(req.data).status
+            return True
+        if req.request_type == "exit-signal":
+            sig = m.ExitSignal.decode(req.data)
+            self.exit_signal, self.exit_message = sig.signal, sig.message
+            return True
+        # keepalive@openssh.com and anything else: failure (RFC 4254 §5.4)
+        return False
+
+    async def request_pty(self, term: str = "xterm", cols: int = 80, rows: int = 24, modes: bytes = b"\0") -> None:
+        ok = await self.send_request("pty-req", m.PtyRequest(term, cols, rows, 0, 0, modes).encode(), True)
+        if not ok:
+            raise ChannelError("pty request refused")
+
+    async def set_env(self, name: str, value: str) -> bool:
+        return await self.send_request("env", m.EnvRequest(name, value).encode(), True)
+
+    async def request_agent_forwarding(self) -> bool:
+        return await self.send_request("auth-agent-req@openssh.com", b"", True)
+
+    async def exec(self, command: str | bytes) -> None:
+        cmd = command.encode() if isinstance(command, str) else command
+        if not await self.send_request("exec", m.ExecRequest(cmd).encode(), True):
+            raise ChannelError("exec request refused")
+
+    async def shell(self) -> None:
+        if not await self.send_request("shell", b"", True):
+            raise ChannelError("shell request refused")
+
+    async def subsystem(self, name: str) -> None:
+        if not await self.send_request("subsystem", m.SubsystemRequest(name).encode(), True):
+            raise ChannelError(f"subsystem {name!r} refused")
+
+    async def resize(self, cols: int, rows: int, width: int = 0, height: int = 0) -> None:
+        await self.send_request("window-change", m.WindowChange(cols, rows, width, height).encode(), False)
+
+    async def signal(self, name: str) -> None:
+        await self.send_request("signal", m.SignalRequest(name).encode(), False)
+
+    async def send_break(self, length_ms: int = 0) -> bool:
+        return await self.send_request("break", m.BreakRequest(length_ms).encode(), True)
+
+    async def wait(self) -> int | None:
+        """Wait for the channel to close; returns the exit status (None if killed by a signal)."""
+        await self.closed.wait()
+        return self.exit_status
+
+    async def communicate(self, input: bytes = b"") -> RunResult:
+        """Send ``input`` then EOF, collect stdout/stderr until the channel closes."""
+        out: list[bytes] = []
+        err: list[bytes] = []
+
+        async def feed():
+            if input:
+                await self.send_all(input)
+            await self.send_eof()
+
+        async def drain(receive, parts):
+            while data := await receive():
+                parts.append(data)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(feed)
+            nursery.start_soon(drain, self.receive_some, out)
+            nursery.start_soon(drain, self.receive_stderr, err)
+        await self.closed.wait()
+        return RunResult(self.exit_status, b"".join(out), b"".join(err), self.exit_signal)
+
+
+@dataclasses.dataclass(slots=True)
+class SessionPolicy:
+    """What a session may do, from server policy merged with a certificate's options."""
+
+    permit_pty: bool = True
+    permit_agent_forwarding: bool = True
+    permit_port_forwarding: bool = True
+    permit_x11_forwarding: bool = False
+    force_command: str | None = None
+
+
+class ServerSession(SSHChannel):
+    """Server side of a session channel, handed to ``SSHServer.session``.
+
+    Attributes the handler reads: ``kind`` ("shell", "exec" or "subsystem"), ``command``
+    (the exec command as str, force-command applied), ``subsystem``, ``pty`` (PtyInfo or
+    None), ``env`` (dict), ``agent_forwarding`` (bool), ``username``. It sets
+    ``on_resize(cols, rows)``, ``on_signal(name)`` and ``on_break(ms)`` callbacks, streams
+    with ``send_all`` / ``send_stderr`` / ``receive_some``, and ends with ``exit(status)``
+    (or by returning an int from the handler).
+    """
+
+    def __init__(self, conn: "SSHConnection", channel_id: int, channel_type: str, *,
+                 policy: SessionPolicy, username: str, start: Callable[["ServerSession"], Awaitable[None]],
+                 accept_env: Callable[[str, str], bool] | None = None):
+        super().__init__(conn, channel_id, channel_type)
+        self.policy = policy
+        self.username = username
+        self.kind: str | None = None
+        self.command: str | None = None
+        self.original_command: str | None = None
+        self.subsystem: str | None = None
+        self.pty: PtyInfo | None = None
+        self.env: dict[str, str] = {}
+        self.agent_forwarding = False
+        self.on_resize: Callable[[int, int], object] | None = None
+        self.on_signal: Callable[[str], object] | None = None
+        self.on_break: Callable[[int], object] | None = None
+        self._start = start
+        self._accept_env = accept_env or (lambda name, value: name == "TERM" or name == "LANG" or name.startswith("LC_"))
+        self._exited = False
+        self.request_handler = self._handle_request
+
+    async def _handle_request(self, req: ev.ChannelRequestReceived) -> bool:
+        t = req.request_type
+        if self.kind is None:
+            handler = _PRE_START.get(t)
+            if handler is not None:
+                return await handler(self, req.data)
+        elif t == "window-change":
+            w = m.WindowChange.decode(req.data)
+            if self.pty is not None:
+                self.pty = dataclasses.replace(self.pty, cols=w.cols, rows=w.rows, width=w.width, height=w.height)
+            if self.on_resize is not None:
+                self.on_resize(w.cols, w.rows)
+            return True
+        elif t == "signal":
+            name = m.SignalRequest.decode(req.data).signal
+            if self.on_signal is not None:
+                self.on_signal(name)
+                return True
+            return False
+        elif t == "break":
+            ms = m.BreakRequest.decode(req.data).length_ms
+            if self.on_break is not None:
+                self.on_break(ms)
+                return True
+            return False
+        return False
+
+    async def _on_pty(self, data: bytes) -> bool:
+        req = m.PtyRequest.decode(data)
+        if not self.policy.permit_pty or self.pty is not None or len(req.modes) > 1024:
+            return False
+        if req.cols > 10000 or req.rows > 10000:
+            return False
+        self.pty = PtyInfo(req.term, req.cols, req.rows, req.width, req.height, req.modes)
+        return True
+
+    async def _on_env(self, data: bytes) -> bool:
+        req = m.EnvRequest.decode(data)
+        if len(self.env) >= MAX_ENV or not self._accept_env(req.name, req.value):
+            return False
+        self.env[req.name] = req.value
+        return True
+
+    async def _on_agent(self, data: bytes) -> bool:
+        m.Empty.decode(data)
+        if not self.policy.permit_agent_forwarding:
+            return False
+        self.agent_forwarding = True
+        return True
+
+    async def _on_x11(self, data: bytes) -> bool:
+        return False
+
+    async def _on_start(self, kind: str, data: bytes) -> bool:
+        if kind == "exec":
+            raw = m.ExecRequest.decode(data).command
+            try:
+                self.original_command = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ProtocolError("exec command is not UTF-8") from None
+        elif kind == "subsystem":
+            self.subsystem = m.SubsystemRequest.decode(data).name
+        else:
+            m.Empty.decode(data)
+        self.kind = kind
+        if self.policy.force_command is not None:
+            # checklist rule 14: force-command replaces exec, shell and subsystem
+            self.kind, self.command, self.subsystem = "exec", self.policy.force_command, None
+        else:
+            self.command = self.original_command
+        self.conn.nursery.start_soon(self._run)
+        return True
+
+    async def _run(self) -> None:
+        status = None
+        try:
+            status = await self._start(self)
+        finally:
+            if not self._exited and not self.closed.is_set():
+                await self.exit(status if isinstance(status, int) else 0)
+
+    async def exit(self, status: int) -> None:
+        """Send exit-status, EOF and CLOSE."""
+        await self._finish("exit-status", m.ExitStatus(status & 0xFFFFFFFF).encode())
+
+    async def exit_with_signal(self, signal: str, core_dumped: bool = False, message: str = "") -> None:
+        await self._finish("exit-signal", m.ExitSignal(signal, core_dumped, message, b"").encode())
+
+    async def _finish(self, request: str, data: bytes) -> None:
+        if self._exited or self.closed.is_set():
+            return
+        self._exited = True
+        try:
+            await self.send_eof()
+            await self.send_request(request, data, False)
+        except (ChannelError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        await self.aclose()
+
+
+async def _exec(s: ServerSession, data: bytes) -> bool:
+    return await s._on_start("exec", data)
+
+
+async def _shell(s: ServerSession, data: bytes) -> bool:
+    return await s._on_start("shell", data)
+
+
+async def _subsystem(s: ServerSession, data: bytes) -> bool:
+    return await s._on_start("subsystem", data)
+
+
+_PRE_START = {
+    "pty-req": ServerSession._on_pty,
+    "env": ServerSession._on_env,
+    "auth-agent-req@openssh.com": ServerSession._on_agent,
+    "x11-req": ServerSession._on_x11,
+    "exec": _exec,
+    "shell": _shell,
+    "subsystem": _subsystem,
+}
