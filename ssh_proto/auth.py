@@ -18,7 +18,7 @@ from typing import Callable
 
 from . import events as ev
 from . import messages as m
-from .errors import DisconnectReason, ProtocolError
+from .errors import DisconnectReason, KeyFormatError, ProtocolError
 from .keys import Certificate, PrivateKey, PublicKey, algorithm_matches_key, parse_public_blob
 from .wire import Reader, encode_bool, encode_string
 
@@ -124,7 +124,13 @@ class ServerAuth:
 
     def _on_publickey(self, req: m.UserauthRequest) -> ev.Event | None:
         body = m.PublickeyMethod.decode(req.data)
-        key = parse_public_blob(body.key_blob)
+        try:
+            key = parse_public_blob(body.key_blob)
+        except KeyFormatError:
+            # An unsupported or too-weak key (ssh-dss, sk-*, RSA < 2048) is a failed attempt,
+            # not a reason to drop the connection, as in OpenSSH.
+            self._fail()
+            return None
         alg = body.algorithm
         if alg not in self.pubkey_algorithms or not algorithm_matches_key(alg, key) or body.key_blob in self.used_keys:
             self._fail()

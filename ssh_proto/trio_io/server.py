@@ -285,6 +285,8 @@ class SSHServerConnection(SSHConnection):
 async def _run_channel(handler, channel: SSHChannel) -> None:
     try:
         await handler(channel)
+    except Exception:
+        log.exception("channel handler for %s failed", channel.channel_type)
     finally:
         await channel.aclose()
 
@@ -414,6 +416,9 @@ class SSHListener:
                                delay_secret=self._delay_secret, peer_address=peer)
         except SSHError as exc:
             log.info("connection from %s ended: %s", peer, exc)
+        except Exception:
+            # one connection's failure must not take the listener down
+            log.exception("connection from %s failed", peer)
         finally:
             release()
 

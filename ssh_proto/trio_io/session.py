@@ -14,6 +14,7 @@ exit-signal), EOF and CLOSE are sent.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 import trio
@@ -25,6 +26,8 @@ from .channel import SSHChannel
 
 if TYPE_CHECKING:
     from .connection import SSHConnection
+
+log = logging.getLogger("ssh_proto.server")
 
 MAX_ENV = 64
 
@@ -255,6 +258,11 @@ class ServerSession(SSHChannel):
         status = None
         try:
             status = await self._start(self)
+        except Exception:
+            # The application's handler failed: that ends this session only, never the
+            # connection or the server (the traceback goes to the log, not to the peer).
+            log.exception("session handler failed")
+            status = 255
         finally:
             if not self._exited and not self.closed.is_set():
                 await self.exit(status if isinstance(status, int) else 0)
