@@ -22,11 +22,12 @@ from typing import Callable
 from . import events as ev
 from . import messages as m
 from .errors import ProtocolError
+from .packets import MAX_PAYLOAD_SIZE
 
 MAX_WINDOW = 0xFFFFFFFF
 DEFAULT_WINDOW = 2 * 1024 * 1024
 DEFAULT_MAX_PACKET = 32 * 1024   # what OpenSSH uses; larger values cost memory per packet
-MAX_MAX_PACKET = 256 * 1024 - 1024  # a CHANNEL_DATA must fit in one 256 KiB packet
+MAX_MAX_PACKET = MAX_PAYLOAD_SIZE - 16  # CHANNEL_(EXTENDED_)DATA header included, one packet
 DEFAULT_MAX_CHANNELS = 1024
 
 _HDR = struct.Struct(">BII")       # msg, recipient, length  (CHANNEL_DATA)

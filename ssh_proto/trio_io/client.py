@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import os
 from typing import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
@@ -20,7 +21,8 @@ import trio
 from .. import events as ev
 from .. import messages as m
 from ..connection import Connection, ConnectionOptions
-from ..errors import AuthError, ChannelOpenError, ConnectionLost, HostKeyNotVerifiable, KeyFormatError
+from ..auth import SERVICE_CONNECTION, signed_data
+from ..errors import AgentError, AuthError, ChannelOpenError, ConnectionLost, HostKeyNotVerifiable, KeyFormatError
 from ..keys import Certificate, PrivateKey, PublicKey, load_identity
 from ..known_hosts import KnownHosts
 from ..state import Role
@@ -204,7 +206,18 @@ async def _authenticate(conn: SSHClientConnection, identities: list[Identity], p
                     if a.removesuffix("-cert-v01@openssh.com") in offered:
                         alg = a
                         break
-            auth.request_publickey(ident.public, alg, ident.sign)
+            # Sign here, so that an agent's asynchronous sign can be awaited (then hand over the blob).
+            data = signed_data(conn.session_id, auth.username, SERVICE_CONNECTION, alg, ident.public.blob)
+            try:
+                signature = ident.sign(data, alg.removesuffix("-cert-v01@openssh.com"))
+                if inspect.isawaitable(signature):
+                    signature = await signature
+            except AgentError:
+                continue  # the agent refused this key: try the next one
+            auth.request_publickey(ident.public, alg, lambda _data, _alg, blob=signature: blob)
+        elif "password" in methods and password is not None and not tried_password and kbdint_handler is None:
+            tried_password = True
+            auth.request_password(password)
         elif "keyboard-interactive" in methods and not tried_kbdint and (kbdint_handler or password is not None):
             tried_kbdint = True
             auth.request_kbdint()
@@ -236,7 +249,9 @@ async def _kbdint_answers(req: ev.AuthInfoRequest, handler: KbdIntHandler | None
         return answers
     if len(req.prompts) == 1 and password is not None and "password" in req.prompts[0][0].lower():
         return [password]
-    raise AuthError("keyboard-interactive prompt with no handler")
+    # A prompt we cannot answer: send empty answers so the server fails this round
+    # and the next method can be tried.
+    return [""] * len(req.prompts)
 
 
 @contextlib.asynccontextmanager
@@ -267,6 +282,9 @@ async def connect(host: str, port: int = 22, *, username: str | None = None, cli
     core = Connection(Role.CLIENT, options, verify_host_key=verify, username=username)
     conn = SSHClientConnection(stream, core)
     conn.agent = agent
+    # Errors are raised outside the nursery so callers catch AuthError, HostKeyNotVerifiable,
+    # ... themselves rather than an ExceptionGroup around them.
+    error: Exception | None = None
     async with trio.open_nursery() as nursery:
         await conn.start_tasks(nursery)
         try:
@@ -277,8 +295,12 @@ async def connect(host: str, port: int = 22, *, username: str | None = None, cli
                     raise ConnectionLost("server did not accept ssh-userauth")
                 await _authenticate(conn, identities, password, kbdint_handler)
             yield conn
+        except Exception as exc:
+            error = exc
         finally:
             await conn.aclose()
+    if error is not None:
+        raise error
 
 
 async def _first_auth_event(conn: SSHClientConnection) -> ev.Event:

@@ -43,6 +43,7 @@ class SSHConnection:
         self._opening: dict[int, trio.MemorySendChannel] = {}
         self._global_waiters: list[trio.MemorySendChannel] = []
         self._handshake = trio.Event()
+        self._handshake_ok = False
         self._auth_events_send, self.auth_events = trio.open_memory_channel(16)
         self.closed = trio.Event()
         self.error: BaseException | None = None
@@ -74,10 +75,8 @@ class SSHConnection:
 
     async def wait_handshake(self) -> None:
         await self._handshake.wait()
-        if self.error is not None and not self._handshake_ok:
-            raise self.error
-
-    _handshake_ok = False
+        if not self._handshake_ok:
+            raise self._lost_error()
 
     def _kick(self) -> None:
         self._wake_writer.set()
