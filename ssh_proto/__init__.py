@@ -20,5 +20,6 @@ from .transport import Algorithms
 from .trio_io import (Accept, Challenge, Identity, Partial, PtyInfo, RunResult, ServerSession, SessionPolicy,
                       SSHChannel, SSHClientConnection, SSHListener, SSHProcess, SSHServer, SSHServerConnection,
                       connect, policy_from_certificate, serve, serve_stream)
+from .trio_io.agent import AgentClient, InProcessAgent
 
 __all__ = [name for name in dir() if not name.startswith("_")]

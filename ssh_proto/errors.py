@@ -110,3 +110,7 @@ class ChannelOpenError(SSHError):
 
 class ChannelError(SSHError):
     """A channel operation failed (closed channel, refused request, ...)."""
+
+
+class AgentError(SSHError):
+    """An SSH agent refused a request (FAILURE), or could not be reached or used."""
