@@ -82,9 +82,13 @@ class ServerAuth:
         if payload[0] == m.MSG_USERAUTH_INFO_RESPONSE:
             return self._on_info_response(payload)
         req = m.UserauthRequest.decode(payload)
-        if self._pending is not None and self._pending.method != "keyboard-interactive":
-            raise ProtocolError("authentication request while another is being decided")
-        self._pending = None
+        if self._pending is not None:
+            if self._pending.method != "keyboard-interactive-challenge":
+                raise ProtocolError("authentication request while another is being decided")
+            # RFC 4256 §3.3: a new request abandons the challenge (OpenSSH does the same).
+            # It counts as a failure, so challenges cannot be restarted without bound.
+            self._pending = None
+            self._count_failure()
         self._fix_user(req)
         if self._banner is not None:
             self._send(m.UserauthBanner(self._banner, b"").encode())
@@ -202,10 +206,13 @@ class ServerAuth:
 
     def _fail(self, counted: bool = True) -> None:
         if counted:
-            self.failures += 1
-            if self.failures >= self.max_attempts:
-                raise ProtocolError("too many authentication failures", DisconnectReason.NO_MORE_AUTH_METHODS_AVAILABLE)
+            self._count_failure()
         self._send(m.UserauthFailure(self.methods, False).encode())
+
+    def _count_failure(self) -> None:
+        self.failures += 1
+        if self.failures >= self.max_attempts:
+            raise ProtocolError("too many authentication failures", DisconnectReason.NO_MORE_AUTH_METHODS_AVAILABLE)
 
 
 class ClientAuth:

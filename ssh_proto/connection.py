@@ -164,8 +164,7 @@ class Connection:
         return event
 
     def _enter_open(self) -> None:
-        self.phase = Phase.OPEN
-        self.transport.enable_compression()
+        self.phase = Phase.OPEN  # the transport itself starts delayed compression (T18)
 
     # ---- server auth answers (thin wrappers keeping phase in step) ----------------------------
     def auth_accept(self) -> None:

@@ -82,6 +82,7 @@ class _KexState:
     """One key exchange in progress."""
 
     ours: bytes                      # our KEXINIT payload
+    ours_msg: m.KexInit              # ... and its fields (not decoded again from the bytes)
     theirs: bytes | None = None      # peer's KEXINIT payload
     negotiated: Negotiated | None = None
     method: object | None = None     # KexClient / KexServer
@@ -96,8 +97,9 @@ class Transport:
 
     ``host_keys`` (server) are the private host keys with optional certificates, as
     ``(PrivateKey, Certificate | None)`` pairs. ``verify_host_key`` (client) receives the
-    server's key or certificate and must return normally only if it is trusted; any other
-    outcome (it raises) fails the handshake (rule T16).
+    server's key or certificate and must return normally (None, or True) only if it is
+    trusted; any other outcome (it raises, or returns False or anything else) fails the
+    handshake with HostKeyNotVerifiable (rule T16).
     """
 
     def __init__(self, role: Role, *, algorithms: Algorithms = Algorithms(),
@@ -167,8 +169,13 @@ class Transport:
 
     @property
     def pending_output(self) -> int:
-        """Bytes produced but not yet collected by data_to_send()."""
-        return sum(map(len, self._out))
+        """Bytes produced but not yet collected by data_to_send(), held payloads included.
+
+        Counting what a running key exchange holds back lets the I/O layer apply
+        backpressure, so a peer that stalls its kex cannot make the hold queue grow
+        without bound (rule T8).
+        """
+        return sum(map(len, self._out)) + sum(map(len, self._held))
 
     def send(self, payload: bytes) -> None:
         """Queue an upper-layer message (held while a key exchange is running)."""
@@ -189,6 +196,7 @@ class Transport:
         if not self.closed:
             if self.peer_version is not None or self._out:
                 self._out.append(self._writer.write(m.Disconnect(int(reason), description, b"").encode()))
+            self._held.clear()  # nothing may follow DISCONNECT
             self.closed = True
 
     @property
@@ -209,8 +217,13 @@ class Transport:
         if self._first_kex_done and self._clock() - self._keys_time >= self._rekey_seconds:
             self.start_rekey()
 
-    def enable_compression(self) -> None:
-        """Start delayed compression (zlib@openssh.com) after user authentication."""
+    def _enable_compression(self) -> None:
+        """Start delayed compression (zlib@openssh.com, OpenSSH PROTOCOL §1.2, rule T18).
+
+        It starts in both directions right after USERAUTH_SUCCESS, which the server
+        marks by *writing* it (it may have been held by a key exchange) and the client
+        by *reading* it (before any packet behind it is decoded), as OpenSSH packet.c.
+        """
         n = self.negotiated
         if n is None:
             return
@@ -284,6 +297,8 @@ class Transport:
             self._on_kex_message(payload)
         else:
             self._payloads.append(payload)
+            if msg_type == m.MSG_USERAUTH_SUCCESS and self.role is Role.CLIENT:
+                self._enable_compression()
 
     # ---- generic transport messages ---------------------------------------------------------
     def _on_disconnect(self, payload: bytes) -> None:
@@ -313,7 +328,7 @@ class Transport:
             self._expect_ext_info = True
 
     # ---- key exchange (RFC 4253 §7) ------------------------------------------------------
-    def _make_kexinit(self) -> bytes:
+    def _make_kexinit(self) -> m.KexInit:
         a = self.algorithms
         kex_names = list(a.kex)
         if not self._first_kex_done and self.kex_count == 0:
@@ -326,9 +341,8 @@ class Transport:
             host_algs = self._server_host_key_algorithms()
         else:
             host_algs = a.host_keys
-        msg = m.KexInit(self._rng(16), tuple(kex_names), tuple(host_algs), a.ciphers, a.ciphers,
-                        a.macs, a.macs, a.compression, a.compression, (), (), False, 0)
-        return msg.encode()
+        return m.KexInit(self._rng(16), tuple(kex_names), tuple(host_algs), a.ciphers, a.ciphers,
+                         a.macs, a.macs, a.compression, a.compression, (), (), False, 0)
 
     def _server_host_key_algorithms(self) -> tuple[str, ...]:
         offered = []
@@ -338,8 +352,9 @@ class Transport:
         return tuple(offered)
 
     def _start_kex(self) -> None:
-        ours = self._make_kexinit()
-        self._kex = _KexState(ours=ours)
+        msg = self._make_kexinit()
+        ours = msg.encode()
+        self._kex = _KexState(ours=ours, ours_msg=msg)
         self._emit_kex(ours)
 
     def _emit_kex(self, payload: bytes) -> None:
@@ -357,8 +372,8 @@ class Transport:
         first = not self._first_kex_done
         if first and self.kex_count == 0:
             self._note_first_kexinit(msg)
-        client_msg = m.KexInit.decode(kx.ours) if self.role is Role.CLIENT else msg
-        server_msg = msg if self.role is Role.CLIENT else m.KexInit.decode(kx.ours)
+        client_msg = kx.ours_msg if self.role is Role.CLIENT else msg
+        server_msg = msg if self.role is Role.CLIENT else kx.ours_msg
         kx.negotiated = self._negotiate(client_msg, server_msg)
         if msg.first_kex_packet_follows:
             guess_ok = (msg.kex_algorithms[:1] == (kx.negotiated.kex,) and
@@ -372,11 +387,14 @@ class Transport:
             kx.method = method.server()
 
     def _note_first_kexinit(self, msg: m.KexInit) -> None:
+        ours = self._kex.ours_msg.kex_algorithms
         if self.role is Role.CLIENT:
-            self.strict_kex = STRICT_KEX_SERVER in msg.kex_algorithms
+            self.strict_kex = STRICT_KEX_SERVER in msg.kex_algorithms and STRICT_KEX_CLIENT in ours
             self.peer_wants_ext_info = EXT_INFO_SERVER in msg.kex_algorithms
         else:
-            self.strict_kex = STRICT_KEX_CLIENT in msg.kex_algorithms
+            # Strict only if *both* first KEXINITs carry the marker, or the two sides
+            # would disagree about resetting sequence numbers (OpenSSH kex.c).
+            self.strict_kex = STRICT_KEX_CLIENT in msg.kex_algorithms and STRICT_KEX_SERVER in ours
             self.peer_wants_ext_info = EXT_INFO_CLIENT in msg.kex_algorithms
         # T1a: under strict kex the peer's KEXINIT must have been its packet number 0
         # (sequence numbers are not reset before the first NEWKEYS, so any IGNORE or
@@ -448,8 +466,19 @@ class Transport:
             # A re-exchange must present the same host key (OpenSSH "server host key changed").
             raise HostKeyNotVerifiable("host key changed during key re-exchange")
         if self.host_key is None:
-            self._verify_host_key(key)
+            self._run_host_key_policy(key)
         self.host_key = key
+
+    def _run_host_key_policy(self, key: PublicKey | Certificate) -> None:
+        """Rule T16: a normal return (None, or True) is the one way to accept; all else rejects."""
+        try:
+            verdict = self._verify_host_key(key)
+        except HostKeyNotVerifiable:
+            raise
+        except Exception as exc:  # a policy bug must fail closed, as a typed error
+            raise HostKeyNotVerifiable("host key not accepted by the verification policy") from exc
+        if verdict is not None and verdict is not True:
+            raise HostKeyNotVerifiable("host key not accepted by the verification policy")
 
     def _send_newkeys(self) -> None:
         kx = self._kex
@@ -516,6 +545,8 @@ class Transport:
 
     def _write(self, payload: bytes) -> None:
         self._out.append(self._writer.write(payload))
+        if payload[0] == m.MSG_USERAUTH_SUCCESS and self.role is Role.SERVER:
+            self._enable_compression()
 
     def _rekey_due(self) -> bool:
         if self._kex is not None or not self._first_kex_done:

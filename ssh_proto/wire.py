@@ -8,12 +8,15 @@ bytes actually present before anything is allocated. :class:`Writer` and the
 """
 from __future__ import annotations
 
+import re
 import struct
 
 from .errors import ProtocolError
 
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
+
+_NAME_LIST_OK = re.compile(r"[\x21-\x7e]*")
 
 #: Upper bound on a name-list's entries; RFC 4251 names are short and lists small.
 MAX_NAME_LIST_ITEMS = 256
@@ -100,9 +103,9 @@ class Reader:
         names = s.split(",")
         if len(names) > MAX_NAME_LIST_ITEMS:
             raise ProtocolError("name-list too long")
-        for name in names:
-            if not name or any(c <= " " or c == "\x7f" for c in name):
-                raise ProtocolError("malformed name-list")
+        # RFC 4251 §5: names are non-empty, printable US-ASCII without spaces or commas.
+        if "" in names or not _NAME_LIST_OK.fullmatch(s):
+            raise ProtocolError("malformed name-list")
         return tuple(names)
 
     def rest(self) -> bytes:
