@@ -44,6 +44,7 @@ from _peers import (  # first: it puts tests/interop (openssh.py) on sys.path
     BulkCase,
     LatencyResult,
 )
+import _jumpgate  # noqa: E402,F401  (registers Jumpgate's pairs)
 from openssh import (
     SSH,
     KeyFactory,

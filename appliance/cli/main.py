@@ -1,0 +1,168 @@
+"""`jumpgate`: one binary for every role (start), the admin tool (ctl) and the client.
+
+Subcommand modules are imported only when used, so ``jumpgate --version`` starts fast.
+Every user-facing failure is one line on stderr and a non-zero exit status.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+VERSION = "0.1.0"
+
+
+def _add_start(sub) -> None:
+    p = sub.add_parser("start", help="run the appliance roles (auth, proxy, node, web)")
+    p.add_argument("--config", help="TOML configuration file")
+    p.add_argument("--data-dir", help="state directory (default /var/lib/jumpgate as root, else ~/.local/share/jumpgate)")
+    p.add_argument("--roles", help="comma list of roles: auth,proxy,node,web (default all)")
+    p.add_argument("--cluster-name", help="cluster name (default: this host's name)")
+    p.add_argument("--public-addr", help="name or address users and nodes reach this host by")
+    p.add_argument("--listen-addr", help="address to listen on (default 0.0.0.0)")
+    p.add_argument("--auth-server", help="HOST:PORT of the auth role to join (roles without auth)")
+    p.add_argument("--token", help="join token from `jumpgate ctl tokens add`")
+    p.add_argument("--nodename", help="this node's name (default: host name)")
+    p.add_argument("--labels", help="static node labels: key=value,...")
+    for role, port in (("node", 3022), ("proxy", 3023), ("tunnel", 3024), ("auth", 3025), ("web", 3080)):
+        p.add_argument(f"--{role}-port", type=int, help=f"{role} port (default {port})")
+    p.set_defaults(func="appliance.cli.start:start")
+
+
+def _add_ctl(sub) -> None:
+    p = sub.add_parser("ctl", help="administer the cluster")
+    p.add_argument("--config", help="TOML configuration file (as for start)")
+    p.add_argument("--data-dir", help="the auth role's state directory (as for start)")
+    p.add_argument("--auth-server", help="HOST:PORT of a remote auth role (with --identity)")
+    p.add_argument("--identity", help="admin key file with its -cert.pub (for --auth-server)")
+    ctl = p.add_subparsers(dest="ctl_command", required=True)
+
+    users = ctl.add_parser("users", help="users").add_subparsers(dest="action", required=True)
+    a = users.add_parser("add", help="add a user and print an invite")
+    a.add_argument("name")
+    a.add_argument("--logins", required=True, help="comma list of OS logins the user may use")
+    a.add_argument("--roles", default="", help="comma list of roles (admin)")
+    users.add_parser("ls", help="list users")
+    r = users.add_parser("rm", help="remove a user")
+    r.add_argument("name")
+    r = users.add_parser("reset", help="reset a user's password and second factor; prints a new invite")
+    r.add_argument("name")
+
+    tokens = ctl.add_parser("tokens", help="join tokens").add_subparsers(dest="action", required=True)
+    a = tokens.add_parser("add", help="create a join token")
+    a.add_argument("--type", dest="kind", default="node", choices=("node", "proxy"))
+    a.add_argument("--ttl", default="30m", help="validity, e.g. 30m, 4h (default 30m)")
+    tokens.add_parser("ls", help="list tokens")
+    r = tokens.add_parser("rm", help="remove a token")
+    r.add_argument("token_id")
+
+    nodes = ctl.add_parser("nodes", help="node inventory").add_subparsers(dest="action", required=True)
+    a = nodes.add_parser("add", help="register an agentless (OpenSSH) node")
+    a.add_argument("--name", required=True)
+    a.add_argument("--addr", required=True, help="HOST:PORT of its sshd")
+    a.add_argument("--labels", default="", help="key=value,...")
+    nodes.add_parser("ls", help="list nodes")
+    r = nodes.add_parser("rm", help="remove a node")
+    r.add_argument("name")
+
+    auth = ctl.add_parser("auth", help="certificate authority").add_subparsers(dest="action", required=True)
+    e = auth.add_parser("export", help="print a CA public key for OpenSSH")
+    e.add_argument("--type", dest="kind", required=True, choices=("user", "host"))
+    s = auth.add_parser("sign", help="issue a host or user certificate")
+    who = s.add_mutually_exclusive_group(required=True)
+    who.add_argument("--host", help="host name: writes a host key and certificate for sshd into --out")
+    who.add_argument("--user", help="user name: certifies --pubkey")
+    s.add_argument("--out", help="output directory (host) or file (user, default stdout)")
+    s.add_argument("--pubkey", help="public key file to certify (user)")
+    s.add_argument("--principals", help="extra principals (host), comma list")
+    s.add_argument("--ttl", default="", help="validity, e.g. 1h (user default 1h, host default 30d)")
+
+    ev = ctl.add_parser("events", help="recent audit events")
+    ev.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func="appliance.cli.ctl:ctl")
+
+
+def _add_client(sub) -> None:
+    p = sub.add_parser("signup", help="accept an invite: set a password and enrol a second factor")
+    p.add_argument("--proxy", required=True, help="HOST:PORT of the web role (3080)")
+    p.add_argument("token")
+    p.set_defaults(func="appliance.cli.account:signup")
+
+    p = sub.add_parser("login", help="log in: get a short-lived certificate")
+    p.add_argument("--proxy", help="HOST:PORT of the web role (default: from the profile)")
+    p.add_argument("--user", help="user name (default: from the profile)")
+    p.add_argument("--ttl", help="certificate validity, e.g. 8h (default 12h, max 30h)")
+    p.add_argument("--ca-pin", help="pin of the web certificate (sha256:...) for a first login")
+    p.add_argument("--insecure", action="store_true", help="do not verify the web certificate")
+    p.set_defaults(func="appliance.cli.account:login")
+
+    p = sub.add_parser("logout", help="remove the certificate and key")
+    p.set_defaults(func="appliance.cli.account:logout")
+    p = sub.add_parser("status", help="show the current login")
+    p.set_defaults(func="appliance.cli.account:status")
+
+    p = sub.add_parser("ls", help="list nodes")
+    p.add_argument("labels", nargs="*", help="filters key=value")
+    p.set_defaults(func="appliance.cli.remote:ls")
+
+    p = sub.add_parser("ssh", help="open a shell or run a command on a node")
+    p.add_argument("-p", "--port", type=int, help="node port")
+    p.add_argument("-L", dest="local_forwards", action="append", default=[], help="[bind:]port:host:hostport")
+    p.add_argument("-R", dest="remote_forwards", action="append", default=[], help="[bind:]port:host:hostport")
+    p.add_argument("-A", dest="forward_agent", action="store_true", help="forward the SSH agent")
+    p.add_argument("-t", dest="force_tty", action="store_true", help="force a pty")
+    p.add_argument("-T", dest="no_tty", action="store_true", help="no pty")
+    p.add_argument("target", help="[login@]node")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(func="appliance.cli.remote:ssh")
+
+    p = sub.add_parser("scp", help="copy files to and from nodes ([login@]node:path)")
+    p.add_argument("-r", dest="recursive", action="store_true")
+    p.add_argument("-p", "--port", type=int, help="node port")
+    p.add_argument("sources", nargs="+")
+    p.add_argument("destination")
+    p.set_defaults(func="appliance.cli.remote:scp")
+
+    p = sub.add_parser("config", help="print an ssh_config block for OpenSSH")
+    p.set_defaults(func="appliance.cli.remote:config")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jumpgate", description="Jumpgate: SSH access with short-lived certificates.")
+    parser.add_argument("--version", action="version", version=f"jumpgate {VERSION}")
+    parser.add_argument("--debug", action="store_true", help="log debugging information to stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_start(sub)
+    _add_ctl(sub)
+    _add_client(sub)
+    sub.add_parser("version", help="print the version").set_defaults(func=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.command == "version":
+        print(f"jumpgate {VERSION}")
+        return 0
+    module_name, _, func_name = args.func.partition(":")
+    errors = importlib.import_module("appliance.cli.errors")
+    import logging
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        func = getattr(importlib.import_module(module_name), func_name)
+        return int(func(args) or 0)
+    except errors.CliError as exc:
+        print(f"jumpgate: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", 1)
+    except KeyboardInterrupt:
+        print("jumpgate: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Configuration of `jumpgate start` and `jumpgate ctl`: defaults < TOML file < flags.
+
+A TOML file (``--config jumpgate.toml``, read with the stdlib ``tomllib``) may hold::
+
+    data_dir = "/var/lib/jumpgate"
+    cluster_name = "example"
+    roles = ["auth", "proxy", "node", "web"]
+    public_addr = "jump.example.com"       # the name users and nodes reach this host by
+    auth_server = "auth.example.com:3025"  # for roles joining a remote auth
+    [ports]
+    node = 3022
+    proxy = 3023
+    tunnel = 3024
+    auth = 3025
+    web = 3080
+    [node]
+    name = "db1"
+    labels = {env = "prod"}
+    [node.commands]                         # dynamic labels: refreshed by running a command
+    kernel = {command = ["uname", "-r"], period = 60}
+    [web]
+    cert = "/etc/jumpgate/tls.crt"           # optional: a certificate instead of the self-signed one
+    key = "/etc/jumpgate/tls.key"
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+from pathlib import Path
+
+ALL_ROLES = ("auth", "proxy", "node", "web")
+DEFAULT_PORTS = {"node": 3022, "proxy": 3023, "tunnel": 3024, "auth": 3025, "web": 3080}
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message says what to fix."""
+
+
+def default_data_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/jumpgate")
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(base) / "jumpgate"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CommandLabelConfig:
+    command: tuple[str, ...]
+    period: float = 60.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Config:
+    data_dir: Path
+    roles: tuple[str, ...] = ALL_ROLES
+    cluster_name: str = ""
+    public_addr: str = ""
+    listen_addr: str = "0.0.0.0"
+    auth_server: str = ""
+    token: str = ""
+    ports: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_PORTS))
+    node_name: str = ""
+    labels: dict = dataclasses.field(default_factory=dict)
+    command_labels: dict = dataclasses.field(default_factory=dict)
+    web_cert: str = ""
+    web_key: str = ""
+
+    @property
+    def host_name(self) -> str:
+        return self.public_addr or socket.gethostname()
+
+    def addr(self, role: str) -> tuple[str, int]:
+        return self.listen_addr, self.ports[role]
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """'env=dev,team=db' -> {'env': 'dev', 'team': 'db'}."""
+    labels: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"bad label {item!r}: expected key=value")
+        labels[key] = value
+    return labels
+
+
+def load_config(path: str | None = None, **overrides) -> Config:
+    """Read ``path`` (if given) and apply non-empty ``overrides`` (from command-line flags)."""
+    raw: dict = {}
+    if path:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from None
+    ports = dict(DEFAULT_PORTS)
+    ports.update({k: int(v) for k, v in raw.get("ports", {}).items() if k in DEFAULT_PORTS})
+    node = raw.get("node", {})
+    web = raw.get("web", {})
+    commands = {name: CommandLabelConfig(tuple(spec["command"]), float(spec.get("period", 60)))
+                for name, spec in node.get("commands", {}).items()}
+    values = dict(
+        data_dir=Path(raw.get("data_dir") or default_data_dir()),
+        roles=tuple(raw.get("roles", ALL_ROLES)),
+        cluster_name=raw.get("cluster_name", ""),
+        public_addr=raw.get("public_addr", ""),
+        listen_addr=raw.get("listen_addr", "0.0.0.0"),
+        auth_server=raw.get("auth_server", ""),
+        token=raw.get("token", ""),
+        ports=ports,
+        node_name=node.get("name", ""),
+        labels=dict(node.get("labels", {})),
+        command_labels=commands,
+        web_cert=web.get("cert", ""),
+        web_key=web.get("key", ""),
+    )
+    for key, value in overrides.items():
+        if value in (None, "", (), {}):
+            continue
+        if key == "port_overrides":
+            values["ports"] = {**values["ports"], **value}
+        elif key == "labels":
+            values["labels"] = {**values["labels"], **value}
+        elif key == "data_dir":
+            values["data_dir"] = Path(value)
+        else:
+            values[key] = value
+    cfg = Config(**values)
+    bad = [r for r in cfg.roles if r not in ALL_ROLES]
+    if bad:
+        raise ConfigError(f"unknown role(s): {', '.join(bad)} (known: {', '.join(ALL_ROLES)})")
+    if "auth" not in cfg.roles and not cfg.auth_server:
+        raise ConfigError("roles without auth need --auth-server HOST:3025 (and --token to join)")
+    if not cfg.cluster_name:
+        cfg = dataclasses.replace(cfg, cluster_name=socket.gethostname().split(".")[0])
+    if not cfg.node_name:
+        cfg = dataclasses.replace(cfg, node_name=socket.gethostname().split(".")[0])
+    return cfg
