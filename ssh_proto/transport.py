@@ -135,6 +135,7 @@ class Transport:
         self.session_id: bytes | None = None
         self.negotiated: Negotiated | None = None
         self.host_key: PublicKey | Certificate | None = None
+        self.session_signature: bytes | None = None  # the server's signature over the first H
         self.peer_ext_info: dict[str, bytes] = {}
         self.peer_wants_ext_info = False
         self._expect_ext_info = False
@@ -467,6 +468,8 @@ class Transport:
             raise HostKeyNotVerifiable("host key changed during key re-exchange")
         if self.host_key is None:
             self._run_host_key_policy(key)
+            # kept for the agent's session-bind@openssh.com (PROTOCOL.agent)
+            self.session_signature = kx.result.signature
         self.host_key = key
 
     def _run_host_key_policy(self, key: PublicKey | Certificate) -> None:

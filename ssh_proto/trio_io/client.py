@@ -293,6 +293,8 @@ async def connect(host: str, port: int = 22, *, username: str | None = None, cli
                 first = await _first_auth_event(conn)
                 if not isinstance(first, ev.ServiceAccepted):
                     raise ConnectionLost("server did not accept ssh-userauth")
+                if agent is not None:
+                    await _bind_agent_session(agent, conn)
                 await _authenticate(conn, identities, password, kbdint_handler)
             yield conn
         except Exception as exc:
@@ -301,6 +303,20 @@ async def connect(host: str, port: int = 22, *, username: str | None = None, cli
             await conn.aclose()
     if error is not None:
         raise error
+
+
+async def _bind_agent_session(agent, conn: SSHClientConnection) -> None:
+    """Bind the agent to this session before it signs for us (session-bind@openssh.com),
+    so an agent that enforces bindings can refuse signatures for other hosts. Agents
+    that do not know the extension refuse it; OpenSSH carries on then, and so do we."""
+    transport = conn.core.transport
+    bind = getattr(agent, "bind_session", None)
+    if bind is None or transport.session_signature is None:
+        return
+    try:
+        await bind(transport.host_key, conn.session_id, transport.session_signature, is_forwarding=False)
+    except AgentError:
+        pass
 
 
 async def _first_auth_event(conn: SSHClientConnection) -> ev.Event:

@@ -670,6 +670,24 @@ async def test_client_authenticates_with_an_agent_key(server):
         assert (await conn.run("x")).stdout == b"in"
 
 
+async def test_rule_t21_client_binds_the_agent_to_the_session_before_signing(server):
+    # An agent that signs only userauth for a bound session (as OpenSSH's agent does for
+    # destination-constrained keys) works only if our client sent session-bind first.
+    key = KEYS["ssh-ed25519"]
+    agent = InProcessAgent(proto.KeyStore(sign_policy=proto.require_bound_userauth))
+    await agent.add(key)
+    AgentServer.allowed = {key.public_key.blob}
+
+    async def hello(session):
+        await session.send_all(b"bound")
+        return 0
+
+    AgentServer.on_session = hello
+    async with connect(server, agent) as conn:
+        assert (await conn.run("x")).stdout == b"bound"
+    assert AgentServer.seen == [key.public_key]
+
+
 async def test_client_skips_a_key_the_agent_refuses_to_sign_with(server):
     refused, used = KEYS["ssh-ed25519"], KEYS["ecdsa-sha2-nistp256"]
     store = proto.KeyStore(sign_policy=lambda key, data, bindings: key == used.public_key)
