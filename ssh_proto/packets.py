@@ -42,14 +42,15 @@ from .errors import DisconnectReason, ProtocolError
 #: Largest ``packet_length`` accepted (OpenSSH PACKET_MAX_SIZE, rule T3).
 MAX_PACKET_LENGTH = 262144
 #: Largest payload :meth:`PacketWriter.write` accepts.  The margin below 256 KiB leaves room
-#: for the padding-length byte, padding and zlib's worst-case growth, so every accepted
-#: payload fits in a packet the peer accepts.  Channels should size ``max_packet`` by it.
+#: for the padding-length byte, padding and zlib's worst-case growth (deflateBound: about
+#: n/4096 + 13 bytes, plus 5 for the flush), so every accepted payload fits in a packet
+#: the peer accepts.  Channels should size ``max_packet`` by it.
 MAX_PAYLOAD_SIZE = MAX_PACKET_LENGTH - 1024
 #: Largest payload the reader inflates from one compressed packet.
 MAX_DECOMPRESSED_SIZE = MAX_PACKET_LENGTH
 
 _SEQ_MASK = 0xFFFFFFFF
-_PAD_POOL_SIZE = 2048
+_PAD_POOL_SIZE = 512
 _ZLIB = "zlib@openssh.com"
 _EMPTY = memoryview(b"")
 #: Received chunks kept apart before they are merged (bounds the cost of tiny segments).
@@ -105,7 +106,7 @@ class _Inflater:
 
 
 class _Direction:
-    """State both directions share: cipher, sequence number, counters, compression."""
+    """What both directions have: the cipher in use, the sequence number, the counters."""
 
     __slots__ = ("seq", "seq_wrapped", "packets", "bytes", "_info")
 
@@ -167,6 +168,14 @@ class PacketWriter(_Direction):
         """Start ``zlib@openssh.com`` (call after authentication, only if negotiated)."""
         if self._deflate is None:
             self._deflate = _Deflater()
+
+    def restart_compression(self, enabled: bool) -> None:
+        """After a NEWKEYS once compression has started: a fresh zlib stream, or none.
+
+        OpenSSH starts a new stream with every new set of keys (packet.c
+        ssh_set_newkeys), so a re-exchange must do the same to stay in step with it.
+        """
+        self._deflate = _Deflater() if enabled else None
 
     @property
     def compression(self) -> str:
@@ -231,8 +240,8 @@ class PacketReader(_Direction):
         # being parsed (from ``_pos``) and ``_queue`` holds the chunks after it.  A packet
         # that lies inside one chunk is decrypted straight out of it; only a packet that
         # straddles chunks is joined into a window of its own, and parsing then continues
-        # in place in the rest of its last chunk.  So most bytes are never copied before
-        # decryption, and none is copied twice.
+        # in place in the rest of its last chunk.  So most packets are decrypted without
+        # any copy, the others after one, and the buffer never grows or shrinks.
         self._win = _EMPTY
         self._pos = 0
         self._queue: deque[memoryview] = deque()
@@ -250,6 +259,10 @@ class PacketReader(_Direction):
         """Start ``zlib@openssh.com`` for packets not yet returned (after authentication)."""
         if self._inflate is None:
             self._inflate = _Inflater()
+
+    def restart_compression(self, enabled: bool) -> None:
+        """After a NEWKEYS once compression has started: a fresh zlib stream, or none."""
+        self._inflate = _Inflater() if enabled else None
 
     @property
     def compression(self) -> str:

@@ -136,6 +136,7 @@ class Transport:
         self.negotiated: Negotiated | None = None
         self.host_key: PublicKey | Certificate | None = None
         self.session_signature: bytes | None = None  # the server's signature over the first H
+        self._compression_started = False  # delayed compression began (after auth)
         self.peer_ext_info: dict[str, bytes] = {}
         self.peer_wants_ext_info = False
         self._expect_ext_info = False
@@ -228,6 +229,7 @@ class Transport:
         n = self.negotiated
         if n is None:
             return
+        self._compression_started = True
         if n.compression_cs == "zlib@openssh.com":
             (self._writer if self.role is Role.CLIENT else self._reader).enable_compression()
         if n.compression_sc == "zlib@openssh.com":
@@ -345,12 +347,17 @@ class Transport:
         return m.KexInit(self._rng(16), tuple(kex_names), tuple(host_algs), a.ciphers, a.ciphers,
                          a.macs, a.macs, a.compression, a.compression, (), (), False, 0)
 
+    def _host_key_candidates(self):
+        """Each (key, cert) pair offers its certificate and its plain key, as sshd does."""
+        for key, cert in self._host_keys:
+            if cert is not None:
+                yield key, cert
+            yield key, None
+
     def _server_host_key_algorithms(self) -> tuple[str, ...]:
-        offered = []
-        for alg in self.algorithms.host_keys:
-            if any(algorithm_matches_key(alg, cert or key.public_key) for key, cert in self._host_keys):
-                offered.append(alg)
-        return tuple(offered)
+        return tuple(alg for alg in self.algorithms.host_keys
+                     if any(algorithm_matches_key(alg, cert or key.public_key)
+                            for key, cert in self._host_key_candidates()))
 
     def _start_kex(self) -> None:
         msg = self._make_kexinit()
@@ -451,7 +458,7 @@ class Transport:
             self._send_newkeys()
 
     def _pick_host_key(self, alg: str) -> tuple[PrivateKey, Certificate | None]:
-        for key, cert in self._host_keys:
+        for key, cert in self._host_key_candidates():
             if algorithm_matches_key(alg, cert or key.public_key):
                 return key, cert
         raise KeyExchangeError(f"no host key for {alg}")
@@ -493,6 +500,9 @@ class Transport:
         out_cipher, out_mac, letters = ((n.cipher_cs, n.mac_cs, b"ACE") if self.role is Role.CLIENT
                                         else (n.cipher_sc, n.mac_sc, b"BDF"))
         self._writer.set_keys(out_cipher, out_mac, *self._derive(out_cipher, out_mac, letters))
+        if self._compression_started:
+            out_comp = n.compression_cs if self.role is Role.CLIENT else n.compression_sc
+            self._writer.restart_compression(out_comp == "zlib@openssh.com")
         if self.strict_kex:
             self._writer.reset_sequence()
         if self.role is Role.SERVER and not self._first_kex_done and self.peer_wants_ext_info:
@@ -514,6 +524,9 @@ class Transport:
         in_cipher, in_mac, letters = ((n.cipher_sc, n.mac_sc, b"BDF") if self.role is Role.CLIENT
                                       else (n.cipher_cs, n.mac_cs, b"ACE"))
         self._reader.set_keys(in_cipher, in_mac, *self._derive(in_cipher, in_mac, letters))
+        if self._compression_started:
+            in_comp = n.compression_sc if self.role is Role.CLIENT else n.compression_cs
+            self._reader.restart_compression(in_comp == "zlib@openssh.com")
         if self.strict_kex:
             self._reader.reset_sequence()
         if not self._first_kex_done:

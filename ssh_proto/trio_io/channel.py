@@ -128,6 +128,9 @@ class SSHChannel(trio.abc.HalfCloseableStream):
     async def _receive(self, buf: _Buffer, max_bytes: int | None) -> bytes:
         while not buf.chunks:
             if buf.eof:
+                if self._error is not None:
+                    # The connection died: never pass a truncated stream off as a clean EOF.
+                    raise trio.BrokenResourceError("connection lost") from self._error
                 return b""
             buf.event = trio.Event()
             await buf.event.wait()

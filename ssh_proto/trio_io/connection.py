@@ -157,9 +157,29 @@ class SSHConnection:
                     await self._stream.send_all(data)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, trio.BusyResourceError):
                     pass
+        if isinstance(error, ProtocolError):
+            await self._linger()
         await trio.aclose_forcefully(self._stream)
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
+
+    async def _linger(self) -> None:
+        """After our DISCONNECT: half-close and drain what the peer still sends, briefly.
+
+        Closing a socket with unread input makes the kernel send a reset, which can
+        destroy the DISCONNECT before the peer reads it (it would then report a lost
+        connection instead of our reason). Bounded in time and bytes.
+        """
+        if not isinstance(self._stream, trio.abc.HalfCloseableStream):
+            return
+        with trio.move_on_after(0.5):
+            try:
+                await self._stream.send_eof()
+                drained = 0
+                while drained < 4 * RECEIVE_SIZE and (data := await self._stream.receive_some(RECEIVE_SIZE)):
+                    drained += len(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, trio.BusyResourceError):
+                pass
 
     async def aclose(self, reason: int = DisconnectReason.BY_APPLICATION, description: str = "") -> None:
         """Send DISCONNECT and close everything this connection owns."""

@@ -189,6 +189,15 @@ class SSHServerConnection(SSHConnection):
 
     async def _on_auth_event(self, event) -> None:
         self._request_started = trio.current_time()
+        try:
+            await self._ask_application(event)
+        except Exception:
+            # an application bug is a refusal, never an open door nor a dead connection
+            log.exception("authentication handler failed")
+            if self.core.server_auth._pending is not None:
+                await self._decide(event, False)
+
+    async def _ask_application(self, event) -> None:
         s = self.server
         if isinstance(event, ev.AuthNone):
             outcome = await s.auth_none(event.username)
@@ -414,10 +423,11 @@ class SSHListener:
             await serve_stream(stream, self.server_factory, host_keys=self.host_keys, options=self.options,
                                login_grace_time=self.login_grace_time, on_authenticated=release,
                                delay_secret=self._delay_secret, peer_address=peer)
-        except SSHError as exc:
-            log.info("connection from %s ended: %s", peer, exc)
-        except Exception:
-            # one connection's failure must not take the listener down
+        except* SSHError as group:
+            log.info("connection from %s ended: %s", peer, group.exceptions[0])
+        except* Exception:
+            # one connection's failure must not take the listener down (except* also
+            # catches a failure grouped with the cancellation of the connection's tasks)
             log.exception("connection from %s failed", peer)
         finally:
             release()

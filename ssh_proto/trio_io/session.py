@@ -130,11 +130,17 @@ class SSHProcess(SSHChannel):
             while data := await receive():
                 parts.append(data)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(feed)
-            nursery.start_soon(drain, self.receive_some, out)
-            nursery.start_soon(drain, self.receive_stderr, err)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(feed)
+                nursery.start_soon(drain, self.receive_some, out)
+                nursery.start_soon(drain, self.receive_stderr, err)
+        except* trio.BrokenResourceError:
+            # the connection failed mid-command: raise its typed error, not a partial result
+            raise self.conn._lost_error() from None
         await self.closed.wait()
+        if self._error is not None:
+            raise self.conn._lost_error()
         return RunResult(self.exit_status, b"".join(out), b"".join(err), self.exit_signal)
 
 
@@ -191,22 +197,23 @@ class ServerSession(SSHChannel):
             w = m.WindowChange.decode(req.data)
             if self.pty is not None:
                 self.pty = dataclasses.replace(self.pty, cols=w.cols, rows=w.rows, width=w.width, height=w.height)
-            if self.on_resize is not None:
-                self.on_resize(w.cols, w.rows)
-            return True
+            return self._callback(self.on_resize, w.cols, w.rows) or self.on_resize is None
         elif t == "signal":
-            name = m.SignalRequest.decode(req.data).signal
-            if self.on_signal is not None:
-                self.on_signal(name)
-                return True
-            return False
+            return self._callback(self.on_signal, m.SignalRequest.decode(req.data).signal)
         elif t == "break":
-            ms = m.BreakRequest.decode(req.data).length_ms
-            if self.on_break is not None:
-                self.on_break(ms)
-                return True
-            return False
+            return self._callback(self.on_break, m.BreakRequest.decode(req.data).length_ms)
         return False
+
+    def _callback(self, fn, *args) -> bool:
+        """Run an application callback; its failure refuses the request, nothing more."""
+        if fn is None:
+            return False
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("session callback %r failed", fn)
+            return False
+        return True
 
     async def _on_pty(self, data: bytes) -> bool:
         req = m.PtyRequest.decode(data)
@@ -258,9 +265,10 @@ class ServerSession(SSHChannel):
         status = None
         try:
             status = await self._start(self)
-        except Exception:
+        except* Exception:
             # The application's handler failed: that ends this session only, never the
             # connection or the server (the traceback goes to the log, not to the peer).
+            # except* also catches failures grouped with a cancellation.
             log.exception("session handler failed")
             status = 255
         finally:

@@ -110,8 +110,12 @@ async def _run_pipes(session, argv, env):
             await proc.stdin.aclose()
 
         async def pump_out(stream, send):
-            while data := await stream.receive_some(65536):
-                await send(data)
+            try:
+                while data := await stream.receive_some(65536):
+                    await send(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                # the channel or the whole connection is gone: nobody will read the rest
+                proc.kill()
 
         nursery.start_soon(pump_in)
         async with trio.open_nursery() as outs:
@@ -149,13 +153,21 @@ async def _run_pty(session, argv, env):
 
         nursery.start_soon(pump_in)
         try:
-            while data := await out.receive_some(65536):
+            while data := await _read_pty(out):
                 await session.send_all(data)
-        except trio.BrokenResourceError as exc:
-            # reading a pty master whose slave side closed gives EIO: that is EOF
-            if not (isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.EIO):
-                raise
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            proc.kill()  # the channel or the whole connection is gone
         status = await proc.wait()
         nursery.cancel_scope.cancel()
     await out.aclose()
     return status if status >= 0 else 128 - status
+
+
+async def _read_pty(master):
+    try:
+        return await master.receive_some(65536)
+    except trio.BrokenResourceError as exc:
+        # reading a pty master whose slave side closed gives EIO: that is EOF
+        if isinstance(exc.__cause__, OSError) and exc.__cause__.errno == errno.EIO:
+            return b""
+        raise
