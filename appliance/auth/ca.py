@@ -1,0 +1,233 @@
+"""The cluster's two certificate authorities (OpenSSH certificates, PROTOCOL.certkeys).
+
+* The **user CA** signs user certificates: ``key_id = "user:<name>"``, principals = the
+  user's logins (never empty — an empty list means "anyone" to OpenSSH before 10.3,
+  CVE-2024-7594), extensions = ``ssh-keygen``'s defaults plus
+  ``jumpgate-roles@jumpgate`` (comma list) when the user has roles.
+* The **host CA** signs host certificates for nodes, proxies and the auth server:
+  ``key_id = "<role>:<name>"``, principals given by the caller (name, name.CLUSTER,
+  addresses, ...).
+
+Both are Ed25519 keys created on the first start and kept, OpenSSH-PEM encoded, in
+the auth role's storage. The private keys never leave this object: no method returns
+them and ``repr`` shows fingerprints only. Certificates are backdated by one minute
+so that a node whose clock is slightly behind accepts them (as Teleport does).
+
+Exports: :meth:`ClusterCA.user_ca_line` is a ``TrustedUserCAKeys`` line for sshd;
+:meth:`ClusterCA.host_ca_known_hosts_line` an ``@cert-authority`` known_hosts line;
+:meth:`ClusterCA.pin_for_host_ca` the pin carried by join tokens.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable, Sequence
+
+from ssh_proto.certs import CERT_TYPE_HOST, CERT_TYPE_USER, DEFAULT_USER_EXTENSIONS, sign_certificate
+from ssh_proto.errors import KeyFormatError, ProtocolError
+from ssh_proto.keys import Certificate, PrivateKey, PublicKey, load_private_key, parse_public_blob
+from ssh_proto.wire import Reader
+
+from ..storage.base import CARecord, Storage
+
+__all__ = [
+    "BACKDATE_SECONDS",
+    "HOST_ROLES",
+    "ROLES_EXTENSION",
+    "CAError",
+    "ClusterCA",
+    "parse_plain_public_key",
+    "pin_matches",
+    "pin_of",
+    "roles_from_certificate",
+]
+
+ROLES_EXTENSION = "jumpgate-roles@jumpgate"
+HOST_ROLES = frozenset({"node", "proxy", "auth"})
+BACKDATE_SECONDS = 60
+CA_KINDS = ("user", "host")
+# A principal or host pattern is one token of a known_hosts / principals list.
+_PRINCIPAL = re.compile(r"[A-Za-z0-9_.:%@\-]{1,255}")
+_PATTERN = re.compile(r"!?[A-Za-z0-9_.:*?\[\]\-]{1,255}")
+
+
+class CAError(ValueError):
+    """The CA refused to sign, or its stored keys are unusable (no key material inside)."""
+
+
+def pin_of(data: bytes) -> str:
+    """``"sha256:" + base64url-nopad(sha256(data))`` (host CA blob or TLS SPKI DER)."""
+    digest = hashlib.sha256(bytes(data)).digest()
+    return "sha256:" + base64.urlsafe_b64encode(digest).decode("ascii").rstrip("=")
+
+
+def pin_matches(pin: str, data: bytes) -> bool:
+    """Constant-time check of a pin, with or without its ``sha256:`` prefix."""
+    if not isinstance(pin, str):
+        return False
+    expected = pin_of(data)
+    given = pin if pin.startswith("sha256:") else "sha256:" + pin
+    return hmac.compare_digest(expected.encode("ascii"), given.encode("utf-8", "replace"))
+
+
+def roles_from_certificate(cert: Certificate) -> tuple[str, ...]:
+    """The Jumpgate roles a user certificate carries (``()`` when none or malformed)."""
+    data = cert.extensions.get(ROLES_EXTENSION)
+    if not data:
+        return ()
+    try:
+        r = Reader(data)
+        text = r.string().decode("utf-8")
+        r.finish()
+    except (ProtocolError, UnicodeDecodeError):
+        return ()
+    return tuple(role for role in text.split(",") if role)
+
+
+def _check_principals(principals: Iterable[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for p in principals:
+        if not isinstance(p, str) or not _PRINCIPAL.fullmatch(p):
+            raise CAError(f"invalid principal {str(p)[:64]!r}")
+        if p not in out:
+            out.append(p)
+    if not out:
+        raise CAError("refusing to issue a certificate with no principals")
+    return tuple(out)
+
+
+def _validity(ttl: float, now: float) -> tuple[int, int]:
+    if not ttl > 0:
+        raise CAError("certificate lifetime must be positive")
+    return max(0, int(now) - BACKDATE_SECONDS), int(now + ttl)
+
+
+def _load(record: CARecord, cluster: str) -> PrivateKey:
+    if record.cluster != cluster:
+        raise CAError(f"the data directory belongs to cluster {record.cluster!r}, "
+                      f"not {cluster!r}")
+    try:
+        key = load_private_key(record.private_key)
+    except KeyFormatError:
+        raise CAError(f"the stored {record.kind} CA key cannot be loaded") from None
+    if key.public_key.blob != record.public_key:
+        raise CAError(f"the stored {record.kind} CA key does not match its public key")
+    return key
+
+
+class ClusterCA:
+    """The user and host CAs of one cluster; build it with :meth:`load_or_create`.
+
+    >>> ca = await ClusterCA.load_or_create(storage, "prod")            # doctest: +SKIP
+    >>> cert = ca.sign_user(key, "alice", ["alice"], (), 3600, time.time())  # doctest: +SKIP
+    """
+
+    __slots__ = ("_host", "_user", "cluster", "new_kinds")
+
+    def __init__(self, cluster: str, user_ca: PrivateKey, host_ca: PrivateKey,
+                 new_kinds: Sequence[str] = ()):
+        self.cluster = cluster
+        self._user = user_ca
+        self._host = host_ca
+        #: The CA kinds created by :meth:`load_or_create` (to audit "ca.create").
+        self.new_kinds = tuple(new_kinds)
+
+    @classmethod
+    async def load_or_create(cls, storage: Storage, cluster: str, *,
+                             clock: Callable[[], float] = time.time) -> ClusterCA:
+        """Load both CAs, creating whichever is missing (two racing starts agree on one)."""
+        keys: dict[str, PrivateKey] = {}
+        new: list[str] = []
+        for kind in CA_KINDS:
+            record = await storage.get_ca(kind)
+            if record is None:
+                fresh = PrivateKey.generate("ssh-ed25519")
+                record = await storage.insert_ca(CARecord(
+                    kind, cluster, fresh.to_openssh(comment=f"jumpgate-{kind}-ca@{cluster}"),
+                    fresh.public_key.blob, clock()))
+                if record.public_key == fresh.public_key.blob:
+                    new.append(kind)
+            keys[kind] = _load(record, cluster)
+        return cls(cluster, keys["user"], keys["host"], new)
+
+    def __repr__(self) -> str:
+        return (f"<ClusterCA {self.cluster!r} user={self._user.public_key.fingerprint()} "
+                f"host={self._host.public_key.fingerprint()}>")
+
+    # -- public halves ---------------------------------------------------------------
+    @property
+    def user_ca_public(self) -> PublicKey:
+        return self._user.public_key
+
+    @property
+    def host_ca_public(self) -> PublicKey:
+        return self._host.public_key
+
+    def pin_for_host_ca(self) -> str:
+        """The pin of the host CA public key blob, carried by join tokens."""
+        return pin_of(self._host.public_key.blob)
+
+    def user_ca_line(self) -> str:
+        """A ``TrustedUserCAKeys`` (or ``cert-authority`` authorized_keys) key line."""
+        return self._user.public_key.to_line(f"jumpgate-user-ca@{self.cluster}")
+
+    def host_ca_known_hosts_line(self, patterns: Sequence[str] = ("*",)) -> str:
+        """``@cert-authority <patterns> <host CA key>`` for known_hosts."""
+        if isinstance(patterns, str):
+            patterns = (patterns,)
+        if not patterns or not all(isinstance(p, str) and _PATTERN.fullmatch(p) for p in patterns):
+            raise CAError("host patterns must be non-empty known_hosts patterns")
+        key = self._host.public_key.to_line(f"jumpgate-host-ca@{self.cluster}")
+        return f"@cert-authority {','.join(patterns)} {key}"
+
+    # -- signing ---------------------------------------------------------------------
+    def sign_user(self, public_key: PublicKey, user: str, logins: Sequence[str],
+                  roles: Sequence[str], ttl: float, now: float) -> Certificate:
+        """A user certificate whose principals are exactly ``logins`` (never empty)."""
+        principals = _check_principals(logins)
+        valid_after, valid_before = _validity(ttl, now)
+        extensions: dict[str, bytes | str] = dict(DEFAULT_USER_EXTENSIONS)
+        if roles:
+            extensions[ROLES_EXTENSION] = ",".join(roles)
+        return self._sign(self._user, public_key, CERT_TYPE_USER, f"user:{user}", principals,
+                          valid_after, valid_before, extensions)
+
+    def sign_host(self, public_key: PublicKey, role: str, name: str, principals: Sequence[str],
+                  ttl: float, now: float) -> Certificate:
+        """A host certificate ``key_id = "<role>:<name>"`` for ``principals`` (never empty)."""
+        if role not in HOST_ROLES:
+            raise CAError(f"unknown host role {str(role)[:16]!r}")
+        names = _check_principals(principals)
+        valid_after, valid_before = _validity(ttl, now)
+        return self._sign(self._host, public_key, CERT_TYPE_HOST, f"{role}:{name}", names,
+                          valid_after, valid_before, {})
+
+    @staticmethod
+    def _sign(ca: PrivateKey, public_key: PublicKey, cert_type: int, key_id: str,
+              principals: tuple[str, ...], valid_after: int, valid_before: int,
+              extensions: dict[str, bytes | str]) -> Certificate:
+        if not isinstance(public_key, PublicKey):
+            raise CAError("only a plain public key can be certified, not a certificate")
+        try:
+            return sign_certificate(ca, public_key, cert_type=cert_type, key_id=key_id,
+                                    principals=principals, valid_after=valid_after,
+                                    valid_before=valid_before, extensions=extensions,
+                                    serial=secrets.randbits(63))
+        except (TypeError, ValueError) as exc:
+            raise CAError(f"cannot sign: {exc}") from None
+
+
+def parse_plain_public_key(blob: bytes) -> PublicKey:
+    """Decode a public key blob to certify; certificates and junk raise CAError."""
+    try:
+        key = parse_public_blob(bytes(blob))
+    except (KeyFormatError, TypeError):
+        raise CAError("malformed public key") from None
+    if not isinstance(key, PublicKey):
+        raise CAError("a certificate cannot be certified; send the plain public key")
+    return key
+

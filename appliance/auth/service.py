@@ -1,0 +1,789 @@
+"""AuthService: every business rule of the auth role, with no networking.
+
+The auth API (``auth/server.py``), the web role and ``jumpgate ctl`` on the auth host
+call these async methods; they decide *who* may call what (admin, node, joining,
+anonymous web visitor) and pass the caller's identity as ``actor`` for the audit log.
+Results are frozen dataclasses with ``to_wire()`` (msgpack-safe maps) or plain
+values; :func:`to_wire` converts any result. Failures raise :class:`AuthServiceError`
+with a stable ``code``; messages are safe to show to the user (no secrets, and no
+hint whether a user name exists).
+
+Rules enforced here (SECURITY-CHECKLIST §3, issue 3):
+
+* Invites: valid 1 h, single use (compare-and-set in storage); the TOTP seed is made
+  with the invite and enrolment is confirmed by a current code at signup; passwords
+  12..128 characters.
+* Login: password and TOTP code; the same ``access_denied`` for an unknown user, a
+  wrong password, a wrong code and a reused code (a dummy password hash is computed
+  for unknown users so the timing matches, T13); a code's time step is usable once
+  even under concurrent logins; 5 failures in a row lock the user for 30 min
+  (``locked`` even with the right credentials, until the lock expires); a success
+  resets the count.
+* User certificates: TTL default 12 h, at least 1 min, at most 30 h (longer is
+  refused); principals = the user's logins only, never empty.
+* Join tokens: TTL default 30 min; single use, consumed by a successful join; only
+  ``sha256`` of the secret is stored; a join issues a host certificate for name,
+  name.CLUSTER and the node's addresses and registers the node.
+* Names: user names and logins match ``[a-z_][a-z0-9_.-]{0,31}`` (T22: they end up
+  in paths and principals); node names are lower-case DNS names.
+* Every login, failure, lock, certificate, join, token and user change is an audit
+  event (:mod:`appliance.audit`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import ipaddress
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ssh_proto.errors import KeyFormatError
+from ssh_proto.keys import Certificate, PublicKey, parse_public_line
+
+from .. import audit
+from ..audit import AuditEvent, AuditEventError
+from ..storage.base import InviteRecord, NodeRecord, Storage, TokenRecord, UserRecord
+from . import passwords, totp
+from .ca import CAError, ClusterCA, parse_plain_public_key
+
+__all__ = [
+    "AuthService", "AuthServiceError", "CertResult", "ClusterInfo", "CreatedToken", "Invite",
+    "InviteInfo", "JoinResult", "LoginResult", "NodeInfo", "TokenInfo", "UserInfo", "to_wire",
+]
+
+log = logging.getLogger("jumpgate.auth")
+
+INVITE_TTL = 3600
+MAX_FAILED_LOGINS = 5
+LOCK_SECONDS = 30 * 60
+USER_CERT_TTL = 12 * 3600
+USER_CERT_TTL_MIN = 60
+USER_CERT_TTL_MAX = 30 * 3600
+HOST_CERT_TTL = 30 * 86400
+HOST_CERT_TTL_MAX = 365 * 86400
+TOKEN_TTL = 30 * 60
+TOKEN_TTL_MAX = 24 * 3600
+TOKEN_KINDS = ("node", "proxy")
+TOKEN_KEEP_SECONDS = 86400  # used/expired tokens stay listed (as such) this long
+KNOWN_ROLES = frozenset({"admin"})
+MAX_LOGINS = 32
+MAX_LABELS = 32
+MAX_ADDRESSES = 16
+
+ERROR_CODES = frozenset({"access_denied", "locked", "not_found", "expired", "already_used",
+                         "already_exists", "bad_request", "weak_password"})
+
+_USER_NAME = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+_DNS_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+                       r"(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
+_SECRET = re.compile(r"[A-Za-z0-9_-]{16,64}")
+_TOKEN_ID = re.compile(r"[0-9a-f]{1,64}")
+_LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./-]{0,62}")
+_DENIED = ("access denied: wrong user name, password or one-time code "
+           "(each code works once: wait for the next one)")
+
+
+class AuthServiceError(Exception):
+    """A refused request: ``code`` is stable (see :data:`ERROR_CODES`), ``message`` is
+    one line for the user."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    def to_wire(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+def _bad(message: str) -> AuthServiceError:
+    return AuthServiceError("bad_request", message)
+
+
+# ------------------------------------------------------------------------------ results
+
+
+class _Wire:
+    """``to_wire()`` for result dataclasses: fields as a map, tuples as lists."""
+
+    __slots__ = ()
+
+    def to_wire(self) -> dict[str, Any]:
+        return {f.name: to_wire(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+def to_wire(value: Any) -> Any:
+    """Convert a service result (dataclass, list, map, scalar) to msgpack-safe values."""
+    if hasattr(value, "to_wire"):
+        return value.to_wire()
+    if isinstance(value, (list, tuple)):
+        return [to_wire(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: to_wire(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Invite(_Wire):
+    """A new invite. ``token`` is the secret; the web/ctl side appends ``.<TLS pin>``."""
+
+    user: str
+    token: str
+    expires: float
+
+
+@dataclass(frozen=True, slots=True)
+class InviteInfo(_Wire):
+    """What the signup page shows: the otpauth URI holds the TOTP seed to enrol."""
+
+    user: str
+    logins: tuple[str, ...]
+    otp_uri: str
+    expires: float
+    cluster: str
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult(_Wire):
+    """A login's certificate (``-cert.pub`` line) and the cluster trust lines."""
+
+    user: str
+    cert: str
+    logins: tuple[str, ...]
+    roles: tuple[str, ...]
+    expires: float
+    host_ca: str  # @cert-authority known_hosts line
+    user_ca: str
+    cluster: str
+
+
+@dataclass(frozen=True, slots=True)
+class UserInfo(_Wire):
+    name: str
+    logins: tuple[str, ...]
+    roles: tuple[str, ...]
+    status: str  # "invited" | "active" | "locked"
+    created: float
+    locked_until: float
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedToken(_Wire):
+    """A join token to hand to a node: ``token`` is ``<secret>.<host CA pin>``."""
+
+    id: str
+    kind: str
+    token: str
+    expires: float
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo(_Wire):
+    id: str
+    kind: str
+    created: float
+    expires: float
+    status: str  # "active" | "expired" | "used"
+    used_by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CertResult(_Wire):
+    cert: str
+    key_id: str
+    principals: tuple[str, ...]
+    expires: float
+    serial: int
+
+
+@dataclass(frozen=True, slots=True)
+class JoinResult(_Wire):
+    """What a joining (or renewing) node or proxy receives."""
+
+    name: str
+    kind: str
+    host_cert: str
+    expires: float
+    user_ca: str
+    host_ca: str
+    cluster: str
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo(_Wire):
+    name: str
+    kind: str  # "node" | "proxy" | "openssh"
+    addr: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    last_seen: float = 0.0
+    tunnel: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterInfo(_Wire):
+    cluster: str
+    host_ca: str
+    user_ca: str
+    host_ca_pin: str
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def check_user_name(name: Any, what: str = "user name") -> str:
+    """``[a-z_][a-z0-9_.-]{0,31}`` (also for logins): safe in paths and principals (T22)."""
+    if not isinstance(name, str) or not _USER_NAME.fullmatch(name):
+        raise _bad(f"invalid {what} {str(name)[:40]!r}: use a-z, 0-9, '_', '.', '-' "
+                   "(at most 32, starting with a letter or '_')")
+    return name
+
+
+def check_node_name(name: Any, what: str = "node name") -> str:
+    """A lower-case DNS name (upper case is folded, as host names compare)."""
+    text = name.lower() if isinstance(name, str) else ""
+    if not _DNS_NAME.fullmatch(text):
+        raise _bad(f"invalid {what} {str(name)[:40]!r}: use a DNS name (a-z, 0-9, '-', '.')")
+    return text
+
+
+def _names(values: Any, check: Callable[[Any, str], str], what: str, limit: int) -> tuple[str, ...]:
+    if isinstance(values, (str, bytes)) or not isinstance(values, (list, tuple)):
+        raise _bad(f"{what}s must be a list")
+    if len(values) > limit:
+        raise _bad(f"at most {limit} {what}s")
+    return tuple(dict.fromkeys(check(v, what) for v in values))
+
+
+def _check_roles(roles: Any) -> tuple[str, ...]:
+    result = _names(roles, lambda r, w: r if isinstance(r, str) else "", "role", 8)
+    unknown = [r for r in result if r not in KNOWN_ROLES]
+    if unknown:
+        raise _bad(f"unknown role {unknown[0][:32]!r} (known: {', '.join(sorted(KNOWN_ROLES))})")
+    return result
+
+
+def _check_address(value: Any, what: str = "address") -> str:
+    """An IP address or a DNS name (used as a host certificate principal)."""
+    if isinstance(value, str):
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            pass
+    return check_node_name(value, what)
+
+
+def _check_addr(addr: Any, *, required: bool) -> str:
+    """``host:port`` / ``[v6]:port`` where the proxy dials a node ("" if not required)."""
+    if addr in ("", None) and not required:
+        return ""
+    if not isinstance(addr, str) or len(addr) > 300:
+        raise _bad("the address must be HOST:PORT")
+    host, sep, port = addr.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host:
+            raise _bad("brackets are only for IPv6 addresses")
+    elif ":" in host:
+        raise _bad("write IPv6 addresses as [ADDR]:PORT")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise _bad(f"the address {addr[:64]!r} must be HOST:PORT with a port 1-65535")
+    host = _check_address(host)
+    return f"[{host}]:{int(port)}" if ":" in host else f"{host}:{int(port)}"
+
+
+def _check_labels(labels: Any) -> dict[str, str]:
+    if labels is None:
+        return {}
+    if not isinstance(labels, Mapping) or len(labels) > MAX_LABELS:
+        raise _bad(f"labels must be a map of at most {MAX_LABELS} entries")
+    out: dict[str, str] = {}
+    for key, value in labels.items():
+        if not isinstance(key, str) or not _LABEL_KEY.fullmatch(key):
+            raise _bad(f"invalid label name {str(key)[:40]!r}")
+        if not isinstance(value, str) or len(value) > 256 or not value.isprintable():
+            raise _bad(f"label {key!r}: the value must be printable text of at most 256 characters")
+        out[key] = value
+    return out
+
+
+def _check_ttl(ttl: Any, default: float, low: float, high: float, what: str) -> float:
+    if ttl is None:
+        return default
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl != ttl:
+        raise _bad(f"{what} must be a number of seconds")
+    if ttl < low:
+        raise _bad(f"{what} must be at least {int(low)} seconds")
+    if ttl > high:
+        raise _bad(f"{what} must be at most {int(high)} seconds ({high / 3600:g} h)")
+    return float(ttl)
+
+
+def _parse_key(key: Any) -> PublicKey:
+    """A public key to certify: an SSH blob (bytes) or a ``.pub`` line (str)."""
+    try:
+        if isinstance(key, str):
+            parsed, _ = parse_public_line(key.strip())
+            if not isinstance(parsed, PublicKey):
+                raise _bad("a certificate cannot be certified; send the plain public key")
+            return parsed
+        if isinstance(key, (bytes, bytearray, memoryview)):
+            return parse_plain_public_key(bytes(key))
+    except (CAError, KeyFormatError) as exc:
+        raise _bad(f"invalid public key: {exc}") from None
+    raise _bad("the public key must be an SSH key blob or a .pub line")
+
+
+def _secret_hash(token: Any, what: str) -> str:
+    """sha256 hex of the secret part of ``<secret>[.<pin>]`` (not_found if malformed)."""
+    secret = token.split(".", 1)[0] if isinstance(token, str) else ""
+    if not _SECRET.fullmatch(secret):
+        raise AuthServiceError("not_found", f"{what} not found")
+    return hashlib.sha256(secret.encode("ascii")).hexdigest()
+
+
+def _new_secret() -> tuple[str, str]:
+    """16 random bytes, base64url (22 characters), and the sha256 hex we store."""
+    secret = secrets.token_urlsafe(16)
+    return secret, hashlib.sha256(secret.encode("ascii")).hexdigest()
+
+
+def _cert_result(cert: Certificate) -> CertResult:
+    return CertResult(cert.to_line(), cert.key_id, cert.principals, float(cert.valid_before),
+                      cert.serial)
+
+
+# ------------------------------------------------------------------------------ service
+
+
+class AuthService:
+    """All business rules of the auth role. Build it with :meth:`create`.
+
+    >>> service = await AuthService.create(SQLiteStorage(path), "prod")   # doctest: +SKIP
+    >>> invite = await service.create_user("alice", ["alice", "root"])     # doctest: +SKIP
+    """
+
+    def __init__(self, storage: Storage, ca: ClusterCA, *,
+                 clock: Callable[[], float] = time.time,
+                 hasher: passwords.PasswordHasher = passwords.DEFAULT_HASHER):
+        self.storage = storage
+        self.ca = ca
+        self.cluster = ca.cluster
+        self._clock = clock
+        self._hasher = hasher
+
+    @classmethod
+    async def create(cls, storage: Storage, cluster: str, *,
+                     clock: Callable[[], float] = time.time,
+                     hasher: passwords.PasswordHasher = passwords.DEFAULT_HASHER) -> AuthService:
+        """Load (or on the first start create, and audit) the CAs of ``cluster``."""
+        cluster = check_node_name(cluster, "cluster name")
+        try:
+            ca = await ClusterCA.load_or_create(storage, cluster, clock=clock)
+        except CAError as exc:
+            raise AuthServiceError("bad_request", str(exc)) from None
+        service = cls(storage, ca, clock=clock, hasher=hasher)
+        for kind in ca.new_kinds:
+            key = ca.user_ca_public if kind == "user" else ca.host_ca_public
+            await service._audit("ca.create", kind=kind, fingerprint=key.fingerprint())
+        await hasher.warm_up()
+        return service
+
+    async def _audit(self, event: str, *, user: str = "", success: bool = True,
+                     **fields: Any) -> None:
+        record = audit.make_event(event, time=self._clock(), user=user, success=success,
+                                  **{k: v for k, v in fields.items() if v not in (None, "")})
+        await self.storage.append_audit(record)
+        log.info("audit %s %s user=%r %s", record.code, record.event, record.user,
+                 " ".join(f"{k}={v!r}" for k, v in record.fields.items()))
+
+    # -- users -----------------------------------------------------------------------
+    async def create_user(self, name: str, logins: Sequence[str], roles: Sequence[str] = (), *,
+                          actor: str = "") -> Invite:
+        """Add a user (logins must not be empty) and return a 1 h single-use invite."""
+        name = check_user_name(name)
+        logins = _names(logins, check_user_name, "login", MAX_LOGINS)
+        if not logins:
+            raise _bad("a user needs at least one login (certificates never have empty principals)")
+        roles = _check_roles(roles)
+        now = self._clock()
+        secret, invite = self._new_invite(name, now)
+        if not await self.storage.create_user(UserRecord(name, logins, roles, created=now), invite):
+            raise AuthServiceError("already_exists", f"user {name!r} already exists")
+        await self._audit("user.create", user=name, actor=actor, logins=logins, roles=roles)
+        return Invite(name, secret, invite.expires)
+
+    def _new_invite(self, name: str, now: float) -> tuple[str, InviteRecord]:
+        secret, token_hash = _new_secret()
+        return secret, InviteRecord(token_hash, name, totp.new_secret(), now, now + INVITE_TTL)
+
+    async def get_user(self, name: str) -> UserInfo:
+        record = await self.storage.get_user(check_user_name(name))
+        if record is None:
+            raise AuthServiceError("not_found", f"no user {name!r}")
+        return self._user_info(record)
+
+    def _user_info(self, u: UserRecord) -> UserInfo:
+        now = self._clock()
+        status = "invited" if not u.signed_up else "locked" if u.locked_until > now else "active"
+        return UserInfo(u.name, u.logins, u.roles, status, u.created, u.locked_until)
+
+    async def list_users(self) -> list[UserInfo]:
+        return [self._user_info(u) for u in await self.storage.list_users()]
+
+    async def delete_user(self, name: str, *, actor: str = "") -> None:
+        if not await self.storage.delete_user(check_user_name(name)):
+            raise AuthServiceError("not_found", f"no user {name!r}")
+        await self._audit("user.delete", user=name, actor=actor)
+
+    async def reset_user(self, name: str, *, actor: str = "") -> Invite:
+        """Clear password, TOTP and lock; the user signs up again with a new invite."""
+        name = check_user_name(name)
+        secret, invite = self._new_invite(name, self._clock())
+        if not await self.storage.reset_user(name, invite):
+            raise AuthServiceError("not_found", f"no user {name!r}")
+        await self._audit("user.reset", user=name, actor=actor)
+        return Invite(name, secret, invite.expires)
+
+    # -- invites and signup ----------------------------------------------------------
+    async def _find_invite(self, token: Any) -> InviteRecord:
+        invite = await self.storage.get_invite(_secret_hash(token, "invite"))
+        if invite is None:
+            raise AuthServiceError("not_found", "invite not found (ask an admin for a new one)")
+        if invite.used is not None:
+            raise AuthServiceError("already_used", "this invite was already used")
+        if invite.expires <= self._clock():
+            raise AuthServiceError("expired", "this invite has expired (ask an admin for a new one)")
+        return invite
+
+    async def get_invite(self, token: str) -> InviteInfo:
+        """The signup page: user, logins and the otpauth URI of the TOTP seed to enrol."""
+        invite = await self._find_invite(token)
+        user = await self.storage.get_user(invite.user)
+        logins = user.logins if user is not None else ()
+        return InviteInfo(invite.user, logins,
+                          totp.provisioning_uri(invite.totp_secret, invite.user, self.cluster),
+                          invite.expires, self.cluster)
+
+    async def complete_signup(self, token: str, password: str, otp_code: str) -> None:
+        """Set the password (policy 12..128) and confirm TOTP with a current code; once."""
+        invite = await self._find_invite(token)
+        try:
+            passwords.check_policy(password)
+        except passwords.PasswordPolicyError as exc:
+            await self._audit("user.signup", user=invite.user, success=False, reason="weak password")
+            raise AuthServiceError("weak_password", str(exc)) from None
+        now = self._clock()
+        counter = totp.verify(invite.totp_secret, otp_code, now=now)
+        if counter is None:
+            await self._audit("user.signup", user=invite.user, success=False, reason="wrong code")
+            raise AuthServiceError("access_denied", "the one-time code is wrong "
+                                   "(check the authenticator app and the clock)")
+        password_hash = await self._hasher.hash(password)
+        if not await self.storage.complete_signup(invite.token_hash, password_hash, counter, now):
+            await self._find_invite(token)  # says "already_used" or "expired"
+            raise AuthServiceError("already_used", "this invite was already used")
+        await self._audit("user.signup", user=invite.user)
+
+    # -- login -----------------------------------------------------------------------
+    async def login(self, user: str, password: str, otp_code: str, public_key_blob: Any,
+                    ttl_seconds: float | None = None, client_ip: str = "") -> LoginResult:
+        """Password + TOTP → a user certificate for ``public_key_blob``."""
+        ttl = _check_ttl(ttl_seconds, USER_CERT_TTL, USER_CERT_TTL_MIN, USER_CERT_TTL_MAX,
+                         "the certificate TTL")
+        key = _parse_key(public_key_blob)
+        client_ip = str(client_ip)[:64]
+        record = await self._login_user(user, password, client_ip)
+        now = self._clock()
+        reason = await self._check_credentials(record, password, otp_code, now)
+        if reason is not None:
+            await self._login_failed(record.name, reason, client_ip, now)
+            raise AuthServiceError("access_denied", _DENIED)
+        cert = self._sign_user(key, record, ttl, now)
+        await self._audit("user.login", user=record.name, client_ip=client_ip, method="password+totp")
+        await self._audit("cert.create", user=record.name, kind="user", key_id=cert.key_id,
+                          serial=cert.serial, principals=cert.principals,
+                          valid_before=cert.valid_before, client_ip=client_ip)
+        return LoginResult(record.name, cert.to_line(), record.logins, record.roles,
+                           float(cert.valid_before), self.ca.host_ca_known_hosts_line(),
+                           self.ca.user_ca_line(), self.cluster)
+
+    async def _login_user(self, user: Any, password: Any, client_ip: str) -> UserRecord:
+        """The user, signed up and not locked; else access_denied (or locked)."""
+        valid = isinstance(user, str) and _USER_NAME.fullmatch(user) is not None
+        record = await self.storage.get_user(user) if valid else None
+        if record is None or not record.signed_up:
+            await self._hasher.verify_dummy(password if isinstance(password, str) else "")
+            reason = "unknown user" if record is None else "signup not completed"
+            await self._audit("user.login", user=str(user)[:64], success=False,
+                              reason=reason, client_ip=client_ip)
+            raise AuthServiceError("access_denied", _DENIED)
+        if record.locked_until > self._clock():
+            await self._audit("user.login", user=record.name, success=False,
+                              reason="locked", client_ip=client_ip)
+            minutes = LOCK_SECONDS // 60
+            raise AuthServiceError("locked", f"user is locked after {MAX_FAILED_LOGINS} failed "
+                                   f"logins; try again later (locks last {minutes} min) or ask "
+                                   "an admin to reset the user")
+        return record
+
+    async def _check_credentials(self, record: UserRecord, password: Any, otp_code: Any,
+                                 now: float) -> str | None:
+        """None when password and code are right and the code's step is fresh; else why not."""
+        assert record.password_hash is not None and record.totp_secret is not None
+        password_ok = isinstance(password, str) and await self._hasher.verify(
+            password, record.password_hash)
+        counter = totp.verify(record.totp_secret, otp_code, now=now)
+        if not password_ok:
+            return "wrong password"
+        if counter is None:
+            return "wrong one-time code"
+        # Compare-and-set in storage: of two concurrent logins with one code, one wins.
+        if counter <= record.last_totp_counter or not await self.storage.record_login_success(
+                record.name, counter):
+            return "one-time code already used"
+        return None
+
+    async def _login_failed(self, name: str, reason: str, client_ip: str, now: float) -> None:
+        failure = await self.storage.record_login_failure(
+            name, now, max_failures=MAX_FAILED_LOGINS, lock_seconds=LOCK_SECONDS)
+        await self._audit("user.login", user=name, success=False, reason=reason,
+                          client_ip=client_ip)
+        if failure is not None and failure.locked_now:
+            await self._audit("user.locked", user=name, locked_until=failure.locked_until,
+                              failures=failure.failed_logins, client_ip=client_ip)
+
+    # -- certificates and CA exports -------------------------------------------------
+    async def sign_user_cert(self, name: str, public_key_blob: Any, ttl: float | None = None, *,
+                             actor: str = "") -> CertResult:
+        """``ctl auth sign --user``: a certificate for an existing user's logins (automation)."""
+        ttl = _check_ttl(ttl, USER_CERT_TTL, USER_CERT_TTL_MIN, USER_CERT_TTL_MAX,
+                         "the certificate TTL")
+        key = _parse_key(public_key_blob)
+        record = await self.storage.get_user(check_user_name(name))
+        if record is None:
+            raise AuthServiceError("not_found", f"no user {name!r}")
+        cert = self._sign_user(key, record, ttl, self._clock())
+        await self._audit("cert.create", user=record.name, kind="user", key_id=cert.key_id,
+                          serial=cert.serial, principals=cert.principals,
+                          valid_before=cert.valid_before, actor=actor)
+        return _cert_result(cert)
+
+    async def sign_host_cert(self, name: str, public_key_blob: Any,
+                             principals: Sequence[str] = (), ttl: float | None = None, *,
+                             role: str = "node", actor: str = "") -> CertResult:
+        """A host certificate ``<role>:<name>`` for name, name.CLUSTER and ``principals``."""
+        name = check_node_name(name)
+        extra = _names(principals, _check_address, "principal", MAX_ADDRESSES)
+        if role not in ("node", "proxy", "auth"):
+            raise _bad("role must be node, proxy or auth")
+        ttl = _check_ttl(ttl, HOST_CERT_TTL, USER_CERT_TTL_MIN, HOST_CERT_TTL_MAX,
+                         "the certificate TTL")
+        cert = self._sign_host(_parse_key(public_key_blob), role, name, extra, ttl)
+        await self._audit("cert.create", kind="host", key_id=cert.key_id, serial=cert.serial,
+                          principals=cert.principals, valid_before=cert.valid_before, actor=actor)
+        return _cert_result(cert)
+
+    def _sign_user(self, key: PublicKey, record: UserRecord, ttl: float, now: float) -> Certificate:
+        """Principals = the user's logins, exactly; the CA refuses an empty list."""
+        try:
+            return self.ca.sign_user(key, record.name, record.logins, record.roles, ttl, now)
+        except CAError as exc:
+            raise _bad(f"cannot issue a certificate for {record.name!r}: {exc}") from None
+
+    def _sign_host(self, key: PublicKey, role: str, name: str, addresses: Sequence[str],
+                   ttl: float) -> Certificate:
+        principals = (name, f"{name}.{self.cluster}", *addresses)
+        try:
+            return self.ca.sign_host(key, role, name, principals, ttl, self._clock())
+        except CAError as exc:
+            raise _bad(f"cannot issue a host certificate for {name!r}: {exc}") from None
+
+    async def export_ca(self, kind: str, host_patterns: Sequence[str] | None = None) -> str:
+        """``user``: a TrustedUserCAKeys line; ``host``: an ``@cert-authority`` line."""
+        if kind == "user":
+            return self.ca.user_ca_line()
+        if kind == "host":
+            try:
+                return self.ca.host_ca_known_hosts_line(host_patterns or ("*",))
+            except CAError as exc:
+                raise _bad(str(exc)) from None
+        raise _bad("the CA type must be 'user' or 'host'")
+
+    async def cluster_info(self) -> ClusterInfo:
+        return ClusterInfo(self.cluster, self.ca.host_ca_known_hosts_line(),
+                           self.ca.user_ca_line(), self.ca.pin_for_host_ca())
+
+    # -- join tokens -----------------------------------------------------------------
+    async def create_token(self, kind: str, ttl_seconds: float | None = TOKEN_TTL, *,
+                           actor: str = "") -> CreatedToken:
+        """A single-use join token ``<secret>.<host CA pin>`` for a node or a proxy."""
+        if kind not in TOKEN_KINDS:
+            raise _bad("the token type must be 'node' or 'proxy'")
+        ttl = _check_ttl(ttl_seconds, TOKEN_TTL, 60, TOKEN_TTL_MAX, "the token TTL")
+        now = self._clock()
+        await self.storage.purge_tokens(now - TOKEN_KEEP_SECONDS)
+        secret, token_hash = _new_secret()
+        record = TokenRecord(secrets.token_hex(8), token_hash, kind, now, now + ttl)
+        await self.storage.put_token(record)
+        await self._audit("token.create", kind=kind, token_id=record.id,
+                          expires=record.expires, actor=actor)
+        pin = self.ca.pin_for_host_ca().removeprefix("sha256:")
+        return CreatedToken(record.id, kind, f"{secret}.{pin}", record.expires)
+
+    def _token_info(self, t: TokenRecord, now: float) -> TokenInfo:
+        status = "used" if t.used is not None else "expired" if t.expires <= now else "active"
+        return TokenInfo(t.id, t.kind, t.created, t.expires, status, t.used_by)
+
+    async def list_tokens(self) -> list[TokenInfo]:
+        now = self._clock()
+        await self.storage.purge_tokens(now - TOKEN_KEEP_SECONDS)
+        return [self._token_info(t, now) for t in await self.storage.list_tokens()]
+
+    async def delete_token(self, token_id: str, *, actor: str = "") -> None:
+        if not isinstance(token_id, str) or not _TOKEN_ID.fullmatch(token_id) \
+                or not await self.storage.delete_token(token_id):
+            raise AuthServiceError("not_found", f"no token {str(token_id)[:20]!r}")
+        await self._audit("token.delete", token_id=token_id, actor=actor)
+
+    async def validate_token(self, token: str, kind: str | None = None) -> TokenInfo:
+        """Check a join token without using it (the API's ``-join`` password auth)."""
+        record = await self._find_token(token)
+        if kind is not None and record.kind != kind:
+            raise AuthServiceError("access_denied", f"this token is for joining a {record.kind}")
+        return self._token_info(record, self._clock())
+
+    async def _find_token(self, token: Any) -> TokenRecord:
+        record = await self.storage.get_token(_secret_hash(token, "join token"))
+        if record is None:
+            raise AuthServiceError("not_found", "join token not found")
+        if record.used is not None:
+            raise AuthServiceError("already_used", "this join token was already used")
+        if record.expires <= self._clock():
+            raise AuthServiceError("expired", "this join token has expired")
+        return record
+
+    # -- nodes -----------------------------------------------------------------------
+    async def join(self, token: str, kind: str, name: str, host_public_key_blob: Any,
+                   addresses: Sequence[str] = (), labels: Mapping[str, str] | None = None,
+                   addr: str = "", client_ip: str = "") -> JoinResult:
+        """Use a join token: host certificate for the node/proxy, and register it."""
+        if kind not in TOKEN_KINDS:
+            raise _bad("the kind must be 'node' or 'proxy'")
+        name = check_node_name(name)
+        key = _parse_key(host_public_key_blob)
+        addresses = _names(addresses, _check_address, "address", MAX_ADDRESSES)
+        labels, addr = _check_labels(labels), _check_addr(addr, required=False)
+        client_ip = str(client_ip)[:64]
+        try:
+            record = await self._find_token(token)
+            if record.kind != kind:
+                raise AuthServiceError("access_denied", f"this token is for joining a {record.kind}")
+            existing = await self.storage.get_node(name)
+            if existing is not None and existing.kind != kind:
+                raise AuthServiceError("already_exists", f"{name!r} is already a {existing.kind}")
+            if not await self.storage.consume_token(record.token_hash, self._clock(),
+                                                    f"{kind}:{name}"):
+                raise AuthServiceError("already_used", "this join token was already used")
+        except AuthServiceError as exc:
+            await self._audit("node.join", success=False, node=name, kind=kind,
+                              reason=exc.code, client_ip=client_ip)
+            raise
+        await self._audit("token.use", token_id=record.id, kind=kind, node=name)
+        cert = self._sign_host(key, kind, name, addresses, HOST_CERT_TTL)
+        now = self._clock()
+        await self.storage.put_node(NodeRecord(
+            name, kind, addr, labels, now, False, addresses, key.blob,
+            existing.created if existing is not None else now))
+        await self._audit("node.join", node=name, kind=kind, client_ip=client_ip,
+                          rejoin=existing is not None)
+        await self._audit("cert.create", kind="host", key_id=cert.key_id, serial=cert.serial,
+                          principals=cert.principals, valid_before=cert.valid_before)
+        return self._join_result(name, kind, cert)
+
+    def _join_result(self, name: str, kind: str, cert: Certificate) -> JoinResult:
+        return JoinResult(name, kind, cert.to_line(), float(cert.valid_before),
+                          self.ca.user_ca_line(), self.ca.host_ca_known_hosts_line(), self.cluster)
+
+    async def renew_host_cert(self, name: str, host_public_key_blob: Any) -> JoinResult:
+        """A fresh host certificate for a joined node/proxy, for the key it joined with."""
+        name = check_node_name(name)
+        key = _parse_key(host_public_key_blob)
+        node = await self.storage.get_node(name)
+        if node is None or node.kind not in TOKEN_KINDS:
+            raise AuthServiceError("not_found", f"no joined node {name!r}")
+        if node.host_key is None or not hmac.compare_digest(node.host_key, key.blob):
+            raise AuthServiceError("access_denied", "this is not the host key the node joined with")
+        cert = self._sign_host(key, node.kind, name, node.addresses, HOST_CERT_TTL)
+        await self._audit("cert.create", kind="host", key_id=cert.key_id, serial=cert.serial,
+                          principals=cert.principals, valid_before=cert.valid_before, renew=True)
+        return self._join_result(name, node.kind, cert)
+
+    async def heartbeat(self, name: str, addr: str = "", labels: Mapping[str, str] | None = None,
+                        tunnel: bool = False) -> None:
+        """A joined node/proxy is alive at ``addr`` ("" when only reachable by tunnel)."""
+        name = check_node_name(name)
+        addr, labels = _check_addr(addr, required=False), _check_labels(labels)
+        if not await self.storage.heartbeat_node(name, addr, labels, bool(tunnel), self._clock()):
+            raise AuthServiceError("not_found", f"no node {name!r}: join again with a new token")
+
+    async def add_node(self, name: str, addr: str, labels: Mapping[str, str] | None = None, *,
+                       actor: str = "") -> NodeInfo:
+        """Register (or update) an agentless OpenSSH node reachable at ``addr``."""
+        name = check_node_name(name)
+        addr, labels = _check_addr(addr, required=True), _check_labels(labels)
+        existing = await self.storage.get_node(name)
+        if existing is not None and existing.kind != "openssh":
+            raise AuthServiceError("already_exists", f"{name!r} is already a {existing.kind}")
+        now = self._clock()
+        created = existing.created if existing is not None else now
+        node = NodeRecord(name, "openssh", addr, labels, now, False, (), None, created)
+        await self.storage.put_node(node)
+        await self._audit("node.add", node=name, addr=addr, actor=actor)
+        return self._node_info(node)
+
+    @staticmethod
+    def _node_info(n: NodeRecord) -> NodeInfo:
+        return NodeInfo(n.name, n.kind, n.addr, dict(n.labels), n.last_seen, n.tunnel)
+
+    async def get_node(self, name: str) -> NodeInfo:
+        node = await self.storage.get_node(check_node_name(name))
+        if node is None:
+            raise AuthServiceError("not_found", f"no node {name!r}")
+        return self._node_info(node)
+
+    async def list_nodes(self, labels: Mapping[str, str] | None = None,
+                         include_proxies: bool = False) -> list[NodeInfo]:
+        """Nodes (and proxies if asked) carrying every ``labels`` key=value."""
+        wanted = _check_labels(labels)
+        return [self._node_info(n) for n in await self.storage.list_nodes()
+                if (include_proxies or n.kind != "proxy")
+                and all(n.labels.get(k) == v for k, v in wanted.items())]
+
+    async def remove_node(self, name: str, *, actor: str = "") -> None:
+        if not await self.storage.delete_node(check_node_name(name)):
+            raise AuthServiceError("not_found", f"no node {name!r}")
+        await self._audit("node.remove", node=name, actor=actor)
+
+    # -- audit -----------------------------------------------------------------------
+    async def emit_audit(self, event: Mapping[str, Any], *, emitter: str = "") -> int:
+        """Record an event reported by a node or proxy (session.start, exec, ...)."""
+        try:
+            record = AuditEvent.from_wire(event, time=self._clock(),
+                                          extra={"emitter": emitter} if emitter else None)
+        except AuditEventError as exc:
+            raise _bad(str(exc)) from None
+        return await self.storage.append_audit(record)
+
+    async def list_audit(self, limit: int = 100, before_id: int | None = None) -> list[AuditEvent]:
+        """Newest first; page with ``before_id`` = the last id seen."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= 10_000:
+            raise _bad("limit must be 1..10000")
+        if before_id is not None and (isinstance(before_id, bool) or not isinstance(before_id, int)):
+            raise _bad("before_id must be an integer")
+        return list(await self.storage.list_audit(limit, before_id))

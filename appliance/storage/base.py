@@ -1,0 +1,201 @@
+"""The storage interface of the auth role: record types and the async ``Storage`` protocol.
+
+The auth service keeps all of its state behind this interface: users, invites, join
+tokens, nodes, the two certificate authorities and the audit log. SQLite implements
+it today (:mod:`appliance.storage.sqlite`); PostgreSQL can later implement the same
+protocol. Rules every implementation follows:
+
+* Every record is a frozen dataclass; callers never see a mutable row.
+* Every method is one atomic transaction. The methods that guard a security rule
+  are compare-and-set operations inside the database, so that two concurrent
+  requests (two auth processes, or two tasks) cannot both win:
+  ``record_login_success`` (a TOTP time step is used at most once),
+  ``complete_signup`` (an invite is used once), ``consume_token`` (a single-use
+  join token joins one node), ``record_login_failure`` (the failure counter and the
+  lock move together), ``insert_ca`` (two first starts agree on one CA).
+* Secrets that must be checked, not shown, are stored as digests: invites and join
+  tokens by ``sha256`` hex of their secret; passwords as scrypt strings. The TOTP
+  seed and the CA private keys must be usable, so they are stored as they are —
+  which is why the database file is private to the auth role (mode 0600).
+* Timestamps are float epoch seconds taken from the caller's injected clock.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from ..audit import AuditEvent
+
+__all__ = [
+    "NO_TOTP_COUNTER",
+    "CARecord",
+    "InviteRecord",
+    "LoginFailure",
+    "NodeRecord",
+    "Storage",
+    "StorageError",
+    "TokenRecord",
+    "UserRecord",
+]
+
+#: ``last_totp_counter`` of a user who never used a code.
+NO_TOTP_COUNTER = -1
+
+
+class StorageError(Exception):
+    """The database failed or holds something we cannot read (message has no secrets)."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    """A Jumpgate user. ``password_hash``/``totp_secret`` are None until signup completes."""
+
+    name: str
+    logins: tuple[str, ...]
+    roles: tuple[str, ...] = ()
+    password_hash: str | None = None
+    totp_secret: str | None = field(default=None, repr=False)
+    last_totp_counter: int = NO_TOTP_COUNTER
+    failed_logins: int = 0
+    locked_until: float = 0.0
+    created: float = 0.0
+
+    @property
+    def signed_up(self) -> bool:
+        return self.password_hash is not None and self.totp_secret is not None
+
+
+@dataclass(frozen=True, slots=True)
+class InviteRecord:
+    """A signup invite for ``user``; ``used`` is the time it was completed, else None.
+
+    The TOTP seed is chosen with the invite (shown on the signup page) and moves to the
+    user when the signup completes.
+    """
+
+    token_hash: str
+    user: str
+    totp_secret: str = field(repr=False)
+    created: float
+    expires: float
+    used: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """A join token of ``kind`` "node" or "proxy"; ``id`` is public, the secret is not stored."""
+
+    id: str
+    token_hash: str
+    kind: str
+    created: float
+    expires: float
+    used: float | None = None
+    used_by: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """A registered server. ``kind``: "node" or "proxy" (joined with a token, they
+    heartbeat) or "openssh" (an agentless sshd added by an admin).
+
+    ``addr`` is where the proxy dials it (``host:port``; "" for a tunnel-only node);
+    ``addresses`` and ``host_key`` are what its host certificate was issued for.
+    """
+
+    name: str
+    kind: str
+    addr: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    last_seen: float = 0.0
+    tunnel: bool = False
+    addresses: tuple[str, ...] = ()
+    host_key: bytes | None = None
+    created: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CARecord:
+    """One certificate authority: ``kind`` "user" or "host". The private key is an
+    OpenSSH PEM; it never leaves the auth role."""
+
+    kind: str
+    cluster: str
+    private_key: bytes = field(repr=False)
+    public_key: bytes = b""
+    created: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class LoginFailure:
+    """Outcome of ``record_login_failure``: ``locked_now`` when this failure set the lock."""
+
+    failed_logins: int
+    locked_until: float
+    locked_now: bool
+
+
+@runtime_checkable
+class Storage(Protocol):
+    """What the auth service needs from a database. All methods are atomic."""
+
+    async def aclose(self) -> None: ...
+
+    # -- users -------------------------------------------------------------------------
+    async def get_user(self, name: str) -> UserRecord | None: ...
+    async def list_users(self) -> list[UserRecord]: ...
+    async def put_user(self, user: UserRecord) -> None:
+        """Insert or replace a user (invites are kept)."""
+    async def create_user(self, user: UserRecord, invite: InviteRecord) -> bool:
+        """Insert a new user and its invite together; False if the name is taken."""
+    async def delete_user(self, name: str) -> bool:
+        """Delete a user and its invites; False if there was no such user."""
+    async def reset_user(self, name: str, invite: InviteRecord) -> bool:
+        """Clear password, TOTP, failures and lock; replace the user's invites by ``invite``."""
+    async def record_login_failure(self, name: str, now: float, *, max_failures: int,
+                                   lock_seconds: float) -> LoginFailure | None:
+        """Count one failure; at ``max_failures`` in a row lock until now+lock_seconds
+        and restart the count. None if there is no such user."""
+    async def record_login_success(self, name: str, totp_counter: int) -> bool:
+        """Compare-and-set: only if ``totp_counter`` > the stored one, store it and reset
+        the failure count. False means the code's time step was already used."""
+
+    # -- invites -----------------------------------------------------------------------
+    async def get_invite(self, token_hash: str) -> InviteRecord | None: ...
+    async def complete_signup(self, token_hash: str, password_hash: str, totp_counter: int,
+                              now: float) -> bool:
+        """Compare-and-set: if the invite is unused and not expired at ``now``, mark it
+        used and give its user the password, the invite's TOTP seed and the counter."""
+
+    # -- join tokens -------------------------------------------------------------------
+    async def put_token(self, token: TokenRecord) -> None: ...
+    async def get_token(self, token_hash: str) -> TokenRecord | None: ...
+    async def list_tokens(self) -> list[TokenRecord]: ...
+    async def delete_token(self, token_id: str) -> bool: ...
+    async def consume_token(self, token_hash: str, now: float, used_by: str) -> bool:
+        """Compare-and-set: mark an unused, unexpired token used; False if it was not."""
+    async def purge_tokens(self, before: float) -> int:
+        """Delete tokens that expired, or were used, before ``before``."""
+
+    # -- nodes -------------------------------------------------------------------------
+    async def put_node(self, node: NodeRecord) -> None:
+        """Insert or replace a node."""
+    async def get_node(self, name: str) -> NodeRecord | None: ...
+    async def list_nodes(self) -> list[NodeRecord]: ...
+    async def delete_node(self, name: str) -> bool: ...
+    async def heartbeat_node(self, name: str, addr: str, labels: Mapping[str, str],
+                             tunnel: bool, now: float) -> bool:
+        """Update last_seen, addr, labels and tunnel of an existing node; False if absent."""
+
+    # -- certificate authorities -------------------------------------------------------
+    async def get_ca(self, kind: str) -> CARecord | None: ...
+    async def insert_ca(self, ca: CARecord) -> CARecord:
+        """Store ``ca`` unless one of that kind exists; return the stored one."""
+
+    # -- audit log ---------------------------------------------------------------------
+    async def append_audit(self, event: AuditEvent) -> int:
+        """Append an event; return its id (ids increase)."""
+    async def list_audit(self, limit: int = 100, before_id: int | None = None,
+                         ) -> Sequence[AuditEvent]:
+        """The newest ``limit`` events (with id < ``before_id`` if given), newest first."""

@@ -1,0 +1,455 @@
+"""SQLite implementation of :class:`~appliance.storage.base.Storage` (the embedded default).
+
+One ``sqlite3`` connection per process, opened with ``check_same_thread=False`` and used
+from Trio's worker threads (``trio.to_thread.run_sync``) one call at a time under a
+``trio.Lock``, so the event loop never blocks on disk and the connection is never used
+by two threads at once. Every method runs in one ``BEGIN IMMEDIATE`` transaction; the
+compare-and-set methods are single ``UPDATE ... WHERE <condition>`` statements, so they
+stay correct when a second process (``jumpgate ctl`` on the same data dir) writes too.
+WAL journaling and a busy timeout let readers and that second writer wait, not fail.
+
+The file holds the CA private keys, TOTP seeds and password hashes: it is created with
+``os.open(..., 0o600)`` before SQLite touches it (SQLite gives its ``-wal``/``-shm``
+files the database file's mode), and a parent directory we create gets mode 0700.
+Lists and label maps are stored as msgpack blobs. ``":memory:"`` gives a private
+in-memory database (tests).
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import msgpack
+import trio
+
+from ..audit import AuditEvent
+from .base import (
+    CARecord,
+    InviteRecord,
+    LoginFailure,
+    NodeRecord,
+    StorageError,
+    TokenRecord,
+    UserRecord,
+)
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 5000
+MAX_AUDIT_LIMIT = 10_000
+
+_T = TypeVar("_T")
+
+_SCHEMA = """
+CREATE TABLE schema_version (version INTEGER NOT NULL, created REAL NOT NULL);
+CREATE TABLE users (
+    name TEXT PRIMARY KEY,
+    logins BLOB NOT NULL,
+    roles BLOB NOT NULL,
+    password_hash TEXT,
+    totp_secret TEXT,
+    last_totp_counter INTEGER NOT NULL,
+    failed_logins INTEGER NOT NULL,
+    locked_until REAL NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE invites (
+    token_hash TEXT PRIMARY KEY,
+    user TEXT NOT NULL REFERENCES users(name) ON DELETE CASCADE,
+    totp_secret TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL NOT NULL,
+    used REAL
+);
+CREATE INDEX invites_by_user ON invites(user);
+CREATE TABLE tokens (
+    id TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL NOT NULL,
+    used REAL,
+    used_by TEXT NOT NULL
+);
+CREATE TABLE nodes (
+    name TEXT PRIMARY KEY,
+    kind TEXT NOT NULL,
+    addr TEXT NOT NULL,
+    labels BLOB NOT NULL,
+    last_seen REAL NOT NULL,
+    tunnel INTEGER NOT NULL,
+    addresses BLOB NOT NULL,
+    host_key BLOB,
+    created REAL NOT NULL
+);
+CREATE TABLE cas (
+    kind TEXT PRIMARY KEY,
+    cluster TEXT NOT NULL,
+    private_key BLOB NOT NULL,
+    public_key BLOB NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE audit_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    event TEXT NOT NULL,
+    code TEXT NOT NULL,
+    user TEXT NOT NULL,
+    success INTEGER NOT NULL,
+    fields BLOB NOT NULL
+);
+"""
+
+_USER_COLUMNS = ("name, logins, roles, password_hash, totp_secret, last_totp_counter, "
+                 "failed_logins, locked_until, created")
+_INVITE_COLUMNS = "token_hash, user, totp_secret, created, expires, used"
+_TOKEN_COLUMNS = "id, token_hash, kind, created, expires, used, used_by"
+_NODE_COLUMNS = "name, kind, addr, labels, last_seen, tunnel, addresses, host_key, created"
+_AUDIT_COLUMNS = "id, time, event, code, user, success, fields"
+
+
+# ------------------------------------------------------------------------------ encoding
+
+
+def _pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def _unpack(blob: bytes) -> Any:
+    try:
+        return msgpack.unpackb(blob, raw=False, use_list=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise StorageError(f"corrupt msgpack column: {type(exc).__name__}") from None
+
+
+def _user(row: Sequence[Any]) -> UserRecord:
+    return UserRecord(row[0], tuple(_unpack(row[1])), tuple(_unpack(row[2])), row[3], row[4],
+                      row[5], row[6], row[7], row[8])
+
+
+def _node(row: Sequence[Any]) -> NodeRecord:
+    return NodeRecord(row[0], row[1], row[2], dict(_unpack(row[3])), row[4], bool(row[5]),
+                      tuple(_unpack(row[6])), row[7], row[8])
+
+
+def _audit(row: Sequence[Any]) -> AuditEvent:
+    return AuditEvent(id=row[0], time=row[1], event=row[2], code=row[3], user=row[4],
+                      success=bool(row[5]), fields=dict(_unpack(row[6])))
+
+
+# ----------------------------------------------------------------------------- the file
+
+
+def _prepare_file(path: str) -> None:
+    """Create the database file 0600 (and a missing parent 0700) before SQLite opens it.
+
+    O_NOFOLLOW: a symlink planted at the path must not redirect our secrets.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+        os.chmod(parent, 0o700)  # makedirs' mode is filtered by the umask
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # also tightens a file left with looser bits
+    finally:
+        os.close(fd)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    if path != ":memory:":
+        _prepare_file(path)
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None,
+                           timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")  # a consumed token must stay consumed
+        conn.execute("PRAGMA foreign_keys = ON")
+    except sqlite3.Error:
+        conn.close()
+        raise
+    return conn
+
+
+class SQLiteStorage:
+    """The auth role's database in one SQLite file.
+
+    >>> storage = SQLiteStorage("/var/lib/jumpgate/jumpgate.db")   # doctest: +SKIP
+    >>> await storage.get_user("alice")                            # doctest: +SKIP
+    >>> await storage.aclose()                                     # doctest: +SKIP
+
+    Opening is synchronous (done once at start); every other method is async.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], clock: Callable[[], float] = time.time):
+        self.path = os.fspath(path)
+        self._clock = clock
+        self._lock = trio.Lock()
+        try:
+            self._conn: sqlite3.Connection | None = _connect(self.path)
+            self._migrate()
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(f"cannot open database {self.path}: {exc}") from None
+
+    async def __aenter__(self) -> SQLiteStorage:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        async with self._lock:
+            if self._conn is not None:
+                conn, self._conn = self._conn, None
+                await trio.to_thread.run_sync(conn.close)
+
+    # -- plumbing --------------------------------------------------------------------
+    def _migrate(self) -> None:
+        with self._tx() as db:
+            exists = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' "
+                                "AND name='schema_version'").fetchone()
+            if not exists:
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    db.execute(statement)
+                db.execute("INSERT INTO schema_version VALUES (?, ?)",
+                           (SCHEMA_VERSION, self._clock()))
+                return
+            row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+        if row is None or row[0] != SCHEMA_VERSION:
+            raise StorageError(f"database schema version {row and row[0]} is not "
+                               f"{SCHEMA_VERSION}; use the matching Jumpgate version")
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; BEGIN IMMEDIATE takes the write lock up front, so a
+        read-then-write inside cannot be interleaved by another process."""
+        if self._conn is None:
+            raise StorageError("storage is closed")
+        db = self._conn
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        def in_thread() -> _T:
+            with self._tx() as db:
+                return fn(db)
+        async with self._lock:
+            try:
+                # Not cancellable: the transaction finishes (or rolls back) in the thread.
+                return await trio.to_thread.run_sync(in_thread)
+            except sqlite3.Error as exc:
+                raise StorageError(f"database error: {exc}") from None
+
+    # -- users -----------------------------------------------------------------------
+    async def get_user(self, name: str) -> UserRecord | None:
+        row = await self._run(lambda db: db.execute(
+            f"SELECT {_USER_COLUMNS} FROM users WHERE name = ?", (name,)).fetchone())
+        return None if row is None else _user(row)
+
+    async def list_users(self) -> list[UserRecord]:
+        rows = await self._run(lambda db: db.execute(
+            f"SELECT {_USER_COLUMNS} FROM users ORDER BY name").fetchall())
+        return [_user(row) for row in rows]
+
+    @staticmethod
+    def _user_values(u: UserRecord) -> tuple[Any, ...]:
+        return (u.name, _pack(list(u.logins)), _pack(list(u.roles)), u.password_hash,
+                u.totp_secret, u.last_totp_counter, u.failed_logins, u.locked_until, u.created)
+
+    async def put_user(self, user: UserRecord) -> None:
+        values = self._user_values(user)
+        # An UPSERT, not INSERT OR REPLACE: replacing would delete (cascade) the invites.
+        await self._run(lambda db: db.execute(
+            f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT(name) DO UPDATE SET logins=excluded.logins, roles=excluded.roles, "
+            "password_hash=excluded.password_hash, totp_secret=excluded.totp_secret, "
+            "last_totp_counter=excluded.last_totp_counter, "
+            "failed_logins=excluded.failed_logins, locked_until=excluded.locked_until, "
+            "created=excluded.created", values))
+
+    async def create_user(self, user: UserRecord, invite: InviteRecord) -> bool:
+        values = self._user_values(user)
+
+        def create(db: sqlite3.Connection) -> bool:
+            cur = db.execute(f"INSERT OR IGNORE INTO users ({_USER_COLUMNS}) "
+                             "VALUES (?,?,?,?,?,?,?,?,?)", values)
+            if cur.rowcount != 1:
+                return False
+            _insert_invite(db, invite)
+            return True
+        return await self._run(create)
+
+    async def delete_user(self, name: str) -> bool:
+        cur = await self._run(lambda db: db.execute("DELETE FROM users WHERE name = ?", (name,)))
+        return cur.rowcount == 1
+
+    async def reset_user(self, name: str, invite: InviteRecord) -> bool:
+        def reset(db: sqlite3.Connection) -> bool:
+            cur = db.execute("UPDATE users SET password_hash = NULL, totp_secret = NULL, "
+                             "last_totp_counter = -1, failed_logins = 0, locked_until = 0 "
+                             "WHERE name = ?", (name,))
+            if cur.rowcount != 1:
+                return False
+            db.execute("DELETE FROM invites WHERE user = ?", (name,))
+            _insert_invite(db, invite)
+            return True
+        return await self._run(reset)
+
+    async def record_login_failure(self, name: str, now: float, *, max_failures: int,
+                                   lock_seconds: float) -> LoginFailure | None:
+        def fail(db: sqlite3.Connection) -> LoginFailure | None:
+            row = db.execute("SELECT failed_logins, locked_until FROM users WHERE name = ?",
+                             (name,)).fetchone()
+            if row is None:
+                return None
+            count = row[0] + 1
+            if count >= max_failures:  # lock, and give a fresh count once the lock ends
+                until = now + lock_seconds
+                db.execute("UPDATE users SET failed_logins = 0, locked_until = ? "
+                           "WHERE name = ?", (until, name))
+                return LoginFailure(count, until, True)
+            db.execute("UPDATE users SET failed_logins = ? WHERE name = ?", (count, name))
+            return LoginFailure(count, row[1], False)
+        return await self._run(fail)
+
+    async def record_login_success(self, name: str, totp_counter: int) -> bool:
+        cur = await self._run(lambda db: db.execute(
+            "UPDATE users SET last_totp_counter = ?, failed_logins = 0 "
+            "WHERE name = ? AND last_totp_counter < ?", (totp_counter, name, totp_counter)))
+        return cur.rowcount == 1
+
+    # -- invites ---------------------------------------------------------------------
+    async def get_invite(self, token_hash: str) -> InviteRecord | None:
+        row = await self._run(lambda db: db.execute(
+            f"SELECT {_INVITE_COLUMNS} FROM invites WHERE token_hash = ?",
+            (token_hash,)).fetchone())
+        return None if row is None else InviteRecord(*row)
+
+    async def complete_signup(self, token_hash: str, password_hash: str, totp_counter: int,
+                              now: float) -> bool:
+        def complete(db: sqlite3.Connection) -> bool:
+            row = db.execute("SELECT user, totp_secret FROM invites WHERE token_hash = ? "
+                             "AND used IS NULL AND expires > ?", (token_hash, now)).fetchone()
+            if row is None:
+                return False
+            db.execute("UPDATE invites SET used = ? WHERE token_hash = ?", (now, token_hash))
+            db.execute("UPDATE users SET password_hash = ?, totp_secret = ?, "
+                       "last_totp_counter = ?, failed_logins = 0, locked_until = 0 "
+                       "WHERE name = ?", (password_hash, row[1], totp_counter, row[0]))
+            return True
+        return await self._run(complete)
+
+    # -- join tokens -----------------------------------------------------------------
+    async def put_token(self, token: TokenRecord) -> None:
+        values = (token.id, token.token_hash, token.kind, token.created, token.expires,
+                  token.used, token.used_by)
+        await self._run(lambda db: db.execute(
+            f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (?,?,?,?,?,?,?)", values))
+
+    async def get_token(self, token_hash: str) -> TokenRecord | None:
+        row = await self._run(lambda db: db.execute(
+            f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE token_hash = ?",
+            (token_hash,)).fetchone())
+        return None if row is None else TokenRecord(*row)
+
+    async def list_tokens(self) -> list[TokenRecord]:
+        rows = await self._run(lambda db: db.execute(
+            f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY created, id").fetchall())
+        return [TokenRecord(*row) for row in rows]
+
+    async def delete_token(self, token_id: str) -> bool:
+        cur = await self._run(lambda db: db.execute("DELETE FROM tokens WHERE id = ?",
+                                                    (token_id,)))
+        return cur.rowcount == 1
+
+    async def consume_token(self, token_hash: str, now: float, used_by: str) -> bool:
+        cur = await self._run(lambda db: db.execute(
+            "UPDATE tokens SET used = ?, used_by = ? WHERE token_hash = ? "
+            "AND used IS NULL AND expires > ?", (now, used_by, token_hash, now)))
+        return cur.rowcount == 1
+
+    async def purge_tokens(self, before: float) -> int:
+        cur = await self._run(lambda db: db.execute(
+            "DELETE FROM tokens WHERE expires < ? OR used < ?", (before, before)))
+        return cur.rowcount
+
+    # -- nodes -----------------------------------------------------------------------
+    async def put_node(self, node: NodeRecord) -> None:
+        values = (node.name, node.kind, node.addr, _pack(dict(node.labels)), node.last_seen,
+                  int(node.tunnel), _pack(list(node.addresses)), node.host_key, node.created)
+        await self._run(lambda db: db.execute(
+            f"INSERT OR REPLACE INTO nodes ({_NODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
+            values))
+
+    async def get_node(self, name: str) -> NodeRecord | None:
+        row = await self._run(lambda db: db.execute(
+            f"SELECT {_NODE_COLUMNS} FROM nodes WHERE name = ?", (name,)).fetchone())
+        return None if row is None else _node(row)
+
+    async def list_nodes(self) -> list[NodeRecord]:
+        rows = await self._run(lambda db: db.execute(
+            f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY name").fetchall())
+        return [_node(row) for row in rows]
+
+    async def delete_node(self, name: str) -> bool:
+        cur = await self._run(lambda db: db.execute("DELETE FROM nodes WHERE name = ?", (name,)))
+        return cur.rowcount == 1
+
+    async def heartbeat_node(self, name: str, addr: str, labels: Mapping[str, str],
+                             tunnel: bool, now: float) -> bool:
+        values = (addr, _pack(dict(labels)), now, int(tunnel), name)
+        cur = await self._run(lambda db: db.execute(
+            "UPDATE nodes SET addr = ?, labels = ?, last_seen = ?, tunnel = ? WHERE name = ?",
+            values))
+        return cur.rowcount == 1
+
+    # -- certificate authorities -----------------------------------------------------
+    async def get_ca(self, kind: str) -> CARecord | None:
+        row = await self._run(lambda db: db.execute(
+            "SELECT kind, cluster, private_key, public_key, created FROM cas WHERE kind = ?",
+            (kind,)).fetchone())
+        return None if row is None else CARecord(*row)
+
+    async def insert_ca(self, ca: CARecord) -> CARecord:
+        def insert(db: sqlite3.Connection) -> tuple[Any, ...]:
+            db.execute("INSERT OR IGNORE INTO cas VALUES (?,?,?,?,?)",
+                       (ca.kind, ca.cluster, ca.private_key, ca.public_key, ca.created))
+            return db.execute("SELECT kind, cluster, private_key, public_key, created "
+                              "FROM cas WHERE kind = ?", (ca.kind,)).fetchone()
+        return CARecord(*await self._run(insert))
+
+    # -- audit log -------------------------------------------------------------------
+    async def append_audit(self, event: AuditEvent) -> int:
+        values = (event.time, event.event, event.code, event.user, int(event.success),
+                  _pack(dict(event.fields)))
+        cur = await self._run(lambda db: db.execute(
+            "INSERT INTO audit_events (time, event, code, user, success, fields) "
+            "VALUES (?,?,?,?,?,?)", values))
+        return int(cur.lastrowid)
+
+    async def list_audit(self, limit: int = 100, before_id: int | None = None,
+                         ) -> list[AuditEvent]:
+        limit = max(0, min(int(limit), MAX_AUDIT_LIMIT))
+        bound = 2**63 - 1 if before_id is None else int(before_id)
+        rows = await self._run(lambda db: db.execute(
+            f"SELECT {_AUDIT_COLUMNS} FROM audit_events WHERE id < ? ORDER BY id DESC LIMIT ?",
+            (bound, limit)).fetchall())
+        return [_audit(row) for row in rows]
+
+
+def _insert_invite(db: sqlite3.Connection, invite: InviteRecord) -> None:
+    db.execute(f"INSERT INTO invites ({_INVITE_COLUMNS}) VALUES (?,?,?,?,?,?)",
+               (invite.token_hash, invite.user, invite.totp_secret, invite.created,
+                invite.expires, invite.used))

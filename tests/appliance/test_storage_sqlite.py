@@ -1,0 +1,264 @@
+"""SQLiteStorage (appliance/storage/sqlite.py): persistence, file modes, and the
+compare-and-set operations the auth rules rely on (a TOTP step used once, an invite
+used once, a join token used once, failures and lock moving together)."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+
+import pytest
+import trio
+
+from appliance.audit import make_event
+from appliance.storage import (CARecord, InviteRecord, NodeRecord, SQLiteStorage, Storage, StorageError,
+                               TokenRecord, UserRecord)
+
+NOW = 1_700_000_000.0
+
+
+def user(name: str = "alice", **kw) -> UserRecord:
+    return UserRecord(name, kw.pop("logins", ("alice", "root")), kw.pop("roles", ("admin",)), created=NOW, **kw)
+
+
+def invite(token_hash: str = "h1", name: str = "alice", expires: float = NOW + 3600) -> InviteRecord:
+    return InviteRecord(token_hash, name, "JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP", NOW, expires)
+
+
+def token(token_hash: str = "t1", token_id: str = "id1", expires: float = NOW + 1800) -> TokenRecord:
+    return TokenRecord(token_id, token_hash, "node", NOW, expires)
+
+
+@pytest.fixture
+async def db():
+    storage = SQLiteStorage(":memory:")
+    yield storage
+    await storage.aclose()
+
+
+def mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+async def test_sqlite_storage_implements_storage_protocol(db):
+    assert isinstance(db, Storage)
+
+
+async def test_database_file_is_0600_and_new_parent_dir_0700(tmp_path):
+    path = tmp_path / "data" / "jumpgate.db"
+    storage = SQLiteStorage(path)
+    await storage.put_user(user())  # makes SQLite create its -wal and -shm files
+    assert mode(path.parent) == 0o700
+    assert mode(path) == 0o600
+    for extra in ("-wal", "-shm"):
+        assert mode(f"{path}{extra}") == 0o600
+    await storage.aclose()
+
+
+async def test_existing_database_file_mode_is_tightened(tmp_path):
+    path = tmp_path / "jumpgate.db"
+    path.touch(mode=0o644)
+    os.chmod(path, 0o644)
+    storage = SQLiteStorage(path)
+    assert mode(path) == 0o600
+    await storage.aclose()
+
+
+async def test_symlink_at_database_path_refused(tmp_path):
+    target = tmp_path / "elsewhere.db"
+    (tmp_path / "jumpgate.db").symlink_to(target)
+    with pytest.raises(StorageError):
+        SQLiteStorage(tmp_path / "jumpgate.db")
+    assert not target.exists()
+
+
+async def test_wal_journal_and_busy_timeout_configured(tmp_path):
+    storage = SQLiteStorage(tmp_path / "j.db")
+    assert storage._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert storage._conn.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
+    await storage.aclose()
+
+
+async def test_data_survives_reopen(tmp_path):
+    path = tmp_path / "j.db"
+    storage = SQLiteStorage(path)
+    await storage.create_user(user(), invite())
+    await storage.put_token(token())
+    node = NodeRecord("web1", "node", "10.0.0.5:3022", {"env": "dev"}, NOW, False, ("10.0.0.5",), b"KEY", NOW)
+    await storage.put_node(node)
+    ca = CARecord("user", "prod", b"-----BEGIN OPENSSH PRIVATE KEY-----\n...", b"PUB", NOW)
+    await storage.insert_ca(ca)
+    event = make_event("user.login", time=NOW, user="alice", client_ip="10.0.0.1", logins=("a", "b"))
+    event_id = await storage.append_audit(event)
+    await storage.aclose()
+
+    again = SQLiteStorage(path)
+    assert await again.get_user("alice") == user()
+    assert await again.get_invite("h1") == invite()
+    assert await again.get_token("t1") == token()
+    assert await again.get_node("web1") == node
+    assert await again.get_ca("user") == ca
+    [stored] = await again.list_audit()
+    assert stored.id == event_id and stored.fields == event.fields and stored.code == "T1000I"
+    await again.aclose()
+
+
+async def test_schema_version_mismatch_refused(tmp_path):
+    path = tmp_path / "j.db"
+    await SQLiteStorage(path).aclose()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE schema_version SET version = 99")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StorageError, match="schema version"):
+        SQLiteStorage(path)
+
+
+async def test_closed_storage_raises_storage_error(tmp_path):
+    storage = SQLiteStorage(tmp_path / "j.db")
+    await storage.aclose()
+    with pytest.raises(StorageError):
+        await storage.get_user("alice")
+
+
+async def test_create_user_refuses_a_taken_name_and_keeps_no_invite(db):
+    assert await db.create_user(user(), invite("h1"))
+    assert not await db.create_user(user(logins=("x",)), invite("h2"))
+    assert await db.get_invite("h2") is None
+    assert (await db.get_user("alice")).logins == ("alice", "root")
+
+
+async def test_delete_user_cascades_to_invites(db):
+    await db.create_user(user(), invite())
+    assert await db.delete_user("alice")
+    assert await db.get_invite("h1") is None
+    assert not await db.delete_user("alice")
+
+
+async def test_put_user_keeps_invites(db):
+    await db.create_user(user(), invite())
+    await db.put_user(user(logins=("alice",)))
+    assert await db.get_invite("h1") is not None
+
+
+async def test_reset_user_clears_secrets_and_replaces_invites(db):
+    await db.create_user(user(), invite("h1"))
+    assert await db.complete_signup("h1", "scrypt$x", 7, NOW)
+    assert await db.record_login_failure("alice", NOW, max_failures=2, lock_seconds=60)
+    assert await db.reset_user("alice", invite("h2"))
+    u = await db.get_user("alice")
+    assert (u.password_hash, u.totp_secret, u.last_totp_counter, u.failed_logins) == (None, None, -1, 0)
+    assert await db.get_invite("h1") is None and await db.get_invite("h2") is not None
+    assert not await db.reset_user("bob", invite("h3"))
+
+
+async def test_complete_signup_is_single_use_compare_and_set(db):
+    await db.create_user(user(), invite())
+    assert await db.complete_signup("h1", "scrypt$hash", 42, NOW)
+    assert not await db.complete_signup("h1", "scrypt$other", 43, NOW)
+    u = await db.get_user("alice")
+    assert u.password_hash == "scrypt$hash" and u.last_totp_counter == 42 and u.signed_up
+    assert u.totp_secret == invite().totp_secret
+    assert (await db.get_invite("h1")).used == NOW
+
+
+async def test_complete_signup_refuses_expired_invite(db):
+    await db.create_user(user(), invite(expires=NOW + 10))
+    assert not await db.complete_signup("h1", "scrypt$hash", 1, NOW + 10)
+    assert not (await db.get_user("alice")).signed_up
+
+
+async def test_record_login_success_is_compare_and_set_on_totp_counter(db):
+    await db.put_user(user(failed_logins=3))
+    assert await db.record_login_success("alice", 5)
+    assert (await db.get_user("alice")).failed_logins == 0
+    assert not await db.record_login_success("alice", 5)
+    assert not await db.record_login_success("alice", 4)
+    assert await db.record_login_success("alice", 6)
+    assert not await db.record_login_success("nobody", 100)
+
+
+async def test_concurrent_uses_of_one_totp_counter_only_one_wins(db):
+    await db.put_user(user())
+    wins = []
+
+    async def attempt():
+        wins.append(await db.record_login_success("alice", 1000))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(10):
+            nursery.start_soon(attempt)
+    assert wins.count(True) == 1
+
+
+async def test_record_login_failure_locks_at_max_and_restarts_count(db):
+    await db.put_user(user())
+    for i in range(1, 5):
+        failure = await db.record_login_failure("alice", NOW, max_failures=5, lock_seconds=1800)
+        assert (failure.failed_logins, failure.locked_now, failure.locked_until) == (i, False, 0.0)
+    failure = await db.record_login_failure("alice", NOW, max_failures=5, lock_seconds=1800)
+    assert failure.locked_now and failure.locked_until == NOW + 1800
+    u = await db.get_user("alice")
+    assert u.failed_logins == 0 and u.locked_until == NOW + 1800
+    assert await db.record_login_failure("nobody", NOW, max_failures=5, lock_seconds=1) is None
+
+
+async def test_consume_token_is_single_use_and_honours_expiry(db):
+    await db.put_token(token("t1", "a"))
+    await db.put_token(token("t2", "b", expires=NOW + 5))
+    assert await db.consume_token("t1", NOW, "node:web1")
+    assert not await db.consume_token("t1", NOW, "node:web2")
+    assert (await db.get_token("t1")).used_by == "node:web1"
+    assert not await db.consume_token("t2", NOW + 5, "node:web1")
+    assert not await db.consume_token("nope", NOW, "node:x")
+
+
+async def test_concurrent_token_consumption_only_one_wins(db):
+    await db.put_token(token())
+    results = []
+
+    async def attempt(i):
+        results.append(await db.consume_token("t1", NOW, f"node:n{i}"))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(8):
+            nursery.start_soon(attempt, i)
+    assert results.count(True) == 1
+
+
+async def test_list_delete_and_purge_tokens(db):
+    await db.put_token(token("t1", "a", expires=NOW + 10))
+    await db.put_token(token("t2", "b", expires=NOW + 1000))
+    await db.put_token(token("t3", "c", expires=NOW + 1000))
+    await db.consume_token("t3", NOW, "node:x")
+    assert [t.id for t in await db.list_tokens()] == ["a", "b", "c"]
+    assert await db.purge_tokens(NOW + 11) == 2  # expired "a", used "c"
+    assert [t.id for t in await db.list_tokens()] == ["b"]
+    assert await db.delete_token("b") and not await db.delete_token("b")
+
+
+async def test_heartbeat_updates_only_an_existing_node(db):
+    assert not await db.heartbeat_node("web1", "h:1", {}, False, NOW)
+    await db.put_node(NodeRecord("web1", "node", "", {}, NOW, False, ("10.0.0.5",), b"K", NOW))
+    assert await db.heartbeat_node("web1", "10.0.0.5:3022", {"env": "prod"}, True, NOW + 5)
+    node = await db.get_node("web1")
+    assert (node.addr, dict(node.labels), node.tunnel, node.last_seen) == ("10.0.0.5:3022", {"env": "prod"}, True,
+                                                                          NOW + 5)
+    assert node.addresses == ("10.0.0.5",) and node.host_key == b"K"
+    assert await db.delete_node("web1") and await db.list_nodes() == []
+
+
+async def test_insert_ca_first_writer_wins(db):
+    first = CARecord("host", "prod", b"PEM1", b"PUB1", NOW)
+    assert await db.insert_ca(first) == first
+    assert await db.insert_ca(CARecord("host", "prod", b"PEM2", b"PUB2", NOW)) == first
+    assert await db.get_ca("user") is None
+
+
+async def test_audit_list_newest_first_with_paging(db):
+    ids = [await db.append_audit(make_event("node.add", time=NOW + i, node=f"n{i}")) for i in range(5)]
+    assert ids == sorted(ids)
+    page = await db.list_audit(limit=2)
+    assert [e.fields["node"] for e in page] == ["n4", "n3"]
+    page = await db.list_audit(limit=10, before_id=page[-1].id)
+    assert [e.fields["node"] for e in page] == ["n2", "n1", "n0"]
