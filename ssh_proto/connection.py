@@ -119,6 +119,9 @@ class Connection:
         self._events.append(ev.HandshakeComplete())
         if self.role is Role.CLIENT:
             self.transport.send(m.ServiceRequest(SERVICE_USERAUTH).encode())
+            # Requests may follow SERVICE_REQUEST without waiting for SERVICE_ACCEPT (the
+            # server handles messages in order): one round trip less per connection.
+            self.client_auth = ClientAuth(self.transport.send, self.session_id, self.username or "")
 
     def _dispatch(self, payload: bytes) -> ev.Event | None:
         t = payload[0]
@@ -138,7 +141,6 @@ class Connection:
             if msg.service != SERVICE_USERAUTH:
                 raise ProtocolError("server accepted a service we did not ask for")
             self.phase = Phase.AUTH
-            self.client_auth = ClientAuth(self.transport.send, self.session_id, self.username or "")
             return ev.ServiceAccepted()
         raise ProtocolError(f"unexpected message {t}")
 

@@ -187,11 +187,16 @@ async def _authenticate(conn: SSHClientConnection, identities: list[Identity], p
                 event = await events.receive()
             except (trio.EndOfChannel, trio.ClosedResourceError):
                 raise conn._lost_error() from None
-            if not isinstance(event, ev.AuthBanner):
+            if not isinstance(event, (ev.AuthBanner, ev.ServiceAccepted)):
                 return event
 
-    auth.request_none()
-    result = await answer()
+    if identities or password is not None or kbdint_handler is not None:
+        # Start with what we have instead of a "none" probe: the first failure tells us
+        # the server's methods anyway, and the connection is one round trip faster.
+        result: ev.Event = ev.AuthResult(False, ("publickey", "keyboard-interactive", "password"))
+    else:
+        auth.request_none()
+        result = await answer()
     tried_password = tried_kbdint = False
     pending = list(identities)
     while not result.success:
@@ -290,9 +295,6 @@ async def connect(host: str, port: int = 22, *, username: str | None = None, cli
         try:
             with trio.fail_after(connect_timeout):
                 await conn.wait_handshake()
-                first = await _first_auth_event(conn)
-                if not isinstance(first, ev.ServiceAccepted):
-                    raise ConnectionLost("server did not accept ssh-userauth")
                 if agent is not None:
                     await _bind_agent_session(agent, conn)
                 await _authenticate(conn, identities, password, kbdint_handler)
@@ -317,10 +319,3 @@ async def _bind_agent_session(agent, conn: SSHClientConnection) -> None:
         await bind(transport.host_key, conn.session_id, transport.session_signature, is_forwarding=False)
     except AgentError:
         pass
-
-
-async def _first_auth_event(conn: SSHClientConnection) -> ev.Event:
-    try:
-        return await conn.auth_events.receive()
-    except (trio.EndOfChannel, trio.ClosedResourceError):
-        raise conn._lost_error() from None

@@ -176,7 +176,9 @@ class SSHServerConnection(SSHConnection):
             self.policy = merge_policies(self.policy, outcome.policy)
             auth.partial(outcome.methods)
             return
-        await self._failure_delay(event.username)
+        if not isinstance(event, ev.AuthNone):
+            # like sshd: the "none" probe every client starts with is answered at once
+            await self._failure_delay(event.username)
         auth.reject()
 
     async def _failure_delay(self, username: str) -> None:

@@ -19,12 +19,18 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import ssh_proto  # noqa: E402
+from ssh_proto.allocator import tune_allocator  # noqa: E402
 from ssh_proto.keys import load_private_key, load_public_file  # noqa: E402
+from ssh_proto.known_hosts import KnownHosts  # noqa: E402
 
 from _peers import (  # noqa: E402
     _BULK_COMMAND, CHUNK, HOST_KEY_ALGORITHM, KEX, READY, BenchContext, BulkCase, BulkResult, KeyPair,
     LatencyResult, ServerCpu, SshEndpoint, SshTarget, asyncssh_bulk, bulk_pair, latency_pair, openssh_bulk,
 )
+
+
+#: what the jumpgate binary does at start (JGT_BENCH_NO_MALLOC_TUNING=1 to compare without)
+TUNE = not os.environ.get("JGT_BENCH_NO_MALLOC_TUNING")
 
 
 class _BenchServer(ssh_proto.SSHServer):
@@ -103,10 +109,15 @@ def _options(cipher: str) -> ssh_proto.ConnectionOptions:
         kex=(KEX,), host_keys=(HOST_KEY_ALGORITHM,), ciphers=(cipher,)))
 
 
-def _connect(target: SshEndpoint, identity: KeyPair, cipher: str):
+def _connect(target: SshEndpoint, identity: KeyPair, cipher: str, loaded=None):
+    """Like the asyncssh driver, keys and known_hosts can be read once for a loop."""
+    key, known_hosts = loaded or _load(target, identity)
     return ssh_proto.connect(target.host, target.port, username=target.username,
-                             client_keys=[str(identity.private)], known_hosts=str(target.known_hosts),
-                             options=_options(cipher))
+                             client_keys=[key], known_hosts=known_hosts, options=_options(cipher))
+
+
+def _load(target: SshEndpoint, identity: KeyPair):
+    return load_private_key(str(identity.private)), KnownHosts.load(str(target.known_hosts))
 
 
 async def _jumpgate_bulk(target: SshEndpoint, identity: KeyPair, case: BulkCase) -> float:
@@ -139,14 +150,17 @@ async def _jumpgate_bulk(target: SshEndpoint, identity: KeyPair, case: BulkCase)
 
 
 def jumpgate_bulk(target: SshEndpoint, identity: KeyPair, case: BulkCase) -> float:
+    if TUNE:
+        tune_allocator()
     return trio.run(_jumpgate_bulk, target, identity, case)
 
 
 async def _jumpgate_latency(target: SshEndpoint, identity: KeyPair, n: int) -> list[float]:
     samples = []
+    loaded = _load(target, identity)
     for _ in range(n):
         start = time.perf_counter()
-        async with _connect(target, identity, "aes128-gcm@openssh.com") as conn:
+        async with _connect(target, identity, "aes128-gcm@openssh.com", loaded) as conn:
             result = await conn.run("true")
             if result.exit_status != 0:
                 raise RuntimeError("true failed")
@@ -216,6 +230,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--host-key", required=True)
     parser.add_argument("--authorized-key", required=True)
     args = parser.parse_args(argv)
+    if TUNE:
+        tune_allocator()
     trio.run(_serve, args.host_key, args.authorized_key)
 
 

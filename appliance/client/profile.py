@@ -1,0 +1,225 @@
+"""The client's state in ``~/.jumpgate`` (``$JUMPGATE_HOME`` overrides it).
+
+Files, all mode 0600 in a directory of mode 0700::
+
+    profile.json    {"version": 1, proxy, user, cluster, web_pin, proxy_ssh, expires, logins}
+    key             the private key (ed25519, OpenSSH format), made fresh at every login
+    key.pub         its public half
+    key-cert.pub    the user certificate the cluster issued for it
+    known_hosts     "@cert-authority * <host CA>": trust every host the cluster's CA certifies
+
+``key`` and ``key-cert.pub`` follow OpenSSH's naming, so ``ssh -i ~/.jumpgate/key`` and
+:func:`ssh_proto.keys.load_identity` find the certificate on their own. Other commands
+(``jumpgate ssh``, ``jumpgate config``) use :class:`ClientPaths` for the paths.
+
+>>> paths = ClientPaths(Path("/home/alice/.jumpgate"))
+>>> str(paths.identity_path), str(paths.cert_path)
+('/home/alice/.jumpgate/key', '/home/alice/.jumpgate/key-cert.pub')
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ssh_proto.keys import Certificate, PrivateKey, PublicKey
+
+__all__ = ["ENV_HOME", "ClientPaths", "Profile", "ProfileError", "jumpgate_home"]
+
+ENV_HOME = "JUMPGATE_HOME"
+PROFILE_VERSION = 1
+_MAX_PROFILE = 64 * 1024
+
+
+class ProfileError(Exception):
+    """The profile cannot be read or written; the message says which file and why."""
+
+
+def jumpgate_home() -> Path:
+    """``$JUMPGATE_HOME`` if set, else ``~/.jumpgate``."""
+    return Path(os.environ.get(ENV_HOME) or "~/.jumpgate").expanduser()
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Atomically replace ``path`` with ``data``, mode 0600 from the first byte on."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # the umask cannot widen it, but make it exact anyway
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True, slots=True)
+class ClientPaths:
+    """Where the client keeps its files; ``ClientPaths.default()`` honours ``$JUMPGATE_HOME``."""
+
+    home: Path
+
+    @classmethod
+    def default(cls) -> ClientPaths:
+        return cls(jumpgate_home())
+
+    @property
+    def profile_path(self) -> Path:
+        return self.home / "profile.json"
+
+    @property
+    def identity_path(self) -> Path:
+        return self.home / "key"
+
+    @property
+    def public_key_path(self) -> Path:
+        return self.home / "key.pub"
+
+    @property
+    def cert_path(self) -> Path:
+        return self.home / "key-cert.pub"
+
+    @property
+    def known_hosts_path(self) -> Path:
+        return self.home / "known_hosts"
+
+    def ensure_home(self) -> None:
+        """Create the directory (0700), or tighten an existing one to 0700."""
+        try:
+            self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if self.home.stat().st_mode & 0o077:
+                self.home.chmod(0o700)
+        except OSError as exc:
+            raise ProfileError(f"cannot create {self.home}: {exc.strerror}") from None
+
+    def write_credentials(self, key: PrivateKey, cert: Certificate, host_ca: PublicKey,
+                          comment: str = "") -> None:
+        """Store a fresh key, its certificate and the host CA to trust (all 0600)."""
+        if cert.public_key != key.public_key:
+            raise ProfileError("the certificate is not for this key")
+        self.ensure_home()
+        try:
+            _write_private(self.identity_path, key.to_openssh(comment=comment))
+            _write_private(self.public_key_path, (key.public_key.to_line(comment) + "\n").encode())
+            _write_private(self.cert_path, (cert.to_line(comment) + "\n").encode())
+            line = f"@cert-authority * {host_ca.to_line('jumpgate host CA')}\n"
+            _write_private(self.known_hosts_path, line.encode())
+        except OSError as exc:
+            raise ProfileError(f"cannot write credentials in {self.home}: {exc.strerror}") from None
+
+    def remove_credentials(self) -> bool:
+        """Delete key, certificate and known_hosts; True if anything was there."""
+        return self._remove(self.identity_path, self.public_key_path, self.cert_path,
+                            self.known_hosts_path)
+
+    def clear(self) -> bool:
+        """Delete every file of the profile; True if anything was there."""
+        return self._remove(self.profile_path) | self.remove_credentials()
+
+    def _remove(self, *paths: Path) -> bool:
+        removed = False
+        for path in paths:
+            try:
+                path.unlink()
+                removed = True
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise ProfileError(f"cannot remove {path}: {exc.strerror}") from None
+        return removed
+
+
+def _check_fields(raw: Any, path: Path) -> dict[str, Any]:
+    if not isinstance(raw, dict) or raw.get("version") != PROFILE_VERSION:
+        raise ProfileError(f"{path}: not a version {PROFILE_VERSION} Jumpgate profile")
+    kinds = {"proxy": str, "user": str, "cluster": str, "web_pin": str, "proxy_ssh": str,
+             "expires": (int, float), "logins": list}
+    values = {}
+    for name, kind in kinds.items():
+        value = raw.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ProfileError(f"{path}: field {name!r} is missing or of the wrong type")
+        values[name] = value
+    if not all(isinstance(login, str) for login in values["logins"]):
+        raise ProfileError(f"{path}: 'logins' must be a list of strings")
+    values["logins"] = tuple(values["logins"])
+    values["expires"] = float(values["expires"])
+    return values
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """Who the client is logged in as, and where. ``expires`` 0 means: no certificate yet.
+
+    >>> Profile(proxy="jump:3080", user="alice").logged_in(now=0.0)
+    False
+    """
+
+    proxy: str
+    user: str
+    cluster: str = ""
+    web_pin: str = ""
+    proxy_ssh: str = ""
+    expires: float = 0.0
+    logins: tuple[str, ...] = ()
+    paths: ClientPaths = field(default_factory=ClientPaths.default, compare=False)
+
+    @property
+    def identity_path(self) -> Path:
+        return self.paths.identity_path
+
+    @property
+    def cert_path(self) -> Path:
+        return self.paths.cert_path
+
+    @property
+    def known_hosts_path(self) -> Path:
+        return self.paths.known_hosts_path
+
+    @classmethod
+    def load(cls, paths: ClientPaths | None = None) -> Profile | None:
+        """The saved profile, or None if there is none. A corrupt file raises ProfileError."""
+        paths = paths or ClientPaths.default()
+        path = paths.profile_path
+        try:
+            with open(path, "rb") as f:
+                data = f.read(_MAX_PROFILE + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ProfileError(f"cannot read {path}: {exc.strerror}") from None
+        if len(data) > _MAX_PROFILE:
+            raise ProfileError(f"{path}: too large to be a profile")
+        try:
+            raw = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise ProfileError(f"{path}: not valid JSON; remove it and log in again") from None
+        return cls(**_check_fields(raw, path), paths=paths)
+
+    def save(self) -> None:
+        """Write profile.json (0600) in a 0700 directory, atomically."""
+        record = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.name != "paths"}
+        record["logins"] = list(self.logins)
+        data = json.dumps({"version": PROFILE_VERSION, **record}, indent=2, sort_keys=True)
+        self.paths.ensure_home()
+        try:
+            _write_private(self.paths.profile_path, (data + "\n").encode("utf-8"))
+        except OSError as exc:
+            raise ProfileError(f"cannot write {self.paths.profile_path}: {exc.strerror}") from None
+
+    def clear(self) -> bool:
+        """Delete the profile and its credentials; True if anything was there."""
+        return self.paths.clear()
+
+    def logged_in(self, now: float | None = None) -> bool:
+        """Whether a certificate is stored and still valid at ``now``."""
+        now = time.time() if now is None else now
+        return self.expires > now and self.paths.cert_path.exists()

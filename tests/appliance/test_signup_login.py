@@ -1,0 +1,252 @@
+"""`jumpgate signup / login / status / logout` driven as a script would: stdin lines,
+JUMPGATE_HOME in a tmp dir, the real web role and AuthService in process (the CLI
+functions run in a worker thread with their own trio.run, as they do from main)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import stat
+import sys
+import time
+
+import pytest
+import trio
+
+from appliance.cli import account
+from appliance.cli.errors import CliError
+from appliance.client.profile import ENV_HOME, ClientPaths, Profile
+from appliance.web.tls import invite_token
+from ssh_proto.keys import PrivateKey, load_identity, parse_public_line
+from ssh_proto.known_hosts import KnownHosts
+
+from _web_helpers import CLUSTER, PASSWORD, PROXY_SSH, running_cluster
+
+OTHER_PIN = "sha256:" + "A" * 43
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> ClientPaths:
+    monkeypatch.setenv(ENV_HOME, str(tmp_path / "client" / ".jumpgate"))
+    return ClientPaths.default()
+
+
+async def run_cli(monkeypatch, func, lines=(), **flags) -> int:
+    """Run ``func(Namespace(**flags))`` with ``lines`` as its (non-tty) stdin."""
+    monkeypatch.setattr(sys, "stdin", io.StringIO("".join(f"{line}\n" for line in lines)))
+    return await trio.to_thread.run_sync(func, argparse.Namespace(**flags))
+
+
+def login_flags(**overrides):
+    flags = {"proxy": None, "user": None, "ttl": None, "ca_pin": None, "insecure": False}
+    flags.update(overrides)
+    return flags
+
+
+async def signup_alice(cluster, monkeypatch, capsys, *, use_url: bool = False) -> str:
+    """Run `jumpgate signup` for a fresh alice; return the otp URI it printed."""
+    token = await cluster.invite("alice", ("alice", "root"))
+    otp_uri = (await cluster.service.get_invite(token)).otp_uri
+    target = f"https://{cluster.addr}/web/invite/{token}" if use_url else token
+    proxy = None if use_url else cluster.addr
+    status = await run_cli(monkeypatch, account.signup,
+                           [PASSWORD, PASSWORD, cluster.code(otp_uri)], proxy=proxy, token=target)
+    assert status == 0
+    out, err = capsys.readouterr()
+    assert otp_uri in out and PASSWORD not in out + err
+    assert "\u2584" in out or "\u2580" in out  # the QR code, in half-block characters
+    return otp_uri
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+async def test_signup_login_status_logout(tmp_path, monkeypatch, capsys, home):
+    async with running_cluster(tmp_path) as cluster:
+        otp_uri = await signup_alice(cluster, monkeypatch, capsys, use_url=True)
+        saved = Profile.load(home)
+        assert (saved.user, saved.proxy, saved.web_pin) == ("alice", cluster.addr, cluster.web.pin)
+        assert await run_cli(monkeypatch, account.status) == 1
+        assert capsys.readouterr().out.strip() == "not logged in"
+
+        assert await run_cli(monkeypatch, account.login, [PASSWORD, cluster.code(otp_uri)],
+                             **login_flags(ttl="1h")) == 0
+        out, err = capsys.readouterr()
+        assert out.startswith("logged in as alice, valid until ") and PASSWORD not in out + err
+
+        key, cert = load_identity(home.identity_path)
+        assert cert.principals == ("alice", "root") and cert.public_key == key.public_key
+        assert cert.valid_before - cluster.clock.now <= 3600
+        assert _mode(home.home) == 0o700
+        for path in (home.identity_path, home.cert_path, home.known_hosts_path,
+                     home.profile_path, home.public_key_path):
+            assert _mode(path) == 0o600, path
+        profile = Profile.load(home)
+        assert (profile.cluster, profile.proxy_ssh, profile.logins) == (CLUSTER, PROXY_SSH,
+                                                                        ("alice", "root"))
+        assert profile.expires == cert.valid_before
+
+        # known_hosts trusts hosts that the cluster's host CA certifies, and no others.
+        host_key = PrivateKey.generate("ssh-ed25519")
+        host_cert = await cluster.service.sign_host_cert("db1", host_key.public_key.blob)
+        known = KnownHosts.load(home.known_hosts_path)
+        known.check("db1", 3022, parse_public_line(host_cert.cert)[0], now=cluster.clock.now)
+
+        assert await run_cli(monkeypatch, account.status) == 0
+        out = capsys.readouterr().out
+        for text in ("alice", "alice, root", CLUSTER, cluster.addr, "Valid until"):
+            assert text in out
+
+        assert await run_cli(monkeypatch, account.logout) == 0
+        assert capsys.readouterr().out.strip() == "logged out alice"
+        assert list(home.home.iterdir()) == []
+        assert await run_cli(monkeypatch, account.status) == 1
+
+
+async def test_second_login_makes_a_fresh_key(tmp_path, monkeypatch, capsys, home):
+    async with running_cluster(tmp_path) as cluster:
+        otp_uri = await signup_alice(cluster, monkeypatch, capsys)
+        await run_cli(monkeypatch, account.login, [PASSWORD, cluster.code(otp_uri)],
+                      **login_flags())
+        first, _ = load_identity(home.identity_path)
+        await run_cli(monkeypatch, account.login, [PASSWORD, cluster.code(otp_uri)],
+                      **login_flags(proxy=cluster.addr, user="alice"))
+        second, cert = load_identity(home.identity_path)
+        assert first.public_key != second.public_key and cert.public_key == second.public_key
+
+
+async def test_status_reports_an_expired_certificate(tmp_path, monkeypatch, capsys, home):
+    async with running_cluster(tmp_path) as cluster:
+        otp_uri = await signup_alice(cluster, monkeypatch, capsys)
+        await run_cli(monkeypatch, account.login, [PASSWORD, cluster.code(otp_uri)],
+                      **login_flags())
+        profile = Profile.load(home)
+        dataclasses.replace(profile, expires=time.time() - 60).save()
+        capsys.readouterr()
+        assert await run_cli(monkeypatch, account.status) == 1
+        assert "expired" in capsys.readouterr().out.lower()
+
+
+async def test_signup_refuses_short_and_mismatched_passwords(tmp_path, monkeypatch, home):
+    async with running_cluster(tmp_path) as cluster:
+        token = await cluster.invite()
+        with pytest.raises(CliError, match="at least 12"):
+            await run_cli(monkeypatch, account.signup, ["too short", "too short", "123456"],
+                          proxy=cluster.addr, token=token)
+        with pytest.raises(CliError, match="do not match"):
+            await run_cli(monkeypatch, account.signup, [PASSWORD, PASSWORD + "x", "123456"],
+                          proxy=cluster.addr, token=token)
+        assert Profile.load(home) is None
+        # nothing was sent: the invite still works
+        assert (await cluster.service.get_invite(token)).user == "alice"
+
+
+async def test_signup_with_a_wrong_code_or_a_used_invite_fails_in_one_line(
+        tmp_path, monkeypatch, capsys, home):
+    async with running_cluster(tmp_path) as cluster:
+        token = await cluster.invite()
+        with pytest.raises(CliError, match="one-time code is wrong"):
+            await run_cli(monkeypatch, account.signup, [PASSWORD, PASSWORD, "000000"],
+                          proxy=cluster.addr, token=token)
+        otp_uri = (await cluster.service.get_invite(token)).otp_uri
+        await run_cli(monkeypatch, account.signup, [PASSWORD, PASSWORD, cluster.code(otp_uri)],
+                      proxy=cluster.addr, token=token)
+        with pytest.raises(CliError) as info:
+            await run_cli(monkeypatch, account.signup, [PASSWORD, PASSWORD, "123456"],
+                          proxy=cluster.addr, token=token)
+        assert "already used" in str(info.value) and "\n" not in str(info.value)
+
+
+async def test_signup_refuses_a_token_without_pin_and_a_proxy_with_another_pin(
+        tmp_path, monkeypatch, home):
+    async with running_cluster(tmp_path) as cluster:
+        token = await cluster.invite()
+        with pytest.raises(CliError, match="not an invite token"):
+            await run_cli(monkeypatch, account.signup, proxy=cluster.addr,
+                          token=token.split(".")[0])
+        forged = token.split(".")[0] + "." + OTHER_PIN.removeprefix("sha256:")
+        with pytest.raises(CliError, match="TLS pin mismatch"):
+            await run_cli(monkeypatch, account.signup, proxy=cluster.addr, token=forged)
+
+
+async def test_login_with_a_wrong_password_writes_nothing(tmp_path, monkeypatch, capsys, home):
+    async with running_cluster(tmp_path) as cluster:
+        otp_uri = await signup_alice(cluster, monkeypatch, capsys)
+        with pytest.raises(CliError, match="access denied"):
+            await run_cli(monkeypatch, account.login, ["wrong password!", cluster.code(otp_uri)],
+                          **login_flags())
+        assert not home.identity_path.exists() and not home.cert_path.exists()
+
+
+async def test_locked_user_gets_the_lock_message(tmp_path, monkeypatch, capsys, home):
+    async with running_cluster(tmp_path) as cluster:
+        otp_uri = await signup_alice(cluster, monkeypatch, capsys)
+        for _ in range(5):
+            with pytest.raises(CliError):
+                await run_cli(monkeypatch, account.login, ["wrong password!", "123456"],
+                              **login_flags())
+        with pytest.raises(CliError, match="locked"):
+            await run_cli(monkeypatch, account.login, [PASSWORD, cluster.code(otp_uri)],
+                          **login_flags())
+
+
+async def test_first_login_elsewhere_needs_a_pin_or_insecure(tmp_path, monkeypatch, capsys, home):
+    async with running_cluster(tmp_path) as cluster:
+        otp_uri = await signup_alice(cluster, monkeypatch, capsys)
+        home.clear()  # another machine: no profile, no saved pin
+        with pytest.raises(CliError, match="--ca-pin"):
+            await run_cli(monkeypatch, account.login, **login_flags(proxy=cluster.addr,
+                                                                    user="alice"))
+        with pytest.raises(CliError, match="TLS pin mismatch"):
+            await run_cli(monkeypatch, account.login, [PASSWORD, cluster.code(otp_uri)],
+                          **login_flags(proxy=cluster.addr, user="alice", ca_pin=OTHER_PIN))
+        assert await run_cli(monkeypatch, account.login, [PASSWORD, cluster.code(otp_uri)],
+                             **login_flags(proxy=cluster.addr, user="alice", insecure=True)) == 0
+        assert Profile.load(home).web_pin == cluster.web.pin  # pinned from now on
+        assert await run_cli(monkeypatch, account.login, [PASSWORD, cluster.code(otp_uri)],
+                             **login_flags()) == 0
+        home.clear()
+        assert await run_cli(monkeypatch, account.login, [PASSWORD, cluster.code(otp_uri)],
+                             **login_flags(proxy=cluster.addr, user="alice",
+                                           ca_pin=cluster.web.pin)) == 0
+
+
+async def test_login_ttl_above_the_maximum_is_refused(tmp_path, monkeypatch, capsys, home):
+    async with running_cluster(tmp_path) as cluster:
+        otp_uri = await signup_alice(cluster, monkeypatch, capsys)
+        with pytest.raises(CliError, match="at most"):
+            await run_cli(monkeypatch, account.login, [PASSWORD, cluster.code(otp_uri)],
+                          **login_flags(ttl="31h"))
+
+
+async def test_login_with_no_proxy_anywhere_says_what_to_pass(monkeypatch, home):
+    with pytest.raises(CliError, match="--proxy"):
+        await run_cli(monkeypatch, account.login, **login_flags())
+
+
+async def test_logout_when_not_logged_in(monkeypatch, capsys, home):
+    assert await run_cli(monkeypatch, account.logout) == 0
+    assert capsys.readouterr().out.strip() == "not logged in"
+
+
+async def test_signup_as_another_user_drops_the_previous_identity(tmp_path, monkeypatch, capsys,
+                                                                  home):
+    async with running_cluster(tmp_path) as cluster:
+        otp_uri = await signup_alice(cluster, monkeypatch, capsys)
+        await run_cli(monkeypatch, account.login, [PASSWORD, cluster.code(otp_uri)],
+                      **login_flags())
+        reset = await cluster.service.reset_user("alice")  # the same identity signs up again
+        token = invite_token(reset.token, cluster.web.pin)
+        uri = (await cluster.service.get_invite(token)).otp_uri
+        await run_cli(monkeypatch, account.signup, [PASSWORD, PASSWORD, cluster.code(uri)],
+                      proxy=cluster.addr, token=token)
+        assert Profile.load(home).expires > 0 and home.cert_path.exists()
+
+        bob = await cluster.invite("bob", ("bob",))
+        uri = (await cluster.service.get_invite(bob)).otp_uri
+        await run_cli(monkeypatch, account.signup, [PASSWORD, PASSWORD, cluster.code(uri)],
+                      proxy=cluster.addr, token=bob)
+        profile = Profile.load(home)
+        assert (profile.user, profile.expires) == ("bob", 0.0)
+        assert not home.identity_path.exists() and not home.cert_path.exists()
