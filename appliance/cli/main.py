@@ -35,6 +35,7 @@ def _add_ctl(sub) -> None:
     p.add_argument("--data-dir", help="the auth role's state directory (as for start)")
     p.add_argument("--auth-server", help="HOST:PORT of a remote auth role (with --identity)")
     p.add_argument("--identity", help="admin key file with its -cert.pub (for --auth-server)")
+    p.add_argument("--web-pin", help="the web certificate's pin, for invites made away from the auth host")
     ctl = p.add_subparsers(dest="ctl_command", required=True)
 
     users = ctl.add_parser("users", help="users").add_subparsers(dest="action", required=True)
@@ -84,7 +85,7 @@ def _add_ctl(sub) -> None:
 
 def _add_client(sub) -> None:
     p = sub.add_parser("signup", help="accept an invite: set a password and enrol a second factor")
-    p.add_argument("--proxy", required=True, help="HOST:PORT of the web role (3080)")
+    p.add_argument("--proxy", help="HOST:PORT of the web role (3080); not needed with an invite URL")
     p.add_argument("token")
     p.set_defaults(func="appliance.cli.account:signup")
 

@@ -1,0 +1,82 @@
+"""A long-lived, self-healing connection to the auth API for a running role.
+
+Roles call the auth API often (heartbeats, audit events, node lookups, logins through
+the web role); :class:`ApiPool` keeps one :class:`ApiClient` open in a task of its own and
+reopens it after a failure, so a call pays for an SSH handshake only after an outage.
+``await pool.list_nodes(labels={})`` works like the client's method sugar.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, AsyncContextManager, Callable
+
+import trio
+
+from ssh_proto import SSHError
+
+from .client import ApiClient, ApiError
+
+log = logging.getLogger("jumpgate.api")
+
+E_UNAVAILABLE = "unavailable"
+
+
+class ApiPool:
+    """Run :meth:`run` in a nursery (``await nursery.start(pool.run)``), then call methods."""
+
+    def __init__(self, factory: Callable[[], AsyncContextManager[ApiClient]], *, connect_timeout: float = 10.0):
+        self._factory = factory
+        self._client: ApiClient | None = None
+        self._ready = trio.Event()
+        self._broken = trio.Event()
+        self._connect_timeout = connect_timeout
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        started = False
+        delay = 0.5
+        while True:
+            try:
+                async with self._factory() as client:
+                    self._client, self._broken = client, trio.Event()
+                    self._ready.set()
+                    delay = 0.5
+                    if not started:
+                        started = True
+                        task_status.started()
+                    await self._broken.wait()
+            except (OSError, ApiError, SSHError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+                log.warning("auth API connection failed: %s", exc)
+            self._client = None
+            self._ready = trio.Event()
+            if not started:
+                started = True
+                task_status.started()
+            await trio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def call(self, method: str, /, **params: Any) -> Any:
+        """Call ``method`` on the auth API; ApiError("unavailable") if it cannot be reached."""
+        with trio.move_on_after(self._connect_timeout):
+            await self._ready.wait()
+        client = self._client
+        if client is None:
+            raise ApiError(E_UNAVAILABLE, "the auth server cannot be reached")
+        try:
+            return await client.call(method, **params)
+        except ApiError as exc:
+            if exc.code == E_UNAVAILABLE:
+                self._broken.set()
+            raise
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._broken.set()
+            raise ApiError(E_UNAVAILABLE, f"the auth server connection failed: {exc}") from None
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        async def method(**params: Any) -> Any:
+            return await self.call(name, **params)
+
+        method.__name__ = name
+        return method

@@ -1,0 +1,274 @@
+"""`jumpgate start`: run the configured roles in one Trio program.
+
+The all-in-one default runs auth, proxy, node and web. Roles talk to the auth role over
+SSH even inside one process: the node and the proxy join it with a one-minute token like
+any remote host would (and keep the identity in the data dir), then heartbeat, send audit
+events and look nodes up through the auth API. A host without the auth role joins a
+remote one with ``--auth-server HOST:3025 --token TOKEN``.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import trio
+
+from ..config import Config, ConfigError, default_data_dir, load_config, parse_labels
+from .errors import CliError
+
+log = logging.getLogger("jumpgate.start")
+
+JOIN_TOKEN_TTL = 60  # seconds: the token a local role uses to join its own process's auth
+
+
+def start(args) -> int:
+    try:
+        cfg = load_config(
+            args.config, data_dir=args.data_dir,
+            roles=tuple(r.strip() for r in args.roles.split(",") if r.strip()) if args.roles else None,
+            cluster_name=args.cluster_name, public_addr=args.public_addr, listen_addr=args.listen_addr,
+            auth_server=args.auth_server, token=args.token, node_name=args.nodename,
+            labels=parse_labels(args.labels or ""),
+            port_overrides={role: getattr(args, f"{role}_port") for role in ("node", "proxy", "tunnel", "auth", "web")
+                            if getattr(args, f"{role}_port")})
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    from ssh_proto.allocator import tune_allocator
+    tune_allocator()
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        logging.getLogger("jumpgate").setLevel(logging.INFO)
+    try:
+        trio.run(run_roles, cfg)
+    except KeyboardInterrupt:
+        print("jumpgate: stopped", file=sys.stderr)
+    except BaseExceptionGroup as group:
+        # a role that cannot start says so in one line (CliError), whatever nursery it was in
+        failures = group.subgroup(CliError)
+        if failures is None:
+            raise
+        raise _first(failures) from None
+    return 0
+
+
+def _first(group: BaseExceptionGroup) -> BaseException:
+    exc = group.exceptions[0]
+    return _first(exc) if isinstance(exc, BaseExceptionGroup) else exc
+
+
+def prepare_data_dir(path: Path) -> Path:
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(path, 0o700)
+    except OSError as exc:
+        raise CliError(f"cannot use data dir {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def local_address_towards(host: str) -> str:
+    """The address of this host's interface that routes to ``host`` (no packet is sent)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, 9))
+            return s.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+
+
+def advertised_host(cfg: Config, auth_host: str) -> str:
+    if cfg.public_addr:
+        return cfg.public_addr
+    if "auth" in cfg.roles:
+        return "127.0.0.1"
+    return local_address_towards(auth_host)
+
+
+async def run_roles(cfg: Config) -> None:
+    data_dir = prepare_data_dir(cfg.data_dir)
+    async with trio.open_nursery() as nursery:
+        service = None
+        if "auth" in cfg.roles:
+            service = await _start_auth(nursery, cfg, data_dir)
+            auth_addr = f"127.0.0.1:{cfg.ports['auth']}"
+        else:
+            auth_addr = cfg.auth_server
+        host = advertised_host(cfg, auth_addr.rpartition(":")[0] or auth_addr)
+        if "node" in cfg.roles:
+            await _start_node(nursery, cfg, data_dir, auth_addr, host, service)
+        if "proxy" in cfg.roles or "web" in cfg.roles:
+            await _start_proxy_and_web(nursery, cfg, data_dir, auth_addr, host, service)
+        _print_banner(cfg, host)
+
+
+# ---------------------------------------------------------------------------------- auth
+
+async def _start_auth(nursery: trio.Nursery, cfg: Config, data_dir: Path):
+    from ssh_proto.keys import PrivateKey, load_private_key, write_private_key
+    from ..auth.server import serve_auth
+    from ..auth.service import AuthService, AuthServiceError
+    from ..storage.sqlite import SQLiteStorage
+
+    auth_dir = prepare_data_dir(data_dir / "auth")
+    storage = SQLiteStorage(auth_dir / "jumpgate.db")
+    try:
+        service = await AuthService.create(storage, cfg.cluster_name)
+    except AuthServiceError as exc:
+        raise CliError(f"auth: {exc.message}") from None
+    # what `jumpgate ctl` on this host needs to know about the running cluster
+    (auth_dir / "cluster.json").write_text(json.dumps({
+        "cluster": service.cluster, "host": cfg.host_name, "ports": cfg.ports}) + "\n")
+    key_path = auth_dir / "host_key"
+    if key_path.exists():
+        key = load_private_key(str(key_path))
+    else:
+        key = PrivateKey.generate("ssh-ed25519")
+        write_private_key(str(key_path), key)
+    names = sorted({"localhost", "127.0.0.1", socket.gethostname(), cfg.public_addr} - {""})
+    result = await service.sign_host_cert("auth", key.public_key.blob, principals=names, role="auth")
+    from ssh_proto.keys import parse_public_line
+    cert, _ = parse_public_line(result.cert)
+    try:
+        await nursery.start(functools.partial(serve_auth, service, service.ca, (key, cert), cfg.listen_addr,
+                                              cfg.ports["auth"]))
+    except OSError as exc:
+        raise CliError(f"auth: cannot listen on port {cfg.ports['auth']}: {exc.strerror or exc}") from None
+    log.info("auth API listening on %s:%d (cluster %s)", cfg.listen_addr, cfg.ports["auth"], service.cluster)
+    return service
+
+
+# ---------------------------------------------------------------------------------- identities
+
+async def _identity(cfg: Config, data_dir: Path, kind: str, name: str, auth_addr: str, host: str,
+                    addr: str, service):
+    """The saved identity of this role, or a new one by joining (locally or with --token)."""
+    from ..api.client import ApiError
+    from ..node.agent import AgentError, join, load_identity
+
+    identity = load_identity(data_dir, kind)
+    if identity is not None and not identity.expired(time.time()):
+        return identity
+    if service is not None:
+        created = await service.create_token(kind, JOIN_TOKEN_TTL, actor=f"{kind}:{name} (local)")
+        token = created.token
+    elif cfg.token:
+        token = cfg.token
+    else:
+        raise CliError(f"{kind}: not joined yet: pass --token from `jumpgate ctl tokens add --type {kind}`")
+    addresses = sorted({host, "127.0.0.1", "localhost", socket.gethostname()} - {""})
+    try:
+        return await join(auth_addr, token, kind=kind, name=name, addresses=addresses, labels=dict(cfg.labels),
+                          data_dir=data_dir, addr=addr)
+    except (ApiError, AgentError, OSError) as exc:
+        raise CliError(f"{kind}: cannot join the cluster at {auth_addr}: {exc}") from None
+    except Exception as exc:  # ssh_proto errors: a refused token, a pin mismatch, ...
+        from ssh_proto import SSHError
+        if isinstance(exc, SSHError):
+            raise CliError(f"{kind}: cannot join the cluster at {auth_addr}: {exc}") from None
+        raise
+
+
+async def _audit_sink(pool):
+    async def audit(event: dict) -> None:
+        from ..api.client import ApiError
+        try:
+            await pool.emit_audit(event=event)
+        except ApiError as exc:
+            log.warning("audit event %s not delivered: %s", event.get("event"), exc)
+    return audit
+
+
+# ---------------------------------------------------------------------------------- node
+
+async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_addr: str, host: str, service) -> None:
+    from ..api.pool import ApiPool
+    from ..node.agent import IdentityHolder, heartbeat_loop
+    from ..node.labels import CommandLabel, LabelSet
+    from ..node.server import NodeIdentity, serve_node
+
+    addr = f"{host}:{cfg.ports['node']}"
+    identity = await _identity(cfg, data_dir, "node", cfg.node_name, auth_addr, host, addr, service)
+    holder = IdentityHolder(identity)
+    pool = ApiPool(holder.api_factory(auth_addr))
+    await nursery.start(pool.run)
+
+    def provider() -> NodeIdentity:
+        ident = holder.current
+        return NodeIdentity(ident.host_key, ident.host_cert, (ident.user_ca,), ident.cluster, ident.name)
+
+    try:
+        await nursery.start(functools.partial(serve_node, provider, cfg.listen_addr, cfg.ports["node"],
+                                              audit=await _audit_sink(pool)))
+    except OSError as exc:
+        raise CliError(f"node: cannot listen on port {cfg.ports['node']}: {exc.strerror or exc}") from None
+    labels = LabelSet(cfg.labels, {name: CommandLabel(list(c.command), c.period)
+                                   for name, c in cfg.command_labels.items()})
+    await nursery.start(labels.run)
+    await nursery.start(functools.partial(heartbeat_loop, holder.api_factory(auth_addr), identity.name, addr,
+                                          labels.current, holder=holder))
+    log.info("node %s serving SSH on %s:%d", identity.name, cfg.listen_addr, cfg.ports["node"])
+
+
+# ---------------------------------------------------------------------------------- proxy + web
+
+async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_addr: str, host: str,
+                               service) -> None:
+    from ..api.pool import ApiPool
+    from ..node.agent import IdentityHolder, heartbeat_loop
+    from ..proxy.routing import NodeDirectory
+    from ..proxy.server import ProxyIdentity, serve_proxy
+    from ..web.server import serve_web
+    from ..web.tls import TLSSetupError, ensure_web_tls
+
+    name = f"{cfg.node_name}-proxy"  # node and proxy names share one inventory
+    # users reach the proxy by the host's public name (in its certificate's principals)
+    proxy_addr = f"{cfg.host_name}:{cfg.ports['proxy']}"
+    identity = await _identity(cfg, data_dir, "proxy", name, auth_addr, host, proxy_addr, service)
+    holder = IdentityHolder(identity)
+    pool = ApiPool(holder.api_factory(auth_addr))
+    await nursery.start(pool.run)
+    if "proxy" in cfg.roles:
+        directory = NodeDirectory(lambda: pool.list_nodes(labels={}))
+
+        def provider() -> ProxyIdentity:
+            return ProxyIdentity(holder.current.host_key, holder.current.host_cert)
+
+        try:
+            await nursery.start(functools.partial(
+                serve_proxy, provider, [identity.user_ca], identity.cluster, directory.resolve, directory.list_nodes,
+                cfg.listen_addr, cfg.ports["proxy"], audit=await _audit_sink(pool)))
+        except OSError as exc:
+            raise CliError(f"proxy: cannot listen on port {cfg.ports['proxy']}: {exc.strerror or exc}") from None
+        await nursery.start(functools.partial(heartbeat_loop, holder.api_factory(auth_addr), identity.name,
+                                              proxy_addr, lambda: {}, holder=holder))
+        log.info("proxy serving SSH on %s:%d", cfg.listen_addr, cfg.ports["proxy"])
+    if "web" in cfg.roles:
+        try:
+            tls = ensure_web_tls(data_dir, hostname=cfg.host_name, addresses=[host],
+                                 cert_path=cfg.web_cert or None, key_path=cfg.web_key or None)
+        except TLSSetupError as exc:
+            raise CliError(f"web: {exc}") from None
+        try:
+            await nursery.start(functools.partial(
+                serve_web, pool, tls.cert_path, tls.key_path, cfg.listen_addr, cfg.ports["web"],
+                proxy_ssh_addr=proxy_addr, public_addr=f"{host}:{cfg.ports['web']}"))
+        except OSError as exc:
+            raise CliError(f"web: cannot listen on port {cfg.ports['web']}: {exc.strerror or exc}") from None
+        log.info("web serving HTTPS on %s:%d (certificate pin %s)", cfg.listen_addr, cfg.ports["web"], tls.pin)
+
+
+def _print_banner(cfg: Config, host: str) -> None:
+    roles = ", ".join(cfg.roles)
+    lines = [f"jumpgate: cluster {cfg.cluster_name!r} is running ({roles}); data in {cfg.data_dir}"]
+    if "auth" in cfg.roles:
+        data = "" if cfg.data_dir == default_data_dir() else f" --data-dir {cfg.data_dir}"
+        lines += ["", "Add the first user (an invite link, valid 1 h, is printed):",
+                  f"    jumpgate ctl{data} users add alice --logins alice,root",
+                  "Add a node on another host:",
+                  f"    jumpgate ctl{data} tokens add --type node",
+                  f"    jumpgate start --roles node --auth-server {cfg.host_name}:{cfg.ports['auth']} --token TOKEN"]
+    print("\n".join(lines), flush=True)
