@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PYTEST_WORKERS ?= 2
 
-.PHONY: test venv system-deps bench clean
+.PHONY: test venv system-deps pyz demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,14 @@ system-deps:
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openssh-client openssh-server; \
 	fi
 	@mkdir -p /run/sshd
+
+# One executable zipapp with every dependency inside (shiv).
+pyz: venv
+	bash build/build_pyz.sh
+
+# The all-in-one appliance (auth, proxy, node, web; embedded SQLite) on the usual ports.
+demo: pyz
+	./dist/jumpgate.pyz start
 
 test: venv system-deps
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -q tests
