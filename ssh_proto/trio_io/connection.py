@@ -44,6 +44,7 @@ class SSHConnection:
         self._global_waiters: list[trio.MemorySendChannel] = []
         self._handshake = trio.Event()
         self._handshake_ok = False
+        self._writer_running = False
         self._auth_events_send, self.auth_events = trio.open_memory_channel(16)
         self.closed = trio.Event()
         self.error: BaseException | None = None
@@ -91,6 +92,7 @@ class SSHConnection:
         return self._queued + self.core.transport.pending_output
 
     async def _writer(self) -> None:
+        self._writer_running = True
         try:
             while True:
                 await self._wake_writer.wait()
@@ -109,6 +111,8 @@ class SSHConnection:
                     return
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             await self._finish(ConnectionLost(f"send failed: {exc}"))
+        finally:
+            self._writer_running = False
 
     async def _reader(self) -> None:
         core = self.core
@@ -150,16 +154,19 @@ class SSHConnection:
         for waiter in list(self._opening.values()) + self._global_waiters:
             waiter.close()
         # give the writer a moment to put a DISCONNECT on the wire, then close the stream
-        with trio.move_on_after(1):
-            data = self.core.data_to_send()
-            if data:
-                try:
-                    await self._stream.send_all(data)
-                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, trio.BusyResourceError):
-                    pass
-        if isinstance(error, ProtocolError):
-            await self._linger()
-        await trio.aclose_forcefully(self._stream)
+        # (closed whatever happens, cancellation included: no socket outlives its connection)
+        try:
+            with trio.move_on_after(1):
+                data = self.core.data_to_send()
+                if data:
+                    try:
+                        await self._stream.send_all(data)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, trio.BusyResourceError):
+                        pass
+            if isinstance(error, ProtocolError):
+                await self._linger()
+        finally:
+            await trio.aclose_forcefully(self._stream)
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
@@ -186,10 +193,11 @@ class SSHConnection:
         with trio.CancelScope(shield=True):
             if not self.closed.is_set():
                 self.core.disconnect(reason, description)
-                self._kick()
-                with trio.move_on_after(2):
-                    await self._drained_or_closed()
-                await self._finish(None)
+                if self._writer_running:
+                    self._kick()
+                    with trio.move_on_after(2):
+                        await self._drained_or_closed()
+                await self._finish(None)  # sends whatever the writer could not
 
     async def _drained_or_closed(self) -> None:
         while self._queued_bytes() and not self.closed.is_set():

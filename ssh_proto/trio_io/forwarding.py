@@ -122,7 +122,7 @@ async def handle_tcpip_forward_request(conn: "SSHServerConnection", event: ev.Gl
         return False, b""
     if not await conn.server.tcpip_forward(req.address, req.port):
         return False, b""
-    host = None if req.address in ("", "0.0.0.0", "*", "::") else ("127.0.0.1" if req.address == "localhost" else req.address)
+    host = _bind_address(req.address, conn.server.gateway_ports)
     try:
         listeners = await trio.open_tcp_listeners(req.port, host=host)
     except OSError:
@@ -132,6 +132,13 @@ async def handle_tcpip_forward_request(conn: "SSHServerConnection", event: ev.Gl
     conn.remote_forwards[(req.address, port)] = scope
     conn.nursery.start_soon(_serve_remote_forward, conn, listeners, req.address, port, scope)
     return True, (m.TcpipForwardReply(port).encode() if req.port == 0 else b"")
+
+
+def _bind_address(requested: str, gateway_ports: bool) -> str | None:
+    """sshd's rule: without GatewayPorts every remote forward listens on loopback only."""
+    if not gateway_ports or requested == "localhost":
+        return "127.0.0.1"
+    return None if requested in ("", "0.0.0.0", "*", "::") else requested
 
 
 async def _serve_remote_forward(conn: "SSHServerConnection", listeners, address: str, port: int,

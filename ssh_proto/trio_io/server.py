@@ -87,6 +87,9 @@ class SSHServer:
     """Base class for a server application; override what you support."""
 
     conn: "SSHServerConnection"
+    #: Like sshd's GatewayPorts: False binds remote forwards to loopback whatever address
+    #: the client asked for; True binds the requested address.
+    gateway_ports: bool = False
 
     def connection_made(self, conn: "SSHServerConnection") -> None:
         self.conn = conn
@@ -343,12 +346,13 @@ async def serve_stream(stream: trio.abc.Stream, server_factory: Callable[[], SSH
                        host_keys: Sequence[tuple[PrivateKey, Certificate | None]],
                        options: ConnectionOptions = ConnectionOptions(), login_grace_time: float = LOGIN_GRACE_TIME,
                        on_authenticated: Callable[[], None] | None = None, delay_secret: bytes | None = None,
-                       peer_address=None) -> None:
+                       peer_address=None, local_address=None) -> None:
     """Serve one SSH connection over ``stream`` until it closes."""
     server = server_factory()
     core = Connection(Role.SERVER, options, host_keys=tuple(host_keys))
     conn = SSHServerConnection(stream, core, server, delay_secret=delay_secret or os.urandom(32))
     conn.peer_address = peer_address
+    conn.local_address = local_address
     server.connection_made(conn)
     try:
         async with trio.open_nursery() as nursery:
@@ -379,8 +383,10 @@ class SSHListener:
 
     def __init__(self, server_factory, *, host_keys, options=ConnectionOptions(),
                  login_grace_time: float = LOGIN_GRACE_TIME, max_startups: tuple[int, int, int] = (10, 30, 100)):
+        """``host_keys``: (key, certificate-or-None) pairs, or a callable returning them,
+        read at each new connection (so a renewed host certificate needs no restart)."""
         self.server_factory = server_factory
-        self.host_keys = tuple(host_keys)
+        self._host_keys = host_keys if callable(host_keys) else tuple(host_keys)
         self.options = options
         self.login_grace_time = login_grace_time
         self.limiter = StartupLimiter(*max_startups)
@@ -390,6 +396,10 @@ class SSHListener:
     @property
     def port(self) -> int:
         return self.listeners[0].socket.getsockname()[1]
+
+    @property
+    def host_keys(self) -> tuple:
+        return tuple(self._host_keys()) if callable(self._host_keys) else self._host_keys
 
     async def serve(self, host: str | None, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self.listeners = await trio.open_tcp_listeners(port, host=host)
@@ -418,13 +428,13 @@ class SSHListener:
                 self.limiter.release()
 
         try:
-            peer = stream.socket.getpeername()
+            peer, local = stream.socket.getpeername(), stream.socket.getsockname()
         except OSError:
-            peer = None
+            peer = local = None
         try:
             await serve_stream(stream, self.server_factory, host_keys=self.host_keys, options=self.options,
                                login_grace_time=self.login_grace_time, on_authenticated=release,
-                               delay_secret=self._delay_secret, peer_address=peer)
+                               delay_secret=self._delay_secret, peer_address=peer, local_address=local)
         except* SSHError as group:
             log.info("connection from %s ended: %s", peer, group.exceptions[0])
         except* Exception:

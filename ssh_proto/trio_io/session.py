@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ssh_proto.server")
 
 MAX_ENV = 64
+MAX_EARLY_REQUESTS = 16
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -180,8 +181,9 @@ class ServerSession(SSHChannel):
         self.env: dict[str, str] = {}
         self.agent_forwarding = False
         self.on_resize: Callable[[int, int], object] | None = None
-        self.on_signal: Callable[[str], object] | None = None
-        self.on_break: Callable[[int], object] | None = None
+        self._on_signal: Callable[[str], object] | None = None
+        self._on_break: Callable[[int], object] | None = None
+        self._early: list[tuple[str, object]] = []  # signal/break before the handler set its callback
         self._start = start
         self._accept_env = accept_env or (lambda name, value: name == "TERM" or name == "LANG" or name.startswith("LC_"))
         self._exited = False
@@ -199,10 +201,49 @@ class ServerSession(SSHChannel):
                 self.pty = dataclasses.replace(self.pty, cols=w.cols, rows=w.rows, width=w.width, height=w.height)
             return self._callback(self.on_resize, w.cols, w.rows) or self.on_resize is None
         elif t == "signal":
-            return self._callback(self.on_signal, m.SignalRequest.decode(req.data).signal)
+            return self._early_or_call("signal", self._on_signal, m.SignalRequest.decode(req.data).signal)
         elif t == "break":
-            return self._callback(self.on_break, m.BreakRequest.decode(req.data).length_ms)
+            return self._early_or_call("break", self._on_break, m.BreakRequest.decode(req.data).length_ms)
         return False
+
+    # A signal or break may arrive right after the exec reply, before the application's
+    # handler has had a chance to set its callback: keep (a few of) them for it.
+    @property
+    def on_signal(self) -> Callable[[str], object] | None:
+        return self._on_signal
+
+    @on_signal.setter
+    def on_signal(self, fn: Callable[[str], object] | None) -> None:
+        self._on_signal = fn
+        self._replay("signal", fn)
+
+    @property
+    def on_break(self) -> Callable[[int], object] | None:
+        return self._on_break
+
+    @on_break.setter
+    def on_break(self, fn: Callable[[int], object] | None) -> None:
+        self._on_break = fn
+        self._replay("break", fn)
+
+    def _early_or_call(self, kind: str, fn, arg) -> bool:
+        if fn is None:
+            if len(self._early) < MAX_EARLY_REQUESTS:
+                self._early.append((kind, arg))
+                return True
+            return False
+        return self._callback(fn, arg)
+
+    def _replay(self, kind: str, fn) -> None:
+        if fn is None:
+            return
+        keep = []
+        for k, arg in self._early:
+            if k == kind:
+                self._callback(fn, arg)
+            else:
+                keep.append((k, arg))
+        self._early = keep
 
     def _callback(self, fn, *args) -> bool:
         """Run an application callback; its failure refuses the request, nothing more."""

@@ -1,0 +1,229 @@
+"""The API dispatcher: requests on one ``jumpgate-api`` channel -> AuthService calls.
+
+This module owns *who may call what*. It knows nothing of SSH authentication (that is
+``appliance/auth/server.py``, which hands us an authenticated :class:`Caller`) and
+nothing of business rules (that is :class:`~appliance.auth.service.AuthService`).
+
+Rules, in the order they are applied to each request:
+
+1. The method must be in :data:`ALLOWED` for the caller's role (an explicit table;
+   anything else is ``unknown_method`` or ``permission_denied``, and a denial is an
+   audit event).
+2. Parameters the server vouches for are never taken from the peer: ``actor`` (who
+   asked, for the audit log), ``emitter`` (who reported an audit event), and for a
+   ``join`` the ``token`` and ``client_ip``. The dispatcher fills them from the
+   connection; a value the peer sent is replaced, never used (so a client that
+   shares code with an in-process caller may leave ``actor`` in).
+3. A node or proxy acts on itself only: ``heartbeat`` and ``renew_host_cert`` take the
+   caller's own name (``name`` may be left out; any other name is denied).
+4. The call runs shielded from the peer going away (a join half done is worse than a
+   reply nobody reads), bounded by :data:`REQUEST_TIMEOUT`.
+5. :class:`AuthServiceError` becomes an error response with its code and message; any
+   other exception is logged here and answered ``internal`` — never a traceback or a
+   secret on the wire.
+
+One request is handled at a time per channel; a client wanting parallelism opens more
+channels. A protocol violation (bad frame, bad message) ends the channel.
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ..auth.service import AuthService, AuthServiceError, to_wire
+from .protocol import (E_BAD_REQUEST, E_INTERNAL, E_PERMISSION_DENIED, E_PROTOCOL, E_UNKNOWN_METHOD, ApiProtocolError,
+                       ErrorResponse, FrameDecoder, FrameTooLarge, Request, Response, encode_error, encode_response)
+
+__all__ = ["ALLOWED", "ROLES", "Caller", "serve_api_channel"]
+
+log = logging.getLogger("jumpgate.api")
+
+RECEIVE_SIZE = 64 * 1024
+#: Longest a single call may run (the password hash of a login is the slow one).
+REQUEST_TIMEOUT = 60.0
+
+ROLES = ("admin", "node", "proxy", "joining", "user")
+
+_READ_ONLY = frozenset({"cluster_info", "list_nodes", "get_node"})
+#: Which AuthService methods each role may call. Keep it explicit: a new service method
+#: is reachable by nobody until it is added here.
+ALLOWED: Mapping[str, frozenset[str]] = {
+    # jumpgate ctl with an admin certificate
+    "admin": _READ_ONLY | {
+        "create_user", "list_users", "get_user", "delete_user", "reset_user",
+        "create_token", "list_tokens", "delete_token",
+        "add_node", "remove_node",
+        "sign_user_cert", "sign_host_cert", "export_ca", "list_audit",
+    },
+    "node": frozenset({"heartbeat", "emit_audit", "cluster_info", "renew_host_cert"}),
+    # the proxy identity also serves the web role (signup and login pages)
+    "proxy": _READ_ONLY | {"heartbeat", "emit_audit", "renew_host_cert",
+                           "login", "get_invite", "complete_signup"},
+    "joining": frozenset({"join"}),
+    # a user certificate without a role: nothing until a feature needs it
+    "user": frozenset(),
+}
+
+_ALL_METHODS = frozenset().union(*ALLOWED.values())
+#: Parameters only the dispatcher may set (rule 2).
+_SERVER_PARAMS = frozenset({"actor", "emitter"})
+_JOIN_SERVER_PARAMS = frozenset({"token", "client_ip"})
+#: Methods a node or proxy may only apply to itself (rule 3).
+_SELF_ONLY = frozenset({"heartbeat", "renew_host_cert"})
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is on the other end of a channel, as SSH authentication established it.
+
+    ``role`` is one of :data:`ROLES`; ``name`` the node/proxy name or the user name
+    (``-join`` for a joining peer). ``join_token`` is the password a joining peer
+    authenticated with; it is never printed.
+    """
+
+    role: str
+    name: str
+    client_ip: str = ""
+    join_token: str = field(default="", repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"unknown caller role {self.role!r}")
+
+    @property
+    def actor(self) -> str:
+        """How the audit log names this caller, e.g. ``user:alice`` or ``node:db1``."""
+        kind = "user" if self.role in ("admin", "user") else self.role
+        return f"{kind}:{self.name}"
+
+
+def _denied(message: str) -> AuthServiceError:
+    return AuthServiceError(E_PERMISSION_DENIED, message)
+
+
+def _bind_self(caller: Caller, method: str, params: dict[str, Any]) -> None:
+    if caller.role not in ("node", "proxy") or method not in _SELF_ONLY:
+        return
+    name = params.setdefault("name", caller.name)
+    if name != caller.name:
+        raise _denied(f"a {caller.role} may call {method} for itself only")
+
+
+def _server_params(caller: Caller, method: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Rules 2 and 3: the parameters actually passed to the service."""
+    reserved = _SERVER_PARAMS | (_JOIN_SERVER_PARAMS if method == "join" else frozenset())
+    out = {k: v for k, v in params.items() if k not in reserved}
+    _bind_self(caller, method, out)
+    if method == "join":
+        out["token"], out["client_ip"] = caller.join_token, caller.client_ip
+    elif method == "emit_audit":
+        out["emitter"] = caller.actor
+    return out
+
+
+def _bound_call(service: AuthService, method: str, params: dict[str, Any], caller: Caller):
+    """The coroutine for ``service.method(**params)``; bad_request if they do not fit."""
+    func = getattr(service, method)
+    signature = inspect.signature(func)
+    if "actor" in signature.parameters:
+        params["actor"] = caller.actor
+    try:
+        signature.bind(**params)
+    except TypeError:
+        hidden = _SERVER_PARAMS | (_JOIN_SERVER_PARAMS if method == "join" else frozenset())
+        expected = ", ".join(n for n in signature.parameters if n not in hidden)
+        raise AuthServiceError(E_BAD_REQUEST, f"{method} takes parameters ({expected})") from None
+    return func(**params)
+
+
+async def _audit_denial(service: AuthService, caller: Caller, method: str) -> None:
+    event = {"event": "auth", "user": caller.name, "success": False,
+             "fields": {"reason": "permission denied", "method": method, "role": caller.role,
+                        "client_ip": caller.client_ip}}
+    try:
+        await service.emit_audit(event, emitter="auth:api")
+    except AuthServiceError as exc:  # the event is ours and well formed; log if not
+        log.error("could not audit a denied API call: %s", exc)
+
+
+async def _call(service: AuthService, caller: Caller, req: Request) -> Any:
+    """Rules 1-4; returns the wire form of the result or raises AuthServiceError."""
+    if req.method not in _ALL_METHODS:
+        raise AuthServiceError(E_UNKNOWN_METHOD, f"no API method {req.method!r}")
+    if req.method not in ALLOWED[caller.role]:
+        log.warning("denied %s to %s (%s)", req.method, caller.actor, caller.client_ip)
+        await _audit_denial(service, caller, req.method)
+        raise _denied(f"{req.method} is not allowed for a {caller.role}")
+    params = _server_params(caller, req.method, req.params)
+    with trio.CancelScope(shield=True, deadline=trio.current_time() + REQUEST_TIMEOUT) as scope:
+        result = await _bound_call(service, req.method, params, caller)
+    if scope.cancelled_caught:
+        raise AuthServiceError(E_INTERNAL, f"{req.method} timed out")
+    return to_wire(result)
+
+
+async def handle_request(service: AuthService, caller: Caller, req: Request) -> bytes:
+    """One request -> the frame that answers it (never raises for a service failure)."""
+    try:
+        return encode_response(Response(req.id, await _call(service, caller, req)))
+    except AuthServiceError as exc:
+        return encode_error(ErrorResponse(req.id, exc.code, exc.message))
+    except FrameTooLarge:
+        return encode_error(ErrorResponse(req.id, E_INTERNAL, "the result is too large for one message"))
+    except Exception:
+        # A bug or an unexpected failure: the details go to our log, not to the peer.
+        log.exception("API call %s from %s failed", req.method, caller.actor)
+        return encode_error(ErrorResponse(req.id, E_INTERNAL, "internal error (see the auth server log)"))
+
+
+async def _next_request(channel: trio.abc.ReceiveStream, decoder: FrameDecoder) -> Request | None:
+    """The next request, or None at a clean end of stream."""
+    while True:
+        msg = decoder.next_message()
+        if msg is not None:
+            assert isinstance(msg, Request)  # the request decoder yields nothing else
+            return msg
+        data = await channel.receive_some(RECEIVE_SIZE)
+        if not data:
+            decoder.feed_eof()
+            return None
+        decoder.feed(data)
+
+
+async def serve_api_channel(channel: trio.abc.Stream, identity: Caller, service: AuthService) -> None:
+    """Serve requests from ``identity`` on ``channel`` until it ends.
+
+    ``channel`` is the session channel on which the client requested the
+    ``jumpgate-api`` subsystem. Returns when the peer closes the channel, breaks the
+    protocol (after a last ``protocol_error`` response) or goes away.
+    """
+    decoder = FrameDecoder.for_requests()
+    try:
+        while (req := await _next_request(channel, decoder)) is not None:
+            reply = await handle_request(service, identity, req)
+            try:
+                await channel.send_all(reply)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                log.info("API channel of %s lost before the answer to %s", identity.actor, req.method)
+                return
+    except ApiProtocolError as exc:
+        log.info("API protocol error from %s: %s", identity.actor, exc)
+        await _send_protocol_error(channel, exc)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        # Between requests this is how a client that disconnects without closing the
+        # channel first looks; inside one, the peer vanished mid-request.
+        if decoder.pending:
+            log.info("API channel of %s lost in the middle of a request", identity.actor)
+
+
+async def _send_protocol_error(channel: trio.abc.Stream, exc: ApiProtocolError) -> None:
+    """Tell the peer why we stop (id 0 answers no request), then let the channel close."""
+    try:
+        await channel.send_all(encode_error(ErrorResponse(0, E_PROTOCOL, exc.description)))
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass

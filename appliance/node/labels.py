@@ -1,0 +1,149 @@
+"""Node labels: static ``key=value`` pairs and dynamic labels computed by commands.
+
+This module owns what a node reports as its labels (``jumpgate ls env=dev``). Static labels
+come from the configuration. A command label runs its command every ``period`` seconds
+(Teleport's "dynamic labels") and keeps the output as the value:
+
+* the output is bounded (:data:`OUTPUT_LIMIT` bytes; a command writing more is stopped and
+  its first bytes kept), trimmed of surrounding whitespace;
+* a command has :data:`COMMAND_TIMEOUT` seconds; a timeout, a non-zero exit or a command
+  that cannot start gives the value ``"error: ..."`` — a broken label never stops the node.
+
+>>> labels = LabelSet({"env": "dev"}, {"kernel": CommandLabel(["uname", "-r"], period=3600)})
+>>> labels.current()
+{'env': 'dev', 'kernel': ''}
+
+Run :meth:`LabelSet.run` in a nursery (``await nursery.start(labels.run)`` returns once every
+command label has its first value), then read :meth:`LabelSet.current` at each heartbeat.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import re
+import subprocess
+from typing import Mapping, Sequence
+
+import trio
+
+log = logging.getLogger("jumpgate.node.labels")
+
+OUTPUT_LIMIT = 256
+COMMAND_TIMEOUT = 10.0
+#: Label names as Teleport allows them: letters, digits and ``/ . _ : * -``.
+LABEL_NAME = re.compile(r"[A-Za-z0-9/._:*-]{1,128}")
+MAX_STATIC_VALUE = 1024
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class CommandLabel:
+    """A label whose value is ``command``'s output, refreshed every ``period`` seconds."""
+
+    command: tuple[str, ...]
+    period: float
+
+    def __post_init__(self) -> None:
+        argv = tuple(self.command)
+        if not argv or not argv[0] or not all(isinstance(a, str) and "\0" not in a for a in argv):
+            raise ValueError("a command label needs a command: a list of strings without NUL bytes")
+        if not (isinstance(self.period, (int, float)) and 0 < self.period < math.inf):
+            raise ValueError("a command label's period must be a positive number of seconds")
+        object.__setattr__(self, "command", argv)  # a list in, a tuple kept: hashable, immutable
+        object.__setattr__(self, "period", float(self.period))
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not LABEL_NAME.fullmatch(name):
+        raise ValueError(f"invalid label name {name!r}: use letters, digits and / . _ : * -")
+    return name
+
+
+class LabelSet:
+    """Static labels plus command labels; :meth:`current` is always safe to read."""
+
+    def __init__(self, static: Mapping[str, str] | None = None, commands: Mapping[str, CommandLabel] | None = None,
+                 *, timeout: float = COMMAND_TIMEOUT, output_limit: int = OUTPUT_LIMIT):
+        static = dict(static or {})
+        commands = dict(commands or {})
+        for name, value in static.items():
+            _check_name(name)
+            if not isinstance(value, str) or len(value) > MAX_STATIC_VALUE:
+                raise ValueError(f"label {name!r}: the value must be a string of at most {MAX_STATIC_VALUE} characters")
+        for name, label in commands.items():
+            _check_name(name)
+            if not isinstance(label, CommandLabel):
+                raise TypeError(f"label {name!r}: expected a CommandLabel")
+        clash = static.keys() & commands.keys()
+        if clash:
+            raise ValueError(f"labels defined both statically and by a command: {', '.join(sorted(clash))}")
+        self.static = static
+        self.commands = commands
+        self.timeout = timeout
+        self.output_limit = output_limit
+        self._values = {name: "" for name in commands}  # until the first run
+
+    def current(self) -> dict[str, str]:
+        """Every label with its latest value (command labels are "" before their first run)."""
+        return {**self.static, **self._values}
+
+    async def refresh(self, name: str) -> str:
+        """Run command label ``name`` now; store and return its value."""
+        label = self.commands[name]
+        value = await run_label_command(label.command, timeout=self.timeout, limit=self.output_limit)
+        self._values[name] = value
+        return value
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Refresh command labels forever: all once, then each on its own period."""
+        async with trio.open_nursery() as first:
+            for name in self.commands:
+                first.start_soon(self.refresh, name)
+        task_status.started()
+        async with trio.open_nursery() as nursery:
+            for name in self.commands:
+                nursery.start_soon(self._refresh_every, name)
+
+    async def _refresh_every(self, name: str) -> None:
+        period = self.commands[name].period
+        while True:
+            await trio.sleep(period)
+            await self.refresh(name)
+
+
+async def run_label_command(argv: Sequence[str], *, timeout: float = COMMAND_TIMEOUT,
+                            limit: int = OUTPUT_LIMIT) -> str:
+    """The value a command label gets from ``argv``: its output, or ``"error: ..."``."""
+    try:
+        process = await trio.lowlevel.open_process(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                                   stderr=subprocess.DEVNULL, start_new_session=True)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"error: cannot run {argv[0]}: {getattr(exc, 'strerror', None) or exc}"
+    try:
+        with trio.move_on_after(timeout) as scope:
+            output, truncated = await _read_bounded(process.stdout, limit)
+            if truncated:
+                process.kill()  # it has said all we will keep; do not wait for the rest
+            status = await process.wait()
+        if scope.cancelled_caught:
+            return f"error: timed out after {timeout:g}s"
+        if status != 0 and not truncated:
+            return f"error: exit status {status}" if status > 0 else f"error: killed by signal {-status}"
+        return output.decode("utf-8", "replace").strip()
+    finally:
+        with trio.CancelScope(shield=True):
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            await process.stdout.aclose()
+
+
+async def _read_bounded(stream: trio.abc.ReceiveStream, limit: int) -> tuple[bytes, bool]:
+    """At most ``limit`` bytes of ``stream`` until EOF; (data, True) when there was more."""
+    buf = bytearray()
+    while len(buf) <= limit:
+        chunk = await stream.receive_some(limit + 1 - len(buf))
+        if not chunk:
+            return bytes(buf), False
+        buf += chunk
+    return bytes(buf[:limit]), True

@@ -1,0 +1,404 @@
+"""The node role's SSH server (port 3022): user certificates in, sessions as OS users out.
+
+This module owns the node's policy, on top of ssh_proto's server (RFC 4252 user auth,
+RFC 4254 connection protocol):
+
+* Authentication: only an OpenSSH **user certificate** signed by one of the cluster's user
+  CAs (:attr:`NodeIdentity.user_cas`), validated with
+  :func:`ssh_proto.certs.validate_user_certificate` for principal = the requested login and
+  source address = the peer (SECURITY-CHECKLIST §1.3 rules 5-14). Plain keys, passwords and
+  keyboard-interactive are refused. The login must be an existing OS account; a node not
+  running as root accepts only its own account. The certificate's permissions become the
+  connection's :class:`ssh_proto.SessionPolicy` (rule 14: pty, port and agent forwarding,
+  force-command).
+* Sessions (shell, exec, sftp subsystem) run as the login through
+  :mod:`appliance.node.process`; agent forwarding gets a private socket owned by the login.
+* Port forwarding: ``direct-tcpip`` connects wherever the node can reach (sshd's default);
+  ``tcpip-forward`` listens where asked, but never on a privileged port for a non-root login.
+* Audit: ``auth`` (accepted or refused certificate), ``session.start`` / ``session.end``,
+  ``exec`` (a session that could not start), ``port`` and ``agent.forward`` events go to the
+  ``audit`` callable as the maps :meth:`appliance.audit.AuditEvent.from_wire` accepts from a
+  node (``{"event", "user", "success", "fields"}``); they never carry a secret.
+
+The host key and certificate come from an identity provider read at every connection, so
+a renewed host certificate is presented without restarting the listener.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+import uuid
+from typing import Awaitable, Callable, Collection
+
+import trio
+
+import ssh_proto
+from ssh_proto.certs import validate_user_certificate
+from ssh_proto.errors import AgentError, CertificateError
+from ssh_proto.keys import Certificate, PrivateKey, PublicKey
+from ssh_proto.trio_io.agent import forward_agent_to_unix_socket
+
+from . import process as proc
+
+log = logging.getLogger("jumpgate.node")
+
+NODE_PORT = 3022
+MAX_SESSIONS = 10            # concurrent sessions per connection (sshd MaxSessions)
+CONNECT_TIMEOUT = 10.0       # direct-tcpip connect to the target
+AGENT_SOCKET_DIR = "/tmp"    # forwarded agent sockets: a private 0700 directory in here
+AUDIT_TIMEOUT = 10.0         # the session.end event of a session cut short still gets this long
+MAX_AUDIT_USER = 256         # appliance.audit's bound on an event's user
+SFTP_SUBSYSTEM = "sftp"
+INTERNAL_SFTP = "internal-sftp"  # force-command spelling sshd users know
+
+AuditSink = Callable[[dict], Awaitable[None]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeIdentity:
+    """What a node needs to serve: its host key and certificate, and whom to trust."""
+
+    host_key: PrivateKey
+    host_cert: Certificate
+    user_cas: tuple[PublicKey, ...]
+    cluster: str
+    name: str
+
+
+def host_keys_of(identity: NodeIdentity) -> tuple[tuple[PrivateKey, Certificate | None], ...]:
+    """The certificate first, then the plain key, so clients without the CA can still connect."""
+    return ((identity.host_key, identity.host_cert), (identity.host_key, None))
+
+
+def _user_of(key_id: str) -> str:
+    """The cluster user a certificate was issued to ("user:<name>" key ids), kept short."""
+    return key_id.removeprefix("user:")[:MAX_AUDIT_USER]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Login:
+    """An accepted login: the certificate's holder and the account it runs as."""
+
+    user: str
+    key_id: str
+    serial: int
+    account: proc.LoginAccount
+    policy: ssh_proto.SessionPolicy
+
+
+class NodeServer(ssh_proto.SSHServer):
+    """One connection to the node (made by :func:`node_server_factory`)."""
+
+    def __init__(self, identity: NodeIdentity, *, audit: AuditSink | None = None,
+                 allow_users: Collection[str] | None = None):
+        self.identity = identity
+        self._audit = audit
+        self._allow_users = frozenset(allow_users) if allow_users is not None else None
+        self._login: _Login | None = None
+        self._refused: set[tuple[str, bytes]] = set()   # audit each refused (login, key) once
+        self._agent_sock: str | None = None
+        self._agent_lock = trio.Lock()
+        self._sessions = 0
+        self.endpoints = proc.Endpoints.from_addresses(None, None)
+
+    def connection_made(self, conn: ssh_proto.SSHServerConnection) -> None:
+        super().connection_made(conn)
+        self.endpoints = proc.Endpoints.from_addresses(conn.peer_address, _local_address(conn))
+
+    # ---- authentication ------------------------------------------------------------------
+    async def auth_publickey_acceptable(self, username: str, key) -> bool:
+        return await self._check_key(username, key) is not None
+
+    async def auth_publickey(self, username: str, key):
+        login = await self._check_key(username, key)
+        if login is None:
+            return False
+        self._login = login
+        log.info("accepted certificate ID %r serial %d for %s from %s", login.key_id, login.serial,
+                 username, self.endpoints.remote_ip)
+        await self._emit("auth", serial=login.serial)
+        return ssh_proto.Accept(login.policy)
+
+    async def _check_key(self, username: str, key) -> _Login | None:
+        """The login ``key`` grants as ``username``, or None (refusal logged and audited)."""
+        if not isinstance(key, Certificate):
+            # Not audited: clients routinely offer their plain keys before the certificate.
+            log.info("refused a plain key for %s from %s: a user certificate is required", username,
+                     self.endpoints.remote_ip)
+            return None
+        try:
+            perms = validate_user_certificate(key, principal=username, trusted_cas=self.identity.user_cas,
+                                              source_address=self.endpoints.remote_ip)
+        except CertificateError as exc:
+            await self._refuse(username, key, str(exc))
+            return None
+        reason, account = await self._check_account(username)
+        if account is None:
+            await self._refuse(username, key, reason)
+            return None
+        return _Login(_user_of(perms.key_id), perms.key_id, perms.serial, account,
+                      ssh_proto.policy_from_certificate(perms))
+
+    async def _check_account(self, username: str) -> tuple[str, proc.LoginAccount | None]:
+        if self._allow_users is not None and username not in self._allow_users:
+            return f"login {username!r} is not allowed on this node", None
+        try:
+            account = await trio.to_thread.run_sync(proc.lookup_account, username)
+        except KeyError:
+            return f"no OS account {username!r} on this node", None
+        if not proc.running_as_root() and account.uid != os.geteuid():
+            return f"the node does not run as root: only its own account may log in, not {username!r}", None
+        return "", account
+
+    async def _refuse(self, username: str, cert: Certificate, reason: str) -> None:
+        """Rule 16: say which certificate was refused and why (the reason names the rule)."""
+        log.info("refused certificate ID %r serial %d for %s from %s: %s", cert.key_id, cert.serial, username,
+                 self.endpoints.remote_ip, reason)
+        seen = (username, cert.blob)  # a query and then the signed request: one event
+        if seen in self._refused:
+            return
+        self._refused.add(seen)
+        await self._emit("auth", success=False, user=_user_of(cert.key_id), login=username,
+                         key_id=_bounded(cert.key_id), serial=cert.serial, reason=_bounded(reason))
+
+    # ---- sessions ------------------------------------------------------------------------
+    def session_allowed(self) -> bool:
+        return self._login is not None and self._sessions < MAX_SESSIONS
+
+    async def session(self, session: ssh_proto.ServerSession) -> int | None:
+        login = self._login
+        if login is None:  # pragma: no cover - the library opens sessions only after auth
+            return 255
+        self._sessions += 1
+        try:
+            return await self._run_session(session, login)
+        finally:
+            self._sessions -= 1
+
+    async def _run_session(self, session: ssh_proto.ServerSession, login: _Login) -> int | None:
+        controls = _Controls(session)  # first: requests may follow the exec request at once
+        command = _session_command(session)
+        if command is _UNSUPPORTED:
+            await session.send_stderr(f"subsystem {session.subsystem!r} is not supported\r\n".encode())
+            return 1
+        try:
+            spec, warning = await self._spawn_spec(session, login, command)
+        except proc.SpawnError as exc:
+            return await self._spawn_failed(session, exc)
+        details = {"session_id": str(uuid.uuid4()), "kind": session.kind, "pty": session.pty is not None,
+                   "command": _bounded(session.command) if session.kind != "subsystem" else None,
+                   "subsystem": _bounded(session.subsystem)}
+        await self._emit("session.start", **details)
+        started = time.monotonic()
+        status, signame = 255, None
+        try:
+            if warning:
+                await session.send_stderr(warning.encode() + b"\r\n")
+            status, signame = await self._spawn_and_relay(session, spec, controls)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(AUDIT_TIMEOUT):
+                await self._emit("session.end", **details, exit_status=status, exit_signal=signame,
+                                 duration=round(time.monotonic() - started, 3))
+        if signame is not None:
+            await session.exit_with_signal(signame)
+            return None
+        return status
+
+    async def _spawn_and_relay(self, session: ssh_proto.ServerSession, spec: proc.SpawnSpec,
+                               controls: _Controls) -> tuple[int | None, str | None]:
+        try:
+            running = await proc.SessionProcess.spawn(spec)
+        except proc.SpawnError as exc:
+            return await self._spawn_failed(session, exc), None
+        controls.attach(running)
+        return await running.relay(session)
+
+    async def _spawn_failed(self, session: ssh_proto.ServerSession, exc: proc.SpawnError) -> int:
+        """A session whose process cannot start: one line on the client's stderr, status 255."""
+        log.info("session for %s failed to start: %s", session.username, exc)
+        await self._emit("exec", success=False, reason=_bounded(str(exc)))
+        await session.send_stderr(f"jumpgate: {exc}\r\n".encode())
+        return 255
+
+    async def _spawn_spec(self, session: ssh_proto.ServerSession, login: _Login,
+                          command: str | None) -> tuple[proc.SpawnSpec, str | None]:
+        account = login.account
+        auth_sock = await self._agent_socket(account) if session.agent_forwarding else None
+        original = session.original_command if session.policy.force_command is not None else None
+        env = proc.session_environment(account, self.endpoints, term=session.pty.term if session.pty else None,
+                                       client_env=session.env, auth_sock=auth_sock, original_command=original)
+        executable, argv = proc.session_argv(account, command)
+        cwd, warning = proc.session_cwd(account)
+        spec = proc.SpawnSpec(executable, argv, env, cwd, account, switch_user=proc.running_as_root(),
+                              pty=session.pty)
+        return spec, warning
+
+    async def _agent_socket(self, account: proc.LoginAccount) -> str | None:
+        """One forwarded-agent socket per connection (it lives and dies with it)."""
+        async with self._agent_lock:
+            if self._agent_sock is None:
+                owner = (account.uid, account.gid) if proc.running_as_root() else None
+                try:
+                    self._agent_sock = await forward_agent_to_unix_socket(self.conn, AGENT_SOCKET_DIR, owner=owner)
+                except (AgentError, OSError) as exc:
+                    log.warning("agent forwarding for %s not set up: %s", account.name, exc)
+                    return None
+                await self._emit("agent.forward")
+            return self._agent_sock
+
+    # ---- port forwarding -------------------------------------------------------------------
+    def _forwarding_permitted(self) -> bool:
+        return self._login is not None and self._login.policy.permit_port_forwarding
+
+    async def direct_tcpip(self, host: str, port: int, orig_host: str, orig_port: int) -> trio.abc.Stream | None:
+        if not self._forwarding_permitted() or not host or not 0 < port < 65536:
+            return None
+        await self._emit("port", kind="direct-tcpip", target=f"{host}:{port}")
+        with trio.move_on_after(CONNECT_TIMEOUT):
+            return await trio.open_tcp_stream(host, port)
+        raise TimeoutError(f"no answer from {host}:{port} within {CONNECT_TIMEOUT:g}s")
+
+    async def tcpip_forward(self, address: str, port: int) -> bool:
+        if not self._forwarding_permitted() or not 0 <= port < 65536:
+            return False
+        listen = f"{address}:{port}"
+        if 0 < port < 1024 and self._login.account.uid != 0:
+            # as sshd: only root may listen on a privileged port
+            await self._emit("port", success=False, kind="tcpip-forward", listen=listen, reason="privileged port")
+            return False
+        await self._emit("port", kind="tcpip-forward", listen=listen)
+        return True
+
+    # ---- audit --------------------------------------------------------------------------------
+    async def _emit(self, event: str, *, success: bool = True, user: str | None = None, **fields) -> None:
+        """One event in the shape ``appliance.audit.AuditEvent.from_wire`` takes from a node:
+        ``{"event", "user", "success", "fields"}`` (scalar fields, never a secret)."""
+        if self._audit is None:
+            return
+        login = self._login
+        context = {"node": self.identity.name, "cluster": self.identity.cluster,
+                   "client_ip": self.endpoints.remote_ip, "client_port": self.endpoints.remote_port}
+        if login is not None:
+            context.update(login=login.account.name, key_id=_bounded(login.key_id))
+        if user is None:
+            user = login.user if login is not None else ""
+        record = {"event": event, "user": user, "success": success, "fields": {**context, **fields}}
+        try:
+            await self._audit(record)
+        except Exception:
+            # A failing audit sink must not take the session down with it; it is logged loudly.
+            log.exception("audit event %s could not be recorded", event)
+
+
+class _Controls:
+    """window-change, signal and break requests of a session (RFC 4254 §6.7, §6.9, RFC 4335).
+
+    A client may send them as soon as its shell/exec request is answered, before the process
+    exists: signals wait here, and the latest size is taken from the session's pty (which
+    ssh_proto keeps current) when the process is attached.
+    """
+
+    MAX_PENDING_SIGNALS = 8
+
+    def __init__(self, session: ssh_proto.ServerSession) -> None:
+        self._session = session
+        self._process: proc.SessionProcess | None = None
+        self._signals: list[str] = []
+        session.on_resize, session.on_signal, session.on_break = self.resize, self.signal, self.send_break
+
+    def attach(self, process: proc.SessionProcess) -> None:
+        self._process = process
+        pty = self._session.pty
+        if pty is not None:
+            process.resize(pty.cols, pty.rows, pty.width, pty.height)
+        for name in self._signals:
+            process.signal(name)
+
+    def resize(self, cols: int, rows: int) -> None:
+        pty = self._session.pty
+        if self._process is not None and pty is not None:
+            self._process.resize(cols, rows, pty.width, pty.height)
+
+    def signal(self, name: str) -> None:
+        if self._process is not None:
+            self._process.signal(name)
+        elif name in proc.RFC_SIGNALS and len(self._signals) < self.MAX_PENDING_SIGNALS:
+            self._signals.append(name)
+
+    def send_break(self, length_ms: int) -> None:
+        if self._process is not None:
+            self._process.send_break(length_ms)
+
+
+_UNSUPPORTED = object()
+AUDIT_TEXT_LIMIT = 1024  # a command or reason in an audit event (appliance.audit allows 4096)
+
+
+def _bounded(text: str | None) -> str | None:
+    if text is None or len(text) <= AUDIT_TEXT_LIMIT:
+        return text
+    return text[:AUDIT_TEXT_LIMIT - 1] + "…"
+
+
+def _session_command(session: ssh_proto.ServerSession):
+    """The shell command to run: None for an interactive login shell, or _UNSUPPORTED."""
+    if session.kind == "subsystem":
+        return proc.SFTP_SERVER if session.subsystem == SFTP_SUBSYSTEM else _UNSUPPORTED
+    if session.kind == "exec" and session.command == INTERNAL_SFTP:
+        return proc.SFTP_SERVER
+    return session.command if session.kind == "exec" else None
+
+
+def _local_address(conn: ssh_proto.SSHServerConnection) -> tuple | None:
+    """Our end of the TCP connection (for SSH_CONNECTION)."""
+    if conn.local_address is not None:
+        return conn.local_address
+    # ssh_proto's listener records only the peer's address; ask the socket itself.
+    sock = getattr(getattr(conn, "_stream", None), "socket", None)
+    try:
+        return sock.getsockname() if sock is not None else None
+    except OSError:
+        return None
+
+
+def node_server_factory(identity_provider: Callable[[], NodeIdentity], *, audit: AuditSink | None = None,
+                        allow_users: Collection[str] | None = None) -> Callable[[], NodeServer]:
+    """A per-connection factory for ``ssh_proto.serve``; the identity is read at each connection.
+
+    ``allow_users``, when given, limits the logins accepted (on top of the certificate).
+    """
+    def factory() -> NodeServer:
+        return NodeServer(identity_provider(), audit=audit, allow_users=allow_users)
+    return factory
+
+
+class _NodeListener(ssh_proto.SSHListener):
+    """An SSHListener whose host keys are the node identity's current ones."""
+
+    def __init__(self, identity_provider: Callable[[], NodeIdentity], server_factory, **options):
+        self._identity_provider = identity_provider
+        super().__init__(server_factory, host_keys=(), **options)
+
+    @property
+    def host_keys(self) -> tuple[tuple[PrivateKey, Certificate | None], ...]:
+        return host_keys_of(self._identity_provider())
+
+    @host_keys.setter
+    def host_keys(self, _keys) -> None:
+        pass  # SSHListener.__init__ stores static keys; ours are read from the identity instead
+
+
+async def serve_node(identity_provider: Callable[[], NodeIdentity], host: str | None = "0.0.0.0",
+                     port: int = NODE_PORT, *, audit: AuditSink | None = None,
+                     allow_users: Collection[str] | None = None,
+                     task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the node role until cancelled.
+
+    ``listener = await nursery.start(serve_node, identity_provider, "0.0.0.0", 3022)``;
+    ``listener.port`` is the bound port (pass port 0 for any free one).
+    """
+    factory = node_server_factory(identity_provider, audit=audit, allow_users=allow_users)
+    listener = _NodeListener(identity_provider, factory)
+    await listener.serve(host, port, task_status=task_status)

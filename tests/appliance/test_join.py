@@ -1,0 +1,210 @@
+"""Joining a node or proxy, and staying joined (appliance/node/agent.py), against a real
+auth server on loopback.
+
+Rules checked (appliance notes "Trust and identities" and issue 3 "Bad input"): a join
+token works once and not after its TTL; the auth server is verified by the token's CA
+pin with no trust on first use; the host key is made locally (0600) and kept across
+joins; what comes back is checked before it is saved; heartbeats reconnect with a
+bounded backoff; the host certificate is renewed when less than half its life remains.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+from functools import partial
+
+import pytest
+import trio
+
+from appliance.api.client import ApiError
+from appliance.node.agent import (HOST_CERT, HOST_KEY, IDENTITY, AgentError, Backoff, IdentityHolder, heartbeat_loop,
+                                  join, load_identity, parse_token)
+from ssh_proto.errors import AuthError, HostKeyNotVerifiable
+
+from _api_helpers import DAY, OffsetClock, make_service, running_auth
+
+
+def same_identity(a, b) -> bool:
+    """Identities match (private keys compare by their public half)."""
+    return a.host_key.public_key == b.host_key.public_key and \
+        dataclasses.replace(a, host_key=b.host_key) == b
+
+
+def join_node(env, token, data_dir, name="db1", kind="node"):
+    return join(env.addr, token, kind=kind, name=name, addresses=["127.0.0.1"], labels={"env": "dev"},
+                data_dir=data_dir, addr="127.0.0.1:3022", clock=env.clock)
+
+
+async def test_join_with_a_valid_token_saves_a_working_identity(tmp_path):
+    async with running_auth() as env:
+        ident = await join_node(env, await env.token(), tmp_path)
+        role_dir = tmp_path / "node"
+        assert stat.S_IMODE(os.stat(role_dir).st_mode) == 0o700
+        assert stat.S_IMODE(os.stat(role_dir / HOST_KEY).st_mode) == 0o600
+        assert ident.host_cert.key_id == "node:db1"
+        assert {"db1", "db1.prod", "127.0.0.1"} <= set(ident.host_cert.principals)
+        assert ident.host_ca == env.host_ca and ident.user_ca == env.service.ca.user_ca_public
+        loaded = load_identity(tmp_path, "node", now=env.clock())
+        assert same_identity(loaded, ident)
+        async with IdentityHolder(loaded).api_factory(env.addr)() as api:
+            await api.heartbeat(addr="127.0.0.1:3022", labels={"env": "dev"})
+        assert (await env.service.get_node("db1")).addr == "127.0.0.1:3022"
+
+
+async def test_join_token_works_once_then_already_used_and_audited(tmp_path):
+    async with running_auth() as env:
+        token = await env.token()
+        await join_node(env, token, tmp_path / "a")
+        with pytest.raises(ApiError) as err:
+            await join_node(env, token, tmp_path / "b", name="db2")
+        assert err.value.code == "already_used"
+        assert not (tmp_path / "b" / "node" / IDENTITY).exists()
+        refused = [e for e in await env.audit("node.join") if not e.success]
+        assert [(e.fields["node"], e.fields["reason"]) for e in refused] == [("db2", "already_used")]
+
+
+async def test_expired_join_token_fails(tmp_path):
+    async with running_auth() as env:
+        token = await env.token(ttl=60)
+        env.clock.advance(61)
+        with pytest.raises(ApiError) as err:
+            await join_node(env, token, tmp_path)
+        assert err.value.code == "expired"
+
+
+async def test_wrong_pin_is_host_key_not_verifiable_and_no_tofu(tmp_path):
+    async with running_auth() as env:
+        token = await env.token()
+        other_pin = (await make_service()).ca.pin_for_host_ca().removeprefix("sha256:")
+        forged = token.split(".")[0] + "." + other_pin
+        with pytest.raises(HostKeyNotVerifiable, match="pin"):
+            await join_node(env, forged, tmp_path)
+        assert not (tmp_path / "node" / HOST_CERT).exists()
+        assert load_identity(tmp_path, "node") is None
+        # nothing was learnt or used: the genuine token still works, with the same key
+        key_before = (tmp_path / "node" / HOST_KEY).read_bytes()
+        await join_node(env, token, tmp_path)
+        assert (tmp_path / "node" / HOST_KEY).read_bytes() == key_before
+
+
+async def test_unknown_token_secret_is_refused_at_ssh_auth(tmp_path):
+    async with running_auth() as env:
+        pin = env.pin.removeprefix("sha256:")
+        with pytest.raises(AuthError):
+            await join_node(env, "x" * 22 + "." + pin, tmp_path)
+
+
+async def test_proxy_token_does_not_join_a_node(tmp_path):
+    async with running_auth() as env:
+        with pytest.raises(ApiError) as err:
+            await join_node(env, await env.token("proxy"), tmp_path)
+        assert err.value.code == "access_denied"
+
+
+async def test_proxy_joins_with_its_own_identity(tmp_path):
+    async with running_auth() as env:
+        ident = await join_node(env, await env.token("proxy"), tmp_path, name="gw", kind="proxy")
+        assert ident.host_cert.key_id == "proxy:gw"
+        assert same_identity(load_identity(tmp_path, "proxy"), ident)
+        assert load_identity(tmp_path, "node") is None
+
+
+@pytest.mark.parametrize("token", ["nodot", ".pin", "secret.", "a.b.c"])
+def test_malformed_token_is_an_agent_error(token):
+    with pytest.raises(AgentError):
+        parse_token(token)
+
+
+async def test_group_readable_host_key_is_refused(tmp_path):
+    async with running_auth() as env:
+        await join_node(env, await env.token(), tmp_path)
+        os.chmod(tmp_path / "node" / HOST_KEY, 0o640)
+        with pytest.raises(AgentError, match="chmod 600"):
+            load_identity(tmp_path, "node")
+
+
+async def test_expired_saved_certificate_is_loaded_but_flagged(tmp_path):
+    async with running_auth() as env:
+        await join_node(env, await env.token(), tmp_path)
+    later = env.clock() + 31 * DAY
+    with pytest.raises(AgentError, match="expired"):
+        load_identity(tmp_path, "node", now=later)
+    assert load_identity(tmp_path, "node").expired(later)   # so start can say "join again"
+
+
+def test_backoff_is_exponential_jittered_and_bounded():
+    backoff = Backoff(initial=1.0, maximum=8.0)
+    delays = [backoff.next_delay() for _ in range(10)]
+    assert all(0.5 <= d <= 1.0 for d in delays[:1])
+    assert all(d <= 8.0 for d in delays) and all(d >= 4.0 for d in delays[4:])
+    backoff.reset()
+    assert backoff.next_delay() <= 1.0
+
+
+# ------------------------------------------------------------------ heartbeats
+
+async def _last_seen(env, name):
+    return (await env.service.get_node(name)).last_seen
+
+
+async def test_heartbeat_loop_reports_labels_and_renews_the_certificate_at_half_life(tmp_path):
+    async with running_auth() as env:
+        ident = await join_node(env, await env.token(), tmp_path)
+        holder = IdentityHolder(ident)
+        env.clock.advance(16 * DAY)   # less than half of the 30-day certificate remains
+
+        async def labels():
+            return {"env": "dev", "kernel": "6.1"}
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(heartbeat_loop, holder.api_factory(env.addr), "db1", "127.0.0.1:3022",
+                                        labels, interval=0.05, holder=holder, clock=env.clock))
+            with trio.fail_after(10):
+                while holder.current.host_cert == ident.host_cert:
+                    await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
+        node = await env.service.get_node("db1")
+        assert node.labels == {"env": "dev", "kernel": "6.1"}
+        renewed = holder.current.host_cert
+        assert renewed.valid_before > ident.host_cert.valid_before + 15 * DAY
+        assert renewed.public_key == ident.host_cert.public_key          # same key, new certificate
+        assert load_identity(tmp_path, "node", now=env.clock()).host_cert == renewed
+        assert not holder.current.needs_renewal(env.clock())
+
+
+async def test_heartbeat_loop_starts_while_auth_is_down_and_reconnects_when_it_returns(tmp_path):
+    clock = OffsetClock()
+    service = await make_service(clock)
+    async with running_auth(service=service, clock=clock) as env:
+        holder = IdentityHolder(await join_node(env, await env.token(), tmp_path))
+        port = env.port
+    factory = holder.api_factory(f"127.0.0.1:{port}", connect_timeout=2)
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(5):   # returns after the first (failed) attempt
+            await nursery.start(partial(heartbeat_loop, factory, "db1", "127.0.0.1:3022", dict, interval=0.05,
+                                        holder=holder, clock=clock, max_backoff=0.2))
+        before = await _last_seen(env, "db1")
+        async with running_auth(port=port, service=service, clock=clock):
+            with trio.fail_after(10):
+                while await _last_seen(env, "db1") <= before:
+                    await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()
+
+
+async def test_heartbeat_of_a_removed_node_keeps_retrying_without_crashing(tmp_path):
+    async with running_auth() as env:
+        holder = IdentityHolder(await join_node(env, await env.token(), tmp_path))
+        await env.service.remove_node("db1")
+
+        async def refusals():
+            return [e for e in await env.audit("auth") if not e.success]
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(heartbeat_loop, holder.api_factory(env.addr), "db1", "127.0.0.1:3022",
+                                        dict, interval=0.05, max_backoff=0.05))
+            with trio.fail_after(10):
+                while len(await refusals()) < 3:   # it came back, again and again
+                    await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
+        assert all("not a registered node" in e.fields["reason"] for e in await refusals())
