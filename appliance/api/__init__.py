@@ -11,11 +11,5 @@ Nodes, proxies and ``jumpgate ctl`` call the auth role's
 >>> async with ApiClient.connect("auth:3025", identity=(key, cert), host_ca_key=ca) as api:  # doctest: +SKIP
 ...     await api.heartbeat(addr="10.0.0.5:3022", labels={"env": "dev"})
 """
-from .client import ApiClient, ApiError, parse_addr, verify_auth_server
-from .protocol import (MAX_FRAME, SUBSYSTEM, VERSION, ApiProtocolError, ErrorResponse, FrameDecoder, FrameTooLarge,
-                       Request, Response)
-from .server import ALLOWED, Caller, serve_api_channel
-
-__all__ = ["ALLOWED", "MAX_FRAME", "SUBSYSTEM", "VERSION", "ApiClient", "ApiError", "ApiProtocolError", "Caller",
-           "ErrorResponse", "FrameDecoder", "FrameTooLarge", "Request", "Response", "parse_addr",
-           "serve_api_channel", "verify_auth_server"]
+# Submodules are imported by name (``from appliance.api.client import ApiClient``) so that
+# a client command does not pay for importing the server side, the auth service and storage.

@@ -104,6 +104,7 @@ def _add_client(sub) -> None:
 
     p = sub.add_parser("ls", help="list nodes")
     p.add_argument("labels", nargs="*", help="filters key=value")
+    p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func="appliance.cli.remote:ls")
 
     p = sub.add_parser("ssh", help="open a shell or run a command on a node")
@@ -113,18 +114,22 @@ def _add_client(sub) -> None:
     p.add_argument("-A", dest="forward_agent", action="store_true", help="forward the SSH agent")
     p.add_argument("-t", dest="force_tty", action="store_true", help="force a pty")
     p.add_argument("-T", dest="no_tty", action="store_true", help="no pty")
+    p.add_argument("-N", dest="no_command", action="store_true", help="no command: forwarding only")
+    p.add_argument("-l", dest="login", help="login on the node (instead of login@)")
     p.add_argument("target", help="[login@]node")
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(func="appliance.cli.remote:ssh")
 
     p = sub.add_parser("scp", help="copy files to and from nodes ([login@]node:path)")
-    p.add_argument("-r", dest="recursive", action="store_true")
-    p.add_argument("-p", "--port", type=int, help="node port")
+    p.add_argument("-r", dest="recursive", action="store_true", help="copy directories recursively")
+    p.add_argument("-p", dest="preserve", action="store_true", help="preserve times and modes")
+    p.add_argument("-P", "--port", type=int, help="node port")
     p.add_argument("sources", nargs="+")
     p.add_argument("destination")
     p.set_defaults(func="appliance.cli.remote:scp")
 
     p = sub.add_parser("config", help="print an ssh_config block for OpenSSH")
+    p.add_argument("--offline", action="store_true", help="do not ask the proxy for node names")
     p.set_defaults(func="appliance.cli.remote:config")
 
 

@@ -244,8 +244,15 @@ class SSHConnection:
             return
         if t in (ev.ChannelOpenConfirmed, ev.ChannelOpenFailed):
             waiter = self._opening.pop(event.channel_id, None)
-            if waiter is not None:
+            try:
+                if waiter is None:
+                    raise trio.BrokenResourceError
                 waiter.send_nowait(event)
+            except trio.BrokenResourceError:
+                # the opener gave up (cancelled): close what the peer just opened for it
+                if t is ev.ChannelOpenConfirmed:
+                    self._channels.pop(event.channel_id, None)
+                    self.core.channels.close(event.channel_id)
             return
         if t is ev.GlobalRequestReplied:
             if self._global_waiters:
@@ -266,17 +273,24 @@ class SSHConnection:
         """Open a channel of any type; raises ChannelOpenError if the peer refuses."""
         self._check_open()
         local_id = self.core.channels.open(channel_type, data, window=window, max_packet=max_packet)
-        send, recv = trio.open_memory_channel(1)
-        self._opening[local_id] = send
-        await self.flush()
-        try:
-            event = await recv.receive()
-        except trio.EndOfChannel:
-            raise self._lost_error() from None
-        if isinstance(event, ev.ChannelOpenFailed):
-            raise ChannelOpenError(event.code, event.description)
+        # Registered before the confirmation arrives: the peer may send data right behind it,
+        # in the same read, and the reader dispatches that before this task runs again.
         channel = channel_factory(self, local_id, channel_type)
         self.register_channel(channel)
+        send, recv = trio.open_memory_channel(1)
+        self._opening[local_id] = send
+        try:
+            await self.flush()
+            try:
+                event = await recv.receive()
+            except trio.EndOfChannel:
+                raise self._lost_error() from None
+            if isinstance(event, ev.ChannelOpenFailed):
+                raise ChannelOpenError(event.code, event.description)
+        except BaseException:
+            self._channels.pop(local_id, None)
+            recv.close()  # a late confirmation then closes the channel (see _dispatch)
+            raise
         return channel
 
     async def global_request(self, name: str, data: bytes = b"", want_reply: bool = True) -> tuple[bool, bytes]:

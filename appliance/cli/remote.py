@@ -1,0 +1,514 @@
+"""The client commands that reach nodes: ``jumpgate ls``, ``ssh``, ``scp`` and ``config``.
+
+Each command takes the argparse Namespace built in ``cli/main.py``, runs its Trio part
+with ``trio.run`` and returns the process exit status; failures raise :class:`CliError`
+(one line). Flags (as OpenSSH's where they exist)::
+
+    jumpgate ls [key=value ...] [--format text|json]
+    jumpgate ssh [-p PORT] [-L [bind:]port:host:hostport]... [-R [bind:]port:host:hostport]...
+                 [-A] [-t | -T] [-N] [login@]NODE [command ...]
+    jumpgate scp [-r] [-P PORT] [-p(preserve)] SRC... DST      (remote paths: [login@]NODE:path)
+    jumpgate config [--offline]
+
+``jumpgate ssh`` exits with the remote command's exit status (255 when the connection
+fails or the command dies of a signal, as ssh does). Without a command and with a terminal
+on stdin it opens an interactive session on a pty: the local terminal is put in raw mode
+(and restored on exit), SIGWINCH becomes a window-change request. Without a terminal, no
+pty unless ``-t``. The login defaults to the local user name when the certificate allows
+it, else to the certificate's first login.
+
+``jumpgate config`` prints an ssh_config block (see :func:`render_ssh_config`) so that
+OpenSSH's ``ssh NODE.CLUSTER``, ``ssh -J USER@PROXY:3023 LOGIN@NODE``, ``scp``, ``sftp``
+and ``rsync -e ssh`` use the issued certificate and verify hosts by the cluster's host CA.
+"""
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import signal
+import stat
+import sys
+import termios
+import tty
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
+
+import trio
+
+import ssh_proto
+from ssh_proto.errors import AgentError, ChannelError, ChannelOpenError, SSHError
+
+from ..client.profile import Profile, ProfileError
+from ..client.ssh import (ConnectError, Credentials, connect_node, list_nodes, load_credentials, scp_download,
+                          scp_upload)
+from ..proxy.routing import NodeRecord
+from .errors import CliError
+
+__all__ = ["config", "ls", "render_ssh_config", "scp", "ssh"]
+
+EXIT_FAILURE = 255          # ssh's status when the connection fails or the command is killed
+READ_SIZE = 64 * 1024
+
+
+# ------------------------------------------------------------------------------ shared
+
+def _credentials() -> tuple[Profile, Credentials]:
+    try:
+        profile = Profile.load()
+        return profile, load_credentials(profile)
+    except (ProfileError, ConnectError) as exc:
+        raise CliError(str(exc)) from None
+
+
+def _leaf_error(exc: BaseException) -> BaseException:
+    """The error worth reporting inside (possibly nested) exception groups."""
+    while isinstance(exc, BaseExceptionGroup):
+        wanted = [e for e in exc.exceptions if not isinstance(e, trio.Cancelled)]
+        exc = (wanted or exc.exceptions)[0]
+    return exc
+
+
+def _run(async_fn: Callable[..., Awaitable[int]], *args, exit_code: int = 1) -> int:
+    """trio.run, turning connection failures into one-line CliErrors."""
+    try:
+        return trio.run(async_fn, *args)
+    except BaseException as exc:  # unwrap exception groups, re-raise what is not ours
+        leaf = _leaf_error(exc)
+        if isinstance(leaf, CliError):
+            raise leaf from None
+        if isinstance(leaf, ConnectError):
+            raise CliError(str(leaf), exit_code) from None
+        if isinstance(leaf, SSHError):
+            raise CliError(f"connection lost: {leaf}", exit_code) from None
+        if isinstance(leaf, OSError):
+            raise CliError(leaf.strerror or str(leaf), exit_code) from None
+        if isinstance(leaf, KeyboardInterrupt):
+            raise leaf from None
+        raise
+
+
+def default_login(creds: Credentials) -> str:
+    """The local user name when the certificate allows it, else its first login."""
+    try:
+        local = getpass.getuser()
+    except (KeyError, OSError):
+        local = ""
+    return local if local in creds.logins or not creds.logins else creds.logins[0]
+
+
+def split_login(target: str, creds: Credentials) -> tuple[str, str]:
+    """``[login@]node`` -> (login, node)."""
+    login, sep, node = target.rpartition("@")
+    if not node or (sep and not login):
+        raise CliError(f"not a [login@]node: {target!r}")
+    return (login if sep else default_login(creds)), node
+
+
+# ------------------------------------------------------------------------------ ls
+
+def format_nodes(nodes: Sequence[NodeRecord]) -> str:
+    """A table: node name, address (or "tunnel"), labels."""
+    rows = [("Node Name", "Address", "Labels")]
+    for n in sorted(nodes, key=lambda n: n.name):
+        addr = "tunnel" if n.kind == "tunnel" or n.endpoint is None else n.addr
+        rows.append((n.name, addr, ",".join(f"{k}={v}" for k, v in sorted(n.labels.items()))))
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]}".rstrip() for r in rows]
+    lines.insert(1, f"{'-' * widths[0]}  {'-' * widths[1]}  {'-' * 6}")
+    return "\n".join(lines)
+
+
+def parse_labels(items: Sequence[str]) -> dict[str, str]:
+    labels = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"label filters are key=value, not {item!r}")
+        labels[key] = value
+    return labels
+
+
+def ls(args) -> int:
+    """``jumpgate ls [key=value ...]``: the nodes of the cluster carrying those labels."""
+    labels = parse_labels(getattr(args, "labels", []) or [])
+    _, creds = _credentials()
+    nodes = _run(list_nodes, creds, labels)
+    if getattr(args, "format", "text") == "json":
+        print(json.dumps([n.to_wire() for n in nodes], indent=2, sort_keys=True))
+    else:
+        print(format_nodes(nodes))
+    return 0
+
+
+# ------------------------------------------------------------------------------ ssh: local I/O
+
+def _pollable(fd: int) -> bool:
+    """Whether Trio can wait on ``fd`` (epoll refuses regular files and /dev/null)."""
+    mode = os.fstat(fd).st_mode
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)
+
+
+class _LocalFd:
+    """One standard stream: an FdStream on a dup when pollable, else blocking I/O in a thread."""
+
+    def __init__(self, fd: int):
+        self.stream = trio.lowlevel.FdStream(os.dup(fd)) if _pollable(fd) else None
+        self.fd = fd
+
+    async def read(self) -> bytes:
+        if self.stream is not None:
+            return await self.stream.receive_some(READ_SIZE)
+        return await trio.to_thread.run_sync(os.read, self.fd, READ_SIZE, abandon_on_cancel=True)
+
+    async def write(self, data: bytes) -> None:
+        if self.stream is not None:
+            await self.stream.send_all(data)
+            return
+        view = memoryview(data)
+        while view:
+            view = view[await trio.to_thread.run_sync(os.write, self.fd, view):]
+
+    async def aclose(self) -> None:
+        if self.stream is not None:
+            await self.stream.aclose()
+
+
+@contextlib.contextmanager
+def _blocking_restored(fds: Sequence[int]) -> Iterator[None]:
+    """FdStream makes a whole open file (a terminal: stdin, stdout and stderr) non-blocking."""
+    saved = {fd: os.get_blocking(fd) for fd in fds}
+    try:
+        yield
+    finally:
+        for fd, blocking in saved.items():
+            with contextlib.suppress(OSError):
+                os.set_blocking(fd, blocking)
+
+
+@contextlib.contextmanager
+def _raw_terminal(fd: int, enabled: bool) -> Iterator[None]:
+    """Raw mode (no echo, no line editing, no local signals) for a remote pty; restored on exit."""
+    if not enabled:
+        yield
+        return
+    saved = termios.tcgetattr(fd)
+    tty.setraw(fd, termios.TCSADRAIN)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def _terminal_size() -> tuple[int, int]:
+    for fd in (0, 1, 2):
+        with contextlib.suppress(OSError):
+            size = os.get_terminal_size(fd)
+            return size.columns, size.lines
+    return 80, 24
+
+
+async def _pump_input(stdin: _LocalFd, proc: ssh_proto.SSHProcess) -> None:
+    try:
+        while data := await stdin.read():
+            await proc.send_all(data)
+        await proc.send_eof()
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the session ended first: the rest of stdin has nowhere to go
+
+
+async def _pump_output(receive: Callable[[], Awaitable[bytes]], out: _LocalFd,
+                       proc: ssh_proto.SSHProcess) -> None:
+    try:
+        while data := await receive():
+            await out.write(data)
+    except (trio.BrokenResourceError, OSError):
+        await proc.aclose()  # our stdout is gone (`| head`): stop the remote side, as ssh does
+
+
+async def _forward_window_changes(proc: ssh_proto.SSHProcess) -> None:
+    with trio.open_signal_receiver(signal.SIGWINCH) as signals:
+        async for _ in signals:
+            cols, rows = _terminal_size()
+            with contextlib.suppress(ChannelError, trio.BrokenResourceError):
+                await proc.resize(cols, rows)
+
+
+async def run_session(conn: ssh_proto.SSHClientConnection, command: str | None, *, pty: bool,
+                      agent_forwarding: bool = False) -> int:
+    """Relay stdin/stdout/stderr to a session on ``conn``; returns the remote exit status."""
+    cols, rows = _terminal_size()
+    env = {k: v for k, v in os.environ.items() if k == "LANG" or k.startswith("LC_")}
+    try:
+        proc = await conn.open_session(command, pty=pty, term=os.environ.get("TERM", "xterm"), cols=cols,
+                                       rows=rows, env=env, agent_forwarding=agent_forwarding)
+    except ChannelError as exc:
+        raise CliError(f"the node refused the session: {exc}", EXIT_FAILURE) from None
+    interactive = pty and os.isatty(0)
+    with _blocking_restored((0, 1, 2)):  # recorded before any FdStream changes them
+        streams = [_LocalFd(fd) for fd in (0, 1, 2)]
+        try:
+            with _raw_terminal(0, interactive):
+                await _relay(proc, streams, interactive)
+        finally:
+            for s in streams:
+                await s.aclose()
+    return _exit_status(proc)
+
+
+async def _relay(proc: ssh_proto.SSHProcess, streams: Sequence[_LocalFd], interactive: bool) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_pump_input, streams[0], proc)
+        if interactive:
+            nursery.start_soon(_forward_window_changes, proc)
+        async with trio.open_nursery() as outputs:
+            outputs.start_soon(_pump_output, proc.receive_some, streams[1], proc)
+            outputs.start_soon(_pump_output, proc.receive_stderr, streams[2], proc)
+        await proc.wait()
+        nursery.cancel_scope.cancel()  # stdin may still be open: the session is over anyway
+
+
+def _exit_status(proc: ssh_proto.SSHProcess) -> int:
+    if proc.exit_status is not None:
+        return proc.exit_status if 0 <= proc.exit_status <= 255 else EXIT_FAILURE
+    if proc.exit_signal:
+        print(f"jumpgate: remote command killed by signal {proc.exit_signal}", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+# ------------------------------------------------------------------------------ ssh: forwarding
+
+def parse_forward(spec: str, *, remote: bool) -> tuple[str, int, str, int]:
+    """``[bind:]port:host:hostport`` (IPv6 in brackets) -> (bind, port, host, hostport)."""
+    parts, buf, depth = [], "", 0
+    for ch in spec:
+        if ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth -= 1
+        elif ch == ":" and depth == 0:
+            parts.append(buf)
+            buf = ""
+            continue
+        buf += ch
+    parts.append(buf)
+    if len(parts) == 3:
+        parts.insert(0, "localhost")  # as OpenSSH: loopback unless a bind address is given
+    if len(parts) != 4 or not parts[1].isdigit() or not parts[3].isdigit() or not parts[2]:
+        raise CliError(f"bad forwarding specification {spec!r}: use [bind:]port:host:hostport")
+    bind, port, host, hostport = (p.strip("[]") if i in (0, 2) else p for i, p in enumerate(parts))
+    if not 0 <= int(port) < 65536 or not 0 < int(hostport) < 65536 or (not remote and int(port) == 0):
+        raise CliError(f"bad port in forwarding specification {spec!r}")
+    return bind or "localhost", int(port), host, int(hostport)
+
+
+async def _start_forwards(conn: ssh_proto.SSHClientConnection, nursery: trio.Nursery, local: Sequence[tuple],
+                          remote: Sequence[tuple]) -> None:
+    for bind, port, host, hostport in local:
+        try:
+            await nursery.start(conn.forward_local_port, bind, port, host, hostport)
+        except OSError as exc:
+            raise CliError(f"cannot listen on {bind}:{port}: {exc.strerror or exc}", EXIT_FAILURE) from None
+    for bind, port, host, hostport in remote:
+        try:
+            bound = await conn.forward_remote_port(bind, port, host, hostport)
+        except ChannelOpenError:
+            print(f"jumpgate: warning: remote port forwarding failed for listen port {port}", file=sys.stderr)
+            continue
+        if port == 0:
+            print(f"Allocated port {bound} for remote forward to {host}:{hostport}", file=sys.stderr)
+
+
+async def _ssh_main(profile: Profile, creds: Credentials, login: str, node: str, args, command: str | None,
+                    pty: bool) -> int:
+    local = [parse_forward(s, remote=False) for s in args.local_forwards or ()]
+    remote = [parse_forward(s, remote=True) for s in args.remote_forwards or ()]
+    agent = _agent() if args.forward_agent else None
+    try:
+        async with connect_node(profile, node, login, port=args.port, creds=creds) as conn:
+            conn.agent = agent  # served on auth-agent@openssh.com channels the node opens
+            async with trio.open_nursery() as nursery:
+                await _start_forwards(conn, nursery, local, remote)
+                if getattr(args, "no_command", False):
+                    await conn.closed.wait()
+                    status = 0
+                else:
+                    status = await run_session(conn, command, pty=pty, agent_forwarding=agent is not None)
+                nursery.cancel_scope.cancel()
+    finally:
+        if agent is not None:
+            await agent.aclose()
+    return status
+
+
+def _agent() -> ssh_proto.AgentClient:
+    try:
+        return ssh_proto.AgentClient()
+    except AgentError as exc:
+        raise CliError(f"cannot forward the agent: {exc}", EXIT_FAILURE) from None
+
+
+def ssh(args) -> int:
+    """``jumpgate ssh [options] [login@]node [command...]``; returns the remote exit status."""
+    profile, creds = _credentials()
+    login, node = split_login(args.target, creds)
+    if getattr(args, "login", None):
+        login = args.login
+    command = " ".join(args.command) if args.command else None  # joined with spaces, as ssh does
+    if args.force_tty and args.no_tty:
+        raise CliError("-t and -T contradict each other")
+    pty = bool(args.force_tty) or (command is None and not args.no_tty and os.isatty(0))
+    return _run(_ssh_main, profile, creds, login, node, args, command, pty, exit_code=EXIT_FAILURE)
+
+
+# ------------------------------------------------------------------------------ scp
+
+def parse_remote_path(arg: str) -> tuple[str | None, str, str] | None:
+    """``[login@]node:path`` -> (login, node, path); None for a local path (OpenSSH's rule:
+    a colon before any slash makes it remote; ``[v6]`` hosts in brackets)."""
+    if arg.startswith(":"):
+        return None
+    i, bracket = 0, False
+    while i < len(arg):
+        ch = arg[i]
+        if ch == "[" and (i == 0 or arg[i - 1] == "@"):
+            bracket = True
+        elif ch == "]":
+            bracket = False
+        elif ch == ":" and not bracket:
+            break
+        elif ch == "/" and not bracket:
+            return None
+        i += 1
+    else:
+        return None
+    host, path = arg[:i], arg[i + 1:]
+    login, sep, node = host.rpartition("@")
+    node = node[1:-1] if node.startswith("[") and node.endswith("]") else node
+    if not node or (sep and not login):
+        raise CliError(f"not a [login@]node:path: {arg!r}")
+    return (login if sep else None), node, path
+
+
+def _scp_warn(message: str) -> None:
+    print(message if message.startswith("scp:") else f"scp: {message}", file=sys.stderr)
+
+
+def _scp_plan(paths: Sequence[str], creds: Credentials):
+    """("upload", login, node, local sources, remote target) or ("download", ...)."""
+    *sources, destination = paths
+    if not sources:
+        raise CliError("scp needs a source and a destination")
+    remote_sources = [parse_remote_path(s) for s in sources]
+    remote_dest = parse_remote_path(destination)
+    if remote_dest is not None and not any(remote_sources):
+        login, node, path = remote_dest
+        return "upload", login or default_login(creds), node, list(sources), path
+    if remote_dest is None and all(remote_sources):
+        hosts = {(r[0], r[1]) for r in remote_sources}
+        if len(hosts) != 1:
+            raise CliError("all remote sources must be on the same node, as the same login")
+        login, node = hosts.pop()
+        if len(sources) > 1 and not Path(destination).is_dir():
+            raise CliError(f"{destination}: not a directory (several sources)")
+        return "download", login or default_login(creds), node, [r[2] for r in remote_sources], destination
+    raise CliError("copy between this machine and one node: scp SRC... [login@]node:DST "
+                   "or scp [login@]node:SRC... DST")
+
+
+async def _scp_main(profile: Profile, creds: Credentials, plan, args) -> int:
+    direction, login, node, sources, target = plan
+    options = {"recursive": bool(args.recursive), "preserve": bool(getattr(args, "preserve", False))}
+    ok = True
+    async with connect_node(profile, node, login, port=getattr(args, "port", None), creds=creds) as conn:
+        if direction == "upload":
+            ok = await scp_upload(conn, sources, target, _scp_warn, **options)
+        else:
+            for source in sources:
+                ok = await scp_download(conn, source, Path(target), _scp_warn, **options) and ok
+    return 0 if ok else 1
+
+
+def scp(args) -> int:
+    """``jumpgate scp [-r] SRC... DST``: copy between this machine and a node (scp protocol)."""
+    profile, creds = _credentials()
+    paths = [*args.sources, args.destination] if hasattr(args, "destination") else list(args.paths)
+    plan = _scp_plan(paths, creds)
+    return _run(_scp_main, profile, creds, plan, args)
+
+
+# ------------------------------------------------------------------------------ config
+
+def _quote(value: str | os.PathLike) -> str:
+    text = os.fspath(value)
+    return f'"{text}"' if any(c.isspace() for c in text) or not text else text
+
+
+def render_ssh_config(*, cluster: str, user: str, proxy_host: str, proxy_port: int, identity: Path,
+                      certificate: Path, known_hosts: Path, node_names: Sequence[str] = ()) -> str:
+    """The ssh_config block of ``jumpgate config``.
+
+    * ``Host CLUSTER-proxy``: the proxy on its SSH port, as the Jumpgate user, with the
+      certificate; host verified by the host CA only (StrictHostKeyChecking yes).
+    * ``Host *.CLUSTER``: every node by its cluster-qualified name, through that proxy
+      (``ProxyJump``), host certificates verified by the CA (the node's certificate lists
+      ``name.CLUSTER``). Plain ``ssh web1.CLUSTER``, scp, sftp, rsync -e ssh all use it.
+    * ``Host PROXY_HOST [node names]``: certificate and CA known_hosts for
+      ``ssh -J USER@PROXY_HOST:3023 LOGIN@NODE``; your own ~/.ssh/known_hosts stays first
+      (it is where ssh records new keys), and no port or proxy is forced on these names.
+    """
+    id_lines = [f"    IdentityFile {_quote(identity)}", f"    CertificateFile {_quote(certificate)}"]
+    kh = _quote(known_hosts)
+    alias = f"{cluster}-proxy"
+    blocks = [
+        f"# Jumpgate cluster {cluster!r}: generated by `jumpgate config` for {user}.",
+        "# Append to ~/.ssh/config (or use ssh -F FILE). Hosts are verified by the cluster's host CA.",
+        "",
+        f"Host {alias}",
+        f"    HostName {proxy_host}",
+        f"    Port {proxy_port}",
+        f"    User {user}",
+        *id_lines,
+        "    IdentitiesOnly yes",
+        f"    UserKnownHostsFile {kh}",
+        "    StrictHostKeyChecking yes",
+        "",
+        f"Host *.{cluster}",
+        "    Port 3022",
+        f"    ProxyJump {alias}",
+        *id_lines,
+        "    IdentitiesOnly yes",
+        f"    UserKnownHostsFile {kh}",
+        "    StrictHostKeyChecking yes",
+        "",
+        f"Host {' '.join(dict.fromkeys([proxy_host, *node_names]))}",
+        *id_lines,
+        f"    UserKnownHostsFile ~/.ssh/known_hosts {kh}",
+    ]
+    return "\n".join(blocks) + "\n"
+
+
+async def _node_names(creds: Credentials) -> list[str]:
+    return [n.name for n in await list_nodes(creds, {})]
+
+
+def config(args) -> int:
+    """``jumpgate config``: print the ssh_config block for this profile."""
+    profile, creds = _credentials()
+    names: list[str] = []
+    if not getattr(args, "offline", False):
+        try:
+            names = _run(_node_names, creds)
+        except CliError as exc:
+            print(f"jumpgate: warning: node names left out ({exc}); use NODE.{profile.cluster}", file=sys.stderr)
+    print(render_ssh_config(cluster=profile.cluster or "jumpgate", user=creds.user, proxy_host=creds.proxy_host,
+                            proxy_port=creds.proxy_port, identity=profile.identity_path,
+                            certificate=profile.cert_path, known_hosts=profile.known_hosts_path,
+                            node_names=[n for n in names if _safe_pattern(n)]), end="")
+    return 0
+
+
+def _safe_pattern(name: str) -> bool:
+    """A node name usable as a Host pattern (no wildcard, negation or separator in it)."""
+    return bool(name) and not any(c in name for c in "*?!, \t\"#")

@@ -1,0 +1,652 @@
+"""Reaching nodes through the proxy as the logged-in user: connect, list nodes, copy files.
+
+This module owns the client side of the proxy path and of the classic scp protocol:
+
+* :func:`connect_node` (an async context manager): SSH to the proxy (port 3023) with the
+  profile's key and user certificate, the proxy verified by the cluster's host CA (the
+  profile's ``@cert-authority`` known_hosts: no TOFU); a ``direct-tcpip`` channel (RFC 4254
+  §7.2) to the node; and over that channel, used as the byte stream, a second SSH
+  connection to the node as ``login``, whose host certificate is checked for the name the
+  user typed (``web1``, ``web1.CLUSTER`` or an address: the host CA lists all of them).
+  This is what ``ssh -J`` does, with both hops in one process.
+* :func:`list_nodes`: the proxy's ``jumpgate-nodes`` subsystem (``jumpgate ls``).
+* :func:`scp_upload` / :func:`scp_download`: the scp protocol (OpenSSH's rcp-derived
+  ``scp -t`` sink / ``scp -f`` source, run on the node over an exec channel), with ``-r``
+  directories and ``-p`` times and modes. Downloads trust nothing the node sends: every
+  name is one path component (never ``..`` or containing ``/``), the top-level name must be
+  the one asked for (CVE-2019-6111), and only one top-level entry is accepted.
+
+Every failure to connect becomes :class:`ConnectError`, one line that says what to do;
+the node and the proxy audit the refusals themselves.
+
+>>> split_host_port("proxy.example.com:3023", 22), split_host_port("[::1]", 3023)
+(('proxy.example.com', 3023), ('::1', 3023))
+>>> remote_scp_command("t", "~/my dir", recursive=True)
+"scp -t -r -- ~/'my dir'"
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import shlex
+import stat
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
+
+import trio
+
+import ssh_proto
+from ssh_proto.errors import (AuthError, ChannelError, ChannelOpenError, HostKeyNotVerifiable, KeyFormatError,
+                              ProtocolError, SSHError)
+from ssh_proto.keys import Certificate, PrivateKey, load_private_key, load_public_file
+from ssh_proto.known_hosts import MARKER_CERT_AUTHORITY, KnownHosts
+
+from ..api.protocol import MAX_FRAME, ApiProtocolError
+from ..proxy.routing import NODE_PORT, NODES_SUBSYSTEM, NodeRecord, decode_list_response, encode_list_request
+
+__all__ = ["PROXY_PORT", "NODE_PORT", "ConnectError", "Credentials", "ScpProtocolError", "connect_node",
+           "connect_proxy", "list_nodes", "load_credentials", "remote_scp_command", "scp_download",
+           "scp_upload", "split_host_port"]
+
+PROXY_PORT = 3023
+CONNECT_TIMEOUT = 15.0
+COPY_CHUNK = 256 * 1024
+MAX_SCP_LINE = 8192          # a C/D/T record: mode, size, and a file name
+LOGIN_HINT = "run `jumpgate login`"
+
+
+class ConnectError(Exception):
+    """Reaching the proxy or a node failed; ``str()`` is one line for the user."""
+
+
+class ScpProtocolError(ProtocolError):
+    """The remote scp broke the protocol (or ended it with a fatal error)."""
+
+
+# ------------------------------------------------------------------------------ credentials
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a connection through the proxy needs, read once from the profile."""
+
+    key: PrivateKey
+    cert: Certificate
+    known_hosts: KnownHosts
+    proxy_host: str
+    proxy_port: int
+    user: str
+
+    @property
+    def logins(self) -> tuple[str, ...]:
+        return self.cert.principals
+
+    def expired(self, now: float | None = None) -> bool:
+        return (time.time() if now is None else now) >= self.cert.valid_before
+
+    @property
+    def client_keys(self) -> list[tuple[PrivateKey, Certificate]]:
+        return [(self.key, self.cert)]
+
+
+def split_host_port(text: str, default_port: int) -> tuple[str, int]:
+    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` -> (host, port); ValueError if not."""
+    text = text.strip()
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ("" if not rest else None)
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    else:
+        host, port = text, ""
+    if not host or port is None or (port and not (port.isdigit() and 0 < int(port) < 65536)):
+        raise ValueError(f"not a host[:port]: {text!r}")
+    return host, int(port) if port else default_port
+
+
+def _proxy_endpoint(profile) -> tuple[str, int]:
+    spec = profile.proxy_ssh or split_host_port(profile.proxy, 3080)[0]
+    try:
+        return split_host_port(spec, PROXY_PORT)
+    except ValueError:
+        raise ConnectError(f"the profile's proxy address {spec!r} is not host[:port]; {LOGIN_HINT}") from None
+
+
+def load_credentials(profile) -> Credentials:
+    """Key, certificate and host-CA known_hosts of ``profile`` (a client Profile), or ConnectError."""
+    if profile is None:
+        raise ConnectError("not logged in; run `jumpgate login --proxy HOST:3080 --user NAME`")
+    try:
+        key = load_private_key(profile.identity_path)
+        cert, _ = load_public_file(profile.cert_path)
+        known_hosts = KnownHosts.load(profile.known_hosts_path)
+    except FileNotFoundError:
+        raise ConnectError(f"no key or certificate in {profile.identity_path.parent}; {LOGIN_HINT}") from None
+    except (OSError, KeyFormatError) as exc:
+        raise ConnectError(f"cannot read your credentials: {exc}; {LOGIN_HINT}") from None
+    if not isinstance(cert, Certificate) or cert.public_key != key.public_key:
+        raise ConnectError(f"{profile.cert_path} is not a certificate for your key; {LOGIN_HINT}")
+    if not any(e.marker == MARKER_CERT_AUTHORITY for e in known_hosts.entries):
+        raise ConnectError(f"{profile.known_hosts_path} trusts no host CA; {LOGIN_HINT}")
+    host, port = _proxy_endpoint(profile)
+    return Credentials(key, cert, known_hosts, host, port, profile.user)
+
+
+def _when(epoch: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(min(epoch, 2**37)))
+
+
+def _certificate_problem(creds: Credentials) -> str | None:
+    now = time.time()
+    if creds.expired(now):
+        return f"your certificate expired at {_when(creds.cert.valid_before)}; {LOGIN_HINT}"
+    if now < creds.cert.valid_after:
+        return f"your certificate is not valid before {_when(creds.cert.valid_after)} (check the clock)"
+    return None
+
+
+# ------------------------------------------------------------------------------ connecting
+
+def _proxy_failure(exc: BaseException, creds: Credentials) -> ConnectError:
+    where = f"{creds.proxy_host}:{creds.proxy_port}"
+    if isinstance(exc, trio.TooSlowError):
+        return ConnectError(f"the proxy at {where} did not answer within {CONNECT_TIMEOUT:g}s")
+    if isinstance(exc, OSError):
+        return ConnectError(f"cannot reach the proxy at {where}: {exc.strerror or exc}")
+    if isinstance(exc, HostKeyNotVerifiable):
+        return ConnectError(f"the proxy at {where} is not certified by the cluster's host CA ({exc})")
+    if isinstance(exc, AuthError):
+        problem = _certificate_problem(creds)
+        return ConnectError(problem or f"the proxy at {where} refused your certificate (revoked, or issued by "
+                                       f"another cluster's CA); {LOGIN_HINT}")
+    return ConnectError(f"connection to the proxy at {where} failed: {exc}")
+
+
+def _node_failure(exc: BaseException, node: str, login: str, creds: Credentials) -> ConnectError:
+    if isinstance(exc, trio.TooSlowError):
+        return ConnectError(f"node {node!r} did not answer within {CONNECT_TIMEOUT:g}s")
+    if isinstance(exc, HostKeyNotVerifiable):
+        return ConnectError(f"node {node!r} is not certified by the cluster's host CA for that name ({exc})")
+    if isinstance(exc, AuthError):
+        if login not in creds.logins:
+            return ConnectError(f"login {login!r} is not allowed by your certificate "
+                                f"(your logins: {', '.join(creds.logins)})")
+        problem = _certificate_problem(creds)
+        return ConnectError(problem or f"node {node!r} refused login {login!r} (no such account there?)")
+    return ConnectError(f"connection to node {node!r} failed: {exc}")
+
+
+@contextlib.asynccontextmanager
+async def connect_proxy(creds: Credentials) -> AsyncIterator[ssh_proto.SSHClientConnection]:
+    """An authenticated connection to the proxy (username = the cluster user)."""
+    established = False
+    try:
+        async with ssh_proto.connect(creds.proxy_host, creds.proxy_port, username=creds.user,
+                                     client_keys=creds.client_keys, known_hosts=creds.known_hosts,
+                                     connect_timeout=CONNECT_TIMEOUT) as conn:
+            established = True
+            yield conn
+    except (OSError, SSHError, trio.TooSlowError) as exc:
+        if established:
+            raise
+        raise _proxy_failure(exc, creds) from None
+
+
+async def _open_node_channel(proxy: ssh_proto.SSHClientConnection, node: str, port: int) -> ssh_proto.SSHChannel:
+    try:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            return await proxy.open_direct_tcpip(node, port)
+    except ChannelOpenError as exc:
+        reason = exc.description.removeprefix("connect failed: ") or "refused by the proxy"
+        if not reason.startswith("unknown node"):
+            reason = f"cannot reach node {node!r}: {reason}"
+        raise ConnectError(reason) from None
+    except trio.TooSlowError:
+        raise ConnectError(f"the proxy did not connect to node {node!r} within {CONNECT_TIMEOUT:g}s") from None
+
+
+@contextlib.asynccontextmanager
+async def connect_node(profile, node: str, login: str, *, port: int | None = None,
+                       creds: Credentials | None = None) -> AsyncIterator[ssh_proto.SSHClientConnection]:
+    """An SSH connection to ``node`` as ``login``, through the profile's proxy.
+
+    ``node`` is a node name, ``name.CLUSTER`` or a registered address; ``port`` (default
+    3022) matters only for an address, the proxy uses a named node's registered port.
+    Raises :class:`ConnectError` (one line) when the proxy or the node cannot be reached
+    or refuses; errors raised by the caller's block pass through unchanged::
+
+        async with connect_node(Profile.load(), "web1", "root") as conn:
+            result = await conn.run("uptime")
+    """
+    creds = creds or load_credentials(profile)
+    port = port or NODE_PORT
+    async with connect_proxy(creds) as proxy:
+        channel = await _open_node_channel(proxy, node, port)
+        established = False
+        try:
+            async with ssh_proto.connect(node, port, username=login, client_keys=creds.client_keys,
+                                         known_hosts=creds.known_hosts, stream=channel, host_key_alias=node,
+                                         connect_timeout=CONNECT_TIMEOUT) as conn:
+                established = True
+                yield conn
+        except (OSError, SSHError, trio.TooSlowError) as exc:
+            if established:
+                raise
+            raise _node_failure(exc, node, login, creds) from None
+
+
+async def list_nodes(creds: Credentials, labels: Mapping[str, str]) -> list[NodeRecord]:
+    """The nodes carrying every ``labels`` pair, from the proxy's ``jumpgate-nodes`` subsystem."""
+    async with connect_proxy(creds) as proxy:
+        try:
+            proc = await proxy.open_session(subsystem=NODES_SUBSYSTEM)
+            await proc.send_all(encode_list_request(labels))
+            await proc.send_eof()
+            data = await _read_bounded(proc, MAX_FRAME + 4)
+            await proc.wait()
+            return decode_list_response(data)
+        except (ChannelError, ApiProtocolError) as exc:
+            raise ConnectError(f"listing nodes failed: {exc}") from None
+
+
+async def _read_bounded(stream: trio.abc.ReceiveStream, limit: int) -> bytes:
+    parts, size = [], 0
+    while data := await stream.receive_some(65536):
+        size += len(data)
+        if size > limit:
+            raise ApiProtocolError("the proxy's answer is too large")
+        parts.append(data)
+    return b"".join(parts)
+
+
+# ------------------------------------------------------------------------------ scp
+
+Warn = Callable[[str], None]
+
+
+def _quote_remote_path(path: str) -> str:
+    """Quote for the login's POSIX shell, keeping ``~`` expansion (no globbing, no injection)."""
+    if not path:
+        return "."
+    if path == "~":
+        return "~"
+    if path.startswith("~/"):
+        rest = path[2:]
+        return "~/" + shlex.quote(rest) if rest else "~/"
+    return shlex.quote(path)
+
+
+def remote_scp_command(mode: str, path: str, *, recursive: bool = False, preserve: bool = False,
+                       directory: bool = False) -> str:
+    """The command line of the remote end: ``scp -t`` (we upload) or ``scp -f`` (we download)."""
+    if mode not in ("t", "f"):
+        raise ValueError("mode is 't' (sink) or 'f' (source)")
+    flags = ["-" + mode] + ["-r"] * recursive + ["-p"] * preserve + ["-d"] * directory
+    return " ".join(["scp", *flags, "--", _quote_remote_path(path)])
+
+
+class _Incoming:
+    """Buffered reads from the remote scp: one byte, one line, or exactly n bytes."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream):
+        self._stream = stream
+        self._buf = bytearray()
+        self._eof = False
+
+    async def _fill(self) -> bool:
+        if self._eof:
+            return False
+        data = await self._stream.receive_some(COPY_CHUNK)
+        if not data:
+            self._eof = True
+            return False
+        self._buf += data
+        return True
+
+    async def byte(self) -> int | None:
+        """The next byte, or None at a clean end of stream."""
+        if not self._buf and not await self._fill():
+            return None
+        value = self._buf[0]
+        del self._buf[0]
+        return value
+
+    async def line(self) -> str:
+        while (end := self._buf.find(b"\n")) < 0:
+            if len(self._buf) > MAX_SCP_LINE:
+                raise ScpProtocolError("the remote scp sent an overlong line")
+            if not await self._fill():
+                raise ScpProtocolError("the remote scp ended inside a line")
+        raw = bytes(self._buf[:end])
+        del self._buf[:end + 1]
+        if end > MAX_SCP_LINE:
+            raise ScpProtocolError("the remote scp sent an overlong line")
+        return raw.decode("utf-8", "replace")
+
+    async def chunks(self, size: int) -> AsyncIterator[bytes]:
+        """Exactly ``size`` bytes, in pieces."""
+        while size:
+            if not self._buf and not await self._fill():
+                raise ScpProtocolError("the remote scp ended inside a file")
+            piece = bytes(self._buf[:min(size, COPY_CHUNK)])
+            del self._buf[:len(piece)]
+            size -= len(piece)
+            yield piece
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Record:
+    """A C (file) or D (directory) record: ``C0644 1234 name``."""
+
+    kind: str
+    mode: int
+    size: int
+    name: str
+
+
+def _parse_record(kind: str, line: str) -> _Record:
+    mode_text, _, rest = line.partition(" ")
+    size_text, _, name = rest.partition(" ")
+    if not (len(mode_text) == 4 and all(c in "01234567" for c in mode_text)) or not size_text.isdigit():
+        raise ScpProtocolError(f"malformed scp record {kind}{line[:80]!r}")
+    size = int(size_text)
+    if size >= 2**63 or (kind == "D" and size != 0):
+        raise ScpProtocolError(f"bad size in scp record {kind}{line[:80]!r}")
+    if not name or "/" in name or name == ".." or "\0" in name:
+        raise ScpProtocolError(f"the remote scp sent an unsafe file name {name[:80]!r}")
+    return _Record(kind, int(mode_text, 8) & 0o7777, size, name)
+
+
+def _parse_times(line: str) -> tuple[int, int]:
+    """``T<mtime> <usec> <atime> <usec>`` -> (atime, mtime)."""
+    parts = line.split(" ")
+    if len(parts) != 4 or not all(p.isdigit() for p in parts) or max(map(int, parts)) >= 2**40:
+        raise ScpProtocolError(f"malformed scp times record T{line[:80]!r}")
+    return int(parts[2]), int(parts[0])
+
+
+class _ScpPeer:
+    """What both directions share: the channel, reading replies, counting errors."""
+
+    def __init__(self, proc: ssh_proto.SSHProcess, warn: Warn, *, recursive: bool, preserve: bool):
+        self.proc = proc
+        self.incoming = _Incoming(proc)
+        self.warn = warn
+        self.recursive = recursive
+        self.preserve = preserve
+        self.ok = True
+
+    def error(self, message: str) -> None:
+        self.ok = False
+        self.warn(message)
+
+    async def send(self, data: bytes | str) -> None:
+        await self.proc.send_all(data.encode("utf-8") if isinstance(data, str) else data)
+
+    async def ack(self) -> bool:
+        """The remote's reply: \\0 ok, \\1 error (go on), \\2 fatal (ScpProtocolError)."""
+        code = await self.incoming.byte()
+        if code == 0:
+            return True
+        if code is None:
+            raise ScpProtocolError("the remote scp closed the connection")
+        if code not in (1, 2):
+            raise ScpProtocolError(f"unexpected reply {code:#x} from the remote scp")
+        message = await self.incoming.line()
+        if code == 2:
+            raise ScpProtocolError(message or "the remote scp failed")
+        self.error(message)
+        return False
+
+
+class _Source(_ScpPeer):
+    """We send files to ``scp -t`` on the node."""
+
+    async def run(self, sources: Sequence[str]) -> None:
+        if not await self.ack():  # the sink speaks first
+            return
+        for source in sources:
+            await self.send_path(source, ())
+
+    async def send_path(self, path: str, ancestors: tuple[tuple[int, int], ...]) -> None:
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            return self.error(f"{path}: {exc.strerror}")
+        name = os.path.basename(path.rstrip("/")) or path
+        if "\n" in name:
+            return self.error(f"{path}: a file name with a newline cannot be copied with scp")
+        if stat.S_ISDIR(st.st_mode):
+            if not self.recursive:
+                return self.error(f"{path}: is a directory (use -r)")
+            if (st.st_dev, st.st_ino) in ancestors:
+                return self.error(f"{path}: directory loop (symbolic link), skipped")
+            return await self._send_dir(path, name, st, ancestors + ((st.st_dev, st.st_ino),))
+        if not stat.S_ISREG(st.st_mode):
+            return self.error(f"{path}: not a regular file")
+        await self._send_file(path, name, st)
+
+    async def _send_times(self, st: os.stat_result) -> bool:
+        if not self.preserve:
+            return True
+        await self.send(f"T{int(st.st_mtime)} 0 {int(st.st_atime)} 0\n")
+        return await self.ack()
+
+    async def _send_file(self, path: str, name: str, st: os.stat_result) -> None:
+        try:
+            f = open(path, "rb")
+        except OSError as exc:
+            return self.error(f"{path}: {exc.strerror}")
+        with f:
+            if not await self._send_times(st):
+                return
+            await self.send(f"C{stat.S_IMODE(st.st_mode):04o} {st.st_size} {name}\n")
+            if not await self.ack():
+                return
+            problem = await self._send_contents(f, st.st_size)
+        await self.send(f"\x01scp: {path}: {problem}\n" if problem else b"\0")
+        if problem:
+            self.error(f"{path}: {problem}")
+        await self.ack()
+
+    async def _send_contents(self, f, size: int) -> str | None:
+        """Send exactly ``size`` bytes (zero padding if the file shrank): the protocol needs them."""
+        problem = None
+        while size:
+            try:
+                data = await trio.to_thread.run_sync(f.read, min(size, COPY_CHUNK))
+            except OSError as exc:
+                data, problem = b"", exc.strerror
+            if not data:
+                problem = problem or "file shrank while being copied"
+                data = bytes(min(size, COPY_CHUNK))
+            await self.send(data)
+            size -= len(data)
+        return problem
+
+    async def _send_dir(self, path: str, name: str, st: os.stat_result,
+                        ancestors: tuple[tuple[int, int], ...]) -> None:
+        try:
+            entries = sorted(e.name for e in os.scandir(path))
+        except OSError as exc:
+            return self.error(f"{path}: {exc.strerror}")
+        if not await self._send_times(st):
+            return
+        await self.send(f"D{stat.S_IMODE(st.st_mode):04o} 0 {name}\n")
+        if not await self.ack():
+            return
+        for entry in entries:
+            await self.send_path(os.path.join(path, entry), ancestors)
+        await self.send("E\n")
+        await self.ack()
+
+
+class _Sink(_ScpPeer):
+    """We receive files from ``scp -f`` on the node, into ``target``."""
+
+    def __init__(self, proc, warn, *, recursive: bool, preserve: bool, target: Path, expected: str | None):
+        super().__init__(proc, warn, recursive=recursive, preserve=preserve)
+        self.target = target
+        self.expected = expected        # the top-level name asked for (None: cannot tell, e.g. "~")
+        self.dirs: list[tuple[Path, tuple[int, int] | None]] = []
+        self.times: tuple[int, int] | None = None
+        self.top_level_seen = False
+
+    async def run(self) -> None:
+        await self.send(b"\0")
+        while (code := await self.incoming.byte()) is not None:
+            line = await self.incoming.line()
+            if code in (1, 2):  # the source reports an error (2: and gives up)
+                self.error(line)
+                if code == 2:
+                    return
+                continue
+            await self._record(chr(code), line)
+        if self.dirs:
+            raise ScpProtocolError("the remote scp ended inside a directory")
+
+    async def _record(self, kind: str, line: str) -> None:
+        if kind == "T":
+            self.times = _parse_times(line)
+            await self.send(b"\0")
+        elif kind == "E":
+            if line or not self.dirs:
+                raise ScpProtocolError("unexpected end-of-directory record from the remote scp")
+            path, times = self.dirs.pop()
+            self._apply_times(path, times)
+            await self.send(b"\0")
+        elif kind in ("C", "D"):
+            record = _parse_record(kind, line)
+            times, self.times = self.times, None
+            path = self._destination(record)
+            if kind == "D":
+                await self._enter_dir(path, record, times)
+            else:
+                await self._receive_file(path, record, times)
+        else:
+            raise ScpProtocolError(f"unexpected record {kind!r} from the remote scp")
+
+    def _destination(self, record: _Record) -> Path:
+        if record.name == "." and (self.dirs or self.expected != "."):
+            raise ScpProtocolError("the remote scp sent '.' where a file name belongs")
+        if self.dirs:
+            return self.dirs[-1][0] / record.name
+        if self.top_level_seen:
+            raise ScpProtocolError("the remote scp sent more than what was asked for")
+        self.top_level_seen = True
+        if self.expected is not None and record.name != self.expected:
+            raise ScpProtocolError(f"the remote scp sent {record.name!r} when {self.expected!r} was asked for")
+        if record.kind == "D" and not self.recursive:
+            raise ScpProtocolError("the remote scp sent a directory without -r")
+        return self.target / record.name if self.target.is_dir() else self.target
+
+    async def _refuse(self, message: str) -> None:
+        self.error(message)
+        await self.send(f"\x01scp: {message}\n")
+
+    async def _enter_dir(self, path: Path, record: _Record, times) -> None:
+        if not self.recursive:
+            raise ScpProtocolError("the remote scp sent a directory without -r")
+        try:
+            if path.is_dir():
+                if self.preserve:
+                    path.chmod(record.mode)
+            else:
+                path.mkdir(mode=record.mode | 0o700)  # writable until filled, as OpenSSH does
+        except OSError as exc:
+            return await self._refuse(f"{path}: {exc.strerror}")
+        self.dirs.append((path, times))
+        await self.send(b"\0")
+
+    async def _receive_file(self, path: Path, record: _Record, times) -> None:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, record.mode & 0o777)
+        except OSError as exc:
+            return await self._refuse(f"{path}: {exc.strerror}")
+        problem = None
+        with open(fd, "wb") as f:
+            await self.send(b"\0")
+            async for piece in self.incoming.chunks(record.size):
+                if problem is None:
+                    try:
+                        await trio.to_thread.run_sync(f.write, piece)
+                    except OSError as exc:
+                        problem = exc.strerror  # keep reading: the bytes are on the wire anyway
+            if problem is None and self.preserve:
+                os.fchmod(f.fileno(), record.mode)
+        if not await self.ack():  # the source's own verdict on what it sent
+            return
+        if problem:
+            return await self._refuse(f"{path}: {problem}")
+        self._apply_times(path, times)
+        await self.send(b"\0")
+
+    def _apply_times(self, path: Path, times: tuple[int, int] | None) -> None:
+        if times is not None and self.preserve:
+            try:
+                os.utime(path, times)
+            except OSError as exc:
+                self.error(f"{path}: cannot set times: {exc.strerror}")
+
+
+async def _run_scp(conn: ssh_proto.SSHClientConnection, command: str, peer_factory, work) -> bool:
+    """Run the remote scp, ``work(peer)`` against it; the remote's stderr lines count as errors."""
+    proc = await conn.open_session(command)
+    peer = peer_factory(proc)
+
+    async def relay_stderr() -> None:
+        buf = b""
+        while data := await proc.receive_stderr():
+            buf += data
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                peer.error(line.decode("utf-8", "replace"))
+        if buf.strip():
+            peer.error(buf.decode("utf-8", "replace"))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(relay_stderr)
+        try:
+            await work(peer)
+        except ScpProtocolError as exc:
+            peer.error(f"scp: {exc.description}")
+            await proc.aclose()  # out of step with the remote: stop it, do not wait for it
+        else:
+            await proc.send_eof()
+        await proc.wait()
+    if proc.exit_status not in (0, None) and peer.ok:
+        peer.error(f"the remote scp exited with status {proc.exit_status}")
+    return peer.ok
+
+
+async def scp_upload(conn: ssh_proto.SSHClientConnection, sources: Sequence[str], target: str, warn: Warn, *,
+                     recursive: bool = False, preserve: bool = False) -> bool:
+    """Copy local ``sources`` to ``target`` on the node (``scp [-r] [-p] SRC... node:TARGET``).
+
+    Problems are passed to ``warn`` (one line each); returns True when everything was copied.
+    """
+    command = remote_scp_command("t", target, recursive=recursive, preserve=preserve, directory=len(sources) > 1)
+    make = lambda proc: _Source(proc, warn, recursive=recursive, preserve=preserve)  # noqa: E731
+    return await _run_scp(conn, command, make, lambda peer: peer.run(sources))
+
+
+def _expected_name(remote_path: str) -> str | None:
+    """The top-level name ``scp -f PATH`` must send, when we can know it (not for ``~``)."""
+    if remote_path in ("", "."):
+        return "."
+    trimmed = remote_path.rstrip("/")
+    if not trimmed:
+        return None  # "/" itself: the parser refuses the empty name it would send
+    name = trimmed.rsplit("/", 1)[-1]
+    return None if name.startswith("~") else name
+
+
+async def scp_download(conn: ssh_proto.SSHClientConnection, source: str, target: Path, warn: Warn, *,
+                       recursive: bool = False, preserve: bool = False) -> bool:
+    """Copy ``source`` on the node to local ``target`` (a directory, or the new file's name)."""
+    command = remote_scp_command("f", source, recursive=recursive, preserve=preserve)
+    expected = _expected_name(source)
+    make = lambda proc: _Sink(proc, warn, recursive=recursive, preserve=preserve,  # noqa: E731
+                              target=Path(target), expected=expected)
+    return await _run_scp(conn, command, make, lambda peer: peer.run())

@@ -1,0 +1,250 @@
+"""Which node a proxy connection may reach, and the node list the proxy hands to clients.
+
+This module owns the proxy's routing rules, without any I/O of its own (the directory
+is fed by a ``fetch`` coroutine the caller supplies, in production the auth API's
+``list_nodes``):
+
+* **Targets.** A ``direct-tcpip`` request (RFC 4254 §7.2) names its destination as
+  ``host``/``port``. The proxy connects only to *registered* nodes, never to an arbitrary
+  address (it is not an open relay). ``host`` may be a node name, ``name.CLUSTER``, or a
+  registered node address. For a name, the requested port is ignored and the node's
+  registered ``addr`` (host:port) is used, as Teleport does: ``ssh -J proxy root@web1``
+  asks for web1:22 while the node listens on 3022. For an address, the node registered at
+  that exact ``addr`` wins; else the only node on that host; two nodes on one host and
+  neither on the requested port is ambiguous and refused.
+* **The directory.** :class:`NodeDirectory` caches the node list for ``ttl`` seconds and
+  refreshes early (at most once per ``min_refresh``) when a target is not found, so a node
+  that just joined is reachable at once while a stream of unknown names cannot hammer the
+  auth server.
+* **The node list for ``jumpgate ls``** travels on the ``jumpgate-nodes`` SSH subsystem of
+  the proxy in the frames of :mod:`appliance.api.protocol`: the client sends one request
+  ``list_nodes {"labels": {k: v}}`` and EOF, the proxy answers one response
+  ``{"nodes": [{name, addr, labels, kind, last_seen}]}`` (or an error) and closes.
+
+>>> node_target("web1.prod", "prod"), node_target("WEB1.Prod", "prod"), node_target("10.0.0.5", "prod")
+('web1', 'WEB1', '10.0.0.5')
+>>> split_addr("10.0.0.5:3022"), split_addr("[::1]:22"), split_addr("tunnel")
+(('10.0.0.5', 3022), ('::1', 22), None)
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ..api.protocol import (E_BAD_REQUEST, ApiProtocolError, ErrorResponse, FrameDecoder, Request, Response,
+                            encode_error, encode_request, encode_response)
+
+__all__ = [
+    "NODES_SUBSYSTEM", "NODE_PORT", "MAX_LABEL_FILTERS",
+    "NodeRecord", "NodeDirectory", "NodeListError",
+    "node_target", "split_addr", "labels_match",
+    "encode_list_request", "decode_list_request", "encode_list_response", "encode_list_error",
+    "decode_list_response",
+]
+
+NODES_SUBSYSTEM = "jumpgate-nodes"
+NODE_PORT = 3022
+LIST_METHOD = "list_nodes"
+#: A label filter holds at most this many pairs, each string at most MAX_LABEL_TEXT long.
+MAX_LABEL_FILTERS = 32
+MAX_LABEL_TEXT = 256
+MAX_NAME = 253           # a DNS name
+MAX_NODES = 10000        # nodes in one list answer
+
+
+class NodeListError(ApiProtocolError):
+    """A node list request or answer is malformed (the message says which field)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """One registered node as the proxy sees it (``addr`` is ``host:port`` or ``tunnel``)."""
+
+    name: str
+    addr: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    kind: str = "node"
+    last_seen: float = 0.0
+
+    @classmethod
+    def from_wire(cls, data: Any) -> NodeRecord:
+        """Validate one node map (from the auth API or from the proxy)."""
+        if not isinstance(data, Mapping):
+            raise NodeListError("a node must be a map")
+        name, addr, kind = (_text(data.get(k, d), k, MAX_NAME) for k, d in
+                            (("name", None), ("addr", None), ("kind", "node")))
+        if not name:
+            raise NodeListError("a node needs a name")
+        last_seen = data.get("last_seen") or 0.0
+        if isinstance(last_seen, bool) or not isinstance(last_seen, (int, float)) or not math.isfinite(last_seen):
+            raise NodeListError("node field 'last_seen' must be a number")
+        return cls(name, addr, _labels(data.get("labels") or {}), kind, float(last_seen))
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"name": self.name, "addr": self.addr, "labels": dict(self.labels), "kind": self.kind,
+                "last_seen": self.last_seen}
+
+    @property
+    def endpoint(self) -> tuple[str, int] | None:
+        """Where the proxy connects: the registered host and port (None for a tunnel node)."""
+        return split_addr(self.addr)
+
+
+def _text(value: Any, name: str, limit: int) -> str:
+    if not isinstance(value, str) or len(value) > limit:
+        raise NodeListError(f"node field {name!r} must be a string of at most {limit} characters")
+    return value
+
+
+def _labels(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping) or len(value) > MAX_LABEL_FILTERS * 4:
+        raise NodeListError("labels must be a small map of strings")
+    return {_text(k, "label name", MAX_LABEL_TEXT): _text(v, "label value", MAX_LABEL_TEXT)
+            for k, v in value.items()}
+
+
+def node_target(host: str, cluster: str) -> str:
+    """The node a requested host names: ``name.CLUSTER`` loses its cluster suffix."""
+    suffix = "." + cluster.lower()
+    if cluster and host.lower().endswith(suffix) and len(host) > len(suffix):
+        return host[:-len(suffix)]
+    return host
+
+
+def split_addr(addr: str) -> tuple[str, int] | None:
+    """``host:port`` / ``[v6]:port`` -> (host, port); None when it is not an address."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        return None  # a bare IPv6 address with no brackets is ambiguous
+    return (host, int(port)) if host else None
+
+
+def labels_match(labels: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
+    """Every wanted key=value pair is among the node's labels (the AuthService rule)."""
+    return all(labels.get(k) == v for k, v in wanted.items())
+
+
+def _by_name(nodes: Iterable[NodeRecord], name: str) -> NodeRecord | None:
+    wanted = name.casefold()
+    return next((n for n in nodes if n.name.casefold() == wanted), None)
+
+
+def _by_address(nodes: Iterable[NodeRecord], host: str, port: int) -> NodeRecord | None:
+    wanted = host.casefold()
+    on_host = [n for n in nodes if (ep := n.endpoint) is not None and ep[0].casefold() == wanted]
+    exact = [n for n in on_host if n.endpoint[1] == port]
+    if exact:
+        return exact[0]
+    return on_host[0] if len(on_host) == 1 else None
+
+
+def find_node(nodes: Iterable[NodeRecord], host: str, port: int) -> NodeRecord | None:
+    """The registered node ``host`` (already stripped of ``.CLUSTER``) and ``port`` designate."""
+    nodes = tuple(nodes)
+    return _by_name(nodes, host) or _by_address(nodes, host, port)
+
+
+class NodeDirectory:
+    """The proxy's view of the registered nodes: ``resolve`` and ``list_nodes`` callbacks.
+
+    ``fetch()`` returns every node as maps ``{name, addr, labels, last_seen, kind}`` (the
+    auth API's ``list_nodes``). The list is cached ``ttl`` seconds; an unknown target
+    triggers an early refresh at most once per ``min_refresh`` seconds.
+
+    >>> async def fetch():
+    ...     return [{"name": "web1", "addr": "10.0.0.5:3022", "labels": {"env": "dev"}}]
+    >>> directory = NodeDirectory(fetch)
+    >>> trio.run(directory.resolve, "web1", 22)
+    ('10.0.0.5', 3022)
+    """
+
+    def __init__(self, fetch: Callable[[], Awaitable[Iterable[Mapping[str, Any]]]], *, ttl: float = 5.0,
+                 min_refresh: float = 1.0, clock: Callable[[], float] = time.monotonic):
+        self._fetch = fetch
+        self._ttl = ttl
+        self._min_refresh = min_refresh
+        self._clock = clock
+        self._nodes: tuple[NodeRecord, ...] = ()
+        self._fetched_at = -math.inf
+        self._lock = trio.Lock()
+
+    async def _refresh(self, older_than: float) -> tuple[NodeRecord, ...]:
+        async with self._lock:  # one fetch at a time; waiters reuse its answer
+            if self._clock() - self._fetched_at >= older_than:
+                raw = await self._fetch()
+                self._nodes = tuple(NodeRecord.from_wire(n) for n in raw)
+                self._fetched_at = self._clock()
+            return self._nodes
+
+    async def nodes(self) -> tuple[NodeRecord, ...]:
+        return await self._refresh(self._ttl)
+
+    async def resolve(self, host: str, port: int) -> tuple[str, int] | None:
+        """Where to connect for ``host``/``port`` (see the module rules), or None."""
+        node = find_node(await self.nodes(), host, port)
+        if node is None:
+            node = find_node(await self._refresh(self._min_refresh), host, port)
+        return node.endpoint if node is not None else None
+
+    async def list_nodes(self, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        return [n.to_wire() for n in await self.nodes() if labels_match(n.labels, labels)]
+
+
+# ------------------------------------------------------------------ the jumpgate-nodes subsystem
+
+def encode_list_request(labels: Mapping[str, str]) -> bytes:
+    """The client's one request: list the nodes carrying every label in ``labels``."""
+    return encode_request(Request(1, LIST_METHOD, {"labels": _label_filter(labels)}))
+
+
+def _label_filter(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping) or len(value) > MAX_LABEL_FILTERS:
+        raise NodeListError(f"a label filter is a map of at most {MAX_LABEL_FILTERS} pairs")
+    return {_text(k, "label name", MAX_LABEL_TEXT): _text(v, "label value", MAX_LABEL_TEXT)
+            for k, v in value.items()}
+
+
+def decode_list_request(decoder: FrameDecoder) -> tuple[int, dict[str, str]] | None:
+    """(request id, label filter) once a whole request is in ``decoder``, else None."""
+    message = decoder.next_message()
+    if message is None:
+        return None
+    if not isinstance(message, Request) or message.method != LIST_METHOD or set(message.params) != {"labels"}:
+        raise NodeListError(f"the only request here is {LIST_METHOD}(labels)")
+    return message.id, _label_filter(message.params["labels"])
+
+
+def encode_list_response(request_id: int, nodes: Iterable[Mapping[str, Any]]) -> bytes:
+    records = [NodeRecord.from_wire(n).to_wire() for n in nodes]
+    return encode_response(Response(request_id, {"nodes": records}))
+
+
+def encode_list_error(request_id: int, message: str, code: str = E_BAD_REQUEST) -> bytes:
+    return encode_error(ErrorResponse(request_id, code, message))
+
+
+def decode_list_response(data: bytes) -> list[NodeRecord]:
+    """The proxy's whole answer -> nodes; NodeListError for anything malformed or refused."""
+    decoder = FrameDecoder.for_responses()
+    decoder.feed(data)
+    decoder.feed_eof()
+    message = decoder.next_message()
+    if message is None or decoder.pending:
+        raise NodeListError("the proxy's node list is not exactly one answer")
+    if isinstance(message, ErrorResponse):
+        raise NodeListError(f"the proxy refused to list nodes: {message.message}")
+    result = message.result
+    if not isinstance(result, Mapping) or not isinstance(result.get("nodes"), list):
+        raise NodeListError("the proxy's answer holds no node list")
+    if len(result["nodes"]) > MAX_NODES:
+        raise NodeListError("the proxy's node list is too long")
+    return [NodeRecord.from_wire(n) for n in result["nodes"]]

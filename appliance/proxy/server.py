@@ -1,0 +1,289 @@
+"""The proxy role's SSH server (port 3023): the one door through which users reach nodes.
+
+This module owns the proxy's policy on top of ssh_proto's server (RFC 4252 user auth,
+RFC 4254 connection protocol). The proxy runs no sessions; it authenticates users and
+relays ``direct-tcpip`` channels (RFC 4254 §7.2) to *registered* nodes only:
+
+* **Authentication**: only an OpenSSH user certificate signed by one of the cluster's user
+  CAs, validated with :func:`ssh_proto.certs.validate_user_certificate` (SECURITY-CHECKLIST
+  §1.3 rules 5-14, source-address against the peer). The SSH username at the proxy may be
+  one of the certificate's principals (its logins: ``ssh -J root@proxy``) *or* the cluster
+  user named by its key id ``user:<name>`` (``ssh -J alice@proxy``, what ``jumpgate ssh``
+  sends). Which OS account is used on the node is decided later, by the node, from the
+  username of the inner connection; the proxy only needs to know who is knocking.
+  Plain keys, passwords and keyboard-interactive are refused.
+* **Forwarding**: ``direct-tcpip`` to a node name, ``name.CLUSTER`` or a registered node
+  address (rules in :mod:`appliance.proxy.routing`); the connection goes to the node's
+  registered address, never to an address the client chose. An unknown target fails the
+  channel open with "unknown node ..." (an OSError whose text ssh_proto puts in the
+  CHANNEL_OPEN_FAILURE description). A certificate without ``permit-port-forwarding``
+  may still jump: reaching a node through the proxy is not port forwarding for the user,
+  and the node enforces the certificate's permissions on what happens there.
+  ``tcpip-forward`` (``ssh -R`` at the proxy) and agent forwarding are refused.
+* **Sessions**: no shell or exec (a one-line hint is sent on stderr, exit status 1); the
+  ``jumpgate-nodes`` subsystem answers one node-list request (``jumpgate ls``), read-only,
+  for any authenticated user.
+* **Audit**: ``auth`` (accepted or refused) and ``port`` (each forward, or its refusal)
+  events, as maps ``{"event", "user", "success", "fields"}`` — the shape
+  :meth:`appliance.audit.AuditEvent.from_wire` accepts — go to the ``audit`` coroutine.
+
+The host key and certificate are read from an identity provider at every connection, so
+a renewed host certificate is served without restarting the listener.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+import ssh_proto
+from ssh_proto.certs import CertPermissions, validate_user_certificate
+from ssh_proto.errors import CertificateError
+from ssh_proto.keys import Certificate, PrivateKey, PublicKey
+
+from ..api.protocol import E_INTERNAL, ApiProtocolError, FrameDecoder, parse_request
+from . import routing
+
+__all__ = ["PROXY_PORT", "NodeUnreachable", "ProxyIdentity", "ProxyServer", "proxy_server_factory", "serve_proxy"]
+
+log = logging.getLogger("jumpgate.proxy")
+
+PROXY_PORT = 3023
+CONNECT_TIMEOUT = 10.0          # proxy -> node TCP connect
+LIST_REQUEST_TIMEOUT = 30.0     # a jumpgate-nodes client must send its request within this
+MAX_LIST_REQUEST = 64 * 1024
+NO_SHELL_HINT = (b"jumpgate proxy: there is no shell here. Reach a node with `jumpgate ssh [login@]NODE`, "
+                 b"or with OpenSSH: `ssh -J USER@PROXY:3023 LOGIN@NODE` (see `jumpgate config`).\r\n")
+
+#: What an authenticated proxy connection may do: jump (direct-tcpip), nothing else.
+#: A pty is allowed only so that an interactive `ssh proxy` shows the hint cleanly.
+PROXY_POLICY = ssh_proto.SessionPolicy(permit_pty=True, permit_agent_forwarding=False,
+                                       permit_port_forwarding=True, permit_x11_forwarding=False)
+
+Resolve = Callable[[str, int], Awaitable["tuple[str, int] | None"]]
+ListNodes = Callable[[Mapping[str, str]], Awaitable[Sequence[Mapping[str, Any]]]]
+AuditSink = Callable[[dict], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyIdentity:
+    """The proxy's host key and its host certificate (key id ``proxy:<name>``)."""
+
+    host_key: PrivateKey
+    host_cert: Certificate | None
+
+
+class NodeUnreachable(OSError):
+    """A direct-tcpip target the proxy will not or cannot connect to.
+
+    ssh_proto answers a channel open whose handler raised OSError with
+    OPEN_CONNECT_FAILED and "connect failed: <strerror>", so this text reaches the client.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(errno.EHOSTUNREACH, message)
+
+
+@dataclass(frozen=True, slots=True)
+class _ProxyConfig:
+    user_cas: tuple[PublicKey, ...]
+    cluster: str
+    resolve: Resolve
+    list_nodes: ListNodes
+    audit: AuditSink | None
+
+
+def _user_of(cert: Certificate) -> str | None:
+    """The cluster user of a certificate whose key id is ``user:<name>``."""
+    if cert.key_id.startswith("user:") and len(cert.key_id) > 5:
+        return cert.key_id[5:]
+    return None
+
+
+class ProxyServer(ssh_proto.SSHServer):
+    """One client connection to the proxy (made by :func:`proxy_server_factory`)."""
+
+    def __init__(self, config: _ProxyConfig):
+        self.config = config
+        self.user: str | None = None      # the cluster user, once authenticated
+        self.login: str = ""              # the SSH username given at the proxy
+        self.peer_ip: str | None = None
+        self._refused: set[tuple[str, bytes]] = set()
+
+    def connection_made(self, conn: ssh_proto.SSHServerConnection) -> None:
+        super().connection_made(conn)
+        peer = conn.peer_address
+        self.peer_ip = str(peer[0]) if peer else None
+
+    # ---- authentication ------------------------------------------------------------------
+    async def auth_publickey_acceptable(self, username: str, key) -> bool:
+        return await self._check_key(username, key) is not None
+
+    async def auth_publickey(self, username: str, key):
+        perms = await self._check_key(username, key)
+        if perms is None:
+            return False
+        self.user, self.login = _user_of(key) or username, username
+        log.info("proxy: accepted certificate ID %r serial %d as %s from %s", perms.key_id, perms.serial,
+                 username, self.peer_ip)
+        await self._emit("auth", True, key_id=perms.key_id, serial=str(perms.serial))
+        return ssh_proto.Accept(PROXY_POLICY)
+
+    async def _check_key(self, username: str, key) -> CertPermissions | None:
+        """The certificate's permissions when ``key`` admits ``username`` here, else None."""
+        if not isinstance(key, Certificate):
+            return await self._refuse(username, key, "a user certificate is required at the proxy")
+        # Validate against the username when it is a login, else against any listed
+        # login: the certificate's own rules (CA, validity, type, source) must hold anyway.
+        principal = username if username in key.principals else (key.principals[0] if key.principals else username)
+        try:
+            perms = validate_user_certificate(key, principal=principal, trusted_cas=self.config.user_cas,
+                                              source_address=self.peer_ip)
+        except CertificateError as exc:
+            return await self._refuse(username, key, str(exc))
+        if username not in key.principals and username != _user_of(key):
+            return await self._refuse(username, key, f"{username!r} is neither a login of the certificate "
+                                                     "nor its user")
+        return perms
+
+    async def _refuse(self, username: str, key, reason: str) -> None:
+        log.info("proxy: refused %s as %s from %s: %s", getattr(key, "key_id", "key"), username, self.peer_ip,
+                 reason)
+        seen = (username, getattr(key, "blob", b""))
+        if seen not in self._refused:  # a client asks about the same key twice (query, then signature)
+            self._refused.add(seen)
+            user = _user_of(key) if isinstance(key, Certificate) else None
+            await self._emit("auth", False, user=user or username, login=username,
+                             key_id=getattr(key, "key_id", ""), reason=reason)
+        return None
+
+    # ---- forwarding to nodes -----------------------------------------------------------------
+    async def direct_tcpip(self, host: str, port: int, orig_host: str, orig_port: int) -> trio.abc.Stream:
+        target = routing.node_target(host, self.config.cluster)
+        try:
+            endpoint = await self.config.resolve(target, port)
+        except Exception as exc:  # the directory's backend (auth API) failed: refuse this channel only
+            log.warning("proxy: node directory unavailable: %r", exc)
+            await self._emit("port", False, target=f"{host}:{port}", reason="node directory unavailable")
+            raise NodeUnreachable("the node directory is unavailable; try again") from None
+        if endpoint is None:
+            await self._emit("port", False, target=f"{host}:{port}", reason="unknown node")
+            raise NodeUnreachable(f"unknown node {host!r} in cluster {self.config.cluster!r}")
+        addr = f"{endpoint[0]}:{endpoint[1]}"
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                stream = await trio.open_tcp_stream(*endpoint)
+        except (OSError, trio.TooSlowError) as exc:
+            reason = getattr(exc, "strerror", None) or f"no answer within {CONNECT_TIMEOUT:g}s"
+            await self._emit("port", False, target=f"{host}:{port}", node=target, addr=addr, reason=reason)
+            raise NodeUnreachable(f"node {host!r} at {addr} is unreachable: {reason}") from None
+        await self._emit("port", True, target=f"{host}:{port}", node=target, addr=addr,
+                         origin=f"{orig_host}:{orig_port}")
+        return stream
+
+    # ---- sessions: only the node list ------------------------------------------------------
+    async def session(self, session: ssh_proto.ServerSession) -> int:
+        if session.kind == "subsystem" and session.subsystem == routing.NODES_SUBSYSTEM:
+            return await self._serve_node_list(session)
+        await session.send_stderr(NO_SHELL_HINT)
+        return 1
+
+    async def _serve_node_list(self, session: ssh_proto.ServerSession) -> int:
+        try:
+            with trio.fail_after(LIST_REQUEST_TIMEOUT):
+                request_id, labels = await _read_list_request(session)
+        except (ApiProtocolError, trio.TooSlowError) as exc:
+            await session.send_all(routing.encode_list_error(0, f"bad node list request: {exc}"))
+            return 1
+        try:
+            nodes = await self.config.list_nodes(labels)
+            answer = routing.encode_list_response(request_id, nodes)
+        except Exception as exc:  # the auth API failed or sent junk: the client gets one line
+            log.warning("proxy: listing nodes failed: %r", exc)
+            await session.send_all(routing.encode_list_error(request_id, "the node list is unavailable", E_INTERNAL))
+            return 1
+        await session.send_all(answer)
+        return 0
+
+    # ---- audit ----------------------------------------------------------------------------------
+    async def _emit(self, event: str, success: bool, *, user: str | None = None, **fields: Any) -> None:
+        if self.config.audit is None:
+            return
+        record = {"event": event, "user": user or self.user or "", "success": success,
+                  "fields": {"role": "proxy", "cluster": self.config.cluster, "client_ip": self.peer_ip or "",
+                             "login": self.login, **fields}}
+        try:
+            await self.config.audit(record)
+        except Exception:
+            # A failing audit sink must not break the connection; it is logged loudly.
+            log.exception("proxy: audit event %s could not be recorded", event)
+
+
+async def _read_list_request(session: ssh_proto.ServerSession) -> tuple[int, dict[str, str]]:
+    decoder = FrameDecoder(parse_request, max_frame=MAX_LIST_REQUEST)
+    while True:
+        data = await session.receive_some(16384)
+        if not data:
+            decoder.feed_eof()
+            raise routing.NodeListError("no request before EOF")
+        decoder.feed(data)
+        request = routing.decode_list_request(decoder)
+        if request is not None:
+            return request
+
+
+def proxy_server_factory(user_cas: Sequence[PublicKey], cluster: str, resolve: Resolve, list_nodes: ListNodes,
+                         *, audit: AuditSink | None = None) -> Callable[[], ProxyServer]:
+    """A per-connection factory for ``ssh_proto.serve`` / ``serve_stream``."""
+    config = _ProxyConfig(tuple(user_cas), cluster, resolve, list_nodes, audit)
+    return lambda: ProxyServer(config)
+
+
+def _host_keys(identity: ProxyIdentity) -> tuple[tuple[PrivateKey, Certificate | None], ...]:
+    """The certificate first; the plain key too, so `ssh-keyscan` and the like still connect."""
+    if identity.host_cert is None:
+        return ((identity.host_key, None),)
+    return ((identity.host_key, identity.host_cert), (identity.host_key, None))
+
+
+class _ProxyListener(ssh_proto.SSHListener):
+    """An SSHListener whose host keys are read from the identity provider at each connection."""
+
+    def __init__(self, identity_provider: Callable[[], ProxyIdentity], server_factory, **options):
+        self._identity_provider = identity_provider
+        super().__init__(server_factory, host_keys=(), **options)
+
+    @property
+    def host_keys(self) -> tuple[tuple[PrivateKey, Certificate | None], ...]:
+        return _host_keys(self._identity_provider())
+
+    @host_keys.setter
+    def host_keys(self, _keys) -> None:
+        pass  # SSHListener.__init__ stores static keys; ours come from the provider
+
+
+async def serve_proxy(identity: ProxyIdentity | Callable[[], ProxyIdentity], user_cas: Sequence[PublicKey],
+                      cluster: str, resolve: Resolve, list_nodes: ListNodes, host: str | None = "0.0.0.0",
+                      port: int = PROXY_PORT, *, audit: AuditSink | None = None,
+                      task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the proxy role until cancelled.
+
+    ``identity`` is a :class:`ProxyIdentity` or a callable returning the current one.
+    ``resolve(host, port)`` maps a requested target (``.CLUSTER`` already stripped) to the
+    node's registered (host, port) or None; ``list_nodes(labels)`` returns node maps. A
+    :class:`~appliance.proxy.routing.NodeDirectory` provides both::
+
+        directory = NodeDirectory(lambda: api.list_nodes(labels={}))
+        listener = await nursery.start(serve_proxy, identity, [user_ca], "prod",
+                                       directory.resolve, directory.list_nodes, "0.0.0.0", 3023)
+
+    ``listener.port`` is the bound port (pass 0 for any free one).
+    """
+    provider = identity if callable(identity) else (lambda: identity)
+    factory = proxy_server_factory(user_cas, cluster, resolve, list_nodes, audit=audit)
+    listener = _ProxyListener(provider, factory)
+    await listener.serve(host, port, task_status=task_status)

@@ -1,0 +1,371 @@
+"""The client side: ``jumpgate ssh`` / ``scp`` / ``ls`` / ``config`` and the scp protocol.
+
+The commands run as real subprocesses (``python -m appliance.cli.main``) against a real
+proxy and NodeServer in the test's nursery (``_proxy_helpers``); sessions run as a
+throw-away OS account. The scp sink is also fed hostile records over an in-memory
+stream, the way a compromised node would send them (CVE-2019-6111; checklist rule T22).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import pty as ptylib
+import struct
+import subprocess
+import sys
+import termios
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from _proxy_helpers import CLUSTER, LOOPBACK, NODE, jumpgate, make_user, remove_user, start_cluster
+from appliance.cli import remote
+from appliance.cli.errors import CliError
+from appliance.client.ssh import (ScpProtocolError, _Sink, connect_node, remote_scp_command, scp_download,
+                                  scp_upload, split_host_port)
+from ssh_proto.trio_io.agent import InProcessAgent
+from ssh_proto.keys import PrivateKey
+
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="the node switches users: needs root")]
+
+
+@pytest.fixture(scope="module")
+def login():
+    user = make_user("clissh")
+    yield user
+    remove_user(user)
+
+
+@pytest.fixture
+async def cluster(nursery, tmp_path, login):
+    return await start_cluster(nursery, tmp_path, login.name)
+
+
+@pytest.fixture
+def profile(cluster):
+    return cluster.write_profile()
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    """Relative path -> content (None for a directory)."""
+    return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
+
+
+def _make_tree(root: Path) -> None:
+    (root / "sub" / "deeper").mkdir(parents=True)
+    (root / "a.txt").write_bytes(b"alpha\n")
+    (root / "sub" / "b.bin").write_bytes(os.urandom(70_000))
+    (root / "sub" / "deeper" / "empty").write_bytes(b"")
+    (root / "run.sh").write_bytes(b"#!/bin/sh\n")
+    (root / "run.sh").chmod(0o751)
+
+
+# ----------------------------------------------------------------------------- scp (library)
+
+async def test_scp_upload_and_download_a_file_keep_content_and_mode(cluster, profile, login, tmp_path):
+    src = tmp_path / "report.bin"
+    src.write_bytes(os.urandom(1_000_003))
+    src.chmod(0o640)
+    warnings = []
+    async with connect_node(profile, NODE, login.name) as conn:
+        assert await scp_upload(conn, [str(src)], "", warnings.append)          # "" = the login's home
+        assert await scp_download(conn, "report.bin", tmp_path / "back.bin", warnings.append)
+    assert warnings == []
+    uploaded = login.home / "report.bin"
+    assert uploaded.read_bytes() == src.read_bytes() and uploaded.stat().st_mode & 0o777 == 0o640
+    assert (uploaded.stat().st_uid, uploaded.stat().st_gid) == (login.uid, login.gid)
+    assert (tmp_path / "back.bin").read_bytes() == src.read_bytes()
+
+
+async def test_scp_recursive_both_ways_with_preserved_times(cluster, profile, login, tmp_path):
+    tree = tmp_path / "tree"
+    _make_tree(tree)
+    os.utime(tree / "a.txt", (1_600_000_000, 1_600_000_000))
+    warnings = []
+    async with connect_node(profile, NODE, login.name) as conn:
+        assert await scp_upload(conn, [str(tree)], "~/copy", warnings.append, recursive=True, preserve=True)
+        (tmp_path / "down").mkdir()
+        assert await scp_download(conn, "copy", tmp_path / "down", warnings.append, recursive=True, preserve=True)
+    assert warnings == []
+    assert _tree(login.home / "copy") == _tree(tree) == _tree(tmp_path / "down" / "copy")
+    assert (login.home / "copy" / "a.txt").stat().st_mtime == 1_600_000_000
+    assert (tmp_path / "down" / "copy" / "a.txt").stat().st_mtime == 1_600_000_000
+    assert (tmp_path / "down" / "copy" / "run.sh").stat().st_mode & 0o777 == 0o751
+
+
+async def test_scp_reports_missing_files_and_directories_without_r(cluster, profile, login, tmp_path):
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "ok.txt").write_text("fine")
+    warnings = []
+    async with connect_node(profile, NODE, login.name) as conn:
+        ok = await scp_upload(conn, [str(tmp_path / "missing"), str(tmp_path / "adir"), str(tmp_path / "ok.txt")],
+                              ".", warnings.append)
+        assert not ok
+        assert not await scp_download(conn, "/nonexistent/file", tmp_path / "x", warnings.append)
+    assert (login.home / "ok.txt").read_text() == "fine"       # the good one still went through
+    text = "\n".join(warnings)
+    assert "missing: No such file" in text and "adir: is a directory (use -r)" in text
+    assert "/nonexistent/file" in text and not (tmp_path / "x").exists()
+
+
+def test_remote_scp_command_quotes_the_path_for_the_shell_but_keeps_tilde():
+    assert remote_scp_command("f", "a b; rm -rf ~") == "scp -f -- 'a b; rm -rf ~'"
+    assert remote_scp_command("t", "~/x y", recursive=True, preserve=True, directory=True) == \
+        "scp -t -r -p -d -- ~/'x y'"
+    assert remote_scp_command("t", "") == "scp -t -- ."
+
+
+async def _sink_against(records: bytes, tmp_path: Path, *, asked: str = "wanted.txt", recursive: bool = False):
+    """Run our scp sink against a scripted (hostile) source; returns (ok, warnings)."""
+    ours, theirs = trio.testing.memory_stream_pair()
+    warnings: list[str] = []
+    sink = _Sink(ours, warnings.append, recursive=recursive, preserve=False, target=tmp_path,
+                 expected=asked if asked else None)
+
+    async def hostile_source():
+        assert await theirs.receive_some(1) == b"\0"
+        await theirs.send_all(records)
+        await theirs.send_eof()
+        while await theirs.receive_some():
+            pass
+    error = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hostile_source)
+        try:
+            await sink.run()
+        except ScpProtocolError as exc:
+            error = exc
+        finally:
+            await ours.aclose()  # as the channel would close: the source sees EOF
+    if error is not None:
+        raise error
+    return sink.ok, warnings
+
+
+@pytest.mark.parametrize("record", [b"C0644 4 other.txt\n", b"C0644 4 ../../etc/evil\n", b"C0644 4 ..\n",
+                                    b"C0644 4 sub/evil\n", b"C0644 4 .\n", b"C0644 4 \n"])
+async def test_t22_scp_sink_refuses_names_it_did_not_ask_for(record, tmp_path):
+    with pytest.raises(ScpProtocolError):
+        await _sink_against(record + b"evil\0", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_t22_scp_sink_refuses_traversal_inside_a_directory(tmp_path):
+    records = b"D0755 0 wanted.txt\nC0644 4 ..\n"
+    with pytest.raises(ScpProtocolError, match="unsafe file name"):
+        await _sink_against(records, tmp_path, recursive=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["wanted.txt"]
+
+
+async def test_scp_sink_refuses_a_second_top_level_entry_and_a_directory_without_r(tmp_path):
+    with pytest.raises(ScpProtocolError, match="more than what was asked"):
+        await _sink_against(b"C0644 2 wanted.txt\nok\0C0644 2 wanted.txt\nno\0", tmp_path)
+    with pytest.raises(ScpProtocolError, match="without -r"):
+        await _sink_against(b"D0755 0 wanted.txt\nE\n", tmp_path / "x")
+
+
+@pytest.mark.parametrize("record", [b"C644 1 f\n", b"Cxxxx 1 f\n", b"C0644 -1 f\n", b"C0644 1\n",
+                                    b"D0755 5 f\n", b"T1 2 3\n", b"E\n", b"Q\n", b"C0644 1 f"])
+async def test_scp_sink_raises_a_protocol_error_on_malformed_records(record, tmp_path):
+    with pytest.raises(ScpProtocolError):
+        await _sink_against(record, tmp_path, asked="")
+
+
+async def test_scp_sink_reports_the_source_errors_and_goes_on(tmp_path):
+    ok, warnings = await _sink_against(b"\x01scp: wanted.txt: Permission denied\n", tmp_path)
+    assert not ok and warnings == ["scp: wanted.txt: Permission denied"]
+
+
+# ----------------------------------------------------------------------------- the commands (subprocesses)
+
+async def test_jumpgate_ssh_propagates_the_exit_status_and_streams(cluster, profile, login):
+    done = await jumpgate(profile, "ssh", f"{login.name}@{NODE}", "cat; echo err >&2; exit 3",
+                          input=b"x" * 200_000)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == b"x" * 200_000 and done.stderr == b"err\n"
+
+
+async def test_jumpgate_ssh_failures_are_one_line_and_exit_255(cluster, profile, login):
+    done = await jumpgate(profile, "ssh", f"{login.name}@nosuch", "true")
+    assert done.returncode == 255
+    assert done.stderr == f"jumpgate: unknown node 'nosuch' in cluster '{CLUSTER}'\n".encode()
+    done = await jumpgate(profile, "ssh", f"root@{NODE}", "true")
+    assert done.returncode == 255 and done.stderr.count(b"\n") == 1
+    assert b"login 'root' is not allowed by your certificate" in done.stderr
+
+
+async def test_jumpgate_ssh_dash_t_allocates_a_pty_without_a_terminal(cluster, profile, login):
+    done = await jumpgate(profile, "ssh", "-t", f"{login.name}@{NODE}", "tty")
+    assert done.returncode == 0 and done.stdout.startswith(b"/dev/pts/"), done.stderr
+
+
+async def test_jumpgate_ssh_interactive_pty_raw_mode_window_change_and_restore(cluster, profile, login):
+    """On a real terminal: raw mode, SIGWINCH -> window-change, exit status, terminal restored."""
+    master, slave = ptylib.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    before = termios.tcgetattr(slave)
+    env = {**os.environ, "JUMPGATE_HOME": str(profile.paths.home), "TERM": "xterm"}
+    proc = subprocess.Popen([sys.executable, "-m", "appliance.cli.main", "ssh", f"{login.name}@{NODE}"],
+                            stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True,
+                            preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+    screen = bytearray()
+
+    async def expect(marker: bytes) -> None:
+        with trio.fail_after(20):
+            while marker not in screen:
+                screen.extend(await trio.to_thread.run_sync(os.read, master, 65536))
+
+    try:
+        await trio.to_thread.run_sync(os.write, master, b"stty size; echo ready\n")
+        await expect(b"24 80")
+        assert not termios.tcgetattr(slave)[3] & termios.ECHO        # raw mode while the session runs
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 132, 0, 0))
+        await trio.sleep(0.3)
+        await trio.to_thread.run_sync(os.write, master, b"stty size; exit 4\n")
+        await expect(b"50 132")
+        with trio.fail_after(20):
+            while proc.poll() is None:
+                await trio.sleep(0.05)
+        assert proc.returncode == 4
+        assert termios.tcgetattr(slave) == before                    # terminal restored
+        assert os.get_blocking(slave)                                # and blocking again
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        os.close(master)
+        os.close(slave)
+
+
+async def test_jumpgate_ls_lists_and_filters_nodes(cluster, profile):
+    cluster.register("web2", "tunnel", env="prod")
+    done = await jumpgate(profile, "ls")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.decode().splitlines()
+    assert lines[0].split() == ["Node", "Name", "Address", "Labels"]
+    assert lines[2].split() == [NODE, f"{LOOPBACK}:{cluster.node_port}", "env=test"]
+    assert lines[3].split() == ["web2", "tunnel", "env=prod"]
+    done = await jumpgate(profile, "ls", "env=prod")
+    assert [line.split()[0] for line in done.stdout.decode().splitlines()[2:]] == ["web2"]
+
+
+async def test_jumpgate_scp_both_ways_recursive(cluster, profile, login, tmp_path):
+    tree = tmp_path / "proj"
+    _make_tree(tree)
+    done = await jumpgate(profile, "scp", "-r", str(tree), f"{login.name}@{NODE}:proj")
+    assert done.returncode == 0, done.stderr
+    assert _tree(login.home / "proj") == _tree(tree)
+    (tmp_path / "back").mkdir()
+    done = await jumpgate(profile, "scp", "-r", f"{login.name}@{NODE}.{CLUSTER}:proj", str(tmp_path / "back"))
+    assert done.returncode == 0, done.stderr
+    assert _tree(tmp_path / "back" / "proj") == _tree(tree)
+    done = await jumpgate(profile, "scp", f"{login.name}@{NODE}:nosuch", str(tmp_path))
+    assert done.returncode == 1 and b"nosuch: No such file or directory" in done.stderr
+
+
+async def test_jumpgate_ssh_local_and_remote_forwarding(cluster, profile, login, nursery):
+    async def echo(stream):
+        async for data in stream:
+            await stream.send_all(data.upper())
+    listeners = await nursery.start(lambda task_status: trio.serve_tcp(echo, 0, host=LOOPBACK,
+                                                                        task_status=task_status))
+    echo_port = listeners[0].socket.getsockname()[1]
+    probe = ("import socket,sys; s=socket.create_connection(('127.0.0.1',int(sys.argv[1])));"
+             "s.sendall(b'ping'); print(s.recv(10).decode())")
+    with trio.socket.socket() as s:
+        await s.bind((LOOPBACK, 0))
+        free = s.getsockname()[1]
+    done = await jumpgate(profile, "ssh", "-R", f"{free}:{LOOPBACK}:{echo_port}", f"{login.name}@{NODE}",
+                          f"/usr/bin/python3 -c \"{probe}\" {free}")
+    assert (done.returncode, done.stdout) == (0, b"PING\n"), done.stderr
+    with trio.socket.socket() as s:
+        await s.bind((LOOPBACK, 0))
+        local = s.getsockname()[1]
+    outcome = []
+
+    async def forward_while_sleeping():
+        outcome.append(await jumpgate(profile, "ssh", "-L", f"{local}:{LOOPBACK}:{echo_port}",
+                                      f"{login.name}@{NODE}", "sleep 5"))
+    async with trio.open_nursery() as inner:
+        inner.start_soon(forward_while_sleeping)
+        with trio.fail_after(15):
+            while True:
+                try:
+                    stream = await trio.open_tcp_stream(LOOPBACK, local)
+                    break
+                except OSError:
+                    assert not outcome, outcome
+                    await trio.sleep(0.1)
+        await stream.send_all(b"pong")
+        assert await stream.receive_some(10) == b"PONG"
+        await stream.aclose()
+        inner.cancel_scope.cancel()
+
+
+async def test_jumpgate_ssh_forwards_the_agent_with_dash_a(cluster, profile, login, nursery, tmp_path):
+    agent = InProcessAgent()
+    key = PrivateKey.generate("ssh-ed25519")
+    await agent.add(key, comment="forwarded-key")
+    sock = tmp_path / "agent.sock"
+    await nursery.start(agent.serve_unix, str(sock))
+    done = await jumpgate(profile, "ssh", "-A", f"{login.name}@{NODE}", "ssh-add -L",
+                          env={"SSH_AUTH_SOCK": str(sock)})
+    assert done.returncode == 0, done.stderr
+    assert key.public_key.to_line() in done.stdout.decode()
+
+
+async def test_jumpgate_config_prints_a_block_that_openssh_uses(cluster, profile, login, tmp_path):
+    done = await jumpgate(profile, "config")
+    assert done.returncode == 0, done.stderr
+    text = done.stdout.decode()
+    assert f"Host *.{CLUSTER}" in text and f"ProxyJump {CLUSTER}-proxy" in text and f" {NODE}" in text
+    config = tmp_path / "cfg"
+    config.write_text(text)
+    ssh = ["/usr/bin/ssh", "-F", str(config), "-o", "BatchMode=yes"]
+    done = await trio.run_process([*ssh, f"{login.name}@{NODE}.{CLUSTER}", "echo", "ok"], capture_stdout=True,
+                                  capture_stderr=True, check=False)
+    assert (done.returncode, done.stdout) == (0, b"ok\n"), done.stderr
+
+
+# ----------------------------------------------------------------------------- argument parsing
+
+@pytest.mark.parametrize("spec,expected", [
+    ("8080:intranet:80", ("localhost", 8080, "intranet", 80)),
+    ("0.0.0.0:8080:intranet:80", ("0.0.0.0", 8080, "intranet", 80)),
+    ("[::1]:8080:[fe80::1]:80", ("::1", 8080, "fe80::1", 80)),
+])
+def test_forward_specifications_parse_as_openssh_does(spec, expected):
+    assert remote.parse_forward(spec, remote=False) == expected
+
+
+@pytest.mark.parametrize("spec", ["8080", "8080:host", "x:host:80", "8080:host:99999", "0:host:80", "1:2:3:4:5"])
+def test_bad_forward_specifications_are_refused(spec):
+    with pytest.raises(CliError):
+        remote.parse_forward(spec, remote=False)
+
+
+@pytest.mark.parametrize("arg,expected", [
+    ("web1:/tmp/x", (None, "web1", "/tmp/x")), ("root@web1:", ("root", "web1", "")),
+    ("root@[::1]:f", ("root", "::1", "f")), ("./a:b", None), ("/abs:b", None), ("plain", None), (":x", None),
+])
+def test_scp_paths_are_remote_when_a_colon_comes_before_any_slash(arg, expected):
+    assert remote.parse_remote_path(arg) == expected
+
+
+def test_split_host_port():
+    assert split_host_port("h", 3023) == ("h", 3023)
+    assert split_host_port("[::1]:2", 3023) == ("::1", 2)
+    with pytest.raises(ValueError):
+        split_host_port("h:99999", 3023)
+
+
+def test_ssh_config_block_keeps_the_users_known_hosts_first_and_quotes_paths():
+    text = remote.render_ssh_config(cluster="prod", user="alice", proxy_host="jump.example.com", proxy_port=3023,
+                                    identity=Path("/h/a b/key"), certificate=Path("/h/a b/key-cert.pub"),
+                                    known_hosts=Path("/h/a b/known_hosts"), node_names=["web1", "db1"])
+    assert 'IdentityFile "/h/a b/key"' in text
+    assert 'UserKnownHostsFile ~/.ssh/known_hosts "/h/a b/known_hosts"' in text
+    assert "Host jump.example.com web1 db1\n" in text and "Host *.prod\n" in text
+    assert "HostName jump.example.com\n    Port 3023\n    User alice" in text

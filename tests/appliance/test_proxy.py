@@ -1,0 +1,320 @@
+"""The proxy role (appliance/proxy): authentication, routing to registered nodes, the node list.
+
+A real NodeServer and a real proxy run in the test's nursery on loopback (see
+``_proxy_helpers``); sessions run as a throw-away OS account. The clients are our own
+(``appliance.client.ssh``) and the real OpenSSH ``ssh``/``scp``/``sftp``/``rsync`` with the
+ssh_config that ``jumpgate config`` prints. Rule numbers are those of SECURITY-CHECKLIST
+(§1.3 certificate rules, T-rules of §2).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import trio
+
+import ssh_proto
+from _proxy_helpers import CLUSTER, LOOPBACK, NODE, USER, make_user, remove_user, run, start_cluster
+from appliance.api.protocol import FrameDecoder, parse_response
+from appliance.cli.remote import render_ssh_config
+from appliance.client.ssh import ConnectError, connect_node, connect_proxy, list_nodes
+from appliance.proxy import NODES_SUBSYSTEM, NodeDirectory
+from appliance.proxy.routing import NodeListError, decode_list_response, find_node, NodeRecord, node_target
+from ssh_proto.errors import AuthError, ChannelOpenError
+from ssh_proto.keys import PrivateKey
+
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="the node switches users: needs root")]
+
+
+@pytest.fixture(scope="module")
+def login():
+    user = make_user("proxy")
+    yield user
+    remove_user(user)
+
+
+@pytest.fixture
+async def cluster(nursery, tmp_path, login):
+    return await start_cluster(nursery, tmp_path, login.name)
+
+
+@pytest.fixture
+def profile(cluster):
+    return cluster.write_profile()
+
+
+# ----------------------------------------------------------------------------- reaching nodes
+
+async def test_connect_node_runs_a_command_as_the_login_and_returns_its_exit_status(cluster, profile, login):
+    async with connect_node(profile, NODE, login.name) as conn:
+        result = await conn.run("whoami; echo oops >&2; exit 7")
+    assert (result.exit_status, result.stdout, result.stderr) == (7, f"{login.name}\n".encode(), b"oops\n")
+    port = cluster.events("port", role="proxy")
+    assert port and port[-1]["node"] == NODE and port[-1]["user"] == USER
+    assert cluster.events("auth", role="proxy")[-1]["key_id"] == f"user:{USER}"
+
+
+@pytest.mark.parametrize("target", [f"{NODE}.{CLUSTER}", "NODE1.TestCl", LOOPBACK])
+async def test_node_is_reached_by_cluster_name_any_case_and_by_address(cluster, profile, login, target):
+    # The host certificate is checked for the very name typed: it lists name, name.CLUSTER, address.
+    async with connect_node(profile, target, login.name) as conn:
+        assert (await conn.run("true")).exit_status == 0
+
+
+async def test_requested_port_is_ignored_for_a_named_node(cluster, profile, login):
+    async with connect_node(profile, NODE, login.name, port=22) as conn:   # ssh -J sends :22
+        assert (await conn.run("true")).exit_status == 0
+
+
+async def test_unknown_node_fails_with_a_clear_error_and_is_audited(cluster, profile, login):
+    with pytest.raises(ConnectError, match="unknown node 'nosuch'"):
+        async with connect_node(profile, "nosuch", login.name):
+            pass
+    refused = cluster.events("port", success=False, role="proxy")
+    assert refused[-1]["reason"] == "unknown node" and refused[-1]["target"] == "nosuch:3022"
+
+
+async def test_registered_but_dead_node_fails_with_unreachable(cluster, profile, login):
+    with trio.socket.socket() as s:
+        await s.bind((LOOPBACK, 0))
+        closed_port = s.getsockname()[1]
+    cluster.register("dead", f"{LOOPBACK}:{closed_port}")
+    with pytest.raises(ConnectError, match="'dead'.*unreachable"):
+        async with connect_node(profile, "dead", login.name):
+            pass
+    assert cluster.events("port", success=False, role="proxy")[-1]["node"] == "dead"
+
+
+async def test_t21_direct_tcpip_never_reaches_an_unregistered_port(cluster, profile, nursery):
+    """The proxy is no open relay: an address target goes to the node registered there, else nowhere."""
+    async def secret_service(stream):
+        await stream.send_all(b"SECRET\r\n")
+    listeners = await nursery.start(lambda task_status: trio.serve_tcp(secret_service, 0, host=LOOPBACK,
+                                                                        task_status=task_status))
+    secret_port = listeners[0].socket.getsockname()[1]
+    async with connect_proxy(cluster.credentials(profile)) as proxy:
+        channel = await proxy.open_direct_tcpip(LOOPBACK, secret_port)
+        assert (await channel.receive_some(7)).startswith(b"SSH-2.0")   # the node, not the service
+        await channel.aclose()
+        cluster.register("other", f"{LOOPBACK}:{cluster.node_port + 1}")  # two nodes on one host: ambiguous
+        with pytest.raises(ChannelOpenError, match="unknown node"):
+            await proxy.open_direct_tcpip(LOOPBACK, secret_port)
+        with pytest.raises(ChannelOpenError, match="unknown node"):
+            await proxy.open_direct_tcpip("10.255.255.1", 22)
+
+
+async def test_dead_proxy_fails_with_a_clear_error(cluster, login):
+    with trio.socket.socket() as s:
+        await s.bind((LOOPBACK, 0))
+        closed_port = s.getsockname()[1]
+    profile = cluster.write_profile("deadproxy")
+    profile = dataclasses.replace(profile, proxy_ssh=f"{LOOPBACK}:{closed_port}")
+    with pytest.raises(ConnectError, match=f"cannot reach the proxy at {LOOPBACK}:{closed_port}"):
+        async with connect_node(profile, NODE, login.name):
+            pass
+
+
+# ----------------------------------------------------------------------------- authentication
+
+async def test_rule12_expired_certificate_is_refused_at_the_proxy(cluster):
+    profile = cluster.write_profile("expired", lifetime=(-7200, -3600))
+    with pytest.raises(ConnectError, match="your certificate expired at .*jumpgate login"):
+        async with connect_node(profile, NODE, cluster.login):
+            pass
+    # (the client offers the certified key alone after the certificate: refused as well)
+    refused = cluster.events("auth", success=False, role="proxy")
+    assert any("expired" in e["reason"] and e["user"] == USER and e["key_id"] == f"user:{USER}" for e in refused)
+
+
+async def test_rule10_certificate_from_another_ca_is_refused_at_the_proxy(cluster):
+    profile = cluster.write_profile("foreign", ca=PrivateKey.generate("ssh-ed25519"))
+    with pytest.raises(ConnectError, match="refused your certificate"):
+        async with connect_node(profile, NODE, cluster.login):
+            pass
+    assert any("rule 10" in e["reason"] for e in cluster.events("auth", success=False, role="proxy"))
+
+
+async def test_proxy_username_is_the_user_or_one_of_the_logins_and_nothing_else(cluster, profile, login):
+    creds = cluster.credentials(profile)
+
+    def connect(username):
+        return ssh_proto.connect(LOOPBACK, cluster.proxy_port, username=username, client_keys=creds.client_keys,
+                                 known_hosts=creds.known_hosts)
+    for username in (USER, login.name):
+        async with connect(username) as conn:
+            assert conn.session_id
+    with pytest.raises(AuthError):
+        async with connect("root"):
+            pass
+    assert any("neither a login" in e["reason"] and e["login"] == "root"
+               for e in cluster.events("auth", success=False, role="proxy"))
+
+
+async def test_plain_key_is_refused_at_the_proxy(cluster, profile):
+    creds = cluster.credentials(profile)
+    with pytest.raises(AuthError):
+        async with ssh_proto.connect(LOOPBACK, cluster.proxy_port, username=USER, client_keys=[creds.key],
+                                     known_hosts=creds.known_hosts):
+            pass
+    assert "user certificate is required" in cluster.events("auth", success=False, role="proxy")[-1]["reason"]
+
+
+async def test_login_not_in_the_certificate_is_refused_by_the_node_with_a_clear_error(cluster, profile):
+    with pytest.raises(ConnectError, match=r"login 'root' is not allowed by your certificate \(your logins: "):
+        async with connect_node(profile, NODE, "root"):
+            pass
+    assert any(e.get("login") == "root" for e in cluster.events("auth", success=False))
+
+
+# ----------------------------------------------------------------------------- what the proxy refuses
+
+async def test_proxy_runs_no_shell_or_command_and_says_how_to_reach_a_node(cluster, profile):
+    async with connect_proxy(cluster.credentials(profile)) as proxy:
+        result = await proxy.run("id")
+        assert result.exit_status == 1 and b"jumpgate ssh" in result.stderr and not result.stdout
+        with pytest.raises(ChannelOpenError):
+            await proxy.forward_remote_port("localhost", 0, LOOPBACK, 9)
+        sftp = await proxy.open_session(subsystem="sftp")
+        assert await sftp.wait() == 1 and b"no shell here" in await sftp.receive_stderr()
+        assert not any(e["event"] == "session.start" for e in cluster.audit.events)
+
+
+# ----------------------------------------------------------------------------- node list
+
+async def test_node_list_subsystem_filters_by_labels(cluster, profile):
+    cluster.register("web2", f"{LOOPBACK}:1", env="prod", team="web")
+    creds = cluster.credentials(profile)
+    assert {n.name for n in await list_nodes(creds, {})} == {NODE, "web2"}
+    (web2,) = await list_nodes(creds, {"env": "prod"})
+    assert (web2.name, web2.addr, dict(web2.labels)) == ("web2", f"{LOOPBACK}:1", {"env": "prod", "team": "web"})
+    assert await list_nodes(creds, {"env": "prod", "team": "db"}) == []
+
+
+async def test_node_list_subsystem_answers_a_malformed_request_with_an_error(cluster, profile):
+    async with connect_proxy(cluster.credentials(profile)) as proxy:
+        proc = await proxy.open_session(subsystem=NODES_SUBSYSTEM)
+        await proc.send_all(b"\x00\x00\x00\x03abc")
+        await proc.send_eof()
+        answer = await proc.read_all()
+        assert await proc.wait() == 1
+    with pytest.raises(NodeListError, match="refused"):
+        decode_list_response(answer)
+    decoder = FrameDecoder(parse_response)
+    decoder.feed(answer)
+    assert decoder.next_message().code == "bad_request"
+
+
+# ----------------------------------------------------------------------------- routing rules (no I/O)
+
+NODES = [NodeRecord("web1", "10.0.0.5:3022"), NodeRecord("db1", "10.0.0.6:3022"),
+         NodeRecord("sshd1", "10.0.0.6:22"), NodeRecord("edge", "tunnel", kind="tunnel")]
+
+
+@pytest.mark.parametrize("host,port,expected", [
+    ("web1", 22, "web1"), ("WEB1", 0, "web1"), ("10.0.0.5", 22, "web1"),     # the only node on that host
+    ("10.0.0.6", 22, "sshd1"), ("10.0.0.6", 3022, "db1"), ("10.0.0.6", 80, None),  # ambiguous host
+    ("10.0.0.7", 3022, None), ("web", 3022, None), ("tunnel", 0, None),
+])
+def test_t21_targets_resolve_only_to_registered_nodes(host, port, expected):
+    node = find_node(NODES, host, port)
+    assert (node.name if node else None) == expected
+
+
+def test_cluster_suffix_is_stripped_case_insensitively_but_only_as_a_suffix():
+    assert node_target("web1.Prod", "prod") == "web1"
+    assert node_target("web1.prod.example", "prod") == "web1.prod.example"
+    assert node_target(".prod", "prod") == ".prod"
+
+
+async def test_directory_caches_and_refreshes_early_for_an_unknown_name():
+    now = [0.0]
+    fetched = []
+    registry = [{"name": "web1", "addr": "10.0.0.5:3022"}]
+
+    async def fetch():
+        fetched.append(now[0])
+        return list(registry)
+    directory = NodeDirectory(fetch, ttl=5.0, min_refresh=1.0, clock=lambda: now[0])
+    assert await directory.resolve("web1", 22) == ("10.0.0.5", 3022)
+    registry.append({"name": "web2", "addr": "10.0.0.9:3022", "labels": {"env": "dev"}})
+    assert await directory.resolve("web2", 22) is None          # cached < min_refresh ago: no new fetch
+    now[0] = 1.5
+    assert await directory.resolve("web2", 22) == ("10.0.0.9", 3022)   # early refresh on a miss
+    assert await directory.resolve("nosuch", 22) is None
+    assert fetched == [0.0, 1.5]
+    now[0] = 7.0
+    assert [n["name"] for n in await directory.list_nodes({"env": "dev"})] == ["web2"]
+    assert fetched == [0.0, 1.5, 7.0]
+
+
+async def test_directory_refuses_a_malformed_registry():
+    async def fetch():
+        return [{"name": "web1", "addr": 5}]
+    with pytest.raises(NodeListError, match="addr"):
+        await NodeDirectory(fetch).resolve("web1", 22)
+    assert math.isinf(NodeDirectory(fetch)._fetched_at)
+
+
+# ----------------------------------------------------------------------------- OpenSSH through the proxy
+
+@pytest.fixture
+def ssh_config(cluster, profile, tmp_path) -> Path:
+    path = tmp_path / "ssh_config"
+    path.write_text(render_ssh_config(cluster=CLUSTER, user=USER, proxy_host=LOOPBACK, proxy_port=cluster.proxy_port,
+                                      identity=profile.identity_path, certificate=profile.cert_path,
+                                      known_hosts=profile.known_hosts_path, node_names=[NODE]))
+    return path
+
+
+def _ssh(config: Path, *args: str) -> list[str]:
+    return ["/usr/bin/ssh", "-F", str(config), "-o", "BatchMode=yes", *args]
+
+
+async def test_openssh_reaches_node_dot_cluster_with_the_generated_config(cluster, ssh_config, login):
+    done = await run(_ssh(ssh_config, f"{login.name}@{NODE}.{CLUSTER}", "whoami; exit 5"))
+    assert done.returncode == 5, done.stderr
+    assert done.stdout == f"{login.name}\n".encode()
+
+
+async def test_openssh_dash_j_reaches_a_short_node_name_verified_by_the_host_ca(cluster, ssh_config, login):
+    done = await run(_ssh(ssh_config, "-J", f"{USER}@{LOOPBACK}:{cluster.proxy_port}", f"{login.name}@{NODE}",
+                          "echo via-J"))
+    assert (done.returncode, done.stdout) == (0, b"via-J\n"), done.stderr
+
+
+async def test_openssh_refuses_a_node_whose_certificate_does_not_name_it(cluster, ssh_config, login):
+    # "node1-alias" resolves at the proxy to node1's address, but node1's certificate does not list it.
+    cluster.register("node1-alias", f"{LOOPBACK}:{cluster.node_port}")
+    done = await run(_ssh(ssh_config, f"{login.name}@node1-alias.{CLUSTER}", "true"))
+    assert done.returncode == 255 and b"Host key verification failed" in done.stderr
+
+
+async def test_openssh_unknown_node_fails_cleanly(cluster, ssh_config, login):
+    done = await run(_ssh(ssh_config, f"{login.name}@nosuch.{CLUSTER}", "true"))
+    assert done.returncode == 255 and b"unknown node" in done.stderr
+
+
+async def test_openssh_scp_sftp_and_rsync_through_the_proxy(cluster, ssh_config, login, tmp_path):
+    src = tmp_path / "payload.bin"
+    src.write_bytes(os.urandom(300_000))
+    remote = f"{login.name}@{NODE}.{CLUSTER}"
+    home = login.home
+    done = await run(["/usr/bin/scp", "-q", "-F", str(ssh_config), "-o", "BatchMode=yes", str(src), f"{remote}:up.bin"])
+    assert done.returncode == 0, done.stderr
+    assert (home / "up.bin").read_bytes() == src.read_bytes()
+    back = tmp_path / "sftp_back.bin"
+    batch = tmp_path / "batch"
+    batch.write_text(f"get up.bin {back}\n")
+    done = await run(["/usr/bin/sftp", "-q", "-F", str(ssh_config), "-o", "BatchMode=yes", "-b", str(batch), remote])
+    assert done.returncode == 0, done.stderr
+    assert back.read_bytes() == src.read_bytes()
+    if shutil.which("rsync") is None:
+        pytest.skip("rsync is not installed (apt-get install rsync)")
+    done = await run(["rsync", "-e", f"/usr/bin/ssh -F {ssh_config} -o BatchMode=yes", str(src),
+                      f"{remote}:rsynced.bin"])
+    assert done.returncode == 0, done.stderr
+    assert (home / "rsynced.bin").read_bytes() == src.read_bytes()
