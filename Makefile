@@ -16,10 +16,10 @@ venv: $(VENV)/.installed
 
 # Debian's real OpenSSH is the interop peer; install it when missing.
 system-deps:
-	@if [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null || ! command -v ssh-keygen >/dev/null \
+	@if [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null || ! command -v ssh-keygen >/dev/null || ! command -v rsync >/dev/null \
 	    || ! command -v sftp >/dev/null || [ ! -x /usr/lib/openssh/sftp-server ]; then \
-	  echo "installing openssh-client openssh-server"; \
-	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openssh-client openssh-server; \
+	  echo "installing openssh-client openssh-server rsync"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openssh-client openssh-server rsync; \
 	fi
 	@mkdir -p /run/sshd
 

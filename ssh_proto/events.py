@@ -5,13 +5,23 @@ data and calls into the application.
 """
 from __future__ import annotations
 
-import dataclasses
-
-_dc = dataclasses.dataclass(frozen=True, slots=True)
+from ._record import Record, record
 
 
-class Event:
+class Event(Record):
     __slots__ = ()
+
+
+def _dc(cls):
+    return record(cls, base=Event)
+
+
+def _secret(*hidden: str):
+    """Like _dc, with fields kept out of repr (passwords, keyboard-interactive answers)."""
+    def wrap(cls):
+        annotations = cls.__dict__.get("__annotations__", {})
+        return record(cls, base=Event, names=tuple(annotations), hidden=frozenset(hidden))
+    return wrap
 
 
 # --- transport ------------------------------------------------------------------------------
@@ -49,10 +59,10 @@ class AuthPublicKey(Event):
     algorithm: str
 
 
-@_dc
+@_secret("password")
 class AuthPassword(Event):
     username: str
-    password: str = dataclasses.field(repr=False)
+    password: str
 
 
 @_dc
@@ -61,10 +71,10 @@ class AuthKbdInt(Event):
     submethods: str
 
 
-@_dc
+@_secret("responses")
 class AuthKbdIntResponse(Event):
     username: str
-    responses: tuple[str, ...] = dataclasses.field(repr=False)
+    responses: tuple[str, ...]
 
 
 @_dc

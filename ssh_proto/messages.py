@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
+from ._record import Record, record
+
 from .errors import ProtocolError
 from .wire import Reader, encode_bool, encode_mpint, encode_name_list, encode_string, encode_uint32, encode_uint64
 
@@ -120,7 +122,7 @@ def _write_field(kind: str, value) -> bytes:
     raise AssertionError(kind)
 
 
-class Message:
+class Message(Record):
     """Base of every message and message body; subclasses set ``number`` and ``_fields``."""
 
     __slots__ = ()
@@ -148,15 +150,10 @@ def message(number: int | None, *fields: str):
 
     def wrap(cls):
         spec = tuple(tuple(f.split(":")) for f in fields)
-        ns = {"__annotations__": {name: object for name, _ in spec}, "__module__": cls.__module__,
-              "__qualname__": cls.__qualname__, "__doc__": cls.__doc__}
-        for k, v in cls.__dict__.items():
-            if k not in ("__dict__", "__weakref__"):
-                ns.setdefault(k, v)
-        new = type(cls.__name__, (Message,), ns)
+        new = record(cls, base=Message, names=tuple(name for name, _ in spec))
         new.number = number
         new._fields = spec
-        return dataclasses.dataclass(frozen=True, slots=True)(new)
+        return new
 
     return wrap
 

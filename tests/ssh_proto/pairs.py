@@ -83,7 +83,7 @@ def transport_without(*names: str) -> type[Transport]:
     class _Without(Transport):
         def _make_kexinit(self) -> m.KexInit:
             msg = super()._make_kexinit()
-            return dataclasses.replace(msg, kex_algorithms=tuple(a for a in msg.kex_algorithms if a not in names))
+            return msg.replace(kex_algorithms=tuple(a for a in msg.kex_algorithms if a not in names))
 
     return _Without
 

@@ -200,7 +200,7 @@ def test_wrong_first_kex_packet_guess_is_ignored():
             if self.kex_count or self._first_kex_done:
                 return msg
             # Our first choice is one the server lacks, so the guess below must be wrong.
-            return dataclasses.replace(msg, kex_algorithms=("x-unknown@example.com",) + msg.kex_algorithms,
+            return msg.replace(kex_algorithms=("x-unknown@example.com",) + msg.kex_algorithms,
                                        first_kex_packet_follows=True)
 
         def _start_kex(self) -> None:
