@@ -9,17 +9,42 @@ Client::
         result = await conn.run("uname -a")
         print(result.exit_status, result.stdout)
 """
-from .connection import Connection, ConnectionOptions
-from .errors import (AuthError, CertificateError, ChannelError, ChannelOpenError, ConnectionLost, DisconnectError,
-                     DisconnectReason, HostKeyNotVerifiable, KeyExchangeError, KeyFormatError, MACError,
-                     ProtocolError, SSHError)
-from .keys import Certificate, PrivateKey, PublicKey, load_identity, load_private_key, parse_public_blob, parse_public_line
-from .known_hosts import KnownHosts
-from .state import Role
-from .transport import Algorithms
-from .trio_io import (Accept, Challenge, Identity, Partial, PtyInfo, RunResult, ServerSession, SessionPolicy,
-                      SSHChannel, SSHClientConnection, SSHListener, SSHProcess, SSHServer, SSHServerConnection,
-                      connect, policy_from_certificate, serve, serve_stream)
-from .trio_io.agent import AgentClient, InProcessAgent
+import importlib
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+from .errors import (AgentError, AuthError, CertificateError, ChannelError, ChannelOpenError, ConnectionLost,
+                     DisconnectError, DisconnectReason, HostKeyNotVerifiable, KeyExchangeError, KeyFormatError,
+                     MACError, ProtocolError, SSHError)
+
+# The rest of the public API is imported on first use (PEP 562), so that a program that
+# only connects as a client does not load the server, the agent and their classes.
+_LAZY = {
+    "Connection": ".connection", "ConnectionOptions": ".connection",
+    "Certificate": ".keys", "PrivateKey": ".keys", "PublicKey": ".keys", "load_identity": ".keys",
+    "load_private_key": ".keys", "parse_public_blob": ".keys", "parse_public_line": ".keys",
+    "KnownHosts": ".known_hosts", "Role": ".state", "Algorithms": ".transport",
+    "SSHChannel": ".trio_io.channel", "SSHConnection": ".trio_io.connection",
+    "Identity": ".trio_io.client", "SSHClientConnection": ".trio_io.client", "connect": ".trio_io.client",
+    "Accept": ".trio_io.server", "Challenge": ".trio_io.server", "Partial": ".trio_io.server",
+    "SSHListener": ".trio_io.server", "SSHServer": ".trio_io.server", "SSHServerConnection": ".trio_io.server",
+    "policy_from_certificate": ".trio_io.server", "serve": ".trio_io.server", "serve_stream": ".trio_io.server",
+    "PtyInfo": ".trio_io.session", "RunResult": ".trio_io.session", "ServerSession": ".trio_io.session",
+    "SessionPolicy": ".trio_io.session", "SSHProcess": ".trio_io.session",
+    "AgentClient": ".trio_io.agent", "InProcessAgent": ".trio_io.agent",
+}
+
+__all__ = sorted([*_LAZY, "AgentError", "AuthError", "CertificateError", "ChannelError", "ChannelOpenError",
+                  "ConnectionLost", "DisconnectError", "DisconnectReason", "HostKeyNotVerifiable",
+                  "KeyExchangeError", "KeyFormatError", "MACError", "ProtocolError", "SSHError"])
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ssh_proto' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
