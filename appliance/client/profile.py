@@ -28,6 +28,8 @@ from typing import Any
 
 from ssh_proto.keys import Certificate, PrivateKey, PublicKey
 
+from ..files import write_atomic
+
 __all__ = ["ENV_HOME", "ClientPaths", "Profile", "ProfileError", "jumpgate_home"]
 
 ENV_HOME = "JUMPGATE_HOME"
@@ -42,22 +44,6 @@ class ProfileError(Exception):
 def jumpgate_home() -> Path:
     """``$JUMPGATE_HOME`` if set, else ``~/.jumpgate``."""
     return Path(os.environ.get(ENV_HOME) or "~/.jumpgate").expanduser()
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Atomically replace ``path`` with ``data``, mode 0600 from the first byte on."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # the umask cannot widen it, but make it exact anyway
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +92,11 @@ class ClientPaths:
             raise ProfileError("the certificate is not for this key")
         self.ensure_home()
         try:
-            _write_private(self.identity_path, key.to_openssh(comment=comment))
-            _write_private(self.public_key_path, (key.public_key.to_line(comment) + "\n").encode())
-            _write_private(self.cert_path, (cert.to_line(comment) + "\n").encode())
+            write_atomic(self.identity_path, key.to_openssh(comment=comment))
+            write_atomic(self.public_key_path, (key.public_key.to_line(comment) + "\n").encode())
+            write_atomic(self.cert_path, (cert.to_line(comment) + "\n").encode())
             line = f"@cert-authority * {host_ca.to_line('jumpgate host CA')}\n"
-            _write_private(self.known_hosts_path, line.encode())
+            write_atomic(self.known_hosts_path, line.encode())
         except OSError as exc:
             raise ProfileError(f"cannot write credentials in {self.home}: {exc.strerror}") from None
 
@@ -211,7 +197,7 @@ class Profile:
         data = json.dumps({"version": PROFILE_VERSION, **record}, indent=2, sort_keys=True)
         self.paths.ensure_home()
         try:
-            _write_private(self.paths.profile_path, (data + "\n").encode("utf-8"))
+            write_atomic(self.paths.profile_path, (data + "\n").encode("utf-8"))
         except OSError as exc:
             raise ProfileError(f"cannot write {self.paths.profile_path}: {exc.strerror}") from None
 

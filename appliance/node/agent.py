@@ -52,6 +52,7 @@ from ssh_proto.keys import (CERT_TYPE_HOST, Certificate, PrivateKey, PublicKey, 
 
 from ..api.client import ApiClient, ApiError
 from ..auth.ca import pin_matches
+from ..files import private_dir, write_atomic
 
 __all__ = ["AgentError", "Backoff", "Identity", "IdentityHolder", "heartbeat_loop", "host_key_for", "join",
            "load_identity", "parse_token", "renew_if_needed"]
@@ -134,28 +135,6 @@ def _role_dir(data_dir: str | os.PathLike[str], kind: str) -> Path:
     return Path(data_dir) / kind
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _private_dir(path: Path) -> Path:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-    return path
-
-
 def _load_host_key(path: Path) -> PrivateKey:
     mode = os.stat(path).st_mode
     if stat.S_IMODE(mode) & 0o077:
@@ -168,7 +147,7 @@ def _load_host_key(path: Path) -> PrivateKey:
 
 def host_key_for(directory: Path) -> PrivateKey:
     """The role's host key, generated (ed25519, mode 0600) on first use."""
-    path = _private_dir(directory) / HOST_KEY
+    path = private_dir(directory) / HOST_KEY
     if path.exists():
         return _load_host_key(path)
     key = PrivateKey.generate("ssh-ed25519")
@@ -177,13 +156,13 @@ def host_key_for(directory: Path) -> PrivateKey:
 
 
 def _save(identity: Identity) -> None:
-    d = _private_dir(identity.directory)
+    d = private_dir(identity.directory)
     write_public_file(d / HOST_CERT, identity.host_cert)
     write_public_file(d / USER_CA, identity.user_ca, f"jumpgate-user-ca@{identity.cluster}")
     write_public_file(d / HOST_CA, identity.host_ca, f"jumpgate-host-ca@{identity.cluster}")
     meta = {"v": IDENTITY_VERSION, "kind": identity.kind, "name": identity.name,
             "cluster": identity.cluster, "auth_server": identity.auth_server}
-    _write_atomic(d / IDENTITY, json.dumps(meta, indent=2).encode() + b"\n", 0o600)
+    write_atomic(d / IDENTITY, json.dumps(meta, indent=2).encode() + b"\n", 0o600)
 
 
 # ---------------------------------------------------------------------------- checks

@@ -40,6 +40,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ..files import write_atomic
+
 __all__ = [
     "CERT_FILE",
     "KEY_FILE",
@@ -167,22 +169,6 @@ def _load_private_key(path: Path):
         raise TLSSetupError(f"{path}: not an unencrypted PEM private key") from None
 
 
-def _write_file(path: Path, data: bytes, mode: int) -> None:
-    """Atomic write through a temporary file created with ``mode`` (never wider first)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _host_part(addr: str) -> str:
     """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address → the host."""
     addr = addr.strip()
@@ -255,11 +241,11 @@ def _ensure_self_signed(data_dir: Path, hostname: str, addresses: Iterable[str],
         key = ec.generate_private_key(ec.SECP256R1())
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-        _write_file(key_path, pem, 0o600)
+        write_atomic(key_path, pem, 0o600)
     cert = load_certificate(cert_path) if cert_path.exists() else None
     if cert is None or cert.public_key() != key.public_key() or _needs_reissue(cert, names, now):
         cert = _issue_self_signed(key, hostname, names, now)
-        _write_file(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return WebTLS(cert_path, key_path, pin_of(cert), self_signed=True)
 
 
