@@ -348,8 +348,14 @@ def _secret_hash(token: Any, what: str) -> str:
 
 
 def _new_secret() -> tuple[str, str]:
-    """16 random bytes, base64url (22 characters), and the sha256 hex we store."""
+    """16 random bytes, base64url (22 characters), and the sha256 hex we store.
+
+    Never starting with "-": the secret is pasted as a command-line argument
+    (`signup ... TOKEN`, `start --token TOKEN`), where argparse would take it for an option.
+    """
     secret = secrets.token_urlsafe(16)
+    while secret.startswith("-"):
+        secret = secrets.token_urlsafe(16)
     return secret, hashlib.sha256(secret.encode("ascii")).hexdigest()
 
 
@@ -452,12 +458,16 @@ class AuthService:
 
     # -- invites and signup ----------------------------------------------------------
     async def _find_invite(self, token: Any) -> InviteRecord:
+        """The invite a token names; a refused one (unknown, used, expired) is audited."""
         invite = await self.storage.get_invite(_secret_hash(token, "invite"))
         if invite is None:
+            await self._audit("user.signup", success=False, reason="unknown invite")
             raise AuthServiceError("not_found", "invite not found (ask an admin for a new one)")
         if invite.used is not None:
+            await self._audit("user.signup", user=invite.user, success=False, reason="invite already used")
             raise AuthServiceError("already_used", "this invite was already used")
         if invite.expires <= self._clock():
+            await self._audit("user.signup", user=invite.user, success=False, reason="invite expired")
             raise AuthServiceError("expired", "this invite has expired (ask an admin for a new one)")
         return invite
 

@@ -98,11 +98,12 @@ async def run_roles(cfg: Config) -> None:
         else:
             auth_addr = cfg.auth_server
         host = advertised_host(cfg, auth_addr.rpartition(":")[0] or auth_addr)
+        cluster = service.cluster if service is not None else ""
         if "node" in cfg.roles:
-            await _start_node(nursery, cfg, data_dir, auth_addr, host, service)
+            cluster = await _start_node(nursery, cfg, data_dir, auth_addr, host, service) or cluster
         if "proxy" in cfg.roles or "web" in cfg.roles:
-            await _start_proxy_and_web(nursery, cfg, data_dir, auth_addr, host, service)
-        _print_banner(cfg, host)
+            cluster = await _start_proxy_and_web(nursery, cfg, data_dir, auth_addr, host, service) or cluster
+        _print_banner(cfg, cluster)
 
 
 # ---------------------------------------------------------------------------------- auth
@@ -211,6 +212,7 @@ async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_a
     await nursery.start(functools.partial(heartbeat_loop, holder.api_factory(auth_addr), identity.name, addr,
                                           labels.current, holder=holder))
     log.info("node %s serving SSH on %s:%d", identity.name, cfg.listen_addr, cfg.ports["node"])
+    return identity.cluster
 
 
 # ---------------------------------------------------------------------------------- proxy + web
@@ -259,11 +261,13 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
         except OSError as exc:
             raise CliError(f"web: cannot listen on port {cfg.ports['web']}: {exc.strerror or exc}") from None
         log.info("web serving HTTPS on %s:%d (certificate pin %s)", cfg.listen_addr, cfg.ports["web"], tls.pin)
+    return identity.cluster
 
 
-def _print_banner(cfg: Config, host: str) -> None:
+def _print_banner(cfg: Config, cluster: str) -> None:
+    """What is running, and (on the auth host) how to add the first user and more nodes."""
     roles = ", ".join(cfg.roles)
-    lines = [f"jumpgate: cluster {cfg.cluster_name!r} is running ({roles}); data in {cfg.data_dir}"]
+    lines = [f"jumpgate: cluster {cluster or cfg.cluster_name!r} is running ({roles}); data in {cfg.data_dir}"]
     if "auth" in cfg.roles:
         data = "" if cfg.data_dir == default_data_dir() else f" --data-dir {cfg.data_dir}"
         lines += ["", "Add the first user (an invite link, valid 1 h, is printed):",

@@ -755,3 +755,12 @@ def test_error_codes_are_stable_and_serialisable():
     error = AuthServiceError("locked", "user is locked")
     assert error.to_wire() == {"code": "locked", "message": "user is locked"}
     assert str(error) == "locked: user is locked"
+
+
+def test_secrets_never_start_with_a_dash(monkeypatch):
+    # A token is pasted as a command-line argument; argparse would take "-..." for an option.
+    from appliance.auth import service as service_module
+    drawn = iter(["-starts-with-a-dash", "-again", "fine_secret_value"])
+    monkeypatch.setattr(service_module.secrets, "token_urlsafe", lambda n: next(drawn))
+    secret, digest = service_module._new_secret()
+    assert secret == "fine_secret_value" and len(digest) == 64

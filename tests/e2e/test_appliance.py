@@ -1,0 +1,411 @@
+"""End to end: the built pyz as separate processes, driven as a user and an admin would.
+
+One all-in-one appliance per module (auth, proxy, node ``node1``, web), a second node that
+joins it with a token, and the real OpenSSH ``sshd`` registered as an agentless node. The
+user ``alice`` signs up and logs in with TOTP codes computed from the ``otpauth://`` URI
+signup prints, then uses ``jumpgate ls/ssh/scp`` and plain OpenSSH ``ssh``/``scp``/``sftp``
+with the issued certificate.
+"""
+from __future__ import annotations
+
+import os
+import re
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import openssh
+from _cluster import LOOPBACK, Client, Cluster, Daemon, Jumpgate, run_openssh, start_daemon
+
+SSH = "/usr/bin/ssh"
+SCP = "/usr/bin/scp"
+SFTP = "/usr/bin/sftp"
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def alice(jg: Jumpgate, cluster: Cluster, os_user: openssh.ThrowawayUser,
+          tmp_path_factory: pytest.TempPathFactory) -> Client:
+    """alice, allowed the throw-away OS login only, signed up and logged in."""
+    return Client(jg, tmp_path_factory.mktemp("alice") / "jumpgate", cluster).enrol("alice", [os_user.name])
+
+
+@pytest.fixture(scope="module")
+def ssh_config(alice: Client, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``jumpgate config`` written to a file for ``ssh -F``."""
+    path = tmp_path_factory.mktemp("sshcfg") / "config"
+    path.write_text(alice.run("config").check().stdout)
+    return path
+
+
+@pytest.fixture(scope="module")
+def node2(jg: Jumpgate, cluster: Cluster, alice: Client,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """A second process, ``start --roles node``, joined with a token from ``ctl tokens add``;
+    ready once alice's ``jumpgate ls`` shows it (the proxy caches the node list a few seconds)."""
+    token = cluster.node_token()
+    workdir = tmp_path_factory.mktemp("node2")
+    args = ["--roles", "node", "--auth-server", cluster.auth, "--token", token, "--nodename", "node2",
+            "--labels", "env=dev", "--public-addr", LOOPBACK, "--listen-addr", LOOPBACK,
+            "--data-dir", str(workdir / "data")]
+    daemon, _ = start_daemon(jg, workdir / "node2.log", args, ["node"])
+    try:
+        wait_listed(alice, "node2")
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def sshnode(cluster: Cluster, alice: Client, os_user: openssh.ThrowawayUser, keys: openssh.KeyFactory,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[openssh.SshdHandle]:
+    """The real sshd with a host certificate from ``ctl auth sign --host`` and the cluster's
+    user CA as TrustedUserCAKeys, registered with ``ctl nodes add``."""
+    workdir = tmp_path_factory.mktemp("sshnode")
+    workdir.chmod(0o755)
+    out = cluster.ctl("auth", "sign", "--host", "sshnode", "--out", str(workdir / "hostkeys"),
+                      "--principals", f"{LOOPBACK},sshnode").stdout
+    sshd_lines = [line.strip() for line in out.splitlines()
+                  if line.strip().startswith(("HostKey ", "HostCertificate ", "TrustedUserCAKeys "))]
+    assert len(sshd_lines) == 3, out
+    handle = openssh.start_sshd(workdir / "sshd", os_user, keys, authorized_keys=(), host_key_kinds=(),
+                                trust_user_ca=False, log_level="VERBOSE", extra_config=sshd_lines)
+    try:
+        cluster.ctl("nodes", "add", "--name", "sshnode", "--addr", f"{LOOPBACK}:{handle.port}",
+                    "--labels", "env=legacy")
+        wait_listed(alice, "sshnode")
+        yield handle
+    finally:
+        handle.stop()
+
+
+def wait_listed(client: Client, name: str, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while name not in _node_rows(client.run("ls").check().stdout):
+        assert time.monotonic() < deadline, f"{name} not in jumpgate ls after {timeout}s"
+        time.sleep(0.5)
+
+
+def openssh_opts(config: Path) -> list[str]:
+    """``-F CONFIG`` plus what keeps the real ssh from prompting or using the agent."""
+    return ["-F", str(config), "-o", "BatchMode=yes", "-o", "IdentityAgent=none"]
+
+
+# --------------------------------------------------------------------------- account
+
+
+def test_signup_and_login_with_totp_from_printed_uri(cluster: Cluster, new_client, os_user) -> None:
+    client = new_client()
+    token = cluster.add_user("carol", [os_user.name])
+    signup, authenticator = client.signup(token)
+    assert signup.returncode == 0, signup.stderr
+    assert authenticator is not None and "otpauth://totp/" in signup.stdout
+    assert "Signed up as carol" in signup.stdout
+    login = client.login("carol", authenticator)
+    assert login.returncode == 0, login.stderr
+    assert login.stdout.startswith("logged in as carol")
+    assert (client.home / "key-cert.pub").exists()
+    events = "\n".join(cluster.events())
+    assert re.search(r"user\.login\b.*user=carol", events), events
+
+
+def test_status_shows_user_logins_cluster_and_expiry(alice: Client, cluster: Cluster, os_user) -> None:
+    result = alice.run("status").check()
+    fields = dict(re.findall(r"^([A-Za-z ]+):\s+(.*)$", result.stdout, re.MULTILINE))
+    assert fields["User"] == "alice"
+    assert fields["Logins"] == os_user.name
+    assert fields["Cluster"] == cluster.name
+    assert "Valid until" in fields, result.stdout
+    expiry = time.mktime(time.strptime(fields["Valid until"].rsplit(" ", 1)[0], "%Y-%m-%d %H:%M:%S"))
+    assert 11 * 3600 < expiry - time.time() <= 12 * 3600 + 60  # the default TTL is 12 h
+
+
+def test_client_files_are_0600_in_a_0700_directory(alice: Client) -> None:
+    assert stat.S_IMODE(alice.home.stat().st_mode) == 0o700
+    files = sorted(p.name for p in alice.home.iterdir())
+    assert {"key", "key-cert.pub", "known_hosts", "profile.json"} <= set(files), files
+    for path in alice.home.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, f"{path.name} is {oct(path.stat().st_mode)}"
+
+
+# --------------------------------------------------------------------------- jumpgate ls / ssh / scp
+
+
+def _node_rows(ls_output: str) -> dict[str, tuple[str, str]]:
+    """``jumpgate ls`` table -> {name: (address, labels)}."""
+    rows = {}
+    for line in ls_output.splitlines()[2:]:
+        fields = line.split()
+        rows[fields[0]] = (fields[1], fields[2] if len(fields) > 2 else "")
+    return rows
+
+
+def test_ls_lists_the_node_with_its_labels(alice: Client, cluster: Cluster) -> None:
+    rows = _node_rows(alice.run("ls").check().stdout)
+    assert rows["node1"] == (f"{LOOPBACK}:{cluster.ports['node']}", "env=prod,team=core")
+    assert not any(name.endswith("-proxy") for name in rows), "the proxy is not a node"
+
+
+def test_ls_filters_by_label(alice: Client, node2: Daemon) -> None:
+    dev = _node_rows(alice.run("ls", "env=dev").check().stdout)
+    assert "node2" in dev and "node1" not in dev
+    prod = _node_rows(alice.run("ls", "env=prod", "team=core").check().stdout)
+    assert list(prod) == ["node1"]
+    assert _node_rows(alice.run("ls", "env=nowhere").check().stdout) == {}
+
+
+def test_ssh_exec_relays_stdout_stderr_and_exit_status(alice: Client, os_user) -> None:
+    result = alice.run("ssh", f"{os_user.name}@node1", "id -un; echo oops >&2; exit 3")
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == f"{os_user.name}\n"
+    assert result.stderr == "oops\n"
+
+
+def test_ssh_through_the_proxy_never_loses_the_nodes_first_bytes(alice: Client, os_user) -> None:
+    """The node speaks first (its version line), right behind the proxy's OPEN_CONFIRMATION:
+    data in the same read as the confirmation was once dropped and half the logins hung."""
+    runs = [subprocess.Popen(alice.jg.argv("ssh", f"{os_user.name}@node1", "true"), env=alice.jg.env(alice.home),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for _ in range(6)]
+    failures = []
+    for proc in runs:
+        _, err = proc.communicate(timeout=60)
+        if proc.returncode != 0:
+            failures.append(err.decode(errors="replace").strip())
+    assert not failures, failures
+
+
+def test_ssh_exec_passes_stdin_through(alice: Client, os_user) -> None:
+    result = alice.run("ssh", f"{os_user.name}@node1", "tr a-z A-Z", input="hello node\n").check()
+    assert result.stdout == "HELLO NODE\n"
+
+
+def test_ssh_exec_environment_is_the_logins(alice: Client, os_user) -> None:
+    out = alice.run("ssh", f"{os_user.name}@node1", 'echo "$USER $HOME $SHELL"; pwd').check().stdout
+    assert out.splitlines() == [f"{os_user.name} {os_user.home} /bin/sh", str(os_user.home)]
+
+
+def test_ssh_t_allocates_a_pty(alice: Client, os_user) -> None:
+    master, slave = os.openpty()
+    try:
+        result = alice.run("ssh", "-t", f"{os_user.name}@node1", "tty; echo TERM=$TERM", stdin=slave)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.replace("\r", "").splitlines()
+    assert lines[0].startswith("/dev/pts/"), result.stdout
+    assert lines[1].startswith("TERM=") and lines[1] != "TERM=", result.stdout
+
+
+def test_interactive_shell_on_a_pty(alice: Client, os_user) -> None:
+    """No command and a terminal on stdin: a login shell on a pty, typed into like a user."""
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.Popen(alice.jg.argv("ssh", f"{os_user.name}@node1"), env=alice.jg.env(alice.home),
+                                stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        os.write(master, b"echo $((6*7)) $(tty)\rexit 3\r")
+        out, err = proc.communicate(timeout=30)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert proc.returncode == 3, err
+    assert re.search(rb"(^|\$ )42 /dev/pts/\d+\r\n", out, re.MULTILINE), out  # after the prompt
+
+
+def test_ssh_without_t_and_without_a_terminal_has_no_pty(alice: Client, os_user) -> None:
+    result = alice.run("ssh", f"{os_user.name}@node1", "tty")
+    assert result.stdout.strip() == "not a tty"
+
+
+def test_scp_upload_and_download(alice: Client, os_user, tmp_path: Path) -> None:
+    payload = os.urandom(300_000)
+    local = tmp_path / "up.bin"
+    local.write_bytes(payload)
+    remote = f"{os_user.name}@node1:{os_user.home}/scp_up.bin"
+    alice.run("scp", str(local), remote).check()
+    assert (os_user.home / "scp_up.bin").read_bytes() == payload
+    assert (os_user.home / "scp_up.bin").stat().st_uid == os_user.uid
+    back = tmp_path / "down.bin"
+    alice.run("scp", remote, str(back)).check()
+    assert back.read_bytes() == payload
+
+
+def test_scp_r_copies_a_tree_both_ways(alice: Client, os_user, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "sub" / "deeper").mkdir(parents=True)
+    (tree / "a.txt").write_text("alpha\n")
+    (tree / "sub" / "b.txt").write_text("beta\n")
+    (tree / "sub" / "deeper" / "c.bin").write_bytes(os.urandom(70_000))
+    alice.run("scp", "-r", str(tree), f"{os_user.name}@node1:{os_user.home}/tree_up").check()
+    assert _tree(os_user.home / "tree_up") == _tree(tree)
+    out = tmp_path / "back"
+    out.mkdir()
+    alice.run("scp", "-r", f"{os_user.name}@node1:{os_user.home}/tree_up", str(out)).check()
+    assert _tree(out / "tree_up") == _tree(tree)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# --------------------------------------------------------------------------- OpenSSH with the issued certificate
+
+
+def test_openssh_ssh_with_jumpgate_config(alice: Client, cluster: Cluster, ssh_config: Path, os_user) -> None:
+    done = run_openssh([SSH, *openssh_opts(ssh_config), "-l", os_user.name, f"node1.{cluster.name}",
+                        "id -un; exit 4"])
+    assert done.returncode == 4, done.stderr
+    assert done.stdout == f"{os_user.name}\n"
+
+
+def test_openssh_ssh_J_through_the_proxy(alice: Client, cluster: Cluster, ssh_config: Path, os_user) -> None:
+    # OpenSSH applies command-line -o options to the destination only, never to the jump
+    # host: the jump hop finds the certificate and the CA known_hosts in `jumpgate config`.
+    jump = f"alice@{LOOPBACK}:{cluster.ports['proxy']}"
+    done = run_openssh([SSH, *openssh_opts(ssh_config), "-J", jump, f"{os_user.name}@node1", "id -un; exit 7"])
+    assert done.returncode == 7, done.stderr
+    assert done.stdout == f"{os_user.name}\n"
+
+
+def _explicit_openssh(key: Path, cert: Path, known_hosts: Path, proxy_port: int, user: str) -> list[str]:
+    """ssh -F /dev/null with every option spelled out; the jump hop as a ProxyCommand, since
+    OpenSSH applies command-line options to the destination only, never to a -J host."""
+    common = ["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentityAgent=none", "-o", "IdentitiesOnly=yes",
+              "-i", str(key), "-o", f"CertificateFile={cert}", "-o", f"UserKnownHostsFile={known_hosts}",
+              "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes"]
+    hop = " ".join([SSH, *common, "-p", str(proxy_port), "-W", "%h:%p", f"{user}@{LOOPBACK}"])
+    return [SSH, *common, "-o", f"ProxyCommand={hop}"]
+
+
+def test_openssh_with_only_the_issued_files_and_no_generated_config(alice: Client, cluster: Cluster,
+                                                                    os_user) -> None:
+    """-F /dev/null: the key, the certificate and the CA known_hosts from ~/.jumpgate are enough."""
+    argv = _explicit_openssh(alice.home / "key", alice.home / "key-cert.pub", alice.home / "known_hosts",
+                             cluster.ports["proxy"], "alice")
+    done = run_openssh([*argv, f"{os_user.name}@node1", "id -un"])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{os_user.name}\n"
+
+
+def test_ctl_auth_sign_user_certificate_for_automation(alice: Client, cluster: Cluster, keys: openssh.KeyFactory,
+                                                       os_user, tmp_path: Path) -> None:
+    robot = keys.new_key("ed25519")
+    cert = tmp_path / "robot-cert.pub"
+    cluster.ctl("auth", "sign", "--user", "alice", "--pubkey", str(robot.public), "--ttl", "1h", "--out", str(cert))
+    assert cert.read_text().startswith("ssh-ed25519-cert-v01@openssh.com ")
+    argv = _explicit_openssh(robot.private, cert, alice.home / "known_hosts", cluster.ports["proxy"], "alice")
+    done = run_openssh([*argv, f"{os_user.name}@node1", "id -un"])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{os_user.name}\n"
+
+
+def _key_blob(line: str) -> str:
+    """The base64 key of a key or known_hosts line (the field after the key type)."""
+    fields = line.split()
+    return next(fields[i + 1] for i, f in enumerate(fields) if f.startswith(("ssh-", "ecdsa-")))
+
+
+def test_ctl_auth_export_matches_what_clients_trust(alice: Client, cluster: Cluster) -> None:
+    user_ca = cluster.ctl("auth", "export", "--type", "user").stdout.strip()
+    host_ca = cluster.ctl("auth", "export", "--type", "host").stdout.strip()
+    assert user_ca.split()[0] == "ssh-ed25519", user_ca
+    assert host_ca.startswith("@cert-authority "), host_ca
+    # the client trusts exactly that host CA; its certificate is signed by that user CA
+    trusted = {_key_blob(line) for line in (alice.home / "known_hosts").read_text().splitlines()
+               if line.startswith("@cert-authority")}
+    assert trusted == {_key_blob(host_ca)}, (trusted, host_ca)
+    signer = subprocess.run(["ssh-keygen", "-L", "-f", str(alice.home / "key-cert.pub")], capture_output=True,
+                            text=True, check=True).stdout
+    fingerprint = subprocess.run(["ssh-keygen", "-l", "-f", "-"], input=user_ca, capture_output=True, text=True,
+                                 check=True).stdout.split()[1]
+    assert f"Signing CA: ED25519 {fingerprint}" in signer, signer
+
+
+def test_openssh_scp_with_jumpgate_config(alice: Client, cluster: Cluster, ssh_config: Path, os_user,
+                                          tmp_path: Path) -> None:
+    src = tmp_path / "o.txt"
+    src.write_text("through openssh scp\n")
+    host = f"{os_user.name}@node1.{cluster.name}"
+    done = run_openssh([SCP, *openssh_opts(ssh_config), str(src), f"{host}:{os_user.home}/openssh_scp.txt"])
+    assert done.returncode == 0, done.stderr
+    assert (os_user.home / "openssh_scp.txt").read_text() == "through openssh scp\n"
+    back = tmp_path / "back.txt"
+    done = run_openssh([SCP, *openssh_opts(ssh_config), f"{host}:{os_user.home}/openssh_scp.txt", str(back)])
+    assert done.returncode == 0, done.stderr
+    assert back.read_text() == "through openssh scp\n"
+
+
+def test_openssh_sftp_batch_with_jumpgate_config(alice: Client, cluster: Cluster, ssh_config: Path, os_user,
+                                                 tmp_path: Path) -> None:
+    src = tmp_path / "s.bin"
+    src.write_bytes(os.urandom(100_000))
+    batch = (f"mkdir {os_user.home}/sftpdir\nput {src} {os_user.home}/sftpdir/s.bin\n"
+             f"ls {os_user.home}/sftpdir\nget {os_user.home}/sftpdir/s.bin {tmp_path}/s.back\n")
+    done = run_openssh([SFTP, *openssh_opts(ssh_config), "-b", "-", f"{os_user.name}@node1.{cluster.name}"],
+                       input=batch)
+    assert done.returncode == 0, done.stderr
+    assert (os_user.home / "sftpdir" / "s.bin").read_bytes() == src.read_bytes()
+    assert (tmp_path / "s.back").read_bytes() == src.read_bytes()
+
+
+# --------------------------------------------------------------------------- a second node
+
+
+def test_second_node_joins_with_a_token_and_serves(alice: Client, cluster: Cluster, node2: Daemon,
+                                                   os_user) -> None:
+    rows = _node_rows(alice.run("ls").check().stdout)
+    assert rows["node2"][1] == "env=dev"
+    result = alice.run("ssh", f"{os_user.name}@node2", "id -un; exit 5")
+    assert result.returncode == 5, result.stderr
+    assert result.stdout == f"{os_user.name}\n"
+    tokens = cluster.ctl("tokens", "ls").stdout
+    assert re.search(r"node\s+used", tokens), tokens
+    joins = [line for line in cluster.events() if re.search(r" node\.join user=\S+ .*\bnode=node2\b", line)]
+    assert joins and "FAILED" not in joins[0], "no node.join event for node2"
+
+
+def test_second_node_banner_names_the_cluster_it_joined(cluster: Cluster, node2: Daemon) -> None:
+    assert f"jumpgate: cluster '{cluster.name}' is running (node)" in node2.log_text(), node2.log_tail()
+
+
+def test_second_node_reachable_by_openssh(ssh_config: Path, cluster: Cluster, node2: Daemon,
+                                          os_user) -> None:
+    done = run_openssh([SSH, *openssh_opts(ssh_config), "-l", os_user.name, f"node2.{cluster.name}", "id -un"])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{os_user.name}\n"
+
+
+# --------------------------------------------------------------------------- OpenSSH sshd as an agentless node
+
+
+def test_sshd_node_listed_and_reached_with_jumpgate_ssh(alice: Client, sshnode: openssh.SshdHandle,
+                                                        os_user) -> None:
+    rows = _node_rows(alice.run("ls").check().stdout)
+    assert rows["sshnode"] == (f"{LOOPBACK}:{sshnode.port}", "env=legacy")
+    result = alice.run("ssh", f"{os_user.name}@sshnode", "id -un; exit 6")
+    assert result.returncode == 6, result.stderr + sshnode.log_tail()
+    assert result.stdout == f"{os_user.name}\n"
+
+
+def test_sshd_node_reached_with_openssh_and_the_config(ssh_config: Path, cluster: Cluster, alice: Client,
+                                                       sshnode: openssh.SshdHandle, os_user) -> None:
+    config = ssh_config.with_name("config_sshnode")
+    config.write_text(alice.run("config").check().stdout)  # now names sshnode too
+    done = run_openssh([SSH, *openssh_opts(config), "-l", os_user.name, f"sshnode.{cluster.name}", "id -un"])
+    assert done.returncode == 0, done.stderr + sshnode.log_tail()
+    assert done.stdout == f"{os_user.name}\n"
+
+
+def test_sshd_node_scp_with_jumpgate_scp(alice: Client, sshnode: openssh.SshdHandle, os_user,
+                                         tmp_path: Path) -> None:
+    src = tmp_path / "to_sshd.txt"
+    src.write_text("to the OpenSSH node\n")
+    alice.run("scp", str(src), f"{os_user.name}@sshnode:{os_user.home}/to_sshd.txt").check()
+    assert (os_user.home / "to_sshd.txt").read_text() == "to the OpenSSH node\n"
