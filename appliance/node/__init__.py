@@ -11,7 +11,5 @@ Example::
     async with trio.open_nursery() as nursery:
         listener = await nursery.start(serve_node, lambda: identity, "0.0.0.0", 3022)
 """
-from .labels import CommandLabel, LabelSet
-from .server import NodeIdentity, NodeServer, node_server_factory, serve_node
-
-__all__ = ["CommandLabel", "LabelSet", "NodeIdentity", "NodeServer", "node_server_factory", "serve_node"]
+# Submodules are imported by name (``from appliance.proxy.routing import ...``): the client
+# needs the routing helpers without loading the server side.

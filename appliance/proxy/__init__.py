@@ -12,8 +12,5 @@ Example::
         listener = await nursery.start(serve_proxy, ProxyIdentity(host_key, host_cert), [user_ca],
                                        "prod", directory.resolve, directory.list_nodes, "0.0.0.0", 3023)
 """
-from .routing import NODES_SUBSYSTEM, NodeDirectory, NodeRecord
-from .server import PROXY_PORT, NodeUnreachable, ProxyIdentity, ProxyServer, proxy_server_factory, serve_proxy
-
-__all__ = ["NODES_SUBSYSTEM", "PROXY_PORT", "NodeDirectory", "NodeRecord", "NodeUnreachable", "ProxyIdentity",
-           "ProxyServer", "proxy_server_factory", "serve_proxy"]
+# Submodules are imported by name (``from appliance.proxy.routing import ...``): the client
+# needs the routing helpers without loading the server side.

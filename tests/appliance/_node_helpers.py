@@ -29,7 +29,7 @@ if _INTEROP not in sys.path:
 import openssh  # noqa: E402  (tests/interop: throw-away users, the real clients)
 
 from appliance.audit import AuditEvent, AuditEventError  # noqa: E402
-from appliance.node import NodeIdentity, serve_node  # noqa: E402
+from appliance.node.server import NodeIdentity, serve_node  # noqa: E402
 from ssh_proto.certs import DEFAULT_USER_EXTENSIONS, sign_certificate  # noqa: E402
 from ssh_proto.keys import CERT_TYPE_HOST, CERT_TYPE_USER, Certificate, PrivateKey  # noqa: E402
 

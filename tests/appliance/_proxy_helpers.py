@@ -28,8 +28,9 @@ import trio
 from _node_helpers import LOOPBACK, AuditLog, make_user, remove_user, run  # noqa: F401  (re-exported)
 from appliance.client.profile import ClientPaths, Profile
 from appliance.client.ssh import Credentials, load_credentials
-from appliance.node import NodeIdentity, serve_node
-from appliance.proxy import NodeDirectory, ProxyIdentity, serve_proxy
+from appliance.node.server import NodeIdentity, serve_node
+from appliance.proxy.routing import NodeDirectory
+from appliance.proxy.server import ProxyIdentity, serve_proxy
 from ssh_proto.certs import DEFAULT_USER_EXTENSIONS, sign_certificate
 from ssh_proto.keys import CERT_TYPE_HOST, CERT_TYPE_USER, Certificate, PrivateKey
 

@@ -18,7 +18,8 @@ import trio
 import ssh_proto
 from _node_helpers import LOOPBACK, SSH_ADD, AuditLog, ClientFiles, TestCluster, make_user, openssh_argv, \
     remove_user, run, start_node
-from appliance.node import NodeServer, node_server_factory, process as node_process, serve_node
+from appliance.node import process as node_process
+from appliance.node.server import NodeServer, node_server_factory, serve_node
 from ssh_proto.certs import EXT_PERMIT_AGENT_FORWARDING, EXT_PERMIT_PORT_FORWARDING, EXT_PERMIT_PTY
 from ssh_proto.keys import PrivateKey
 

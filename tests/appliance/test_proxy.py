@@ -22,7 +22,7 @@ from _proxy_helpers import CLUSTER, LOOPBACK, NODE, USER, make_user, remove_user
 from appliance.api.protocol import FrameDecoder, parse_response
 from appliance.cli.remote import render_ssh_config
 from appliance.client.ssh import ConnectError, connect_node, connect_proxy, list_nodes
-from appliance.proxy import NODES_SUBSYSTEM, NodeDirectory
+from appliance.proxy.routing import NODES_SUBSYSTEM, NodeDirectory
 from appliance.proxy.routing import NodeListError, decode_list_response, find_node, NodeRecord, node_target
 from ssh_proto.errors import AuthError, ChannelOpenError
 from ssh_proto.keys import PrivateKey
