@@ -132,15 +132,28 @@ async def _remote(args) -> AsyncIterator[_Backend]:
         raise CliError(f"no certificate {args.identity}-cert.pub beside the key")
     host = args.auth_server.rpartition(":")[0] or args.auth_server
 
+    from ..client.profile import ClientPaths, Profile, ProfileError
+    known_hosts = ClientPaths.default().known_hosts_path  # trusts the host CA since `jumpgate login`
+    if not known_hosts.exists():
+        raise CliError(f"no {known_hosts}: log in once (`jumpgate login`) so the auth server can be verified")
     try:
-        async with ApiClient.connect(args.auth_server, identity=(key, cert),
-                                     known_hosts=os.path.expanduser("~/.jumpgate/known_hosts")) as api:
+        profile = Profile.load()
+    except ProfileError:
+        profile = None
+    # invites point at the web role the admin logged in through, pinned as it was then
+    web_host, _, web_port = (profile.proxy if profile and profile.proxy else f"{host}:3080").rpartition(":")
+    if profile is not None and profile.web_pin and not args.web_pin:
+        args.web_pin = profile.web_pin
+    auth_port = int(args.auth_server.rpartition(":")[2]) if ":" in args.auth_server else 3025
+    try:
+        async with ApiClient.connect(args.auth_server, identity=(key, cert), known_hosts=str(known_hosts)) as api:
             async def call(method: str, **params: Any) -> Any:
                 try:
                     return await api.call(method, **params)
                 except ApiError as exc:
                     raise CliError(exc.message) from None
-            yield _Backend(call, data_dir=None, host=host, web_port=3080, actor="")
+            yield _Backend(call, data_dir=None, host=web_host, web_port=int(web_port), actor="",
+                           auth_port=auth_port)
     except (OSError, SSHError) as exc:
         raise CliError(f"cannot reach the auth server {args.auth_server}: {exc}") from None
 

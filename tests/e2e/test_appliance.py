@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import openssh
-from _cluster import LOOPBACK, Client, Cluster, Daemon, Jumpgate, run_openssh, start_daemon
+from _cluster import LOOPBACK, Client, Cluster, Daemon, Jumpgate, run_openssh, signup_token, start_daemon
 
 SSH = "/usr/bin/ssh"
 SCP = "/usr/bin/scp"
@@ -409,3 +409,28 @@ def test_sshd_node_scp_with_jumpgate_scp(alice: Client, sshnode: openssh.SshdHan
     src.write_text("to the OpenSSH node\n")
     alice.run("scp", str(src), f"{os_user.name}@sshnode:{os_user.home}/to_sshd.txt").check()
     assert (os_user.home / "to_sshd.txt").read_text() == "to the OpenSSH node\n"
+
+
+# --------------------------------------------------------------------------- ctl away from the auth host
+
+
+def test_ctl_from_another_host_with_an_admin_certificate(cluster: Cluster, new_client, os_user) -> None:
+    """`ctl --auth-server --identity`: an admin's login certificate drives the API over SSH;
+    invites point at the web role the admin logged in through, pinned as then."""
+    admin = new_client()
+    result, authenticator = admin.signup(cluster.add_user("boss", [os_user.name], roles=["admin"]))
+    result.check()
+    admin.login("boss", authenticator).check()
+    remote = ["ctl", "--auth-server", cluster.auth, "--identity", str(admin.home / "key")]
+    users = admin.run(*remote, "users", "ls").check().stdout
+    assert "boss" in users and "admin" in users
+    invite = admin.run(*remote, "users", "add", "erin", "--logins", os_user.name).check().stdout
+    assert f"--proxy {cluster.web} " in invite
+    signed_up, _ = new_client().signup(signup_token(invite))  # the pin in the token verifies the web role
+    signed_up.check()
+
+
+def test_ctl_with_a_non_admin_certificate_is_refused(cluster: Cluster, alice: Client) -> None:
+    result = alice.run("ctl", "--auth-server", cluster.auth, "--identity", str(alice.home / "key"), "users", "ls")
+    assert result.returncode != 0
+    assert len(result.error_lines) == 1, result.stderr
