@@ -209,8 +209,30 @@ def _b64(data: bytes) -> str:
 # --------------------------------------------------------------------------- public keys
 
 
+class _WireKey:
+    """What a public key and a certificate share: identity by wire blob, the one-line form."""
+
+    __slots__ = ()
+    blob: bytes
+    key_type: str
+
+    def to_line(self, comment: str = "") -> str:
+        """The ``.pub`` / ``-cert.pub`` / authorized_keys form ``type base64 [comment]``."""
+        line = f"{self.key_type} {_b64(self.blob)}"
+        return f"{line} {comment}" if comment else line
+
+    def __eq__(self, other: object) -> bool:
+        # a certificate never equals the plain key it certifies (nor the reverse)
+        if isinstance(other, _WireKey) and isinstance(other, Certificate) == isinstance(self, Certificate):
+            return self.blob == other.blob
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.blob)
+
+
 @dataclass(frozen=True, slots=True, eq=False, repr=False)
-class PublicKey:
+class PublicKey(_WireKey):
     """A plain (non-certificate) public key; compare and hash by :attr:`blob`.
 
     Create one with :func:`parse_public_blob`, :func:`parse_public_line` or from a
@@ -256,19 +278,6 @@ class PublicKey:
         """``SHA256:`` and the unpadded base64 digest of the blob, like ``ssh-keygen -l``."""
         digest = hashlib.sha256(self.blob).digest()
         return "SHA256:" + _b64(digest).rstrip("=")
-
-    def to_line(self, comment: str = "") -> str:
-        """The ``.pub`` / authorized_keys form ``type base64 [comment]``."""
-        line = f"{self.key_type} {_b64(self.blob)}"
-        return f"{line} {comment}" if comment else line
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, PublicKey):
-            return self.blob == other.blob
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self.blob)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.key_type} {self.fingerprint()}>"
@@ -452,7 +461,7 @@ def parse_public_blob(blob: bytes) -> PublicKey | Certificate:
 
 
 @dataclass(frozen=True, slots=True, eq=False, repr=False)
-class Certificate:
+class Certificate(_WireKey):
     """An OpenSSH certificate (PROTOCOL.certkeys), as parsed by :func:`parse_public_blob`.
 
     Parsing already enforced the format rules and verified the CA signature with any
@@ -514,19 +523,6 @@ class Certificate:
     def fingerprint(self) -> str:
         """The certified key's fingerprint (what ``ssh-keygen -l`` prints for a cert)."""
         return self.public_key.fingerprint()
-
-    def to_line(self, comment: str = "") -> str:
-        """The ``-cert.pub`` form ``type base64 [comment]``."""
-        line = f"{self.key_type} {_b64(self.blob)}"
-        return f"{line} {comment}" if comment else line
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Certificate):
-            return self.blob == other.blob
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self.blob)
 
     def __repr__(self) -> str:
         kind = {CERT_TYPE_USER: "user", CERT_TYPE_HOST: "host"}.get(self.cert_type, "?")
