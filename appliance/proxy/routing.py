@@ -196,7 +196,10 @@ class NodeDirectory:
         return node.endpoint if node is not None else None
 
     async def list_nodes(self, labels: Mapping[str, str]) -> list[dict[str, Any]]:
-        return [n.to_wire() for n in await self.nodes() if labels_match(n.labels, labels)]
+        """For `jumpgate ls`: a list at most ``min_refresh`` old, so a node that just
+        joined shows up at once (routing keeps using the ``ttl`` cache)."""
+        nodes = await self._refresh(self._min_refresh)
+        return [n.to_wire() for n in nodes if labels_match(n.labels, labels)]
 
 
 # ------------------------------------------------------------------ the jumpgate-nodes subsystem
