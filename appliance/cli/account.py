@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 import trio
 
 from appliance.client.http import JSONResponse, WebClientError, request, split_addr
+from appliance.client.muxclient import stop_daemon
 from appliance.client.profile import ClientPaths, Profile, ProfileError
 from appliance.web.tls import pin_from_token, parse_pin
 from ssh_proto.errors import KeyFormatError
@@ -273,6 +274,7 @@ def login(args: argparse.Namespace) -> int:
     _save(Profile(proxy=proxy, user=user, cluster=cluster, web_pin=response.peer_pin,
                   proxy_ssh=proxy_ssh if isinstance(proxy_ssh, str) else "",
                   expires=float(cert.valid_before), logins=cert.principals, paths=paths))
+    stop_daemon(paths.home)  # its proxy connection holds the old certificate; the next ssh starts anew
     print(f"logged in as {user}, valid until {_when(cert.valid_before)}")
     return 0
 
@@ -303,6 +305,7 @@ def logout(args: argparse.Namespace) -> int:
     """Remove the key, the certificate, known_hosts and the profile."""
     paths = ClientPaths.default()
     profile = _load_existing(paths)
+    stop_daemon(paths.home)  # running sessions finish; no new one starts
     try:
         removed = paths.clear()
     except ProfileError as exc:

@@ -227,7 +227,7 @@ async def _tokens_add(backend: _Backend, args) -> None:
     roles = "node" if args.kind == "node" else "proxy,web"
     print(f"Join token for a {args.kind}, valid until {_when(created['expires'])}, single use:")
     print(f"    {created['token']}")
-    print(f"On the new host:")
+    print("On the new host:")
     print(f"    jumpgate start --roles {roles} --auth-server {backend.host}:{backend.auth_port} --token {created['token']}")
 
 

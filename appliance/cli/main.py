@@ -83,12 +83,14 @@ def _add_ctl(sub) -> None:
     p.set_defaults(func="appliance.cli.ctl:ctl")
 
 
-def _add_client(sub) -> None:
+def _add_signup(sub) -> None:
     p = sub.add_parser("signup", help="accept an invite: set a password and enrol a second factor")
     p.add_argument("--proxy", help="HOST:PORT of the web role (3080); not needed with an invite URL")
     p.add_argument("token")
     p.set_defaults(func="appliance.cli.account:signup")
 
+
+def _add_login(sub) -> None:
     p = sub.add_parser("login", help="log in: get a short-lived certificate")
     p.add_argument("--proxy", help="HOST:PORT of the web role (default: from the profile)")
     p.add_argument("--user", help="user name (default: from the profile)")
@@ -97,16 +99,23 @@ def _add_client(sub) -> None:
     p.add_argument("--insecure", action="store_true", help="do not verify the web certificate")
     p.set_defaults(func="appliance.cli.account:login")
 
-    p = sub.add_parser("logout", help="remove the certificate and key")
-    p.set_defaults(func="appliance.cli.account:logout")
-    p = sub.add_parser("status", help="show the current login")
-    p.set_defaults(func="appliance.cli.account:status")
 
+def _add_logout(sub) -> None:
+    sub.add_parser("logout", help="remove the certificate and key").set_defaults(func="appliance.cli.account:logout")
+
+
+def _add_status(sub) -> None:
+    sub.add_parser("status", help="show the current login").set_defaults(func="appliance.cli.account:status")
+
+
+def _add_ls(sub) -> None:
     p = sub.add_parser("ls", help="list nodes")
     p.add_argument("labels", nargs="*", help="filters key=value")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func="appliance.cli.remote:ls")
 
+
+def _add_ssh(sub) -> None:
     p = sub.add_parser("ssh", help="open a shell or run a command on a node")
     p.add_argument("-p", "--port", type=int, help="node port")
     p.add_argument("-L", dest="local_forwards", action="append", default=[], help="[bind:]port:host:hostport")
@@ -118,8 +127,10 @@ def _add_client(sub) -> None:
     p.add_argument("-l", dest="login", help="login on the node (instead of login@)")
     p.add_argument("target", help="[login@]node")
     p.add_argument("command", nargs=argparse.REMAINDER)
-    p.set_defaults(func="appliance.cli.remote:ssh")
+    p.set_defaults(func="appliance.cli.sshcmd:ssh")
 
+
+def _add_scp(sub) -> None:
     p = sub.add_parser("scp", help="copy files to and from nodes ([login@]node:path)")
     p.add_argument("-r", dest="recursive", action="store_true", help="copy directories recursively")
     p.add_argument("-p", dest="preserve", action="store_true", help="preserve times and modes")
@@ -128,25 +139,48 @@ def _add_client(sub) -> None:
     p.add_argument("destination")
     p.set_defaults(func="appliance.cli.remote:scp")
 
+
+def _add_config(sub) -> None:
     p = sub.add_parser("config", help="print an ssh_config block for OpenSSH")
     p.add_argument("--offline", action="store_true", help="do not ask the proxy for node names")
     p.set_defaults(func="appliance.cli.remote:config")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_version(sub) -> None:
+    sub.add_parser("version", help="print the version").set_defaults(func=None)
+
+
+COMMANDS = {"start": _add_start, "ctl": _add_ctl, "signup": _add_signup, "login": _add_login,
+            "logout": _add_logout, "status": _add_status, "ls": _add_ls, "ssh": _add_ssh, "scp": _add_scp,
+            "config": _add_config, "version": _add_version}
+QUIET_COMMANDS = ("ssh",)  # relay a session: no logging set-up unless --debug
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or (``only``) just the top level and that one command:
+    building all of ctl's sub-parsers costs ``jumpgate ssh`` milliseconds it does not have."""
     parser = argparse.ArgumentParser(prog="jumpgate", description="Jumpgate: SSH access with short-lived certificates.")
     parser.add_argument("--version", action="version", version=f"jumpgate {VERSION}")
     parser.add_argument("--debug", action="store_true", help="log debugging information to stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_start(sub)
-    _add_ctl(sub)
-    _add_client(sub)
-    sub.add_parser("version", help="print the version").set_defaults(func=None)
+    for name, add in COMMANDS.items():
+        if only is None or name == only:
+            add(sub)
     return parser
 
 
+def _command_word(argv: list[str]) -> str | None:
+    """The command named in ``argv`` when only top-level flags precede it, else None."""
+    for word in argv:
+        if word == "--debug":
+            continue
+        return word if word in COMMANDS else None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(_command_word(argv))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
@@ -156,9 +190,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     module_name, _, func_name = args.func.partition(":")
     errors = importlib.import_module("appliance.cli.errors")
-    import logging
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.debug or args.command not in QUIET_COMMANDS:
+        import logging
+        logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         func = getattr(importlib.import_module(module_name), func_name)
         return int(func(args) or 0)

@@ -24,15 +24,12 @@ and ``rsync -e ssh`` use the issued certificate and verify hosts by the cluster'
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
 import os
 import signal
-import stat
 import sys
-import termios
-import tty
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -40,16 +37,16 @@ import trio
 import ssh_proto
 from ssh_proto.errors import AgentError, ChannelError, ChannelOpenError, SSHError
 
+from ..client.localio import EXIT_FAILURE, exit_status, relay
 from ..client.profile import Profile, ProfileError
-from ..client.ssh import (ConnectError, Credentials, connect_node, list_nodes, load_credentials, scp_download,
-                          scp_upload)
+from ..client.ssh import (ConnectError, Credentials, connect_node, default_login, list_nodes, load_credentials,
+                          resolve_target, scp_download, scp_upload)
+from ..client.terminal import raw_terminal, session_env, term_name, terminal_size
 from ..proxy.routing import NodeRecord
 from .errors import CliError
 
 __all__ = ["config", "ls", "render_ssh_config", "scp", "ssh"]
 
-EXIT_FAILURE = 255          # ssh's status when the connection fails or the command is killed
-READ_SIZE = 64 * 1024
 
 
 # ------------------------------------------------------------------------------ shared
@@ -89,21 +86,12 @@ def _run(async_fn: Callable[..., Awaitable[int]], *args, exit_code: int = 1) -> 
         raise
 
 
-def default_login(creds: Credentials) -> str:
-    """The local user name when the certificate allows it, else its first login."""
+def split_login(target: str, creds: Credentials, login: str | None = None) -> tuple[str, str]:
+    """``[login@]node`` -> (login, node); ``login`` (``-l``) wins."""
     try:
-        local = getpass.getuser()
-    except (KeyError, OSError):
-        local = ""
-    return local if local in creds.logins or not creds.logins else creds.logins[0]
-
-
-def split_login(target: str, creds: Credentials) -> tuple[str, str]:
-    """``[login@]node`` -> (login, node)."""
-    login, sep, node = target.rpartition("@")
-    if not node or (sep and not login):
-        raise CliError(f"not a [login@]node: {target!r}")
-    return (login if sep else default_login(creds)), node
+        return resolve_target(target, creds, login)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
 
 
 # ------------------------------------------------------------------------------ ls
@@ -142,95 +130,12 @@ def ls(args) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------ ssh: local I/O
-
-def _pollable(fd: int) -> bool:
-    """Whether Trio can wait on ``fd`` (epoll refuses regular files and /dev/null)."""
-    mode = os.fstat(fd).st_mode
-    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)
-
-
-class _LocalFd:
-    """One standard stream: an FdStream on a dup when pollable, else blocking I/O in a thread."""
-
-    def __init__(self, fd: int):
-        self.stream = trio.lowlevel.FdStream(os.dup(fd)) if _pollable(fd) else None
-        self.fd = fd
-
-    async def read(self) -> bytes:
-        if self.stream is not None:
-            return await self.stream.receive_some(READ_SIZE)
-        return await trio.to_thread.run_sync(os.read, self.fd, READ_SIZE, abandon_on_cancel=True)
-
-    async def write(self, data: bytes) -> None:
-        if self.stream is not None:
-            await self.stream.send_all(data)
-            return
-        view = memoryview(data)
-        while view:
-            view = view[await trio.to_thread.run_sync(os.write, self.fd, view):]
-
-    async def aclose(self) -> None:
-        if self.stream is not None:
-            await self.stream.aclose()
-
-
-@contextlib.contextmanager
-def _blocking_restored(fds: Sequence[int]) -> Iterator[None]:
-    """FdStream makes a whole open file (a terminal: stdin, stdout and stderr) non-blocking."""
-    saved = {fd: os.get_blocking(fd) for fd in fds}
-    try:
-        yield
-    finally:
-        for fd, blocking in saved.items():
-            with contextlib.suppress(OSError):
-                os.set_blocking(fd, blocking)
-
-
-@contextlib.contextmanager
-def _raw_terminal(fd: int, enabled: bool) -> Iterator[None]:
-    """Raw mode (no echo, no line editing, no local signals) for a remote pty; restored on exit."""
-    if not enabled:
-        yield
-        return
-    saved = termios.tcgetattr(fd)
-    tty.setraw(fd, termios.TCSADRAIN)
-    try:
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-
-
-def _terminal_size() -> tuple[int, int]:
-    for fd in (0, 1, 2):
-        with contextlib.suppress(OSError):
-            size = os.get_terminal_size(fd)
-            return size.columns, size.lines
-    return 80, 24
-
-
-async def _pump_input(stdin: _LocalFd, proc: ssh_proto.SSHProcess) -> None:
-    try:
-        while data := await stdin.read():
-            await proc.send_all(data)
-        await proc.send_eof()
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass  # the session ended first: the rest of stdin has nowhere to go
-
-
-async def _pump_output(receive: Callable[[], Awaitable[bytes]], out: _LocalFd,
-                       proc: ssh_proto.SSHProcess) -> None:
-    try:
-        while data := await receive():
-            await out.write(data)
-    except (trio.BrokenResourceError, OSError):
-        await proc.aclose()  # our stdout is gone (`| head`): stop the remote side, as ssh does
-
+# ------------------------------------------------------------------------------ ssh: the terminal
 
 async def _forward_window_changes(proc: ssh_proto.SSHProcess) -> None:
     with trio.open_signal_receiver(signal.SIGWINCH) as signals:
         async for _ in signals:
-            cols, rows = _terminal_size()
+            cols, rows = terminal_size()
             with contextlib.suppress(ChannelError, trio.BrokenResourceError):
                 await proc.resize(cols, rows)
 
@@ -238,43 +143,19 @@ async def _forward_window_changes(proc: ssh_proto.SSHProcess) -> None:
 async def run_session(conn: ssh_proto.SSHClientConnection, command: str | None, *, pty: bool,
                       agent_forwarding: bool = False) -> int:
     """Relay stdin/stdout/stderr to a session on ``conn``; returns the remote exit status."""
-    cols, rows = _terminal_size()
-    env = {k: v for k, v in os.environ.items() if k == "LANG" or k.startswith("LC_")}
+    cols, rows = terminal_size()
     try:
-        proc = await conn.open_session(command, pty=pty, term=os.environ.get("TERM", "xterm"), cols=cols,
-                                       rows=rows, env=env, agent_forwarding=agent_forwarding)
+        proc = await conn.open_session(command, pty=pty, term=term_name(), cols=cols, rows=rows,
+                                       env=session_env(), agent_forwarding=agent_forwarding)
     except ChannelError as exc:
         raise CliError(f"the node refused the session: {exc}", EXIT_FAILURE) from None
     interactive = pty and os.isatty(0)
-    with _blocking_restored((0, 1, 2)):  # recorded before any FdStream changes them
-        streams = [_LocalFd(fd) for fd in (0, 1, 2)]
-        try:
-            with _raw_terminal(0, interactive):
-                await _relay(proc, streams, interactive)
-        finally:
-            for s in streams:
-                await s.aclose()
-    return _exit_status(proc)
-
-
-async def _relay(proc: ssh_proto.SSHProcess, streams: Sequence[_LocalFd], interactive: bool) -> None:
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_pump_input, streams[0], proc)
-        if interactive:
-            nursery.start_soon(_forward_window_changes, proc)
-        async with trio.open_nursery() as outputs:
-            outputs.start_soon(_pump_output, proc.receive_some, streams[1], proc)
-            outputs.start_soon(_pump_output, proc.receive_stderr, streams[2], proc)
-        await proc.wait()
-        nursery.cancel_scope.cancel()  # stdin may still be open: the session is over anyway
-
-
-def _exit_status(proc: ssh_proto.SSHProcess) -> int:
-    if proc.exit_status is not None:
-        return proc.exit_status if 0 <= proc.exit_status <= 255 else EXIT_FAILURE
-    if proc.exit_signal:
-        print(f"jumpgate: remote command killed by signal {proc.exit_signal}", file=sys.stderr)
-    return EXIT_FAILURE
+    with raw_terminal(0, interactive):
+        await relay(proc, (0, 1, 2), [partial(_forward_window_changes, proc)] if interactive else [])
+    status, signame = exit_status(proc)
+    if signame:
+        print(f"jumpgate: remote command killed by signal {signame}", file=sys.stderr)
+    return status
 
 
 # ------------------------------------------------------------------------------ ssh: forwarding
@@ -352,9 +233,7 @@ def _agent() -> ssh_proto.AgentClient:
 def ssh(args) -> int:
     """``jumpgate ssh [options] [login@]node [command...]``; returns the remote exit status."""
     profile, creds = _credentials()
-    login, node = split_login(args.target, creds)
-    if getattr(args, "login", None):
-        login = args.login
+    login, node = split_login(args.target, creds, getattr(args, "login", None))
     command = " ".join(args.command) if args.command else None  # joined with spaces, as ssh does
     if args.force_tty and args.no_tty:
         raise CliError("-t and -T contradict each other")

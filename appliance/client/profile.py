@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,21 +28,16 @@ from typing import Any
 from ssh_proto.keys import Certificate, PrivateKey, PublicKey
 
 from ..files import write_atomic
+from .home import ENV_HOME, jumpgate_home
 
 __all__ = ["ENV_HOME", "ClientPaths", "Profile", "ProfileError", "jumpgate_home"]
 
-ENV_HOME = "JUMPGATE_HOME"
 PROFILE_VERSION = 1
 _MAX_PROFILE = 64 * 1024
 
 
 class ProfileError(Exception):
     """The profile cannot be read or written; the message says which file and why."""
-
-
-def jumpgate_home() -> Path:
-    """``$JUMPGATE_HOME`` if set, else ``~/.jumpgate``."""
-    return Path(os.environ.get(ENV_HOME) or "~/.jumpgate").expanduser()
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import getpass
 import os
 import shlex
 import stat
@@ -47,8 +48,8 @@ from ..api.protocol import MAX_FRAME, ApiProtocolError
 from ..proxy.routing import NODE_PORT, NODES_SUBSYSTEM, NodeRecord, decode_list_response, encode_list_request
 
 __all__ = ["PROXY_PORT", "NODE_PORT", "ConnectError", "Credentials", "ScpProtocolError", "connect_node",
-           "connect_proxy", "list_nodes", "load_credentials", "remote_scp_command", "scp_download",
-           "scp_upload", "split_host_port"]
+           "certificate_problem", "connect_over", "connect_proxy", "default_login", "list_nodes", "load_credentials", "open_node_channel",
+           "remote_scp_command", "resolve_target", "scp_download", "scp_upload", "split_host_port"]
 
 PROXY_PORT = 3023
 CONNECT_TIMEOUT = 15.0
@@ -113,6 +114,23 @@ def _proxy_endpoint(profile) -> tuple[str, int]:
         raise ConnectError(f"the profile's proxy address {spec!r} is not host[:port]; {LOGIN_HINT}") from None
 
 
+def default_login(creds: Credentials) -> str:
+    """The local user name when the certificate allows it, else its first login."""
+    try:
+        local = getpass.getuser()
+    except (KeyError, OSError):
+        local = ""
+    return local if local in creds.logins or not creds.logins else creds.logins[0]
+
+
+def resolve_target(target: str, creds: Credentials, login: str | None = None) -> tuple[str, str]:
+    """``[login@]node`` -> (login, node); ``login`` (``-l``) wins. ValueError if malformed."""
+    user, sep, node = target.rpartition("@")
+    if not node or (sep and not user):
+        raise ValueError(f"not a [login@]node: {target!r}")
+    return login or (user if sep else default_login(creds)), node
+
+
 def load_credentials(profile) -> Credentials:
     """Key, certificate and host-CA known_hosts of ``profile`` (a client Profile), or ConnectError."""
     if profile is None:
@@ -137,7 +155,8 @@ def _when(epoch: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(min(epoch, 2**37)))
 
 
-def _certificate_problem(creds: Credentials) -> str | None:
+def certificate_problem(creds: Credentials) -> str | None:
+    """Why the certificate cannot be used now (expired, not yet valid), or None."""
     now = time.time()
     if creds.expired(now):
         return f"your certificate expired at {_when(creds.cert.valid_before)}; {LOGIN_HINT}"
@@ -157,7 +176,7 @@ def _proxy_failure(exc: BaseException, creds: Credentials) -> ConnectError:
     if isinstance(exc, HostKeyNotVerifiable):
         return ConnectError(f"the proxy at {where} is not certified by the cluster's host CA ({exc})")
     if isinstance(exc, AuthError):
-        problem = _certificate_problem(creds)
+        problem = certificate_problem(creds)
         return ConnectError(problem or f"the proxy at {where} refused your certificate (revoked, or issued by "
                                        f"another cluster's CA); {LOGIN_HINT}")
     return ConnectError(f"connection to the proxy at {where} failed: {exc}")
@@ -172,7 +191,7 @@ def _node_failure(exc: BaseException, node: str, login: str, creds: Credentials)
         if login not in creds.logins:
             return ConnectError(f"login {login!r} is not allowed by your certificate "
                                 f"(your logins: {', '.join(creds.logins)})")
-        problem = _certificate_problem(creds)
+        problem = certificate_problem(creds)
         return ConnectError(problem or f"node {node!r} refused login {login!r} (no such account there?)")
     return ConnectError(f"connection to node {node!r} failed: {exc}")
 
@@ -193,7 +212,12 @@ async def connect_proxy(creds: Credentials) -> AsyncIterator[ssh_proto.SSHClient
         raise _proxy_failure(exc, creds) from None
 
 
-async def _open_node_channel(proxy: ssh_proto.SSHClientConnection, node: str, port: int) -> ssh_proto.SSHChannel:
+async def open_node_channel(proxy: ssh_proto.SSHClientConnection, node: str, port: int) -> ssh_proto.SSHChannel:
+    """A ``direct-tcpip`` channel through ``proxy`` to ``node``; ConnectError when the proxy refuses.
+
+    A proxy connection that died raises its own error (SSHError, BrokenResourceError), so
+    that a caller holding a long-lived proxy connection can tell it from a refusal.
+    """
     try:
         with trio.fail_after(CONNECT_TIMEOUT):
             return await proxy.open_direct_tcpip(node, port)
@@ -204,6 +228,27 @@ async def _open_node_channel(proxy: ssh_proto.SSHClientConnection, node: str, po
         raise ConnectError(reason) from None
     except trio.TooSlowError:
         raise ConnectError(f"the proxy did not connect to node {node!r} within {CONNECT_TIMEOUT:g}s") from None
+
+
+@contextlib.asynccontextmanager
+async def connect_over(channel: ssh_proto.SSHChannel, creds: Credentials, node: str, login: str,
+                       port: int = NODE_PORT) -> AsyncIterator[ssh_proto.SSHClientConnection]:
+    """The SSH connection to ``node`` as ``login`` over ``channel`` (from :func:`open_node_channel`).
+
+    The node's host certificate must name ``node`` (the name the user typed). Failures to
+    connect become :class:`ConnectError`; errors of the caller's block pass through.
+    """
+    established = False
+    try:
+        async with ssh_proto.connect(node, port, username=login, client_keys=creds.client_keys,
+                                     known_hosts=creds.known_hosts, stream=channel, host_key_alias=node,
+                                     connect_timeout=CONNECT_TIMEOUT) as conn:
+            established = True
+            yield conn
+    except (OSError, SSHError, trio.TooSlowError) as exc:
+        if established:
+            raise
+        raise _node_failure(exc, node, login, creds) from None
 
 
 @contextlib.asynccontextmanager
@@ -222,18 +267,9 @@ async def connect_node(profile, node: str, login: str, *, port: int | None = Non
     creds = creds or load_credentials(profile)
     port = port or NODE_PORT
     async with connect_proxy(creds) as proxy:
-        channel = await _open_node_channel(proxy, node, port)
-        established = False
-        try:
-            async with ssh_proto.connect(node, port, username=login, client_keys=creds.client_keys,
-                                         known_hosts=creds.known_hosts, stream=channel, host_key_alias=node,
-                                         connect_timeout=CONNECT_TIMEOUT) as conn:
-                established = True
-                yield conn
-        except (OSError, SSHError, trio.TooSlowError) as exc:
-            if established:
-                raise
-            raise _node_failure(exc, node, login, creds) from None
+        channel = await open_node_channel(proxy, node, port)
+        async with connect_over(channel, creds, node, login, port) as conn:
+            yield conn
 
 
 async def list_nodes(creds: Credentials, labels: Mapping[str, str]) -> list[NodeRecord]:

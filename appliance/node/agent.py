@@ -30,7 +30,6 @@ Files, in ``<data_dir>/<kind>/`` (directory 0700)::
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import logging

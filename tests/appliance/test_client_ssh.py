@@ -23,6 +23,7 @@ import trio.testing
 from _proxy_helpers import CLUSTER, LOOPBACK, NODE, jumpgate, make_user, remove_user, start_cluster
 from appliance.cli import remote
 from appliance.cli.errors import CliError
+from appliance.client.muxclient import stop_daemon
 from appliance.client.ssh import (ScpProtocolError, _Sink, connect_node, remote_scp_command, scp_download,
                                   scp_upload, split_host_port)
 from ssh_proto.trio_io.agent import InProcessAgent
@@ -45,7 +46,9 @@ async def cluster(nursery, tmp_path, login):
 
 @pytest.fixture
 def profile(cluster):
-    return cluster.write_profile()
+    profile = cluster.write_profile()
+    yield profile
+    stop_daemon(profile.paths.home)  # the session daemon `jumpgate ssh` started
 
 
 def _tree(root: Path) -> dict[str, bytes | None]:

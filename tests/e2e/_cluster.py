@@ -12,7 +12,8 @@ it in fixtures):
 - :class:`Daemon`: one ``jumpgate start`` process (all-in-one or a joining node), its
   output in a log file, ready once the banner is printed, stopped by SIGTERM then SIGKILL.
 - :class:`Cluster`: the all-in-one daemon plus ``ctl`` on its data dir.
-- :class:`Client`: one ``$JUMPGATE_HOME`` (signup, login, ls, ssh, scp, config).
+- :class:`Client`: one ``$JUMPGATE_HOME`` (signup, login, ls, ssh, scp, config); the session
+  daemon its ``jumpgate ssh`` starts is stopped with the cluster.
 - :func:`run_openssh`: the real ``ssh``/``scp``/``sftp`` beside it, no agent involved.
 - :class:`Authenticator`: the TOTP app of a user, fed by the ``otpauth://`` URI signup
   prints. The server accepts one step either side of the current one and refuses a step
@@ -37,6 +38,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import pyotp
+
+from appliance.client.muxclient import stop_daemon
 
 REPO = Path(__file__).resolve().parents[2]
 DIST_PYZ = REPO / "dist" / "jumpgate.pyz"
@@ -265,6 +268,7 @@ class Cluster:
         self.data_dir = workdir / "data"
         self.daemon: Daemon | None = None
         self.ports: dict[str, int] = {}
+        self.client_homes: list[Path] = []  # their session daemons stop with the cluster
 
     def start(self) -> Cluster:
         args = ["--data-dir", str(self.data_dir), "--cluster-name", self.name, "--nodename", self.node_name,
@@ -273,6 +277,8 @@ class Cluster:
         return self
 
     def stop(self) -> None:
+        for home in self.client_homes:
+            stop_daemon(home)
         if self.daemon is not None:
             self.daemon.stop()
 
@@ -400,6 +406,7 @@ class Client:
         self.jg = jg
         self.home = home
         self.cluster = cluster
+        cluster.client_homes.append(home)
         self.user = ""
         self.authenticator: Authenticator | None = None
 

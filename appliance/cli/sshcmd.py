@@ -1,0 +1,53 @@
+"""``jumpgate ssh``: through the session daemon when it can, else in-process.
+
+This module is imported on every ``jumpgate ssh`` and uses the standard library only:
+a session without forwarding is handed to the profile's session daemon
+(:mod:`appliance.client.muxclient`, started on first use), which holds the proxy
+connection, so the command costs an interpreter start rather than importing Trio and the
+SSH stack. Port forwarding (``-L``/``-R``/``-N``), agent forwarding (``-A``) and
+``JUMPGATE_MUX=0`` run in this process (:func:`appliance.cli.remote.ssh`).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from ..client.home import jumpgate_home
+from ..client.mux import SessionRequest
+from ..client.terminal import session_env, term_name, terminal_size
+from .errors import CliError
+
+__all__ = ["ssh"]
+
+
+def _wants_in_process(args) -> bool:
+    from ..client.muxclient import mux_enabled
+    return bool(args.local_forwards or args.remote_forwards or args.forward_agent or args.no_command
+                or not mux_enabled())
+
+
+def request_from(args) -> SessionRequest:
+    """The session ``args`` ask for, with this terminal's size and environment."""
+    command = " ".join(args.command) if args.command else None  # joined with spaces, as ssh does
+    pty = bool(args.force_tty) or (command is None and not args.no_tty and os.isatty(0))
+    cols, rows = terminal_size()
+    return SessionRequest(target=args.target, login=args.login or None, port=args.port, command=command, pty=pty,
+                          term=term_name(), cols=cols, rows=rows, env=session_env())
+
+
+def ssh(args) -> int:
+    """``jumpgate ssh [options] [login@]node [command...]``; returns the remote exit status."""
+    if args.force_tty and args.no_tty:
+        raise CliError("-t and -T contradict each other")
+    home = jumpgate_home()
+    if not _wants_in_process(args) and (home / "key-cert.pub").exists():
+        from ..client.muxclient import run_session
+        outcome = run_session(home, request_from(args))
+        if outcome is not None:
+            if outcome.message:
+                raise CliError(outcome.message, outcome.status)
+            if outcome.signal:
+                print(f"jumpgate: remote command killed by signal {outcome.signal}", file=sys.stderr)
+            return outcome.status
+    from .remote import ssh as ssh_in_process
+    return ssh_in_process(args)
