@@ -19,7 +19,7 @@ from typing import Callable
 from . import events as ev
 from . import messages as m
 from .errors import DisconnectReason, KeyFormatError, ProtocolError
-from .keys import Certificate, PrivateKey, PublicKey, algorithm_matches_key, parse_public_blob
+from .keys import Certificate, PublicKey, algorithm_matches_key, parse_public_blob
 from .wire import Reader, encode_bool, encode_string
 
 SERVICE_USERAUTH = "ssh-userauth"

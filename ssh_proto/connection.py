@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
-from typing import Callable
 
 from . import events as ev
 from . import messages as m

@@ -162,7 +162,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jumpgate", description="Jumpgate: SSH access with short-lived certificates.")
     parser.add_argument("--version", action="version", version=f"jumpgate {VERSION}")
     parser.add_argument("--debug", action="store_true", help="log debugging information to stderr")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND")  # not "command": ssh has one
     for name, add in COMMANDS.items():
         if only is None or name == only:
             add(sub)
@@ -182,15 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(_command_word(argv))
     args = parser.parse_args(argv)
-    if args.command is None:
+    if args.subcommand is None:
         parser.print_help()
         return 2
-    if args.command == "version":
+    if args.subcommand == "version":
         print(f"jumpgate {VERSION}")
         return 0
     module_name, _, func_name = args.func.partition(":")
     errors = importlib.import_module("appliance.cli.errors")
-    if args.debug or args.command not in QUIET_COMMANDS:
+    if args.debug or args.subcommand not in QUIET_COMMANDS:
         import logging
         logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ..client.home import jumpgate_home
+from ..client.home import CERT_NAME, home_dir
 from ..client.mux import SessionRequest
 from ..client.terminal import session_env, term_name, terminal_size
 from .errors import CliError
@@ -39,8 +39,8 @@ def ssh(args) -> int:
     """``jumpgate ssh [options] [login@]node [command...]``; returns the remote exit status."""
     if args.force_tty and args.no_tty:
         raise CliError("-t and -T contradict each other")
-    home = jumpgate_home()
-    if not _wants_in_process(args) and (home / "key-cert.pub").exists():
+    home = home_dir()
+    if not _wants_in_process(args) and os.path.exists(os.path.join(home, CERT_NAME)):
         from ..client.muxclient import run_session
         outcome = run_session(home, request_from(args))
         if outcome is not None:

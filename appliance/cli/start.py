@@ -173,14 +173,12 @@ async def _identity(cfg: Config, data_dir: Path, kind: str, name: str, auth_addr
         raise
 
 
-async def _audit_sink(pool):
-    async def audit(event: dict) -> None:
-        from ..api.client import ApiError
-        try:
-            await pool.emit_audit(event=event)
-        except ApiError as exc:
-            log.warning("audit event %s not delivered: %s", event.get("event"), exc)
-    return audit
+async def _audit_sink(nursery: trio.Nursery, pool):
+    """Where a node or proxy sends its audit events: queued, delivered in order by one task."""
+    from ..api.audit_sink import AuditForwarder
+    forwarder = AuditForwarder(pool.emit_audit)
+    await nursery.start(forwarder.run)
+    return forwarder.emit
 
 
 # ---------------------------------------------------------------------------------- node
@@ -203,7 +201,7 @@ async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_a
 
     try:
         await nursery.start(functools.partial(serve_node, provider, cfg.listen_addr, cfg.ports["node"],
-                                              audit=await _audit_sink(pool)))
+                                              audit=await _audit_sink(nursery, pool)))
     except OSError as exc:
         raise CliError(f"node: cannot listen on port {cfg.ports['node']}: {exc.strerror or exc}") from None
     labels = LabelSet(cfg.labels, {name: CommandLabel(list(c.command), c.period)
@@ -242,7 +240,7 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
         try:
             await nursery.start(functools.partial(
                 serve_proxy, provider, [identity.user_ca], identity.cluster, directory.resolve, directory.list_nodes,
-                cfg.listen_addr, cfg.ports["proxy"], audit=await _audit_sink(pool)))
+                cfg.listen_addr, cfg.ports["proxy"], audit=await _audit_sink(nursery, pool)))
         except OSError as exc:
             raise CliError(f"proxy: cannot listen on port {cfg.ports['proxy']}: {exc.strerror or exc}") from None
         await nursery.start(functools.partial(heartbeat_loop, holder.api_factory(auth_addr), identity.name,

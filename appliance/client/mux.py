@@ -118,7 +118,7 @@ class FrameDecoder:
 def _decode_body(body: bytes) -> dict:
     try:
         message = json.loads(body.decode())
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # (nesting too deep for the parser)
         raise MuxProtocolError("a frame is not JSON") from None
     if not isinstance(message, dict):
         raise MuxProtocolError("a frame is not a JSON object")
@@ -165,7 +165,8 @@ def parse_request(message: dict) -> SessionRequest | Resize | Stop:
         return Resize(_size(message, "cols"), _size(message, "rows"))
     if op not in ("session", "stop"):
         raise MuxProtocolError(f"unknown request {str(op)[:40]!r}")
-    if message.get("version") != MUX_VERSION:
+    version = message.get("version")
+    if type(version) is not int or version != MUX_VERSION:
         raise VersionMismatch(f"protocol version {str(message.get('version'))[:20]}, not {MUX_VERSION}")
     if op == "stop":
         return Stop()
@@ -173,7 +174,8 @@ def parse_request(message: dict) -> SessionRequest | Resize | Stop:
     if not isinstance(env, dict) or len(env) > MAX_ENV:
         raise MuxProtocolError("env must be an object of at most 64 variables")
     for key, value in env.items():
-        if not (key == "LANG" or key.startswith("LC_")) or not isinstance(value, str) or len(value) > MAX_NAME:
+        if not (key == "LANG" or key.startswith("LC_")) or not isinstance(value, str) or len(value) > MAX_NAME \
+                or "\0" in key or "\0" in value or len(key) > MAX_NAME:
             raise MuxProtocolError("env carries only LANG and LC_* strings")
     port = message.get("port")
     if port is not None and (type(port) is not int or not 0 < port < 65536):

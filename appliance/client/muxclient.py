@@ -28,8 +28,6 @@ import struct
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import NoReturn
 
 from .mux import (FD_COUNT, LOCK_NAME, LOG_NAME, SOCKET_NAME, STOP_MESSAGE, FrameDecoder, MuxProtocolError,
                   SessionRequest, encode_frame, socket_path)
@@ -63,7 +61,7 @@ class Outcome:
 # ------------------------------------------------------------------------------ the socket
 
 @contextlib.contextmanager
-def _address(home: Path) -> Iterator[str]:
+def _address(home: os.PathLike | str) -> Iterator[str]:
     """The socket's address, through /proc/self/fd when the path is too long for sun_path."""
     path = socket_path(home)
     if path is not None:
@@ -81,7 +79,7 @@ def peer_uid(sock: socket.socket) -> int:
     return uid
 
 
-def connect(home: Path) -> socket.socket | None:
+def connect(home: os.PathLike | str) -> socket.socket | None:
     """A connection to the daemon of ``home`` (run by our own user), or None."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
@@ -131,7 +129,7 @@ def _standard_fds_open() -> bool:
     return True
 
 
-def _connect_or_spawn(home: Path) -> socket.socket | None:
+def _connect_or_spawn(home: os.PathLike | str) -> socket.socket | None:
     sock = connect(home)
     if sock is not None or not spawn_daemon(home):
         return sock
@@ -143,7 +141,7 @@ def _connect_or_spawn(home: Path) -> socket.socket | None:
     return None
 
 
-def run_session(home: Path, request: SessionRequest) -> Outcome | None:
+def run_session(home: os.PathLike | str, request: SessionRequest) -> Outcome | None:
     """Run ``request`` through the daemon of ``home``; None if no daemon can take it.
 
     None is returned only before the request reached a daemon, so running the session
@@ -163,7 +161,7 @@ def run_session(home: Path, request: SessionRequest) -> Outcome | None:
         try:
             return _follow(link, request)
         except (OSError, MuxProtocolError) as exc:
-            return Outcome(EXIT_FAILURE, message=f"lost the session daemon ({exc}); see {home / LOG_NAME}")
+            return Outcome(EXIT_FAILURE, message=f"lost the session daemon ({exc}); see {os.path.join(home, LOG_NAME)}")
 
 
 def _follow(link: _Link, request: SessionRequest) -> Outcome | None:
@@ -214,7 +212,7 @@ def _window_changes(link: _Link, enabled: bool) -> Iterator[None]:
 @contextlib.contextmanager
 def _hangups_end_session() -> Iterator[None]:
     """SIGHUP/SIGTERM unwind (restoring the terminal); closing our socket ends the session."""
-    def leave(signum, _frame) -> NoReturn:
+    def leave(signum, _frame) -> None:  # never returns
         raise SystemExit(128 + signum)
 
     previous = {sig: signal.signal(sig, leave) for sig in (signal.SIGHUP, signal.SIGTERM)}
@@ -225,7 +223,7 @@ def _hangups_end_session() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def stop_daemon(home: Path) -> bool:
+def stop_daemon(home: os.PathLike | str) -> bool:
     """Ask the daemon of ``home`` to finish its sessions and exit; False if none ran."""
     sock = connect(home)
     if sock is None:
@@ -246,8 +244,8 @@ def stop_daemon(home: Path) -> bool:
 class Claim:
     """The daemon's hold on a profile: the lock, the listening socket, and how to let go."""
 
-    def __init__(self, home: Path, lock_fd: int, dir_fd: int, listener: socket.socket):
-        self.home, self.lock_fd, self.dir_fd, self.listener = home, lock_fd, dir_fd, listener
+    def __init__(self, home: os.PathLike | str, lock_fd: int, dir_fd: int, listener: socket.socket):
+        self.home, self.lock_fd, self.dir_fd, self.listener = os.fspath(home), lock_fd, dir_fd, listener
         self._inode = os.stat(SOCKET_NAME, dir_fd=dir_fd).st_ino
 
     def release(self) -> None:
@@ -262,7 +260,7 @@ class Claim:
         self.lock_fd = self.dir_fd = -1
 
 
-def claim_socket(home: Path, backlog: int = 64) -> Claim | None:
+def claim_socket(home: os.PathLike | str, backlog: int = 64) -> Claim | None:
     """Lock the profile's daemon slot and listen on its socket; None if a daemon holds it."""
     dir_fd = os.open(home, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     lock_fd = -1
@@ -294,7 +292,7 @@ def claim_socket(home: Path, backlog: int = 64) -> Claim | None:
         raise
 
 
-def spawn_daemon(home: Path) -> bool:
+def spawn_daemon(home: os.PathLike | str) -> bool:
     """Start the daemon of ``home`` in the background; True once a daemon listens (ours or another)."""
     read_fd, write_fd = os.pipe()
     argv, env = _daemon_command(home, write_fd)
@@ -312,16 +310,16 @@ def spawn_daemon(home: Path) -> bool:
     return answer in (b"ready\n", b"busy\n")
 
 
-def _daemon_command(home: Path, ready_fd: int) -> tuple[list[str], dict[str, str]]:
+def _daemon_command(home: os.PathLike | str, ready_fd: int) -> tuple[list[str], dict[str, str]]:
     """``python -m appliance.client.muxclient --daemon HOME READY_FD``, finding this package
     (and, in the zipapp, its dependencies beside it) through PYTHONPATH."""
-    root = str(Path(__file__).resolve().parents[2])
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     return [sys.executable, "-m", "appliance.client.muxclient", "--daemon", str(home), str(ready_fd)], env
 
 
-def _become_daemon(home: Path, ready_fd: int, argv: list[str], env: dict[str, str]) -> NoReturn:
+def _become_daemon(home: os.PathLike | str, ready_fd: int, argv: list[str], env: dict[str, str]) -> None:
     """In the forked child: a new session, a second fork, stdio to the log, then a fresh interpreter."""
     try:
         os.setsid()
@@ -337,9 +335,9 @@ def _become_daemon(home: Path, ready_fd: int, argv: list[str], env: dict[str, st
     os._exit(0)
 
 
-def _redirect_stdio(home: Path) -> None:
+def _redirect_stdio(home: os.PathLike | str) -> None:
     null = os.open(os.devnull, os.O_RDWR)
-    log = os.open(home / LOG_NAME, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+    log = os.open(os.path.join(home, LOG_NAME), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND | os.O_NOFOLLOW, 0o600)
     os.fchmod(log, 0o600)
     os.dup2(null, 0)
     os.dup2(log, 1)
@@ -348,7 +346,7 @@ def _redirect_stdio(home: Path) -> None:
     os.close(log)
 
 
-def daemon_main(home: Path, ready_fd: int) -> int:
+def daemon_main(home: os.PathLike | str, ready_fd: int) -> int:
     """The daemon process: claim the profile's socket, say so, then serve (importing Trio only now)."""
     claim = claim_socket(home)
     os.write(ready_fd, b"busy\n" if claim is None else b"ready\n")
@@ -363,4 +361,4 @@ if __name__ == "__main__":
     if len(sys.argv) != 4 or sys.argv[1] != "--daemon" or not sys.argv[3].isdigit():
         sys.exit("usage: python -m appliance.client.muxclient --daemon HOME READY_FD (started by jumpgate ssh)")
     from appliance.client import muxclient  # the module proper, not this __main__ copy
-    sys.exit(muxclient.daemon_main(Path(sys.argv[2]), int(sys.argv[3])))
+    sys.exit(muxclient.daemon_main(sys.argv[2], int(sys.argv[3])))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 import trio
 
 from .. import events as ev
-from ..errors import ChannelError, ConnectionLost
+from ..errors import ChannelError
 
 if TYPE_CHECKING:
     from .connection import SSHConnection

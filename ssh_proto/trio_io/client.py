@@ -22,7 +22,7 @@ from .. import events as ev
 from .. import messages as m
 from ..connection import Connection, ConnectionOptions
 from ..auth import SERVICE_CONNECTION, signed_data
-from ..errors import AgentError, AuthError, ChannelOpenError, ConnectionLost, HostKeyNotVerifiable, KeyFormatError
+from ..errors import AgentError, AuthError
 from ..keys import Certificate, PrivateKey, PublicKey, load_identity
 from ..known_hosts import KnownHosts
 from ..state import Role

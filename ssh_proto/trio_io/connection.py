@@ -12,7 +12,6 @@ pushing bulk data at each other cannot deadlock.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Callable
 
 import trio

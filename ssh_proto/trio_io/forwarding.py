@@ -66,9 +66,8 @@ async def serve_local_forward(conn: "SSHClientConnection", listen_host: str, lis
             return
         await relay(channel, stream)
 
-    async with trio.open_nursery() as nursery:
-        task_status.started(port)
-        await trio.serve_listeners(handle, listeners, handler_nursery=conn.nursery)
+    task_status.started(port)
+    await trio.serve_listeners(handle, listeners, handler_nursery=conn.nursery)
 
 
 async def request_remote_forward(conn: "SSHClientConnection", listen_host: str, listen_port: int,
