@@ -4,13 +4,16 @@ This module is imported on every ``jumpgate ssh`` and uses the standard library 
 a session without forwarding is handed to the profile's session daemon
 (:mod:`appliance.client.muxclient`, started on first use), which holds the proxy
 connection, so the command costs an interpreter start rather than importing Trio and the
-SSH stack. Port forwarding (``-L``/``-R``/``-N``), agent forwarding (``-A``) and
-``JUMPGATE_MUX=0`` run in this process (:func:`appliance.cli.remote.ssh`).
+SSH stack. Port forwarding (``-L``/``-R``/``-N``), agent forwarding (``-A``),
+``JUMPGATE_MUX=0`` and a profile without a valid certificate run in this process
+(:func:`appliance.cli.remote.ssh`), which also reports what is wrong.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
 
 from ..client.home import CERT_NAME, home_dir
 from ..client.mux import SessionRequest
@@ -24,6 +27,18 @@ def _wants_in_process(args) -> bool:
     from ..client.muxclient import mux_enabled
     return bool(args.local_forwards or args.remote_forwards or args.forward_agent or args.no_command
                 or not mux_enabled())
+
+
+def _logged_in(home: str) -> bool:
+    """A certificate that has not expired, by the profile's record of it (the daemon checks
+    the certificate itself); anything else runs in-process, which explains what is wrong."""
+    try:
+        with open(os.path.join(home, "profile.json"), "rb") as f:
+            expires = json.loads(f.read(64 * 1024)).get("expires")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return False
+    return os.path.exists(os.path.join(home, CERT_NAME)) and isinstance(expires, (int, float)) \
+        and time.time() < expires
 
 
 def request_from(args) -> SessionRequest:
@@ -40,7 +55,7 @@ def ssh(args) -> int:
     if args.force_tty and args.no_tty:
         raise CliError("-t and -T contradict each other")
     home = home_dir()
-    if not _wants_in_process(args) and os.path.exists(os.path.join(home, CERT_NAME)):
+    if not _wants_in_process(args) and _logged_in(home):
         from ..client.muxclient import run_session
         outcome = run_session(home, request_from(args))
         if outcome is not None:

@@ -144,8 +144,8 @@ def _connect_or_spawn(home: os.PathLike | str) -> socket.socket | None:
 def run_session(home: os.PathLike | str, request: SessionRequest) -> Outcome | None:
     """Run ``request`` through the daemon of ``home``; None if no daemon can take it.
 
-    None is returned only before the request reached a daemon, so running the session
-    in-process instead never runs a command twice.
+    None is returned only when no daemon read the request (or one of another version
+    refused it), so running the session in-process instead never runs a command twice.
     """
     if not _standard_fds_open():
         return None
@@ -159,13 +159,16 @@ def run_session(home: os.PathLike | str, request: SessionRequest) -> Outcome | N
         except OSError:
             return None  # the daemon went away before it read anything
         try:
-            return _follow(link, request)
+            try:
+                first = link.receive()
+            except ConnectionResetError:
+                return None  # reset unread (a daemon on its way out closed its backlog): nothing ran
+            return _follow(link, request, first)
         except (OSError, MuxProtocolError) as exc:
             return Outcome(EXIT_FAILURE, message=f"lost the session daemon ({exc}); see {os.path.join(home, LOG_NAME)}")
 
 
-def _follow(link: _Link, request: SessionRequest) -> Outcome | None:
-    reply = link.receive()
+def _follow(link: _Link, request: SessionRequest, reply: dict | None) -> Outcome | None:
     event = reply.get("event") if reply else None
     if event == "mismatch":
         return None  # a daemon of another build: its sessions stay, ours runs in-process

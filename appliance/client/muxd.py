@@ -48,6 +48,7 @@ IDLE_TIMEOUT = 30 * 60.0      # ControlPersist-like: no session for this long an
 KEEPALIVE_INTERVAL = 30.0     # probe an idle proxy connection (ServerAliveInterval)
 KEEPALIVE_TIMEOUT = 15.0
 REQUEST_TIMEOUT = 10.0        # a client that connects must say what it wants
+BACKLOG_GRACE = 0.01          # stopping: how long the backlog may stay empty before the socket goes
 EXIT_FAILURE = 255
 _ANCILLARY = socket.CMSG_SPACE(FD_COUNT * array.array("i").itemsize)
 
@@ -139,7 +140,8 @@ class MuxDaemon:
     def __init__(self, home: Path, *, idle_timeout: float = IDLE_TIMEOUT):
         self.home = Path(home)
         self.idle_timeout = idle_timeout
-        self.active = 0
+        self.active = 0          # sessions running
+        self._clients = 0        # connections being served (sessions included)
         self._link: _ProxyLink | None = None
         self._link_lock = trio.Lock()
         self._last_activity = 0.0  # trio.current_time() once serving
@@ -153,7 +155,12 @@ class MuxDaemon:
             self._accepting.cancel()
 
     async def serve(self, listener, on_stop=lambda: None, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Accept clients on ``listener`` (a listening trio socket) until stopped, then drain."""
+        """Accept clients on ``listener`` (a listening trio socket) until stopped, then drain.
+
+        Stopping takes the connections already queued on the socket before letting it go
+        (``on_stop``), and every client accepted is answered: a request never vanishes
+        because it reached a daemon on its way out.
+        """
         self._last_activity = trio.current_time()
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
@@ -162,15 +169,23 @@ class MuxDaemon:
                 nursery.start_soon(self._timers)
                 task_status.started()
                 while True:
-                    sock, _ = await listener.accept()
-                    nursery.start_soon(self._serve_client, sock)
+                    self._start_client(nursery, (await listener.accept())[0])
+            while True:  # the backlog: clients that connected before we stopped
+                with trio.move_on_after(BACKLOG_GRACE) as idle:
+                    self._start_client(nursery, (await listener.accept())[0])
+                if idle.cancelled_caught:
+                    break
             on_stop()  # the socket goes now: a new daemon may start while we drain
             log.info("stopped accepting; %d session(s) to finish", self.active)
-            while self.active:
+            while self._clients:
                 await trio.sleep(0.05)
             if self._link is not None:
                 self._link.retire()
             nursery.cancel_scope.cancel()
+
+    def _start_client(self, nursery: trio.Nursery, sock) -> None:
+        self._clients += 1
+        nursery.start_soon(self._serve_client, sock)
 
     # ---- lifetime -----------------------------------------------------------------------
     async def _timers(self) -> None:
@@ -248,7 +263,7 @@ class MuxDaemon:
                     message = await _first_message(sock, decoder, fds)
                 await self._dispatch(sock, decoder, message, fds)
             except (MuxProtocolError, trio.TooSlowError) as exc:
-                log.warning("dropped a client: %s", exc or "no request in time")
+                log.warning("dropped a client: %s", str(exc) or "no request in time")
             except OSError as exc:
                 log.warning("client connection failed: %s", exc.strerror or exc)
             except Exception:  # one client's failure must not end the others' sessions
@@ -258,6 +273,7 @@ class MuxDaemon:
                                        "status": EXIT_FAILURE})
             finally:
                 _close_all(fds)
+                self._clients -= 1
 
     async def _dispatch(self, sock, decoder: FrameDecoder, message: dict, fds: list[int]) -> None:
         try:
@@ -333,7 +349,7 @@ async def _control(sock, decoder: FrameDecoder, proc: ssh_proto.SSHProcess) -> N
 async def _first_message(sock, decoder: FrameDecoder, fds: list[int]) -> dict:
     """Read until one whole frame, collecting the descriptors passed with it."""
     while True:
-        data, ancdata, flags, _ = await sock.recvmsg(65536, _ANCILLARY)
+        data, ancdata, flags, _ = await sock.recvmsg(65536, _ANCILLARY, socket.MSG_CMSG_CLOEXEC)
         for level, kind, payload in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 received = array.array("i")
