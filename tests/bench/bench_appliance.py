@@ -15,6 +15,9 @@ their same-run ratios are printed for:
 - OpenSSH `ssh -J` (the target's reference, 1.00), and OpenSSH with a ControlMaster on the
   jump host connection (ControlPersist), which holds its proxy connection as our daemon does.
 
+The client commands run under ``--python`` (default: Debian's /usr/bin/python3 when it has
+this interpreter's minor version, as on a host that has only python3); the venv's pyenv
+interpreter starts ~20 ms slower, so the daemon row is also measured with it.
 Runs as root (a throw-away login user is created).
 """
 from __future__ import annotations
@@ -64,9 +67,20 @@ def interleaved(runs: int, variants: dict[str, Callable[[], float]]) -> dict[str
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def default_python() -> str:
+    system = "/usr/bin/python3"
+    try:
+        same = subprocess.run([system, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True,
+                              text=True, timeout=10).stdout.strip() == str(tuple(sys.version_info[:2]))
+    except OSError:
+        same = False
+    return system if same else sys.executable
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--python", default=default_python(), help="interpreter for the client commands")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="jg_bench_appliance_"))
     user = create_throwaway_user(throwaway_user_name("bapp"))
@@ -77,7 +91,8 @@ def main() -> None:
         alice = Client(jg, work / "home", cluster).enrol("alice", [user.name])
         config = work / "ssh_config"
         config.write_text(alice.run("config").check().stdout)
-        jumpgate = jg.argv("ssh", f"{user.name}@node1", "true")
+        venv_jumpgate = jg.argv("ssh", f"{user.name}@node1", "true")
+        jumpgate = [args.python, *venv_jumpgate[1:]]
         proxy = f"alice@{LOOPBACK}:{cluster.ports['proxy']}"
         openssh = ["ssh", "-F", str(config), "-o", "BatchMode=yes", "-J", proxy, f"{user.name}@node1", "true"]
         master = work / "cm-proxy"
@@ -95,6 +110,7 @@ def main() -> None:
             timed(argv, e)  # warm-up: extraction, page cache, the daemon and the ControlMaster started
         medians = interleaved(args.runs, {
             "daemon": lambda: timed(jumpgate, env),
+            "daemon_venv": lambda: timed(venv_jumpgate, env),
             "openssh": lambda: timed(openssh),
             "openssh_cm": lambda: timed(openssh_cm),
             "in_process": lambda: timed(jumpgate, in_process),
@@ -102,6 +118,7 @@ def main() -> None:
         medians["cold"] = interleaved(max(3, args.runs // 3), {"cold": cold})["cold"]
         base = medians["openssh"]
         rows = [("`jumpgate ssh node true`, session daemon running", "daemon"),
+                (f"the same, run by {sys.executable}", "daemon_venv"),
                 ("`jumpgate ssh node true`, starting the session daemon", "cold"),
                 ("`jumpgate ssh node true`, in-process (`JUMPGATE_MUX=0`)", "in_process"),
                 ("OpenSSH `ssh -J proxy node true`", "openssh"),
@@ -110,6 +127,7 @@ def main() -> None:
         print("|---|---:|---:|")
         for label, key in rows:
             print(f"| {label} | {medians[key] * 1000:.0f} ms | {medians[key] / base:.2f} |")
+        print(f"client interpreter: {args.python}")
         print(f"medians of {args.runs} interleaved runs ({max(3, args.runs // 3)} for the daemon start); "
               "target: daemon running <= 1.0")
     finally:
