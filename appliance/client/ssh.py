@@ -34,6 +34,7 @@ import shlex
 import stat
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager as AsyncContextManager
 from pathlib import Path
 
 import trio
@@ -197,19 +198,29 @@ def _node_failure(exc: BaseException, node: str, login: str, creds: Credentials)
 
 
 @contextlib.asynccontextmanager
-async def connect_proxy(creds: Credentials) -> AsyncIterator[ssh_proto.SSHClientConnection]:
-    """An authenticated connection to the proxy (username = the cluster user)."""
+async def _connected(connecting: AsyncContextManager[ssh_proto.SSHClientConnection],
+                     failure: Callable[[BaseException], ConnectError]) -> AsyncIterator[ssh_proto.SSHClientConnection]:
+    """``connecting`` entered; a failure to connect becomes ``failure(exc)``, while errors
+    raised once connected (the caller's own, or the connection's) pass through unchanged."""
     established = False
     try:
-        async with ssh_proto.connect(creds.proxy_host, creds.proxy_port, username=creds.user,
-                                     client_keys=creds.client_keys, known_hosts=creds.known_hosts,
-                                     connect_timeout=CONNECT_TIMEOUT) as conn:
+        async with connecting as conn:
             established = True
             yield conn
     except (OSError, SSHError, trio.TooSlowError) as exc:
         if established:
             raise
-        raise _proxy_failure(exc, creds) from None
+        raise failure(exc) from None
+
+
+@contextlib.asynccontextmanager
+async def connect_proxy(creds: Credentials) -> AsyncIterator[ssh_proto.SSHClientConnection]:
+    """An authenticated connection to the proxy (username = the cluster user)."""
+    connecting = ssh_proto.connect(creds.proxy_host, creds.proxy_port, username=creds.user,
+                                   client_keys=creds.client_keys, known_hosts=creds.known_hosts,
+                                   connect_timeout=CONNECT_TIMEOUT)
+    async with _connected(connecting, lambda exc: _proxy_failure(exc, creds)) as conn:
+        yield conn
 
 
 async def open_node_channel(proxy: ssh_proto.SSHClientConnection, node: str, port: int) -> ssh_proto.SSHChannel:
@@ -238,17 +249,11 @@ async def connect_over(channel: ssh_proto.SSHChannel, creds: Credentials, node: 
     The node's host certificate must name ``node`` (the name the user typed). Failures to
     connect become :class:`ConnectError`; errors of the caller's block pass through.
     """
-    established = False
-    try:
-        async with ssh_proto.connect(node, port, username=login, client_keys=creds.client_keys,
-                                     known_hosts=creds.known_hosts, stream=channel, host_key_alias=node,
-                                     connect_timeout=CONNECT_TIMEOUT) as conn:
-            established = True
-            yield conn
-    except (OSError, SSHError, trio.TooSlowError) as exc:
-        if established:
-            raise
-        raise _node_failure(exc, node, login, creds) from None
+    connecting = ssh_proto.connect(node, port, username=login, client_keys=creds.client_keys,
+                                   known_hosts=creds.known_hosts, stream=channel, host_key_alias=node,
+                                   connect_timeout=CONNECT_TIMEOUT)
+    async with _connected(connecting, lambda exc: _node_failure(exc, node, login, creds)) as conn:
+        yield conn
 
 
 @contextlib.asynccontextmanager
