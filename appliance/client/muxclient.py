@@ -41,6 +41,7 @@ SPAWN_TIMEOUT = 15.0
 BUSY_RETRY = 0.05          # another daemon is starting or we raced one: retry connecting
 BUSY_RETRIES = 40
 STOP_TIMEOUT = 5.0
+FIRST_REPLY_TIMEOUT = 90.0  # the daemon answers once both hops are up (each bounded at 15 s) or have failed
 EXIT_FAILURE = 255
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -159,10 +160,12 @@ def run_session(home: os.PathLike | str, request: SessionRequest) -> Outcome | N
         except OSError:
             return None  # the daemon went away before it read anything
         try:
+            sock.settimeout(FIRST_REPLY_TIMEOUT)
             try:
                 first = link.receive()
             except ConnectionResetError:
                 return None  # reset unread (a daemon on its way out closed its backlog): nothing ran
+            sock.settimeout(None)  # then the session lasts as long as it lasts
             return _follow(link, request, first)
         except (OSError, MuxProtocolError) as exc:
             return Outcome(EXIT_FAILURE, message=f"lost the session daemon ({exc}); see {os.path.join(home, LOG_NAME)}")
