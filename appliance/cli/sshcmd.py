@@ -4,9 +4,10 @@ This module is imported on every ``jumpgate ssh`` and uses the standard library 
 a session without forwarding is handed to the profile's session daemon
 (:mod:`appliance.client.muxclient`, started on first use), which holds the proxy
 connection, so the command costs an interpreter start rather than importing Trio and the
-SSH stack. Port forwarding (``-L``/``-R``/``-N``), agent forwarding (``-A``),
-``JUMPGATE_MUX=0`` and a profile without a valid certificate run in this process
-(:func:`appliance.cli.remote.ssh`), which also reports what is wrong.
+SSH stack; with ``-A`` the daemon connects to the client's ``SSH_AUTH_SOCK``. Port
+forwarding (``-L``/``-R``/``-N``), ``-A`` without an agent, ``JUMPGATE_MUX=0`` and a
+profile without a valid certificate run in this process (:func:`appliance.cli.remote.ssh`),
+which also reports what is wrong.
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ __all__ = ["ssh"]
 
 def _wants_in_process(args) -> bool:
     from ..client.muxclient import mux_enabled
-    return bool(args.local_forwards or args.remote_forwards or args.forward_agent or args.no_command
-                or not mux_enabled())
+    agent_missing = args.forward_agent and not os.environ.get("SSH_AUTH_SOCK", "").startswith("/")
+    return bool(args.local_forwards or args.remote_forwards or args.no_command or agent_missing or not mux_enabled())
 
 
 def _logged_in(home: str) -> bool:
@@ -46,8 +47,9 @@ def request_from(args) -> SessionRequest:
     command = " ".join(args.command) if args.command else None  # joined with spaces, as ssh does
     pty = bool(args.force_tty) or (command is None and not args.no_tty and os.isatty(0))
     cols, rows = terminal_size()
+    agent = os.environ["SSH_AUTH_SOCK"] if args.forward_agent else None
     return SessionRequest(target=args.target, login=args.login or None, port=args.port, command=command, pty=pty,
-                          term=term_name(), cols=cols, rows=rows, env=session_env())
+                          term=term_name(), cols=cols, rows=rows, env=session_env(), agent=agent)
 
 
 def ssh(args) -> int:

@@ -16,7 +16,7 @@ client -> daemon::
 
     {"op": "session", "version": 1, "target": "[login@]node", "login": str|null,
      "port": int|null, "command": str|null, "pty": bool, "term": str, "cols": int,
-     "rows": int, "env": {"LANG": ..., "LC_*": ...}}
+     "rows": int, "env": {"LANG": ..., "LC_*": ...}, "agent": "/path/of/SSH_AUTH_SOCK"|null}
         with SCM_RIGHTS ancillary data: exactly three descriptors, stdin, stdout, stderr
     {"op": "resize", "cols": int, "rows": int}          during a session (SIGWINCH)
     {"op": "stop", "version": 1}                          finish running sessions, then exit
@@ -55,6 +55,7 @@ LOG_NAME = "mux.log"
 FD_COUNT = 3              # stdin, stdout, stderr
 MAX_COMMAND = 32 * 1024   # OpenSSH's ssh refuses nothing shorter; the node's limit is its own
 MAX_NAME = 1024           # target, login, TERM
+MAX_PATH = 4096           # PATH_MAX: the agent socket
 MAX_ENV = 64              # LANG and LC_* variables
 MAX_SIZE = 10_000         # columns or rows
 _SUN_PATH_MAX = 107       # sockaddr_un.sun_path (108) less the NUL
@@ -128,14 +129,18 @@ def _decode_body(body: bytes) -> dict:
 # ------------------------------------------------------------------------------ requests
 
 class SessionRequest:
-    """``jumpgate ssh [-p PORT] [-l LOGIN] [-t|-T] TARGET [COMMAND]`` as the thin client resolved it."""
+    """``jumpgate ssh [-p PORT] [-l LOGIN] [-t|-T] [-A] TARGET [COMMAND]`` as the thin client resolved it.
 
-    __slots__ = ("target", "login", "port", "command", "pty", "term", "cols", "rows", "env")
+    ``agent`` is the client's ``SSH_AUTH_SOCK`` (an absolute path) when it asked for agent
+    forwarding: the daemon connects to that agent for the session's node connection.
+    """
+
+    __slots__ = ("target", "login", "port", "command", "pty", "term", "cols", "rows", "env", "agent")
 
     def __init__(self, *, target: str, login: str | None, port: int | None, command: str | None, pty: bool,
-                 term: str, cols: int, rows: int, env: dict[str, str]):
+                 term: str, cols: int, rows: int, env: dict[str, str], agent: str | None = None):
         self.target, self.login, self.port, self.command, self.pty = target, login, port, command, pty
-        self.term, self.cols, self.rows, self.env = term, cols, rows, env
+        self.term, self.cols, self.rows, self.env, self.agent = term, cols, rows, env, agent
 
     def to_message(self) -> dict:
         return {"op": "session", "version": MUX_VERSION, **{k: getattr(self, k) for k in self.__slots__}}
@@ -182,10 +187,13 @@ def parse_request(message: dict) -> SessionRequest | Resize | Stop:
         raise MuxProtocolError("port must be 1-65535")
     if type(message.get("pty")) is not bool:
         raise MuxProtocolError("pty must be a boolean")
+    agent = _text(message, "agent", MAX_PATH, True)
+    if agent is not None and not agent.startswith("/"):
+        raise MuxProtocolError("agent must be an absolute path")
     return SessionRequest(target=_text(message, "target", MAX_NAME), login=_text(message, "login", MAX_NAME, True),
                           port=port, command=_text(message, "command", MAX_COMMAND, True), pty=message["pty"],
                           term=_text(message, "term", MAX_NAME), cols=_size(message, "cols"),
-                          rows=_size(message, "rows"), env=dict(env))
+                          rows=_size(message, "rows"), env=dict(env), agent=agent)
 
 
 def _text(message: dict, key: str, limit: int, optional: bool = False) -> str | None:

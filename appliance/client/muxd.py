@@ -320,15 +320,21 @@ class MuxDaemon:
 
     async def _run(self, sock, decoder, request: SessionRequest, creds, login, node, fds):
         async with self._node(creds, node, login, request.port or 3022) as conn:
+            conn.agent = ssh_proto.AgentClient(request.agent) if request.agent else None
             try:
-                proc = await conn.open_session(request.command, pty=request.pty, term=request.term,
-                                               cols=request.cols or 80, rows=request.rows or 24, env=request.env)
-            except ChannelError as exc:
-                raise ConnectError(f"the node refused the session: {exc}") from None
-            log.info("session to %s as %s opened", node, login)
-            await _send(sock, {"event": "opened"})
-            await relay(proc, fds, [partial(_control, sock, decoder, proc)])
-            return exit_status(proc)
+                try:
+                    proc = await conn.open_session(request.command, pty=request.pty, term=request.term,
+                                                   cols=request.cols or 80, rows=request.rows or 24, env=request.env,
+                                                   agent_forwarding=conn.agent is not None)
+                except ChannelError as exc:
+                    raise ConnectError(f"the node refused the session: {exc}") from None
+                log.info("session to %s as %s opened", node, login)
+                await _send(sock, {"event": "opened"})
+                await relay(proc, fds, [partial(_control, sock, decoder, proc)])
+                return exit_status(proc)
+            finally:
+                if conn.agent is not None:
+                    await conn.agent.aclose()
 
 
 async def _control(sock, decoder: FrameDecoder, proc: ssh_proto.SSHProcess) -> None:

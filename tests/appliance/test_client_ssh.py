@@ -183,33 +183,37 @@ async def test_scp_sink_reports_the_source_errors_and_goes_on(tmp_path):
 
 # ----------------------------------------------------------------------------- the commands (subprocesses)
 
-async def test_jumpgate_ssh_propagates_the_exit_status_and_streams(cluster, profile, login):
+@pytest.mark.parametrize("mux", ["0", "1"], ids=["in-process", "session-daemon"])
+async def test_jumpgate_ssh_propagates_the_exit_status_and_streams(cluster, profile, login, mux):
     done = await jumpgate(profile, "ssh", f"{login.name}@{NODE}", "cat; echo err >&2; exit 3",
-                          input=b"x" * 200_000)
+                          input=b"x" * 200_000, env={"JUMPGATE_MUX": mux})
     assert done.returncode == 3, done.stderr
     assert done.stdout == b"x" * 200_000 and done.stderr == b"err\n"
 
 
-async def test_jumpgate_ssh_failures_are_one_line_and_exit_255(cluster, profile, login):
-    done = await jumpgate(profile, "ssh", f"{login.name}@nosuch", "true")
+@pytest.mark.parametrize("mux", ["0", "1"], ids=["in-process", "session-daemon"])
+async def test_jumpgate_ssh_failures_are_one_line_and_exit_255(cluster, profile, login, mux):
+    done = await jumpgate(profile, "ssh", f"{login.name}@nosuch", "true", env={"JUMPGATE_MUX": mux})
     assert done.returncode == 255
     assert done.stderr == f"jumpgate: unknown node 'nosuch' in cluster '{CLUSTER}'\n".encode()
-    done = await jumpgate(profile, "ssh", f"root@{NODE}", "true")
+    done = await jumpgate(profile, "ssh", f"root@{NODE}", "true", env={"JUMPGATE_MUX": mux})
     assert done.returncode == 255 and done.stderr.count(b"\n") == 1
     assert b"login 'root' is not allowed by your certificate" in done.stderr
 
 
-async def test_jumpgate_ssh_dash_t_allocates_a_pty_without_a_terminal(cluster, profile, login):
-    done = await jumpgate(profile, "ssh", "-t", f"{login.name}@{NODE}", "tty")
+@pytest.mark.parametrize("mux", ["0", "1"], ids=["in-process", "session-daemon"])
+async def test_jumpgate_ssh_dash_t_allocates_a_pty_without_a_terminal(cluster, profile, login, mux):
+    done = await jumpgate(profile, "ssh", "-t", f"{login.name}@{NODE}", "tty", env={"JUMPGATE_MUX": mux})
     assert done.returncode == 0 and done.stdout.startswith(b"/dev/pts/"), done.stderr
 
 
-async def test_jumpgate_ssh_interactive_pty_raw_mode_window_change_and_restore(cluster, profile, login):
+@pytest.mark.parametrize("mux", ["0", "1"], ids=["in-process", "session-daemon"])
+async def test_jumpgate_ssh_interactive_pty_raw_mode_window_change_and_restore(cluster, profile, login, mux):
     """On a real terminal: raw mode, SIGWINCH -> window-change, exit status, terminal restored."""
     master, slave = ptylib.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
     before = termios.tcgetattr(slave)
-    env = {**os.environ, "JUMPGATE_HOME": str(profile.paths.home), "TERM": "xterm"}
+    env = {**os.environ, "JUMPGATE_HOME": str(profile.paths.home), "TERM": "xterm", "JUMPGATE_MUX": mux}
     proc = subprocess.Popen([sys.executable, "-m", "appliance.cli.main", "ssh", f"{login.name}@{NODE}"],
                             stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True,
                             preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
@@ -307,14 +311,15 @@ async def test_jumpgate_ssh_local_and_remote_forwarding(cluster, profile, login,
         inner.cancel_scope.cancel()
 
 
-async def test_jumpgate_ssh_forwards_the_agent_with_dash_a(cluster, profile, login, nursery, tmp_path):
+@pytest.mark.parametrize("mux", ["0", "1"], ids=["in-process", "session-daemon"])
+async def test_jumpgate_ssh_forwards_the_agent_with_dash_a(cluster, profile, login, nursery, tmp_path, mux):
     agent = InProcessAgent()
     key = PrivateKey.generate("ssh-ed25519")
     await agent.add(key, comment="forwarded-key")
     sock = tmp_path / "agent.sock"
     await nursery.start(agent.serve_unix, str(sock))
     done = await jumpgate(profile, "ssh", "-A", f"{login.name}@{NODE}", "ssh-add -L",
-                          env={"SSH_AUTH_SOCK": str(sock)})
+                          env={"SSH_AUTH_SOCK": str(sock), "JUMPGATE_MUX": mux})
     assert done.returncode == 0, done.stderr
     assert key.public_key.to_line() in done.stdout.decode()
 

@@ -33,6 +33,7 @@ from appliance.client import mux, muxclient, muxd
 from appliance.client.mux import MAX_FRAME, FrameDecoder, SessionRequest, encode_frame
 from appliance.client.ssh import load_credentials
 from ssh_proto.keys import PrivateKey
+from ssh_proto.trio_io.agent import InProcessAgent
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="the node switches users: needs root")]
 
@@ -195,6 +196,26 @@ async def test_daemon_serves_many_sessions_over_one_proxy_connection(cluster, pr
     assert len(_log(caplog, f"session to {NODE} as {login.name} ended: status 0")) == 3
     assert len(_proxy_logins(cluster)) == 1           # the proxy hop is the daemon's, held open
     assert len(cluster.events("session.start")) == 3  # each node hop is new, and audited
+
+
+async def test_daemon_forwards_the_clients_agent_with_dash_a(cluster, profile, login, running, nursery, tmp_path,
+                                                            caplog):
+    agent = InProcessAgent()
+    key = PrivateKey.generate("ssh-ed25519")
+    await agent.add(key, comment="forwarded-key")
+    sock = tmp_path / "agent.sock"
+    await nursery.start(agent.serve_unix, str(sock))
+    done = await jumpgate(profile, "ssh", "-A", f"{login.name}@{NODE}", "ssh-add -L",
+                          env={"JUMPGATE_MUX": "1", "SSH_AUTH_SOCK": str(sock)})
+    assert done.returncode == 0, done.stderr
+    assert key.public_key.to_line() in done.stdout.decode()
+    assert running.messages[-1]["agent"] == str(sock)  # the daemon served it, with the client's agent
+    assert len(cluster.events("agent.forward")) == 1
+    # without -A the node gets no agent, even though the client has one
+    done = await jumpgate(profile, "ssh", f"{login.name}@{NODE}", "ssh-add -L",
+                          env={"JUMPGATE_MUX": "1", "SSH_AUTH_SOCK": str(sock)})
+    assert done.returncode != 0 and key.public_key.to_line() not in done.stdout.decode()
+    assert running.messages[-1]["agent"] is None
 
 
 async def test_daemon_writes_to_a_regular_file_and_reads_a_regular_file(cluster, profile, login, running,

@@ -161,6 +161,8 @@ def test_valid_session_request():
     assert (request.target, request.login, request.port, request.command) == ("alice@node1", "root", 2222, "uname -a")
     assert (request.pty, request.term, request.cols, request.rows) == (False, "xterm-256color", 80, 24)
     assert request.env == {"LANG": "C.UTF-8", "LC_TIME": "en_GB.UTF-8"}
+    assert request.agent is None
+    assert parse_request(_session(agent="/run/user/1000/agent.sock")).agent == "/run/user/1000/agent.sock"
 
 
 def test_session_request_optional_fields_may_be_null_or_absent():
@@ -225,6 +227,8 @@ BAD_FIELDS = [
     ("env", {"LC_ALL": None}), ("env", {"LANG": ["C"]}), ("env", {"LANG": "v" * (MAX_NAME + 1)}),
     ("env", {f"LC_{i}": "C" for i in range(MAX_ENV + 1)}), ("env", {"LANG": "C\0x"}), ("env", {"LC_\0": "C"}),
     ("env", {"LC_" + "x" * MAX_NAME: "C"}),
+    ("agent", ""), ("agent", "agent.sock"), ("agent", "/tmp/a\0b"), ("agent", "/" + "a" * 4096), ("agent", 3),
+    ("agent", ["/tmp/agent.sock"]),
 ]
 
 
