@@ -326,6 +326,35 @@ def test_local_forwarding_runs_in_process_and_forwards(client: Client, os_user) 
     assert not (client.home / LOG).exists()
 
 
+@pytest.fixture
+def openssh_agent(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """The real ssh-agent on a socket, holding one key: (socket path, the key's public line)."""
+    sock, key = tmp_path / "agent.sock", tmp_path / "agent_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "forwarded-key", "-f", str(key)],
+                   check=True, timeout=30)
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        wait_until(sock.exists, 10, "ssh-agent's socket")
+        subprocess.run(["ssh-add", str(key)], env={**os.environ, "SSH_AUTH_SOCK": str(sock)}, check=True,
+                       capture_output=True, timeout=30)
+        yield str(sock), (tmp_path / "agent_key.pub").read_text().split()[1]
+    finally:
+        agent.terminate()
+        agent.wait(timeout=10)
+
+
+@pytest.mark.parametrize("mux", ["1", "0"], ids=["session-daemon", "in-process"])
+def test_dash_a_forwards_the_callers_openssh_agent(client: Client, os_user, openssh_agent, mux: str) -> None:
+    sock, public = openssh_agent
+    result = ssh(client, "-A", f"{os_user.name}@node1", "ssh-add -L",
+                 env={"SSH_AUTH_SOCK": sock, "JUMPGATE_MUX": mux})
+    assert result.returncode == 0 and public in result.stdout, result.stderr
+    assert has_socket(client.home) == (mux == "1")
+    without = ssh(client, f"{os_user.name}@node1", "ssh-add -L", env={"SSH_AUTH_SOCK": sock, "JUMPGATE_MUX": mux})
+    assert without.returncode != 0 and public not in without.stdout, "no -A: no agent on the node"
+
+
 # --------------------------------------------------------------------------- a terminal through the daemon
 
 
