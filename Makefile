@@ -36,6 +36,8 @@ test: venv system-deps
 
 bench: venv system-deps
 	$(PY) tests/bench/bench_ssh.py
+	$(PY) tests/bench/bench_cold_start.py
+	$(PY) tests/bench/bench_appliance.py
 
 clean:
 	rm -rf $(VENV) dist build/_work .pytest_cache
