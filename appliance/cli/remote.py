@@ -48,7 +48,6 @@ from .errors import CliError
 __all__ = ["config", "ls", "render_ssh_config", "scp", "ssh"]
 
 
-
 # ------------------------------------------------------------------------------ shared
 
 def _credentials() -> tuple[Profile, Credentials]:
