@@ -15,7 +15,9 @@ fails or the command dies of a signal, as ssh does). Without a command and with 
 on stdin it opens an interactive session on a pty: the local terminal is put in raw mode
 (and restored on exit), SIGWINCH becomes a window-change request. Without a terminal, no
 pty unless ``-t``. The login defaults to the local user name when the certificate allows
-it, else to the certificate's first login.
+it, else to the certificate's first login. ``jumpgate ssh`` starts in ``cli/sshcmd.py``,
+which hands most sessions to the session daemon; :func:`ssh` here is the in-process path
+(port forwarding, ``JUMPGATE_MUX=0``, no daemon to be had), with the same behaviour.
 
 ``jumpgate config`` prints an ssh_config block (see :func:`render_ssh_config`) so that
 OpenSSH's ``ssh NODE.CLUSTER``, ``ssh -J USER@PROXY:3023 LOGIN@NODE``, ``scp``, ``sftp``
