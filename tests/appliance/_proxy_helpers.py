@@ -10,6 +10,7 @@
 - :meth:`ProxyCluster.write_profile`: a client profile (``JUMPGATE_HOME``) holding a key,
   a user certificate and the ``@cert-authority`` known_hosts, as ``jumpgate login`` writes it.
 - :func:`jumpgate`: the ``jumpgate`` CLI as a subprocess with that profile.
+- :func:`serve_agent`: an in-process SSH agent holding one fresh key, on a unix socket.
 
 No fixtures here (tests/appliance has no conftest.py): test modules build theirs.
 """
@@ -33,6 +34,7 @@ from appliance.proxy.routing import NodeDirectory
 from appliance.proxy.server import ProxyIdentity, serve_proxy
 from ssh_proto.certs import DEFAULT_USER_EXTENSIONS, sign_certificate
 from ssh_proto.keys import CERT_TYPE_HOST, CERT_TYPE_USER, Certificate, PrivateKey
+from ssh_proto.trio_io.agent import InProcessAgent
 
 CLUSTER = "testcl"
 NODE = "node1"
@@ -131,3 +133,13 @@ async def jumpgate(profile: Profile, *args: str, input: bytes | None = None, env
     with trio.fail_after(timeout):
         return await trio.run_process(argv, stdin=input if input is not None else subprocess.DEVNULL,
                                       capture_stdout=True, capture_stderr=True, check=False, env=env, cwd=REPO)
+
+
+async def serve_agent(nursery: trio.Nursery, directory: Path) -> tuple[Path, PrivateKey]:
+    """An agent holding one fresh ed25519 key, served on ``directory/agent.sock``: (socket, key)."""
+    agent = InProcessAgent()
+    key = PrivateKey.generate("ssh-ed25519")
+    await agent.add(key, comment="forwarded-key")
+    sock = directory / "agent.sock"
+    await nursery.start(agent.serve_unix, str(sock))
+    return sock, key

@@ -20,14 +20,12 @@ import pytest
 import trio
 import trio.testing
 
-from _proxy_helpers import CLUSTER, LOOPBACK, NODE, jumpgate, make_user, remove_user, start_cluster
+from _proxy_helpers import CLUSTER, LOOPBACK, NODE, jumpgate, make_user, remove_user, serve_agent, start_cluster
 from appliance.cli import remote
 from appliance.cli.errors import CliError
 from appliance.client.muxclient import stop_daemon
 from appliance.client.ssh import (ScpProtocolError, _Sink, connect_node, remote_scp_command, scp_download,
                                   scp_upload, split_host_port)
-from ssh_proto.trio_io.agent import InProcessAgent
-from ssh_proto.keys import PrivateKey
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="the node switches users: needs root")]
 
@@ -313,11 +311,7 @@ async def test_jumpgate_ssh_local_and_remote_forwarding(cluster, profile, login,
 
 @pytest.mark.parametrize("mux", ["0", "1"], ids=["in-process", "session-daemon"])
 async def test_jumpgate_ssh_forwards_the_agent_with_dash_a(cluster, profile, login, nursery, tmp_path, mux):
-    agent = InProcessAgent()
-    key = PrivateKey.generate("ssh-ed25519")
-    await agent.add(key, comment="forwarded-key")
-    sock = tmp_path / "agent.sock"
-    await nursery.start(agent.serve_unix, str(sock))
+    sock, key = await serve_agent(nursery, tmp_path)
     done = await jumpgate(profile, "ssh", "-A", f"{login.name}@{NODE}", "ssh-add -L",
                           env={"SSH_AUTH_SOCK": str(sock), "JUMPGATE_MUX": mux})
     assert done.returncode == 0, done.stderr

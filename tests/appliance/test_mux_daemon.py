@@ -28,12 +28,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from _proxy_helpers import CLUSTER, NODE, REPO, jumpgate, make_user, remove_user, start_cluster, user_cert
+from _proxy_helpers import (CLUSTER, NODE, REPO, jumpgate, make_user, remove_user, serve_agent, start_cluster,
+                            user_cert)
 from appliance.client import mux, muxclient, muxd
 from appliance.client.mux import MAX_FRAME, FrameDecoder, SessionRequest, encode_frame
 from appliance.client.ssh import load_credentials
 from ssh_proto.keys import PrivateKey
-from ssh_proto.trio_io.agent import InProcessAgent
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="the node switches users: needs root")]
 
@@ -200,11 +200,7 @@ async def test_daemon_serves_many_sessions_over_one_proxy_connection(cluster, pr
 
 async def test_daemon_forwards_the_clients_agent_with_dash_a(cluster, profile, login, running, nursery, tmp_path,
                                                             caplog):
-    agent = InProcessAgent()
-    key = PrivateKey.generate("ssh-ed25519")
-    await agent.add(key, comment="forwarded-key")
-    sock = tmp_path / "agent.sock"
-    await nursery.start(agent.serve_unix, str(sock))
+    sock, key = await serve_agent(nursery, tmp_path)
     done = await jumpgate(profile, "ssh", "-A", f"{login.name}@{NODE}", "ssh-add -L",
                           env={"JUMPGATE_MUX": "1", "SSH_AUTH_SOCK": str(sock)})
     assert done.returncode == 0, done.stderr
