@@ -12,7 +12,9 @@
 - :func:`jumpgate`: the ``jumpgate`` CLI as a subprocess with that profile.
 - :func:`serve_agent`: an in-process SSH agent holding one fresh key, on a unix socket.
 
-No fixtures here (tests/appliance has no conftest.py): test modules build theirs.
+tests/appliance has no conftest.py: :func:`proxy_fixtures` builds the three fixtures the
+proxy and client test modules share, and each module binds them (``login, cluster, profile =
+proxy_fixtures("prefix")``).
 """
 from __future__ import annotations
 
@@ -24,9 +26,11 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import pytest
 import trio
 
 from _node_helpers import LOOPBACK, AuditLog, make_user, remove_user, run  # noqa: F401  (re-exported)
+from appliance.client.muxclient import stop_daemon
 from appliance.client.profile import ClientPaths, Profile
 from appliance.client.ssh import Credentials, load_credentials
 from appliance.node.server import NodeIdentity, serve_node
@@ -143,3 +147,26 @@ async def serve_agent(nursery: trio.Nursery, directory: Path) -> tuple[Path, Pri
     sock = directory / "agent.sock"
     await nursery.start(agent.serve_unix, str(sock))
     return sock, key
+
+
+def proxy_fixtures(user_prefix: str):
+    """(login, cluster, profile): a throw-away OS account for the module, a node and proxy in
+    the test's nursery (:func:`start_cluster`), and a fresh client profile whose session
+    daemon, if a test's ``jumpgate ssh`` started one, is stopped at teardown."""
+    @pytest.fixture(scope="module")
+    def login():
+        user = make_user(user_prefix)
+        yield user
+        remove_user(user)
+
+    @pytest.fixture
+    async def cluster(nursery, tmp_path, login):
+        return await start_cluster(nursery, tmp_path, login.name)
+
+    @pytest.fixture
+    def profile(cluster):
+        profile = cluster.write_profile()
+        yield profile
+        stop_daemon(profile.paths.home)
+
+    return login, cluster, profile

@@ -20,33 +20,16 @@ import pytest
 import trio
 import trio.testing
 
-from _proxy_helpers import CLUSTER, LOOPBACK, NODE, jumpgate, make_user, remove_user, serve_agent, start_cluster
+from _proxy_helpers import CLUSTER, LOOPBACK, NODE, jumpgate, proxy_fixtures, serve_agent
 from appliance.cli import remote
 from appliance.cli.errors import CliError
-from appliance.client.muxclient import stop_daemon
 from appliance.client.ssh import (ScpProtocolError, _Sink, connect_node, remote_scp_command, scp_download,
                                   scp_upload, split_host_port)
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="the node switches users: needs root")]
 
 
-@pytest.fixture(scope="module")
-def login():
-    user = make_user("clissh")
-    yield user
-    remove_user(user)
-
-
-@pytest.fixture
-async def cluster(nursery, tmp_path, login):
-    return await start_cluster(nursery, tmp_path, login.name)
-
-
-@pytest.fixture
-def profile(cluster):
-    profile = cluster.write_profile()
-    yield profile
-    stop_daemon(profile.paths.home)  # the session daemon `jumpgate ssh` started
+login, cluster, profile = proxy_fixtures("clissh")
 
 
 def _tree(root: Path) -> dict[str, bytes | None]:

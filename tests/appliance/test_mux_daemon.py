@@ -28,8 +28,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from _proxy_helpers import (CLUSTER, NODE, REPO, jumpgate, make_user, remove_user, serve_agent, start_cluster,
-                            user_cert)
+from _proxy_helpers import CLUSTER, NODE, REPO, jumpgate, proxy_fixtures, serve_agent, user_cert
 from appliance.client import mux, muxclient, muxd
 from appliance.client.mux import MAX_FRAME, FrameDecoder, SessionRequest, encode_frame
 from appliance.client.ssh import load_credentials
@@ -40,23 +39,7 @@ pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="the node switches us
 WAIT = 10.0  # bound on every wait for the daemon; the tests themselves take well under a second each
 
 
-@pytest.fixture(scope="module")
-def login():
-    user = make_user("muxd")
-    yield user
-    remove_user(user)
-
-
-@pytest.fixture
-async def cluster(nursery, tmp_path, login):
-    return await start_cluster(nursery, tmp_path, login.name)
-
-
-@pytest.fixture
-def profile(cluster):
-    profile = cluster.write_profile()
-    yield profile
-    muxclient.stop_daemon(profile.paths.home)  # a safety net: a client that found no daemon would start one
+login, cluster, profile = proxy_fixtures("muxd")
 
 
 @dataclasses.dataclass

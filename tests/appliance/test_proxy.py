@@ -18,7 +18,7 @@ import pytest
 import trio
 
 import ssh_proto
-from _proxy_helpers import CLUSTER, LOOPBACK, NODE, USER, make_user, remove_user, run, start_cluster
+from _proxy_helpers import CLUSTER, LOOPBACK, NODE, USER, proxy_fixtures, run
 from appliance.api.protocol import FrameDecoder, parse_response
 from appliance.cli.remote import render_ssh_config
 from appliance.client.ssh import ConnectError, connect_node, connect_proxy, list_nodes
@@ -30,21 +30,7 @@ from ssh_proto.keys import PrivateKey
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="the node switches users: needs root")]
 
 
-@pytest.fixture(scope="module")
-def login():
-    user = make_user("proxy")
-    yield user
-    remove_user(user)
-
-
-@pytest.fixture
-async def cluster(nursery, tmp_path, login):
-    return await start_cluster(nursery, tmp_path, login.name)
-
-
-@pytest.fixture
-def profile(cluster):
-    return cluster.write_profile()
+login, cluster, profile = proxy_fixtures("proxy")
 
 
 # ----------------------------------------------------------------------------- reaching nodes
