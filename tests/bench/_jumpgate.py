@@ -24,8 +24,8 @@ from ssh_proto.keys import load_private_key, load_public_file  # noqa: E402
 from ssh_proto.known_hosts import KnownHosts  # noqa: E402
 
 from _peers import (  # noqa: E402
-    _BULK_COMMAND, CHUNK, HOST_KEY_ALGORITHM, KEX, READY, BenchContext, BulkCase, BulkResult, KeyPair,
-    LatencyResult, ServerCpu, SshEndpoint, SshTarget, asyncssh_bulk, bulk_pair, latency_pair, openssh_bulk,
+    _BULK_COMMAND, CHUNK, HOST_KEY_ALGORITHM, KEX, READY, BenchContext, BulkCase, KeyPair,
+    SshEndpoint, SshTarget, asyncssh_bulk, openssh_bulk, register_pair, sshd,
 )
 
 
@@ -172,56 +172,15 @@ def jumpgate_latency(target: SshEndpoint, identity: KeyPair, n: int) -> list[flo
     return trio.run(_jumpgate_latency, target, identity, n)
 
 
-def _server(ctx: BenchContext) -> JumpgateServer:
-    return ctx.service("jumpgate-server", start_jumpgate_server)
+def _server(ctx: BenchContext) -> tuple[int, SshTarget]:
+    server = ctx.service("jumpgate-server", start_jumpgate_server)
+    return server.pid, server.target
 
 
-@bulk_pair("jumpgate→jumpgate")
-def _jumpgate_to_jumpgate(ctx: BenchContext, case: BulkCase) -> BulkResult:
-    server = _server(ctx)
-    with ServerCpu(server.pid) as cpu:
-        seconds = jumpgate_bulk(server.target, ctx.client_key, case)
-    return BulkResult(seconds, cpu.seconds)
-
-
-@bulk_pair("jumpgate→sshd")
-def _jumpgate_to_sshd(ctx: BenchContext, case: BulkCase) -> BulkResult:
-    server = ctx.sshd()
-    with ServerCpu(server.pid) as cpu:
-        seconds = jumpgate_bulk(server, ctx.client_key, case)
-    return BulkResult(seconds, cpu.seconds)
-
-
-@bulk_pair("ssh→jumpgate")
-def _ssh_to_jumpgate(ctx: BenchContext, case: BulkCase) -> BulkResult:
-    server = _server(ctx)
-    with ServerCpu(server.pid) as cpu:
-        seconds = openssh_bulk(server.target, ctx.client_key, case)
-    return BulkResult(seconds, cpu.seconds)
-
-
-@bulk_pair("asyncssh→jumpgate")
-def _asyncssh_to_jumpgate(ctx: BenchContext, case: BulkCase) -> BulkResult:
-    server = _server(ctx)
-    with ServerCpu(server.pid) as cpu:
-        seconds = asyncssh_bulk(server.target, ctx.client_key, case)
-    return BulkResult(seconds, cpu.seconds)
-
-
-@latency_pair("jumpgate→jumpgate")
-def _jumpgate_to_jumpgate_latency(ctx: BenchContext, n: int) -> LatencyResult:
-    server = _server(ctx)
-    with ServerCpu(server.pid) as cpu:
-        samples = jumpgate_latency(server.target, ctx.client_key, n)
-    return LatencyResult(samples, cpu.seconds)
-
-
-@latency_pair("jumpgate→sshd")
-def _jumpgate_to_sshd_latency(ctx: BenchContext, n: int) -> LatencyResult:
-    server = ctx.sshd()
-    with ServerCpu(server.pid) as cpu:
-        samples = jumpgate_latency(server, ctx.client_key, n)
-    return LatencyResult(samples, cpu.seconds)
+register_pair("jumpgate→jumpgate", _server, bulk=jumpgate_bulk, latency=jumpgate_latency)
+register_pair("jumpgate→sshd", sshd, bulk=jumpgate_bulk, latency=jumpgate_latency)
+register_pair("ssh→jumpgate", _server, bulk=openssh_bulk)
+register_pair("asyncssh→jumpgate", _server, bulk=asyncssh_bulk)
 
 
 def main(argv: list[str]) -> None:

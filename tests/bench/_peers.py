@@ -1,21 +1,12 @@
 """The peers bench_ssh.py measures: servers, client drivers, and the registry of pairs.
 
-A *pair* is one client talking to one server, written as one small function and registered
-with a decorator; bench_ssh.py runs every registered pair and prints one row for each:
+A *pair* is one client talking to one server, registered with :func:`register_pair`;
+bench_ssh.py runs every registered pair and prints one row for each:
 
-    @bulk_pair("ssh→jumpgate")
-    def _ssh_to_jumpgate(ctx: BenchContext, case: BulkCase) -> BulkResult:
-        server = ctx.service("jumpgate", start_jumpgate_server)  # started once, stopped at exit
-        with ServerCpu(server.pid) as cpu:
-            seconds = openssh_bulk(server.target, ctx.client_key, case)
-        return BulkResult(seconds, cpu.seconds)
+    register_pair("ssh→jumpgate", jumpgate_server, bulk=openssh_bulk, latency=openssh_latency)
 
-    @latency_pair("ssh→jumpgate")
-    def _ssh_to_jumpgate_latency(ctx: BenchContext, n: int) -> LatencyResult:
-        server = ctx.service("jumpgate", start_jumpgate_server)
-        with ServerCpu(server.pid) as cpu:
-            samples = openssh_latency(server.target, ctx.client_key, n)
-        return LatencyResult(samples, cpu.seconds)
+``jumpgate_server(ctx)`` returns (the server's pid, the endpoint the client drivers take);
+the server is started once (``ctx.service``) and its CPU is measured around each run.
 
 A bulk pair moves ``case.nbytes`` through ONE exec channel of an already authenticated
 connection.  The command (:attr:`BulkCase.command`) first prints READY on stderr, then runs
@@ -108,24 +99,29 @@ LATENCY_PAIRS: dict[str, LatencyPair] = {}
 BASELINE = "asyncssh→asyncssh"
 
 
-def bulk_pair(name: str) -> Callable[[BulkPair], BulkPair]:
-    """Register a function measuring one :class:`BulkCase`.
-
-    The caller measures the client's CPU (its own and reaped children's rusage); the pair
-    measures the server's with :class:`ServerCpu` around the whole connection.
-    """
-    def register(fn: BulkPair) -> BulkPair:
-        BULK_PAIRS[name] = fn
-        return fn
-    return register
+ServerOf = Callable[["BenchContext"], "tuple[int, object]"]  # ctx -> (server pid, endpoint)
 
 
-def latency_pair(name: str) -> Callable[[LatencyPair], LatencyPair]:
-    """Register a function timing ``n`` sequential connections."""
-    def register(fn: LatencyPair) -> LatencyPair:
-        LATENCY_PAIRS[name] = fn
-        return fn
-    return register
+def register_pair(name: str, server: ServerOf, *, bulk: Callable | None = None,
+                  latency: Callable | None = None) -> None:
+    """Register the client→server pair ``name``: ``bulk(endpoint, key, case)`` returns the
+    seconds for one :class:`BulkCase`, ``latency(endpoint, key, n)`` the seconds of ``n``
+    sequential connections. The caller measures the client's CPU (its own and reaped
+    children's rusage); the server's is measured here with :class:`ServerCpu`."""
+    if bulk is not None:
+        def measure_bulk(ctx: BenchContext, case: BulkCase) -> BulkResult:
+            pid, endpoint = server(ctx)
+            with ServerCpu(pid) as cpu:
+                seconds = bulk(endpoint, ctx.client_key, case)
+            return BulkResult(seconds, cpu.seconds)
+        BULK_PAIRS[name] = measure_bulk
+    if latency is not None:
+        def measure_latency(ctx: BenchContext, n: int) -> LatencyResult:
+            pid, endpoint = server(ctx)
+            with ServerCpu(pid) as cpu:
+                samples = latency(endpoint, ctx.client_key, n)
+            return LatencyResult(samples, cpu.seconds)
+        LATENCY_PAIRS[name] = measure_latency
 
 
 class BenchContext:
@@ -462,52 +458,20 @@ def openssh_latency(target: SshEndpoint, identity: KeyPair, n: int) -> list[floa
 # --------------------------------------------------------------------------- the pairs
 
 
-@bulk_pair("asyncssh→asyncssh")
-def _asyncssh_to_asyncssh(ctx: BenchContext, case: BulkCase) -> BulkResult:
+def sshd(ctx: BenchContext) -> tuple[int, object]:
+    server = ctx.sshd()
+    return server.pid, server
+
+
+def asyncssh_server(ctx: BenchContext) -> tuple[int, object]:
     server = ctx.asyncssh_server()
-    with ServerCpu(server.pid) as cpu:
-        seconds = asyncssh_bulk(server.target, ctx.client_key, case)
-    return BulkResult(seconds, cpu.seconds)
+    return server.pid, server.target
 
 
-@bulk_pair("asyncssh→sshd")
-def _asyncssh_to_sshd(ctx: BenchContext, case: BulkCase) -> BulkResult:
-    server = ctx.sshd()
-    with ServerCpu(server.pid) as cpu:
-        seconds = asyncssh_bulk(server, ctx.client_key, case)
-    return BulkResult(seconds, cpu.seconds)
-
-
-@bulk_pair("ssh→sshd")
-def _ssh_to_sshd(ctx: BenchContext, case: BulkCase) -> BulkResult:
-    server = ctx.sshd()
-    with ServerCpu(server.pid) as cpu:
-        seconds = openssh_bulk(server, ctx.client_key, case)
-    return BulkResult(seconds, cpu.seconds)
-
-
-@latency_pair("asyncssh→asyncssh")
-def _asyncssh_to_asyncssh_latency(ctx: BenchContext, n: int) -> LatencyResult:
-    server = ctx.asyncssh_server()
-    with ServerCpu(server.pid) as cpu:
-        samples = asyncssh_latency(server.target, ctx.client_key, n)
-    return LatencyResult(samples, cpu.seconds)
-
-
-@latency_pair("asyncssh→sshd")
-def _asyncssh_to_sshd_latency(ctx: BenchContext, n: int) -> LatencyResult:
-    server = ctx.sshd()
-    with ServerCpu(server.pid) as cpu:
-        samples = asyncssh_latency(server, ctx.client_key, n)
-    return LatencyResult(samples, cpu.seconds)
-
-
-@latency_pair("ssh→sshd")
-def _ssh_to_sshd_latency(ctx: BenchContext, n: int) -> LatencyResult:
-    server = ctx.sshd()
-    with ServerCpu(server.pid) as cpu:
-        samples = openssh_latency(server, ctx.client_key, n)
-    return LatencyResult(samples, cpu.seconds)
+# rows print in registration order (these first, then _jumpgate.py's)
+register_pair("asyncssh→asyncssh", asyncssh_server, bulk=asyncssh_bulk, latency=asyncssh_latency)
+register_pair("asyncssh→sshd", sshd, bulk=asyncssh_bulk, latency=asyncssh_latency)
+register_pair("ssh→sshd", sshd, bulk=openssh_bulk, latency=openssh_latency)
 
 
 def main(argv: list[str]) -> None:
