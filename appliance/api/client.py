@@ -134,7 +134,22 @@ def _host_check(host: str, port: int, known_hosts: Any, host_ca_key: PublicKey |
     return verify_auth_server(host, host_ca_key=host_ca_key, ca_pin=ca_pin)
 
 
-class ApiClient:
+class CallsByName:
+    """``api.list_nodes(labels=...)`` is ``api.call("list_nodes", labels=...)``; the class
+    mixing this in defines ``call``."""
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        async def method(**params: Any) -> Any:
+            return await self.call(name, **params)
+
+        method.__name__ = name
+        return method
+
+
+class ApiClient(CallsByName):
     """An open API channel. Use :meth:`connect` / :meth:`connect_join`, then
     ``await api.call("method", **params)`` or ``await api.method(**params)``.
 
@@ -194,17 +209,6 @@ class ApiClient:
                 await process.aclose()
 
     # ---- calling --------------------------------------------------------------------------
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        """``api.list_nodes(labels=...)`` is ``api.call("list_nodes", labels=...)``."""
-        if name.startswith("_"):
-            raise AttributeError(name)
-
-        async def method(**params: Any) -> Any:
-            return await self.call(name, **params)
-
-        method.__name__ = name
-        return method
-
     async def call(self, method: str, /, **params: Any) -> Any:
         """Call ``method`` with keyword ``params``; its result, or raise ApiError."""
         async with self._lock:

@@ -14,14 +14,14 @@ import trio
 
 from ssh_proto import SSHError
 
-from .client import ApiClient, ApiError
+from .client import ApiClient, ApiError, CallsByName
 
 log = logging.getLogger("jumpgate.api")
 
 E_UNAVAILABLE = "unavailable"
 
 
-class ApiPool:
+class ApiPool(CallsByName):
     """Run :meth:`run` in a nursery (``await nursery.start(pool.run)``), then call methods."""
 
     def __init__(self, factory: Callable[[], AsyncContextManager[ApiClient]], *, connect_timeout: float = 10.0):
@@ -70,13 +70,3 @@ class ApiPool:
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._broken.set()
             raise ApiError(E_UNAVAILABLE, f"the auth server connection failed: {exc}") from None
-
-    def __getattr__(self, name: str) -> Callable[..., Any]:
-        if name.startswith("_"):
-            raise AttributeError(name)
-
-        async def method(**params: Any) -> Any:
-            return await self.call(name, **params)
-
-        method.__name__ = name
-        return method
