@@ -496,18 +496,24 @@ class Transport:
             self.session_id = kx.result.exchange_hash
         self._emit_kex(m.NewKeys().encode())
         kx.sent_newkeys = True
-        n = kx.negotiated
-        out_cipher, out_mac, letters = ((n.cipher_cs, n.mac_cs, b"ACE") if self.role is Role.CLIENT
-                                        else (n.cipher_sc, n.mac_sc, b"BDF"))
-        self._writer.set_keys(out_cipher, out_mac, *self._derive(out_cipher, out_mac, letters))
-        if self._compression_started:
-            out_comp = n.compression_cs if self.role is Role.CLIENT else n.compression_sc
-            self._writer.restart_compression(out_comp == "zlib@openssh.com")
-        if self.strict_kex:
-            self._writer.reset_sequence()
+        self._install_keys(self._writer, kx.negotiated, outgoing=True)
         if self.role is Role.SERVER and not self._first_kex_done and self.peer_wants_ext_info:
             self._out.append(self._writer.write(self._server_ext_info()))
         self._maybe_finish_kex()
+
+    def _install_keys(self, direction, n, *, outgoing: bool) -> None:
+        """New keys for one direction at NEWKEYS (RFC 4253 §7.2: client-to-server keys
+        derive from letters A, C, E, server-to-client from B, D, F); compression restarts
+        after the first exchange, and strict kex resets the sequence number."""
+        if (self.role is Role.CLIENT) == outgoing:
+            cipher, mac, compression, letters = n.cipher_cs, n.mac_cs, n.compression_cs, b"ACE"
+        else:
+            cipher, mac, compression, letters = n.cipher_sc, n.mac_sc, n.compression_sc, b"BDF"
+        direction.set_keys(cipher, mac, *self._derive(cipher, mac, letters))
+        if self._compression_started:
+            direction.restart_compression(compression == "zlib@openssh.com")
+        if self.strict_kex:
+            direction.reset_sequence()
 
     def _server_ext_info(self) -> bytes:
         return m.ExtInfo((("server-sig-algs", ",".join(SERVER_SIG_ALGS).encode()),)).encode()
@@ -520,15 +526,7 @@ class Transport:
         if self.role is Role.SERVER and not kx.sent_newkeys:
             raise ProtocolError("unexpected NEWKEYS")
         kx.got_newkeys = True
-        n = kx.negotiated
-        in_cipher, in_mac, letters = ((n.cipher_sc, n.mac_sc, b"BDF") if self.role is Role.CLIENT
-                                      else (n.cipher_cs, n.mac_cs, b"ACE"))
-        self._reader.set_keys(in_cipher, in_mac, *self._derive(in_cipher, in_mac, letters))
-        if self._compression_started:
-            in_comp = n.compression_sc if self.role is Role.CLIENT else n.compression_cs
-            self._reader.restart_compression(in_comp == "zlib@openssh.com")
-        if self.strict_kex:
-            self._reader.reset_sequence()
+        self._install_keys(self._reader, kx.negotiated, outgoing=False)
         if not self._first_kex_done:
             self._expect_ext_info = True  # we offered ext-info-c/-s in our first KEXINIT
         self._maybe_finish_kex()
