@@ -122,6 +122,16 @@ class _Direction:
         self.packets = 0
         self.bytes = 0
 
+    def _count(self, plen: int) -> None:
+        """One packet of ``plen`` (length field excluded) went through: the sequence number
+        moves on (mod 2**32, noting a wrap: T1) and the rekey counters grow."""
+        seq = (self.seq + 1) & _SEQ_MASK
+        if not seq:
+            self.seq_wrapped = True
+        self.seq = seq
+        self.packets += 1
+        self.bytes += 4 + plen
+
     def reset_sequence(self) -> None:
         """Strict KEX (T1): the sequence number restarts at 0 after every NEWKEYS."""
         self.seq = 0
@@ -199,14 +209,8 @@ class PacketWriter(_Direction):
         if padlen < 4:
             padlen += bs
         plen = n + 1 + padlen
-        seq = self.seq
-        wire = sealer.seal(seq, plen, padlen, payload, self._padding(padlen))
-        seq = (seq + 1) & _SEQ_MASK
-        if not seq:
-            self.seq_wrapped = True
-        self.seq = seq
-        self.packets += 1
-        self.bytes += 4 + plen
+        wire = sealer.seal(self.seq, plen, padlen, payload, self._padding(padlen))
+        self._count(plen)
         return wire
 
     def _padding(self, n: int) -> bytes:
@@ -318,14 +322,8 @@ class PacketReader(_Direction):
         payload = opener.open(self._win, pos, plen, self.seq)
         self._plen = -1
         self._pos = pos + total
-        seq = self.seq
-        self.seq_of_last = seq
-        seq = (seq + 1) & _SEQ_MASK
-        if not seq:
-            self.seq_wrapped = True
-        self.seq = seq
-        self.packets += 1
-        self.bytes += 4 + plen
+        self.seq_of_last = self.seq
+        self._count(plen)
         if self._inflate is not None:
             payload = self._inflate(payload)
         return payload
