@@ -374,22 +374,6 @@ def node_server_factory(identity_provider: Callable[[], NodeIdentity], *, audit:
     return factory
 
 
-class _NodeListener(ssh_proto.SSHListener):
-    """An SSHListener whose host keys are the node identity's current ones."""
-
-    def __init__(self, identity_provider: Callable[[], NodeIdentity], server_factory, **options):
-        self._identity_provider = identity_provider
-        super().__init__(server_factory, host_keys=(), **options)
-
-    @property
-    def host_keys(self) -> tuple[tuple[PrivateKey, Certificate | None], ...]:
-        return host_keys_of(self._identity_provider())
-
-    @host_keys.setter
-    def host_keys(self, _keys) -> None:
-        pass  # SSHListener.__init__ stores static keys; ours are read from the identity instead
-
-
 async def serve_node(identity_provider: Callable[[], NodeIdentity], host: str | None = "0.0.0.0",
                      port: int = NODE_PORT, *, audit: AuditSink | None = None,
                      allow_users: Collection[str] | None = None,
@@ -400,5 +384,6 @@ async def serve_node(identity_provider: Callable[[], NodeIdentity], host: str | 
     ``listener.port`` is the bound port (pass port 0 for any free one).
     """
     factory = node_server_factory(identity_provider, audit=audit, allow_users=allow_users)
-    listener = _NodeListener(identity_provider, factory)
+    # the host keys are read at each connection: a renewed certificate applies at once
+    listener = ssh_proto.SSHListener(factory, host_keys=lambda: host_keys_of(identity_provider()))
     await listener.serve(host, port, task_status=task_status)

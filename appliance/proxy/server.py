@@ -250,22 +250,6 @@ def _host_keys(identity: ProxyIdentity) -> tuple[tuple[PrivateKey, Certificate |
     return ((identity.host_key, identity.host_cert), (identity.host_key, None))
 
 
-class _ProxyListener(ssh_proto.SSHListener):
-    """An SSHListener whose host keys are read from the identity provider at each connection."""
-
-    def __init__(self, identity_provider: Callable[[], ProxyIdentity], server_factory, **options):
-        self._identity_provider = identity_provider
-        super().__init__(server_factory, host_keys=(), **options)
-
-    @property
-    def host_keys(self) -> tuple[tuple[PrivateKey, Certificate | None], ...]:
-        return _host_keys(self._identity_provider())
-
-    @host_keys.setter
-    def host_keys(self, _keys) -> None:
-        pass  # SSHListener.__init__ stores static keys; ours come from the provider
-
-
 async def serve_proxy(identity: ProxyIdentity | Callable[[], ProxyIdentity], user_cas: Sequence[PublicKey],
                       cluster: str, resolve: Resolve, list_nodes: ListNodes, host: str | None = "0.0.0.0",
                       port: int = PROXY_PORT, *, audit: AuditSink | None = None,
@@ -285,5 +269,6 @@ async def serve_proxy(identity: ProxyIdentity | Callable[[], ProxyIdentity], use
     """
     provider = identity if callable(identity) else (lambda: identity)
     factory = proxy_server_factory(user_cas, cluster, resolve, list_nodes, audit=audit)
-    listener = _ProxyListener(provider, factory)
+    # the host keys are read at each connection: a renewed certificate applies at once
+    listener = ssh_proto.SSHListener(factory, host_keys=lambda: _host_keys(provider()))
     await listener.serve(host, port, task_status=task_status)
