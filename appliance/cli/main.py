@@ -116,7 +116,10 @@ def _add_ls(sub) -> None:
 
 
 def _add_ssh(sub) -> None:
-    p = sub.add_parser("ssh", help="open a shell or run a command on a node")
+    p = sub.add_parser("ssh", help="open a shell or run a command on a node",
+                       epilog="Sessions are handed to a per-user session daemon that keeps the proxy connection "
+                              "(started on first use; log in ~/.jumpgate/mux.log). -L, -R, -N and "
+                              "JUMPGATE_MUX=0 run in this process.")
     p.add_argument("-p", "--port", type=int, help="node port")
     p.add_argument("-L", dest="local_forwards", action="append", default=[], help="[bind:]port:host:hostport")
     p.add_argument("-R", dest="remote_forwards", action="append", default=[], help="[bind:]port:host:hostport")
