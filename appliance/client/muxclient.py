@@ -105,7 +105,8 @@ class _Link:
     def send(self, message: dict, fds: tuple[int, ...] = ()) -> None:
         data = encode_frame(message)
         sent = socket.send_fds(self.sock, [data], list(fds)) if fds else 0
-        self.sock.sendall(data[sent:])
+        if sent < len(data):  # sendall(b"") still calls send(): EPIPE once a quick daemon answered and closed
+            self.sock.sendall(data[sent:])
 
     def receive(self) -> dict | None:
         """The next message; None when the daemon closed the connection."""

@@ -296,7 +296,8 @@ def _exchange(home: Path, data: bytes, fds: Sequence[int] = (), *, hang_up: bool
         sock.settimeout(WAIT)
         if fds:
             sent = socket.send_fds(sock, [data], list(fds))
-            sock.sendall(data[sent:])
+            if sent < len(data):  # the daemon may have answered and closed already
+                sock.sendall(data[sent:])
         elif data:
             sock.sendall(data)
         if hang_up:

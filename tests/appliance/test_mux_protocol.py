@@ -15,6 +15,7 @@ import os
 import socket
 import stat
 import struct
+import threading
 from pathlib import Path
 
 import pytest
@@ -631,3 +632,46 @@ def test_run_session_returns_none_when_no_daemon_can_be_reached(home, monkeypatc
     assert muxclient.run_session(home, _request()) is None
     assert spawned == [home]  # it did try to start a daemon, then fell back
     assert _open_fds() == before
+
+
+def test_a_session_the_daemon_ends_before_the_send_returns_is_not_run_again(home, monkeypatch):
+    """A quick daemon may read the request, run it, answer and close before ``send_fds``
+    returns. The client must then read the answer, not fall back (which would run the
+    command a second time in-process): ``sendall(b"")`` on such a socket raises EPIPE."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(home / SOCKET_NAME))
+    listener.listen(1)
+    answered = threading.Event()
+    requests = []
+
+    def daemon() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            decoder = FrameDecoder()
+            while not requests:
+                data, fds, _, _ = socket.recv_fds(conn, 65536, 8)
+                for fd in fds:
+                    os.close(fd)
+                requests.extend(decoder.feed(data))
+            conn.sendall(encode_frame({"event": "opened"}) + encode_frame({"event": "exit", "status": 7}))
+        answered.set()
+
+    real_send_fds = socket.send_fds
+
+    def send_fds_then_the_daemon_finishes(sock, buffers, fds):
+        sent = real_send_fds(sock, buffers, fds)
+        assert answered.wait(10), "the fake daemon did not answer"
+        return sent
+
+    monkeypatch.setattr(muxclient.socket, "send_fds", send_fds_then_the_daemon_finishes)
+    monkeypatch.setattr(muxclient, "spawn_daemon", lambda where: pytest.fail("a daemon was listening"))
+    server = threading.Thread(target=daemon)
+    server.start()
+    try:
+        outcome = muxclient.run_session(home, _request())
+    finally:
+        server.join(10)
+        listener.close()
+    assert outcome is not None, "the client fell back in-process after the daemon ran the session"
+    assert (outcome.status, outcome.message) == (7, None)
+    assert [r["command"] for r in requests] == ["true"]
