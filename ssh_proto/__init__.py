@@ -30,6 +30,7 @@ _LAZY = {
     "PtyInfo": ".trio_io.session", "RunResult": ".trio_io.session", "ServerSession": ".trio_io.session",
     "SessionPolicy": ".trio_io.session", "SSHProcess": ".trio_io.session",
     "AgentClient": ".trio_io.agent", "InProcessAgent": ".trio_io.agent",
+    "RelayPreamble": ".trio_io.preamble", "PreambleError": ".preamble",
 }
 
 __all__ = sorted([*_LAZY, "AgentError", "AuthError", "CertificateError", "ChannelError", "ChannelOpenError",

@@ -197,7 +197,8 @@ async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_a
 
     def provider() -> NodeIdentity:
         ident = holder.current
-        return NodeIdentity(ident.host_key, ident.host_cert, (ident.user_ca,), ident.cluster, ident.name)
+        return NodeIdentity(ident.host_key, ident.host_cert, (ident.user_ca,), ident.cluster, ident.name,
+                            host_cas=(ident.host_ca,))
 
     try:
         await nursery.start(functools.partial(serve_node, provider, cfg.listen_addr, cfg.ports["node"],

@@ -7,7 +7,8 @@
 
 Example::
 
-    identity = NodeIdentity(host_key, host_cert, (user_ca,), cluster="example", name="node1")
+    identity = NodeIdentity(host_key, host_cert, (user_ca,), cluster="example", name="node1",
+                            host_cas=(host_ca,))   # the proxies it believes about clients
     async with trio.open_nursery() as nursery:
         listener = await nursery.start(serve_node, lambda: identity, "0.0.0.0", 3022)
 """

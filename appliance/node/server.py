@@ -15,6 +15,10 @@ RFC 4254 connection protocol):
   :mod:`appliance.node.process`; agent forwarding gets a private socket owned by the login.
 * Port forwarding: ``direct-tcpip`` connects wherever the node can reach (sshd's default);
   ``tcpip-forward`` listens where asked, but never on a privileged port for a non-root login.
+* The client's address: a connection relayed by the cluster's proxy starts with the
+  proxy's signed line naming the client (:mod:`appliance.relay`); once verified, that
+  address is the connection's peer for the certificate's source-address, SSH_CLIENT /
+  SSH_CONNECTION and audit. A line that fails verification closes the connection.
 * Audit: ``auth`` (accepted or refused certificate), ``session.start`` / ``session.end``,
   ``exec`` (a session that could not start), ``port`` and ``agent.forward`` events go to the
   ``audit`` callable as the maps :meth:`appliance.audit.AuditEvent.from_wire` accepts from a
@@ -40,6 +44,7 @@ from ssh_proto.errors import AgentError, CertificateError
 from ssh_proto.keys import Certificate, PrivateKey, PublicKey
 from ssh_proto.trio_io.agent import forward_agent_to_unix_socket
 
+from ..relay import RELAY_PREFIX, RelayVerifier
 from . import process as proc
 
 log = logging.getLogger("jumpgate.node")
@@ -65,6 +70,7 @@ class NodeIdentity:
     user_cas: tuple[PublicKey, ...]
     cluster: str
     name: str
+    host_cas: tuple[PublicKey, ...] = ()  # whose proxies may vouch for a relayed client
 
 
 def host_keys_of(identity: NodeIdentity) -> tuple[tuple[PrivateKey, Certificate | None], ...]:
@@ -101,11 +107,16 @@ class NodeServer(ssh_proto.SSHServer):
         self._agent_sock: str | None = None
         self._agent_lock = trio.Lock()
         self._sessions = 0
-        self.endpoints = proc.Endpoints.from_addresses(None, None)
+        self.conn: ssh_proto.SSHServerConnection | None = None
 
-    def connection_made(self, conn: ssh_proto.SSHServerConnection) -> None:
-        super().connection_made(conn)
-        self.endpoints = proc.Endpoints.from_addresses(conn.peer_address, _local_address(conn))
+    @property
+    def endpoints(self) -> proc.Endpoints:
+        """Both ends, read when needed: a proxy's relay line replaces the peer address after
+        the connection is made (and before the client can authenticate)."""
+        conn = self.conn
+        if conn is None:
+            return proc.Endpoints.from_addresses(None, None)
+        return proc.Endpoints.from_addresses(conn.peer_address, _local_address(conn))
 
     # ---- authentication ------------------------------------------------------------------
     async def auth_publickey_acceptable(self, username: str, key) -> bool:
@@ -363,6 +374,18 @@ def _local_address(conn: ssh_proto.SSHServerConnection) -> tuple | None:
         return None
 
 
+def _logged(check: Callable[[bytes, tuple | None], tuple]) -> Callable[[bytes, tuple | None], tuple]:
+    def logged(line: bytes, peer: tuple | None) -> tuple:
+        try:
+            client = check(line, peer)
+        except ssh_proto.PreambleError as exc:
+            log.warning("refused a relayed connection from %s: %s", peer, exc.description)
+            raise
+        log.debug("connection from %s relays client %s", peer, client)
+        return client
+    return logged
+
+
 def node_server_factory(identity_provider: Callable[[], NodeIdentity], *, audit: AuditSink | None = None,
                         allow_users: Collection[str] | None = None) -> Callable[[], NodeServer]:
     """A per-connection factory for ``ssh_proto.serve``; the identity is read at each connection.
@@ -384,6 +407,8 @@ async def serve_node(identity_provider: Callable[[], NodeIdentity], host: str | 
     ``listener.port`` is the bound port (pass port 0 for any free one).
     """
     factory = node_server_factory(identity_provider, audit=audit, allow_users=allow_users)
+    verifier = RelayVerifier(lambda: identity_provider().name, lambda: identity_provider().host_cas)
     # the host keys are read at each connection: a renewed certificate applies at once
-    listener = ssh_proto.SSHListener(factory, host_keys=lambda: host_keys_of(identity_provider()))
+    listener = ssh_proto.SSHListener(factory, host_keys=lambda: host_keys_of(identity_provider()),
+                                     preamble=ssh_proto.RelayPreamble(RELAY_PREFIX, _logged(verifier.check)))
     await listener.serve(host, port, task_status=task_status)

@@ -163,7 +163,7 @@ class NodeDirectory:
     >>> async def fetch():
     ...     return [{"name": "web1", "addr": "10.0.0.5:3022", "labels": {"env": "dev"}}]
     >>> directory = NodeDirectory(fetch)
-    >>> trio.run(directory.resolve, "web1", 22)
+    >>> trio.run(directory.resolve, "web1", 22).endpoint
     ('10.0.0.5', 3022)
     """
 
@@ -188,12 +188,13 @@ class NodeDirectory:
     async def nodes(self) -> tuple[NodeRecord, ...]:
         return await self._refresh(self._ttl)
 
-    async def resolve(self, host: str, port: int) -> tuple[str, int] | None:
-        """Where to connect for ``host``/``port`` (see the module rules), or None."""
+    async def resolve(self, host: str, port: int) -> NodeRecord | None:
+        """The node to connect to for ``host``/``port`` (see the module rules), or None
+        (also for a node without an address the proxy can dial)."""
         node = find_node(await self.nodes(), host, port)
         if node is None:
             node = find_node(await self._refresh(self._min_refresh), host, port)
-        return node.endpoint if node is not None else None
+        return node if node is not None and node.endpoint is not None else None
 
     async def list_nodes(self, labels: Mapping[str, str]) -> list[dict[str, Any]]:
         """For `jumpgate ls`: a list at most ``min_refresh`` old, so a node that just

@@ -19,6 +19,9 @@ relays ``direct-tcpip`` channels (RFC 4254 §7.2) to *registered* nodes only:
   CHANNEL_OPEN_FAILURE description). A certificate without ``permit-port-forwarding``
   may still jump: reaching a node through the proxy is not port forwarding for the user,
   and the node enforces the certificate's permissions on what happens there.
+  To a Jumpgate node (kind ``node``, not an agentless OpenSSH one) the proxy first sends its
+  signed line naming the client's address (:mod:`appliance.relay`), so the node sees
+  whom it serves.
   ``tcpip-forward`` (``ssh -R`` at the proxy) and agent forwarding are refused.
 * **Sessions**: no shell or exec (a one-line hint is sent on stderr, exit status 1); the
   ``jumpgate-nodes`` subsystem answers one node-list request (``jumpgate ls``), read-only,
@@ -46,6 +49,7 @@ from ssh_proto.errors import CertificateError
 from ssh_proto.keys import Certificate, PrivateKey, PublicKey
 
 from ..api.protocol import E_INTERNAL, ApiProtocolError, FrameDecoder, parse_request
+from ..relay import relay_line
 from . import routing
 
 __all__ = ["PROXY_PORT", "NodeUnreachable", "ProxyIdentity", "ProxyServer", "proxy_server_factory", "serve_proxy"]
@@ -64,7 +68,7 @@ NO_SHELL_HINT = (b"jumpgate proxy: there is no shell here. Reach a node with `ju
 PROXY_POLICY = ssh_proto.SessionPolicy(permit_pty=True, permit_agent_forwarding=False,
                                        permit_port_forwarding=True, permit_x11_forwarding=False)
 
-Resolve = Callable[[str, int], Awaitable["tuple[str, int] | None"]]
+Resolve = Callable[[str, int], Awaitable["routing.NodeRecord | None"]]
 ListNodes = Callable[[Mapping[str, str]], Awaitable[Sequence[Mapping[str, Any]]]]
 AuditSink = Callable[[dict], Awaitable[None]]
 
@@ -95,6 +99,7 @@ class _ProxyConfig:
     resolve: Resolve
     list_nodes: ListNodes
     audit: AuditSink | None
+    identity: Callable[[], ProxyIdentity] | None = None  # signs relay lines to nodes
 
 
 def _user_of(cert: Certificate) -> str | None:
@@ -112,11 +117,13 @@ class ProxyServer(ssh_proto.SSHServer):
         self.user: str | None = None      # the cluster user, once authenticated
         self.login: str = ""              # the SSH username given at the proxy
         self.peer_ip: str | None = None
+        self.peer_address: tuple | None = None
         self._refused: set[tuple[str, bytes]] = set()
 
     def connection_made(self, conn: ssh_proto.SSHServerConnection) -> None:
         super().connection_made(conn)
         peer = conn.peer_address
+        self.peer_address = tuple(peer[:2]) if peer else None
         self.peer_ip = str(peer[0]) if peer else None
 
     # ---- authentication ------------------------------------------------------------------
@@ -165,25 +172,42 @@ class ProxyServer(ssh_proto.SSHServer):
     async def direct_tcpip(self, host: str, port: int, orig_host: str, orig_port: int) -> trio.abc.Stream:
         target = routing.node_target(host, self.config.cluster)
         try:
-            endpoint = await self.config.resolve(target, port)
+            node = await self.config.resolve(target, port)
         except Exception as exc:  # the directory's backend (auth API) failed: refuse this channel only
             log.warning("proxy: node directory unavailable: %r", exc)
             await self._emit("port", False, target=f"{host}:{port}", reason="node directory unavailable")
             raise NodeUnreachable("the node directory is unavailable; try again") from None
-        if endpoint is None:
+        if node is None:
             await self._emit("port", False, target=f"{host}:{port}", reason="unknown node")
             raise NodeUnreachable(f"unknown node {host!r} in cluster {self.config.cluster!r}")
+        endpoint = node.endpoint
         addr = f"{endpoint[0]}:{endpoint[1]}"
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
                 stream = await trio.open_tcp_stream(*endpoint)
-        except (OSError, trio.TooSlowError) as exc:
+                await self._send_relay_line(stream, node)
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
             reason = getattr(exc, "strerror", None) or f"no answer within {CONNECT_TIMEOUT:g}s"
             await self._emit("port", False, target=f"{host}:{port}", node=target, addr=addr, reason=reason)
             raise NodeUnreachable(f"node {host!r} at {addr} is unreachable: {reason}") from None
         await self._emit("port", True, target=f"{host}:{port}", node=target, addr=addr,
                          origin=f"{orig_host}:{orig_port}")
         return stream
+
+    async def _send_relay_line(self, stream: trio.SocketStream, node: routing.NodeRecord) -> None:
+        """Tell a Jumpgate node whom it serves (agentless OpenSSH nodes get plain SSH)."""
+        if node.kind != "node" or self.config.identity is None or self.peer_address is None:
+            return
+        identity = self.config.identity()
+        if identity.host_cert is None:
+            return
+        try:
+            await stream.send_all(relay_line(client=self.peer_address, relay=stream.socket.getsockname(),
+                                             node=node.name, host_key=identity.host_key,
+                                             host_cert=identity.host_cert))
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
 
     # ---- sessions: only the node list ------------------------------------------------------
     async def session(self, session: ssh_proto.ServerSession) -> int:
@@ -237,9 +261,11 @@ async def _read_list_request(session: ssh_proto.ServerSession) -> tuple[int, dic
 
 
 def proxy_server_factory(user_cas: Sequence[PublicKey], cluster: str, resolve: Resolve, list_nodes: ListNodes,
-                         *, audit: AuditSink | None = None) -> Callable[[], ProxyServer]:
-    """A per-connection factory for ``ssh_proto.serve`` / ``serve_stream``."""
-    config = _ProxyConfig(tuple(user_cas), cluster, resolve, list_nodes, audit)
+                         *, audit: AuditSink | None = None,
+                         identity: Callable[[], ProxyIdentity] | None = None) -> Callable[[], ProxyServer]:
+    """A per-connection factory for ``ssh_proto.serve`` / ``serve_stream``; ``identity``
+    (the proxy's host key and certificate) signs the relay lines sent to nodes."""
+    config = _ProxyConfig(tuple(user_cas), cluster, resolve, list_nodes, audit, identity)
     return lambda: ProxyServer(config)
 
 
@@ -258,7 +284,7 @@ async def serve_proxy(identity: ProxyIdentity | Callable[[], ProxyIdentity], use
 
     ``identity`` is a :class:`ProxyIdentity` or a callable returning the current one.
     ``resolve(host, port)`` maps a requested target (``.CLUSTER`` already stripped) to the
-    node's registered (host, port) or None; ``list_nodes(labels)`` returns node maps. A
+    registered :class:`~appliance.proxy.routing.NodeRecord` or None; ``list_nodes(labels)`` returns node maps. A
     :class:`~appliance.proxy.routing.NodeDirectory` provides both::
 
         directory = NodeDirectory(lambda: api.list_nodes(labels={}))
@@ -268,7 +294,7 @@ async def serve_proxy(identity: ProxyIdentity | Callable[[], ProxyIdentity], use
     ``listener.port`` is the bound port (pass 0 for any free one).
     """
     provider = identity if callable(identity) else (lambda: identity)
-    factory = proxy_server_factory(user_cas, cluster, resolve, list_nodes, audit=audit)
+    factory = proxy_server_factory(user_cas, cluster, resolve, list_nodes, audit=audit, identity=provider)
     # the host keys are read at each connection: a renewed certificate applies at once
     listener = ssh_proto.SSHListener(factory, host_keys=lambda: _host_keys(provider()))
     await listener.serve(host, port, task_status=task_status)

@@ -34,6 +34,7 @@ from ..keys import Certificate, PrivateKey, PublicKey
 from ..state import Role
 from .channel import SSHChannel
 from .connection import SSHConnection
+from .preamble import PreambleStream, RelayPreamble
 from .session import ServerSession, SessionPolicy
 
 log = logging.getLogger("ssh_proto.server")
@@ -346,10 +347,18 @@ async def serve_stream(stream: trio.abc.Stream, server_factory: Callable[[], SSH
                        host_keys: Sequence[tuple[PrivateKey, Certificate | None]],
                        options: ConnectionOptions = ConnectionOptions(), login_grace_time: float = LOGIN_GRACE_TIME,
                        on_authenticated: Callable[[], None] | None = None, delay_secret: bytes | None = None,
-                       peer_address=None, local_address=None) -> None:
-    """Serve one SSH connection over ``stream`` until it closes."""
+                       peer_address=None, local_address=None, preamble: RelayPreamble | None = None) -> None:
+    """Serve one SSH connection over ``stream`` until it closes.
+
+    With ``preamble``, a relay's line in front of the client's version string is checked
+    and its answer becomes ``conn.peer_address`` (see :mod:`ssh_proto.trio_io.preamble`).
+    """
     server = server_factory()
     core = Connection(Role.SERVER, options, host_keys=tuple(host_keys))
+    if preamble is not None:
+        def relayed(address: tuple) -> None:
+            conn.peer_address = address
+        stream = PreambleStream(stream, preamble, peer_address, relayed)
     conn = SSHServerConnection(stream, core, server, delay_secret=delay_secret or os.urandom(32))
     conn.peer_address = peer_address
     conn.local_address = local_address
@@ -382,10 +391,14 @@ class SSHListener:
     """Accepts TCP connections and serves each in its own task (see :func:`serve`)."""
 
     def __init__(self, server_factory, *, host_keys, options=ConnectionOptions(),
-                 login_grace_time: float = LOGIN_GRACE_TIME, max_startups: tuple[int, int, int] = (10, 30, 100)):
+                 login_grace_time: float = LOGIN_GRACE_TIME, max_startups: tuple[int, int, int] = (10, 30, 100),
+                 preamble: RelayPreamble | None = None):
         """``host_keys``: (key, certificate-or-None) pairs, or a callable returning them,
-        read at each new connection (so a renewed host certificate needs no restart)."""
+        read at each new connection (so a renewed host certificate needs no restart).
+        ``preamble``: accept a relay's line in front of the SSH stream (see
+        :mod:`ssh_proto.trio_io.preamble`)."""
         self.server_factory = server_factory
+        self.preamble = preamble
         self._host_keys = host_keys if callable(host_keys) else tuple(host_keys)
         self.options = options
         self.login_grace_time = login_grace_time
@@ -434,7 +447,8 @@ class SSHListener:
         try:
             await serve_stream(stream, self.server_factory, host_keys=self.host_keys, options=self.options,
                                login_grace_time=self.login_grace_time, on_authenticated=release,
-                               delay_secret=self._delay_secret, peer_address=peer, local_address=local)
+                               delay_secret=self._delay_secret, peer_address=peer, local_address=local,
+                               preamble=self.preamble)
         except* SSHError as group:
             log.info("connection from %s ended: %s", peer, group.exceptions[0])
         except* Exception:

@@ -59,12 +59,13 @@ def host_identity(host_ca: PrivateKey, role: str, name: str, extra: Sequence[str
 
 def user_cert(user_ca: PrivateKey, key: PrivateKey, logins: Sequence[str], *, user: str = USER,
               lifetime: tuple[int, int] = (-60, 3600),
-              extensions: Mapping[str, bytes | str] = DEFAULT_USER_EXTENSIONS) -> Certificate:
+              extensions: Mapping[str, bytes | str] = DEFAULT_USER_EXTENSIONS,
+              critical_options: Mapping[str, str] | None = None) -> Certificate:
     """A user certificate as the cluster CA issues it: key id ``user:<user>``, principals = logins."""
     now = int(time.time())
     return sign_certificate(user_ca, key.public_key, cert_type=CERT_TYPE_USER, key_id=f"user:{user}",
                             principals=list(logins), valid_after=now + lifetime[0], valid_before=now + lifetime[1],
-                            extensions=extensions, serial=now)
+                            extensions=extensions, critical_options=critical_options or {}, serial=now)
 
 
 @dataclasses.dataclass
@@ -83,8 +84,8 @@ class ProxyCluster:
     async def fetch_nodes(self) -> list[dict]:
         return [dict(n) for n in self.nodes]
 
-    def register(self, name: str, addr: str, **labels: str) -> None:
-        self.nodes.append({"name": name, "addr": addr, "labels": labels, "kind": "node", "last_seen": time.time()})
+    def register(self, name: str, addr: str, kind: str = "node", **labels: str) -> None:
+        self.nodes.append({"name": name, "addr": addr, "labels": labels, "kind": kind, "last_seen": time.time()})
 
     def write_profile(self, name: str = "profile", *, logins: Sequence[str] | None = None,
                       ca: PrivateKey | None = None, **how) -> Profile:
@@ -114,7 +115,8 @@ async def start_cluster(nursery: trio.Nursery, directory: Path, login: str) -> P
     cluster = ProxyCluster(directory, login, PrivateKey.generate("ssh-ed25519"), PrivateKey.generate("ssh-ed25519"),
                            AuditLog(), [])
     node_key, node_cert = host_identity(cluster.host_ca, "node", NODE)
-    node_identity = NodeIdentity(node_key, node_cert, (cluster.user_ca.public_key,), CLUSTER, NODE)
+    node_identity = NodeIdentity(node_key, node_cert, (cluster.user_ca.public_key,), CLUSTER, NODE,
+                                 host_cas=(cluster.host_ca.public_key,))
     node = await nursery.start(lambda task_status: serve_node(lambda: node_identity, LOOPBACK, 0,
                                                               audit=cluster.audit, task_status=task_status))
     cluster.node_port = node.port

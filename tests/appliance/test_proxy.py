@@ -8,6 +8,7 @@ ssh_config that ``jumpgate config`` prints. Rule numbers are those of SECURITY-C
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -18,12 +19,14 @@ import pytest
 import trio
 
 import ssh_proto
-from _proxy_helpers import CLUSTER, LOOPBACK, NODE, USER, proxy_fixtures, run
+from _proxy_helpers import CLUSTER, LOOPBACK, NODE, USER, host_identity, proxy_fixtures, run
 from appliance.api.protocol import FrameDecoder, parse_response
 from appliance.cli.remote import render_ssh_config
-from appliance.client.ssh import ConnectError, connect_node, connect_proxy, list_nodes
+from appliance.client.ssh import (NODE_PORT, ConnectError, connect_node, connect_over, connect_proxy, list_nodes,
+                                  open_node_channel)
 from appliance.proxy.routing import NODES_SUBSYSTEM, NodeDirectory
 from appliance.proxy.routing import NodeListError, decode_list_response, find_node, NodeRecord, node_target
+from appliance.relay import relay_line
 from ssh_proto.errors import AuthError, ChannelOpenError
 from ssh_proto.keys import PrivateKey
 
@@ -194,6 +197,84 @@ async def test_node_list_subsystem_answers_a_malformed_request_with_an_error(clu
     assert decoder.next_message().code == "bad_request"
 
 
+# ----------------------------------------------------------------------------- the client's address at the node
+
+CLIENT_IP = "127.0.0.2"   # the client connects from here; the proxy reaches the node from 127.0.0.1
+
+
+@contextlib.asynccontextmanager
+async def _node_from(cluster, profile, login: str, source: str = CLIENT_IP):
+    """A connection to the node through the proxy, made from the loopback address ``source``."""
+    creds = cluster.credentials(profile)
+    stream = await trio.open_tcp_stream(LOOPBACK, cluster.proxy_port, local_address=source)
+    async with ssh_proto.connect(LOOPBACK, cluster.proxy_port, username=USER, client_keys=creds.client_keys,
+                                 known_hosts=creds.known_hosts, stream=stream) as proxy:
+        channel = await open_node_channel(proxy, NODE, NODE_PORT)
+        async with connect_over(channel, creds, NODE, login) as conn:
+            yield conn
+
+
+async def test_relayed_node_sees_the_clients_address_in_its_environment_and_audit(cluster, profile, login):
+    async with _node_from(cluster, profile, login.name) as conn:
+        result = await conn.run('echo "$SSH_CLIENT|$SSH_CONNECTION"')
+    client, connection = result.stdout.decode().strip().split("|")
+    assert client.split()[0] == CLIENT_IP and connection.split()[0] == CLIENT_IP
+    assert connection.split()[2:] == [LOOPBACK, str(cluster.node_port)]
+    started = cluster.events("session.start")[-1]
+    assert started["client_ip"] == CLIENT_IP and started["client_port"] == int(client.split()[1])
+    assert cluster.events("port", role="proxy")[-1]["client_ip"] == CLIENT_IP
+
+
+async def test_rule14_source_address_is_checked_against_the_relayed_client(cluster, login):
+    """A certificate bound to the client's address works through the proxy: the node checks
+    source-address against the client the proxy vouches for, not against the TCP peer."""
+    profile = cluster.write_profile("bound", critical_options={"source-address": f"{CLIENT_IP}/32"})
+    async with _node_from(cluster, profile, login.name) as conn:
+        assert (await conn.run("true")).exit_status == 0
+    key, cert = host_identity(cluster.host_ca, "proxy", "proxy2")
+    with pytest.raises(AuthError):   # the same certificate, vouched for as another client
+        await _direct_with_line(cluster, profile, login.name, lambda local: relay_line(
+            client=("10.9.9.9", 4242), relay=local, node=NODE, host_key=key, host_cert=cert))
+    refused = cluster.events("auth", success=False)[-1]
+    assert refused["client_ip"] == "10.9.9.9" and "source-address does not allow 10.9.9.9" in refused["reason"]
+
+
+async def _direct_with_line(cluster, profile, login: str, make_line) -> ssh_proto.RunResult:
+    """A direct connection to the node that sends ``make_line(local address)`` first."""
+    creds = cluster.credentials(profile)
+    stream = await trio.open_tcp_stream(LOOPBACK, cluster.node_port)
+    await stream.send_all(make_line(stream.socket.getsockname()))
+    async with ssh_proto.connect(NODE, cluster.node_port, username=login, client_keys=creds.client_keys,
+                                 known_hosts=creds.known_hosts, stream=stream, host_key_alias=NODE) as conn:
+        return await conn.run('echo "$SSH_CLIENT"')
+
+
+async def test_a_proxys_signed_line_sets_the_client_address_of_a_direct_connection(cluster, profile, login):
+    key, cert = host_identity(cluster.host_ca, "proxy", "proxy2")
+    result = await _direct_with_line(cluster, profile, login.name, lambda local: relay_line(
+        client=("10.9.9.9", 4242), relay=local, node=NODE, host_key=key, host_cert=cert))
+    assert result.stdout.decode().split()[:2] == ["10.9.9.9", "4242"]
+
+
+@pytest.mark.parametrize("signer", ["node", "foreign-proxy"])
+async def test_rule1_only_a_proxy_of_this_cluster_may_vouch_for_a_client(cluster, profile, login, signer, caplog):
+    ca = cluster.host_ca if signer == "node" else PrivateKey.generate("ssh-ed25519")
+    key, cert = host_identity(ca, signer.split("-")[-1], "impostor")
+    with pytest.raises((ssh_proto.DisconnectError, ssh_proto.ProtocolError, trio.BrokenResourceError, OSError)):
+        await _direct_with_line(cluster, profile, login.name, lambda local: relay_line(
+            client=("10.9.9.9", 4242), relay=local, node=NODE, host_key=key, host_cert=cert))
+    assert "refused a relayed connection" in caplog.text
+    assert not any(e["client_ip"] == "10.9.9.9" for e in cluster.events("session.start"))
+
+
+async def test_a_malformed_relay_line_closes_only_that_connection(cluster, profile, login, caplog):
+    with pytest.raises((ssh_proto.DisconnectError, ssh_proto.ProtocolError, trio.BrokenResourceError, OSError)):
+        await _direct_with_line(cluster, profile, login.name, lambda local: b"JUMPGATE-RELAY !!!\r\n")
+    assert "relay line is not base64" in caplog.text
+    async with connect_node(profile, NODE, login.name) as conn:   # the node serves on
+        assert (await conn.run("true")).exit_status == 0
+
+
 # ----------------------------------------------------------------------------- routing rules (no I/O)
 
 NODES = [NodeRecord("web1", "10.0.0.5:3022"), NodeRecord("db1", "10.0.0.6:3022"),
@@ -225,11 +306,11 @@ async def test_directory_caches_and_refreshes_early_for_an_unknown_name():
         fetched.append(now[0])
         return list(registry)
     directory = NodeDirectory(fetch, ttl=5.0, min_refresh=1.0, clock=lambda: now[0])
-    assert await directory.resolve("web1", 22) == ("10.0.0.5", 3022)
+    assert (await directory.resolve("web1", 22)).endpoint == ("10.0.0.5", 3022)
     registry.append({"name": "web2", "addr": "10.0.0.9:3022", "labels": {"env": "dev"}})
     assert await directory.resolve("web2", 22) is None          # cached < min_refresh ago: no new fetch
     now[0] = 1.5
-    assert await directory.resolve("web2", 22) == ("10.0.0.9", 3022)   # early refresh on a miss
+    assert (await directory.resolve("web2", 22)).endpoint == ("10.0.0.9", 3022)   # early refresh on a miss
     assert await directory.resolve("nosuch", 22) is None
     assert fetched == [0.0, 1.5]
     now[0] = 7.0
@@ -273,10 +354,21 @@ async def test_openssh_dash_j_reaches_a_short_node_name_verified_by_the_host_ca(
 
 
 async def test_openssh_refuses_a_node_whose_certificate_does_not_name_it(cluster, ssh_config, login):
-    # "node1-alias" resolves at the proxy to node1's address, but node1's certificate does not list it.
-    cluster.register("node1-alias", f"{LOOPBACK}:{cluster.node_port}")
+    # "node1-alias", registered as an agentless node (plain SSH from the proxy), resolves at
+    # the proxy to node1's address, but node1's certificate does not list it.
+    cluster.register("node1-alias", f"{LOOPBACK}:{cluster.node_port}", kind="openssh")
     done = await run(_ssh(ssh_config, f"{login.name}@node1-alias.{CLUSTER}", "true"))
     assert done.returncode == 255 and b"Host key verification failed" in done.stderr
+
+
+async def test_a_node_refuses_a_relay_line_naming_another_node(cluster, ssh_config, login, caplog):
+    # Registered as a Jumpgate node, the alias gets the proxy's relay line for "node1-alias":
+    # node1 refuses it before any host key is shown (rule 3 of appliance.relay).
+    cluster.register("node1-alias", f"{LOOPBACK}:{cluster.node_port}")
+    done = await run(_ssh(ssh_config, f"{login.name}@node1-alias.{CLUSTER}", "true"))
+    assert done.returncode == 255  # the DISCONNECT's text may lose the race with ssh's own writes
+    assert "relay line from proxy1 is for node 'node1-alias'" in caplog.text
+    assert cluster.events("session.start") == []
 
 
 async def test_openssh_unknown_node_fails_cleanly(cluster, ssh_config, login):

@@ -1,0 +1,93 @@
+"""A server stream that takes a trusted relay's line off the front of its input.
+
+:class:`RelayPreamble` is what a server passes to :class:`~ssh_proto.SSHListener` (or
+:func:`~ssh_proto.serve_stream`) to accept one line from a relay in front of the client's
+SSH version string (:mod:`ssh_proto.preamble`). ``check(line, peer)`` gets the line
+without its CR LF and the TCP peer's address, and returns the address the connection
+should report as its peer (``conn.peer_address``), or raises
+:class:`~ssh_proto.preamble.PreambleError` to refuse the connection::
+
+    def check(line: bytes, peer: tuple | None) -> tuple:
+        client = verify_signed_line(line, relay=peer)   # the caller's own rules
+        return client
+
+    listener = ssh_proto.SSHListener(factory, host_keys=keys, preamble=RelayPreamble(b"MYRELAY ", check))
+
+The wrapped stream only touches the receive side: the server's own version string goes
+out at once, and a client that sends no relay line is read exactly as before. The line is
+taken by the connection's reader before any SSH byte reaches the core, so the peer
+address is final by the time the client can authenticate. A refused line surfaces as a
+:class:`~ssh_proto.errors.ProtocolError` from ``receive_some``, which closes the
+connection like any other protocol error.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from ..preamble import MAX_PREAMBLE, PreambleReader
+
+__all__ = ["PreambleStream", "RelayPreamble"]
+
+Check = Callable[[bytes, "tuple | None"], tuple]
+
+
+@dataclass(frozen=True, slots=True)
+class RelayPreamble:
+    """The prefix a relay's line starts with, and the check that believes it or not."""
+
+    prefix: bytes
+    check: Check
+    max_length: int = MAX_PREAMBLE
+
+
+class PreambleStream(trio.abc.HalfCloseableStream):
+    """``stream`` with a relay's line (if any) taken off the front of its input."""
+
+    def __init__(self, stream: trio.abc.Stream, preamble: RelayPreamble, peer: tuple | None,
+                 on_peer: Callable[[tuple], None]):
+        self._stream = stream
+        self._preamble = preamble
+        self._peer = peer
+        self._on_peer = on_peer
+        self._pending: bytes | None = None  # None until the front of the input is decided
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._pending is None:
+            self._pending = await self._split()
+        if self._pending:
+            size = len(self._pending) if max_bytes is None else max_bytes
+            data, self._pending = self._pending[:size], self._pending[size:]
+            return data
+        return await self._stream.receive_some(max_bytes)
+
+    async def _split(self) -> bytes:
+        reader = PreambleReader(self._preamble.prefix, self._preamble.max_length)
+        while True:
+            data = await self._stream.receive_some(self._preamble.max_length)
+            found = reader.feed(data) if data else reader.eof()
+            if found is not None:
+                break
+        if found.line is not None:
+            self._on_peer(self._preamble.check(found.line, self._peer))
+        return found.rest
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        if isinstance(self._stream, trio.abc.HalfCloseableStream):
+            await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    @property
+    def socket(self):
+        """The TCP socket underneath, as a :class:`trio.SocketStream` offers it."""
+        return getattr(self._stream, "socket", None)
