@@ -13,7 +13,7 @@ import re
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -274,13 +274,14 @@ def test_openssh_ssh_J_through_the_proxy(alice: Client, cluster: Cluster, ssh_co
     assert done.stdout == f"{os_user.name}\n"
 
 
-def _explicit_openssh(key: Path, cert: Path, known_hosts: Path, proxy_port: int, user: str) -> list[str]:
+def _explicit_openssh(key: Path, cert: Path, known_hosts: Path, proxy_port: int, user: str,
+                      hop_options: Sequence[str] = ()) -> list[str]:
     """ssh -F /dev/null with every option spelled out; the jump hop as a ProxyCommand, since
     OpenSSH applies command-line options to the destination only, never to a -J host."""
     common = ["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentityAgent=none", "-o", "IdentitiesOnly=yes",
               "-i", str(key), "-o", f"CertificateFile={cert}", "-o", f"UserKnownHostsFile={known_hosts}",
               "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes"]
-    hop = " ".join([SSH, *common, "-p", str(proxy_port), "-W", "%h:%p", f"{user}@{LOOPBACK}"])
+    hop = " ".join([SSH, *common, *hop_options, "-p", str(proxy_port), "-W", "%h:%p", f"{user}@{LOOPBACK}"])
     return [SSH, *common, "-o", f"ProxyCommand={hop}"]
 
 
@@ -292,6 +293,19 @@ def test_openssh_with_only_the_issued_files_and_no_generated_config(alice: Clien
     done = run_openssh([*argv, f"{os_user.name}@node1", "id -un"])
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"{os_user.name}\n"
+
+
+def test_the_node_sees_the_clients_address_not_the_proxys(alice: Client, cluster: Cluster, os_user) -> None:
+    """The jump hop binds 127.0.0.2; the proxy (127.0.0.1 to the node) vouches for it in its
+    signed relay line, so SSH_CLIENT and the node's audit name the client."""
+    since = time.time()
+    argv = _explicit_openssh(alice.home / "key", alice.home / "key-cert.pub", alice.home / "known_hosts",
+                             cluster.ports["proxy"], "alice", hop_options=["-o", "BindAddress=127.0.0.2"])
+    done = run_openssh([*argv, f"{os_user.name}@node1", 'echo "$SSH_CLIENT"'])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == "127.0.0.2"
+    started = [line for line in cluster.events_since(since) if " session.start " in line]
+    assert started and "client_ip=127.0.0.2" in started[-1]
 
 
 def test_ctl_auth_sign_user_certificate_for_automation(alice: Client, cluster: Cluster, keys: openssh.KeyFactory,
