@@ -110,6 +110,14 @@ def _plain(address: tuple) -> tuple[str, int]:
     return str(ip), int(address[1])
 
 
+def _peer(address: tuple) -> tuple[str, int] | None:
+    """The TCP peer as (ip, port); None when it is not an IP socket address."""
+    try:
+        return _plain(address)
+    except (ValueError, IndexError, TypeError):
+        return None
+
+
 def relay_line(*, client: tuple, relay: tuple, node: str, host_key: PrivateKey, host_cert: Certificate,
                now: float | None = None, nonce: bytes | None = None) -> bytes:
     """The whole line (CR LF included) the proxy sends before relaying ``client`` to ``node``.
@@ -156,7 +164,7 @@ class RelayVerifier:
     def _check_binding(self, statement: _Statement, proxy: str, peer: tuple | None, now: float) -> None:
         if statement.node.casefold() != self._node_name().casefold():
             raise PreambleError(f"relay line from {proxy} is for node {statement.node!r}")
-        if peer is None or statement.relay != _plain(peer):
+        if peer is None or statement.relay != _peer(peer):
             raise PreambleError(f"relay line from {proxy} names relay {statement.relay[0]}:{statement.relay[1]}, "
                                 f"not this connection's peer")
         if abs(now - statement.issued) > self._window:
@@ -200,4 +208,6 @@ def _check_proxy_certificate(cert: Certificate, host_cas: tuple[PublicKey, ...],
         validate_host_certificate(cert, hostname=name, trusted_cas=host_cas, now=now)
     except CertificateError as exc:
         raise PreambleError(f"relay line from {name}: {exc}") from None
+    if name.casefold() not in (p.casefold() for p in cert.principals):  # a pattern principal is not a name
+        raise PreambleError(f"relay line from {name}: the certificate does not name {name!r} exactly")
     return name

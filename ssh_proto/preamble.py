@@ -47,7 +47,7 @@ class PreambleReader:
     """Feed the server's first input until it returns a :class:`Preamble`."""
 
     def __init__(self, prefix: bytes, max_length: int = MAX_PREAMBLE):
-        if not prefix or prefix.startswith(b"SSH-") or b"\n" in prefix:
+        if not prefix or prefix.startswith(b"SSH-") or b"SSH-".startswith(prefix) or b"\n" in prefix:
             raise ValueError("a preamble prefix must be non-empty, not SSH-, and on one line")
         self.prefix = prefix
         self.max_length = max_length
@@ -61,13 +61,13 @@ class PreambleReader:
         if head != self.prefix[:len(head)]:
             return Preamble(None, buffer)
         end = buffer.find(b"\n")
-        if end < 0:
-            if len(buffer) > self.max_length:
+        if end < 0 or end >= self.max_length:  # the line, CR LF included, is at most max_length
+            if len(buffer) >= self.max_length:
                 raise PreambleError(f"relay line longer than {self.max_length} bytes")
             self._buffer = buffer
             return None
-        if end > self.max_length or not buffer[:end].endswith(b"\r"):
-            raise PreambleError("relay line too long or not ended by CR LF")
+        if not buffer[:end].endswith(b"\r"):
+            raise PreambleError("relay line not ended by CR LF")
         return Preamble(buffer[:end - 1], buffer[end + 1:])
 
     def eof(self) -> Preamble:

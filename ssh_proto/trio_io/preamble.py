@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import trio
 
-from ..preamble import MAX_PREAMBLE, PreambleReader
+from ..preamble import MAX_PREAMBLE, PreambleError, PreambleReader
 
 __all__ = ["PreambleStream", "RelayPreamble"]
 
@@ -53,10 +53,17 @@ class PreambleStream(trio.abc.HalfCloseableStream):
         self._peer = peer
         self._on_peer = on_peer
         self._pending: bytes | None = None  # None until the front of the input is decided
+        self._refused: PreambleError | None = None
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self._refused is not None:
+            raise self._refused  # a refused line stays refused: nothing after it is read as SSH
         if self._pending is None:
-            self._pending = await self._split()
+            try:
+                self._pending = await self._split()
+            except PreambleError as exc:
+                self._refused = exc
+                raise
         if self._pending:
             size = len(self._pending) if max_bytes is None else max_bytes
             data, self._pending = self._pending[:size], self._pending[size:]
