@@ -307,9 +307,27 @@ def _user_options(spec: SpawnSpec) -> dict:
     return {"user": spec.account.uid, "group": spec.account.gid, "extra_groups": list(spec.account.groups)}
 
 
+_UNCATCHABLE = frozenset({signal.SIGKILL, signal.SIGSTOP})
+
+
+def _default_signals() -> None:
+    # Runs in the child: what the node ignores or blocks (started by nohup, or with & from a
+    # script, a node ignores SIGHUP/SIGINT/SIGQUIT) is inherited through exec, and the user's
+    # ^C, hang-up and `kill` would do nothing. sshd resets them too. Little beyond
+    # sigaction and sigprocmask may run here (fork safety).
+    for signum in signal.valid_signals():
+        if signum not in _UNCATCHABLE:
+            try:
+                signal.signal(signum, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass  # a signal number the C library reserves for itself
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
 def _acquire_controlling_tty() -> None:
-    # Runs in the child after setsid(): make the pty slave (fd 0) the controlling terminal,
-    # so job control, ^C and SIGHUP on hang-up work. Nothing else may happen here (fork safety).
+    # Runs in the child after setsid(): default signals, then the pty slave (fd 0) becomes the
+    # controlling terminal, so job control, ^C and SIGHUP on hang-up work.
+    _default_signals()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
@@ -372,7 +390,7 @@ class SessionProcess:
         process = await trio.lowlevel.open_process(
             list(spec.argv), executable=spec.executable, env=dict(spec.env), cwd=spec.cwd,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, umask=SESSION_UMASK, **_user_options(spec))
+            start_new_session=True, preexec_fn=_default_signals, umask=SESSION_UMASK, **_user_options(spec))
         return cls(process, None, None)
 
     @classmethod

@@ -251,6 +251,29 @@ async def test_channel_closed_by_the_client_hangs_up_the_process(account):
     assert outcome == (None, "HUP")
 
 
+@pytest.fixture
+def node_ignores_hangups():
+    """The node as `nohup` (or `&` in a script) starts it: SIGHUP, SIGINT, SIGQUIT ignored."""
+    names = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT)
+    before = {signum: signal.signal(signum, signal.SIG_IGN) for signum in names}
+    yield
+    for signum, handler in before.items():
+        signal.signal(signum, handler)
+
+
+@pytest.mark.parametrize("pty", [None, PtyInfo("xterm", 80, 24, 0, 0, b"")], ids=["pipes", "pty"])
+async def test_a_session_does_not_inherit_the_signals_the_node_ignores(account, node_ignores_hangups, pty):
+    _status, out, _err = await _run(_spec(account, "grep -E '^Sig(Ign|Blk)' /proc/self/status", pty=pty))
+    fields = dict(line.split(":") for line in out.decode().replace("\r", "").split("\n") if line)
+    assert int(fields["SigIgn"], 16) == 0 and int(fields["SigBlk"], 16) == 0, out
+
+
+async def test_hangup_ends_a_session_of_a_node_that_ignores_it(account, node_ignores_hangups):
+    running = await proc.SessionProcess.spawn(_spec(account, "sleep 30"))
+    await running.aclose()
+    assert running.process.returncode == -signal.SIGHUP   # not SIGKILL after the grace period
+
+
 async def test_unspawnable_shell_raises_spawn_error(account):
     broken = proc.LoginAccount(account.name, account.uid, account.gid, account.home, "/nonexistent/shell",
                                account.groups)
