@@ -8,6 +8,8 @@ a forwarded-tcpip channel per accepted connection; everything stops with the con
 """
 from __future__ import annotations
 
+import logging
+import socket
 from typing import TYPE_CHECKING
 
 import trio
@@ -22,6 +24,46 @@ if TYPE_CHECKING:
     from .server import SSHServerConnection
 
 RELAY_CHUNK = 64 * 1024
+LISTEN_BACKLOG = 128
+
+log = logging.getLogger("ssh_proto")
+
+
+async def open_listeners(host: str | None, port: int) -> list[trio.SocketListener]:
+    """Listen on every address ``host`` resolves to, as OpenSSH does for a forward.
+
+    An address that cannot be bound is skipped (``localhost`` resolves to ``::1`` on a host
+    whose IPv6 is disabled); OSError only when none can be. With port 0 every address gets
+    the port the first one was given, so the forward has one port to report.
+    """
+    infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    listeners: list[trio.SocketListener] = []
+    errors: list[OSError] = []
+    for family, type_, proto, _name, address in infos:
+        if port == 0 and listeners:
+            address = (address[0], listeners[0].socket.getsockname()[1], *address[2:])
+        try:
+            listeners.append(await _listen(family, type_, proto, address))
+        except OSError as exc:
+            log.info("forward: cannot listen on %s port %d: %s", address[0], address[1], exc.strerror or exc)
+            errors.append(exc)
+    if not listeners:
+        raise errors[0] if errors else OSError(f"{host!r} resolves to no address")
+    return listeners
+
+
+async def _listen(family: int, type_: int, proto: int, address: tuple) -> trio.SocketListener:
+    sock = trio.socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:  # "::" must not also take the IPv4 wildcard's port
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        await sock.bind(address)
+        sock.listen(LISTEN_BACKLOG)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
 
 
 async def relay(channel: SSHChannel, stream: trio.abc.Stream) -> None:
@@ -51,7 +93,7 @@ async def relay(channel: SSHChannel, stream: trio.abc.Stream) -> None:
 
 async def serve_local_forward(conn: "SSHClientConnection", listen_host: str, listen_port: int,
                               dest_host: str, dest_port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    listeners = await trio.open_tcp_listeners(listen_port, host=listen_host)
+    listeners = await open_listeners(listen_host, listen_port)
     port = listeners[0].socket.getsockname()[1]
 
     async def handle(stream: trio.SocketStream) -> None:
@@ -123,7 +165,7 @@ async def handle_tcpip_forward_request(conn: "SSHServerConnection", event: ev.Gl
         return False, b""
     host = _bind_address(req.address, conn.server.gateway_ports)
     try:
-        listeners = await trio.open_tcp_listeners(req.port, host=host)
+        listeners = await open_listeners(host, req.port)
     except OSError:
         return False, b""
     port = listeners[0].socket.getsockname()[1]

@@ -1,12 +1,16 @@
 """Our client against our server over real loopback sockets, through the Trio layer."""
 from __future__ import annotations
 
+import errno
+import socket
+
 import pytest
 import trio
 
 import ssh_proto
 from ssh_proto.keys import PrivateKey
 from ssh_proto.known_hosts import KnownHosts
+from ssh_proto.trio_io.forwarding import open_listeners
 
 HOST_KEY = PrivateKey.generate("ssh-ed25519")
 USER_KEY = PrivateKey.generate("ssh-ed25519")
@@ -211,6 +215,71 @@ async def test_remote_forward(server, nursery):
         await stream.send_all(b"via -R")
         assert await stream.receive_some() == b"via -R"
         await stream.aclose()
+
+
+class _Resolver(trio.abc.HostnameResolver):
+    """Names that resolve to the addresses a test chooses (a forward's listen host)."""
+
+    def __init__(self, names: dict[str, list[str]]):
+        self.names = names
+
+    async def getaddrinfo(self, host, port, family=0, type=0, proto=0, flags=0):
+        name = host.decode() if isinstance(host, bytes) else host
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (ip, int(port)))
+                for ip in self.names[name]]
+
+    async def getnameinfo(self, sockaddr, flags):  # pragma: no cover - not used here
+        raise OSError("no reverse lookups here")
+
+
+@pytest.fixture
+async def resolver():
+    names: dict[str, list[str]] = {}  # the resolver is a RunVar: set inside this test's run
+    previous = trio.socket.set_custom_hostname_resolver(_Resolver(names))
+    yield names
+    trio.socket.set_custom_hostname_resolver(previous)
+
+
+@pytest.fixture
+async def taken_port():
+    """A port something else already listens on at 127.0.0.1 (binding it there fails)."""
+    holder = trio.socket.socket()
+    await holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    yield holder.getsockname()[1]
+    holder.close()
+
+
+async def test_local_forward_skips_a_listen_address_it_cannot_bind(server, nursery, resolver, taken_port):
+    """As OpenSSH: "localhost" resolving to ::1 on a host without IPv6 still forwards on 127.0.0.1."""
+    resolver["fwd.test"] = ["127.0.0.1", "127.0.0.2"]   # the first cannot be bound on that port
+    echo_port = await _echo_server(nursery)
+    async with client(server.port) as conn:
+        async with trio.open_nursery() as n:
+            port = await n.start(conn.forward_local_port, "fwd.test", taken_port, "127.0.0.1", echo_port)
+            stream = await trio.open_tcp_stream("127.0.0.2", port)
+            await stream.send_all(b"one address")
+            assert await stream.receive_some() == b"one address"
+            await stream.aclose()
+            n.cancel_scope.cancel()
+
+
+async def test_forward_listeners_share_one_port_across_addresses(resolver):
+    resolver["two.test"] = ["127.0.0.1", "127.0.0.2"]
+    listeners = await open_listeners("two.test", 0)
+    try:
+        bound = [listener.socket.getsockname() for listener in listeners]
+        assert [ip for ip, _ in bound] == ["127.0.0.1", "127.0.0.2"] and bound[0][1] == bound[1][1] != 0
+    finally:
+        for listener in listeners:
+            await listener.aclose()
+
+
+async def test_forward_fails_when_no_listen_address_can_be_bound(resolver, taken_port):
+    resolver["taken.test"] = ["127.0.0.1"]
+    with pytest.raises(OSError) as info:
+        await open_listeners("taken.test", taken_port)
+    assert info.value.errno == errno.EADDRINUSE
 
 
 async def test_unknown_channel_type_is_refused(server):
