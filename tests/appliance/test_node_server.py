@@ -18,6 +18,7 @@ import trio
 import ssh_proto
 from _node_helpers import LOOPBACK, SSH_ADD, AuditLog, ClientFiles, TestCluster, make_user, openssh_argv, \
     remove_user, run, start_node
+from openssh import retry_on_passwd_lock  # tests/interop, put on sys.path by _node_helpers
 from appliance.node import process as node_process
 from appliance.node.server import NodeServer, node_server_factory, serve_node
 from ssh_proto.certs import EXT_PERMIT_AGENT_FORWARDING, EXT_PERMIT_PORT_FORWARDING, EXT_PERMIT_PTY
@@ -405,9 +406,12 @@ async def test_host_certificate_is_read_from_the_identity_at_each_connection(tmp
 @pytest.fixture
 def homeless():
     user = make_user("nhome")
-    subprocess.run(["usermod", "-d", "/nonexistent/jgt_home", user.name], check=True, capture_output=True)
-    yield user
-    remove_user(user)
+    try:
+        # the other xdist worker may hold /etc/passwd's lock (useradd/userdel): retry, bounded
+        retry_on_passwd_lock(["usermod", "-d", "/nonexistent/jgt_home", user.name])
+        yield user
+    finally:
+        remove_user(user)
 
 
 async def test_missing_home_starts_in_root_with_a_warning(node, homeless):
@@ -417,7 +421,7 @@ async def test_missing_home_starts_in_root_with_a_warning(node, homeless):
 
 
 async def test_shell_that_cannot_start_exits_255_with_a_message(node, homeless):
-    subprocess.run(["usermod", "-s", "/nonexistent/shell", homeless.name], check=True, capture_output=True)
+    retry_on_passwd_lock(["usermod", "-s", "/nonexistent/shell", homeless.name])
     _, _, files = node.cluster.client_files("shellless", [homeless.name])
     done = await run(node.ssh("true", files=files, login=homeless.name))
     assert done.returncode == 255 and b"cannot run /nonexistent/shell" in done.stderr

@@ -12,6 +12,9 @@ it in fixtures):
 - :class:`Daemon`: one ``jumpgate start`` process (all-in-one or a joining node), its
   output in a log file, ready once the banner is printed, stopped by SIGTERM then SIGKILL.
 - :class:`Cluster`: the all-in-one daemon plus ``ctl`` on its data dir.
+- :class:`EventWatch`, :func:`find_event`, :func:`poll`: reading ``ctl events``. A node's or
+  proxy's events are queued (``appliance/api/audit_sink.py``) and reach the auth role a
+  moment after the action that caused them: a test polls for them up to :data:`AUDIT_DELAY`.
 - :class:`Client`: one ``$JUMPGATE_HOME`` (signup, login, ls, ssh, scp, config); the session
   daemon its ``jumpgate ssh`` starts is stopped with the cluster.
 - :func:`run_openssh`: the real ``ssh``/``scp``/``sftp`` beside it, no agent involved.
@@ -36,6 +39,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import pyotp
 
@@ -50,6 +54,9 @@ LOOPBACK = "127.0.0.1"
 BANNER = re.compile(r"jumpgate: cluster '([^']+)' is running")
 PASSWORD = "correct horse battery staple"  # >= 12 characters, as the policy wants
 ROLES = ("node", "proxy", "tunnel", "auth", "web")
+AUDIT_DELAY = 10.0  # the longest wait for a queued node/proxy event to show in ctl events
+
+T = TypeVar("T")
 
 
 class HarnessError(RuntimeError):
@@ -340,6 +347,69 @@ def event_time(line: str) -> int:
     """The epoch second of a ``ctl events`` line (``2026-11-25 14:06:56 UTC ...``)."""
     stamp = " ".join(line.split()[:2])
     return calendar.timegm(time.strptime(stamp, "%Y-%m-%d %H:%M:%S"))
+
+
+# --------------------------------------------------------------------------- audit events
+
+
+def poll(fetch: Callable[[], T], done: Callable[[T], object], timeout: float = AUDIT_DELAY,
+         interval: float = 0.3) -> T:
+    """``fetch()`` until ``done(result)`` is true or ``timeout`` s have passed; returns the
+    last result either way (the caller asserts on it, with its own message)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = fetch()
+        if done(result) or time.monotonic() > deadline:
+            return result
+        time.sleep(interval)
+
+
+def find_event(lines: Sequence[str], event: str, *, failed: bool, **fields: str) -> str:
+    """The first ``ctl events`` line for ``event`` (FAILED or not) carrying ``fields``."""
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 5 or parts[4] != event:
+            continue
+        if ("FAILED" in parts) != failed:
+            continue
+        if all(re.search(rf"\b{re.escape(k)}=\[?'?{re.escape(v)}\b", line) for k, v in fields.items()):
+            return line
+    raise AssertionError(f"no {'failed ' if failed else ''}{event} event with {fields} in:\n" + "\n".join(lines))
+
+
+class EventWatch:
+    """``with EventWatch(cluster) as w: ...`` then ``w.new``: the events recorded since it began
+    (to the second: an event of the same second just before may be among them, so match
+    on fields of this test's own action)."""
+
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+        self.new: list[str] = []
+
+    def __enter__(self) -> EventWatch:
+        self.since = time.time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.refresh()
+
+    def refresh(self) -> list[str]:
+        self.new = self.cluster.events_since(self.since)
+        return self.new
+
+    def wait_for(self, event: str, *, failed: bool, timeout: float = AUDIT_DELAY, **fields: str) -> str:
+        """The first new ``event`` carrying ``fields`` (see :func:`find_event`), polled for:
+        events of the node and the proxy reach the auth role a moment later."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return find_event(self.new, event, failed=failed, **fields)
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+                self.refresh()
 
 
 # --------------------------------------------------------------------------- client side

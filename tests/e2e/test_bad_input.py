@@ -10,17 +10,15 @@ five-failures lockout from its rules.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 import openssh
-from _cluster import (LOOPBACK, PASSWORD, Authenticator, Client, Cluster, Jumpgate, Result, free_ports, run_openssh,
-                      start_daemon)
+from _cluster import (LOOPBACK, PASSWORD, Authenticator, Client, Cluster, EventWatch, Jumpgate, Result, find_event,
+                      free_ports, run_openssh, start_daemon)
 
 SSH = "/usr/bin/ssh"
 SHORT_TTL = 60  # the shortest certificate and join token TTL the auth service grants
@@ -43,51 +41,6 @@ def assert_one_line_error(result: Result, *fragments: str, status: int | None = 
         assert fragment.lower() in line.lower(), f"{fragment!r} not in {line!r}"
     assert "Traceback" not in result.stderr
     return line
-
-
-def find_event(lines: Sequence[str], event: str, *, failed: bool, **fields: str) -> str:
-    """The first ``ctl events`` line for ``event`` (FAILED or not) carrying ``fields``."""
-    for line in lines:
-        parts = line.split()
-        if len(parts) < 5 or parts[4] != event:
-            continue
-        if ("FAILED" in parts) != failed:
-            continue
-        if all(re.search(rf"\b{re.escape(k)}=\[?'?{re.escape(v)}\b", line) for k, v in fields.items()):
-            return line
-    raise AssertionError(f"no {'failed ' if failed else ''}{event} event with {fields} in:\n" + "\n".join(lines))
-
-
-class EventWatch:
-    """``with EventWatch(cluster) as w: ...`` then ``w.new``: the events recorded since it began."""
-
-    def __init__(self, cluster: Cluster):
-        self.cluster = cluster
-        self.new: list[str] = []
-
-    def __enter__(self) -> EventWatch:
-        self.since = time.time()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if exc[0] is None:
-            self.refresh()
-
-    def refresh(self) -> list[str]:
-        self.new = self.cluster.events_since(self.since)
-        return self.new
-
-    def wait_for(self, event: str, *, failed: bool, timeout: float = 5, **fields: str) -> str:
-        """Events of the node and the proxy reach the auth role a moment later: poll."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return find_event(self.new, event, failed=failed, **fields)
-            except AssertionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.3)
-                self.refresh()
 
 
 def assert_still_serving(cluster: Cluster, client: Client, login: str) -> None:

@@ -27,6 +27,7 @@ import signal
 import socket
 import stat
 import subprocess
+import tempfile
 import termios
 import threading
 import time
@@ -36,7 +37,7 @@ from pathlib import Path
 import pytest
 
 import openssh
-from _cluster import LOOPBACK, Client, Cluster, Jumpgate, free_ports
+from _cluster import LOOPBACK, Client, Cluster, Jumpgate, free_ports, poll
 
 from appliance.client.muxclient import stop_daemon
 
@@ -289,27 +290,59 @@ class _UpperEcho:
         self.thread.join(timeout=SSH_TIMEOUT)
 
 
+class _PortTaken(Exception):
+    """The port free_ports() chose was taken by someone else before ``jumpgate ssh -L`` bound it."""
+
+
 def _connect_when_listening(port: int, proc: subprocess.Popen, timeout: float) -> socket.socket:
     deadline = time.monotonic() + timeout
     while True:
         try:
             return socket.create_connection((LOOPBACK, port), timeout=timeout)
         except OSError:
-            assert proc.poll() is None, f"jumpgate ssh -L exited {proc.returncode}: {proc.stderr.read()!r}"
+            if proc.poll() is not None:
+                err = proc.stderr.read()
+                if b"cannot listen" in err and b"Address already in use" in err:
+                    raise _PortTaken(err.decode(errors="replace")) from None
+                raise AssertionError(f"jumpgate ssh -L exited {proc.returncode}: {err!r}") from None
             assert time.monotonic() < deadline, f"nothing listens on {port} after {timeout:g} s"
             time.sleep(0.05)
+
+
+def _ssh_forwarding_to(client: Client, target: str, command: str,
+                       dest_port: int) -> tuple[subprocess.Popen, socket.socket]:
+    """``jumpgate ssh -L P:127.0.0.1:dest_port`` running ``command``, and a connection to P once
+    it listens; a free port taken meanwhile by another process is replaced once."""
+    for attempt in (1, 2):
+        (local,) = free_ports(1)
+        proc = subprocess.Popen(client.jg.argv("ssh", "-L", f"{local}:{LOOPBACK}:{dest_port}", target, command),
+                                env=client.jg.env(client.home), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            return proc, _connect_when_listening(local, proc, 15)
+        except _PortTaken:
+            proc.wait(timeout=5)
+            if attempt == 2:
+                raise
+        except BaseException:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=5)
+            raise
+    raise AssertionError("unreachable")
 
 
 def test_local_forwarding_runs_in_process_and_forwards(client: Client, os_user) -> None:
     """``-L`` with a command that waits for a line on stdin: the forward is used meanwhile."""
     echo = _UpperEcho()
-    (local,) = free_ports(1)
-    proc = subprocess.Popen(client.jg.argv("ssh", "-L", f"{local}:{LOOPBACK}:{echo.port}",
-                                           f"{os_user.name}@node1", "read line; echo got $line"),
-                            env=client.jg.env(client.home), stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        with _connect_when_listening(local, proc, 15) as conn:
+        proc, connection = _ssh_forwarding_to(client, f"{os_user.name}@node1", "read line; echo got $line",
+                                              echo.port)
+    except BaseException:
+        echo.close()
+        raise
+    try:
+        with connection as conn:
             conn.sendall(b"forwarded")
             answer = b""
             while len(answer) < 9 and (data := conn.recv(64)):  # conn has a timeout
@@ -326,16 +359,35 @@ def test_local_forwarding_runs_in_process_and_forwards(client: Client, os_user) 
     assert not (client.home / LOG).exists()
 
 
+def _accepts_connections(path: Path) -> bool:
+    """A Unix socket someone listens on (the file exists from bind(), before listen())."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 @pytest.fixture
-def openssh_agent(tmp_path: Path) -> Iterator[tuple[str, str]]:
+def short_dir() -> Iterator[Path]:
+    """A directory for Unix sockets: sun_path holds 107 bytes, more than a long $TMPDIR leaves."""
+    path = Path(tempfile.mkdtemp(prefix="jg", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def openssh_agent(tmp_path: Path, short_dir: Path) -> Iterator[tuple[str, str]]:
     """The real ssh-agent on a socket, holding one key: (socket path, the key's public line)."""
-    sock, key = tmp_path / "agent.sock", tmp_path / "agent_key"
+    sock, key = short_dir / "agent.sock", tmp_path / "agent_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "forwarded-key", "-f", str(key)],
                    check=True, timeout=30)
     agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     try:
-        wait_until(sock.exists, 10, "ssh-agent's socket")
+        wait_until(lambda: agent.poll() is not None or _accepts_connections(sock), 10, "ssh-agent listening")
+        assert agent.poll() is None, f"ssh-agent exited {agent.returncode}"
         subprocess.run(["ssh-add", str(key)], env={**os.environ, "SSH_AUTH_SOCK": str(sock)}, check=True,
                        capture_output=True, timeout=30)
         yield str(sock), (tmp_path / "agent_key.pub").read_text().split()[1]
@@ -429,7 +481,10 @@ def test_logout_stops_the_daemon_and_after_login_a_new_one_uses_the_new_certific
     new_pid = daemon_pid(lena.home)
     assert new_pid != old_pid
     assert_is_daemon(new_pid, lena.home)
-    events = [line for line in cluster.events() if line not in before]
+    # the proxy's and the node's events are queued on their way to the auth role: polled for
+    events = poll(lambda: [line for line in cluster.events() if line not in before],
+                  lambda new: auth_events(new, "lena", "proxy:", new_serial)
+                  and auth_events(new, "lena", "node:node1", new_serial))
     assert auth_events(events, "lena", "proxy:", new_serial), "\n".join(events)
     assert auth_events(events, "lena", "node:node1", new_serial), "\n".join(events)
     assert not auth_events(events, "lena", "", old_serial), "\n".join(events)

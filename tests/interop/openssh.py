@@ -124,7 +124,7 @@ def create_throwaway_user(name: str) -> ThrowawayUser:
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(mode=0o700)
     argv = ["useradd", "-M", "-d", str(home), "-s", "/bin/sh", "-p", "*", name]
-    _retry_on_passwd_lock(argv)
+    retry_on_passwd_lock(argv)
     entry = pwd.getpwnam(name)
     os.chown(home, entry.pw_uid, entry.pw_gid)
     return ThrowawayUser(name, entry.pw_uid, entry.pw_gid, home)
@@ -171,9 +171,13 @@ def _user_exists(name: str) -> bool:
     return True
 
 
-def _retry_on_passwd_lock(argv: list[str]) -> None:
-    # Parallel xdist workers run useradd/userdel at the same moment; shadow-utils fails
-    # (exit 1 or 10) instead of waiting when another one holds /etc/passwd's lock.
+def retry_on_passwd_lock(argv: list[str]) -> None:
+    """Run a shadow-utils command (useradd, usermod...); retry for ~5 s while /etc/passwd is locked.
+
+    Parallel xdist workers run useradd/userdel at the same moment; shadow-utils fails
+    (exit 1 or 10) instead of waiting when another one holds /etc/passwd's lock.
+    Any other failure raises at once.
+    """
     for _ in range(50):
         done = subprocess.run(argv, capture_output=True)
         if done.returncode == 0:
