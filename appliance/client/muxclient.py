@@ -181,7 +181,8 @@ def _follow(link: _Link, request: SessionRequest, reply: dict | None) -> Outcome
     if event != "opened":
         raise MuxProtocolError("no answer to the session request" if reply is None else f"unexpected {event!r}")
     interactive = request.pty and os.isatty(0)
-    with raw_terminal(0, interactive), _window_changes(link, interactive), _hangups_end_session():
+    with raw_terminal(0, interactive), _window_changes(link, interactive, (request.cols, request.rows)), \
+            _hangups_end_session():
         reply = link.receive()
     event = reply.get("event") if reply else None
     if event == "error":  # the node connection broke during the session
@@ -198,8 +199,12 @@ def _status(reply: dict) -> int:
 
 
 @contextlib.contextmanager
-def _window_changes(link: _Link, enabled: bool) -> Iterator[None]:
-    """SIGWINCH -> a resize message (sent from the handler: the main thread only waits)."""
+def _window_changes(link: _Link, enabled: bool, requested: tuple[int, int]) -> Iterator[None]:
+    """SIGWINCH -> a resize message (sent from the handler: the main thread only waits).
+
+    ``requested`` is the size the session request carried; a change between the request and
+    the handler's installation would be lost, so the size is compared once the handler is in.
+    """
     if not enabled:
         yield
         return
@@ -211,6 +216,8 @@ def _window_changes(link: _Link, enabled: bool) -> Iterator[None]:
 
     previous = signal.signal(signal.SIGWINCH, resized)
     try:
+        if terminal_size() != requested:
+            resized(signal.SIGWINCH, None)
         yield
     finally:
         signal.signal(signal.SIGWINCH, previous)

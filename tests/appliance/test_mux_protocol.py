@@ -2,9 +2,10 @@
 
 No cluster and no daemon process: frames and requests are fed to the sans-IO core in
 memory (and to hypothesis, which may only ever see :class:`MuxProtocolError`), and the
-socket helpers run against real Unix sockets in ``tmp_path``: the lock and the socket a
-daemon claims, a stale socket left by a dead daemon, a profile path too long for
-``sun_path``, and the thin client falling back in-process when no daemon can be reached.
+socket helpers run against real Unix sockets in a short directory under /tmp: the lock
+and the socket a daemon claims, a stale socket left by a dead daemon, a profile path too
+long for ``sun_path`` (that one in ``tmp_path``), and the thin client falling back
+in-process when no daemon can be reached.
 Nothing here forks (pytest-xdist workers must not), so ``spawn_daemon`` is replaced by
 one that reports failure.
 """
@@ -12,10 +13,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import stat
 import struct
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -427,10 +431,14 @@ def long_home(tmp_path) -> Path:
 
 
 @pytest.fixture
-def home(tmp_path) -> Path:
-    home = tmp_path / "p"
+def home() -> Iterator[Path]:
+    """A profile directory short enough that the tests' own sockets in it fit ``sun_path``
+    (tmp_path may not leave room: long homes are ``long_home``'s subject)."""
+    base = tempfile.mkdtemp(prefix="jg", dir="/tmp")
+    home = Path(base) / "p"
     home.mkdir(mode=0o700)
-    return home
+    yield home
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
@@ -675,3 +683,17 @@ def test_a_session_the_daemon_ends_before_the_send_returns_is_not_run_again(home
     assert outcome is not None, "the client fell back in-process after the daemon ran the session"
     assert (outcome.status, outcome.message) == (7, None)
     assert [r["command"] for r in requests] == ["true"]
+
+
+@pytest.mark.parametrize("requested,sent", [((132, 50), [{"op": "resize", "cols": 80, "rows": 24}]),
+                                            ((80, 24), [])], ids=["changed", "unchanged"])
+def test_a_resize_before_the_handler_is_installed_is_not_lost(monkeypatch, requested, sent):
+    """The request carried ``requested``; if the terminal's size differs once the SIGWINCH
+    handler is in (a resize in between would have had no handler), it is sent at once."""
+    monkeypatch.setattr(muxclient, "terminal_size", lambda: (80, 24))
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        with muxclient._window_changes(muxclient._Link(ours), True, requested):
+            pass
+        ours.shutdown(socket.SHUT_WR)
+        assert FrameDecoder().feed(theirs.recv(65536)) == sent
