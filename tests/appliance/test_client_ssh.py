@@ -10,9 +10,12 @@ from __future__ import annotations
 import fcntl
 import os
 import pty as ptylib
+import shutil
+import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import termios
 from pathlib import Path
 
@@ -30,6 +33,14 @@ pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="the node switches us
 
 
 login, cluster, profile = proxy_fixtures("clissh")
+
+
+@pytest.fixture
+def sock_dir():
+    """A short directory for the sockets a test serves: sun_path holds 107 bytes, tmp_path may be long."""
+    path = tempfile.mkdtemp(prefix="jg", dir="/tmp")
+    yield Path(path)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _tree(root: Path) -> dict[str, bytes | None]:
@@ -188,6 +199,27 @@ async def test_jumpgate_ssh_dash_t_allocates_a_pty_without_a_terminal(cluster, p
     assert done.returncode == 0 and done.stdout.startswith(b"/dev/pts/"), done.stderr
 
 
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler installed for ``signum`` (SigCgt of /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    return False
+
+
+async def _eventually(condition, what: str, timeout: float = 10.0) -> None:
+    with trio.move_on_after(timeout):
+        while not condition():
+            await trio.sleep(0.01)
+    assert condition(), f"timed out ({timeout:g} s) waiting for {what}"
+
+
+# Remote side of the window change: the resize travels SIGWINCH -> client (-> daemon) -> node while
+# typed text may take a shorter way, so the shell polls (bounded) until the new size arrives.
+_AWAIT_RESIZE = b'for i in $(seq 200); do s=$(stty size); [ "$s" != "24 80" ] && break; sleep 0.05; done; ' \
+                b'echo "$s"; exit 4\n'
+
+
 @pytest.mark.parametrize("mux", ["0", "1"], ids=["in-process", "session-daemon"])
 async def test_jumpgate_ssh_interactive_pty_raw_mode_window_change_and_restore(cluster, profile, login, mux):
     """On a real terminal: raw mode, SIGWINCH -> window-change, exit status, terminal restored."""
@@ -200,22 +232,31 @@ async def test_jumpgate_ssh_interactive_pty_raw_mode_window_change_and_restore(c
                             preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
     screen = bytearray()
 
-    async def expect(marker: bytes) -> None:
-        with trio.fail_after(20):
+    async def expect(marker: bytes, timeout: float = 20) -> None:
+        """Read the terminal until ``marker`` shows; waits in Trio (no thread stuck in read), so
+        the time limit ends it, and it stops early if the client exited and nothing more comes."""
+        with trio.move_on_after(timeout):
             while marker not in screen:
-                screen.extend(await trio.to_thread.run_sync(os.read, master, 65536))
+                with trio.move_on_after(0.1) as idle:
+                    await trio.lowlevel.wait_readable(master)
+                if not idle.cancelled_caught:
+                    screen.extend(os.read(master, 65536))
+                elif proc.poll() is not None:
+                    break
+        assert marker in screen, f"no {marker!r} (client status {proc.poll()}); the terminal shows {bytes(screen)!r}"
 
     try:
-        await trio.to_thread.run_sync(os.write, master, b"stty size; echo ready\n")
+        os.write(master, b"stty size; echo ready\n")
         await expect(b"24 80")
-        assert not termios.tcgetattr(slave)[3] & termios.ECHO        # raw mode while the session runs
+        # raw mode while the session runs; through the daemon, the remote output may reach the
+        # terminal just before the thin client (told "opened") turns it raw
+        await _eventually(lambda: not termios.tcgetattr(slave)[3] & termios.ECHO, "the terminal in raw mode")
+        # the client takes SIGWINCH once it has set raw mode: resize only then, or the signal is lost
+        await _eventually(lambda: _catches(proc.pid, signal.SIGWINCH), "the client's SIGWINCH handler")
         fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 132, 0, 0))
-        await trio.sleep(0.3)
-        await trio.to_thread.run_sync(os.write, master, b"stty size; exit 4\n")
+        os.write(master, _AWAIT_RESIZE)
         await expect(b"50 132")
-        with trio.fail_after(20):
-            while proc.poll() is None:
-                await trio.sleep(0.05)
+        await _eventually(lambda: proc.poll() is not None, "the client's exit", timeout=20)
         assert proc.returncode == 4
         assert termios.tcgetattr(slave) == before                    # terminal restored
         assert os.get_blocking(slave)                                # and blocking again
@@ -223,6 +264,7 @@ async def test_jumpgate_ssh_interactive_pty_raw_mode_window_change_and_restore(c
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+        trio.lowlevel.notify_closing(master)
         os.close(master)
         os.close(slave)
 
@@ -253,6 +295,16 @@ async def test_jumpgate_scp_both_ways_recursive(cluster, profile, login, tmp_pat
     assert done.returncode == 1 and b"nosuch: No such file or directory" in done.stderr
 
 
+async def _free_port() -> int:
+    """A loopback port free a moment ago (someone may take it before we use it: callers retry)."""
+    with trio.socket.socket() as s:
+        await s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
+
+
+PORT_TRIES = 3  # a picked port taken in between (EADDRINUSE) is retried with another, this many times in all
+
+
 async def test_jumpgate_ssh_local_and_remote_forwarding(cluster, profile, login, nursery):
     async def echo(stream):
         async for data in stream:
@@ -262,39 +314,42 @@ async def test_jumpgate_ssh_local_and_remote_forwarding(cluster, profile, login,
     echo_port = listeners[0].socket.getsockname()[1]
     probe = ("import socket,sys; s=socket.create_connection(('127.0.0.1',int(sys.argv[1])));"
              "s.sendall(b'ping'); print(s.recv(10).decode())")
-    with trio.socket.socket() as s:
-        await s.bind((LOOPBACK, 0))
-        free = s.getsockname()[1]
-    done = await jumpgate(profile, "ssh", "-R", f"{free}:{LOOPBACK}:{echo_port}", f"{login.name}@{NODE}",
-                          f"/usr/bin/python3 -c \"{probe}\" {free}")
+    for _ in range(PORT_TRIES):
+        free = await _free_port()
+        done = await jumpgate(profile, "ssh", "-R", f"{free}:{LOOPBACK}:{echo_port}", f"{login.name}@{NODE}",
+                              f"/usr/bin/python3 -c \"{probe}\" {free}")
+        if f"remote port forwarding failed for listen port {free}".encode() not in done.stderr:
+            break  # else the node could not listen there: taken since we picked it
     assert (done.returncode, done.stdout) == (0, b"PING\n"), done.stderr
-    with trio.socket.socket() as s:
-        await s.bind((LOOPBACK, 0))
-        local = s.getsockname()[1]
-    outcome = []
 
-    async def forward_while_sleeping():
+    async def forward_while_sleeping(local: int, outcome: list):
         outcome.append(await jumpgate(profile, "ssh", "-L", f"{local}:{LOOPBACK}:{echo_port}",
                                       f"{login.name}@{NODE}", "sleep 5"))
-    async with trio.open_nursery() as inner:
-        inner.start_soon(forward_while_sleeping)
-        with trio.fail_after(15):
-            while True:
-                try:
-                    stream = await trio.open_tcp_stream(LOOPBACK, local)
-                    break
-                except OSError:
-                    assert not outcome, outcome
-                    await trio.sleep(0.1)
-        await stream.send_all(b"pong")
-        assert await stream.receive_some(10) == b"PONG"
-        await stream.aclose()
-        inner.cancel_scope.cancel()
+    for _ in range(PORT_TRIES):
+        local, outcome, stream = await _free_port(), [], None
+        async with trio.open_nursery() as inner:
+            inner.start_soon(forward_while_sleeping, local, outcome)
+            with trio.fail_after(15):
+                while stream is None and not outcome:
+                    try:
+                        stream = await trio.open_tcp_stream(LOOPBACK, local)
+                    except OSError:
+                        await trio.sleep(0.1)
+            if stream is not None:
+                await stream.send_all(b"pong")
+                assert await stream.receive_some(10) == b"PONG"
+                await stream.aclose()
+            inner.cancel_scope.cancel()
+        if stream is not None:
+            break
+        # jumpgate exited before listening: only a port taken since we picked it is retried
+        assert b"Address already in use" in outcome[0].stderr, outcome
+    assert stream is not None, "every port picked was taken before jumpgate could listen on it"
 
 
 @pytest.mark.parametrize("mux", ["0", "1"], ids=["in-process", "session-daemon"])
-async def test_jumpgate_ssh_forwards_the_agent_with_dash_a(cluster, profile, login, nursery, tmp_path, mux):
-    sock, key = await serve_agent(nursery, tmp_path)
+async def test_jumpgate_ssh_forwards_the_agent_with_dash_a(cluster, profile, login, nursery, sock_dir, mux):
+    sock, key = await serve_agent(nursery, sock_dir)
     done = await jumpgate(profile, "ssh", "-A", f"{login.name}@{NODE}", "ssh-add -L",
                           env={"SSH_AUTH_SOCK": str(sock), "JUMPGATE_MUX": mux})
     assert done.returncode == 0, done.stderr

@@ -15,11 +15,13 @@ import fcntl
 import logging
 import os
 import pty as ptylib
+import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import termios
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -40,6 +42,14 @@ WAIT = 10.0  # bound on every wait for the daemon; the tests themselves take wel
 
 
 login, cluster, profile = proxy_fixtures("muxd")
+
+
+@pytest.fixture
+def sock_dir():
+    """A short directory for the sockets a test serves: sun_path holds 107 bytes, tmp_path may be long."""
+    path = tempfile.mkdtemp(prefix="jg", dir="/tmp")
+    yield Path(path)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclasses.dataclass
@@ -129,8 +139,16 @@ async def _client(profile, *args: str, **streams) -> AsyncIterator[trio.Process]
             proc.kill()
         with trio.CancelScope(shield=True):
             await proc.wait()
-        if proc.stdout is not None:
-            await proc.stdout.aclose()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                await stream.aclose()
+
+
+async def _read_all(stream: trio.abc.ReceiveStream) -> bytes:
+    data = bytearray()
+    while chunk := await stream.receive_some():
+        data += chunk
+    return bytes(data)
 
 
 def _log(caplog, prefix: str) -> list[str]:
@@ -142,7 +160,8 @@ async def _until(condition, what: str, timeout: float = WAIT) -> None:
         while not condition():
             await trio.sleep(0.02)
         return
-    pytest.fail(f"timed out ({timeout:g} s) waiting for {what}")
+    if not condition():  # once more: the deadline may have come while this task waited to run
+        pytest.fail(f"timed out ({timeout:g} s) waiting for {what}")
 
 
 def _session(login: str, command: str | None = "true") -> SessionRequest:
@@ -181,9 +200,9 @@ async def test_daemon_serves_many_sessions_over_one_proxy_connection(cluster, pr
     assert len(cluster.events("session.start")) == 3  # each node hop is new, and audited
 
 
-async def test_daemon_forwards_the_clients_agent_with_dash_a(cluster, profile, login, running, nursery, tmp_path,
+async def test_daemon_forwards_the_clients_agent_with_dash_a(cluster, profile, login, running, nursery, sock_dir,
                                                             caplog):
-    sock, key = await serve_agent(nursery, tmp_path)
+    sock, key = await serve_agent(nursery, sock_dir)
     done = await jumpgate(profile, "ssh", "-A", f"{login.name}@{NODE}", "ssh-add -L",
                           env={"JUMPGATE_MUX": "1", "SSH_AUTH_SOCK": str(sock)})
     assert done.returncode == 0, done.stderr
@@ -435,22 +454,24 @@ async def test_killed_thin_client_ends_its_session_promptly(cluster, profile, lo
 
 
 async def test_stop_removes_the_socket_at_once_and_lets_the_running_session_finish(cluster, profile, login,
-                                                                                  running, caplog, nursery):
-    result: list[subprocess.CompletedProcess] = []
-
-    async def session():
-        result.append(await _ssh(profile, f"{login.name}@{NODE}", "sleep 2; echo done; exit 5"))
-    nursery.start_soon(session)
-    await _until(lambda: _log(caplog, f"session to {NODE} as {login.name} opened"), "the session")
-    assert await trio.to_thread.run_sync(muxclient.stop_daemon, running.home)
-    await _until(lambda: not running.socket_file.exists(), "the socket's removal", timeout=0.5)
-    assert running.daemon.active == 1 and not result      # gone while the session still runs
-    assert muxclient.connect(running.home) is None         # a new client finds no daemon
-    await _until(lambda: bool(result), "the session's end")
-    assert (result[0].returncode, result[0].stdout, result[0].stderr) == (5, b"done\n", b"")
+                                                                                  running, caplog):
+    # the session waits for a line on stdin: it runs until the test lets it finish
+    async with _client(profile, f"{login.name}@{NODE}", "read line; echo done $line; exit 5",
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        await _until(lambda: _log(caplog, f"session to {NODE} as {login.name} opened"), "the session")
+        assert await trio.to_thread.run_sync(muxclient.stop_daemon, running.home)
+        await _until(lambda: not running.socket_file.exists(), "the socket's removal")
+        assert running.daemon.active == 1 and proc.poll() is None   # gone while the session still runs
+        assert muxclient.connect(running.home) is None              # a new client finds no daemon
+        await proc.stdin.send_all(b"now\n")
+        await proc.stdin.aclose()
+        with trio.fail_after(WAIT):
+            stdout, stderr = await _read_all(proc.stdout), await _read_all(proc.stderr)
+            assert await proc.wait() == 5
+    assert (stdout, stderr) == (b"done now\n", b"")
     with trio.fail_after(WAIT):
-        await running.finished.wait()                      # then serve() returns
-    claim = muxclient.claim_socket(running.home)           # and the profile's slot is free
+        await running.finished.wait()                               # then serve() returns
+    claim = muxclient.claim_socket(running.home)                    # and the profile's slot is free
     assert claim is not None
     claim.release()
 
@@ -495,12 +516,17 @@ async def test_a_dead_proxy_connection_is_reopened_for_the_next_session(cluster,
     assert len(_proxy_logins(cluster)) == 2
 
 
+# The resize reaches the node after the thin client's SIGWINCH handler sent it and the daemon relayed
+# it: the remote command polls (bounded) for the new size rather than sleep for a guessed while.
+_AWAIT_RESIZE = 'for i in $(seq 200); do s=$(stty size); [ "$s" != "24 80" ] && break; sleep 0.05; done; echo "$s"'
+
+
 async def test_sigwinch_on_the_thin_client_resizes_the_remote_pty(cluster, profile, login, running, caplog):
     master, slave = ptylib.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
     output = bytearray()
     try:
-        async with _client(profile, "-t", f"{login.name}@{NODE}", "sleep 1; stty size",
+        async with _client(profile, "-t", f"{login.name}@{NODE}", _AWAIT_RESIZE,
                            stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
             await _until(lambda: _log(caplog, f"session to {NODE} as {login.name} opened"), "the session")
             fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 132, 0, 0))
