@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pwd
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -80,10 +83,15 @@ def _text(done: subprocess.CompletedProcess) -> str:
 # ----------------------------------------------------------------------------- sessions
 
 
+def _home(node) -> str:
+    """The login's home directory (under the temporary directory: TMPDIR may move it)."""
+    return pwd.getpwnam(node.login).pw_dir
+
+
 async def test_exec_runs_as_the_login_user(node):
     done = await run(node.ssh("id -un; pwd"))
     assert done.returncode == 0, done.stderr
-    assert _text(done).split() == [node.login, f"/tmp/{node.login}_home"]
+    assert _text(done).split() == [node.login, _home(node)]
 
 
 async def test_session_environment_is_sshd_like(node):
@@ -91,7 +99,7 @@ async def test_session_environment_is_sshd_like(node):
     done = await run(node.ssh("env", options=options))
     env = dict(line.split("=", 1) for line in _text(done).splitlines() if "=" in line)
     assert env["USER"] == env["LOGNAME"] == node.login and env["SHELL"] == "/bin/sh"
-    assert env["HOME"] == f"/tmp/{node.login}_home" and env["PATH"] == "/usr/local/bin:/usr/bin:/bin"
+    assert env["HOME"] == _home(node) and env["PATH"] == "/usr/local/bin:/usr/bin:/bin"
     assert env["LANG"] == "C.UTF-8" and env["LC_MESSAGES"] == "C" and "FOO" not in env
     client_ip, client_port, server_port = env["SSH_CLIENT"].split()
     assert (client_ip, server_port) == (LOOPBACK, str(node.port))
@@ -200,7 +208,7 @@ async def test_sftp_put_and_get_with_the_real_sftp(node, tmp_path):
                                   known_hosts=node.known_hosts))
     assert done.returncode == 0, done.stderr
     assert back.read_bytes() == src.read_bytes()
-    stored = Path(f"/tmp/{node.login}_home/up.bin")
+    stored = Path(_home(node)) / "up.bin"
     assert stored.stat().st_uid == node_process.lookup_account(node.login).uid  # written as the login
     assert node.audit.of("session.start")[0]["subsystem"] == "sftp"
 
@@ -295,7 +303,7 @@ async def test_rule14_force_command_internal_sftp_serves_sftp(node, tmp_path):
     batch.write_text("pwd\n")
     done = await run(openssh_argv("sftp", ["-b", str(batch)], port=node.port, login=node.login, files=files,
                                   known_hosts=node.known_hosts))
-    assert done.returncode == 0 and f"/tmp/{node.login}_home".encode() in done.stdout
+    assert done.returncode == 0 and _home(node).encode() in done.stdout
 
 
 async def test_rule14_source_address_mismatch_is_refused(node):
@@ -304,10 +312,18 @@ async def test_rule14_source_address_mismatch_is_refused(node):
     assert done.returncode == 255 and b"Permission denied" in done.stderr
 
 
-async def test_agent_forwarding_lists_the_clients_keys(node, nursery, tmp_path):
+@pytest.fixture
+def sock_dir():
+    """A short directory for a test's agent socket: sun_path holds 107 bytes, tmp_path may be long."""
+    path = tempfile.mkdtemp(prefix="jg", dir="/tmp")
+    yield Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+async def test_agent_forwarding_lists_the_clients_keys(node, nursery, sock_dir):
     agent = ssh_proto.InProcessAgent()
     await agent.add(PrivateKey.generate("ssh-ed25519"), comment="forwarded-key")
-    sock = await nursery.start(agent.serve_unix, tmp_path / "agent" / "sock")
+    sock = await nursery.start(agent.serve_unix, sock_dir / "sock")
     done = await run(node.ssh("ssh-add -l; ls -l $SSH_AUTH_SOCK", options=["-A"], agent=sock))
     listing = _text(done)
     assert done.returncode == 0, done.stderr
@@ -317,10 +333,10 @@ async def test_agent_forwarding_lists_the_clients_keys(node, nursery, tmp_path):
     assert result.exit_status == 0 and b"forwarded-key" in result.stdout
 
 
-async def test_rule14_agent_forwarding_refused_without_permit(node, nursery, tmp_path):
+async def test_rule14_agent_forwarding_refused_without_permit(node, nursery, sock_dir):
     agent = ssh_proto.InProcessAgent()
     await agent.add(PrivateKey.generate("ssh-ed25519"))
-    sock = await nursery.start(agent.serve_unix, tmp_path / "agent" / "sock")
+    sock = await nursery.start(agent.serve_unix, sock_dir / "sock")
     _, _, files = node.with_cert("noagent", extensions=NO_FORWARDING)
     done = await run(node.ssh("echo sock=$SSH_AUTH_SOCK", options=["-A"], files=files, agent=sock))
     assert _text(done) == "sock=\n"
