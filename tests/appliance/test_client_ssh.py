@@ -10,12 +10,10 @@ from __future__ import annotations
 import fcntl
 import os
 import pty as ptylib
-import shutil
 import signal
 import struct
 import subprocess
 import sys
-import tempfile
 import termios
 from pathlib import Path
 
@@ -33,14 +31,6 @@ pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="the node switches us
 
 
 login, cluster, profile = proxy_fixtures("clissh")
-
-
-@pytest.fixture
-def sock_dir():
-    """A short directory for the sockets a test serves: sun_path holds 107 bytes, tmp_path may be long."""
-    path = tempfile.mkdtemp(prefix="jg", dir="/tmp")
-    yield Path(path)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def _tree(root: Path) -> dict[str, bytes | None]:

@@ -15,13 +15,11 @@ import fcntl
 import logging
 import os
 import pty as ptylib
-import shutil
 import signal
 import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import termios
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -42,14 +40,6 @@ WAIT = 10.0  # bound on every wait for the daemon; the tests themselves take wel
 
 
 login, cluster, profile = proxy_fixtures("muxd")
-
-
-@pytest.fixture
-def sock_dir():
-    """A short directory for the sockets a test serves: sun_path holds 107 bytes, tmp_path may be long."""
-    path = tempfile.mkdtemp(prefix="jg", dir="/tmp")
-    yield Path(path)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclasses.dataclass

@@ -10,9 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pwd
-import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -310,14 +308,6 @@ async def test_rule14_source_address_mismatch_is_refused(node):
     _, _, files = node.with_cert("elsewhere", critical_options={"source-address": "192.0.2.0/24"})
     done = await run(node.ssh("true", files=files))
     assert done.returncode == 255 and b"Permission denied" in done.stderr
-
-
-@pytest.fixture
-def sock_dir():
-    """A short directory for a test's agent socket: sun_path holds 107 bytes, tmp_path may be long."""
-    path = tempfile.mkdtemp(prefix="jg", dir="/tmp")
-    yield Path(path)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 async def test_agent_forwarding_lists_the_clients_keys(node, nursery, sock_dir):

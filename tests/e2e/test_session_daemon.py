@@ -27,7 +27,6 @@ import signal
 import socket
 import stat
 import subprocess
-import tempfile
 import termios
 import threading
 import time
@@ -370,17 +369,9 @@ def _accepts_connections(path: Path) -> bool:
 
 
 @pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """A directory for Unix sockets: sun_path holds 107 bytes, more than a long $TMPDIR leaves."""
-    path = Path(tempfile.mkdtemp(prefix="jg", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def openssh_agent(tmp_path: Path, short_dir: Path) -> Iterator[tuple[str, str]]:
+def openssh_agent(tmp_path: Path, sock_dir: Path) -> Iterator[tuple[str, str]]:
     """The real ssh-agent on a socket, holding one key: (socket path, the key's public line)."""
-    sock, key = short_dir / "agent.sock", tmp_path / "agent_key"
+    sock, key = sock_dir / "agent.sock", tmp_path / "agent_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "forwarded-key", "-f", str(key)],
                    check=True, timeout=30)
     agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,

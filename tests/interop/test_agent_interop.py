@@ -14,7 +14,6 @@ import functools
 import os
 import shutil
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,14 +32,6 @@ pytestmark = pytest.mark.interop
 SSH = "/usr/bin/ssh"
 SSH_ADD = "/usr/bin/ssh-add"
 SSH_AGENT = "/usr/bin/ssh-agent"
-
-
-@pytest.fixture
-def sock_dir():
-    # unix socket paths are limited to 108 bytes: keep them short, under /tmp
-    path = tempfile.mkdtemp(prefix="jga-", dir="/tmp")
-    yield Path(path)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
