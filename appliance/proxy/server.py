@@ -116,15 +116,17 @@ class ProxyServer(ssh_proto.SSHServer):
         self.config = config
         self.user: str | None = None      # the cluster user, once authenticated
         self.login: str = ""              # the SSH username given at the proxy
-        self.peer_ip: str | None = None
-        self.peer_address: tuple | None = None
+        self.peer_address: tuple | None = None  # (ip, port) of the client
         self._refused: set[tuple[str, bytes]] = set()
 
     def connection_made(self, conn: ssh_proto.SSHServerConnection) -> None:
         super().connection_made(conn)
         peer = conn.peer_address
-        self.peer_address = tuple(peer[:2]) if peer else None
-        self.peer_ip = str(peer[0]) if peer else None
+        self.peer_address = (str(peer[0]), int(peer[1])) if peer else None
+
+    @property
+    def peer_ip(self) -> str | None:
+        return self.peer_address[0] if self.peer_address else None
 
     # ---- authentication ------------------------------------------------------------------
     async def auth_publickey_acceptable(self, username: str, key) -> bool:
@@ -187,7 +189,8 @@ class ProxyServer(ssh_proto.SSHServer):
                 stream = await trio.open_tcp_stream(*endpoint)
                 await self._send_relay_line(stream, node)
         except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
-            reason = getattr(exc, "strerror", None) or f"no answer within {CONNECT_TIMEOUT:g}s"
+            reason = (f"no answer within {CONNECT_TIMEOUT:g}s" if isinstance(exc, trio.TooSlowError)
+                      else getattr(exc, "strerror", None) or "the connection broke")
             await self._emit("port", False, target=f"{host}:{port}", node=target, addr=addr, reason=reason)
             raise NodeUnreachable(f"node {host!r} at {addr} is unreachable: {reason}") from None
         await self._emit("port", True, target=f"{host}:{port}", node=target, addr=addr,
