@@ -91,7 +91,12 @@ class Flip:
     done: bool = False
 
 
-async def _pump(source: trio.SocketStream, sink: trio.SocketStream, flip: Flip | None) -> None:
+async def _pump(source: trio.SocketStream, sink: trio.SocketStream, flip: Flip | None,
+                relay: trio.CancelScope) -> None:
+    """Copy ``source`` to ``sink``, flipping per ``flip``. A clean EOF is passed on as EOF (the
+    other direction goes on); a reset or a failed send on either side ends the whole relay, so
+    both peers see the connection go (a pump left waiting on a half the other side abandoned
+    would hang the test)."""
     finder, total = NewkeysFinder(), 0
     try:
         while data := await source.receive_some(65536):
@@ -105,7 +110,7 @@ async def _pump(source: trio.SocketStream, sink: trio.SocketStream, flip: Flip |
             await sink.send_all(data)
         await sink.send_eof()
     except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
+        relay.cancel()
 
 
 async def serve_relay(nursery: trio.Nursery, upstream_port: int, flip: Flip) -> int:
@@ -114,8 +119,8 @@ async def serve_relay(nursery: trio.Nursery, upstream_port: int, flip: Flip) -> 
     async def handle(downstream: trio.SocketStream) -> None:
         async with downstream, await trio.open_tcp_stream("127.0.0.1", upstream_port) as upstream:
             async with trio.open_nursery() as both:
-                both.start_soon(_pump, downstream, upstream, flip if flip.to_server else None)
-                both.start_soon(_pump, upstream, downstream, None if flip.to_server else flip)
+                both.start_soon(_pump, downstream, upstream, flip if flip.to_server else None, both.cancel_scope)
+                both.start_soon(_pump, upstream, downstream, None if flip.to_server else flip, both.cancel_scope)
 
     listeners = await nursery.start(functools.partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
     return listeners[0].socket.getsockname()[1]
