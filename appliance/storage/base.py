@@ -84,7 +84,10 @@ class InviteRecord:
 
 @dataclass(frozen=True, slots=True)
 class TokenRecord:
-    """A join token of ``kind`` "node" or "proxy"; ``id`` is public, the secret is not stored."""
+    """A join token of ``kind`` "node" or "proxy"; ``id`` is public, the secret is not stored.
+
+    ``node_name`` and ``addresses``, when set by the admin, bind what the token may join as:
+    the node's name and the extra host-certificate principals it may be given."""
 
     id: str
     token_hash: str
@@ -93,6 +96,8 @@ class TokenRecord:
     expires: float
     used: float | None = None
     used_by: str = ""
+    node_name: str = ""               # the name it joins as ("" = the joiner says)
+    addresses: tuple[str, ...] = ()   # addresses an admin approved for its certificate
 
 
 @dataclass(frozen=True, slots=True)

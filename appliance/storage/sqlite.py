@@ -13,6 +13,13 @@ The file holds the CA private keys, TOTP seeds and password hashes: it is create
 files the database file's mode), and a parent directory we create gets mode 0700.
 Lists and label maps are stored as msgpack blobs. ``":memory:"`` gives a private
 in-memory database (tests).
+
+Schema versions. A new database gets the latest schema (:data:`_SCHEMA`). An older one is
+upgraded at open by the forward steps in :data:`_MIGRATIONS`, in order, all in one
+transaction with the version bump, after a copy of the file is saved beside it
+(``jumpgate.db.v1.bak``, mode 0600: it holds the CA). A database newer than this code is
+refused, never touched. Each release's data directory is kept under ``tests/fixtures/``
+and ``tests/appliance/test_migrations.py`` upgrades every one of them.
 """
 from __future__ import annotations
 
@@ -39,7 +46,7 @@ from .base import (
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 5000
 MAX_AUDIT_LIMIT = 10_000
 
@@ -74,7 +81,9 @@ CREATE TABLE tokens (
     created REAL NOT NULL,
     expires REAL NOT NULL,
     used REAL,
-    used_by TEXT NOT NULL
+    used_by TEXT NOT NULL,
+    node_name TEXT NOT NULL DEFAULT '',
+    addresses BLOB NOT NULL DEFAULT x'90'
 );
 CREATE TABLE nodes (
     name TEXT PRIMARY KEY,
@@ -105,10 +114,24 @@ CREATE TABLE audit_events (
 );
 """
 
+
+
+def _v2_tokens_bind_name_and_addresses(db: sqlite3.Connection) -> None:
+    """v2: a join token may name the node it joins as and the addresses an admin approved
+    for its host certificate (``x'90'`` is msgpack's empty array)."""
+    db.execute("ALTER TABLE tokens ADD COLUMN node_name TEXT NOT NULL DEFAULT ''")
+    db.execute("ALTER TABLE tokens ADD COLUMN addresses BLOB NOT NULL DEFAULT x'90'")
+
+
+#: version -> the step that upgrades a database of version - 1 to it.
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    2: _v2_tokens_bind_name_and_addresses,
+}
+
 _USER_COLUMNS = ("name, logins, roles, password_hash, totp_secret, last_totp_counter, "
                  "failed_logins, locked_until, created")
 _INVITE_COLUMNS = "token_hash, user, totp_secret, created, expires, used"
-_TOKEN_COLUMNS = "id, token_hash, kind, created, expires, used, used_by"
+_TOKEN_COLUMNS = "id, token_hash, kind, created, expires, used, used_by, node_name, addresses"
 _NODE_COLUMNS = "name, kind, addr, labels, last_seen, tunnel, addresses, host_key, created"
 _AUDIT_COLUMNS = "id, time, event, code, user, success, fields"
 
@@ -137,6 +160,10 @@ def _node(row: Sequence[Any]) -> NodeRecord:
                       tuple(_unpack(row[6])), row[7], row[8])
 
 
+def _token(row: Sequence[Any]) -> TokenRecord:
+    return TokenRecord(*row[:7], node_name=row[7], addresses=tuple(_unpack(row[8])))
+
+
 def _audit(row: Sequence[Any]) -> AuditEvent:
     return AuditEvent(id=row[0], time=row[1], event=row[2], code=row[3], user=row[4],
                       success=bool(row[5]), fields=dict(_unpack(row[6])))
@@ -160,6 +187,21 @@ def _prepare_file(path: str) -> None:
         os.fchmod(fd, 0o600)  # also tightens a file left with looser bits
     finally:
         os.close(fd)
+
+
+def _backup(conn: sqlite3.Connection, path: str) -> None:
+    """A consistent copy of the open database at ``path`` (0600, O_EXCL: an older copy is
+    never overwritten, so a second failed upgrade cannot replace the good one)."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        os.close(os.open(path, flags, 0o600))
+    except FileExistsError:
+        return
+    target = sqlite3.connect(path)
+    try:
+        conn.backup(target)
+    finally:
+        target.close()
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -212,6 +254,7 @@ class SQLiteStorage:
 
     # -- plumbing --------------------------------------------------------------------
     def _migrate(self) -> None:
+        """Create the latest schema, or upgrade an older one (see the module docstring)."""
         with self._tx() as db:
             exists = db.execute("SELECT 1 FROM sqlite_master WHERE type='table' "
                                 "AND name='schema_version'").fetchone()
@@ -222,9 +265,23 @@ class SQLiteStorage:
                            (SCHEMA_VERSION, self._clock()))
                 return
             row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
-        if row is None or row[0] != SCHEMA_VERSION:
-            raise StorageError(f"database schema version {row and row[0]} is not "
-                               f"{SCHEMA_VERSION}; use the matching Jumpgate version")
+        version = row[0] if row is not None else None
+        if not isinstance(version, int) or not 1 <= version <= SCHEMA_VERSION:
+            raise StorageError(f"database schema version {version} is not one this Jumpgate "
+                               f"knows (1..{SCHEMA_VERSION}); use the matching Jumpgate version")
+        if version < SCHEMA_VERSION:
+            self._upgrade(version)
+
+    def _upgrade(self, version: int) -> None:
+        """Save a copy of the file, then run every step after ``version`` in one transaction."""
+        if self.path != ":memory:":
+            _backup(self._conn, f"{self.path}.v{version}.bak")
+        with self._tx() as db:
+            # read again under the write lock: another process may have upgraded meanwhile
+            current = db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+            for target in range(current + 1, SCHEMA_VERSION + 1):
+                _MIGRATIONS[target](db)
+                db.execute("INSERT INTO schema_version VALUES (?, ?)", (target, self._clock()))
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -354,20 +411,20 @@ class SQLiteStorage:
     # -- join tokens -----------------------------------------------------------------
     async def put_token(self, token: TokenRecord) -> None:
         values = (token.id, token.token_hash, token.kind, token.created, token.expires,
-                  token.used, token.used_by)
+                  token.used, token.used_by, token.node_name, _pack(list(token.addresses)))
         await self._run(lambda db: db.execute(
-            f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (?,?,?,?,?,?,?)", values))
+            f"INSERT INTO tokens ({_TOKEN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", values))
 
     async def get_token(self, token_hash: str) -> TokenRecord | None:
         row = await self._run(lambda db: db.execute(
             f"SELECT {_TOKEN_COLUMNS} FROM tokens WHERE token_hash = ?",
             (token_hash,)).fetchone())
-        return None if row is None else TokenRecord(*row)
+        return None if row is None else _token(row)
 
     async def list_tokens(self) -> list[TokenRecord]:
         rows = await self._run(lambda db: db.execute(
             f"SELECT {_TOKEN_COLUMNS} FROM tokens ORDER BY created, id").fetchall())
-        return [TokenRecord(*row) for row in rows]
+        return [_token(row) for row in rows]
 
     async def delete_token(self, token_id: str) -> bool:
         cur = await self._run(lambda db: db.execute("DELETE FROM tokens WHERE id = ?",

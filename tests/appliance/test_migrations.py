@@ -1,0 +1,145 @@
+"""Forward schema migrations, run on data directories written by earlier releases.
+
+Each ``tests/fixtures/datadir-VERSION.tar.gz`` was written by that release
+(``tests/fixtures/make_datadir.py``): an all-in-one cluster with a signed-up user, an
+invited one, a joined node and proxy, an agentless node and its audit log. Opening it with
+today's storage must upgrade it in place without losing anything, above all the CA, and
+leave a copy of the old file beside it.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import stat
+import tarfile
+import time
+from pathlib import Path
+
+import pyotp
+import pytest
+
+from appliance.auth.service import AuthService
+from appliance.storage import sqlite as sqlite_storage
+from appliance.storage.base import StorageError
+from appliance.storage.sqlite import SCHEMA_VERSION, SQLiteStorage
+from ssh_proto.keys import PrivateKey
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+RELEASES = sorted(p.name.removeprefix("datadir-").removesuffix(".tar.gz")
+                  for p in FIXTURES.glob("datadir-*.tar.gz"))
+
+
+def unpack(version: str, into: Path) -> tuple[Path, dict]:
+    with tarfile.open(FIXTURES / f"datadir-{version}.tar.gz") as tar:
+        tar.extractall(into, filter="data")
+    data = into / "data"
+    return data, json.loads((data / "FIXTURE.json").read_text())
+
+
+def rows(path: Path, query: str) -> list[tuple]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return conn.execute(query).fetchall()
+    finally:
+        conn.close()
+
+
+def test_there_is_a_fixture_of_the_first_release():
+    assert "0.1.0" in RELEASES
+
+
+@pytest.fixture(params=RELEASES)
+def old_data_dir(request, tmp_path) -> tuple[Path, dict]:
+    return unpack(request.param, tmp_path)
+
+
+async def test_upgrade_keeps_the_ca_users_nodes_and_audit_log(old_data_dir):
+    data, facts = old_data_dir
+    db = data / "auth" / "jumpgate.db"
+    before_cas = rows(db, "SELECT kind, cluster, private_key, public_key, created FROM cas ORDER BY kind")
+    before_audit = rows(db, "SELECT id, time, event, code, user, success, fields FROM audit_events ORDER BY id")
+    before_version = rows(db, "SELECT MAX(version) FROM schema_version")[0][0]
+    assert before_version < SCHEMA_VERSION and len(before_cas) == 2 and before_audit
+
+    storage = SQLiteStorage(db)
+    try:
+        assert rows(db, "SELECT MAX(version) FROM schema_version")[0][0] == SCHEMA_VERSION
+        assert rows(db, "SELECT kind, cluster, private_key, public_key, created FROM cas ORDER BY kind") == before_cas
+        audit = await storage.list_audit(limit=10_000)
+        assert [(e.id, e.event, e.code, e.user) for e in reversed(audit)] == \
+            [(r[0], r[2], r[3], r[4]) for r in before_audit]
+        alice, bob = await storage.get_user("alice"), await storage.get_user("bob")
+        assert alice.signed_up and alice.logins == ("alice", "root") and not bob.signed_up
+        nodes = {n.name: n for n in await storage.list_nodes()}
+        assert nodes["web1"].kind == "openssh" and nodes["web1"].labels == {"env": "prod"}
+        assert nodes[facts["nodes"][0]].kind == "node" and nodes[facts["nodes"][0]].host_key
+        assert all(t.node_name == "" and t.addresses == () for t in await storage.list_tokens())
+    finally:
+        await storage.aclose()
+
+    backup = db.with_name(f"jumpgate.db.v{before_version}.bak")
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o600
+    assert rows(backup, "SELECT MAX(version) FROM schema_version")[0][0] == before_version
+    assert rows(backup, "SELECT kind, cluster, private_key, public_key, created FROM cas ORDER BY kind") == before_cas
+
+
+async def test_upgraded_cluster_still_trusts_its_ca_and_lets_alice_log_in(old_data_dir):
+    data, facts = old_data_dir
+    storage = SQLiteStorage(data / "auth" / "jumpgate.db")
+    try:
+        service = await AuthService.create(storage, facts["cluster"])
+        # the joined node's saved host CA is the one the upgraded cluster signs with
+        saved_host_ca = (data / "node" / "host_ca.pub").read_text().split()[:2]
+        assert service.ca.host_ca_public.to_line().split()[:2] == saved_host_ca
+        assert not service.ca.new_kinds
+        code = pyotp.TOTP(facts["totp_secret"]).now()  # a later step than the one alice used
+        key = PrivateKey.generate("ssh-ed25519")
+        result = await service.login("alice", facts["password"], code, key.public_key.blob)
+        assert result.logins == ("alice", "root")
+    finally:
+        await storage.aclose()
+
+
+async def test_upgrade_twice_is_a_no_op(old_data_dir):
+    data, _ = old_data_dir
+    db = data / "auth" / "jumpgate.db"
+    await SQLiteStorage(db).aclose()
+    versions = rows(db, "SELECT version FROM schema_version ORDER BY version")
+    await SQLiteStorage(db).aclose()
+    assert rows(db, "SELECT version FROM schema_version ORDER BY version") == versions
+
+
+async def test_failed_upgrade_step_leaves_the_old_database_as_it_was(old_data_dir, monkeypatch):
+    data, _ = old_data_dir
+    db = data / "auth" / "jumpgate.db"
+    before = rows(db, "SELECT kind, private_key FROM cas ORDER BY kind")
+    before_version = rows(db, "SELECT MAX(version) FROM schema_version")[0][0]
+
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("DELETE FROM cas")  # a step that destroys, then fails: must roll back
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setitem(sqlite_storage._MIGRATIONS, SCHEMA_VERSION, broken)
+    with pytest.raises(StorageError, match="disk I/O error"):
+        SQLiteStorage(db)
+    assert rows(db, "SELECT MAX(version) FROM schema_version")[0][0] == before_version
+    assert rows(db, "SELECT kind, private_key FROM cas ORDER BY kind") == before
+
+
+async def test_database_from_a_newer_jumpgate_is_refused_untouched(tmp_path):
+    path = tmp_path / "j.db"
+    await SQLiteStorage(path).aclose()
+    conn = sqlite3.connect(path)
+    conn.execute("INSERT INTO schema_version VALUES (?, ?)", (SCHEMA_VERSION + 1, time.time()))
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(StorageError, match="schema version"):
+        SQLiteStorage(path)
+    assert path.read_bytes() == before
+    assert not list(tmp_path.glob("*.bak"))
+
+
+def test_every_version_has_a_step():
+    assert sorted(sqlite_storage._MIGRATIONS) == list(range(2, SCHEMA_VERSION + 1))
+
