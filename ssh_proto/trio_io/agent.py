@@ -15,7 +15,8 @@ module moves its bytes:
   (:data:`FORWARDABLE_REQUESTS`) reach the agent; anything else is answered FAILURE here.
 * Server side of forwarding: :func:`forward_agent_to_unix_socket` listens on a private
   socket and relays each local client to the SSH client over its own channel; a node sets
-  ``SSH_AUTH_SOCK`` to the returned path.
+  ``SSH_AUTH_SOCK`` to the returned path. A root server hands the socket to the login
+  without ever following a path the login can change (:class:`_AgentSocketDirectory`).
 
 Example::
 
@@ -26,13 +27,14 @@ Example::
 """
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
+import secrets
 import socket
 import stat
 import struct
-import tempfile
 from typing import TYPE_CHECKING, Awaitable, Callable
 
 import trio
@@ -304,7 +306,7 @@ class InProcessAgent(_Agent):
             task_status.started(path)
             await _accept_loop(listener, self.serve_stream, allowed_uids={0, os.geteuid()})
         finally:
-            _unlink_quietly(path)
+            _quietly(os.unlink, path)
 
 
 # --------------------------------------------------------------------------- unix sockets
@@ -318,15 +320,15 @@ def _private_directory(directory: str, *, create: bool) -> None:
         raise AgentError(f"{directory}: agent sockets need a directory owned by us with mode 0700")
 
 
-async def _listen_unix(path: str, owner: tuple[int, int] | None = None) -> trio.SocketListener:
+async def _listen_unix(path: str) -> trio.SocketListener:
+    """A listening socket at ``path``, mode 0600, in a directory only we may write to (the
+    callers check that first, so the path cannot be redirected under us)."""
     if len(os.fsencode(path)) > _SUN_PATH_MAX:
         raise AgentError(f"agent socket path is too long for a unix socket: {path}")
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         await sock.bind(path)
-        os.chmod(path, 0o600)  # the 0700 directory already keeps others out meanwhile
-        if owner is not None:
-            os.chown(path, *owner)
+        os.chmod(path, 0o600)  # the 0700 directory keeps others out meanwhile
         sock.listen(16)
     except OSError as exc:
         sock.close()
@@ -358,14 +360,95 @@ async def _accept_loop(listener: trio.SocketListener, handler: Callable[[trio.So
     await trio.serve_listeners(checked, [listener], handler_nursery=handler_nursery)
 
 
-def _unlink_quietly(path: str, *, directory: bool = False) -> None:
-    try:
-        (os.rmdir if directory else os.unlink)(path)
-    except OSError:
-        pass  # already gone, or someone put a file beside our socket: leave it
 
 
 # ---------------------------------------------------------------- server side of forwarding
+
+AGENT_SOCKET_NAME = "agent.sock"
+
+
+class _AgentSocketDirectory:
+    """``DIRECTORY/agent-<random>/agent.sock`` for one forwarded agent, made safe for a root
+    server that hands the socket to another account (docs/security.md F1).
+
+    The directory belongs to the server for its whole life, so the account never has write
+    permission in it and cannot rename or plant anything there; the account gets search
+    permission through its group (mode 0710, group = ``owner``'s gid) and the socket itself
+    (0600, owned by ``owner``). Every operation after the directory exists goes through its
+    file descriptor (``dir_fd``, ``follow_symlinks=False``), and the directory is removed
+    relative to its parent's descriptor: nothing the account can change is followed, at set
+    up or at teardown.
+    """
+
+    def __init__(self, parent: str, owner: tuple[int, int] | None):
+        self.owner = owner
+        self._parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._fd: int | None = None
+        try:
+            self.name = self._make_directory()
+            self._fd = os.open(self.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                               dir_fd=self._parent_fd)
+            st = os.fstat(self._fd)
+            if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
+                raise AgentError(f"{parent}/{self.name} is not a private directory of ours")
+        except BaseException:
+            self.remove()
+            raise
+        self.path = os.path.join(parent, self.name, AGENT_SOCKET_NAME)
+
+    def _make_directory(self) -> str:
+        for _ in range(16):
+            name = f"agent-{secrets.token_hex(8)}"
+            try:
+                os.mkdir(name, 0o700, dir_fd=self._parent_fd)
+                return name
+            except FileExistsError:
+                continue
+        raise AgentError("cannot make a directory for the agent socket")
+
+    async def listen(self) -> trio.SocketListener:
+        """Bind the socket (the directory is still 0700: nobody else can reach it yet), hand
+        it to ``owner``, then open the directory to ``owner``'s group for search only."""
+        listener = await _listen_unix(self.path)
+        try:
+            self._hand_over()
+        except OSError as exc:
+            await listener.aclose()
+            raise AgentError(f"cannot hand the agent socket to its owner: {exc.strerror or exc}") from None
+        except BaseException:
+            await listener.aclose()
+            raise
+        return listener
+
+    def _hand_over(self) -> None:
+        assert self._fd is not None
+        st = os.stat(AGENT_SOCKET_NAME, dir_fd=self._fd, follow_symlinks=False)
+        if not stat.S_ISSOCK(st.st_mode):  # only we can write here: this cannot happen, but never follow
+            raise OSError(errno.EEXIST, "the agent socket was replaced")
+        if self.owner is None:
+            return
+        uid, gid = self.owner
+        os.chown(AGENT_SOCKET_NAME, uid, gid, dir_fd=self._fd, follow_symlinks=False)
+        os.fchown(self._fd, os.geteuid(), gid)
+        os.fchmod(self._fd, 0o710)
+
+    def remove(self) -> None:
+        """Unlink the socket and the directory, relative to their descriptors; never raises."""
+        if self._fd is not None:
+            _quietly(os.unlink, AGENT_SOCKET_NAME, dir_fd=self._fd)
+            _quietly(os.close, self._fd)
+            self._fd = None
+            _quietly(os.rmdir, self.name, dir_fd=self._parent_fd)
+        if self._parent_fd is not None:
+            _quietly(os.close, self._parent_fd)
+            self._parent_fd = None
+
+
+def _quietly(operation: Callable[..., object], *args: object, **kwargs: object) -> None:
+    try:
+        operation(*args, **kwargs)
+    except OSError:
+        pass  # already gone: teardown carries on
 
 
 async def serve_agent_forwarding(conn: "SSHServerConnection", directory: str | os.PathLike[str], *,
@@ -376,24 +459,22 @@ async def serve_agent_forwarding(conn: "SSHServerConnection", directory: str | o
 
     ``await nursery.start(serve_agent_forwarding, conn, "/tmp")`` returns the socket path;
     cancelling the task (e.g. when the session ends) removes it. ``owner`` (uid, gid) hands
-    the socket to the account that will use it. Raises :class:`AgentError` if the client
-    did not ask for agent forwarding (rule T21: never open what was not asked for).
+    the socket to the account that will use it; the directory stays ours (see
+    :class:`_AgentSocketDirectory`). ``directory`` itself must be one the account cannot
+    replace (``/tmp`` is fine: sticky). Raises :class:`AgentError` if the client did not ask
+    for agent forwarding (rule T21: never open what was not asked for).
     """
     if not conn.agent_forwarding:
         raise AgentError("the client did not request agent forwarding")
-    sock_dir = tempfile.mkdtemp(prefix="agent-", dir=os.fspath(directory))  # mode 0700
-    path = os.path.join(sock_dir, "agent.sock")
+    sockets = _AgentSocketDirectory(os.fspath(directory), owner)
     try:
-        if owner is not None:
-            os.chown(sock_dir, *owner)
-        listener = await _listen_unix(path, owner)
+        listener = await sockets.listen()
         allowed = {0, os.geteuid()} | ({owner[0]} if owner is not None else set())
-        task_status.started(path)
+        task_status.started(sockets.path)
         await _accept_loop(listener, functools.partial(_relay_to_client, conn), allowed_uids=allowed,
                            handler_nursery=conn.nursery)
     finally:
-        _unlink_quietly(path)
-        _unlink_quietly(sock_dir, directory=True)
+        sockets.remove()
 
 
 async def forward_agent_to_unix_socket(conn: "SSHServerConnection", directory: str | os.PathLike[str], *,
