@@ -22,10 +22,14 @@ believe is an attack or a bug, never something to repair):
 3. the statement names this node, and the relay address is the TCP peer the node sees
    (a statement cannot be carried to another node, nor sent from another host);
 4. it was issued within :data:`WINDOW` seconds of now (either side: clocks drift);
-5. its nonce was not seen in the last ``2 * WINDOW`` seconds (no replay).
+5. its nonce was not seen in the last ``2 * WINDOW`` seconds (no replay);
+6. the proxy is still registered with the cluster, with that host key (the auth server's
+   push stream says which proxies are; a removed proxy's certificate stops counting within
+   seconds, not when it expires — docs/security.md R3).
 
-The node then reports the client's address as the connection's peer. A node that sees
-no line keeps the TCP peer: direct connections to a node work as before.
+The node then reports the client's address as the connection's peer, as a
+:class:`RelayedPeer` that also names the proxy. A node that sees no line keeps the TCP
+peer: direct connections to a node work as before.
 """
 from __future__ import annotations
 
@@ -44,7 +48,7 @@ from ssh_proto.keys import Certificate, PrivateKey, PublicKey, parse_public_blob
 from ssh_proto.preamble import MAX_PREAMBLE, PreambleError
 from ssh_proto.wire import Reader, encode_string, encode_uint32, encode_uint64
 
-__all__ = ["NONCE_SIZE", "RELAY_PREFIX", "WINDOW", "RelayVerifier", "relay_line"]
+__all__ = ["NONCE_SIZE", "RELAY_PREFIX", "WINDOW", "RelayVerifier", "RelayedPeer", "relay_line"]
 
 RELAY_PREFIX = b"JUMPGATE-RELAY "
 CONTEXT = b"jumpgate-relay-v1"
@@ -134,22 +138,39 @@ def relay_line(*, client: tuple, relay: tuple, node: str, host_key: PrivateKey, 
     return line
 
 
-class RelayVerifier:
-    """A node's check of relay lines (rules 1-5 of the module), for ``ssh_proto.RelayPreamble``.
+class RelayedPeer(tuple):
+    """``(ip, port)`` of a relayed client, as a plain tuple, and ``via``: the proxy that vouched."""
 
-    ``node_name`` and ``host_cas`` are read at each line (a node's identity can be renewed).
+    via: str
+
+    def __new__(cls, client: tuple[str, int], via: str) -> RelayedPeer:
+        peer = super().__new__(cls, client)
+        peer.via = via
+        return peer
+
+
+ProxyCheck = Callable[[str, bytes], bool]
+
+
+class RelayVerifier:
+    """A node's check of relay lines (rules 1-6 of the module), for ``ssh_proto.RelayPreamble``.
+
+    ``node_name`` and ``host_cas`` are read at each line (a node's identity can be renewed);
+    ``proxy_registered(name, host_key_blob)`` is rule 6 (None: not checked).
     """
 
     def __init__(self, node_name: Callable[[], str], host_cas: Callable[[], Iterable[PublicKey]], *,
-                 clock: Callable[[], float] = time.time, window: int = WINDOW, max_nonces: int = MAX_NONCES):
+                 clock: Callable[[], float] = time.time, window: int = WINDOW, max_nonces: int = MAX_NONCES,
+                 proxy_registered: ProxyCheck | None = None):
         self._node_name = node_name
         self._host_cas = host_cas
+        self._proxy_registered = proxy_registered
         self._clock = clock
         self._window = window
         self._max_nonces = max_nonces
         self._nonces: OrderedDict[bytes, float] = OrderedDict()  # nonce -> when it may be forgotten
 
-    def check(self, line: bytes, peer: tuple | None) -> tuple[str, int]:
+    def check(self, line: bytes, peer: tuple | None) -> RelayedPeer:
         """The client's (ip, port) the line vouches for, or PreambleError saying why not."""
         cert, signed, signature = _parse_line(line)
         now = self._clock()
@@ -158,8 +179,10 @@ class RelayVerifier:
             raise PreambleError(f"relay line from {proxy}: bad signature")
         statement = _Statement.decode(signed)
         self._check_binding(statement, proxy, peer, now)
+        if self._proxy_registered is not None and not self._proxy_registered(proxy, cert.public_key.blob):
+            raise PreambleError(f"relay line from {proxy}, which is not a registered proxy (removed?)")
         self._remember(statement.nonce, proxy, now)
-        return statement.client
+        return RelayedPeer(statement.client, proxy)
 
     def _check_binding(self, statement: _Statement, proxy: str, peer: tuple | None, now: float) -> None:
         if statement.node.casefold() != self._node_name().casefold():

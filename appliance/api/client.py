@@ -42,8 +42,8 @@ from ssh_proto.keys import CERT_TYPE_HOST, Certificate, PrivateKey, PublicKey
 from ssh_proto.known_hosts import KnownHosts
 
 from ..auth.ca import pin_matches
-from .protocol import (E_PROTOCOL, E_UNAVAILABLE, SUBSYSTEM, ApiProtocolError, ErrorResponse, FrameDecoder, Request,
-                       Response, encode_request)
+from .protocol import (E_PROTOCOL, E_UNAVAILABLE, SUBSYSTEM, WATCH_SUBSYSTEM, ApiProtocolError, ErrorResponse,
+                       FrameDecoder, Push, Request, Response, encode_request)
 
 __all__ = ["ApiClient", "ApiError", "JOIN_USER", "parse_addr", "verify_auth_server"]
 
@@ -157,8 +157,10 @@ class ApiClient(CallsByName):
     cancelled while waiting leaves the channel usable: its late answer is skipped.
     """
 
-    def __init__(self, stream: trio.abc.Stream):
+    def __init__(self, stream: trio.abc.Stream, connection: ssh_proto.SSHClientConnection | None = None):
         self._stream = stream
+        #: The SSH connection the channel runs on (for :meth:`watch`), when known.
+        self.connection = connection
         self._decoder = FrameDecoder.for_responses()
         self._lock = trio.Lock()
         self._last_id = 0
@@ -201,11 +203,41 @@ class ApiClient(CallsByName):
     async def _open(cls, conn: ssh_proto.SSHClientConnection) -> AsyncIterator[ApiClient]:
         process = await conn.open_session(subsystem=SUBSYSTEM)
         try:
-            yield cls(process)
+            yield cls(process, conn)
         finally:
             with trio.CancelScope(shield=True):
                 with contextlib.suppress(SSHError, trio.BrokenResourceError, trio.ClosedResourceError):
                     await process.send_eof()
+                await process.aclose()
+
+    # ---- the push stream ------------------------------------------------------------------
+    async def watch(self, on_push: Callable[[Push], None]) -> None:
+        """Follow the auth server's push stream (a channel of its own on this connection),
+        calling ``on_push`` for each push in order; returns when the server ends the stream,
+        raises ApiError when it breaks."""
+        if self.connection is None:
+            raise ApiError(E_UNAVAILABLE, "no SSH connection to watch on")
+        try:
+            process = await self.connection.open_session(subsystem=WATCH_SUBSYSTEM)
+        except (SSHError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ApiError(E_UNAVAILABLE, f"the push stream could not be opened: {exc}") from None
+        decoder = FrameDecoder.for_pushes()
+        try:
+            while True:
+                while (push := decoder.next_message()) is not None:
+                    assert isinstance(push, Push)  # the push decoder yields nothing else
+                    on_push(push)
+                data = await process.receive_some(RECEIVE_SIZE)
+                if not data:
+                    decoder.feed_eof()
+                    return
+                decoder.feed(data)
+        except ApiProtocolError as exc:
+            raise ApiError(E_PROTOCOL, f"push stream: {exc.description}") from None
+        except (SSHError, trio.BrokenResourceError, trio.ClosedResourceError):
+            raise ApiError(E_UNAVAILABLE, "the push stream was lost") from None
+        finally:
+            with trio.CancelScope(shield=True):
                 await process.aclose()
 
     # ---- calling --------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import trio
 
 from ssh_proto import SSHError
 
+from ..cluster_view import ClusterView
 from .client import ApiClient, ApiError, CallsByName
 
 log = logging.getLogger("jumpgate.api")
@@ -22,10 +23,17 @@ E_UNAVAILABLE = "unavailable"
 
 
 class ApiPool(CallsByName):
-    """Run :meth:`run` in a nursery (``await nursery.start(pool.run)``), then call methods."""
+    """Run :meth:`run` in a nursery (``await nursery.start(pool.run)``), then call methods.
 
-    def __init__(self, factory: Callable[[], AsyncContextManager[ApiClient]], *, connect_timeout: float = 10.0):
+    With ``view``, the pool also follows the auth server's push stream on the same SSH
+    connection and applies it to the view (:class:`appliance.cluster_view.ClusterView`); a
+    lost stream is a lost connection: reconnected, and the view resynced by a new snapshot.
+    """
+
+    def __init__(self, factory: Callable[[], AsyncContextManager[ApiClient]], *, connect_timeout: float = 10.0,
+                 view: ClusterView | None = None):
         self._factory = factory
+        self._view = view
         self._client: ApiClient | None = None
         self._ready = trio.Event()
         self._broken = trio.Event()
@@ -36,14 +44,17 @@ class ApiPool(CallsByName):
         delay = 0.5
         while True:
             try:
-                async with self._factory() as client:
+                async with self._factory() as client, trio.open_nursery() as nursery:
                     self._client, self._broken = client, trio.Event()
                     self._ready.set()
                     delay = 0.5
+                    if self._view is not None:
+                        nursery.start_soon(self._watch, client, self._broken)
                     if not started:
                         started = True
                         task_status.started()
                     await self._broken.wait()
+                    nursery.cancel_scope.cancel()
             except (OSError, ApiError, SSHError, trio.TooSlowError, trio.BrokenResourceError) as exc:
                 log.warning("auth API connection failed: %s", exc)
             self._client = None
@@ -53,6 +64,16 @@ class ApiPool(CallsByName):
                 task_status.started()
             await trio.sleep(delay)
             delay = min(delay * 2, 30.0)
+
+    async def _watch(self, client: ApiClient, broken: trio.Event) -> None:
+        try:
+            await client.watch(self._view.apply)
+            log.warning("the auth server ended the push stream; reconnecting")
+        except ApiError as exc:
+            log.warning("auth push stream failed: %s", exc)
+        except (KeyError, TypeError, ValueError) as exc:  # a push we cannot read: resync
+            log.warning("auth push stream sent something unreadable (%r); reconnecting", exc)
+        broken.set()
 
     async def call(self, method: str, /, **params: Any) -> Any:
         """Call ``method`` on the auth API; ApiError("unavailable") if it cannot be reached."""

@@ -1,7 +1,7 @@
 """The internal API's wire format, sans-IO: length-prefixed msgpack frames.
 
-This module owns the bytes that roles exchange on the ``jumpgate-api`` SSH subsystem
-(auth port 3025) and nothing else: no sockets, no SSH, no Trio. Like h11, bytes go in
+This module owns the bytes that roles exchange on the ``jumpgate-api`` and
+``jumpgate-watch`` SSH subsystems (auth port 3025) and nothing else: no sockets, no SSH, no Trio. Like h11, bytes go in
 (:meth:`FrameDecoder.feed`), small immutable messages come out
 (:meth:`FrameDecoder.next_message`), and ``encode_*`` turn messages into bytes.
 
@@ -11,6 +11,7 @@ Framing (one rule, checked before anything is buffered)::
     request  = {"v": 1, "id": uint32, "method": str, "params": map}
     response = {"v": 1, "id": uint32, "ok": true,  "result": any}
              | {"v": 1, "id": uint32, "ok": false, "error": {"code": str, "message": str}}
+    push     = {"v": 1, "push": str, "data": map}     (``jumpgate-watch``: server to client only)
 
 Theory of operation:
 
@@ -47,17 +48,19 @@ import msgpack
 from ssh_proto.errors import ProtocolError
 
 __all__ = [
-    "MAX_FRAME", "VERSION", "SUBSYSTEM",
+    "MAX_FRAME", "VERSION", "SUBSYSTEM", "WATCH_SUBSYSTEM",
     "ApiProtocolError", "FrameTooLarge",
-    "Request", "Response", "ErrorResponse", "Message",
-    "encode_request", "encode_response", "encode_error",
-    "parse_request", "parse_response", "FrameDecoder",
+    "Request", "Response", "ErrorResponse", "Push", "Message",
+    "encode_request", "encode_response", "encode_error", "encode_push",
+    "parse_request", "parse_response", "parse_push", "FrameDecoder",
     "E_PERMISSION_DENIED", "E_UNKNOWN_METHOD", "E_BAD_REQUEST", "E_INTERNAL",
     "E_PROTOCOL", "E_UNAVAILABLE",
 ]
 
 #: The SSH subsystem name the API runs on.
 SUBSYSTEM = "jumpgate-api"
+#: The subsystem on which the auth server pushes changes to proxies and nodes.
+WATCH_SUBSYSTEM = "jumpgate-watch"
 #: Protocol version carried in every message as "v".
 VERSION = 1
 #: Largest frame body, in bytes.
@@ -118,7 +121,16 @@ class ErrorResponse:
     message: str
 
 
-Message = Union[Request, Response, ErrorResponse]
+@dataclass(frozen=True, slots=True)
+class Push:
+    """One message of the auth server's push stream (the ``jumpgate-watch`` subsystem):
+    ``kind`` says what ``data`` describes (see :mod:`appliance.auth.watch`)."""
+
+    kind: str
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+Message = Union[Request, Response, ErrorResponse, Push]
 
 
 # ------------------------------------------------------------------------ value checks
@@ -212,6 +224,19 @@ def parse_response(obj: Any) -> Response | ErrorResponse:
     raise ApiProtocolError("response 'ok' must be a boolean")
 
 
+_PUSH_FIELDS = frozenset({"v", "push", "data"})
+
+
+def parse_push(obj: Any) -> Push:
+    """A decoded msgpack object -> :class:`Push`, or ApiProtocolError."""
+    obj = _check_fields(obj, _PUSH_FIELDS)
+    data = obj["data"]
+    if not isinstance(data, dict):
+        raise ApiProtocolError("push data must be a map")
+    _check_value(data)
+    return Push(_check_text(obj["push"], _CODE, MAX_CODE_LEN, "push kind"), data)
+
+
 def _refuse_ext(code: int, data: bytes) -> Any:
     raise ApiProtocolError("msgpack extension types are not allowed")
 
@@ -283,6 +308,12 @@ def encode_error(resp: ErrorResponse) -> bytes:
     return _frame({"v": VERSION, "id": resp.id, "ok": False, "error": error})
 
 
+def encode_push(push: Push) -> bytes:
+    """The frame for one pushed change."""
+    _check_text(push.kind, _CODE, MAX_CODE_LEN, "push kind")
+    return _frame({"v": VERSION, "push": push.kind, "data": dict(push.data)})
+
+
 # ------------------------------------------------------------------------ decoder
 
 class FrameDecoder:
@@ -311,6 +342,11 @@ class FrameDecoder:
     def for_responses(cls) -> FrameDecoder:
         """The client's decoder."""
         return cls(parse_response)
+
+    @classmethod
+    def for_pushes(cls) -> FrameDecoder:
+        """A watcher's decoder (the push stream)."""
+        return cls(parse_push)
 
     def _fail(self, error: ApiProtocolError) -> ApiProtocolError:
         self._error = error

@@ -37,16 +37,21 @@ from ..storage.base import CARecord, Storage
 __all__ = [
     "BACKDATE_SECONDS",
     "HOST_ROLES",
+    "GENERATION_EXTENSION",
     "ROLES_EXTENSION",
     "CAError",
     "ClusterCA",
     "parse_plain_public_key",
     "pin_matches",
     "pin_of",
+    "generation_of",
     "roles_from_certificate",
 ]
 
 ROLES_EXTENSION = "jumpgate-roles@jumpgate"
+#: The user's certificate generation when the certificate was issued (decimal): deleting or
+#: resetting the user bumps it, and proxies and nodes refuse older ones (docs/security.md R1).
+GENERATION_EXTENSION = "jumpgate-generation@jumpgate"
 HOST_ROLES = frozenset({"node", "proxy", "auth"})
 BACKDATE_SECONDS = 60
 CA_KINDS = ("user", "host")
@@ -74,18 +79,36 @@ def pin_matches(pin: str, data: bytes) -> bool:
     return hmac.compare_digest(expected.encode("ascii"), given.encode("utf-8", "replace"))
 
 
-def roles_from_certificate(cert: Certificate) -> tuple[str, ...]:
-    """The Jumpgate roles a user certificate carries (``()`` when none or malformed)."""
-    data = cert.extensions.get(ROLES_EXTENSION)
+def _extension_text(cert: Certificate, name: str) -> str | None:
+    """An extension's string value; None when absent, empty or malformed."""
+    data = cert.extensions.get(name)
     if not data:
-        return ()
+        return None
     try:
         r = Reader(data)
         text = r.string().decode("utf-8")
         r.finish()
     except (ProtocolError, UnicodeDecodeError):
-        return ()
-    return tuple(role for role in text.split(",") if role)
+        return None
+    return text
+
+
+def roles_from_certificate(cert: Certificate) -> tuple[str, ...]:
+    """The Jumpgate roles a user certificate carries (``()`` when none or malformed)."""
+    text = _extension_text(cert, ROLES_EXTENSION)
+    return tuple(role for role in text.split(",") if role) if text else ()
+
+
+def generation_of(cert: Certificate) -> int:
+    """The generation a user certificate was issued at: 0 without the extension (issued
+    before it existed), -1 when it is malformed (older than every generation: refused as
+    soon as the user has been revoked once — never a way around revocation)."""
+    if GENERATION_EXTENSION not in cert.extensions:
+        return 0
+    text = _extension_text(cert, GENERATION_EXTENSION)
+    if text is None or not text.isdigit() or len(text) > 18:
+        return -1
+    return int(text)
 
 
 def _check_principals(principals: Iterable[str]) -> tuple[str, ...]:
@@ -186,13 +209,15 @@ class ClusterCA:
 
     # -- signing ---------------------------------------------------------------------
     def sign_user(self, public_key: PublicKey, user: str, logins: Sequence[str],
-                  roles: Sequence[str], ttl: float, now: float) -> Certificate:
-        """A user certificate whose principals are exactly ``logins`` (never empty)."""
+                  roles: Sequence[str], ttl: float, now: float, generation: int = 0) -> Certificate:
+        """A user certificate whose principals are exactly ``logins`` (never empty), carrying
+        the user's current certificate ``generation``."""
         principals = _check_principals(logins)
         valid_after, valid_before = _validity(ttl, now)
         extensions: dict[str, bytes | str] = dict(DEFAULT_USER_EXTENSIONS)
         if roles:
             extensions[ROLES_EXTENSION] = ",".join(roles)
+        extensions[GENERATION_EXTENSION] = str(int(generation))
         return self._sign(self._user, public_key, CERT_TYPE_USER, f"user:{user}", principals,
                           valid_after, valid_before, extensions)
 

@@ -10,12 +10,13 @@ Who gets in (each accepted method yields one :class:`~appliance.api.server.Calle
 * **Nodes and proxies** — publickey with a *host* certificate from the cluster host CA,
   key id ``node:<u>`` / ``proxy:<u>`` where ``<u>`` is the SSH user name, valid for host
   name ``<u>`` (:func:`~ssh_proto.certs.validate_host_certificate`, checklist rule 17),
-  and ``<u>`` still registered with that kind (removing a node revokes its access
-  before its certificate expires).
+  and ``<u>`` still registered with that kind and for that host key (removing a node
+  revokes its access before its certificate expires).
 * **Admins** — publickey with a *user* certificate from the cluster user CA
   (:func:`~ssh_proto.certs.validate_user_certificate`, rules 5-14, ``source-address``
   against the peer), key id ``user:<u>`` with ``<u>`` the SSH user name, carrying the
-  ``admin`` role in ``jumpgate-roles@jumpgate``, and ``<u>`` still an admin in storage.
+  ``admin`` role in ``jumpgate-roles@jumpgate``, ``<u>`` still an admin in storage, and the
+  certificate of ``<u>``'s current generation (a reset or deleted user's are revoked).
   The API is not an OS login, so the principal checked is the certificate's own.
 * **Joining nodes** — password auth as user ``-join`` with a join token's secret. The
   token is looked up, not used: the ``join`` call uses it, so that a failed join can
@@ -25,10 +26,12 @@ Who gets in (each accepted method yields one :class:`~appliance.api.server.Calle
 Everything else (plain keys, other certificates, keyboard-interactive) is refused, and
 every refusal after a signature or a password is an ``auth`` audit event. After
 authentication there is no pty, shell, exec, port or agent forwarding: only the
-``jumpgate-api`` subsystem, at most :data:`MAX_CHANNELS` at a time per connection.
+``jumpgate-api`` subsystem, at most :data:`MAX_CHANNELS` at a time per connection, and
+for nodes and proxies the ``jumpgate-watch`` push stream (:mod:`appliance.auth.watch`).
 """
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -41,10 +44,11 @@ from ssh_proto.certs import validate_host_certificate, validate_user_certificate
 from ssh_proto.errors import CertificateError
 from ssh_proto.keys import CERT_TYPE_HOST, CERT_TYPE_USER, Certificate, PrivateKey, PublicKey
 
-from ..api.protocol import SUBSYSTEM
+from ..api.protocol import SUBSYSTEM, WATCH_SUBSYSTEM
 from ..api.server import Caller, serve_api_channel
-from .ca import ClusterCA, roles_from_certificate
+from .ca import ClusterCA, generation_of, roles_from_certificate
 from .service import AuthService, AuthServiceError
+from .watch import ChangeFeed
 
 __all__ = ["AUTH_PORT", "JOIN_USER", "AuthSSHServer", "serve_auth"]
 
@@ -78,10 +82,12 @@ class _Refused(Exception):
 class AuthSSHServer(ssh_proto.SSHServer):
     """One connection to the auth API (``serve_auth`` makes one per connection)."""
 
-    def __init__(self, service: AuthService, ca: ClusterCA, *, clock: Callable[[], float] = time.time):
+    def __init__(self, service: AuthService, ca: ClusterCA, *, clock: Callable[[], float] = time.time,
+                 feed: ChangeFeed | None = None):
         self.service = service
         self.ca = ca
         self.clock = clock
+        self.feed = feed
         self.caller: Caller | None = None
         self.channels = 0
         # keys whose certificate was refused on this connection (see auth_publickey)
@@ -146,12 +152,13 @@ class AuthSSHServer(ssh_proto.SSHServer):
                                       now=self.clock())
         except CertificateError as exc:
             raise _Refused(str(exc), cert.key_id) from None
-        try:
-            node = await self.service.get_node(username)
-        except AuthServiceError:
-            raise _Refused(f"{username} is not a registered {role}", cert.key_id) from None
+        node = await self.service.storage.get_node(username)
+        if node is None:
+            raise _Refused(f"{username} is not a registered {role}", cert.key_id)
         if node.kind != role:
             raise _Refused(f"{username} is registered as a {node.kind}, not a {role}", cert.key_id)
+        if node.host_key is None or not hmac.compare_digest(node.host_key, cert.public_key.blob):
+            raise _Refused(f"{username} is registered with another host key", cert.key_id)
         return Caller(role, username, self.client_ip)
 
     async def _admin_caller(self, username: str, cert: Certificate) -> Caller:
@@ -173,6 +180,8 @@ class AuthSSHServer(ssh_proto.SSHServer):
             raise _Refused(f"no user {username}", cert.key_id) from None
         if "admin" not in user.roles:
             raise _Refused(f"{username} is no longer an admin", cert.key_id)
+        if generation_of(cert) < await self.service.storage.get_generation(username):
+            raise _Refused(f"the certificate of {username} was revoked (the user was reset)", cert.key_id)
         return Caller("admin", username, self.client_ip)
 
     async def _caller_for_token(self, username: str, password: str) -> Caller:
@@ -205,12 +214,18 @@ class AuthSSHServer(ssh_proto.SSHServer):
     async def session(self, session: ssh_proto.ServerSession) -> int:
         if self.caller is None:  # cannot happen after auth; fail closed all the same
             return 1
+        watch = session.kind == "subsystem" and session.subsystem == WATCH_SUBSYSTEM
+        if watch and self.feed is not None and self.caller.role in _HOST_ROLES:
+            return await self._counted(self.feed.serve(session, self.caller.role))
         if session.kind != "subsystem" or session.subsystem != SUBSYSTEM:
             await session.send_stderr(f"this server only offers the {SUBSYSTEM} subsystem\r\n".encode())
             return 1
+        return await self._counted(serve_api_channel(session, self.caller, self.service))
+
+    async def _counted(self, serving) -> int:
         self.channels += 1
         try:
-            await serve_api_channel(session, self.caller, self.service)
+            await serving
         finally:
             self.channels -= 1
         return 0
@@ -218,12 +233,14 @@ class AuthSSHServer(ssh_proto.SSHServer):
 
 async def serve_auth(service: AuthService, ca: ClusterCA, host_identity: tuple[PrivateKey, Certificate],
                      host: str = "0.0.0.0", port: int = AUTH_PORT, *, clock: Callable[[], float] = time.time,
-                     login_grace_time: float = 30.0, task_status=trio.TASK_STATUS_IGNORED) -> None:
+                     login_grace_time: float = 30.0, feed: ChangeFeed | None = None,
+                     task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve the auth API on host:port until cancelled.
 
     ``host_identity`` is the auth role's host key and its ``auth:<name>`` host
     certificate (clients verify the server by it). ``clock`` is the time used to
-    validate client certificates. ``await nursery.start(serve_auth, ...)`` returns the
+    validate client certificates; ``feed`` (a running :class:`ChangeFeed`) serves the push
+    stream to proxies and nodes. ``await nursery.start(serve_auth, ...)`` returns the
     :class:`ssh_proto.SSHListener` (``.port`` is the bound port).
     """
     key, cert = host_identity
@@ -231,7 +248,7 @@ async def serve_auth(service: AuthService, ca: ClusterCA, host_identity: tuple[P
         raise ValueError("the auth server needs its auth:<name> host certificate")
 
     def factory() -> AuthSSHServer:
-        return AuthSSHServer(service, ca, clock=clock)
+        return AuthSSHServer(service, ca, clock=clock, feed=feed)
 
     await ssh_proto.serve(factory, host, port, host_keys=[(key, cert)], options=_OPTIONS,
                           login_grace_time=login_grace_time, task_status=task_status)

@@ -49,7 +49,7 @@ from ssh_proto.keys import Certificate, PublicKey, parse_public_line
 from .. import audit
 from ..audit import AuditEvent, AuditEventError
 from ..storage.base import InviteRecord, NodeRecord, Storage, TokenRecord, UserRecord
-from . import passwords, totp
+from . import krl, passwords, totp
 from .ca import CAError, ClusterCA, parse_plain_public_key
 
 __all__ = [
@@ -514,7 +514,7 @@ class AuthService:
         if reason is not None:
             await self._login_failed(record.name, reason, client_ip, now)
             raise AuthServiceError("access_denied", _DENIED)
-        cert = self._sign_user(key, record, ttl, now)
+        cert = await self._sign_user(key, record, ttl, now)
         await self._audit("user.login", user=record.name, client_ip=client_ip, method="password+totp")
         await self._audit("cert.create", user=record.name, kind="user", key_id=cert.key_id,
                           serial=cert.serial, principals=cert.principals,
@@ -578,7 +578,7 @@ class AuthService:
         record = await self.storage.get_user(check_user_name(name))
         if record is None:
             raise AuthServiceError("not_found", f"no user {name!r}")
-        cert = self._sign_user(key, record, ttl, self._clock())
+        cert = await self._sign_user(key, record, ttl, self._clock())
         await self._audit("cert.create", user=record.name, kind="user", key_id=cert.key_id,
                           serial=cert.serial, principals=cert.principals,
                           valid_before=cert.valid_before, actor=actor)
@@ -599,12 +599,16 @@ class AuthService:
                           principals=cert.principals, valid_before=cert.valid_before, actor=actor)
         return _cert_result(cert)
 
-    def _sign_user(self, key: PublicKey, record: UserRecord, ttl: float, now: float) -> Certificate:
-        """Principals = the user's logins, exactly; the CA refuses an empty list."""
+    async def _sign_user(self, key: PublicKey, record: UserRecord, ttl: float, now: float) -> Certificate:
+        """Principals = the user's logins, exactly; the CA refuses an empty list. The
+        certificate carries the user's generation and its serial is kept (for KRLs)."""
+        generation = await self.storage.get_generation(record.name)
         try:
-            return self.ca.sign_user(key, record.name, record.logins, record.roles, ttl, now)
+            cert = self.ca.sign_user(key, record.name, record.logins, record.roles, ttl, now, generation)
         except CAError as exc:
             raise _bad(f"cannot issue a certificate for {record.name!r}: {exc}") from None
+        await self.storage.record_user_cert(cert.serial, record.name, generation, float(cert.valid_before), now)
+        return cert
 
     def _sign_host(self, key: PublicKey, role: str, name: str, addresses: Sequence[str],
                    ttl: float) -> Certificate:
@@ -614,16 +618,22 @@ class AuthService:
         except CAError as exc:
             raise _bad(f"cannot issue a host certificate for {name!r}: {exc}") from None
 
-    async def export_ca(self, kind: str, host_patterns: Sequence[str] | None = None) -> str:
-        """``user``: a TrustedUserCAKeys line; ``host``: an ``@cert-authority`` line."""
+    async def export_ca(self, kind: str, host_patterns: Sequence[str] | None = None) -> str | bytes:
+        """``user``: a TrustedUserCAKeys line; ``host``: an ``@cert-authority`` line; ``krl``:
+        an OpenSSH KRL (bytes, for sshd's ``RevokedKeys``) of every unexpired user certificate
+        of a deleted or reset user."""
         if kind == "user":
             return self.ca.user_ca_line()
+        if kind == "krl":
+            now = self._clock()
+            return krl.encode_krl(self.ca.user_ca_public, await self.storage.list_revoked_user_certs(now),
+                                  generated=int(now), comment=f"jumpgate {self.cluster}")
         if kind == "host":
             try:
                 return self.ca.host_ca_known_hosts_line(host_patterns or ("*",))
             except CAError as exc:
                 raise _bad(str(exc)) from None
-        raise _bad("the CA type must be 'user' or 'host'")
+        raise _bad("the CA type must be 'user', 'host' or 'krl'")
 
     async def cluster_info(self) -> ClusterInfo:
         return ClusterInfo(self.cluster, self.ca.host_ca_known_hosts_line(),

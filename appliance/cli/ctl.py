@@ -264,7 +264,33 @@ async def _nodes_rm(backend: _Backend, args) -> None:
 # ---------------------------------------------------------------------------- auth
 
 async def _auth_export(backend: _Backend, args) -> None:
-    print(await backend.call("export_ca", kind=args.kind))
+    exported = await backend.call("export_ca", kind=args.kind)
+    if isinstance(exported, str):
+        exported = (exported + "\n").encode()
+    if args.out:
+        _replace_file(Path(args.out), exported)
+    elif isinstance(exported, bytes) and args.kind == "krl" and sys.stdout.isatty():
+        raise CliError("a KRL is binary: pass --out FILE (e.g. /etc/ssh/jumpgate.krl)")
+    else:
+        sys.stdout.buffer.write(exported)
+        sys.stdout.flush()
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file renamed over it: sshd reading its
+    RevokedKeys never sees half a file (a missing or unreadable KRL makes it refuse everyone)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 async def _auth_sign(backend: _Backend, args) -> None:
@@ -291,11 +317,16 @@ async def _sign_host(backend: _Backend, args) -> None:
     cert_path.write_text(result["cert"].strip() + "\n")
     user_ca = out / "jumpgate_user_ca.pub"
     user_ca.write_text(await backend.call("export_ca", kind="user") + "\n")
+    krl = out / "jumpgate.krl"
+    _replace_file(krl, await backend.call("export_ca", kind="krl"))
     print(f"host certificate for {', '.join(result['principals'])}, valid until {_when(result['expires'])}")
     print("sshd_config:")
     print(f"    HostKey {key_path.resolve()}")
     print(f"    HostCertificate {cert_path.resolve()}")
     print(f"    TrustedUserCAKeys {user_ca.resolve()}")
+    print(f"    RevokedKeys {krl.resolve()}")
+    print(f"refresh the KRL after removing or resetting a user (e.g. from cron):\n"
+          f"    jumpgate ctl auth export --type krl --out {krl.resolve()}")
 
 
 async def _sign_user(backend: _Backend, args) -> None:

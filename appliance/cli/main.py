@@ -67,8 +67,11 @@ def _add_ctl(sub) -> None:
     r.add_argument("name")
 
     auth = ctl.add_parser("auth", help="certificate authority").add_subparsers(dest="action", required=True)
-    e = auth.add_parser("export", help="print a CA public key for OpenSSH")
-    e.add_argument("--type", dest="kind", required=True, choices=("user", "host"))
+    e = auth.add_parser("export", help="print a CA public key, or write a KRL, for OpenSSH")
+    e.add_argument("--type", dest="kind", required=True, choices=("user", "host", "krl"),
+                   help="user: TrustedUserCAKeys line; host: @cert-authority line; "
+                        "krl: revoked user certificates, for sshd's RevokedKeys (binary: use --out)")
+    e.add_argument("--out", help="write to this file instead of stdout (a KRL is replaced atomically)")
     s = auth.add_parser("sign", help="issue a host or user certificate")
     who = s.add_mutually_exclusive_group(required=True)
     who.add_argument("--host", help="host name: writes a host key and certificate for sshd into --out")

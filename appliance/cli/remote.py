@@ -42,7 +42,7 @@ from ssh_proto.errors import AgentError, ChannelError, ChannelOpenError, SSHErro
 from ..client.localio import EXIT_FAILURE, exit_status, relay
 from ..client.profile import Profile, ProfileError
 from ..client.ssh import (ConnectError, Credentials, connect_node, default_login, list_nodes, load_credentials,
-                          resolve_target, scp_download, scp_upload)
+                          resolve_target, scp_download, scp_upload, session_lost_reason)
 from ..client.terminal import raw_terminal, session_env, term_name, terminal_size
 from ..proxy.routing import NodeRecord
 from .errors import CliError
@@ -154,6 +154,10 @@ async def run_session(conn: ssh_proto.SSHClientConnection, command: str | None, 
     with raw_terminal(0, interactive):
         await relay(proc, (0, 1, 2), [partial(_forward_window_changes, proc)] if interactive else [])
     status, signame = exit_status(proc)
+    if proc.exit_status is None and signame is None:
+        reason = session_lost_reason(conn, getattr(conn, "carrier", None))
+        if reason:
+            raise CliError(f"the session ended: {reason}", EXIT_FAILURE)
     if signame:
         print(f"jumpgate: remote command killed by signal {signame}", file=sys.stderr)
     return status

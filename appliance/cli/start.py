@@ -25,6 +25,7 @@ from .errors import CliError
 log = logging.getLogger("jumpgate.start")
 
 JOIN_TOKEN_TTL = 60  # seconds: the token a local role uses to join its own process's auth
+FIRST_VIEW_TIMEOUT = 5.0  # seconds a proxy or node waits for the push stream before serving
 
 
 def start(args) -> int:
@@ -112,6 +113,7 @@ async def _start_auth(nursery: trio.Nursery, cfg: Config, data_dir: Path):
     from ssh_proto.keys import PrivateKey, load_private_key, write_private_key
     from ..auth.server import serve_auth
     from ..auth.service import AuthService, AuthServiceError
+    from ..auth.watch import ChangeFeed
     from ..storage.sqlite import SQLiteStorage
 
     auth_dir = prepare_data_dir(data_dir / "auth")
@@ -133,9 +135,11 @@ async def _start_auth(nursery: trio.Nursery, cfg: Config, data_dir: Path):
     result = await service.sign_host_cert("auth", key.public_key.blob, principals=names, role="auth")
     from ssh_proto.keys import parse_public_line
     cert, _ = parse_public_line(result.cert)
+    feed = ChangeFeed(storage)
+    await nursery.start(feed.run)
     try:
         await nursery.start(functools.partial(serve_auth, service, service.ca, (key, cert), cfg.listen_addr,
-                                              cfg.ports["auth"]))
+                                              cfg.ports["auth"], feed=feed))
     except OSError as exc:
         raise CliError(f"auth: cannot listen on port {cfg.ports['auth']}: {exc.strerror or exc}") from None
     log.info("auth API listening on %s:%d (cluster %s)", cfg.listen_addr, cfg.ports["auth"], service.cluster)
@@ -173,6 +177,16 @@ async def _identity(cfg: Config, data_dir: Path, kind: str, name: str, auth_addr
         raise
 
 
+async def _first_view(view) -> None:
+    """Wait a little for the push stream's first snapshot, so revocation is enforced from the
+    first connection; serve without it if the auth server is slow (best effort, logged)."""
+    with trio.move_on_after(FIRST_VIEW_TIMEOUT):
+        await view.ready.wait()
+        return
+    log.warning("no revocation view from the auth server within %gs: serving without it until it comes",
+                FIRST_VIEW_TIMEOUT)
+
+
 async def _audit_sink(nursery: trio.Nursery, pool):
     """Where a node or proxy sends its audit events: queued, delivered in order by one task."""
     from ..api.audit_sink import AuditForwarder
@@ -187,13 +201,16 @@ async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_a
     from ..api.pool import ApiPool
     from ..node.agent import IdentityHolder, heartbeat_loop
     from ..node.labels import CommandLabel, LabelSet
+    from ..cluster_view import ClusterView
     from ..node.server import NodeIdentity, serve_node
 
     addr = f"{host}:{cfg.ports['node']}"
     identity = await _identity(cfg, data_dir, "node", cfg.node_name, auth_addr, host, addr, service)
     holder = IdentityHolder(identity)
-    pool = ApiPool(holder.api_factory(auth_addr))
+    view = ClusterView()
+    pool = ApiPool(holder.api_factory(auth_addr), view=view)
     await nursery.start(pool.run)
+    await _first_view(view)
 
     def provider() -> NodeIdentity:
         ident = holder.current
@@ -202,7 +219,7 @@ async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_a
 
     try:
         await nursery.start(functools.partial(serve_node, provider, cfg.listen_addr, cfg.ports["node"],
-                                              audit=await _audit_sink(nursery, pool)))
+                                              audit=await _audit_sink(nursery, pool), view=view))
     except OSError as exc:
         raise CliError(f"node: cannot listen on port {cfg.ports['node']}: {exc.strerror or exc}") from None
     labels = LabelSet(cfg.labels, {name: CommandLabel(list(c.command), c.period)
@@ -219,6 +236,7 @@ async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_a
 async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_addr: str, host: str,
                                service) -> None:
     from ..api.pool import ApiPool
+    from ..cluster_view import ClusterView
     from ..node.agent import IdentityHolder, heartbeat_loop
     from ..proxy.routing import NodeDirectory
     from ..proxy.server import ProxyIdentity, serve_proxy
@@ -230,10 +248,13 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
     proxy_addr = f"{cfg.host_name}:{cfg.ports['proxy']}"
     identity = await _identity(cfg, data_dir, "proxy", name, auth_addr, host, proxy_addr, service)
     holder = IdentityHolder(identity)
-    pool = ApiPool(holder.api_factory(auth_addr))
+    view = ClusterView()
+    pool = ApiPool(holder.api_factory(auth_addr), view=view)
     await nursery.start(pool.run)
+    await _first_view(view)
     if "proxy" in cfg.roles:
         directory = NodeDirectory(lambda: pool.list_nodes(labels={}))
+        view.on_nodes_changed(directory.invalidate)
 
         def provider() -> ProxyIdentity:
             return ProxyIdentity(holder.current.host_key, holder.current.host_cert)
@@ -241,7 +262,7 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
         try:
             await nursery.start(functools.partial(
                 serve_proxy, provider, [identity.user_ca], identity.cluster, directory.resolve, directory.list_nodes,
-                cfg.listen_addr, cfg.ports["proxy"], audit=await _audit_sink(nursery, pool)))
+                cfg.listen_addr, cfg.ports["proxy"], audit=await _audit_sink(nursery, pool), view=view))
         except OSError as exc:
             raise CliError(f"proxy: cannot listen on port {cfg.ports['proxy']}: {exc.strerror or exc}") from None
         await nursery.start(functools.partial(heartbeat_loop, holder.api_factory(auth_addr), identity.name,

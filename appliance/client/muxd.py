@@ -38,7 +38,7 @@ from .mux import (FD_COUNT, MUX_VERSION, FrameDecoder, MuxProtocolError, Resize,
 from .muxclient import Claim, peer_uid
 from .profile import ClientPaths, Profile, ProfileError
 from .ssh import (ConnectError, Credentials, connect_over, connect_proxy, load_credentials,
-                  open_node_channel, resolve_target)
+                  open_node_channel, resolve_target, session_lost_reason)
 
 __all__ = ["IDLE_TIMEOUT", "MuxDaemon", "serve_forever"]
 
@@ -331,6 +331,10 @@ class MuxDaemon:
                 log.info("session to %s as %s opened", node, login)
                 await _send(sock, {"event": "opened"})
                 await relay(proc, fds, [partial(_control, sock, decoder, proc)])
+                if proc.exit_status is None and proc.exit_signal is None:
+                    reason = session_lost_reason(conn, getattr(conn, "carrier", None))
+                    if reason:
+                        raise ConnectError(f"the session ended: {reason}")
                 return exit_status(proc)
             finally:
                 if conn.agent is not None:

@@ -253,7 +253,21 @@ async def connect_over(channel: ssh_proto.SSHChannel, creds: Credentials, node: 
                                    known_hosts=creds.known_hosts, stream=channel, host_key_alias=node,
                                    connect_timeout=CONNECT_TIMEOUT)
     async with _connected(connecting, lambda exc: _node_failure(exc, node, login, creds)) as conn:
+        conn.carrier = channel  # for session_lost_reason
         yield conn
+
+
+def session_lost_reason(conn: ssh_proto.SSHClientConnection, channel: ssh_proto.SSHChannel | None = None) -> str | None:
+    """Why a session ended without an exit status, when its connection went: the reason a
+    server gave in its DISCONNECT (the node's, or the proxy's that carried the channel —
+    e.g. "the certificate of alice was revoked") before a plain lost connection."""
+    proxy = channel.conn if channel is not None else None
+    errors = [e for e in (conn.error, proxy.error if proxy is not None else None) if e is not None]
+    told = [e for e in errors if isinstance(e, ssh_proto.DisconnectError)
+            and not isinstance(e, ssh_proto.ConnectionLost) and e.description]
+    if told:
+        return told[0].description
+    return str(errors[0]) if errors else None
 
 
 @contextlib.asynccontextmanager

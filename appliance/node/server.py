@@ -19,6 +19,10 @@ RFC 4254 connection protocol):
   proxy's signed line naming the client (:mod:`appliance.relay`); once verified, that
   address is the connection's peer for the certificate's source-address, SSH_CLIENT /
   SSH_CONNECTION and audit. A line that fails verification closes the connection.
+* Revocation: with a :class:`~appliance.cluster_view.ClusterView` (fed by the auth server's
+  push stream), a certificate of a deleted or reset user is refused, a relay line counts
+  only from a registered proxy, and a live connection ends within seconds when its user's
+  certificates are revoked or the proxy that relayed it is removed (docs/security.md R2, R3).
 * Audit: ``auth`` (accepted or refused certificate), ``session.start`` / ``session.end``,
   ``exec`` (a session that could not start), ``port`` and ``agent.forward`` events go to the
   ``audit`` callable as the maps :meth:`appliance.audit.AuditEvent.from_wire` accepts from a
@@ -44,7 +48,9 @@ from ssh_proto.errors import AgentError, CertificateError
 from ssh_proto.keys import Certificate, PrivateKey, PublicKey
 from ssh_proto.trio_io.agent import forward_agent_to_unix_socket
 
-from ..relay import RELAY_PREFIX, RelayVerifier
+from ..auth.ca import generation_of
+from ..cluster_view import ClusterView
+from ..relay import RELAY_PREFIX, RelayedPeer, RelayVerifier
 from . import process as proc
 
 log = logging.getLogger("jumpgate.node")
@@ -92,15 +98,18 @@ class _Login:
     serial: int
     account: proc.LoginAccount
     policy: ssh_proto.SessionPolicy
+    generation: int = 0
 
 
 class NodeServer(ssh_proto.SSHServer):
     """One connection to the node (made by :func:`node_server_factory`)."""
 
     def __init__(self, identity: NodeIdentity, *, audit: AuditSink | None = None,
-                 allow_users: Collection[str] | None = None):
+                 allow_users: Collection[str] | None = None, view: ClusterView | None = None):
         self.identity = identity
         self._audit = audit
+        self._view = view
+        self._unregister: Callable[[], None] | None = None
         self._allow_users = frozenset(allow_users) if allow_users is not None else None
         self._login: _Login | None = None
         self._refused: set[tuple[str, bytes]] = set()   # audit each refused (login, key) once
@@ -129,8 +138,30 @@ class NodeServer(ssh_proto.SSHServer):
         self._login = login
         log.info("accepted certificate ID %r serial %d for %s from %s", login.key_id, login.serial,
                  username, self.endpoints.remote_ip)
+        self._register_live(login)
         await self._emit("auth", serial=login.serial)
         return ssh_proto.Accept(login.policy)
+
+    def _register_live(self, login: _Login) -> None:
+        """So that revoking the user, or removing the proxy that relayed us, ends this connection."""
+        if self._view is None or self.conn is None:
+            return
+        peer = self.conn.peer_address
+        self._unregister = self._view.live.add(self._close_revoked, user=login.user, generation=login.generation,
+                                               proxy=peer.via if isinstance(peer, RelayedPeer) else None)
+
+    def _close_revoked(self, reason: str) -> None:
+        log.info("ending the connection of %s: %s", self._login.user if self._login else "?", reason)
+        conn = self.conn
+        try:
+            conn.nursery.start_soon(conn.aclose, ssh_proto.DisconnectReason.BY_APPLICATION, reason)
+        except RuntimeError:
+            pass  # the connection is already going
+
+    def connection_lost(self, error: BaseException | None) -> None:
+        if self._unregister is not None:
+            self._unregister()
+            self._unregister = None
 
     async def _check_key(self, username: str, key) -> _Login | None:
         """The login ``key`` grants as ``username``, or None (refusal logged and audited)."""
@@ -145,12 +176,16 @@ class NodeServer(ssh_proto.SSHServer):
         except CertificateError as exc:
             await self._refuse(username, key, str(exc))
             return None
+        user, generation = _user_of(perms.key_id), generation_of(key)
+        if self._view is not None and self._view.revoked(user, generation):
+            await self._refuse(username, key, f"the certificate was revoked ({user} was deleted or reset)")
+            return None
         reason, account = await self._check_account(username)
         if account is None:
             await self._refuse(username, key, reason)
             return None
-        return _Login(_user_of(perms.key_id), perms.key_id, perms.serial, account,
-                      ssh_proto.policy_from_certificate(perms))
+        return _Login(user, perms.key_id, perms.serial, account, ssh_proto.policy_from_certificate(perms),
+                      generation)
 
     async def _check_account(self, username: str) -> tuple[str, proc.LoginAccount | None]:
         if self._allow_users is not None and username not in self._allow_users:
@@ -387,27 +422,31 @@ def _logged(check: Callable[[bytes, tuple | None], tuple]) -> Callable[[bytes, t
 
 
 def node_server_factory(identity_provider: Callable[[], NodeIdentity], *, audit: AuditSink | None = None,
-                        allow_users: Collection[str] | None = None) -> Callable[[], NodeServer]:
+                        allow_users: Collection[str] | None = None,
+                        view: ClusterView | None = None) -> Callable[[], NodeServer]:
     """A per-connection factory for ``ssh_proto.serve``; the identity is read at each connection.
 
-    ``allow_users``, when given, limits the logins accepted (on top of the certificate).
+    ``allow_users``, when given, limits the logins accepted (on top of the certificate);
+    ``view`` enforces revocation.
     """
     def factory() -> NodeServer:
-        return NodeServer(identity_provider(), audit=audit, allow_users=allow_users)
+        return NodeServer(identity_provider(), audit=audit, allow_users=allow_users, view=view)
     return factory
 
 
 async def serve_node(identity_provider: Callable[[], NodeIdentity], host: str | None = "0.0.0.0",
                      port: int = NODE_PORT, *, audit: AuditSink | None = None,
-                     allow_users: Collection[str] | None = None,
+                     allow_users: Collection[str] | None = None, view: ClusterView | None = None,
                      task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve the node role until cancelled.
 
     ``listener = await nursery.start(serve_node, identity_provider, "0.0.0.0", 3022)``;
-    ``listener.port`` is the bound port (pass port 0 for any free one).
+    ``listener.port`` is the bound port (pass port 0 for any free one). ``view`` (kept current
+    by an :class:`~appliance.api.pool.ApiPool`) enforces revocation.
     """
-    factory = node_server_factory(identity_provider, audit=audit, allow_users=allow_users)
-    verifier = RelayVerifier(lambda: identity_provider().name, lambda: identity_provider().host_cas)
+    factory = node_server_factory(identity_provider, audit=audit, allow_users=allow_users, view=view)
+    verifier = RelayVerifier(lambda: identity_provider().name, lambda: identity_provider().host_cas,
+                             proxy_registered=view.proxy_registered if view is not None else None)
     # the host keys are read at each connection: a renewed certificate applies at once
     listener = ssh_proto.SSHListener(factory, host_keys=lambda: host_keys_of(identity_provider()),
                                      preamble=ssh_proto.RelayPreamble(RELAY_PREFIX, _logged(verifier.check)))

@@ -188,6 +188,11 @@ class NodeDirectory:
     async def nodes(self) -> tuple[NodeRecord, ...]:
         return await self._refresh(self._ttl)
 
+    def invalidate(self) -> None:
+        """The inventory changed (the auth server's push stream said so): the next lookup
+        fetches afresh, so a node that joined is reachable, and one removed is not, at once."""
+        self._fetched_at = -math.inf
+
     async def resolve(self, host: str, port: int) -> NodeRecord | None:
         """The node to connect to for ``host``/``port`` (see the module rules), or None
         (also for a node without an address the proxy can dial)."""

@@ -26,6 +26,10 @@ relays ``direct-tcpip`` channels (RFC 4254 §7.2) to *registered* nodes only:
 * **Sessions**: no shell or exec (a one-line hint is sent on stderr, exit status 1); the
   ``jumpgate-nodes`` subsystem answers one node-list request (``jumpgate ls``), read-only,
   for any authenticated user.
+* **Revocation**: with a :class:`~appliance.cluster_view.ClusterView` (the auth server's push
+  stream), a certificate of a deleted or reset user is refused, and live connections of a
+  revoked user — and streams to a node that was removed — are cut within seconds
+  (docs/security.md R2, R4).
 * **Audit**: ``auth`` (accepted or refused) and ``port`` (each forward, or its refusal)
   events, as maps ``{"event", "user", "success", "fields"}`` — the shape
   :meth:`appliance.audit.AuditEvent.from_wire` accepts — go to the ``audit`` coroutine.
@@ -49,6 +53,8 @@ from ssh_proto.errors import CertificateError
 from ssh_proto.keys import Certificate, PrivateKey, PublicKey
 
 from ..api.protocol import E_INTERNAL, ApiProtocolError, FrameDecoder, parse_request
+from ..auth.ca import generation_of
+from ..cluster_view import ClusterView
 from ..relay import relay_line
 from . import routing
 
@@ -100,6 +106,31 @@ class _ProxyConfig:
     list_nodes: ListNodes
     audit: AuditSink | None
     identity: Callable[[], ProxyIdentity] | None = None  # signs relay lines to nodes
+    view: ClusterView | None = None                       # revocation (the push stream)
+
+
+class _TrackedStream(trio.abc.HalfCloseableStream):
+    """A stream to a node that leaves the live registry when it is closed."""
+
+    def __init__(self, stream: trio.SocketStream, unregister: Callable[[], None]):
+        self.stream = stream
+        self._unregister = unregister
+
+    async def send_all(self, data) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.stream.send_eof()
+
+    async def receive_some(self, max_bytes=None) -> bytes:
+        return await self.stream.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        self._unregister()
+        await self.stream.aclose()
 
 
 def _user_of(cert: Certificate) -> str | None:
@@ -118,6 +149,8 @@ class ProxyServer(ssh_proto.SSHServer):
         self.login: str = ""              # the SSH username given at the proxy
         self.peer_address: tuple | None = None  # (ip, port) of the client
         self._refused: set[tuple[str, bytes]] = set()
+        self._generation = 0
+        self._unregister: Callable[[], None] | None = None
 
     def connection_made(self, conn: ssh_proto.SSHServerConnection) -> None:
         super().connection_made(conn)
@@ -139,8 +172,27 @@ class ProxyServer(ssh_proto.SSHServer):
         self.user, self.login = _user_of(key) or username, username
         log.info("proxy: accepted certificate ID %r serial %d as %s from %s", perms.key_id, perms.serial,
                  username, self.peer_ip)
+        view = self.config.view
+        if view is not None:
+            self._generation = generation_of(key)
+            self._unregister = view.live.add(self._close_later(self.conn), user=self.user,
+                                             generation=self._generation)
         await self._emit("auth", True, key_id=perms.key_id, serial=str(perms.serial))
         return ssh_proto.Accept(PROXY_POLICY)
+
+    def _close_later(self, conn: ssh_proto.SSHServerConnection) -> Callable[[str], None]:
+        def close(reason: str) -> None:
+            log.info("proxy: ending the connection of %s: %s", self.user, reason)
+            try:
+                conn.nursery.start_soon(conn.aclose, ssh_proto.DisconnectReason.BY_APPLICATION, reason)
+            except RuntimeError:
+                pass  # already going
+        return close
+
+    def connection_lost(self, error: BaseException | None) -> None:
+        if self._unregister is not None:
+            self._unregister()
+            self._unregister = None
 
     async def _check_key(self, username: str, key) -> CertPermissions | None:
         """The certificate's permissions when ``key`` admits ``username`` here, else None."""
@@ -157,6 +209,9 @@ class ProxyServer(ssh_proto.SSHServer):
         if username not in key.principals and username != _user_of(key):
             return await self._refuse(username, key, f"{username!r} is neither a login of the certificate "
                                                      "nor its user")
+        user = _user_of(key)
+        if self.config.view is not None and user is not None and self.config.view.revoked(user, generation_of(key)):
+            return await self._refuse(username, key, f"the certificate was revoked ({user} was deleted or reset)")
         return perms
 
     async def _refuse(self, username: str, key, reason: str) -> None:
@@ -195,7 +250,23 @@ class ProxyServer(ssh_proto.SSHServer):
             raise NodeUnreachable(f"node {host!r} at {addr} is unreachable: {reason}") from None
         await self._emit("port", True, target=f"{host}:{port}", node=target, addr=addr,
                          origin=f"{orig_host}:{orig_port}")
-        return stream
+        return self._tracked(stream, node.name)
+
+    def _tracked(self, stream: trio.SocketStream, node: str) -> trio.abc.HalfCloseableStream:
+        """A stream that is cut when the node is removed or the user revoked (docs/security.md R4)."""
+        view = self.config.view
+        if view is None:
+            return stream
+        conn = self.conn
+
+        def cut(reason: str) -> None:
+            log.info("proxy: cutting %s's stream to %s: %s", self.user, node, reason)
+            try:
+                conn.nursery.start_soon(trio.aclose_forcefully, stream)
+            except RuntimeError:
+                pass
+        unregister = view.live.add(cut, user=self.user, generation=self._generation, node=node)
+        return _TrackedStream(stream, unregister)
 
     async def _send_relay_line(self, stream: trio.SocketStream, node: routing.NodeRecord) -> None:
         """Tell a Jumpgate node whom it serves (agentless OpenSSH nodes get plain SSH)."""
@@ -265,10 +336,12 @@ async def _read_list_request(session: ssh_proto.ServerSession) -> tuple[int, dic
 
 def proxy_server_factory(user_cas: Sequence[PublicKey], cluster: str, resolve: Resolve, list_nodes: ListNodes,
                          *, audit: AuditSink | None = None,
-                         identity: Callable[[], ProxyIdentity] | None = None) -> Callable[[], ProxyServer]:
+                         identity: Callable[[], ProxyIdentity] | None = None,
+                         view: ClusterView | None = None) -> Callable[[], ProxyServer]:
     """A per-connection factory for ``ssh_proto.serve`` / ``serve_stream``; ``identity``
-    (the proxy's host key and certificate) signs the relay lines sent to nodes."""
-    config = _ProxyConfig(tuple(user_cas), cluster, resolve, list_nodes, audit, identity)
+    (the proxy's host key and certificate) signs the relay lines sent to nodes; ``view``
+    enforces revocation."""
+    config = _ProxyConfig(tuple(user_cas), cluster, resolve, list_nodes, audit, identity, view)
     return lambda: ProxyServer(config)
 
 
@@ -282,7 +355,7 @@ def _host_keys(identity: ProxyIdentity) -> tuple[tuple[PrivateKey, Certificate |
 async def serve_proxy(identity: ProxyIdentity | Callable[[], ProxyIdentity], user_cas: Sequence[PublicKey],
                       cluster: str, resolve: Resolve, list_nodes: ListNodes, host: str | None = "0.0.0.0",
                       port: int = PROXY_PORT, *, audit: AuditSink | None = None,
-                      task_status=trio.TASK_STATUS_IGNORED) -> None:
+                      view: ClusterView | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve the proxy role until cancelled.
 
     ``identity`` is a :class:`ProxyIdentity` or a callable returning the current one.
@@ -297,7 +370,7 @@ async def serve_proxy(identity: ProxyIdentity | Callable[[], ProxyIdentity], use
     ``listener.port`` is the bound port (pass 0 for any free one).
     """
     provider = identity if callable(identity) else (lambda: identity)
-    factory = proxy_server_factory(user_cas, cluster, resolve, list_nodes, audit=audit, identity=provider)
+    factory = proxy_server_factory(user_cas, cluster, resolve, list_nodes, audit=audit, identity=provider, view=view)
     # the host keys are read at each connection: a renewed certificate applies at once
     listener = ssh_proto.SSHListener(factory, host_keys=lambda: _host_keys(provider()))
     await listener.serve(host, port, task_status=task_status)

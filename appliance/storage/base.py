@@ -1,7 +1,10 @@
 """The storage interface of the auth role: record types and the async ``Storage`` protocol.
 
 The auth service keeps all of its state behind this interface: users, invites, join
-tokens, nodes, the two certificate authorities and the audit log. SQLite implements
+tokens, nodes, the two certificate authorities, the audit log, and what revocation needs
+(certificate generations, issued user certificates, and a change feed the auth role pushes
+to proxies and nodes from — written in the transaction of each change, so that another
+process writing the same database, such as ``jumpgate ctl``, is seen too). SQLite implements
 it today (:mod:`appliance.storage.sqlite`); PostgreSQL can later implement the same
 protocol. Rules every implementation follows:
 
@@ -30,6 +33,7 @@ from ..audit import AuditEvent
 __all__ = [
     "NO_TOTP_COUNTER",
     "CARecord",
+    "ChangeRecord",
     "InviteRecord",
     "LoginFailure",
     "NodeRecord",
@@ -133,6 +137,17 @@ class CARecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ChangeRecord:
+    """One entry of the change feed: ``kind`` "user" or "node" named ``name`` changed at ``time``
+    (what changed is read from the current state; the feed only says where to look)."""
+
+    id: int
+    time: float
+    kind: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class LoginFailure:
     """Outcome of ``record_login_failure``: ``locked_now`` when this failure set the lock."""
 
@@ -155,9 +170,11 @@ class Storage(Protocol):
     async def create_user(self, user: UserRecord, invite: InviteRecord) -> bool:
         """Insert a new user and its invite together; False if the name is taken."""
     async def delete_user(self, name: str) -> bool:
-        """Delete a user and its invites; False if there was no such user."""
+        """Delete a user and its invites and bump its certificate generation (the generation
+        outlives the user); False if there was no such user."""
     async def reset_user(self, name: str, invite: InviteRecord) -> bool:
-        """Clear password, TOTP, failures and lock; replace the user's invites by ``invite``."""
+        """Clear password, TOTP, failures and lock; replace the user's invites by ``invite``;
+        bump the certificate generation."""
     async def record_login_failure(self, name: str, now: float, *, max_failures: int,
                                    lock_seconds: float) -> LoginFailure | None:
         """Count one failure; at ``max_failures`` in a row lock until now+lock_seconds
@@ -165,6 +182,27 @@ class Storage(Protocol):
     async def record_login_success(self, name: str, totp_counter: int) -> bool:
         """Compare-and-set: only if ``totp_counter`` > the stored one, store it and reset
         the failure count. False means the code's time step was already used."""
+
+
+    # -- revocation --------------------------------------------------------------------
+    async def get_generation(self, name: str) -> int:
+        """The generation a certificate for ``name`` must carry to be valid (0 at first)."""
+    async def list_generations(self, changed_since: float) -> dict[str, int]:
+        """``{name: generation}`` of the users whose generation changed at or after the time."""
+    async def record_user_cert(self, serial: int, user: str, generation: int, valid_before: float,
+                               now: float) -> None:
+        """Remember an issued user certificate (for KRLs); forget those expired by ``now``."""
+    async def list_revoked_user_certs(self, now: float) -> list[int]:
+        """Serials of unexpired user certificates of an older generation than their user's."""
+
+    # -- the change feed ---------------------------------------------------------------
+    async def list_changes(self, after_id: int, limit: int = 1000) -> list[ChangeRecord]:
+        """Changes with id > ``after_id``, oldest first. Written by ``put_user``,
+        ``delete_user``, ``reset_user`` ("user") and ``put_node``, ``delete_node`` ("node")
+        in the same transaction as the change."""
+    async def last_change_id(self) -> int: ...
+    async def purge_changes(self, before: float) -> int:
+        """Forget changes older than ``before`` (ids are never reused)."""
 
     # -- invites -----------------------------------------------------------------------
     async def get_invite(self, token_hash: str) -> InviteRecord | None: ...

@@ -36,6 +36,7 @@ import trio
 from ..audit import AuditEvent
 from .base import (
     CARecord,
+    ChangeRecord,
     InviteRecord,
     LoginFailure,
     NodeRecord,
@@ -46,7 +47,7 @@ from .base import (
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 5000
 MAX_AUDIT_LIMIT = 10_000
 
@@ -103,6 +104,24 @@ CREATE TABLE cas (
     public_key BLOB NOT NULL,
     created REAL NOT NULL
 );
+CREATE TABLE user_generations (
+    name TEXT PRIMARY KEY,
+    generation INTEGER NOT NULL,
+    changed REAL NOT NULL
+);
+CREATE TABLE user_certs (
+    serial INTEGER PRIMARY KEY,
+    user TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    valid_before REAL NOT NULL
+);
+CREATE INDEX user_certs_by_user ON user_certs(user);
+CREATE TABLE changes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    time REAL NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL
+);
 CREATE TABLE audit_events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     time REAL NOT NULL,
@@ -123,9 +142,24 @@ def _v2_tokens_bind_name_and_addresses(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE tokens ADD COLUMN addresses BLOB NOT NULL DEFAULT x'90'")
 
 
+def _v3_revocation(db: sqlite3.Connection) -> None:
+    """v3: what revocation needs — a user's certificate generation (kept after the user is
+    deleted, so a user made again under the name cannot revive old certificates), the serials
+    of issued user certificates (for KRLs), and the change feed the auth role pushes from."""
+    for statement in ("CREATE TABLE user_generations (name TEXT PRIMARY KEY, "
+                      "generation INTEGER NOT NULL, changed REAL NOT NULL)",
+                      "CREATE TABLE user_certs (serial INTEGER PRIMARY KEY, user TEXT NOT NULL, "
+                      "generation INTEGER NOT NULL, valid_before REAL NOT NULL)",
+                      "CREATE INDEX user_certs_by_user ON user_certs(user)",
+                      "CREATE TABLE changes (id INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL, "
+                      "kind TEXT NOT NULL, name TEXT NOT NULL)"):
+        db.execute(statement)
+
+
 #: version -> the step that upgrades a database of version - 1 to it.
 _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     2: _v2_tokens_bind_name_and_addresses,
+    3: _v3_revocation,
 }
 
 _USER_COLUMNS = ("name, logins, roles, password_hash, totp_secret, last_totp_counter, "
@@ -327,14 +361,18 @@ class SQLiteStorage:
 
     async def put_user(self, user: UserRecord) -> None:
         values = self._user_values(user)
-        # An UPSERT, not INSERT OR REPLACE: replacing would delete (cascade) the invites.
-        await self._run(lambda db: db.execute(
-            f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?) "
-            "ON CONFLICT(name) DO UPDATE SET logins=excluded.logins, roles=excluded.roles, "
-            "password_hash=excluded.password_hash, totp_secret=excluded.totp_secret, "
-            "last_totp_counter=excluded.last_totp_counter, "
-            "failed_logins=excluded.failed_logins, locked_until=excluded.locked_until, "
-            "created=excluded.created", values))
+
+        def put(db: sqlite3.Connection) -> None:
+            # An UPSERT, not INSERT OR REPLACE: replacing would delete (cascade) the invites.
+            db.execute(
+                f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT(name) DO UPDATE SET logins=excluded.logins, roles=excluded.roles, "
+                "password_hash=excluded.password_hash, totp_secret=excluded.totp_secret, "
+                "last_totp_counter=excluded.last_totp_counter, "
+                "failed_logins=excluded.failed_logins, locked_until=excluded.locked_until, "
+                "created=excluded.created", values)
+            self._changed(db, "user", user.name)
+        await self._run(put)
 
     async def create_user(self, user: UserRecord, invite: InviteRecord) -> bool:
         values = self._user_values(user)
@@ -349,8 +387,12 @@ class SQLiteStorage:
         return await self._run(create)
 
     async def delete_user(self, name: str) -> bool:
-        cur = await self._run(lambda db: db.execute("DELETE FROM users WHERE name = ?", (name,)))
-        return cur.rowcount == 1
+        def delete(db: sqlite3.Connection) -> bool:
+            if db.execute("DELETE FROM users WHERE name = ?", (name,)).rowcount != 1:
+                return False
+            self._revoke_user_certs(db, name)
+            return True
+        return await self._run(delete)
 
     async def reset_user(self, name: str, invite: InviteRecord) -> bool:
         def reset(db: sqlite3.Connection) -> bool:
@@ -361,8 +403,60 @@ class SQLiteStorage:
                 return False
             db.execute("DELETE FROM invites WHERE user = ?", (name,))
             _insert_invite(db, invite)
+            self._revoke_user_certs(db, name)
             return True
         return await self._run(reset)
+
+    def _revoke_user_certs(self, db: sqlite3.Connection, name: str) -> None:
+        """Every certificate issued to ``name`` so far stops being valid: a new generation."""
+        db.execute("INSERT INTO user_generations (name, generation, changed) VALUES (?, 1, ?) "
+                   "ON CONFLICT(name) DO UPDATE SET generation = generation + 1, changed = excluded.changed",
+                   (name, self._clock()))
+        self._changed(db, "user", name)
+
+    def _changed(self, db: sqlite3.Connection, kind: str, name: str) -> None:
+        """One row of the change feed, in the transaction of the change itself."""
+        db.execute("INSERT INTO changes (time, kind, name) VALUES (?, ?, ?)", (self._clock(), kind, name))
+
+    async def get_generation(self, name: str) -> int:
+        row = await self._run(lambda db: db.execute(
+            "SELECT generation FROM user_generations WHERE name = ?", (name,)).fetchone())
+        return 0 if row is None else int(row[0])
+
+    async def list_generations(self, changed_since: float) -> dict[str, int]:
+        rows = await self._run(lambda db: db.execute(
+            "SELECT name, generation FROM user_generations WHERE changed >= ?", (changed_since,)).fetchall())
+        return {name: int(generation) for name, generation in rows}
+
+    async def record_user_cert(self, serial: int, user: str, generation: int, valid_before: float,
+                               now: float) -> None:
+        def record(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM user_certs WHERE valid_before < ?", (now,))
+            db.execute("INSERT OR REPLACE INTO user_certs VALUES (?,?,?,?)",
+                       (serial, user, generation, valid_before))
+        await self._run(record)
+
+    async def list_revoked_user_certs(self, now: float) -> list[int]:
+        rows = await self._run(lambda db: db.execute(
+            "SELECT c.serial FROM user_certs c JOIN user_generations g ON g.name = c.user "
+            "WHERE c.valid_before > ? AND c.generation < g.generation ORDER BY c.serial", (now,)).fetchall())
+        return [int(row[0]) for row in rows]
+
+    # -- the change feed -------------------------------------------------------------
+    async def list_changes(self, after_id: int, limit: int = 1000) -> list[ChangeRecord]:
+        rows = await self._run(lambda db: db.execute(
+            "SELECT id, time, kind, name FROM changes WHERE id > ? ORDER BY id LIMIT ?",
+            (int(after_id), max(1, min(int(limit), MAX_AUDIT_LIMIT)))).fetchall())
+        return [ChangeRecord(*row) for row in rows]
+
+    async def last_change_id(self) -> int:
+        row = await self._run(lambda db: db.execute("SELECT MAX(id) FROM changes").fetchone())
+        return int(row[0] or 0)
+
+    async def purge_changes(self, before: float) -> int:
+        cur = await self._run(lambda db: db.execute(
+            "DELETE FROM changes WHERE time < ? AND id < (SELECT MAX(id) FROM changes)", (before,)))
+        return cur.rowcount
 
     async def record_login_failure(self, name: str, now: float, *, max_failures: int,
                                    lock_seconds: float) -> LoginFailure | None:
@@ -446,9 +540,11 @@ class SQLiteStorage:
     async def put_node(self, node: NodeRecord) -> None:
         values = (node.name, node.kind, node.addr, _pack(dict(node.labels)), node.last_seen,
                   int(node.tunnel), _pack(list(node.addresses)), node.host_key, node.created)
-        await self._run(lambda db: db.execute(
-            f"INSERT OR REPLACE INTO nodes ({_NODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
-            values))
+
+        def put(db: sqlite3.Connection) -> None:
+            db.execute(f"INSERT OR REPLACE INTO nodes ({_NODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", values)
+            self._changed(db, "node", node.name)
+        await self._run(put)
 
     async def get_node(self, name: str) -> NodeRecord | None:
         row = await self._run(lambda db: db.execute(
@@ -461,8 +557,12 @@ class SQLiteStorage:
         return [_node(row) for row in rows]
 
     async def delete_node(self, name: str) -> bool:
-        cur = await self._run(lambda db: db.execute("DELETE FROM nodes WHERE name = ?", (name,)))
-        return cur.rowcount == 1
+        def delete(db: sqlite3.Connection) -> bool:
+            if db.execute("DELETE FROM nodes WHERE name = ?", (name,)).rowcount != 1:
+                return False
+            self._changed(db, "node", name)
+            return True
+        return await self._run(delete)
 
     async def heartbeat_node(self, name: str, addr: str, labels: Mapping[str, str],
                              tunnel: bool, now: float) -> bool:

@@ -240,3 +240,30 @@ def test_near_miss_messages_raise_only_api_protocol_error(obj, responses):
         decode_one(frame(obj), dec)
     except ApiProtocolError:
         pass
+
+
+# ---- the push stream (jumpgate-watch)
+
+
+def test_push_round_trips_and_only_pushes_are_accepted_by_a_watcher():
+    from appliance.api.protocol import Push, encode_push
+    frame = encode_push(Push("user", {"name": "alice", "generation": 2, "exists": False}))
+    decoder = FrameDecoder.for_pushes()
+    decoder.feed(frame)
+    assert decoder.next_message() == Push("user", {"name": "alice", "generation": 2, "exists": False})
+    decoder = FrameDecoder.for_pushes()
+    decoder.feed(encode_response(Response(1, {})))
+    with pytest.raises(ApiProtocolError):
+        decoder.next_message()
+
+
+@pytest.mark.parametrize("body", [{"v": 1, "push": "user"}, {"v": 1, "push": "User", "data": {}},
+                                  {"v": 1, "push": "user", "data": []}, {"v": 2, "push": "user", "data": {}},
+                                  {"v": 1, "push": "user", "data": {}, "extra": 1}])
+def test_malformed_push_refused(body):
+    import msgpack
+    raw = msgpack.packb(body)
+    decoder = FrameDecoder.for_pushes()
+    decoder.feed(len(raw).to_bytes(4, "big") + raw)
+    with pytest.raises(ApiProtocolError):
+        decoder.next_message()

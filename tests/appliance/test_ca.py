@@ -9,8 +9,8 @@ import subprocess
 
 import pytest
 
-from appliance.auth.ca import (BACKDATE_SECONDS, ROLES_EXTENSION, CAError, ClusterCA, parse_plain_public_key,
-                               pin_matches, pin_of, roles_from_certificate)
+from appliance.auth.ca import (BACKDATE_SECONDS, GENERATION_EXTENSION, ROLES_EXTENSION, CAError, ClusterCA,
+                               generation_of, parse_plain_public_key, pin_matches, pin_of, roles_from_certificate)
 from appliance.storage import SQLiteStorage
 from ssh_proto.certs import (CERT_TYPE_HOST, CERT_TYPE_USER, DEFAULT_USER_EXTENSIONS, validate_host_certificate,
                              validate_user_certificate)
@@ -67,7 +67,9 @@ async def test_user_cert_has_key_id_logins_default_extensions_and_validity(ca, k
     cert = ca.sign_user(key, "alice", ["alice", "root"], (), 3600, NOW)
     assert cert.cert_type == CERT_TYPE_USER and cert.key_id == "user:alice"
     assert cert.principals == ("alice", "root")
-    assert dict(cert.extensions) == dict(DEFAULT_USER_EXTENSIONS) and not cert.critical_options
+    extensions = dict(cert.extensions)
+    assert generation_of(cert) == 0 and extensions.pop(GENERATION_EXTENSION)
+    assert extensions == dict(DEFAULT_USER_EXTENSIONS) and not cert.critical_options
     assert (cert.valid_after, cert.valid_before) == (NOW - BACKDATE_SECONDS, NOW + 3600)
     assert cert.signature_key == ca.user_ca_public and cert.public_key == key
     validate_user_certificate(cert, principal="root", trusted_cas=[ca.user_ca_public], now=NOW)

@@ -262,3 +262,55 @@ async def test_audit_list_newest_first_with_paging(db):
     assert [e.fields["node"] for e in page] == ["n4", "n3"]
     page = await db.list_audit(limit=10, before_id=page[-1].id)
     assert [e.fields["node"] for e in page] == ["n2", "n1", "n0"]
+
+
+# ---- revocation: generations, issued certificates, the change feed
+
+
+async def test_delete_and_reset_bump_a_generation_that_outlives_the_user(tmp_path):
+    storage = SQLiteStorage(tmp_path / "j.db", clock=lambda: NOW)
+    await storage.create_user(user("alice"), invite("h1"))
+    assert await storage.get_generation("alice") == 0
+    await storage.reset_user("alice", invite("h2"))
+    assert await storage.get_generation("alice") == 1
+    await storage.delete_user("alice")
+    assert await storage.get_generation("alice") == 2          # kept with the user gone
+    await storage.create_user(user("alice"), invite("h3"))
+    assert await storage.get_generation("alice") == 2          # a new alice starts above the old
+    assert await storage.list_generations(NOW) == {"alice": 2}
+    assert await storage.list_generations(NOW + 1) == {}
+    assert not await storage.delete_user("nobody") and await storage.get_generation("nobody") == 0
+    await storage.aclose()
+
+
+async def test_revoked_user_certs_are_the_unexpired_ones_of_older_generations(db):
+    await db.create_user(user("alice"), invite("h1"))
+    await db.create_user(user("bob"), invite("h2"))
+    await db.record_user_cert(11, "alice", 0, NOW + 100, NOW)
+    await db.record_user_cert(12, "alice", 0, NOW + 1, NOW)
+    await db.record_user_cert(21, "bob", 0, NOW + 100, NOW)
+    await db.reset_user("alice", invite("h3"))
+    await db.record_user_cert(13, "alice", 1, NOW + 100, NOW)
+    assert await db.list_revoked_user_certs(NOW) == [11, 12]
+    assert await db.list_revoked_user_certs(NOW + 50) == [11]    # 12 expired: nothing to revoke
+    await db.record_user_cert(14, "alice", 1, NOW + 200, NOW + 150)  # recording forgets expired ones
+    assert await db.list_revoked_user_certs(NOW) == []
+
+
+async def test_change_feed_is_written_in_the_changes_own_transaction_and_seen_by_another_connection(tmp_path):
+    path = tmp_path / "j.db"
+    watcher, writer = SQLiteStorage(path, clock=lambda: NOW), SQLiteStorage(path, clock=lambda: NOW)
+    start = await watcher.last_change_id()
+    await writer.create_user(user("alice"), invite("h1"))           # a new user is no change to push
+    await writer.put_user(user("alice", logins=("alice",)))
+    await writer.reset_user("alice", invite("h2"))
+    await writer.delete_user("alice")
+    await writer.put_node(NodeRecord("web1", "openssh", "10.0.0.7:22"))
+    await writer.delete_node("web1")
+    changes = await watcher.list_changes(start)
+    assert [(c.kind, c.name) for c in changes] == [("user", "alice")] * 3 + [("node", "web1")] * 2
+    assert [c.id for c in changes] == sorted(c.id for c in changes)
+    assert await watcher.list_changes(changes[-1].id) == []
+    assert await watcher.purge_changes(NOW + 1) == len(changes) - 1  # the newest stays: ids move on
+    await watcher.aclose()
+    await writer.aclose()
