@@ -157,8 +157,10 @@ class ApiClient(CallsByName):
     cancelled while waiting leaves the channel usable: its late answer is skipped.
     """
 
-    def __init__(self, stream: trio.abc.Stream):
+    def __init__(self, stream: trio.abc.Stream, session_id: bytes = b""):
         self._stream = stream
+        #: The SSH session identifier of the connection (what a re-join proof signs).
+        self.session_id = session_id
         self._decoder = FrameDecoder.for_responses()
         self._lock = trio.Lock()
         self._last_id = 0
@@ -201,7 +203,7 @@ class ApiClient(CallsByName):
     async def _open(cls, conn: ssh_proto.SSHClientConnection) -> AsyncIterator[ApiClient]:
         process = await conn.open_session(subsystem=SUBSYSTEM)
         try:
-            yield cls(process)
+            yield cls(process, bytes(conn.session_id or b""))
         finally:
             with trio.CancelScope(shield=True):
                 with contextlib.suppress(SSHError, trio.BrokenResourceError, trio.ClosedResourceError):

@@ -43,7 +43,7 @@ async def test_join_with_a_valid_token_saves_a_working_identity(tmp_path):
         assert stat.S_IMODE(os.stat(role_dir).st_mode) == 0o700
         assert stat.S_IMODE(os.stat(role_dir / HOST_KEY).st_mode) == 0o600
         assert ident.host_cert.key_id == "node:db1"
-        assert {"db1", "db1.prod", "127.0.0.1"} <= set(ident.host_cert.principals)
+        assert {"db1", "db1.acme", "127.0.0.1"} <= set(ident.host_cert.principals)
         assert ident.host_ca == env.host_ca and ident.user_ca == env.service.ca.user_ca_public
         loaded = load_identity(tmp_path, "node", now=env.clock())
         assert same_identity(loaded, ident)
