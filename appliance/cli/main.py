@@ -56,8 +56,9 @@ def _add_ctl(sub) -> None:
     a.add_argument("--ttl", default="30m", help="validity, e.g. 30m, 4h (default 30m)")
     a.add_argument("--name", default="", help="the only name it may join as (one DNS label)")
     a.add_argument("--addr", action="append", default=[], metavar="ADDR",
-                   help="an address (IP or DNS name) the host may be certified for and dialled at, "
-                        "besides the one it joins from; repeat or comma list")
+                   help="an address (IP or DNS name) the host may be certified for and dialled at "
+                        "(the address it joins from counts too, unless another host holds it); "
+                        "repeat or comma list")
     tokens.add_parser("ls", help="list tokens")
     r = tokens.add_parser("rm", help="remove a token")
     r.add_argument("token_id")
