@@ -17,7 +17,7 @@ same value on its side, so no extra round trip or stored challenge is needed.
 
 >>> data = proof_data(b"\\x01" * 32, "node", "db1", b"blob")
 >>> data[:31]
-b'\\x00\\x00\\x00\\x1bjumpgate-rejoin-v1@jumpgate\\x00'
+b'\\x00\\x00\\x00\\x1bjumpgate-rejoin-v1@jumpgate'
 """
 from __future__ import annotations
 
