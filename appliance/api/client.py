@@ -161,6 +161,8 @@ class ApiClient(CallsByName):
         self._stream = stream
         #: The SSH connection the channel runs on (for :meth:`watch`), when known.
         self.connection = connection
+        #: The SSH session identifier of the connection (what a re-join proof signs).
+        self.session_id = bytes(connection.session_id or b"") if connection is not None else b""
         self._decoder = FrameDecoder.for_responses()
         self._lock = trio.Lock()
         self._last_id = 0

@@ -11,7 +11,8 @@ Rules, in the order they are applied to each request:
    audit event).
 2. Parameters the server vouches for are never taken from the peer: ``actor`` (who
    asked, for the audit log), ``emitter`` (who reported an audit event), and for a
-   ``join`` the ``token`` and ``client_ip``. The dispatcher fills them from the
+   ``join`` the ``token``, ``client_ip`` and ``session_id`` (what a re-join proof is
+   bound to, docs/security.md J2). The dispatcher fills them from the
    connection; a value the peer sent is replaced, never used (so a client that
    shares code with an in-process caller may leave ``actor`` in).
 3. A node or proxy acts on itself only: ``heartbeat`` and ``renew_host_cert`` take the
@@ -72,7 +73,7 @@ ALLOWED: Mapping[str, frozenset[str]] = {
 _ALL_METHODS = frozenset().union(*ALLOWED.values())
 #: Parameters only the dispatcher may set (rule 2).
 _SERVER_PARAMS = frozenset({"actor", "emitter"})
-_JOIN_SERVER_PARAMS = frozenset({"token", "client_ip"})
+_JOIN_SERVER_PARAMS = frozenset({"token", "client_ip", "session_id"})
 #: Methods a node or proxy may only apply to itself (rule 3).
 _SELF_ONLY = frozenset({"heartbeat", "renew_host_cert"})
 
@@ -83,13 +84,15 @@ class Caller:
 
     ``role`` is one of :data:`ROLES`; ``name`` the node/proxy name or the user name
     (``-join`` for a joining peer). ``join_token`` is the password a joining peer
-    authenticated with; it is never printed.
+    authenticated with; it is never printed. ``session_id`` is the SSH session identifier
+    of the connection (a re-join proof signs it).
     """
 
     role: str
     name: str
     client_ip: str = ""
     join_token: str = field(default="", repr=False, compare=False)
+    session_id: bytes = field(default=b"", repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -121,6 +124,7 @@ def _server_params(caller: Caller, method: str, params: Mapping[str, Any]) -> di
     _bind_self(caller, method, out)
     if method == "join":
         out["token"], out["client_ip"] = caller.join_token, caller.client_ip
+        out["session_id"] = caller.session_id
     elif method == "emit_audit":
         out["emitter"] = caller.actor
     return out

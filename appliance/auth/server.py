@@ -21,7 +21,8 @@ Who gets in (each accepted method yields one :class:`~appliance.api.server.Calle
 * **Joining nodes** — password auth as user ``-join`` with a join token's secret. The
   token is looked up, not used: the ``join`` call uses it, so that a failed join can
   say why (``already_used``, ``expired``) and audit it. A token that does not exist
-  is refused here.
+  is refused here. The caller carries the connection's session identifier, which a
+  re-join proof signs (docs/security.md J2).
 
 Everything else (plain keys, other certificates, keyboard-interactive) is refused, and
 every refusal after a signature or a password is an ``auth`` audit event. After
@@ -194,7 +195,8 @@ class AuthSSHServer(ssh_proto.SSHServer):
         except AuthServiceError as exc:
             if exc.code not in _JOIN_ERRORS_LET_IN:
                 raise _Refused(f"join token refused ({exc.code})") from None
-        return Caller("joining", JOIN_USER, self.client_ip, join_token=password)
+        return Caller("joining", JOIN_USER, self.client_ip, join_token=password,
+                      session_id=bytes(getattr(self.conn, "session_id", None) or b""))
 
     async def _audit_refusal(self, username: str, method: str, exc: _Refused) -> None:
         log.info("API auth refused for %r from %s (%s): %s", username, self.client_ip, method, exc.reason)

@@ -22,10 +22,16 @@ Rules enforced here (SECURITY-CHECKLIST §3, issue 3):
 * User certificates: TTL default 12 h, at least 1 min, at most 30 h (longer is
   refused); principals = the user's logins only, never empty.
 * Join tokens: TTL default 30 min; single use, consumed by a successful join; only
-  ``sha256`` of the secret is stored; a join issues a host certificate for name,
-  name.CLUSTER and the node's addresses and registers the node.
+  ``sha256`` of the secret is stored; a token may bind the name it joins as and the
+  addresses an admin approved for its certificate.
+* Joining (docs/security.md "Joining the cluster"): a taken name is refused unless the
+  joiner proves the registered host key (:mod:`.rejoin`) or an admin removed the node
+  first (J2); the certificate names ``NAME``, ``NAME.CLUSTER`` and only the addresses the
+  token approved or the source address the auth server saw (J3, :mod:`.joining`); the
+  proxy dials an address among those, set at the join and never by a heartbeat (J4).
 * Names: user names and logins match ``[a-z_][a-z0-9_.-]{0,31}`` (T22: they end up
-  in paths and principals); node names are lower-case DNS names.
+  in paths and principals); node names are one lower-case DNS label (J1); a new
+  cluster's name is not a public suffix (J9, :mod:`appliance.names`).
 * Every login, failure, lock, certificate, join, token and user change is an audit
   event (:mod:`appliance.audit`).
 """
@@ -34,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
-import ipaddress
 import logging
 import re
 import secrets
@@ -46,15 +51,15 @@ from typing import Any
 from ssh_proto.errors import KeyFormatError
 from ssh_proto.keys import Certificate, PublicKey, parse_public_line
 
-from .. import audit
+from .. import audit, names
 from ..audit import AuditEvent, AuditEventError
 from ..storage.base import InviteRecord, NodeRecord, Storage, TokenRecord, UserRecord
-from . import krl, passwords, totp
+from . import joining, krl, passwords, rejoin, totp
 from .ca import CAError, ClusterCA, parse_plain_public_key
 
 __all__ = [
     "AuthService", "AuthServiceError", "CertResult", "ClusterInfo", "CreatedToken", "Invite",
-    "InviteInfo", "JoinResult", "LoginResult", "NodeInfo", "TokenInfo", "UserInfo", "to_wire",
+    "HeartbeatResult", "InviteInfo", "JoinResult", "LoginResult", "NodeInfo", "TokenInfo", "UserInfo", "to_wire",
 ]
 
 log = logging.getLogger("jumpgate.auth")
@@ -80,8 +85,6 @@ ERROR_CODES = frozenset({"access_denied", "locked", "not_found", "expired", "alr
                          "already_exists", "bad_request", "weak_password"})
 
 _USER_NAME = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
-_DNS_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
-                       r"(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*")
 _SECRET = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _TOKEN_ID = re.compile(r"[0-9a-f]{1,64}")
 _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./-]{0,62}")
@@ -181,6 +184,8 @@ class CreatedToken(_Wire):
     kind: str
     token: str
     expires: float
+    name: str = ""                      # the name it joins as ("" = the joiner's choice)
+    addresses: tuple[str, ...] = ()     # addresses approved for its certificate (J3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +196,8 @@ class TokenInfo(_Wire):
     expires: float
     status: str  # "active" | "expired" | "used"
     used_by: str = ""
+    name: str = ""
+    addresses: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +220,16 @@ class JoinResult(_Wire):
     user_ca: str
     host_ca: str
     cluster: str
+    addr: str = ""                      # where the proxy dials it, as registered (J4)
+    dropped: tuple[str, ...] = ()       # requested addresses nobody vouched for (J3)
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatResult(_Wire):
+    """What the auth server keeps for a node that heartbeats: its ``addr`` is the one
+    registered at the join, whatever the heartbeat said (J4)."""
+
+    addr: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,11 +262,26 @@ def check_user_name(name: Any, what: str = "user name") -> str:
 
 
 def check_node_name(name: Any, what: str = "node name") -> str:
-    """A lower-case DNS name (upper case is folded, as host names compare)."""
-    text = name.lower() if isinstance(name, str) else ""
-    if not _DNS_NAME.fullmatch(text):
-        raise _bad(f"invalid {what} {str(name)[:40]!r}: use a DNS name (a-z, 0-9, '-', '.')")
-    return text
+    """One lower-case DNS label, upper case folded (J1: a dotted name such as
+    ``github.com`` would put that host under the cluster's host CA)."""
+    try:
+        return names.check_node_name(name, what)
+    except names.InvalidName as exc:
+        raise _bad(str(exc)) from None
+
+
+def check_dns_name(name: Any, what: str = "name") -> str:
+    """A lower-case DNS name (addresses, the cluster name), upper case folded."""
+    try:
+        return names.check_dns_name(name, what)
+    except names.InvalidName as exc:
+        raise _bad(str(exc)) from None
+
+
+def _lookup_name(name: Any) -> str:
+    """A name to look a registered host up by: a DNS name, so that a node registered
+    before J1 under a dotted name can still be found, renewed and removed."""
+    return check_dns_name(name, "node name")
 
 
 def _names(values: Any, check: Callable[[Any, str], str], what: str, limit: int) -> tuple[str, ...]:
@@ -271,11 +303,10 @@ def _check_roles(roles: Any) -> tuple[str, ...]:
 def _check_address(value: Any, what: str = "address") -> str:
     """An IP address or a DNS name (used as a host certificate principal)."""
     if isinstance(value, str):
-        try:
-            return str(ipaddress.ip_address(value))
-        except ValueError:
-            pass
-    return check_node_name(value, what)
+        ip = joining.normalise_ip(value)
+        if ip:
+            return ip
+    return check_dns_name(value, what)
 
 
 def _check_addr(addr: Any, *, required: bool) -> str:
@@ -364,6 +395,24 @@ def _cert_result(cert: Certificate) -> CertResult:
                       cert.serial)
 
 
+async def _cluster_name_warning(storage: Storage, cluster: str) -> str:
+    """J9: "" for a fine name; a warning for an installed cluster named after a public
+    suffix; bad_request when a new cluster would be."""
+    if not names.is_public_suffix(cluster):
+        return ""
+    problem = (f"the cluster name {cluster!r} is a public suffix (a top-level or shared domain): "
+               f"users' ssh_config would say 'Host *.{cluster}' and trust the cluster's host CA "
+               f"for hosts of other owners")
+    if await storage.get_ca("host") is None:
+        raise _bad(f"{problem}; choose another --cluster-name (e.g. {cluster}-jumpgate or a "
+                   "domain of your own)")
+    warning = (f"WARNING: {problem}. This installed cluster keeps working, but clients leave "
+               f"'*.{cluster}' out of their known_hosts and ssh_config: reach nodes by their bare "
+               "names, and plan a new cluster with a name of your own")
+    log.warning("%s", warning)
+    return warning
+
+
 # ------------------------------------------------------------------------------ service
 
 
@@ -382,18 +431,26 @@ class AuthService:
         self.cluster = ca.cluster
         self._clock = clock
         self._hasher = hasher
+        #: Problems an admin must hear about at every start (e.g. J9's cluster name).
+        self.warnings: tuple[str, ...] = ()
 
     @classmethod
     async def create(cls, storage: Storage, cluster: str, *,
                      clock: Callable[[], float] = time.time,
                      hasher: passwords.PasswordHasher = passwords.DEFAULT_HASHER) -> AuthService:
-        """Load (or on the first start create, and audit) the CAs of ``cluster``."""
-        cluster = check_node_name(cluster, "cluster name")
+        """Load (or on the first start create, and audit) the CAs of ``cluster``.
+
+        A new cluster may not be named after a public suffix (J9); an existing one that is
+        still starts, with the reason in :attr:`warnings` (and the log) for ``start`` to print.
+        """
+        cluster = check_dns_name(cluster, "cluster name")
+        warning = await _cluster_name_warning(storage, cluster)
         try:
             ca = await ClusterCA.load_or_create(storage, cluster, clock=clock)
         except CAError as exc:
             raise AuthServiceError("bad_request", str(exc)) from None
         service = cls(storage, ca, clock=clock, hasher=hasher)
+        service.warnings = (warning,) if warning else ()
         for kind in ca.new_kinds:
             key = ca.user_ca_public if kind == "user" else ca.host_ca_public
             await service._audit("ca.create", kind=kind, fingerprint=key.fingerprint())
@@ -586,17 +643,34 @@ class AuthService:
 
     async def sign_host_cert(self, name: str, public_key_blob: Any,
                              principals: Sequence[str] = (), ttl: float | None = None, *,
-                             role: str = "node", actor: str = "") -> CertResult:
-        """A host certificate ``<role>:<name>`` for name, name.CLUSTER and ``principals``."""
+                             actor: str = "") -> CertResult:
+        """``ctl auth sign --host``: a ``node:<name>`` certificate for an agentless OpenSSH node.
+
+        ``name`` is one DNS label (J1) not taken by a joined node or proxy (J2: a
+        certificate for that name would let its holder pose as it); ``principals`` are
+        addresses the admin vouches for (J3), besides name and name.CLUSTER.
+        """
         name = check_node_name(name)
-        extra = _names(principals, _check_address, "principal", MAX_ADDRESSES)
-        if role not in ("node", "proxy", "auth"):
-            raise _bad("role must be node, proxy or auth")
+        extra = self._approved_addresses(principals, "principal")
         ttl = _check_ttl(ttl, HOST_CERT_TTL, USER_CERT_TTL_MIN, HOST_CERT_TTL_MAX,
                          "the certificate TTL")
-        cert = self._sign_host(_parse_key(public_key_blob), role, name, extra, ttl)
+        key = _parse_key(public_key_blob)
+        existing = await self.storage.get_node(name)
+        if existing is not None and existing.kind in TOKEN_KINDS:
+            raise AuthServiceError("already_exists", f"{name!r} is a joined {existing.kind}; its "
+                                   "certificate comes from its join (remove it first to reuse the name)")
+        cert = self._sign_host(key, "node", name, extra, ttl)
         await self._audit("cert.create", kind="host", key_id=cert.key_id, serial=cert.serial,
                           principals=cert.principals, valid_before=cert.valid_before, actor=actor)
+        return _cert_result(cert)
+
+    async def sign_auth_cert(self, public_key_blob: Any, principals: Sequence[str]) -> CertResult:
+        """The auth role's own ``auth:auth`` certificate (``start``; no API caller may ask:
+        it is what nodes and clients verify the auth server by)."""
+        extra = _names(principals, _check_address, "principal", MAX_ADDRESSES)
+        cert = self._sign_host(_parse_key(public_key_blob), "auth", "auth", extra, HOST_CERT_TTL)
+        await self._audit("cert.create", kind="host", key_id=cert.key_id, serial=cert.serial,
+                          principals=cert.principals, valid_before=cert.valid_before)
         return _cert_result(cert)
 
     async def _sign_user(self, key: PublicKey, record: UserRecord, ttl: float, now: float) -> Certificate:
@@ -641,24 +715,44 @@ class AuthService:
 
     # -- join tokens -----------------------------------------------------------------
     async def create_token(self, kind: str, ttl_seconds: float | None = TOKEN_TTL, *,
+                           name: str = "", addresses: Sequence[str] = (),
                            actor: str = "") -> CreatedToken:
-        """A single-use join token ``<secret>.<host CA pin>`` for a node or a proxy."""
+        """A single-use join token ``<secret>.<host CA pin>`` for a node or a proxy.
+
+        ``name`` binds the name it joins as (one DNS label, J1); ``addresses`` are the
+        addresses the admin approves for its host certificate and dial address (J3, J4).
+        A token for a registered name re-joins that host only (J2).
+        """
         if kind not in TOKEN_KINDS:
             raise _bad("the token type must be 'node' or 'proxy'")
         ttl = _check_ttl(ttl_seconds, TOKEN_TTL, 60, TOKEN_TTL_MAX, "the token TTL")
+        name = check_node_name(name) if name else ""
+        approved = self._approved_addresses(addresses, "address")
         now = self._clock()
         await self.storage.purge_tokens(now - TOKEN_KEEP_SECONDS)
         secret, token_hash = _new_secret()
-        record = TokenRecord(secrets.token_hex(8), token_hash, kind, now, now + ttl)
+        record = TokenRecord(secrets.token_hex(8), token_hash, kind, now, now + ttl,
+                             node_name=name, addresses=approved)
         await self.storage.put_token(record)
-        await self._audit("token.create", kind=kind, token_id=record.id,
-                          expires=record.expires, actor=actor)
+        await self._audit("token.create", kind=kind, token_id=record.id, expires=record.expires,
+                          node=name, addresses=approved, actor=actor)
         pin = self.ca.pin_for_host_ca().removeprefix("sha256:")
-        return CreatedToken(record.id, kind, f"{secret}.{pin}", record.expires)
+        return CreatedToken(record.id, kind, f"{secret}.{pin}", record.expires, name, approved)
+
+    def _approved_addresses(self, values: Any, what: str) -> tuple[str, ...]:
+        """Addresses an admin vouches for: IPs or DNS names, none under ``.CLUSTER`` (those
+        are node names, given with the name only)."""
+        approved = _names(values, _check_address, what, MAX_ADDRESSES)
+        for address in approved:
+            if joining.under_cluster(address, self.cluster):
+                raise _bad(f"{address!r} is a name under the cluster's domain .{self.cluster}: "
+                           "nodes get NAME and NAME.CLUSTER from their name, not as an address")
+        return approved
 
     def _token_info(self, t: TokenRecord, now: float) -> TokenInfo:
         status = "used" if t.used is not None else "expired" if t.expires <= now else "active"
-        return TokenInfo(t.id, t.kind, t.created, t.expires, status, t.used_by)
+        return TokenInfo(t.id, t.kind, t.created, t.expires, status, t.used_by, t.node_name,
+                         tuple(t.addresses))
 
     async def list_tokens(self) -> list[TokenInfo]:
         now = self._clock()
@@ -691,66 +785,108 @@ class AuthService:
     # -- nodes -----------------------------------------------------------------------
     async def join(self, token: str, kind: str, name: str, host_public_key_blob: Any,
                    addresses: Sequence[str] = (), labels: Mapping[str, str] | None = None,
-                   addr: str = "", client_ip: str = "") -> JoinResult:
-        """Use a join token: host certificate for the node/proxy, and register it."""
+                   addr: str = "", client_ip: str = "", proof: bytes = b"",
+                   session_id: bytes = b"") -> JoinResult:
+        """Use a join token: host certificate for the node/proxy, and register it.
+
+        The API fills ``token``, ``client_ip`` and ``session_id`` from the connection.
+        A taken name needs ``proof`` (:func:`.rejoin.sign_proof` with the registered key,
+        J2); the certificate's principals are name, name.CLUSTER and the granted addresses
+        (J3, requested ones outside them are listed in ``dropped``); ``addr`` must be at a
+        granted address (J4). Nothing is consumed or changed by a refused join.
+        """
         if kind not in TOKEN_KINDS:
             raise _bad("the kind must be 'node' or 'proxy'")
         name = check_node_name(name)
         key = _parse_key(host_public_key_blob)
-        addresses = _names(addresses, _check_address, "address", MAX_ADDRESSES)
+        requested = _names(addresses, _check_address, "address", MAX_ADDRESSES)
         labels, addr = _check_labels(labels), _check_addr(addr, required=False)
         client_ip = str(client_ip)[:64]
         try:
             record = await self._find_token(token)
-            if record.kind != kind:
-                raise AuthServiceError("access_denied", f"this token is for joining a {record.kind}")
-            existing = await self.storage.get_node(name)
-            if existing is not None and existing.kind != kind:
-                raise AuthServiceError("already_exists", f"{name!r} is already a {existing.kind}")
+            existing, granted = await self._check_join(record, kind, name, key, addr, client_ip,
+                                                       proof, session_id)
             if not await self.storage.consume_token(record.token_hash, self._clock(),
                                                     f"{kind}:{name}"):
                 raise AuthServiceError("already_used", "this join token was already used")
         except AuthServiceError as exc:
             await self._audit("node.join", success=False, node=name, kind=kind,
-                              reason=exc.code, client_ip=client_ip)
+                              reason=exc.code, detail=exc.message[:300], client_ip=client_ip)
             raise
         await self._audit("token.use", token_id=record.id, kind=kind, node=name)
-        cert = self._sign_host(key, kind, name, addresses, HOST_CERT_TTL)
+        return await self._register_joined(kind, name, key, granted, labels, addr, existing,
+                                           requested, client_ip)
+
+    async def _check_join(self, record: TokenRecord, kind: str, name: str, key: PublicKey, addr: str,
+                          client_ip: str, proof: Any, session_id: Any,
+                          ) -> tuple[NodeRecord | None, tuple[str, ...]]:
+        """J2..J4 (:mod:`.joining`): (the registered record if a proven re-join, granted addresses)."""
+        try:
+            joining.check_token_for(record, kind, name)
+            existing = await self.storage.get_node(name)
+            joining.check_name_free_or_proven(existing, kind, name, key, proof, session_id)
+            held = {a for n in await self.storage.list_nodes() if n.name != name for a in n.addresses}
+            granted = joining.grant_addresses(record.addresses, client_ip, held_by_others=held)
+            joining.check_dial_addr(addr, granted, client_ip)
+        except joining.JoinRefused as exc:
+            raise AuthServiceError(exc.code, exc.message) from None
+        return existing, granted
+
+    async def _register_joined(self, kind: str, name: str, key: PublicKey, granted: tuple[str, ...],
+                               labels: dict[str, str], addr: str, existing: NodeRecord | None,
+                               requested: tuple[str, ...], client_ip: str) -> JoinResult:
+        cert = self._sign_host(key, kind, name, granted, HOST_CERT_TTL)
         now = self._clock()
         await self.storage.put_node(NodeRecord(
-            name, kind, addr, labels, now, False, addresses, key.blob,
+            name, kind, addr, labels, now, False, granted, key.blob,
             existing.created if existing is not None else now))
-        await self._audit("node.join", node=name, kind=kind, client_ip=client_ip,
-                          rejoin=existing is not None)
+        dropped = tuple(a for a in requested if a not in granted and a not in cert.principals)
+        await self._audit("node.join", node=name, kind=kind, client_ip=client_ip, addr=addr,
+                          rejoin=existing is not None, dropped=dropped)
         await self._audit("cert.create", kind="host", key_id=cert.key_id, serial=cert.serial,
                           principals=cert.principals, valid_before=cert.valid_before)
-        return self._join_result(name, kind, cert)
+        return self._join_result(name, kind, cert, addr, dropped)
 
-    def _join_result(self, name: str, kind: str, cert: Certificate) -> JoinResult:
+    def _join_result(self, name: str, kind: str, cert: Certificate, addr: str,
+                     dropped: tuple[str, ...] = ()) -> JoinResult:
         return JoinResult(name, kind, cert.to_line(), float(cert.valid_before),
-                          self.ca.user_ca_line(), self.ca.host_ca_known_hosts_line(), self.cluster)
+                          self.ca.user_ca_line(), self.ca.host_ca_known_hosts_line(), self.cluster,
+                          addr, dropped)
 
     async def renew_host_cert(self, name: str, host_public_key_blob: Any) -> JoinResult:
-        """A fresh host certificate for a joined node/proxy, for the key it joined with."""
-        name = check_node_name(name)
+        """A fresh host certificate for a joined node/proxy, for the key it joined with and
+        the principals it was granted then (a node joined before J1..J4 keeps its own)."""
+        name = _lookup_name(name)
         key = _parse_key(host_public_key_blob)
         node = await self.storage.get_node(name)
         if node is None or node.kind not in TOKEN_KINDS:
             raise AuthServiceError("not_found", f"no joined node {name!r}")
         if node.host_key is None or not hmac.compare_digest(node.host_key, key.blob):
             raise AuthServiceError("access_denied", "this is not the host key the node joined with")
+        if not names.is_node_name(name):
+            log.warning("renewing %s %r, registered before node names were one DNS label: clients "
+                        "leave it out of ssh_config; re-join it under a one-label name", node.kind, name)
         cert = self._sign_host(key, node.kind, name, node.addresses, HOST_CERT_TTL)
         await self._audit("cert.create", kind="host", key_id=cert.key_id, serial=cert.serial,
                           principals=cert.principals, valid_before=cert.valid_before, renew=True)
-        return self._join_result(name, node.kind, cert)
+        return self._join_result(name, node.kind, cert, node.addr)
 
     async def heartbeat(self, name: str, addr: str = "", labels: Mapping[str, str] | None = None,
-                        tunnel: bool = False) -> None:
-        """A joined node/proxy is alive at ``addr`` ("" when only reachable by tunnel)."""
-        name = check_node_name(name)
-        addr, labels = _check_addr(addr, required=False), _check_labels(labels)
-        if not await self.storage.heartbeat_node(name, addr, labels, bool(tunnel), self._clock()):
+                        tunnel: bool = False) -> HeartbeatResult:
+        """A joined node/proxy is alive, with these labels (``tunnel``: reachable by tunnel).
+
+        ``addr`` is what the node believes its address is; it is never stored (J4): the
+        proxy keeps dialling the address registered at the join, returned here so that the
+        node can say when the two differ (re-join to move it).
+        """
+        name = _lookup_name(name)
+        _check_addr(addr, required=False)
+        labels = _check_labels(labels)
+        node = await self.storage.get_node(name)
+        if node is None or not await self.storage.heartbeat_node(name, labels, bool(tunnel),
+                                                                  self._clock()):
             raise AuthServiceError("not_found", f"no node {name!r}: join again with a new token")
+        return HeartbeatResult(node.addr)
 
     async def add_node(self, name: str, addr: str, labels: Mapping[str, str] | None = None, *,
                        actor: str = "") -> NodeInfo:
@@ -772,7 +908,7 @@ class AuthService:
         return NodeInfo(n.name, n.kind, n.addr, dict(n.labels), n.last_seen, n.tunnel)
 
     async def get_node(self, name: str) -> NodeInfo:
-        node = await self.storage.get_node(check_node_name(name))
+        node = await self.storage.get_node(_lookup_name(name))
         if node is None:
             raise AuthServiceError("not_found", f"no node {name!r}")
         return self._node_info(node)
@@ -786,7 +922,7 @@ class AuthService:
                 and all(n.labels.get(k) == v for k, v in wanted.items())]
 
     async def remove_node(self, name: str, *, actor: str = "") -> None:
-        if not await self.storage.delete_node(check_node_name(name)):
+        if not await self.storage.delete_node(_lookup_name(name)):
             raise AuthServiceError("not_found", f"no node {name!r}")
         await self._audit("node.remove", node=name, actor=actor)
 

@@ -266,17 +266,41 @@ def login(args: argparse.Namespace) -> int:
                                   insecure=insecure)
     cert, host_ca = _parse_login_result(response.body, key)
     cluster = _text_field(response.body, "cluster")
-    try:
-        paths.write_credentials(key, cert, host_ca, comment=f"{user}@{cluster}")
-    except ProfileError as exc:
-        raise CliError(str(exc)) from None
     proxy_ssh = response.body.get("proxy_ssh")
-    _save(Profile(proxy=proxy, user=user, cluster=cluster, web_pin=response.peer_pin,
-                  proxy_ssh=proxy_ssh if isinstance(proxy_ssh, str) else "",
-                  expires=float(cert.valid_before), logins=cert.principals, paths=paths))
+    profile = Profile(proxy=proxy, user=user, cluster=cluster, web_pin=response.peer_pin,
+                      proxy_ssh=proxy_ssh if isinstance(proxy_ssh, str) else "",
+                      expires=float(cert.valid_before), logins=cert.principals, paths=paths)
+    _write_credentials(profile, key, cert, host_ca)
+    _save(profile)
     stop_daemon(paths.home)  # its proxy connection holds the old certificate; the next ssh starts anew
     print(f"logged in as {user}, valid until {_when(cert.valid_before)}")
+    _trust_node_names(profile)
     return 0
+
+
+def _write_credentials(profile: Profile, key: PrivateKey, cert: Certificate, host_ca: PublicKey) -> None:
+    """Key, certificate, and the host CA trusted for the proxy and ``*.CLUSTER`` (docs/security.md J6)."""
+    from appliance.client.ssh import ConnectError, proxy_endpoint
+    from appliance.client.trust import cluster_wildcard_allowed, known_hosts_patterns
+    try:
+        patterns = known_hosts_patterns(profile.cluster, [proxy_endpoint(profile)], ())
+        profile.paths.write_credentials(key, cert, host_ca, comment=f"{profile.user}@{profile.cluster}",
+                                        trusted_for=patterns)
+    except (ProfileError, ConnectError) as exc:
+        raise CliError(str(exc)) from None
+    if not cluster_wildcard_allowed(profile.cluster):
+        print(f"jumpgate: warning: the cluster name {profile.cluster!r} is a public suffix: "
+              f"'*.{profile.cluster}' is left out of known_hosts; reach nodes by their bare names",
+              file=sys.stderr)
+
+
+def _trust_node_names(profile: Profile) -> None:
+    """Add the nodes' bare names to known_hosts, from the proxy's node list (best effort)."""
+    from appliance.cli.remote import refresh_trusted_names
+    problem = refresh_trusted_names(profile)
+    if problem is not None:
+        print(f"jumpgate: note: node names are not in known_hosts yet ({problem}); "
+              "`jumpgate config` adds them", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------- status, logout

@@ -145,8 +145,9 @@ async def _remote(args) -> AsyncIterator[_Backend]:
     if profile is not None and profile.web_pin and not args.web_pin:
         args.web_pin = profile.web_pin
     auth_port = int(args.auth_server.rpartition(":")[2]) if ":" in args.auth_server else 3025
+    host_ca = _host_ca_of(known_hosts)
     try:
-        async with ApiClient.connect(args.auth_server, identity=(key, cert), known_hosts=str(known_hosts)) as api:
+        async with ApiClient.connect(args.auth_server, identity=(key, cert), host_ca_key=host_ca) as api:
             async def call(method: str, **params: Any) -> Any:
                 try:
                     return await api.call(method, **params)
@@ -156,6 +157,23 @@ async def _remote(args) -> AsyncIterator[_Backend]:
                            auth_port=auth_port)
     except (OSError, SSHError) as exc:
         raise CliError(f"cannot reach the auth server {args.auth_server}: {exc}") from None
+
+
+def _host_ca_of(known_hosts: Path):
+    """The cluster host CA of the login's known_hosts. Its ``@cert-authority`` line names the
+    cluster's hosts only (docs/security.md J6), and the auth server may be reached by another
+    name: it is verified by that CA, its ``auth:`` key id and the name dialled instead."""
+    from ssh_proto import SSHError
+    from ssh_proto.keys import PublicKey
+    from ssh_proto.known_hosts import MARKER_CERT_AUTHORITY, KnownHosts
+    try:
+        entries = KnownHosts.load(known_hosts).entries
+    except (OSError, SSHError) as exc:
+        raise CliError(f"cannot read {known_hosts}: {exc}") from None
+    cas = [e.key for e in entries if e.marker == MARKER_CERT_AUTHORITY and isinstance(e.key, PublicKey)]
+    if not cas:
+        raise CliError(f"{known_hosts} trusts no host CA: log in again (`jumpgate login`)")
+    return cas[0]
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -222,19 +240,35 @@ async def _users_reset(backend: _Backend, args) -> None:
 # ---------------------------------------------------------------------------- tokens
 
 async def _tokens_add(backend: _Backend, args) -> None:
-    created = await backend.call("create_token", kind=args.kind, ttl_seconds=_ttl(args.ttl, 1800),
-                                 actor=backend.actor)
+    addresses = [a for item in getattr(args, "addr", None) or () for a in _split(item)]
+    name = getattr(args, "name", "") or ""
+    created = await backend.call("create_token", kind=args.kind, ttl_seconds=_ttl(args.ttl, 1800), name=name,
+                                 addresses=addresses, actor=backend.actor)
     roles = "node" if args.kind == "node" else "proxy,web"
-    print(f"Join token for a {args.kind}, valid until {_when(created['expires'])}, single use:")
+    bound = f" as {created['name']!r}" if created.get("name") else ""
+    print(f"Join token for a {args.kind}{bound}, valid until {_when(created['expires'])}, single use:")
     print(f"    {created['token']}")
+    if created.get("addresses"):
+        print(f"Approved addresses (besides the one it joins from): {', '.join(created['addresses'])}")
+    if created.get("name") and await _registered(backend, created["name"]):
+        print(f"{created['name']!r} is registered: only the host holding its key can re-join with this token "
+              f"(a new host needs `jumpgate ctl nodes rm {created['name']}` first)")
+    nodename = f" --nodename {created['name']}" if created.get("name") and args.kind == "node" else ""
     print("On the new host:")
-    print(f"    jumpgate start --roles {roles} --auth-server {backend.host}:{backend.auth_port} --token {created['token']}")
+    print(f"    jumpgate start --roles {roles} --auth-server {backend.host}:{backend.auth_port}{nodename} "
+          f"--token {created['token']}")
+
+
+async def _registered(backend: _Backend, name: str) -> bool:
+    nodes = await backend.call("list_nodes", labels={}, include_proxies=True)
+    return any(n["name"] == name for n in nodes)
 
 
 async def _tokens_ls(backend: _Backend, args) -> None:
     tokens = await backend.call("list_tokens")
-    _table([[t["id"], t["kind"], t["status"], _when(t["expires"]), t.get("used_by") or "-"] for t in tokens],
-           ["ID", "TYPE", "STATUS", "EXPIRES", "USED BY"])
+    _table([[t["id"], t["kind"], t["status"], _when(t["expires"]), t.get("name") or "-",
+             ",".join(t.get("addresses") or ()) or "-", t.get("used_by") or "-"] for t in tokens],
+           ["ID", "TYPE", "STATUS", "EXPIRES", "NAME", "ADDRESSES", "USED BY"])
 
 
 async def _tokens_rm(backend: _Backend, args) -> None:

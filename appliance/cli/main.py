@@ -22,7 +22,8 @@ def _add_start(sub) -> None:
     p.add_argument("--listen-addr", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--auth-server", help="HOST:PORT of the auth role to join (roles without auth)")
     p.add_argument("--token", help="join token from `jumpgate ctl tokens add`")
-    p.add_argument("--nodename", help="this node's name (default: host name)")
+    p.add_argument("--nodename", help="this node's name, one DNS label (default: host name); "
+                   "fixed at the first join (the proxy is NODENAME-proxy)")
     p.add_argument("--labels", help="static node labels: key=value,...")
     for role, port in (("node", 3022), ("proxy", 3023), ("tunnel", 3024), ("auth", 3025), ("web", 3080)):
         p.add_argument(f"--{role}-port", type=int, help=f"{role} port (default {port})")
@@ -53,6 +54,11 @@ def _add_ctl(sub) -> None:
     a = tokens.add_parser("add", help="create a join token")
     a.add_argument("--type", dest="kind", default="node", choices=("node", "proxy"))
     a.add_argument("--ttl", default="30m", help="validity, e.g. 30m, 4h (default 30m)")
+    a.add_argument("--name", default="", help="the only name it may join as (one DNS label)")
+    a.add_argument("--addr", action="append", default=[], metavar="ADDR",
+                   help="an address (IP or DNS name) the host may be certified for and dialled at "
+                        "(the address it joins from counts too, unless another host holds it); "
+                        "repeat or comma list")
     tokens.add_parser("ls", help="list tokens")
     r = tokens.add_parser("rm", help="remove a token")
     r.add_argument("token_id")
@@ -78,7 +84,7 @@ def _add_ctl(sub) -> None:
     who.add_argument("--user", help="user name: certifies --pubkey")
     s.add_argument("--out", help="output directory (host) or file (user, default stdout)")
     s.add_argument("--pubkey", help="public key file to certify (user)")
-    s.add_argument("--principals", help="extra principals (host), comma list")
+    s.add_argument("--principals", help="extra principals (host): addresses (IPs or DNS names), comma list")
     s.add_argument("--ttl", default="", help="validity, e.g. 1h (user default 1h, host default 30d)")
 
     ev = ctl.add_parser("events", help="recent audit events")

@@ -21,7 +21,8 @@ which hands most sessions to the session daemon; :func:`ssh` here is the in-proc
 
 ``jumpgate config`` prints an ssh_config block (see :func:`render_ssh_config`) so that
 OpenSSH's ``ssh NODE.CLUSTER``, ``ssh -J USER@PROXY:3023 LOGIN@NODE``, ``scp``, ``sftp``
-and ``rsync -e ssh`` use the issued certificate and verify hosts by the cluster's host CA.
+and ``rsync -e ssh`` use the issued certificate and verify hosts by the cluster's host CA;
+it rewrites the profile's known_hosts for the same names (docs/security.md J6).
 """
 from __future__ import annotations
 
@@ -44,10 +45,11 @@ from ..client.profile import Profile, ProfileError
 from ..client.ssh import (ConnectError, Credentials, connect_node, default_login, list_nodes, load_credentials,
                           resolve_target, scp_download, scp_upload, session_lost_reason)
 from ..client.terminal import raw_terminal, session_env, term_name, terminal_size
+from ..client.trust import cluster_wildcard_allowed, host_ca_of, known_hosts_patterns, safe_node_names
 from ..proxy.routing import NodeRecord
 from .errors import CliError
 
-__all__ = ["config", "ls", "render_ssh_config", "scp", "ssh"]
+__all__ = ["config", "ls", "refresh_trusted_names", "render_ssh_config", "scp", "ssh", "trust_cluster_names"]
 
 
 # ------------------------------------------------------------------------------ shared
@@ -330,17 +332,21 @@ def _quote(value: str | os.PathLike) -> str:
 
 
 def render_ssh_config(*, cluster: str, user: str, proxy_host: str, proxy_port: int, identity: Path,
-                      certificate: Path, known_hosts: Path, node_names: Sequence[str] = ()) -> str:
-    """The ssh_config block of ``jumpgate config``.
+                      certificate: Path, known_hosts: Path, node_names: Sequence[str] = (),
+                      cluster_wildcard: bool = True) -> str:
+    """The ssh_config block of ``jumpgate config``: it names exactly ``*.CLUSTER``, the proxy
+    and the nodes' bare names (docs/security.md J6, J7).
 
     * ``Host CLUSTER-proxy``: the proxy on its SSH port, as the Jumpgate user, with the
       certificate; host verified by the host CA only (StrictHostKeyChecking yes).
     * ``Host *.CLUSTER``: every node by its cluster-qualified name, through that proxy
       (``ProxyJump``), host certificates verified by the CA (the node's certificate lists
       ``name.CLUSTER``). Plain ``ssh web1.CLUSTER``, scp, sftp, rsync -e ssh all use it.
+      Left out when ``cluster_wildcard`` is false (a public-suffix cluster name, J9).
     * ``Host PROXY_HOST [node names]``: certificate and CA known_hosts for
       ``ssh -J USER@PROXY_HOST:3023 LOGIN@NODE``; your own ~/.ssh/known_hosts stays first
       (it is where ssh records new keys), and no port or proxy is forced on these names.
+      Only names that are one DNS label are listed (J7).
     """
     id_lines = [f"    IdentityFile {_quote(identity)}", f"    CertificateFile {_quote(certificate)}"]
     kh = _quote(known_hosts)
@@ -358,15 +364,20 @@ def render_ssh_config(*, cluster: str, user: str, proxy_host: str, proxy_port: i
         f"    UserKnownHostsFile {kh}",
         "    StrictHostKeyChecking yes",
         "",
-        f"Host *.{cluster}",
-        "    Port 3022",
-        f"    ProxyJump {alias}",
-        *id_lines,
-        "    IdentitiesOnly yes",
-        f"    UserKnownHostsFile {kh}",
-        "    StrictHostKeyChecking yes",
-        "",
-        f"Host {' '.join(dict.fromkeys([proxy_host, *node_names]))}",
+    ]
+    if cluster_wildcard:
+        blocks += [
+            f"Host *.{cluster}",
+            "    Port 3022",
+            f"    ProxyJump {alias}",
+            *id_lines,
+            "    IdentitiesOnly yes",
+            f"    UserKnownHostsFile {kh}",
+            "    StrictHostKeyChecking yes",
+            "",
+        ]
+    blocks += [
+        f"Host {' '.join(dict.fromkeys([proxy_host, *safe_node_names(node_names)]))}",
         *id_lines,
         f"    UserKnownHostsFile ~/.ssh/known_hosts {kh}",
     ]
@@ -377,22 +388,54 @@ async def _node_names(creds: Credentials) -> list[str]:
     return [n.name for n in await list_nodes(creds, {})]
 
 
+def trust_cluster_names(profile: Profile, creds: Credentials, node_names: Sequence[str]) -> None:
+    """Rewrite known_hosts for the proxy, ``*.CLUSTER`` and these bare names (J6)."""
+    host_ca = host_ca_of(creds.known_hosts)
+    if host_ca is None:
+        raise CliError(f"{profile.known_hosts_path} trusts no host CA; run `jumpgate login`")
+    patterns = known_hosts_patterns(profile.cluster, [(creds.proxy_host, creds.proxy_port)], node_names)
+    try:
+        profile.paths.write_known_hosts(host_ca, patterns)
+    except ProfileError as exc:
+        raise CliError(str(exc)) from None
+
+
+def refresh_trusted_names(profile: Profile) -> str | None:
+    """After a login: add the nodes' bare names from the proxy to known_hosts (J6).
+    Returns why they were left out, or None."""
+    try:
+        creds = load_credentials(profile)
+        names = _run(_node_names, creds)
+    except (CliError, ConnectError) as exc:
+        return str(exc)
+    trust_cluster_names(profile, creds, names)
+    return None
+
+
+def _warn_public_suffix(cluster: str) -> None:
+    print(f"jumpgate: warning: the cluster name {cluster!r} is a public suffix: '*.{cluster}' is left out "
+          f"of known_hosts and ssh_config (it would trust the cluster's host CA for other owners' hosts); "
+          "reach nodes by their bare names", file=sys.stderr)
+
+
 def config(args) -> int:
-    """``jumpgate config``: print the ssh_config block for this profile."""
+    """``jumpgate config``: print the ssh_config block for this profile (and bring known_hosts
+    up to date with the same names)."""
     profile, creds = _credentials()
     names: list[str] = []
+    cluster = profile.cluster or "jumpgate"
+    wildcard = cluster_wildcard_allowed(cluster)
+    if not wildcard:
+        _warn_public_suffix(cluster)
     if not getattr(args, "offline", False):
         try:
-            names = _run(_node_names, creds)
+            names = safe_node_names(_run(_node_names, creds))
         except CliError as exc:
             print(f"jumpgate: warning: node names left out ({exc}); use NODE.{profile.cluster}", file=sys.stderr)
-    print(render_ssh_config(cluster=profile.cluster or "jumpgate", user=creds.user, proxy_host=creds.proxy_host,
+        else:
+            trust_cluster_names(profile, creds, names)
+    print(render_ssh_config(cluster=cluster, user=creds.user, proxy_host=creds.proxy_host,
                             proxy_port=creds.proxy_port, identity=profile.identity_path,
                             certificate=profile.cert_path, known_hosts=profile.known_hosts_path,
-                            node_names=[n for n in names if _safe_pattern(n)]), end="")
+                            node_names=names, cluster_wildcard=wildcard), end="")
     return 0
-
-
-def _safe_pattern(name: str) -> bool:
-    """A node name usable as a Host pattern (no wildcard, negation or separator in it)."""
-    return bool(name) and not any(c in name for c in "*?!, \t\"#")

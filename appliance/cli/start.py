@@ -122,6 +122,8 @@ async def _start_auth(nursery: trio.Nursery, cfg: Config, data_dir: Path):
         service = await AuthService.create(storage, cfg.cluster_name)
     except AuthServiceError as exc:
         raise CliError(f"auth: {exc.message}") from None
+    for warning in service.warnings:  # an installed cluster that breaks a newer rule (J9)
+        print(f"jumpgate: auth: {warning}", file=sys.stderr, flush=True)
     # what `jumpgate ctl` on this host needs to know about the running cluster
     (auth_dir / "cluster.json").write_text(json.dumps({
         "cluster": service.cluster, "host": cfg.host_name, "ports": cfg.ports}) + "\n")
@@ -132,7 +134,7 @@ async def _start_auth(nursery: trio.Nursery, cfg: Config, data_dir: Path):
         key = PrivateKey.generate("ssh-ed25519")
         write_private_key(str(key_path), key)
     names = sorted({"localhost", "127.0.0.1", socket.gethostname(), cfg.public_addr} - {""})
-    result = await service.sign_host_cert("auth", key.public_key.blob, principals=names, role="auth")
+    result = await service.sign_auth_cert(key.public_key.blob, principals=names)
     from ssh_proto.keys import parse_public_line
     cert, _ = parse_public_line(result.cert)
     feed = ChangeFeed(storage)
@@ -150,24 +152,33 @@ async def _start_auth(nursery: trio.Nursery, cfg: Config, data_dir: Path):
 
 async def _identity(cfg: Config, data_dir: Path, kind: str, name: str, auth_addr: str, host: str,
                     addr: str, service):
-    """The saved identity of this role, or a new one by joining (locally or with --token)."""
+    """The saved identity of this role, or a new one by joining (locally or with --token).
+
+    A saved identity keeps its name (docs/security.md J2): a different configured name is
+    reported, not applied. Joining again (an expired certificate) with the saved host key
+    is a re-join of the same name; a name registered to another host is refused.
+    """
     from ..api.client import ApiError
     from ..node.agent import AgentError, join, load_identity
 
     identity = load_identity(data_dir, kind)
+    if identity is not None and identity.name != name:
+        _warn_saved_name(data_dir, kind, identity.name, name)
+        name = identity.name
     if identity is not None and not identity.expired(time.time()):
         return identity
     if service is not None:
-        created = await service.create_token(kind, JOIN_TOKEN_TTL, actor=f"{kind}:{name} (local)")
+        # This process is the admin of its own cluster: it approves the addresses it serves on.
+        created = await service.create_token(kind, JOIN_TOKEN_TTL, name=name, addresses=_local_addresses(cfg, kind, host),
+                                             actor=f"{kind}:{name} (local)")
         token = created.token
     elif cfg.token:
         token = cfg.token
     else:
         raise CliError(f"{kind}: not joined yet: pass --token from `jumpgate ctl tokens add --type {kind}`")
-    addresses = sorted({host, "127.0.0.1", "localhost", socket.gethostname()} - {""})
     try:
-        return await join(auth_addr, token, kind=kind, name=name, addresses=addresses, labels=dict(cfg.labels),
-                          data_dir=data_dir, addr=addr)
+        return await join(auth_addr, token, kind=kind, name=name, addresses=_local_addresses(cfg, kind, host),
+                          labels=dict(cfg.labels), data_dir=data_dir, addr=addr)
     except (ApiError, AgentError, OSError) as exc:
         raise CliError(f"{kind}: cannot join the cluster at {auth_addr}: {exc}") from None
     except Exception as exc:  # ssh_proto errors: a refused token, a pin mismatch, ...
@@ -185,6 +196,21 @@ async def _first_view(view) -> None:
         return
     log.warning("no revocation view from the auth server within %gs: serving without it until it comes",
                 FIRST_VIEW_TIMEOUT)
+
+
+def _local_addresses(cfg: Config, kind: str, host: str) -> list[str]:
+    """The addresses this role asks to be certified for: where it is dialled (``host``) and,
+    for the proxy, the public name users reach it by. A remote auth grants only those the
+    token approved or it saw the join come from (J3)."""
+    wanted = [host] + ([cfg.host_name] if kind == "proxy" else [])
+    return list(dict.fromkeys(a for a in wanted if a))
+
+
+def _warn_saved_name(data_dir: Path, kind: str, saved: str, configured: str) -> None:
+    print(f"jumpgate: warning: {kind}: this data dir is joined as {saved!r} (saved in "
+          f"{data_dir / kind / 'identity.json'}); the name {configured!r} asked for is ignored. To rename: "
+          f"`jumpgate ctl nodes rm {saved}`, remove {data_dir / kind} and start again with a new token",
+          file=sys.stderr, flush=True)
 
 
 async def _audit_sink(nursery: trio.Nursery, pool):

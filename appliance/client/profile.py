@@ -6,7 +6,8 @@ Files, all mode 0600 in a directory of mode 0700::
     key             the private key (ed25519, OpenSSH format), made fresh at every login
     key.pub         its public half
     key-cert.pub    the user certificate the cluster issued for it
-    known_hosts     "@cert-authority * <host CA>": trust every host the cluster's CA certifies
+    known_hosts     "@cert-authority <patterns> <host CA>": the host CA, trusted for the
+                    cluster's names only (docs/security.md J6, :mod:`.trust`)
 
 ``key`` and ``key-cert.pub`` follow OpenSSH's naming, so ``ssh -i ~/.jumpgate/key`` and
 :func:`ssh_proto.keys.load_identity` find the certificate on their own. Other commands
@@ -21,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +31,7 @@ from ssh_proto.keys import Certificate, PrivateKey, PublicKey
 
 from ..files import write_atomic
 from .home import ENV_HOME, jumpgate_home
+from .trust import known_hosts_line
 
 __all__ = ["ENV_HOME", "ClientPaths", "Profile", "ProfileError", "jumpgate_home"]
 
@@ -80,8 +83,9 @@ class ClientPaths:
             raise ProfileError(f"cannot create {self.home}: {exc.strerror}") from None
 
     def write_credentials(self, key: PrivateKey, cert: Certificate, host_ca: PublicKey,
-                          comment: str = "") -> None:
-        """Store a fresh key, its certificate and the host CA to trust (all 0600)."""
+                          comment: str = "", *, trusted_for: Sequence[str]) -> None:
+        """Store a fresh key, its certificate and the host CA to trust (all 0600) for the
+        host patterns ``trusted_for`` (:func:`.trust.known_hosts_patterns`, never ``*``)."""
         if cert.public_key != key.public_key:
             raise ProfileError("the certificate is not for this key")
         self.ensure_home()
@@ -89,10 +93,17 @@ class ClientPaths:
             write_atomic(self.identity_path, key.to_openssh(comment=comment))
             write_atomic(self.public_key_path, (key.public_key.to_line(comment) + "\n").encode())
             write_atomic(self.cert_path, (cert.to_line(comment) + "\n").encode())
-            line = f"@cert-authority * {host_ca.to_line('jumpgate host CA')}\n"
-            write_atomic(self.known_hosts_path, line.encode())
         except OSError as exc:
             raise ProfileError(f"cannot write credentials in {self.home}: {exc.strerror}") from None
+        self.write_known_hosts(host_ca, trusted_for)
+
+    def write_known_hosts(self, host_ca: PublicKey, trusted_for: Sequence[str]) -> None:
+        """Replace known_hosts with one ``@cert-authority`` line for ``trusted_for``."""
+        self.ensure_home()
+        try:
+            write_atomic(self.known_hosts_path, known_hosts_line(host_ca, trusted_for).encode())
+        except OSError as exc:
+            raise ProfileError(f"cannot write {self.known_hosts_path}: {exc.strerror}") from None
 
     def remove_credentials(self) -> bool:
         """Delete key, certificate and known_hosts; True if anything was there."""

@@ -47,9 +47,10 @@ from ssh_proto.known_hosts import MARKER_CERT_AUTHORITY, KnownHosts
 
 from ..api.protocol import MAX_FRAME, ApiProtocolError
 from ..proxy.routing import NODE_PORT, NODES_SUBSYSTEM, NodeRecord, decode_list_response, encode_list_request
+from .trust import node_host_check, proxy_host_check
 
 __all__ = ["PROXY_PORT", "NODE_PORT", "ConnectError", "Credentials", "ScpProtocolError", "connect_node",
-           "certificate_problem", "connect_over", "connect_proxy", "default_login", "list_nodes", "load_credentials", "open_node_channel",
+           "certificate_problem", "connect_over", "connect_proxy", "proxy_endpoint", "default_login", "list_nodes", "load_credentials", "open_node_channel",
            "remote_scp_command", "resolve_target", "scp_download", "scp_upload", "split_host_port"]
 
 PROXY_PORT = 3023
@@ -79,6 +80,7 @@ class Credentials:
     proxy_host: str
     proxy_port: int
     user: str
+    cluster: str = ""
 
     @property
     def logins(self) -> tuple[str, ...]:
@@ -107,7 +109,8 @@ def split_host_port(text: str, default_port: int) -> tuple[str, int]:
     return host, int(port) if port else default_port
 
 
-def _proxy_endpoint(profile) -> tuple[str, int]:
+def proxy_endpoint(profile) -> tuple[str, int]:
+    """The proxy's SSH (host, port) as the profile names it; ConnectError if malformed."""
     spec = profile.proxy_ssh or split_host_port(profile.proxy, 3080)[0]
     try:
         return split_host_port(spec, PROXY_PORT)
@@ -148,8 +151,8 @@ def load_credentials(profile) -> Credentials:
         raise ConnectError(f"{profile.cert_path} is not a certificate for your key; {LOGIN_HINT}")
     if not any(e.marker == MARKER_CERT_AUTHORITY for e in known_hosts.entries):
         raise ConnectError(f"{profile.known_hosts_path} trusts no host CA; {LOGIN_HINT}")
-    host, port = _proxy_endpoint(profile)
-    return Credentials(key, cert, known_hosts, host, port, profile.user)
+    host, port = proxy_endpoint(profile)
+    return Credentials(key, cert, known_hosts, host, port, profile.user, profile.cluster)
 
 
 def _when(epoch: int) -> str:
@@ -175,7 +178,7 @@ def _proxy_failure(exc: BaseException, creds: Credentials) -> ConnectError:
     if isinstance(exc, OSError):
         return ConnectError(f"cannot reach the proxy at {where}: {exc.strerror or exc}")
     if isinstance(exc, HostKeyNotVerifiable):
-        return ConnectError(f"the proxy at {where} is not certified by the cluster's host CA ({exc})")
+        return ConnectError(f"the proxy at {where} is not certified by the cluster's host CA as its proxy ({exc})")
     if isinstance(exc, AuthError):
         problem = certificate_problem(creds)
         return ConnectError(problem or f"the proxy at {where} refused your certificate (revoked, or issued by "
@@ -217,7 +220,8 @@ async def _connected(connecting: AsyncContextManager[ssh_proto.SSHClientConnecti
 async def connect_proxy(creds: Credentials) -> AsyncIterator[ssh_proto.SSHClientConnection]:
     """An authenticated connection to the proxy (username = the cluster user)."""
     connecting = ssh_proto.connect(creds.proxy_host, creds.proxy_port, username=creds.user,
-                                   client_keys=creds.client_keys, known_hosts=creds.known_hosts,
+                                   client_keys=creds.client_keys,
+                                   known_hosts=proxy_host_check(creds.known_hosts, creds.proxy_host, creds.proxy_port),
                                    connect_timeout=CONNECT_TIMEOUT)
     async with _connected(connecting, lambda exc: _proxy_failure(exc, creds)) as conn:
         yield conn
@@ -246,12 +250,12 @@ async def connect_over(channel: ssh_proto.SSHChannel, creds: Credentials, node: 
                        port: int = NODE_PORT) -> AsyncIterator[ssh_proto.SSHClientConnection]:
     """The SSH connection to ``node`` as ``login`` over ``channel`` (from :func:`open_node_channel`).
 
-    The node's host certificate must name ``node`` (the name the user typed). Failures to
+    The node's ``node:`` host certificate must name ``node`` (the name the user typed, J8). Failures to
     connect become :class:`ConnectError`; errors of the caller's block pass through.
     """
     connecting = ssh_proto.connect(node, port, username=login, client_keys=creds.client_keys,
-                                   known_hosts=creds.known_hosts, stream=channel, host_key_alias=node,
-                                   connect_timeout=CONNECT_TIMEOUT)
+                                   known_hosts=node_host_check(creds.known_hosts, creds.cluster, node, port),
+                                   stream=channel, connect_timeout=CONNECT_TIMEOUT)
     async with _connected(connecting, lambda exc: _node_failure(exc, node, login, creds)) as conn:
         conn.carrier = channel  # for session_lost_reason
         yield conn

@@ -5,8 +5,10 @@ API after the join:
 
 * :func:`join` — a join token (``<secret>.<host CA pin>``) becomes a host certificate.
   The auth server is verified by the pin (no trust on first use), the role's own host
-  key is made here and never leaves the host; what comes back is checked (a host
-  certificate for *our* key and name, signed by the pinned CA) before it is saved.
+  key is made here and never leaves the host; the join request carries a re-join proof
+  signed with it (:mod:`appliance.auth.rejoin`: a name already registered to this key is
+  a re-join, docs/security.md J2); what comes back is checked (a host certificate for
+  *our* key and name, signed by the pinned CA) before it is saved.
 * :func:`load_identity` — the saved identity, checked the same way.
 * :func:`heartbeat_loop` — tell the auth server we are alive every ``interval``
   seconds, reconnecting with a bounded, jittered exponential backoff, and renew the
@@ -50,6 +52,7 @@ from ssh_proto.keys import (CERT_TYPE_HOST, Certificate, PrivateKey, PublicKey, 
                             parse_public_line, write_private_key, write_public_file)
 
 from ..api.client import ApiClient, ApiError
+from ..auth import rejoin
 from ..auth.ca import pin_matches
 from ..files import private_dir, write_atomic
 
@@ -231,16 +234,28 @@ async def join(auth_addr: str, token: str, *, kind: str, name: str, addresses: S
     directory = _role_dir(data_dir, kind)
     key = await trio.to_thread.run_sync(host_key_for, directory)
     async with ApiClient.connect_join(auth_addr, secret, pin, connect_timeout=connect_timeout) as api:
+        # Signed every time: it counts only when the name is taken, by this key (a re-join, J2).
+        proof = rejoin.sign_proof(key, api.session_id, kind, name)
         result = await api.join(kind=kind, name=name, host_public_key_blob=key.public_key.blob,
-                                addresses=list(addresses), labels=dict(labels or {}), addr=addr)
+                                addresses=list(addresses), labels=dict(labels or {}), addr=addr, proof=proof)
     name = result.get("name", name) if isinstance(result, Mapping) else name
     identity = _identity_from_result(result, key, kind, name, auth_addr, directory, clock())
     if not pin_matches(pin, identity.host_ca.blob):
         raise AgentError("the host CA sent by the auth server does not match the token's pin")
+    _warn_dropped(result, kind, name)
     await trio.to_thread.run_sync(_save, identity)
     log.info("joined cluster %s as %s:%s (certificate valid until %s)", identity.cluster, kind, name,
              time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(identity.host_cert.valid_before)))
     return identity
+
+
+def _warn_dropped(result: Mapping[str, Any], kind: str, name: str) -> None:
+    """Say which requested addresses the certificate does not name (J3: nobody vouched)."""
+    dropped = result.get("dropped") or ()
+    if isinstance(dropped, (list, tuple)) and dropped:
+        shown = ", ".join(str(a)[:64] for a in dropped[:16])
+        log.warning("the %s certificate of %s does not name %s: the join token did not approve "
+                    "these addresses (jumpgate ctl tokens add --addr ...)", kind, name, shown)
 
 
 def _read_text(path: Path) -> str:
@@ -337,9 +352,16 @@ async def _beat_until_error(api: ApiClient, name: str, addr: str, labels_provide
                             interval: float, tunnel: bool, holder: IdentityHolder | None,
                             clock: Callable[[], float], on_beat: Callable[[], None]) -> None:
     """Heartbeat (and renew) on one connection until it fails."""
+    warned = False
     while True:
-        await api.heartbeat(name=name, addr=addr, labels=await _labels(labels_provider), tunnel=tunnel)
+        result = await api.heartbeat(name=name, addr=addr, labels=await _labels(labels_provider), tunnel=tunnel)
         on_beat()
+        registered = result.get("addr") if isinstance(result, Mapping) else None
+        if isinstance(registered, str) and registered != addr and not warned:
+            warned = True  # once per connection: the heartbeat cannot move it (J4)
+            log.warning("%s advertises %s but the proxy dials it at %s, the address of its join: "
+                        "join again (with a new token) to move it", name, addr or "no address",
+                        registered or "no address")
         if holder is not None:
             try:
                 await renew_if_needed(api, holder, now=clock())

@@ -564,12 +564,11 @@ class SQLiteStorage:
             return True
         return await self._run(delete)
 
-    async def heartbeat_node(self, name: str, addr: str, labels: Mapping[str, str],
+    async def heartbeat_node(self, name: str, labels: Mapping[str, str],
                              tunnel: bool, now: float) -> bool:
-        values = (addr, _pack(dict(labels)), now, int(tunnel), name)
+        values = (_pack(dict(labels)), now, int(tunnel), name)
         cur = await self._run(lambda db: db.execute(
-            "UPDATE nodes SET addr = ?, labels = ?, last_seen = ?, tunnel = ? WHERE name = ?",
-            values))
+            "UPDATE nodes SET labels = ?, last_seen = ?, tunnel = ? WHERE name = ?", values))
         return cur.rowcount == 1
 
     # -- certificate authorities -----------------------------------------------------

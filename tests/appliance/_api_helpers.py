@@ -28,7 +28,7 @@ from appliance.storage import SQLiteStorage
 from ssh_proto.certs import CERT_TYPE_HOST, CERT_TYPE_USER, DEFAULT_USER_EXTENSIONS, sign_certificate
 from ssh_proto.keys import Certificate, PrivateKey, parse_public_line
 
-CLUSTER = "prod"
+CLUSTER = "acme"  # not a public suffix: "prod" is one (docs/security.md J9)
 PASSWORD = "correct horse battery staple"
 # Real scrypt at a low cost: these tests are about the API, not password hashing.
 FAST_HASHER = PasswordHasher(n=2**10)
@@ -84,13 +84,16 @@ class AuthEnv:
     async def admin_identity(self, name: str = "root") -> tuple[PrivateKey, Certificate]:
         return await self.user_identity(name, ("admin",))
 
-    async def token(self, kind: str = "node", ttl: float = 1800) -> str:
-        return (await self.service.create_token(kind, ttl)).token
+    async def token(self, kind: str = "node", ttl: float = 1800, **binding) -> str:
+        """A join token; ``binding`` is ``name=`` and ``addresses=`` (what ctl tokens add binds)."""
+        return (await self.service.create_token(kind, ttl, **binding)).token
 
     async def joined_identity(self, name: str, kind: str = "node") -> tuple[PrivateKey, Certificate]:
-        """A node/proxy joined through the service itself (the API join is test_join's)."""
+        """A node/proxy joined through the service itself (the API join is test_join's), its
+        loopback address approved by the token (J3, J4)."""
         key = PrivateKey.generate()
-        result = await self.service.join(await self.token(kind), kind, name, key.public_key.blob,
+        token = await self.token(kind, addresses=["127.0.0.1"])
+        result = await self.service.join(token, kind, name, key.public_key.blob,
                                          ["127.0.0.1"], {"env": "test"}, f"127.0.0.1:{3022}")
         return key, parse_cert(result.host_cert)
 

@@ -17,7 +17,7 @@ from ssh_proto.keys import PrivateKey
 
 START = 1_700_000_010.0  # 10 s into a TOTP step
 PASSWORD = "correct horse battery staple"
-CLUSTER = "prod"
+CLUSTER = "acme"  # not a public suffix: "prod" is one (docs/security.md J9)
 # Real scrypt at a lower cost keeps the many logins of these tests fast; the product's
 # parameters are tested in test_passwords.py (verification reads them from the hash).
 FAST_HASHER = PasswordHasher(n=2**10)

@@ -8,7 +8,8 @@
   :func:`appliance.proxy.serve_proxy` on free loopback ports, sessions running as a
   throw-away OS account (made by ``tests/interop/openssh.py``).
 - :meth:`ProxyCluster.write_profile`: a client profile (``JUMPGATE_HOME``) holding a key,
-  a user certificate and the ``@cert-authority`` known_hosts, as ``jumpgate login`` writes it.
+  a user certificate and the ``@cert-authority`` known_hosts for the proxy and ``*.CLUSTER``,
+  as ``jumpgate login`` writes it.
 - :func:`jumpgate`: the ``jumpgate`` CLI as a subprocess with that profile.
 - :func:`serve_agent`: an in-process SSH agent holding one fresh key, on a unix socket.
 
@@ -33,6 +34,7 @@ from _node_helpers import LOOPBACK, AuditLog, make_user, remove_user, run  # noq
 from appliance.client.muxclient import stop_daemon
 from appliance.client.profile import ClientPaths, Profile
 from appliance.client.ssh import Credentials, load_credentials
+from appliance.client.trust import known_hosts_patterns
 from appliance.node.server import NodeIdentity, serve_node
 from appliance.proxy.routing import NodeDirectory
 from appliance.proxy.server import ProxyIdentity, serve_proxy
@@ -81,6 +83,10 @@ class ProxyCluster:
     proxy_port: int = 0
     node_port: int = 0
 
+    def trusted_for(self) -> list[str]:
+        """The known_hosts patterns ``jumpgate login`` writes for this cluster (J6)."""
+        return known_hosts_patterns(CLUSTER, [(LOOPBACK, self.proxy_port)], ())
+
     async def fetch_nodes(self) -> list[dict]:
         return [dict(n) for n in self.nodes]
 
@@ -94,7 +100,7 @@ class ProxyCluster:
         key = PrivateKey.generate("ssh-ed25519")
         logins = [self.login] if logins is None else list(logins)
         cert = user_cert(ca or self.user_ca, key, logins, **how)
-        paths.write_credentials(key, cert, self.host_ca.public_key)
+        paths.write_credentials(key, cert, self.host_ca.public_key, trusted_for=self.trusted_for())
         profile = Profile(proxy=f"{LOOPBACK}:3080", user=USER, cluster=CLUSTER,
                           proxy_ssh=f"{LOOPBACK}:{self.proxy_port}", expires=float(cert.valid_before),
                           logins=tuple(logins), paths=paths)

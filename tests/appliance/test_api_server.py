@@ -80,7 +80,7 @@ async def test_frames_near_the_size_limit_cross_the_ssh_channel():
             with pytest.raises(ApiError) as err:
                 await api.get_user(name="x" * (MAX_FRAME - 100))
             assert err.value.code == "bad_request"
-            assert (await api.cluster_info())["cluster"] == "prod"
+            assert (await api.cluster_info())["cluster"] == "acme"
 
 
 async def test_admin_client_can_verify_the_server_with_a_known_hosts_cert_authority_line():
@@ -100,7 +100,7 @@ async def test_node_certificate_can_heartbeat_itself_but_not_create_users_and_is
                 await api.create_user(name="mallory", logins=["root"])
             assert err.value.code == "permission_denied"
             info = await api.cluster_info()
-        assert info["cluster"] == "prod"
+        assert info["cluster"] == "acme"
         assert (await env.service.get_node("db1")).labels == {"env": "dev"}
         assert "mallory" not in {u.name for u in await env.service.list_users()}
         denied = await refused_logins(env)
@@ -311,7 +311,7 @@ async def test_oversized_frame_gets_a_protocol_error_and_the_server_keeps_servin
         reply = msgpack.unpackb(data[4:])
         assert reply["ok"] is False and reply["error"]["code"] == "protocol_error" and reply["id"] == 0
         async with env.connect(identity) as api:
-            assert (await api.cluster_info())["cluster"] == "prod"
+            assert (await api.cluster_info())["cluster"] == "acme"
 
 
 async def test_garbage_msgpack_ends_the_channel_with_a_protocol_error():
@@ -373,6 +373,6 @@ async def test_cancelled_call_does_not_desynchronise_the_client():
         async with env.connect(await env.admin_identity()) as api:
             with trio.move_on_after(0):
                 await api.list_users()
-            assert (await api.cluster_info())["cluster"] == "prod"
+            assert (await api.cluster_info())["cluster"] == "acme"
             assert (await api.cluster_info())["host_ca_pin"] == env.pin
 

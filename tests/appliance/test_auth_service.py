@@ -16,11 +16,11 @@ import pytest
 import trio
 
 from _auth_helpers import CLUSTER, PASSWORD, FakeClock, make_env, new_key, otp_secret, signup
-from appliance.auth import passwords, totp
+from appliance.auth import passwords, rejoin, totp
 from appliance.auth.ca import pin_matches, roles_from_certificate
 from appliance.auth.service import (HOST_CERT_TTL, LOCK_SECONDS, AuthService, AuthServiceError, CertResult,
                                     to_wire)
-from appliance.storage import SQLiteStorage, UserRecord
+from appliance.storage import CARecord, SQLiteStorage, UserRecord
 from ssh_proto.certs import validate_host_certificate, validate_user_certificate
 from ssh_proto.errors import CertificateError
 from ssh_proto.keys import parse_public_line
@@ -77,7 +77,7 @@ async def test_invite_stored_only_as_sha256(env):
 async def test_invite_shows_otpauth_uri_issuer_jumpgate_account_user_at_cluster(env):
     invite = await env.service.create_user("alice", ["alice"])
     uri = (await env.service.get_invite(invite.token)).otp_uri
-    assert uri.startswith("otpauth://totp/Jumpgate:alice%40prod?") and "issuer=Jumpgate" in uri
+    assert uri.startswith("otpauth://totp/Jumpgate:alice%40acme?") and "issuer=Jumpgate" in uri
 
 
 async def test_invite_token_may_carry_the_web_pin_suffix(env):
@@ -416,22 +416,33 @@ async def test_sign_host_cert_key_id_and_principals(env):
     key = new_key()
     result = await env.service.sign_host_cert("Db1", key.public_key.blob, ["10.0.0.9", "db1.example.com"])
     cert, _ = parse_public_line(result.cert)
-    assert cert.key_id == "node:db1" and cert.principals == ("db1", "db1.prod", "10.0.0.9", "db1.example.com")
+    assert cert.key_id == "node:db1" and cert.principals == ("db1", "db1.acme", "10.0.0.9", "db1.example.com")
     assert result.expires == int(env.clock.now + HOST_CERT_TTL)
-    validate_host_certificate(cert, hostname="db1.prod", trusted_cas=[env.service.ca.host_ca_public],
+    validate_host_certificate(cert, hostname="db1.acme", trusted_cas=[env.service.ca.host_ca_public],
                               now=env.clock.now)
-    auth = await env.service.sign_host_cert("auth1", key.public_key.blob, ["localhost", "127.0.0.1"], role="auth")
-    assert auth.key_id == "auth:auth1" and "localhost" in auth.principals
-    await refused("bad_request", env.service.sign_host_cert("x", key.public_key.blob, role="user"))
+    auth = await env.service.sign_auth_cert(key.public_key.blob, ["localhost", "127.0.0.1"])
+    assert auth.key_id == "auth:auth" and "localhost" in auth.principals
     await refused("bad_request", env.service.sign_host_cert("x", key.public_key.blob, ["a b"]))
+
+
+async def test_j1_sign_host_cert_gives_only_node_certificates_for_a_free_one_label_name(env):
+    """ctl auth sign --host: no role parameter (an admin's API call minted proxy: and auth:
+    certificates before), no dotted name, no name of a joined node, no NAME.CLUSTER address."""
+    key = new_key().public_key.blob
+    with pytest.raises(TypeError):
+        await env.service.sign_host_cert("x", key, role="auth")
+    await refused("bad_request", env.service.sign_host_cert("github.com", key))
+    await refused("bad_request", env.service.sign_host_cert("x", key, ["db1.acme"]))
+    await joined(env, "web1")
+    await refused("already_exists", env.service.sign_host_cert("web1", key))
 
 
 async def test_export_ca_lines_and_cluster_info(env):
     user_line = await env.service.export_ca("user")
     assert parse_public_line(user_line)[0] == env.service.ca.user_ca_public
     assert (await env.service.export_ca("host")).startswith("@cert-authority * ssh-ed25519 ")
-    patterned = await env.service.export_ca("host", ["*.prod"])
-    assert patterned.startswith("@cert-authority *.prod ")
+    patterned = await env.service.export_ca("host", ["*.acme"])
+    assert patterned.startswith("@cert-authority *.acme ")
     await refused("bad_request", env.service.export_ca("root"))
     info = await env.service.cluster_info()
     assert info.cluster == CLUSTER and info.user_ca == user_line
@@ -460,15 +471,15 @@ async def test_join_token_secret_stored_only_as_sha256(tmp_path):
 
 
 async def test_join_issues_host_cert_and_registers_node(env):
-    created = await env.service.create_token("node")
+    created = await env.service.create_token("node", addresses=["10.0.0.5", "web1.example.com"])
     key = new_key()
     result = await env.service.join(created.token, "node", "web1", key.public_key.blob,
                                     ["10.0.0.5", "web1.example.com"], {"env": "dev"}, "10.0.0.5:3022")
     cert, _ = parse_public_line(result.host_cert)
     assert cert.key_id == "node:web1" and cert.public_key == key.public_key
-    assert cert.principals == ("web1", "web1.prod", "10.0.0.5", "web1.example.com")
+    assert cert.principals == ("web1", "web1.acme", "10.0.0.5", "web1.example.com")
     assert result.expires == int(env.clock.now + HOST_CERT_TTL)
-    for host in ("web1", "web1.prod", "10.0.0.5"):
+    for host in ("web1", "web1.acme", "10.0.0.5"):
         validate_host_certificate(cert, hostname=host, trusted_cas=[env.service.ca.host_ca_public],
                                   now=env.clock.now)
     assert result.user_ca == env.service.ca.user_ca_line() and result.cluster == CLUSTER
@@ -561,17 +572,18 @@ async def test_list_and_delete_tokens_never_show_secrets(env):
 # ---------------------------------------------------------------------------------- nodes
 
 
-async def joined(env, name="web1", kind="node", **kw):
-    created = await env.service.create_token(kind)
+async def joined(env, name="web1", kind="node", approve=(), **kw):
+    created = await env.service.create_token(kind, addresses=list(approve))
     key = new_key()
     await env.service.join(created.token, kind, name, key.public_key.blob, **kw)
     return key
 
 
-async def test_heartbeat_updates_last_seen_addr_and_labels(env):
-    await joined(env)
+async def test_heartbeat_updates_last_seen_and_labels_but_never_the_address(env):
+    await joined(env, approve=["10.0.0.5"], addr="10.0.0.5:3022")
     env.clock.advance(10)
-    await env.service.heartbeat("web1", "10.0.0.5:3022", {"env": "prod", "kernel": "6.1"})
+    result = await env.service.heartbeat("web1", "203.0.113.66:22", {"env": "prod", "kernel": "6.1"})
+    assert result.addr == "10.0.0.5:3022"   # J4: the node is told where it is dialled
     node = await env.service.get_node("web1")
     assert node.last_seen == env.clock.now and node.addr == "10.0.0.5:3022"
     assert dict(node.labels) == {"env": "prod", "kernel": "6.1"} and not node.tunnel
@@ -615,21 +627,132 @@ async def test_remove_node(env):
 
 
 async def test_renew_host_cert_only_for_the_key_the_node_joined_with(env):
-    key = await joined(env, addresses=["10.0.0.5"])
+    key = await joined(env, approve=["10.0.0.5"], addresses=["10.0.0.5"])
     env.clock.advance(20 * 86400)
     result = await env.service.renew_host_cert("web1", key.public_key.blob)
     cert, _ = parse_public_line(result.host_cert)
-    assert cert.principals == ("web1", "web1.prod", "10.0.0.5")
+    assert cert.principals == ("web1", "web1.acme", "10.0.0.5")
     assert result.expires == int(env.clock.now + HOST_CERT_TTL)
     await refused("access_denied", env.service.renew_host_cert("web1", new_key().public_key.blob))
     await refused("not_found", env.service.renew_host_cert("ghost", key.public_key.blob))
 
 
-async def test_rejoin_with_a_new_token_replaces_the_host_key(env):
-    await joined(env)
-    key = await joined(env)
-    await env.service.renew_host_cert("web1", key.public_key.blob)
+SESSION = b"\x07" * 32   # the join connection's session id (the API fills it in)
+
+
+async def test_j2_a_fresh_token_cannot_take_over_a_registered_name(env):
+    """The hole: a second join with a new token replaced db1's key and address."""
+    owner = await joined(env, "web1", approve=["10.0.0.5"], addr="10.0.0.5:3022")
+    thief = new_key()
+    created = await env.service.create_token("node", addresses=["203.0.113.66"])
+    error = await refused("already_exists", env.service.join(
+        created.token, "node", "web1", thief.public_key.blob, addr="203.0.113.66:3022",
+        proof=rejoin.sign_proof(thief, SESSION, "node", "web1"), session_id=SESSION))
+    assert "jumpgate ctl nodes rm web1" in error.message and owner.public_key.fingerprint() in error.message
+    record = await env.storage.get_node("web1")
+    assert record.host_key == owner.public_key.blob and record.addr == "10.0.0.5:3022"
+    assert sorted(t.status for t in await env.service.list_tokens()) == ["active", "used"]   # not consumed
+    await refused("access_denied", env.service.renew_host_cert("web1", thief.public_key.blob))
     await refused("already_exists", joined(env, "web1", kind="proxy"))
+
+
+async def test_j2_a_proof_for_another_connection_or_key_does_not_rejoin(env):
+    owner = await joined(env, "web1")
+    created = await env.service.create_token("node")
+    replayed = rejoin.sign_proof(owner, b"\x01" * 32, "node", "web1")   # seen on another connection
+    for proof, session in ((replayed, SESSION), (b"", SESSION), (rejoin.sign_proof(owner, SESSION, "node", "web1"), b"")):
+        await refused("already_exists", env.service.join(created.token, "node", "web1", owner.public_key.blob,
+                                                         proof=proof, session_id=session))
+
+
+async def test_j2_rejoin_with_the_registered_key_renews_and_may_move_the_address(env):
+    owner = await joined(env, "web1", approve=["10.0.0.5"], addr="10.0.0.5:3022")
+    env.clock.advance(31 * 86400)   # the certificate expired: joining again is the way back
+    created = await env.service.create_token("node", addresses=["10.0.0.6"])
+    result = await env.service.join(created.token, "node", "web1", owner.public_key.blob, addr="10.0.0.6:3022",
+                                    proof=rejoin.sign_proof(owner, SESSION, "node", "web1"), session_id=SESSION)
+    assert parse_public_line(result.host_cert)[0].principals == ("web1", "web1.acme", "10.0.0.6")
+    record = await env.storage.get_node("web1")
+    assert record.addr == "10.0.0.6:3022" and record.host_key == owner.public_key.blob
+    assert [e.fields.get("rejoin") for e in await env.service.list_audit(limit=100)
+            if e.event == "node.join"][0] is True
+
+
+async def test_j2_after_ctl_nodes_rm_the_name_is_free_for_a_new_host(env):
+    await joined(env, "web1")
+    await env.service.remove_node("web1", actor="user:root")
+    newcomer = new_key()
+    await joined(env, "web1")
+    await env.service.join((await env.service.create_token("node")).token, "node", "web2", newcomer.public_key.blob)
+
+
+async def test_j3_requested_addresses_nobody_vouched_for_are_left_out(env):
+    """The hole: the joiner's addresses became principals unchecked (another node's name or
+    IP, the proxy's public name)."""
+    await joined(env, "proxy1", kind="proxy", approve=["jump.acme.io", "10.0.0.1"])
+    created = await env.service.create_token("node", addresses=["10.0.0.5"])
+    result = await env.service.join(created.token, "node", "web1", new_key().public_key.blob,
+                                    ["10.0.0.5", "jump.acme.io", "10.0.0.1", "db1", "192.0.2.7"],
+                                    client_ip="192.0.2.7")
+    cert = parse_public_line(result.host_cert)[0]
+    assert cert.principals == ("web1", "web1.acme", "10.0.0.5", "192.0.2.7")
+    assert set(result.dropped) == {"jump.acme.io", "10.0.0.1", "db1"}
+
+
+async def test_j3_the_source_address_of_another_registered_host_is_not_granted(env):
+    await joined(env, "proxy1", kind="proxy", client_ip="192.0.2.7")   # holds its source address
+    created = await env.service.create_token("node")
+    result = await env.service.join(created.token, "node", "web1", new_key().public_key.blob,
+                                    ["192.0.2.7"], client_ip="192.0.2.7")
+    assert parse_public_line(result.host_cert)[0].principals == ("web1", "web1.acme")
+
+
+async def test_j4_the_dial_address_must_be_vouched_for(env):
+    created = await env.service.create_token("node")
+    error = await refused("access_denied", env.service.join(created.token, "node", "web1", new_key().public_key.blob,
+                                                            addr="10.9.9.9:3022", client_ip="192.0.2.7"))
+    assert "ctl tokens add --addr 10.9.9.9" in error.message and "192.0.2.7" in error.message
+    await env.service.join(created.token, "node", "web1", new_key().public_key.blob, addr="192.0.2.7:3022",
+                           client_ip="192.0.2.7")   # the address it joins from is vouched for
+
+
+async def test_j1_node_names_are_one_dns_label(env):
+    created = await env.service.create_token("node")
+    for name in ("github.com", "web1.acme", "-web", "a" * 64, "web_1"):
+        await refused("bad_request", env.service.join(created.token, "node", name, new_key().public_key.blob))
+        await refused("bad_request", env.service.add_node(name, "10.0.0.9:22"))
+        await refused("bad_request", env.service.create_token("node", name=name))
+    await env.service.validate_token(created.token)   # still unused
+
+
+async def test_token_binds_the_name_and_refuses_addresses_under_the_cluster(env):
+    created = await env.service.create_token("node", name="DB1", addresses=["10.0.0.5"])
+    assert (created.name, created.addresses) == ("db1", ("10.0.0.5",))
+    [info] = await env.service.list_tokens()
+    assert (info.name, info.addresses) == ("db1", ("10.0.0.5",))
+    await refused("access_denied", env.service.join(created.token, "node", "web1", new_key().public_key.blob))
+    await env.service.join(created.token, "node", "db1", new_key().public_key.blob, addr="10.0.0.5:3022")
+    for bad in (["db2.acme"], ["acme"], ["not an address!"]):
+        await refused("bad_request", env.service.create_token("node", addresses=bad))
+
+
+async def test_j9_a_new_cluster_named_after_a_public_suffix_is_refused(tmp_path):
+    for name in ("com", "prod", "co.uk", "github.io"):
+        await refused("bad_request", AuthService.create(SQLiteStorage(":memory:"), name))
+    service = await AuthService.create(SQLiteStorage(":memory:"), "prod.acme.io")
+    assert service.warnings == ()
+
+
+async def test_j9_an_installed_cluster_named_after_a_public_suffix_still_starts_with_a_warning(tmp_path):
+    """A data dir made before J9 (its CA stored under "prod") must not be bricked."""
+    storage = SQLiteStorage(":memory:")
+    for kind in ("user", "host"):
+        key = new_key()
+        await storage.insert_ca(CARecord(kind, "prod", key.to_openssh(), key.public_key.blob, 1.0))
+    service = await AuthService.create(storage, "prod")
+    assert service.cluster == "prod" and len(service.warnings) == 1
+    assert "public suffix" in service.warnings[0] and "*.prod" in service.warnings[0]
+    await service.join((await service.create_token("node")).token, "node", "web1", new_key().public_key.blob)
 
 
 # ---------------------------------------------------------------------------------- audit

@@ -17,6 +17,7 @@ from appliance.client.profile import ENV_HOME, ClientPaths, Profile, ProfileErro
 from appliance.web.tls import parse_pin, pin_from_token
 from ssh_proto.certs import sign_certificate
 from ssh_proto.keys import CERT_TYPE_HOST, CERT_TYPE_USER, PrivateKey, load_identity
+from ssh_proto.errors import HostKeyNotVerifiable
 from ssh_proto.known_hosts import KnownHosts
 
 
@@ -83,35 +84,52 @@ def test_profile_with_wrong_field_types_is_refused(paths):
         Profile.load(paths)
 
 
+PATTERNS = ["[jump.acme.io]:3023", "*.acme", "[*.acme]:*", "db1", "[db1]:*"]
+
+
+def _host_cert(host_ca, principals, key_id="node:db1"):
+    host_key = PrivateKey.generate("ssh-ed25519")
+    return sign_certificate(host_ca, host_key.public_key, cert_type=CERT_TYPE_HOST, key_id=key_id,
+                            principals=list(principals), valid_after=0, valid_before=2**40)
+
+
 def test_credentials_are_0600_and_loadable_by_ssh_proto(paths):
     ca, host_ca, key = (PrivateKey.generate("ssh-ed25519") for _ in range(3))
     cert = _user_cert(key, ca)
-    paths.write_credentials(key, cert, host_ca.public_key, comment="alice@c1")
+    paths.write_credentials(key, cert, host_ca.public_key, comment="alice@c1", trusted_for=PATTERNS)
     for path in (paths.identity_path, paths.public_key_path, paths.cert_path,
                  paths.known_hosts_path):
         assert _mode(path) == 0o600, path
     loaded_key, loaded_cert = load_identity(paths.identity_path)
     assert loaded_key.public_key == key.public_key and loaded_cert == cert
-    text = paths.known_hosts_path.read_text()
-    assert text.startswith("@cert-authority * ssh-ed25519 ")
     known = KnownHosts.load(paths.known_hosts_path)
-    host_key = PrivateKey.generate("ssh-ed25519")
-    host_cert = sign_certificate(host_ca, host_key.public_key, cert_type=CERT_TYPE_HOST,
-                                 key_id="node:db1", principals=["db1"], valid_after=0,
-                                 valid_before=2**40)
-    known.check("db1", 3022, host_cert)  # trusted through the @cert-authority line
+    known.check("db1", 3022, _host_cert(host_ca, ["db1"]))  # trusted through the @cert-authority line
+
+
+def test_j6_known_hosts_trusts_the_host_ca_for_the_clusters_names_only(paths):
+    """The old line was '@cert-authority *': a cluster certificate then vouched for any host."""
+    ca, host_ca, key = (PrivateKey.generate("ssh-ed25519") for _ in range(3))
+    paths.write_credentials(key, _user_cert(key, ca), host_ca.public_key, trusted_for=PATTERNS)
+    text = paths.known_hosts_path.read_text()
+    assert text.startswith("@cert-authority [jump.acme.io]:3023,*.acme,[*.acme]:*,db1,[db1]:* ssh-ed25519 ")
+    known = KnownHosts.load(paths.known_hosts_path)
+    for host, port in (("jump.acme.io", 3023), ("web7.acme", 3022), ("web7.acme", 22), ("db1", 22), ("db1", 3022)):
+        known.check(host, port, _host_cert(host_ca, [host]))
+    for host, port in (("github.com", 22), ("jump.acme.io", 22), ("db2", 22), ("acme.evil.com", 22)):
+        with pytest.raises(HostKeyNotVerifiable):
+            known.check(host, port, _host_cert(host_ca, [host]))   # valid for the name, but not ours to vouch
 
 
 def test_credentials_refused_for_a_certificate_of_another_key(paths):
     ca, key, other = (PrivateKey.generate("ssh-ed25519") for _ in range(3))
     with pytest.raises(ProfileError):
-        paths.write_credentials(key, _user_cert(other, ca), ca.public_key)
+        paths.write_credentials(key, _user_cert(other, ca), ca.public_key, trusted_for=PATTERNS)
     assert not paths.identity_path.exists()
 
 
 def test_clear_removes_every_file(paths):
     ca, key = PrivateKey.generate("ssh-ed25519"), PrivateKey.generate("ssh-ed25519")
-    paths.write_credentials(key, _user_cert(key, ca), ca.public_key)
+    paths.write_credentials(key, _user_cert(key, ca), ca.public_key, trusted_for=PATTERNS)
     profile = Profile(proxy="p", user="u", expires=2**40, paths=paths)
     profile.save()
     assert profile.logged_in()

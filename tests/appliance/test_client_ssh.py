@@ -21,11 +21,13 @@ import pytest
 import trio
 import trio.testing
 
-from _proxy_helpers import CLUSTER, LOOPBACK, NODE, jumpgate, proxy_fixtures, serve_agent
+from _proxy_helpers import CLUSTER, LOOPBACK, NODE, host_identity, jumpgate, proxy_fixtures, serve_agent
 from appliance.cli import remote
 from appliance.cli.errors import CliError
-from appliance.client.ssh import (ScpProtocolError, _Sink, connect_node, remote_scp_command, scp_download,
-                                  scp_upload, split_host_port)
+from appliance.client.profile import Profile
+from appliance.client.ssh import (ConnectError, ScpProtocolError, _Sink, connect_node, remote_scp_command,
+                                  scp_download, scp_upload, split_host_port)
+from appliance.node.server import NodeIdentity, serve_node
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="the node switches users: needs root")]
 
@@ -357,6 +359,79 @@ async def test_jumpgate_config_prints_a_block_that_openssh_uses(cluster, profile
     done = await trio.run_process([*ssh, f"{login.name}@{NODE}.{CLUSTER}", "echo", "ok"], capture_stdout=True,
                                   capture_stderr=True, check=False)
     assert (done.returncode, done.stdout) == (0, b"ok\n"), done.stderr
+
+
+# ----------------------------------------------------------------------------- what the client trusts (J6..J8)
+
+def _pointed_at(profile: Profile, port: int) -> Profile:
+    """The same credentials, with the proxy's SSH address moved to ``port`` (a DNS or
+    routing attack that sends the user elsewhere)."""
+    moved = Profile(proxy=profile.proxy, user=profile.user, cluster=profile.cluster, proxy_ssh=f"{LOOPBACK}:{port}",
+                    expires=profile.expires, logins=profile.logins, paths=profile.paths)
+    moved.save()
+    return moved
+
+
+async def test_j8_a_node_certificate_where_the_proxy_is_expected_is_refused(cluster, profile, login, nursery):
+    """A forged proxy: a node's valid host certificate, issued for the proxy's address, on the
+    proxy's address. Before J8 jumpgate ssh accepted any certificate of the host CA there."""
+    key, cert = host_identity(cluster.host_ca, "node", "rogue", (LOOPBACK,))
+    identity = NodeIdentity(key, cert, (cluster.user_ca.public_key,), CLUSTER, "rogue",
+                            host_cas=(cluster.host_ca.public_key,))
+    rogue = await nursery.start(lambda task_status: serve_node(lambda: identity, LOOPBACK, 0, task_status=task_status))
+    moved = _pointed_at(profile, rogue.port)
+    with pytest.raises(ConnectError, match=r"not of a proxy"):
+        async with connect_node(moved, NODE, login.name):
+            pass
+    for mux in ("0", "1"):   # the command itself, in process and through the session daemon
+        done = await jumpgate(moved, "ssh", f"{login.name}@{NODE}", "true", env={"JUMPGATE_MUX": mux})
+        assert done.returncode == 255 and b"not of a proxy" in done.stderr, done.stderr
+    assert cluster.events("session.start") == []
+
+
+async def test_j8_a_node_must_present_the_certificate_of_the_node_asked_for(cluster, profile, login):
+    # "db9" routes to node1, whose valid certificate (node:node1) lists 127.0.0.1 and node1 only
+    cluster.register("db9", f"{LOOPBACK}:{cluster.node_port}", kind="openssh")
+    with pytest.raises(ConnectError, match="certificate of node 'node1'"):
+        async with connect_node(profile, "db9", login.name):
+            pass
+    # the proxy's own certificate where a node is expected is refused too
+    cluster.register("px", f"{LOOPBACK}:{cluster.proxy_port}", kind="openssh")
+    with pytest.raises(ConnectError, match="not of a node"):
+        async with connect_node(profile, "px", login.name):
+            pass
+
+
+async def test_j8_nodes_are_still_reached_by_name_cluster_name_and_registered_address(cluster, profile, login):
+    for target in (NODE, f"{NODE}.{CLUSTER}", LOOPBACK):
+        async with connect_node(profile, target, login.name, port=cluster.node_port) as conn:
+            assert (await conn.run("true")).exit_status == 0, target
+
+
+async def test_j7_config_lists_only_one_label_node_names_and_trusts_the_same(cluster, profile, login):
+    """A node registered as github.com (possible before J1) reaches no Host line and no pattern."""
+    cluster.register("github.com", f"{LOOPBACK}:{cluster.node_port}")
+    cluster.register("db*", f"{LOOPBACK}:{cluster.node_port}")
+    done = await jumpgate(profile, "config")
+    assert done.returncode == 0, done.stderr
+    hosts = [line for line in done.stdout.decode().splitlines() if line.startswith("Host ")]
+    assert hosts == [f"Host {CLUSTER}-proxy", f"Host *.{CLUSTER}", f"Host {LOOPBACK} {NODE}"]
+    line = profile.known_hosts_path.read_text()
+    assert line.startswith(f"@cert-authority [{LOOPBACK}]:{cluster.proxy_port},*.{CLUSTER},[*.{CLUSTER}]:*,"
+                           f"{NODE},[{NODE}]:* ssh-ed25519 ")
+    assert "github" not in line and line.count("\n") == 1
+
+
+def test_j9_config_leaves_out_the_wildcard_of_a_public_suffix_cluster():
+    text = remote.render_ssh_config(cluster="prod", user="alice", proxy_host="jump.example.com", proxy_port=3023,
+                                    identity=Path("/k"), certificate=Path("/c"), known_hosts=Path("/kh"),
+                                    node_names=["web1", "github.com"], cluster_wildcard=False)
+    assert [line for line in text.splitlines() if line.startswith("Host ")] == \
+        ["Host prod-proxy", "Host jump.example.com web1"]
+    from appliance.client.trust import cluster_wildcard_allowed, known_hosts_patterns
+    assert not cluster_wildcard_allowed("prod") and not cluster_wildcard_allowed("co.uk")
+    assert known_hosts_patterns("prod", [("jump.example.com", 3023)], ["web1"]) == \
+        ["[jump.example.com]:3023", "web1", "[web1]:*"]
 
 
 # ----------------------------------------------------------------------------- argument parsing

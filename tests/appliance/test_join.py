@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import stat
+import subprocess
 from functools import partial
 
 import pytest
@@ -20,6 +22,7 @@ import trio
 from appliance.api.client import ApiError
 from appliance.node.agent import (HOST_CERT, HOST_KEY, IDENTITY, AgentError, Backoff, IdentityHolder, heartbeat_loop,
                                   join, load_identity, parse_token)
+from appliance.proxy.routing import NodeDirectory, node_target
 from ssh_proto.errors import AuthError, HostKeyNotVerifiable
 
 from _api_helpers import DAY, OffsetClock, make_service, running_auth
@@ -43,7 +46,7 @@ async def test_join_with_a_valid_token_saves_a_working_identity(tmp_path):
         assert stat.S_IMODE(os.stat(role_dir).st_mode) == 0o700
         assert stat.S_IMODE(os.stat(role_dir / HOST_KEY).st_mode) == 0o600
         assert ident.host_cert.key_id == "node:db1"
-        assert {"db1", "db1.prod", "127.0.0.1"} <= set(ident.host_cert.principals)
+        assert {"db1", "db1.acme", "127.0.0.1"} <= set(ident.host_cert.principals)
         assert ident.host_ca == env.host_ca and ident.user_ca == env.service.ca.user_ca_public
         loaded = load_identity(tmp_path, "node", now=env.clock())
         assert same_identity(loaded, ident)
@@ -208,3 +211,79 @@ async def test_heartbeat_of_a_removed_node_keeps_retrying_without_crashing(tmp_p
                     await trio.sleep(0.02)
             nursery.cancel_scope.cancel()
         assert all("not a registered node" in e.fields["reason"] for e in await refusals())
+
+
+# ------------------------------------------------------------------ the name hijack (docs/security.md J2..J4)
+
+def principals_by_ssh_keygen(cert_path) -> list[str]:
+    """The principals of a certificate file as the real ``ssh-keygen -L`` reads them."""
+    out = subprocess.run(["ssh-keygen", "-L", "-f", str(cert_path)], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    start = next(i for i, line in enumerate(out) if line.strip() == "Principals:")
+    return [line.strip() for line in out[start + 1:] if line.startswith("                ")]
+
+
+async def test_j2_a_second_host_with_a_fresh_token_cannot_take_a_joined_name(tmp_path):
+    async with running_auth() as env:
+        owner = await join_node(env, await env.token(), tmp_path / "owner")
+        with pytest.raises(ApiError) as err:
+            await join_node(env, await env.token(), tmp_path / "intruder")   # same name, its own new key
+        assert err.value.code == "already_exists"
+        assert "jumpgate ctl nodes rm db1" in err.value.message
+        assert owner.host_key.public_key.fingerprint() in err.value.message
+        record = await env.service.storage.get_node("db1")
+        assert record.host_key == owner.host_key.public_key.blob and record.addr == "127.0.0.1:3022"
+        assert not (tmp_path / "intruder" / "node" / IDENTITY).exists()
+        [refusal] = [e for e in await env.audit("node.join") if not e.success]
+        assert refusal.fields["reason"] == "already_exists" and refusal.fields["node"] == "db1"
+
+
+async def test_j2_the_host_that_holds_the_key_rejoins_after_its_certificate_expired(tmp_path):
+    async with running_auth() as env:
+        first = await join_node(env, await env.token(), tmp_path)
+        env.clock.advance(31 * DAY)
+        assert load_identity(tmp_path, "node").expired(env.clock())
+        again = await join_node(env, await env.token(), tmp_path)    # same data dir: same host key
+        assert again.host_key.public_key == first.host_key.public_key
+        assert again.host_cert.valid_before > env.clock() and again.host_cert.key_id == "node:db1"
+        assert [e.fields.get("rejoin") for e in await env.audit("node.join") if e.success][0] is True
+
+
+async def test_j2_an_admin_frees_the_name_with_nodes_rm(tmp_path):
+    async with running_auth() as env:
+        await join_node(env, await env.token(), tmp_path / "old")
+        await env.service.remove_node("db1", actor="user:root")
+        new = await join_node(env, await env.token(), tmp_path / "new")
+        assert (await env.service.storage.get_node("db1")).host_key == new.host_key.public_key.blob
+
+
+@pytest.mark.skipif(shutil.which("ssh-keygen") is None, reason="needs OpenSSH's ssh-keygen")
+async def test_j3_a_joiner_gets_no_principal_of_another_node_or_of_the_proxy(tmp_path):
+    async with running_auth() as env:
+        await env.service.join(await env.token("proxy", addresses=["jump.acme.io", "10.0.0.1"]), "proxy", "gw",
+                               (await _key()).public_key.blob, addr="jump.acme.io:3023")
+        await env.service.join(await env.token(addresses=["10.0.0.5"]), "node", "web1",
+                               (await _key()).public_key.blob, addr="10.0.0.5:3022")
+        ident = await join(env.addr, await env.token(), kind="node", name="db1", data_dir=tmp_path,
+                           addresses=["jump.acme.io", "10.0.0.1", "web1", "web1.acme", "10.0.0.5", "github.com",
+                                      "127.0.0.1"], addr="127.0.0.1:3022", clock=env.clock)
+        assert principals_by_ssh_keygen(tmp_path / "node" / HOST_CERT) == ["db1", "db1.acme", "127.0.0.1"]
+        assert ident.host_cert.principals == ("db1", "db1.acme", "127.0.0.1")
+
+
+async def _key():
+    from ssh_proto.keys import PrivateKey
+    return PrivateKey.generate("ssh-ed25519")
+
+
+async def test_j4_a_heartbeat_cannot_repoint_where_the_proxy_dials(tmp_path):
+    async with running_auth() as env:
+        ident = await join_node(env, await env.token(), tmp_path)
+        async with IdentityHolder(ident).api_factory(env.addr)() as api:
+            answer = await api.heartbeat(addr="203.0.113.66:22", labels={"env": "dev"})
+            assert answer == {"addr": "127.0.0.1:3022"}
+        admin = await env.admin_identity()
+        async with env.connect(admin) as api:   # the proxy's view: list_nodes over the API
+            directory = NodeDirectory(lambda: api.list_nodes(labels={}))
+            assert (await directory.resolve("db1", 22)).endpoint == ("127.0.0.1", 3022)
+            assert (await directory.resolve(node_target("db1.acme", "acme"), 22)).endpoint == ("127.0.0.1", 3022)

@@ -22,7 +22,7 @@ from appliance.auth.service import AuthService
 from appliance.storage import sqlite as sqlite_storage
 from appliance.storage.base import StorageError
 from appliance.storage.sqlite import SCHEMA_VERSION, SQLiteStorage
-from ssh_proto.keys import PrivateKey
+from ssh_proto.keys import PrivateKey, parse_public_line
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 RELEASES = sorted(p.name.removeprefix("datadir-").removesuffix(".tar.gz")
@@ -143,3 +143,35 @@ async def test_database_from_a_newer_jumpgate_is_refused_untouched(tmp_path):
 def test_every_version_has_a_step():
     assert sorted(sqlite_storage._MIGRATIONS) == list(range(2, SCHEMA_VERSION + 1))
 
+
+
+async def test_upgraded_cluster_renews_and_rejoins_its_joined_node_but_refuses_a_hijack(old_data_dir):
+    """The node and proxy joined by the old release keep working under J1..J4: renewing with
+    the saved key, or joining again with it, is not a hijack; a fresh key for the name is."""
+    from appliance.auth import rejoin
+    from appliance.auth.service import AuthServiceError
+    from appliance.node.agent import load_identity
+
+    data, facts = old_data_dir
+    storage = SQLiteStorage(data / "auth" / "jumpgate.db")
+    try:
+        service = await AuthService.create(storage, facts["cluster"])
+        for kind in ("node", "proxy"):
+            ident = load_identity(data, kind)
+            before = await storage.get_node(ident.name)
+            renewed = await service.renew_host_cert(ident.name, ident.host_key.public_key.blob)
+            cert, _ = parse_public_line(renewed.host_cert)
+            assert cert.key_id == f"{kind}:{ident.name}" and cert.principals[2:] == before.addresses
+            session = b"\x05" * 32
+            token = await service.create_token(kind, addresses=["127.0.0.1"])
+            again = await service.join(token.token, kind, ident.name, ident.host_key.public_key.blob,
+                                       addr=before.addr, proof=rejoin.sign_proof(ident.host_key, session, kind,
+                                                                                 ident.name),
+                                       session_id=session)
+            assert again.addr == before.addr
+        thief = PrivateKey.generate("ssh-ed25519")
+        with pytest.raises(AuthServiceError, match="taken"):
+            await service.join((await service.create_token("node")).token, "node", "node1", thief.public_key.blob)
+        assert (await storage.get_node("node1")).host_key == load_identity(data, "node").host_key.public_key.blob
+    finally:
+        await storage.aclose()

@@ -286,7 +286,7 @@ async def test_expired_certificate_is_refused_by_the_proxy_with_255(cluster, pro
     await _until(lambda: running.daemon._link is not None, "the daemon's warm-up connection")
     key = PrivateKey.generate("ssh-ed25519")
     profile.paths.write_credentials(key, user_cert(cluster.user_ca, key, [login.name], lifetime=(-7200, -60)),
-                                    cluster.host_ca.public_key)
+                                    cluster.host_ca.public_key, trusted_for=cluster.trusted_for())
     done = await _ssh(profile, f"{login.name}@{NODE}", "true")
     assert done.returncode == 255
     assert done.stderr.startswith(b"jumpgate: your certificate expired at ") and done.stderr.count(b"\n") == 1

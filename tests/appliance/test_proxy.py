@@ -21,7 +21,8 @@ import trio
 import ssh_proto
 from _proxy_helpers import CLUSTER, LOOPBACK, NODE, USER, host_identity, proxy_fixtures, run
 from appliance.api.protocol import FrameDecoder, parse_response
-from appliance.cli.remote import render_ssh_config
+from appliance.cli.remote import render_ssh_config, trust_cluster_names
+from appliance.client.trust import node_host_check
 from appliance.client.ssh import (NODE_PORT, ConnectError, connect_node, connect_over, connect_proxy, list_nodes,
                                   open_node_channel)
 from appliance.proxy.routing import NODES_SUBSYSTEM, NodeDirectory
@@ -245,7 +246,8 @@ async def _direct_with_line(cluster, profile, login: str, make_line) -> ssh_prot
     stream = await trio.open_tcp_stream(LOOPBACK, cluster.node_port)
     await stream.send_all(make_line(stream.socket.getsockname()))
     async with ssh_proto.connect(NODE, cluster.node_port, username=login, client_keys=creds.client_keys,
-                                 known_hosts=creds.known_hosts, stream=stream, host_key_alias=NODE) as conn:
+                                 known_hosts=node_host_check(creds.known_hosts, CLUSTER, NODE, cluster.node_port),
+                                 stream=stream) as conn:
         return await conn.run('echo "$SSH_CLIENT"')
 
 
@@ -330,6 +332,8 @@ async def test_directory_refuses_a_malformed_registry():
 
 @pytest.fixture
 def ssh_config(cluster, profile, tmp_path) -> Path:
+    """What `jumpgate config` writes: the block, and known_hosts trusting the bare name too (J6)."""
+    trust_cluster_names(profile, cluster.credentials(profile), [NODE])
     path = tmp_path / "ssh_config"
     path.write_text(render_ssh_config(cluster=CLUSTER, user=USER, proxy_host=LOOPBACK, proxy_port=cluster.proxy_port,
                                       identity=profile.identity_path, certificate=profile.cert_path,

@@ -100,7 +100,7 @@ async def _through_proxy(proxy_port: int, user: str, login: str, identity, node:
 
 async def _joined(service: AuthService, kind: str, name: str, addr: str) -> tuple[PrivateKey, Certificate]:
     key = PrivateKey.generate("ssh-ed25519")
-    token = (await service.create_token(kind, 600)).token
+    token = (await service.create_token(kind, 600, addresses=[LOOPBACK])).token
     result = await service.join(token, kind, name, key.public_key.blob, [LOOPBACK], {}, addr)
     return key, parse_cert(result.host_cert)
 

@@ -17,6 +17,7 @@ from appliance.cli import account
 from appliance.cli.errors import CliError
 from appliance.client.profile import ENV_HOME, ClientPaths, Profile
 from appliance.web.tls import invite_token
+from ssh_proto.errors import HostKeyNotVerifiable
 from ssh_proto.keys import PrivateKey, load_identity, parse_public_line
 from ssh_proto.known_hosts import KnownHosts
 
@@ -87,11 +88,15 @@ async def test_signup_login_status_logout(tmp_path, monkeypatch, capsys, home):
                                                                         ("alice", "root"))
         assert profile.expires == cert.valid_before
 
-        # known_hosts trusts hosts that the cluster's host CA certifies, and no others.
+        # known_hosts trusts what the cluster's host CA certifies for the cluster's names
+        # (the proxy, *.CLUSTER), and nothing else: the old line was "@cert-authority *" (J6).
         host_key = PrivateKey.generate("ssh-ed25519")
-        host_cert = await cluster.service.sign_host_cert("db1", host_key.public_key.blob)
+        host_cert = await cluster.service.sign_host_cert("db1", host_key.public_key.blob, ["db1.example.com"])
         known = KnownHosts.load(home.known_hosts_path)
-        known.check("db1", 3022, parse_public_line(host_cert.cert)[0], now=cluster.clock.now)
+        known.check(f"db1.{CLUSTER}", 3022, parse_public_line(host_cert.cert)[0], now=cluster.clock.now)
+        for host in ("db1.example.com", "github.com"):
+            with pytest.raises(HostKeyNotVerifiable):
+                known.check(host, 22, parse_public_line(host_cert.cert)[0], now=cluster.clock.now)
 
         assert await run_cli(monkeypatch, account.status) == 0
         out = capsys.readouterr().out

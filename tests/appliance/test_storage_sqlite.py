@@ -237,10 +237,11 @@ async def test_list_delete_and_purge_tokens(db):
     assert await db.delete_token("b") and not await db.delete_token("b")
 
 
-async def test_heartbeat_updates_only_an_existing_node(db):
-    assert not await db.heartbeat_node("web1", "h:1", {}, False, NOW)
-    await db.put_node(NodeRecord("web1", "node", "", {}, NOW, False, ("10.0.0.5",), b"K", NOW))
-    assert await db.heartbeat_node("web1", "10.0.0.5:3022", {"env": "prod"}, True, NOW + 5)
+async def test_heartbeat_updates_only_an_existing_node_and_never_its_addr(db):
+    # docs/security.md J4: the address the proxy dials is set by a join, never by a heartbeat
+    assert not await db.heartbeat_node("web1", {}, False, NOW)
+    await db.put_node(NodeRecord("web1", "node", "10.0.0.5:3022", {}, NOW, False, ("10.0.0.5",), b"K", NOW))
+    assert await db.heartbeat_node("web1", {"env": "prod"}, True, NOW + 5)
     node = await db.get_node("web1")
     assert (node.addr, dict(node.labels), node.tunnel, node.last_seen) == ("10.0.0.5:3022", {"env": "prod"}, True,
                                                                           NOW + 5)

@@ -451,3 +451,88 @@ def test_ctl_with_a_non_admin_certificate_is_refused(cluster: Cluster, alice: Cl
     result = alice.run("ctl", "--auth-server", cluster.auth, "--identity", str(alice.home / "key"), "users", "ls")
     assert result.returncode != 0
     assert len(result.error_lines) == 1, result.stderr
+
+
+# --------------------------------------------------------------------------- names the cluster vouches for (J1..J8)
+
+
+def _node_start_args(cluster: Cluster, token: str, name: str, data_dir: Path) -> list[str]:
+    return ["--roles", "node", "--auth-server", cluster.auth, "--token", token, "--nodename", name,
+            "--public-addr", LOOPBACK, "--listen-addr", LOOPBACK, "--data-dir", str(data_dir)]
+
+
+def test_j2_a_second_host_with_a_fresh_token_and_a_taken_name_is_refused(
+        jg: Jumpgate, cluster: Cluster, alice: Client, node2: Daemon, os_user, tmp_path: Path) -> None:
+    """Seen from outside before J2: the second host "re-joined" as node2 and jumpgate ssh node2
+    alternated between the two hosts. Now its start fails, saying what to do."""
+    before = _node_rows(alice.run("ls").check().stdout)["node2"]
+    port = str(openssh_free_port())
+    with EventWatch(cluster) as watch:
+        second = jg.run("start", *_node_start_args(cluster, cluster.node_token(), "node2", tmp_path / "data"),
+                        "--node-port", port, timeout=60)
+    assert second.returncode != 0
+    assert len(second.error_lines) == 1, second.stderr
+    assert "node2" in second.stderr and "jumpgate ctl nodes rm node2" in second.stderr, second.stderr
+    watch.wait_for("node.join", failed=True, node="node2", reason="already_exists")
+    assert _node_rows(alice.run("ls").check().stdout)["node2"] == before
+    for _ in range(3):   # and node2 is the node that joined first, every time
+        done = alice.run("ssh", f"{os_user.name}@node2", "true")
+        assert done.returncode == 0, done.stderr
+
+
+def openssh_free_port() -> int:
+    from _cluster import free_ports
+    return free_ports(1)[0]
+
+
+def test_a_different_nodename_on_a_joined_data_dir_is_reported_not_silently_ignored(
+        jg: Jumpgate, cluster: Cluster, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first, _ = start_daemon(jg, tmp_path / "first.log", _node_start_args(cluster, cluster.node_token(), "node3", data),
+                            ["node"])
+    first.stop()
+    again, _ = start_daemon(jg, tmp_path / "again.log",
+                            _node_start_args(cluster, cluster.node_token(), "web1", data), ["node"])
+    try:
+        log = again.log_text()
+        assert "this data dir is joined as 'node3'" in log and "'web1' asked for is ignored" in log, log
+        assert "web1" not in cluster.ctl("nodes", "ls").stdout
+    finally:
+        again.stop()
+
+
+def test_j6_openssh_with_the_login_known_hosts_refuses_a_host_outside_the_clusters_names(
+        cluster: Cluster, alice: Client, os_user, keys: openssh.KeyFactory, tmp_path: Path) -> None:
+    """A host with a valid certificate of the cluster's host CA for outside.example.org (here:
+    from ctl auth sign, as a hijacked join could get before J3). The real ssh, with the
+    known_hosts login wrote, refuses it under that name and accepts it under NAME.CLUSTER."""
+    workdir = tmp_path / "outside"
+    workdir.mkdir()
+    workdir.chmod(0o755)
+    out = cluster.ctl("auth", "sign", "--host", "outside", "--out", str(workdir / "hostkeys"),
+                      "--principals", "outside.example.org").stdout
+    sshd_lines = [line.strip() for line in out.splitlines()
+                  if line.strip().startswith(("HostKey ", "HostCertificate ", "TrustedUserCAKeys "))]
+    handle = openssh.start_sshd(workdir / "sshd", os_user, keys, authorized_keys=(), host_key_kinds=(),
+                                trust_user_ca=False, extra_config=sshd_lines)
+    try:
+        base = [SSH, "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentityAgent=none", "-o", "IdentitiesOnly=yes",
+                "-i", str(alice.home / "key"), "-o", f"CertificateFile={alice.home / 'key-cert.pub'}",
+                "-o", f"UserKnownHostsFile={alice.home / 'known_hosts'}", "-o", "GlobalKnownHostsFile=/dev/null",
+                "-o", "StrictHostKeyChecking=yes", "-p", str(handle.port), "-l", os_user.name]
+        refused = run_openssh([*base, "-o", "HostKeyAlias=outside.example.org", LOOPBACK, "true"])
+        assert refused.returncode == 255 and "Host key verification failed" in refused.stderr, refused.stderr
+        accepted = run_openssh([*base, "-o", f"HostKeyAlias=outside.{cluster.name}", LOOPBACK, "id -un"])
+        assert accepted.returncode == 0, accepted.stderr + handle.log_tail()
+        assert accepted.stdout == f"{os_user.name}\n"
+    finally:
+        handle.stop()
+
+
+def test_j1_a_node_named_like_an_internet_host_is_refused(jg: Jumpgate, cluster: Cluster, tmp_path: Path) -> None:
+    late = jg.run("start", *_node_start_args(cluster, cluster.node_token(), "github.com", tmp_path / "d"),
+                  "--node-port", str(openssh_free_port()), timeout=60)
+    assert late.returncode != 0 and "one DNS label" in late.stderr, late.stderr
+    refused = cluster.ctl("nodes", "add", "--name", "github.com", "--addr", "127.0.0.9:22", check=False)
+    assert refused.returncode != 0 and "one DNS label" in refused.stderr
+    assert "github" not in cluster.ctl("nodes", "ls").stdout
