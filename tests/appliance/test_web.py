@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives import serialization
 
 from appliance.client.http import ApiError, WebClientError, request, request_json, split_addr
+from appliance.web import server as web_server
 from appliance.web.server import RateLimiter, WebApp, WebLimits, WebRequest
 from appliance.web.tls import (KEY_FILE, TLSSetupError, ensure_web_tls,
                                load_certificate, pin_of)
@@ -450,6 +451,20 @@ async def test_connections_per_client_are_bounded(tmp_path):
         status, _, _ = await raw_exchange(cluster.web.port, http_request("GET", "/v1/ping"))
         assert status == 200
         await held[1].aclose()
+
+
+async def test_ipv6_clients_in_one_slash_64_share_the_connection_cap(tmp_path, monkeypatch):
+    """W1: the attack is one host opening connections from many addresses of its /64."""
+    peers = iter(["2001:db8::1", "2001:db8::2", "2001:db8::3:1", "2001:db8:0:1::1"])
+    monkeypatch.setattr(web_server, "_peer_ip", lambda stream: next(peers))
+    limits = WebLimits(max_connections_per_ip=2)
+    async with running_cluster(tmp_path, limits=limits) as cluster:
+        held = [await open_tls(cluster.web.port) for _ in range(2)]
+        with pytest.raises((trio.BrokenResourceError, OSError)):
+            await open_tls(cluster.web.port)  # a third address of the same /64
+        held.append(await open_tls(cluster.web.port))  # another /64 is another client
+        for stream in held:
+            await stream.aclose()
 
 
 async def _read_until_closed(stream: trio.abc.Stream) -> bytes:
