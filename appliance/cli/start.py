@@ -120,6 +120,7 @@ async def _start_auth(nursery: trio.Nursery, cfg: Config, data_dir: Path):
         service = await AuthService.create(storage, cfg.cluster_name)
     except AuthServiceError as exc:
         raise CliError(f"auth: {exc.message}") from None
+    await nursery.start(service.run)  # work done after replies: rehashes
     # what `jumpgate ctl` on this host needs to know about the running cluster
     (auth_dir / "cluster.json").write_text(json.dumps({
         "cluster": service.cluster, "host": cfg.host_name, "ports": cfg.ports}) + "\n")

@@ -11,8 +11,12 @@ protocol. Rules every implementation follows:
   requests (two auth processes, or two tasks) cannot both win:
   ``record_login_success`` (a TOTP time step is used at most once),
   ``complete_signup`` (an invite is used once), ``consume_token`` (a single-use
-  join token joins one node), ``record_login_failure`` (the failure counter and the
-  lock move together), ``insert_ca`` (two first starts agree on one CA).
+  join token joins one node), ``reserve_login_attempt`` (a login attempt is counted,
+  and the lock set, before its password is checked: at most ``max_failures`` checks
+  between two successes, whatever the number of concurrent attempts or processes),
+  ``update_password_hash`` (a rehash never overwrites a newer password), ``insert_ca``
+  (two first starts agree on one CA). Each is one conditional ``UPDATE`` (or ``INSERT``),
+  so the database itself decides the race: SQLite's write lock, PostgreSQL's row lock.
 * Secrets that must be checked, not shown, are stored as digests: invites and join
   tokens by ``sha256`` hex of their secret; passwords as scrypt strings. The TOTP
   seed and the CA private keys must be usable, so they are stored as they are —
@@ -31,7 +35,7 @@ __all__ = [
     "NO_TOTP_COUNTER",
     "CARecord",
     "InviteRecord",
-    "LoginFailure",
+    "LoginAttempt",
     "NodeRecord",
     "Storage",
     "StorageError",
@@ -133,12 +137,19 @@ class CARecord:
 
 
 @dataclass(frozen=True, slots=True)
-class LoginFailure:
-    """Outcome of ``record_login_failure``: ``locked_now`` when this failure set the lock."""
+class LoginAttempt:
+    """Outcome of ``reserve_login_attempt``.
 
-    failed_logins: int
-    locked_until: float
-    locked_now: bool
+    ``user`` is the record after the reservation (None: no such user). ``reserved`` is
+    False when the user is not signed up, is locked, or when every attempt allowed before
+    the lock is taken (by attempts still running): then no password may be checked.
+    ``lock_until`` is non-zero for the last attempt allowed before the lock: the reservation
+    already set that lock, which stays if the attempt fails and goes if it succeeds.
+    """
+
+    user: UserRecord | None
+    reserved: bool
+    lock_until: float = 0.0
 
 
 @runtime_checkable
@@ -158,13 +169,22 @@ class Storage(Protocol):
         """Delete a user and its invites; False if there was no such user."""
     async def reset_user(self, name: str, invite: InviteRecord) -> bool:
         """Clear password, TOTP, failures and lock; replace the user's invites by ``invite``."""
-    async def record_login_failure(self, name: str, now: float, *, max_failures: int,
-                                   lock_seconds: float) -> LoginFailure | None:
-        """Count one failure; at ``max_failures`` in a row lock until now+lock_seconds
-        and restart the count. None if there is no such user."""
-    async def record_login_success(self, name: str, totp_counter: int) -> bool:
+    async def reserve_login_attempt(self, name: str, now: float, *, max_failures: int,
+                                    lock_seconds: float) -> LoginAttempt:
+        """Compare-and-set, before the password is checked: if the user is signed up, not
+        locked at ``now`` and has fewer than ``max_failures`` failures (running attempts
+        count as failures), count one more; the one that reaches ``max_failures`` also
+        locks the user until now+lock_seconds and restarts the count. Must hold across
+        processes (``jumpgate ctl`` opens the same database)."""
+    async def record_login_success(self, name: str, totp_counter: int, *,
+                                   lock_until: float = 0.0) -> bool:
         """Compare-and-set: only if ``totp_counter`` > the stored one, store it and reset
-        the failure count. False means the code's time step was already used."""
+        the failure count; and if ``lock_until`` is the lock this attempt's reservation set
+        (:attr:`LoginAttempt.lock_until`), lift it. False means the code's time step was
+        already used."""
+    async def update_password_hash(self, name: str, old_hash: str, new_hash: str) -> bool:
+        """Compare-and-set: replace the password hash only if it is still ``old_hash``
+        (a rehash must not undo a reset or a new signup made meanwhile)."""
 
     # -- invites -----------------------------------------------------------------------
     async def get_invite(self, token_hash: str) -> InviteRecord | None: ...

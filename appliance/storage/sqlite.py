@@ -37,7 +37,7 @@ from ..audit import AuditEvent
 from .base import (
     CARecord,
     InviteRecord,
-    LoginFailure,
+    LoginAttempt,
     NodeRecord,
     StorageError,
     TokenRecord,
@@ -364,27 +364,39 @@ class SQLiteStorage:
             return True
         return await self._run(reset)
 
-    async def record_login_failure(self, name: str, now: float, *, max_failures: int,
-                                   lock_seconds: float) -> LoginFailure | None:
-        def fail(db: sqlite3.Connection) -> LoginFailure | None:
-            row = db.execute("SELECT failed_logins, locked_until FROM users WHERE name = ?",
-                             (name,)).fetchone()
-            if row is None:
-                return None
-            count = row[0] + 1
-            if count >= max_failures:  # lock, and give a fresh count once the lock ends
-                until = now + lock_seconds
-                db.execute("UPDATE users SET failed_logins = 0, locked_until = ? "
-                           "WHERE name = ?", (until, name))
-                return LoginFailure(count, until, True)
-            db.execute("UPDATE users SET failed_logins = ? WHERE name = ?", (count, name))
-            return LoginFailure(count, row[1], False)
-        return await self._run(fail)
+    async def reserve_login_attempt(self, name: str, now: float, *, max_failures: int,
+                                    lock_seconds: float) -> LoginAttempt:
+        until = now + lock_seconds
 
-    async def record_login_success(self, name: str, totp_counter: int) -> bool:
+        def reserve(db: sqlite3.Connection) -> LoginAttempt:
+            # The compare-and-set: one conditional UPDATE; SET expressions see the old row.
+            cur = db.execute(
+                "UPDATE users SET "
+                "failed_logins = CASE WHEN failed_logins + 1 >= ? THEN 0 ELSE failed_logins + 1 END, "
+                "locked_until = CASE WHEN failed_logins + 1 >= ? THEN ? ELSE locked_until END "
+                "WHERE name = ? AND password_hash IS NOT NULL AND totp_secret IS NOT NULL "
+                "AND locked_until <= ? AND failed_logins < ?",
+                (max_failures, max_failures, until, name, now, max_failures))
+            row = db.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE name = ?", (name,)).fetchone()
+            user = None if row is None else _user(row)
+            reserved = cur.rowcount == 1
+            sets_lock = reserved and user is not None and user.locked_until == until
+            return LoginAttempt(user, reserved, until if sets_lock else 0.0)
+        return await self._run(reserve)
+
+    async def record_login_success(self, name: str, totp_counter: int, *,
+                                   lock_until: float = 0.0) -> bool:
         cur = await self._run(lambda db: db.execute(
-            "UPDATE users SET last_totp_counter = ?, failed_logins = 0 "
-            "WHERE name = ? AND last_totp_counter < ?", (totp_counter, name, totp_counter)))
+            "UPDATE users SET last_totp_counter = ?, failed_logins = 0, "
+            "locked_until = CASE WHEN ? > 0 AND locked_until = ? THEN 0 ELSE locked_until END "
+            "WHERE name = ? AND last_totp_counter < ?",
+            (totp_counter, lock_until, lock_until, name, totp_counter)))
+        return cur.rowcount == 1
+
+    async def update_password_hash(self, name: str, old_hash: str, new_hash: str) -> bool:
+        cur = await self._run(lambda db: db.execute(
+            "UPDATE users SET password_hash = ? WHERE name = ? AND password_hash = ?",
+            (new_hash, name, old_hash)))
         return cur.rowcount == 1
 
     # -- invites ---------------------------------------------------------------------

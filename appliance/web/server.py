@@ -79,7 +79,6 @@ STATUS_BY_CODE: Mapping[str, int] = {
     "already_exists": 409,
     "expired": 410,
     "already_used": 410,
-    "locked": 423,
     "internal": 500,
     "unknown_method": 500,
     "protocol_error": 502,

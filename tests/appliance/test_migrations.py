@@ -94,8 +94,13 @@ async def test_upgraded_cluster_still_trusts_its_ca_and_lets_alice_log_in(old_da
         assert not service.ca.new_kinds
         code = pyotp.TOTP(facts["totp_secret"]).now()  # a later step than the one alice used
         key = PrivateKey.generate("ssh-ed25519")
+        before = (await storage.get_user("alice")).password_hash
+        assert before.startswith("scrypt$16384$")  # 0.1.0's parameters
         result = await service.login("alice", facts["password"], code, key.public_key.blob)
         assert result.logins == ("alice", "root")
+        # A4: the first login after the upgrade replaces the hash (inline: no service.run here)
+        after = (await storage.get_user("alice")).password_hash
+        assert after.startswith("scrypt$131072$8$1$") and after != before
     finally:
         await storage.aclose()
 

@@ -215,7 +215,8 @@ async def test_reused_totp_code_is_401(tmp_path):
         assert error.status == 401
 
 
-async def test_five_failures_lock_the_user_423(tmp_path):
+async def test_five_failures_lock_the_user_and_the_lock_answers_as_an_unknown_user(tmp_path):
+    """A3: a locked account is answered like one that does not exist (no enumeration)."""
     async with running_cluster(tmp_path) as cluster:
         otp_uri = await signed_up(cluster)
         for _ in range(5):
@@ -224,7 +225,12 @@ async def test_five_failures_lock_the_user_423(tmp_path):
             assert error.status == 401
         locked = await _api_error(request_json(cluster.addr, "POST", "/v1/login",
             _login_body(cluster, otp_uri), pin=cluster.web.pin))
-        assert (locked.status, locked.code) == (423, "locked")
+        unknown = await _api_error(request_json(cluster.addr, "POST", "/v1/login",
+            _login_body(cluster, otp_uri, user="mallory"), pin=cluster.web.pin))
+        assert (locked.status, locked.code, locked.message) == \
+            (unknown.status, unknown.code, unknown.message) == (401, "access_denied", unknown.message)
+        assert "locked" in locked.message
+        assert (await cluster.service.get_user("alice")).status == "locked"
 
 
 async def test_reused_invite_is_410_and_no_longer_shows_the_otp_secret(tmp_path):
