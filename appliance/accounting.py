@@ -3,8 +3,8 @@
 One host usually owns a whole IPv6 /64 (SLAAC, privacy addresses: RFC 4941 rotates the low
 64 bits at will), so counting IPv6 clients by their full address gives one host 2**64
 identities. Every per-source bound in ``appliance/`` — the web role's connection cap and
-rate limit (docs/security.md W1) — counts by :func:`accounting_key` instead, so that they
-agree on who "one source" is:
+rate limit (docs/security.md W1), the audit log's coalescing of refusals (U2) — counts by
+:func:`accounting_key` instead, so that they agree on who "one source" is:
 
 * IPv4: the address itself;
 * IPv4-mapped IPv6 (``::ffff:10.0.0.1``, what a dual-stack socket reports): the IPv4 address;

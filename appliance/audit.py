@@ -11,7 +11,7 @@ Code scheme: ``"T" + AREA + NUMBER + SEVERITY``
 * AREA/NUMBER — ``1xxx`` users and logins, ``2xxx`` sessions, ``30xx`` SSH activity
   inside a session (exec, port and agent forwarding, SSH auth at a node/proxy),
   ``32xx`` the node inventory, ``Cxxx`` certificates, ``CAxx`` certificate
-  authorities, ``Jxxx`` join tokens.
+  authorities, ``Jxxx`` join tokens, ``Axxx`` the audit log itself.
 * SEVERITY — ``I`` the action happened; ``W`` it was refused (bad credentials,
   policy, expired or reused token: someone should look if these pile up);
   ``E`` it was attempted and failed for another reason (e.g. a command that could
@@ -41,6 +41,8 @@ ca.create               TCA01I              auth (first start)
 token.create            TJ000I              auth
 token.use               TJ001I              auth (a single-use token consumed)
 token.delete            TJ002I              auth
+audit.coalesced         TA000W              auth (N more refusals from one source, U2)
+audit.prune             TA001I              auth (retention removed old events, U4)
 ======================  ========  ========  =========================================
 
 Events emitted by nodes and proxies arrive over the auth API; only the names in
@@ -66,6 +68,7 @@ from typing import Any
 
 __all__ = [
     "CLAIM_EVENTS",
+    "DEFAULT_RETENTION_DAYS",
     "CLAIM_FIELDS",
     "EVENT_CODES",
     "REMOTE_EVENTS",
@@ -99,7 +102,13 @@ EVENT_CODES: Mapping[str, tuple[str, str | None]] = types.MappingProxyType({
     "token.create": ("TJ000I", None),
     "token.use": ("TJ001I", None),
     "token.delete": ("TJ002I", None),
+    "audit.coalesced": ("TA000W", None),
+    "audit.prune": ("TA001I", None),
 })
+
+#: How long events are kept by default (``jumpgate start --audit-retention-days``, TOML
+#: ``[audit] retention_days``; 0 keeps them for ever): PCI DSS v4.0 10.5.1 asks for 12 months.
+DEFAULT_RETENTION_DAYS = 365
 
 #: The events a node or proxy may report through ``AuthService.emit_audit``.
 REMOTE_EVENTS = frozenset({"session.start", "session.end", "exec", "port", "sftp", "auth",
@@ -116,6 +125,8 @@ MAX_USER_LEN = 256
 #: node name) is only a claim: no authentication backs it, and the client chose the text.
 CLAIM_EVENTS = frozenset({"auth", "user.login", "node.join"})
 CLAIM_FIELDS = ("user", "login", "key_id", "node")
+#: A summary of coalesced refusals lists a sample of the names they claimed.
+_SUMMARY_CLAIMS = frozenset({"users"})
 MAX_CLAIM_LEN = 256
 #: The last character of a value that was cut.
 ELLIPSIS = "\u2026"
@@ -203,6 +214,8 @@ def _check_fields(fields: Any, claims: frozenset[str] = frozenset()) -> tuple[di
 
 def _claims(event: str, success: bool) -> frozenset[str]:
     """The fields of this event that hold claims (see :data:`CLAIM_EVENTS`)."""
+    if event == "audit.coalesced":
+        return _SUMMARY_CLAIMS
     return frozenset(CLAIM_FIELDS) if not success and event in CLAIM_EVENTS else frozenset()
 
 
@@ -225,7 +238,8 @@ def _bounded(event: str, success: bool, user: Any, fields: Mapping[str, Any],
         out.pop(ours, None)
     user, user_cut = printable(user, MAX_CLAIM_LEN if "user" in claims else MAX_USER_LEN)
     values = {**out, "user": user}
-    claimed = tuple(k for k in CLAIM_FIELDS if k in claims and values.get(k) not in (None, ""))
+    claimed = tuple(k for k in (*CLAIM_FIELDS, *_SUMMARY_CLAIMS)
+                    if k in claims and values.get(k) not in (None, "", ()))
     truncated = ("user",) * user_cut + tuple(k for k in cut if k not in ("claimed", "truncated"))
     if claimed:
         out["claimed"] = claimed

@@ -29,7 +29,9 @@ Rules enforced here (SECURITY-CHECKLIST §3, issue 3):
 * Names: user names and logins match ``[a-z_][a-z0-9_.-]{0,31}`` (T22: they end up
   in paths and principals); node names are lower-case DNS names.
 * Every login, failure, lock, certificate, join, token and user change is an audit
-  event (:mod:`appliance.audit`).
+  event (:mod:`appliance.audit`), written through :class:`~appliance.auth.audit_log.AuditLog`:
+  a success is durable before the call returns, a refusal is queued and coalesced per
+  source (docs/security.md U1-U4). :meth:`AuthService.run` is its background work.
 """
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ from ..audit import AuditEvent, AuditEventError
 from ..storage.base import (InviteRecord, LoginAttempt, NodeRecord, Storage, StorageError, TokenRecord,
                             UserRecord)
 from . import passwords, totp
+from .audit_log import DEFAULT_RETENTION_DAYS, AuditLog
 from .ca import CAError, ClusterCA, parse_plain_public_key
 from .timing import FailureDelay
 
@@ -385,6 +388,7 @@ class AuthService:
     def __init__(self, storage: Storage, ca: ClusterCA, *,
                  clock: Callable[[], float] = time.time,
                  hasher: passwords.PasswordHasher = passwords.DEFAULT_HASHER,
+                 audit_retention_days: int = DEFAULT_RETENTION_DAYS,
                  failure_delay: FailureDelay | None = None):
         self.storage = storage
         self.ca = ca
@@ -392,12 +396,14 @@ class AuthService:
         self._clock = clock
         self._hasher = hasher
         self._failure_delay = failure_delay or FailureDelay()
+        self.audit_log = AuditLog(storage, clock=clock, retention_days=audit_retention_days)
         self._background: trio.Nursery | None = None
 
     @classmethod
     async def create(cls, storage: Storage, cluster: str, *,
                      clock: Callable[[], float] = time.time,
                      hasher: passwords.PasswordHasher = passwords.DEFAULT_HASHER,
+                     audit_retention_days: int = DEFAULT_RETENTION_DAYS,
                      failure_delay: FailureDelay | None = None) -> AuthService:
         """Load (or on the first start create, and audit) the CAs of ``cluster``."""
         cluster = check_node_name(cluster, "cluster name")
@@ -405,19 +411,24 @@ class AuthService:
             ca = await ClusterCA.load_or_create(storage, cluster, clock=clock)
         except CAError as exc:
             raise AuthServiceError("bad_request", str(exc)) from None
-        service = cls(storage, ca, clock=clock, hasher=hasher, failure_delay=failure_delay)
+        try:
+            service = cls(storage, ca, clock=clock, hasher=hasher,
+                          audit_retention_days=audit_retention_days, failure_delay=failure_delay)
+        except ValueError as exc:
+            raise _bad(str(exc)) from None
         for kind in ca.new_kinds:
             key = ca.user_ca_public if kind == "user" else ca.host_ca_public
             await service._audit("ca.create", kind=kind, fingerprint=key.fingerprint())
         return service
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The auth role's background work, until cancelled: the rehashes that follow
-        logins (A4).
+        """The auth role's background work, until cancelled: the audit log's writer and its
+        retention (U3, U4), and the rehashes that follow logins (A4).
 
         >>> await nursery.start(service.run)                                 # doctest: +SKIP
         """
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.audit_log.run)
             self._background = nursery
             try:
                 task_status.started()
@@ -432,13 +443,15 @@ class AuthService:
         else:
             await work()
 
+    def _event(self, event: str, *, user: str = "", success: bool = True,
+               **fields: Any) -> AuditEvent:
+        return audit.make_event(event, time=self._clock(), user=user, success=success,
+                                **{k: v for k, v in fields.items() if v not in (None, "")})
+
     async def _audit(self, event: str, *, user: str = "", success: bool = True,
                      **fields: Any) -> None:
-        record = audit.make_event(event, time=self._clock(), user=user, success=success,
-                                  **{k: v for k, v in fields.items() if v not in (None, "")})
-        await self.storage.append_audit(record)
-        log.info("audit %s %s user=%r %s", record.code, record.event, record.user,
-                 " ".join(f"{k}={v!r}" for k, v in record.fields.items()))
+        """Record one of our events: durable on return if a success, queued if a refusal."""
+        await self.audit_log.append(self._event(event, user=user, success=success, **fields))
 
     # -- users -----------------------------------------------------------------------
     async def create_user(self, name: str, logins: Sequence[str], roles: Sequence[str] = (), *,
@@ -559,10 +572,11 @@ class AuthService:
         record = attempt.user
         assert record is not None
         cert = self._sign_user(key, record, ttl, now)
-        await self._audit("user.login", user=record.name, client_ip=client_ip, method="password+totp")
-        await self._audit("cert.create", user=record.name, kind="user", key_id=cert.key_id,
-                          serial=cert.serial, principals=cert.principals,
-                          valid_before=cert.valid_before, client_ip=client_ip)
+        await self.audit_log.append_all([  # one commit for both, before the certificate leaves
+            self._event("user.login", user=record.name, client_ip=client_ip, method="password+totp"),
+            self._event("cert.create", user=record.name, kind="user", key_id=cert.key_id,
+                        serial=cert.serial, principals=cert.principals,
+                        valid_before=cert.valid_before, client_ip=client_ip)])
         if verdict.rehash:
             await self._after_reply(lambda: self._rehash(record, password))
         return LoginResult(record.name, cert.to_line(), record.logins, record.roles,
@@ -602,8 +616,8 @@ class AuthService:
 
     async def _login_refused(self, user: Any, attempt: LoginAttempt, reason: str,
                              client_ip: str) -> None:
-        """Audit the refusal; and the lock, if this attempt was the last one allowed before
-        it (its reservation set the lock, which now stands)."""
+        """Audit the refusal (queued, U3); and the lock, if this attempt was the last one
+        allowed before it (its reservation set the lock, which now stands)."""
         name = attempt.user.name if attempt.user is not None else str(user)
         await self._audit("user.login", user=name, success=False, reason=reason,
                           client_ip=client_ip)
@@ -836,13 +850,14 @@ class AuthService:
 
     # -- audit -----------------------------------------------------------------------
     async def emit_audit(self, event: Mapping[str, Any], *, emitter: str = "") -> int:
-        """Record an event reported by a node or proxy (session.start, exec, ...)."""
+        """Record an event reported by a node or proxy (session.start, exec, ...): a success
+        is durable on return (its id), a refusal is queued and coalesced (0; U3)."""
         try:
             record = AuditEvent.from_wire(event, time=self._clock(),
                                           extra={"emitter": emitter} if emitter else None)
         except AuditEventError as exc:
             raise _bad(str(exc)) from None
-        return await self.storage.append_audit(record)
+        return await self.audit_log.append(record)
 
     async def list_audit(self, limit: int = 100, before_id: int | None = None) -> list[AuditEvent]:
         """Newest first; page with ``before_id`` = the last id seen."""
@@ -850,4 +865,5 @@ class AuthService:
             raise _bad("limit must be 1..10000")
         if before_id is not None and (isinstance(before_id, bool) or not isinstance(before_id, int)):
             raise _bad("before_id must be an integer")
+        await self.audit_log.flush()  # the refusals still queued are part of the answer
         return list(await self.storage.list_audit(limit, before_id))

@@ -17,6 +17,9 @@ protocol. Rules every implementation follows:
   ``update_password_hash`` (a rehash never overwrites a newer password), ``insert_ca``
   (two first starts agree on one CA). Each is one conditional ``UPDATE`` (or ``INSERT``),
   so the database itself decides the race: SQLite's write lock, PostgreSQL's row lock.
+* The audit log is append-only: ``append_audit``/``append_audit_batch`` add events and
+  ``prune_audit`` is the one way an event leaves it (the retention setting, itself audited:
+  docs/security.md U4). Nothing updates an event.
 * Secrets that must be checked, not shown, are stored as digests: invites and join
   tokens by ``sha256`` hex of their secret; passwords as scrypt strings. The TOTP
   seed and the CA private keys must be usable, so they are stored as they are —
@@ -221,6 +224,13 @@ class Storage(Protocol):
     # -- audit log ---------------------------------------------------------------------
     async def append_audit(self, event: AuditEvent) -> int:
         """Append an event; return its id (ids increase)."""
+    async def append_audit_batch(self, events: Sequence[AuditEvent]) -> list[int]:
+        """Append events in one transaction (one commit for all: group commit), in order;
+        return their ids (increasing). All or none are stored."""
+    async def prune_audit(self, before: float, limit: int) -> int:
+        """Delete at most ``limit`` of the oldest events whose time is before ``before``;
+        return how many. The only way an event leaves the log (retention); ids are never
+        reused."""
     async def list_audit(self, limit: int = 100, before_id: int | None = None,
                          ) -> Sequence[AuditEvent]:
         """The newest ``limit`` events (with id < ``before_id`` if given), newest first."""

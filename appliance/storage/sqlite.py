@@ -46,7 +46,7 @@ from .base import (
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 5000
 MAX_AUDIT_LIMIT = 10_000
 
@@ -112,6 +112,7 @@ CREATE TABLE audit_events (
     success INTEGER NOT NULL,
     fields BLOB NOT NULL
 );
+CREATE INDEX audit_events_by_time ON audit_events(time);
 """
 
 
@@ -123,9 +124,16 @@ def _v2_tokens_bind_name_and_addresses(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE tokens ADD COLUMN addresses BLOB NOT NULL DEFAULT x'90'")
 
 
+def _v3_audit_events_by_time(db: sqlite3.Connection) -> None:
+    """v3: retention prunes the audit log by time (docs/security.md U4): an index, so that
+    the hourly prune of a large log reads only what it deletes."""
+    db.execute("CREATE INDEX audit_events_by_time ON audit_events(time)")
+
+
 #: version -> the step that upgrades a database of version - 1 to it.
 _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     2: _v2_tokens_bind_name_and_addresses,
+    3: _v3_audit_events_by_time,
 }
 
 _USER_COLUMNS = ("name, logins, roles, password_hash, totp_secret, last_totp_counter, "
@@ -501,12 +509,23 @@ class SQLiteStorage:
 
     # -- audit log -------------------------------------------------------------------
     async def append_audit(self, event: AuditEvent) -> int:
-        values = (event.time, event.event, event.code, event.user, int(event.success),
-                  _pack(dict(event.fields)))
+        [event_id] = await self.append_audit_batch([event])
+        return event_id
+
+    async def append_audit_batch(self, events: Sequence[AuditEvent]) -> list[int]:
+        rows = [(e.time, e.event, e.code, e.user, int(e.success), _pack(dict(e.fields)))
+                for e in events]
+
+        def insert(db: sqlite3.Connection) -> list[int]:
+            return [int(db.execute("INSERT INTO audit_events (time, event, code, user, success, "
+                                   "fields) VALUES (?,?,?,?,?,?)", row).lastrowid) for row in rows]
+        return await self._run(insert) if rows else []
+
+    async def prune_audit(self, before: float, limit: int) -> int:
         cur = await self._run(lambda db: db.execute(
-            "INSERT INTO audit_events (time, event, code, user, success, fields) "
-            "VALUES (?,?,?,?,?,?)", values))
-        return int(cur.lastrowid)
+            "DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events "
+            "WHERE time < ? ORDER BY time LIMIT ?)", (before, max(0, int(limit)))))
+        return cur.rowcount
 
     async def list_audit(self, limit: int = 100, before_id: int | None = None,
                          ) -> list[AuditEvent]:

@@ -3,6 +3,7 @@ compare-and-set operations the auth rules rely on (a TOTP step used once, an inv
 used once, a join token used once, failures and lock moving together)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import stat
@@ -320,3 +321,28 @@ async def test_audit_list_newest_first_with_paging(db):
     page = await db.list_audit(limit=10, before_id=page[-1].id)
     assert [e.fields["node"] for e in page] == ["n2", "n1", "n0"]
 
+
+async def test_append_audit_batch_is_one_transaction_in_order(db):
+    events = [make_event("node.add", time=NOW + i, node=f"n{i}") for i in range(5)]
+    ids = await db.append_audit_batch(events)
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    assert [e.fields["node"] for e in reversed(await db.list_audit())] == [f"n{i}" for i in range(5)]
+    assert await db.append_audit_batch([]) == []
+
+
+async def test_a_failed_audit_batch_stores_none_of_its_events(db):
+    good = make_event("node.add", time=NOW, node="n0")
+    bad = dataclasses.replace(good, time=None)  # NOT NULL: the second INSERT fails
+    with pytest.raises(StorageError):
+        await db.append_audit_batch([good, bad])
+    assert await db.list_audit() == []
+
+
+async def test_prune_audit_removes_the_oldest_before_a_time_in_chunks_and_never_reuses_ids(db):
+    ids = await db.append_audit_batch([make_event("node.add", time=NOW + i, node=f"n{i}") for i in range(10)])
+    assert await db.prune_audit(NOW + 5, limit=3) == 3
+    assert await db.prune_audit(NOW + 5, limit=3) == 2
+    assert await db.prune_audit(NOW + 5, limit=3) == 0
+    assert [e.id for e in reversed(await db.list_audit())] == ids[5:]
+    [new_id] = await db.append_audit_batch([make_event("node.add", time=NOW, node="late")])
+    assert new_id > ids[-1]
