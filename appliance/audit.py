@@ -68,6 +68,7 @@ from typing import Any
 
 __all__ = [
     "CLAIM_EVENTS",
+    "DEFAULT_REFUSALS_PER_SOURCE",
     "DEFAULT_RETENTION_DAYS",
     "CLAIM_FIELDS",
     "EVENT_CODES",
@@ -109,6 +110,9 @@ EVENT_CODES: Mapping[str, tuple[str, str | None]] = types.MappingProxyType({
 #: How long events are kept by default (``jumpgate start --audit-retention-days``, TOML
 #: ``[audit] retention_days``; 0 keeps them for ever): PCI DSS v4.0 10.5.1 asks for 12 months.
 DEFAULT_RETENTION_DAYS = 365
+#: Refusals from one source written in full per minute (TOML ``[audit] refusals_per_source``);
+#: the rest are counted in one ``audit.coalesced`` event (docs/security.md U2).
+DEFAULT_REFUSALS_PER_SOURCE = 10
 
 #: The events a node or proxy may report through ``AuthService.emit_audit``.
 REMOTE_EVENTS = frozenset({"session.start", "session.end", "exec", "port", "sftp", "auth",

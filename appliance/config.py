@@ -23,6 +23,8 @@ A TOML file (``--config jumpgate.toml``, read with the stdlib ``tomllib``) may h
     key = "/etc/jumpgate/tls.key"
     [audit]
     retention_days = 365                    # audit events older than this are pruned; 0 = keep all
+    refusals_per_source = 10                # refusals from one client written in full a minute;
+                                            # the rest are counted in one audit.coalesced event
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ import socket
 import tomllib
 from pathlib import Path
 
-from .audit import DEFAULT_RETENTION_DAYS
+from .audit import DEFAULT_REFUSALS_PER_SOURCE, DEFAULT_RETENTION_DAYS
 
 ALL_ROLES = ("auth", "proxy", "node", "web")
 DEFAULT_PORTS = {"node": 3022, "proxy": 3023, "tunnel": 3024, "auth": 3025, "web": 3080}
@@ -71,6 +73,7 @@ class Config:
     web_cert: str = ""
     web_key: str = ""
     audit_retention_days: int = DEFAULT_RETENTION_DAYS
+    audit_refusals_per_source: int = DEFAULT_REFUSALS_PER_SOURCE
 
     @property
     def host_name(self) -> str:
@@ -89,6 +92,15 @@ def parse_labels(text: str) -> dict[str, str]:
             raise ConfigError(f"bad label {item!r}: expected key=value")
         labels[key] = value
     return labels
+
+
+def _check_audit(cfg: Config) -> None:
+    days, refusals = cfg.audit_retention_days, cfg.audit_refusals_per_source
+    if isinstance(days, bool) or not isinstance(days, int) or days < 0:
+        raise ConfigError(f"audit retention_days must be a whole number of days >= 0 (0 keeps "
+                          f"every event), not {days!r}")
+    if isinstance(refusals, bool) or not isinstance(refusals, int) or refusals < 1:
+        raise ConfigError(f"audit refusals_per_source must be a whole number >= 1, not {refusals!r}")
 
 
 def load_config(path: str | None = None, **overrides) -> Config:
@@ -122,6 +134,7 @@ def load_config(path: str | None = None, **overrides) -> Config:
         web_cert=web.get("cert", ""),
         web_key=web.get("key", ""),
         audit_retention_days=audit.get("retention_days", DEFAULT_RETENTION_DAYS),
+        audit_refusals_per_source=audit.get("refusals_per_source", DEFAULT_REFUSALS_PER_SOURCE),
     )
     for key, value in overrides.items():
         if value in (None, "", (), {}):
@@ -135,10 +148,7 @@ def load_config(path: str | None = None, **overrides) -> Config:
         else:
             values[key] = value
     cfg = Config(**values)
-    days = cfg.audit_retention_days
-    if isinstance(days, bool) or not isinstance(days, int) or days < 0:
-        raise ConfigError(f"audit retention_days must be a whole number of days >= 0 (0 keeps "
-                          f"every event), not {days!r}")
+    _check_audit(cfg)
     bad = [r for r in cfg.roles if r not in ALL_ROLES]
     if bad:
         raise ConfigError(f"unknown role(s): {', '.join(bad)} (known: {', '.join(ALL_ROLES)})")

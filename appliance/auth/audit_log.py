@@ -42,9 +42,9 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
-from ..audit import DEFAULT_RETENTION_DAYS, AuditEvent, make_event
+from ..audit import DEFAULT_REFUSALS_PER_SOURCE, DEFAULT_RETENTION_DAYS, AuditEvent, make_event
 from ..storage.base import Storage, StorageError
-from .coalescer import RefusalCoalescer
+from .coalescer import TOTAL, RefusalCoalescer
 
 __all__ = ["DEFAULT_RETENTION_DAYS", "MAX_BATCH", "MAX_QUEUE", "PRUNE_BATCH", "AuditLog"]
 
@@ -68,16 +68,24 @@ def check_retention_days(value: object) -> int:
     return value
 
 
+def check_refusals_per_source(value: object) -> int:
+    """A whole number >= 1 of refusals per source and minute, else ValueError."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"the refusals written per source must be a whole number >= 1, not {value!r}")
+    return value
+
+
 class AuditLog:
     """Appends events with the guarantees of the module docstring; prunes by retention."""
 
     def __init__(self, storage: Storage, *, clock: Callable[[], float] = time.time,
                  retention_days: int = DEFAULT_RETENTION_DAYS,
-                 coalescer: RefusalCoalescer | None = None) -> None:
+                 refusals_per_source: int = DEFAULT_REFUSALS_PER_SOURCE) -> None:
         self._storage = storage
         self._clock = clock
         self.retention_days = check_retention_days(retention_days)
-        self._coalescer = coalescer or RefusalCoalescer()
+        per_source = check_refusals_per_source(refusals_per_source)
+        self._coalescer = RefusalCoalescer(per_source=per_source, total=max(TOTAL, per_source))
         self._queue: deque[tuple[int, AuditEvent]] = deque()
         self._queued_seq = 0       # the sequence number of the last event queued
         self._committed_seq = 0    # every event up to this one is committed

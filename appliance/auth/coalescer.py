@@ -9,7 +9,8 @@ full and which are only counted. The rules (docs/security.md U2):
   ``client_ip`` field (:func:`appliance.accounting.accounting_key`: an IPv6 client by its /64);
   a refusal that names no client counts against the source ``-``.
 * A window opens at a source's first refusal and lasts :data:`WINDOW` seconds. In it the first
-  :data:`PER_SOURCE` refusals from that source are written in full; the rest are counted.
+  :data:`PER_SOURCE` refusals from that source (10; ``[audit] refusals_per_source``) are
+  written in full; the rest are counted.
 * Across every source, at most :data:`TOTAL` refusals per window are written in full (a flood
   from many addresses); the rest are counted in one window for all sources (source ``*``,
   whose summary also says from how many distinct sources, counted up to :data:`MAX_SOURCES`).
@@ -38,12 +39,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from ..accounting import accounting_key
-from ..audit import AuditEvent, make_event
+from ..audit import DEFAULT_REFUSALS_PER_SOURCE, AuditEvent, make_event
 
 __all__ = ["MAX_SOURCES", "PER_SOURCE", "TOTAL", "WINDOW", "RefusalCoalescer"]
 
 WINDOW = 60.0
-PER_SOURCE = 10
+PER_SOURCE = DEFAULT_REFUSALS_PER_SOURCE
 TOTAL = 100
 MAX_SOURCES = 4096
 #: How many distinct claimed user names (and event names) a summary lists.
@@ -107,6 +108,8 @@ class RefusalCoalescer:
 
     def __init__(self, *, window: float = WINDOW, per_source: int = PER_SOURCE,
                  total: int = TOTAL, max_sources: int = MAX_SOURCES) -> None:
+        if per_source < 1 or total < per_source or max_sources < 1:
+            raise ValueError("the coalescer needs 1 <= per_source <= total and max_sources >= 1")
         self.window, self.per_source, self.total, self.max_sources = window, per_source, total, max_sources
         self._windows: OrderedDict[str, _Window] = OrderedDict()  # oldest first
         self._all: _Window | None = None

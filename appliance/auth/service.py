@@ -57,7 +57,7 @@ from ..audit import AuditEvent, AuditEventError
 from ..storage.base import (InviteRecord, LoginAttempt, NodeRecord, Storage, StorageError, TokenRecord,
                             UserRecord)
 from . import passwords, totp
-from .audit_log import DEFAULT_RETENTION_DAYS, AuditLog
+from .audit_log import DEFAULT_REFUSALS_PER_SOURCE, DEFAULT_RETENTION_DAYS, AuditLog
 from .ca import CAError, ClusterCA, parse_plain_public_key
 from .timing import FailureDelay
 
@@ -389,6 +389,7 @@ class AuthService:
                  clock: Callable[[], float] = time.time,
                  hasher: passwords.PasswordHasher = passwords.DEFAULT_HASHER,
                  audit_retention_days: int = DEFAULT_RETENTION_DAYS,
+                 audit_refusals_per_source: int = DEFAULT_REFUSALS_PER_SOURCE,
                  failure_delay: FailureDelay | None = None):
         self.storage = storage
         self.ca = ca
@@ -396,7 +397,8 @@ class AuthService:
         self._clock = clock
         self._hasher = hasher
         self._failure_delay = failure_delay or FailureDelay()
-        self.audit_log = AuditLog(storage, clock=clock, retention_days=audit_retention_days)
+        self.audit_log = AuditLog(storage, clock=clock, retention_days=audit_retention_days,
+                                  refusals_per_source=audit_refusals_per_source)
         self._background: trio.Nursery | None = None
 
     @classmethod
@@ -404,6 +406,7 @@ class AuthService:
                      clock: Callable[[], float] = time.time,
                      hasher: passwords.PasswordHasher = passwords.DEFAULT_HASHER,
                      audit_retention_days: int = DEFAULT_RETENTION_DAYS,
+                     audit_refusals_per_source: int = DEFAULT_REFUSALS_PER_SOURCE,
                      failure_delay: FailureDelay | None = None) -> AuthService:
         """Load (or on the first start create, and audit) the CAs of ``cluster``."""
         cluster = check_node_name(cluster, "cluster name")
@@ -413,7 +416,9 @@ class AuthService:
             raise AuthServiceError("bad_request", str(exc)) from None
         try:
             service = cls(storage, ca, clock=clock, hasher=hasher,
-                          audit_retention_days=audit_retention_days, failure_delay=failure_delay)
+                          audit_retention_days=audit_retention_days,
+                          audit_refusals_per_source=audit_refusals_per_source,
+                          failure_delay=failure_delay)
         except ValueError as exc:
             raise _bad(str(exc)) from None
         for kind in ca.new_kinds:
@@ -502,48 +507,56 @@ class AuthService:
         return Invite(name, secret, invite.expires)
 
     # -- invites and signup ----------------------------------------------------------
-    async def _find_invite(self, token: Any) -> InviteRecord:
+    async def _find_invite(self, token: Any, client_ip: str) -> InviteRecord:
         """The invite a token names; a refused one (unknown, used, expired) is audited."""
         invite = await self.storage.get_invite(_secret_hash(token, "invite"))
         if invite is None:
-            await self._audit("user.signup", success=False, reason="unknown invite")
+            await self._audit("user.signup", success=False, reason="unknown invite",
+                              client_ip=client_ip)
             raise AuthServiceError("not_found", "invite not found (ask an admin for a new one)")
         if invite.used is not None:
-            await self._audit("user.signup", user=invite.user, success=False, reason="invite already used")
+            await self._audit("user.signup", user=invite.user, success=False,
+                              reason="invite already used", client_ip=client_ip)
             raise AuthServiceError("already_used", "this invite was already used")
         if invite.expires <= self._clock():
-            await self._audit("user.signup", user=invite.user, success=False, reason="invite expired")
+            await self._audit("user.signup", user=invite.user, success=False,
+                              reason="invite expired", client_ip=client_ip)
             raise AuthServiceError("expired", "this invite has expired (ask an admin for a new one)")
         return invite
 
-    async def get_invite(self, token: str) -> InviteInfo:
-        """The signup page: user, logins and the otpauth URI of the TOTP seed to enrol."""
-        invite = await self._find_invite(token)
+    async def get_invite(self, token: str, *, client_ip: str = "") -> InviteInfo:
+        """The signup page: user, logins and the otpauth URI of the TOTP seed to enrol.
+        ``client_ip`` (who asked, as the web role saw it) goes into a refusal's audit event."""
+        invite = await self._find_invite(token, str(client_ip)[:64])
         user = await self.storage.get_user(invite.user)
         logins = user.logins if user is not None else ()
         return InviteInfo(invite.user, logins,
                           totp.provisioning_uri(invite.totp_secret, invite.user, self.cluster),
                           invite.expires, self.cluster)
 
-    async def complete_signup(self, token: str, password: str, otp_code: str) -> None:
+    async def complete_signup(self, token: str, password: str, otp_code: str, *,
+                              client_ip: str = "") -> None:
         """Set the password (policy 12..128) and confirm TOTP with a current code; once."""
-        invite = await self._find_invite(token)
+        client_ip = str(client_ip)[:64]
+        invite = await self._find_invite(token, client_ip)
         try:
             passwords.check_policy(password)
         except passwords.PasswordPolicyError as exc:
-            await self._audit("user.signup", user=invite.user, success=False, reason="weak password")
+            await self._audit("user.signup", user=invite.user, success=False, reason="weak password",
+                              client_ip=client_ip)
             raise AuthServiceError("weak_password", str(exc)) from None
         now = self._clock()
         counter = totp.verify(invite.totp_secret, otp_code, now=now)
         if counter is None:
-            await self._audit("user.signup", user=invite.user, success=False, reason="wrong code")
+            await self._audit("user.signup", user=invite.user, success=False, reason="wrong code",
+                              client_ip=client_ip)
             raise AuthServiceError("access_denied", "the one-time code is wrong "
                                    "(check the authenticator app and the clock)")
         password_hash = await self._hasher.hash(password)
         if not await self.storage.complete_signup(invite.token_hash, password_hash, counter, now):
-            await self._find_invite(token)  # says "already_used" or "expired"
+            await self._find_invite(token, client_ip)  # says "already_used" or "expired"
             raise AuthServiceError("already_used", "this invite was already used")
-        await self._audit("user.signup", user=invite.user)
+        await self._audit("user.signup", user=invite.user, client_ip=client_ip)
 
     # -- login -----------------------------------------------------------------------
     async def login(self, user: str, password: str, otp_code: str, public_key_blob: Any,

@@ -118,7 +118,8 @@ async def _start_auth(nursery: trio.Nursery, cfg: Config, data_dir: Path):
     storage = SQLiteStorage(auth_dir / "jumpgate.db")
     try:
         service = await AuthService.create(storage, cfg.cluster_name,
-                                           audit_retention_days=cfg.audit_retention_days)
+                                           audit_retention_days=cfg.audit_retention_days,
+                                           audit_refusals_per_source=cfg.audit_refusals_per_source)
     except AuthServiceError as exc:
         raise CliError(f"auth: {exc.message}") from None
     await nursery.start(service.run)  # the audit log's writer and retention, rehashes

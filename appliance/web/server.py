@@ -366,17 +366,17 @@ class WebApp:
     async def _ping(self, request: WebRequest, params: dict[str, str]) -> WebResponse:
         return _json(200, {"cluster": await self._cluster(), "version": _version()}, "ping")
 
-    async def _invite(self, token: str) -> dict[str, Any]:
-        invite = _plain(await self._service.get_invite(token=token))
+    async def _invite(self, token: str, client_ip: str) -> dict[str, Any]:
+        invite = _plain(await self._service.get_invite(token=token, client_ip=client_ip))
         if "cluster" not in invite:
             invite["cluster"] = await self._cluster()
         return {k: invite[k] for k in ("user", "cluster", "otp_uri", "expires")}
 
     async def _invite_json(self, request: WebRequest, params: dict[str, str]) -> WebResponse:
-        return _json(200, await self._invite(params["token"]), "invite")
+        return _json(200, await self._invite(params["token"], request.client_ip), "invite")
 
     async def _invite_page(self, request: WebRequest, params: dict[str, str]) -> WebResponse:
-        invite = await self._invite(params["token"])
+        invite = await self._invite(params["token"], request.client_ip)
         web_addr = self._public_addr or _host_header(request) or "HOST:3080"
         page = pages.invite_page(
             user=invite["user"], cluster=invite["cluster"], expires=invite["expires"],
@@ -387,7 +387,7 @@ class WebApp:
     async def _signup(self, request: WebRequest, params: dict[str, str]) -> WebResponse:
         body = _fields(_json_body(request), {"token": str, "password": str, "otp_code": str})
         await self._service.complete_signup(token=body["token"], password=body["password"],
-                                            otp_code=body["otp_code"])
+                                            otp_code=body["otp_code"], client_ip=request.client_ip)
         return _json(200, {"ok": True}, "signup")
 
     async def _login(self, request: WebRequest, params: dict[str, str]) -> WebResponse:

@@ -344,6 +344,39 @@ def test_the_log_is_append_only_through_the_api():
     assert not any(word in m for m in methods for word in ("prune", "purge_audit", "delete_audit"))
 
 
+async def test_the_refusals_written_per_source_are_a_setting():
+    env = await make_disk_env(audit_refusals_per_source=3)
+    seed = await signup(env)
+    for i in range(5):
+        await refused_login(env, seed, name=f"nobody{i}")
+    rows = await env.service.list_audit(limit=100)
+    assert sum(e.event == "user.login" and not e.success for e in rows) == 3
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(AuthServiceError):
+            await AuthService.create(SQLiteStorage(":memory:"), CLUSTER, audit_refusals_per_source=bad)
+
+
+def test_the_refusals_per_source_setting_is_read_from_toml(tmp_path):
+    toml = tmp_path / "jumpgate.toml"
+    assert load_config(None, data_dir=str(tmp_path)).audit_refusals_per_source == PER_SOURCE == 10
+    toml.write_text("[audit]\nrefusals_per_source = 50\n")
+    assert load_config(str(toml)).audit_refusals_per_source == 50
+    toml.write_text("[audit]\nrefusals_per_source = 0\n")
+    with pytest.raises(ConfigError, match="refusals_per_source"):
+        load_config(str(toml))
+
+
+async def test_signup_refusals_name_the_client_so_they_count_against_it():
+    env = await make_disk_env()
+    for _ in range(3):
+        with pytest.raises(AuthServiceError):
+            await env.service.get_invite("A" * 22, client_ip="2001:db8::7")
+    with pytest.raises(AuthServiceError):
+        await env.service.complete_signup("B" * 22, PASSWORD, "000000", client_ip="2001:db8::8")
+    rows = [e for e in await env.service.list_audit(limit=100) if e.event == "user.signup"]
+    assert [e.fields["client_ip"] for e in rows] == ["2001:db8::8"] + ["2001:db8::7"] * 3
+
+
 def test_retention_is_set_by_toml_and_by_the_start_flag(tmp_path):
     assert load_config(None, data_dir=str(tmp_path)).audit_retention_days == 365
     toml = tmp_path / "jumpgate.toml"

@@ -189,6 +189,17 @@ async def test_login_passes_the_client_ip_to_the_audit_log(tmp_path):
         assert logins and logins[0].fields["client_ip"] == "127.0.0.1"
 
 
+async def test_signup_and_invite_refusals_pass_the_client_ip_to_the_audit_log(tmp_path):
+    async with running_cluster(tmp_path) as cluster:
+        token = "AAAAAAAAAAAAAAAAAAAAAA." + "B" * 43
+        await _api_error(request_json(cluster.addr, "GET", f"/v1/invite/{token}", pin=cluster.web.pin))
+        await _api_error(request_json(cluster.addr, "POST", "/v1/signup",
+                                      {"token": token, "password": PASSWORD, "otp_code": "123456"},
+                                      pin=cluster.web.pin))
+        refusals = [e for e in await cluster.service.list_audit(20) if e.event == "user.signup"]
+        assert [e.fields["client_ip"] for e in refusals] == ["127.0.0.1", "127.0.0.1"]
+
+
 async def test_wrong_password_and_wrong_code_are_401(tmp_path):
     async with running_cluster(tmp_path) as cluster:
         otp_uri = await signed_up(cluster)
