@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import ipaddress
 import json
 import logging
 import math

@@ -18,12 +18,11 @@ import threading
 import time
 from collections.abc import AsyncIterator
 
-import pytest
 import trio
 import trio.testing
 
 from _auth_helpers import CLUSTER, FAST_HASHER, PASSWORD, Env, FakeClock, make_env, new_key, signup
-from appliance.auth import passwords
+from appliance.auth import passwords, totp
 from appliance.auth.passwords import PasswordHasher, Verdict
 from appliance.auth.service import LOCK_SECONDS, MAX_FAILED_LOGINS, AuthService, AuthServiceError
 from appliance.auth.timing import FailureDelay
@@ -36,7 +35,6 @@ WRONG = "wrong password!!"
 async def attempt(service: AuthService, seed: str, clock: FakeClock, name: str = "alice",
                   password: str = PASSWORD) -> str:
     """One login; "ok" or the error's (code, message)."""
-    from appliance.auth import totp
     try:
         await service.login(name, password, totp.code_at(seed, clock.now), new_key().public_key.blob,
                             None, "192.0.2.7")
