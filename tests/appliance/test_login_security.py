@@ -347,6 +347,7 @@ async def test_a_rehash_never_undoes_a_reset_made_meanwhile(nursery):
 async def test_concurrent_logins_hash_in_the_hashers_slots_never_more_at_once(monkeypatch):
     hasher = PasswordHasher(n=2**10, concurrency=2)
     lock, running, peak = threading.Lock(), [0], [0]
+    pair = threading.Barrier(2, timeout=30)
     real = passwords._scrypt
 
     def scrypt(*args):
@@ -354,7 +355,7 @@ async def test_concurrent_logins_hash_in_the_hashers_slots_never_more_at_once(mo
             running[0] += 1
             peak[0] = max(peak[0], running[0])
         try:
-            time.sleep(0.005)
+            pair.wait()  # two run together (the slots allow it), then a third may not join them
             return real(*args)
         finally:
             with lock:

@@ -186,6 +186,7 @@ def test_a_stronger_stored_hash_is_kept_and_verified_at_its_own_cost():
 async def test_hashes_run_in_the_hashers_slots_never_more_at_once(monkeypatch):
     hasher = PasswordHasher(n=2**10, concurrency=2)
     lock, running, peak = threading.Lock(), [0], [0]
+    pair = threading.Barrier(2, timeout=30)
     real = passwords._scrypt
 
     def spy(*args):
@@ -193,7 +194,7 @@ async def test_hashes_run_in_the_hashers_slots_never_more_at_once(monkeypatch):
             running[0] += 1
             peak[0] = max(peak[0], running[0])
         try:
-            time.sleep(0.01)  # long enough for the others to pile up behind the limiter
+            pair.wait()  # two run together (the slots allow it), then a third may not join them
             return real(*args)
         finally:
             with lock:
