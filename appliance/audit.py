@@ -11,7 +11,7 @@ Code scheme: ``"T" + AREA + NUMBER + SEVERITY``
 * AREA/NUMBER — ``1xxx`` users and logins, ``2xxx`` sessions, ``30xx`` SSH activity
   inside a session (exec, port and agent forwarding, SSH auth at a node/proxy),
   ``32xx`` the node inventory, ``Cxxx`` certificates, ``CAxx`` certificate
-  authorities, ``Jxxx`` join tokens.
+  authorities, ``Jxxx`` join tokens, ``Axxx`` the audit log itself.
 * SEVERITY — ``I`` the action happened; ``W`` it was refused (bad credentials,
   policy, expired or reused token: someone should look if these pile up);
   ``E`` it was attempted and failed for another reason (e.g. a command that could
@@ -41,12 +41,21 @@ ca.create               TCA01I              auth (first start)
 token.create            TJ000I              auth
 token.use               TJ001I              auth (a single-use token consumed)
 token.delete            TJ002I              auth
+audit.coalesced         TA000W              auth (N more refusals from one source, U2)
+audit.prune             TA001I              auth (retention removed old events, U4)
 ======================  ========  ========  =========================================
 
 Events emitted by nodes and proxies arrive over the auth API; only the names in
-:data:`REMOTE_EVENTS` are accepted from them (a node cannot forge a login), and
-:meth:`AuditEvent.from_wire` bounds every field so a peer cannot grow the log
-without limit. Secrets (passwords, OTP codes or seeds, token secrets, private keys)
+:data:`REMOTE_EVENTS` are accepted from them (a node cannot forge a login).
+
+Bounds (docs/security.md U1). Every event, a peer's or our own, is bounded by cutting, never
+by refusing: a value over its bound is cut to it (the last character an ellipsis) and named
+in the event's ``truncated`` field, because refusing an oversized event would leave the
+attempt that produced it unaudited. Non-printable characters are escaped, so a value cannot
+forge a log line or drive a terminal. In a refused authentication (:data:`CLAIM_EVENTS`),
+the user, login, key id and node name are what the client said, chosen by whoever
+connected: they get the shorter bound :data:`MAX_CLAIM_LEN` and are named in the event's
+``claimed`` field. Secrets (passwords, OTP codes or seeds, token secrets, private keys)
 never go into an event.
 """
 from __future__ import annotations
@@ -58,12 +67,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "CLAIM_EVENTS",
+    "DEFAULT_REFUSALS_PER_SOURCE",
+    "DEFAULT_RETENTION_DAYS",
+    "CLAIM_FIELDS",
     "EVENT_CODES",
     "REMOTE_EVENTS",
     "AuditEvent",
     "AuditEventError",
     "code_for",
     "make_event",
+    "printable",
 ]
 
 #: event name -> (code on success, code when refused/failed or None)
@@ -89,17 +103,37 @@ EVENT_CODES: Mapping[str, tuple[str, str | None]] = types.MappingProxyType({
     "token.create": ("TJ000I", None),
     "token.use": ("TJ001I", None),
     "token.delete": ("TJ002I", None),
+    "audit.coalesced": ("TA000W", None),
+    "audit.prune": ("TA001I", None),
 })
+
+#: How long events are kept by default (``jumpgate start --audit-retention-days``, TOML
+#: ``[audit] retention_days``; 0 keeps them for ever): PCI DSS v4.0 10.5.1 asks for 12 months.
+DEFAULT_RETENTION_DAYS = 365
+#: Refusals from one source written in full per minute (TOML ``[audit] refusals_per_source``);
+#: the rest are counted in one ``audit.coalesced`` event (docs/security.md U2).
+DEFAULT_REFUSALS_PER_SOURCE = 10
 
 #: The events a node or proxy may report through ``AuthService.emit_audit``.
 REMOTE_EVENTS = frozenset({"session.start", "session.end", "exec", "port", "sftp", "auth",
                            "agent.forward"})
 
-# Bounds on an event received from a peer (and on our own, as a safety net).
+# Bounds on every event (a peer's and our own). A value over its bound is cut, never refused:
+# refusing an oversized event would leave the attempt that produced it unaudited.
 MAX_FIELDS = 32
 MAX_KEY_LEN = 64
 MAX_STR_LEN = 4096
 MAX_LIST_LEN = 64
+MAX_USER_LEN = 256
+#: What a refused authentication says about who is trying (a user name, a login, a key id, a
+#: node name) is only a claim: no authentication backs it, and the client chose the text.
+CLAIM_EVENTS = frozenset({"auth", "user.login", "node.join"})
+CLAIM_FIELDS = ("user", "login", "key_id", "node")
+#: A summary of coalesced refusals lists a sample of the names they claimed.
+_SUMMARY_CLAIMS = frozenset({"users"})
+MAX_CLAIM_LEN = 256
+#: The last character of a value that was cut.
+ELLIPSIS = "\u2026"
 
 _Scalar = str | int | float | bool | None
 
@@ -120,42 +154,102 @@ def code_for(event: str, success: bool = True) -> str:
     return code
 
 
-def _check_scalar(key: str, value: Any) -> _Scalar:
+def printable(text: str, limit: int = MAX_STR_LEN) -> tuple[str, bool]:
+    """``text`` with its non-printable characters escaped (``\\n``, ``\\x1b``, ``\\u200b``) and
+    cut to ``limit`` characters, the last one :data:`ELLIPSIS`; and whether it was cut.
+
+    Escaping keeps a log line one line and keeps a claimed key id from driving the terminal
+    of an admin reading ``jumpgate ctl events``. Only the first ``limit`` characters are
+    looked at, so a megabyte of key id costs no more than 256 characters of it.
+
+    >>> printable("evil\\x1b[2J", 64), printable("x" * 10, 4)
+    (('evil\\\\x1b[2J', False), ('xxx\u2026', True))
+    """
+    head = text[:limit]
+    if not head.isprintable():
+        head = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                       for c in head)
+    if len(head) > limit or len(text) > limit:
+        return head[:limit - 1] + ELLIPSIS, True
+    return head, False
+
+
+def _check_scalar(key: str, value: Any, limit: int) -> tuple[_Scalar, bool]:
     if value is None or isinstance(value, (bool, int)):
         if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**64:
             raise AuditEventError(f"audit field {key!r}: integer out of range")
-        return value
+        return value, False
     if isinstance(value, float):
         if not math.isfinite(value):
             raise AuditEventError(f"audit field {key!r}: not a finite number")
-        return value
+        return value, False
     if isinstance(value, str):
-        if len(value) > MAX_STR_LEN:
-            raise AuditEventError(f"audit field {key!r}: longer than {MAX_STR_LEN} characters")
-        return value
+        return printable(value, limit)
     raise AuditEventError(f"audit field {key!r}: unsupported type {type(value).__name__}")
 
 
-def _check_value(key: str, value: Any) -> _Scalar | tuple[_Scalar, ...]:
+def _check_value(key: str, value: Any, limit: int) -> tuple[_Scalar | tuple[_Scalar, ...], bool]:
+    """A scalar or a list of scalars, and whether something was cut to fit."""
     if isinstance(value, (list, tuple)):
-        if len(value) > MAX_LIST_LEN:
-            raise AuditEventError(f"audit field {key!r}: more than {MAX_LIST_LEN} items")
-        return tuple(_check_scalar(key, item) for item in value)
-    return _check_scalar(key, value)
+        items = [_check_scalar(key, item, limit) for item in value[:MAX_LIST_LEN]]
+        cut = len(value) > MAX_LIST_LEN or any(c for _, c in items)
+        return tuple(v for v, _ in items), cut
+    return _check_scalar(key, value, limit)
 
 
-def _check_fields(fields: Any) -> dict[str, Any]:
-    """Bounded, msgpack-safe copy: str keys; scalars or short lists of scalars."""
+def _check_fields(fields: Any, claims: frozenset[str] = frozenset()) -> tuple[dict[str, Any], list[str]]:
+    """Bounded, msgpack-safe copy (str keys; scalars or short lists of scalars) and the names of
+    the fields that were cut. Claims get the shorter bound :data:`MAX_CLAIM_LEN`."""
     if not isinstance(fields, Mapping):
         raise AuditEventError("audit fields must be a map")
     if len(fields) > MAX_FIELDS:
         raise AuditEventError(f"more than {MAX_FIELDS} audit fields")
     out: dict[str, Any] = {}
+    cut: list[str] = []
     for key, value in fields.items():
         if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_LEN:
             raise AuditEventError("audit field names must be 1..64 character strings")
-        out[key] = _check_value(key, value)
-    return out
+        limit = MAX_CLAIM_LEN if key in claims else MAX_STR_LEN
+        out[key], was_cut = _check_value(key, value, limit)
+        if was_cut:
+            cut.append(key)
+    return out, cut
+
+
+def _claims(event: str, success: bool) -> frozenset[str]:
+    """The fields of this event that hold claims (see :data:`CLAIM_EVENTS`)."""
+    if event == "audit.coalesced":
+        return _SUMMARY_CLAIMS
+    return frozenset(CLAIM_FIELDS) if not success and event in CLAIM_EVENTS else frozenset()
+
+
+def _bounded(event: str, success: bool, user: Any, fields: Mapping[str, Any],
+             extra: Mapping[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    """The user and the fields of an event, bounded (``extra`` overrides ``fields``).
+
+    Two fields are ours to add, never a sender's: ``claimed`` names the fields (``user``
+    included) that hold claims, ``truncated`` the ones that were cut to fit.
+    """
+    if not isinstance(user, str):
+        raise AuditEventError("audit user must be a string")
+    claims = _claims(event, success)
+    out, cut = _check_fields(fields, claims)
+    if extra:
+        more, more_cut = _check_fields(extra)
+        out.update(more)
+        cut += more_cut
+    for ours in ("claimed", "truncated"):
+        out.pop(ours, None)
+    user, user_cut = printable(user, MAX_CLAIM_LEN if "user" in claims else MAX_USER_LEN)
+    values = {**out, "user": user}
+    claimed = tuple(k for k in (*CLAIM_FIELDS, *_SUMMARY_CLAIMS)
+                    if k in claims and values.get(k) not in (None, "", ()))
+    truncated = ("user",) * user_cut + tuple(k for k in cut if k not in ("claimed", "truncated"))
+    if claimed:
+        out["claimed"] = claimed
+    if truncated:
+        out["truncated"] = truncated
+    return user, out
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,20 +290,18 @@ class AuditEvent:
         name = data.get("event")
         if not isinstance(name, str) or name not in allowed:
             raise AuditEventError(f"audit event {str(name)[:64]!r} may not be emitted here")
-        user = data.get("user", "")
         success = data.get("success", True)
-        if not isinstance(user, str) or len(user) > MAX_KEY_LEN * 4:
-            raise AuditEventError("audit user must be a short string")
         if not isinstance(success, bool):
             raise AuditEventError("audit success must be a boolean")
-        fields = _check_fields(data.get("fields", {}))
-        fields.update(_check_fields(extra or {}))
-        return cls(name, code_for(name, success), float(time), user, success, fields)
+        code = code_for(name, success)
+        user, fields = _bounded(name, success, data.get("user", ""), data.get("fields", {}), extra)
+        return cls(name, code, float(time), user, success, fields)
 
 
 def make_event(event: str, *, time: float, user: str = "", success: bool = True,
                **fields: Any) -> AuditEvent:
     """Build one of our own events, e.g. ``make_event("user.login", time=now, user="alice",
-    client_ip="10.0.0.5")``. Unknown names and unbounded fields raise AuditEventError."""
-    return AuditEvent(event, code_for(event, success), float(time), user[:MAX_STR_LEN], success,
-                      _check_fields(fields))
+    client_ip="10.0.0.5")``. Unknown names raise AuditEventError; long values are cut."""
+    code = code_for(event, success)
+    user, bounded = _bounded(event, success, user, fields)
+    return AuditEvent(event, code, float(time), user, success, bounded)

@@ -21,6 +21,10 @@ A TOML file (``--config jumpgate.toml``, read with the stdlib ``tomllib``) may h
     [web]
     cert = "/etc/jumpgate/tls.crt"           # optional: a certificate instead of the self-signed one
     key = "/etc/jumpgate/tls.key"
+    [audit]
+    retention_days = 365                    # audit events older than this are pruned; 0 = keep all
+    refusals_per_source = 10                # refusals from one client written in full a minute;
+                                            # the rest are counted in one audit.coalesced event
 """
 from __future__ import annotations
 
@@ -29,6 +33,8 @@ import os
 import socket
 import tomllib
 from pathlib import Path
+
+from .audit import DEFAULT_REFUSALS_PER_SOURCE, DEFAULT_RETENTION_DAYS
 
 ALL_ROLES = ("auth", "proxy", "node", "web")
 DEFAULT_PORTS = {"node": 3022, "proxy": 3023, "tunnel": 3024, "auth": 3025, "web": 3080}
@@ -66,6 +72,8 @@ class Config:
     command_labels: dict = dataclasses.field(default_factory=dict)
     web_cert: str = ""
     web_key: str = ""
+    audit_retention_days: int = DEFAULT_RETENTION_DAYS
+    audit_refusals_per_source: int = DEFAULT_REFUSALS_PER_SOURCE
 
     @property
     def host_name(self) -> str:
@@ -86,6 +94,15 @@ def parse_labels(text: str) -> dict[str, str]:
     return labels
 
 
+def _check_audit(cfg: Config) -> None:
+    days, refusals = cfg.audit_retention_days, cfg.audit_refusals_per_source
+    if isinstance(days, bool) or not isinstance(days, int) or days < 0:
+        raise ConfigError(f"audit retention_days must be a whole number of days >= 0 (0 keeps "
+                          f"every event), not {days!r}")
+    if isinstance(refusals, bool) or not isinstance(refusals, int) or refusals < 1:
+        raise ConfigError(f"audit refusals_per_source must be a whole number >= 1, not {refusals!r}")
+
+
 def load_config(path: str | None = None, **overrides) -> Config:
     """Read ``path`` (if given) and apply non-empty ``overrides`` (from command-line flags)."""
     raw: dict = {}
@@ -99,6 +116,7 @@ def load_config(path: str | None = None, **overrides) -> Config:
     ports.update({k: int(v) for k, v in raw.get("ports", {}).items() if k in DEFAULT_PORTS})
     node = raw.get("node", {})
     web = raw.get("web", {})
+    audit = raw.get("audit", {})
     commands = {name: CommandLabelConfig(tuple(spec["command"]), float(spec.get("period", 60)))
                 for name, spec in node.get("commands", {}).items()}
     values = dict(
@@ -115,6 +133,8 @@ def load_config(path: str | None = None, **overrides) -> Config:
         command_labels=commands,
         web_cert=web.get("cert", ""),
         web_key=web.get("key", ""),
+        audit_retention_days=audit.get("retention_days", DEFAULT_RETENTION_DAYS),
+        audit_refusals_per_source=audit.get("refusals_per_source", DEFAULT_REFUSALS_PER_SOURCE),
     )
     for key, value in overrides.items():
         if value in (None, "", (), {}):
@@ -128,6 +148,7 @@ def load_config(path: str | None = None, **overrides) -> Config:
         else:
             values[key] = value
     cfg = Config(**values)
+    _check_audit(cfg)
     bad = [r for r in cfg.roles if r not in ALL_ROLES]
     if bad:
         raise ConfigError(f"unknown role(s): {', '.join(bad)} (known: {', '.join(ALL_ROLES)})")

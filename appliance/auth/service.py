@@ -13,12 +13,14 @@ Rules enforced here (SECURITY-CHECKLIST §3, issue 3):
 * Invites: valid 1 h, single use (compare-and-set in storage); the TOTP seed is made
   with the invite and enrolment is confirmed by a current code at signup; passwords
   12..128 characters.
-* Login: password and TOTP code; the same ``access_denied`` for an unknown user, a
-  wrong password, a wrong code and a reused code (a dummy password hash is computed
-  for unknown users so the timing matches, T13); a code's time step is usable once
-  even under concurrent logins; 5 failures in a row lock the user for 30 min
-  (``locked`` even with the right credentials, until the lock expires); a success
-  resets the count.
+* Login (docs/security.md A1-A6): password and TOTP code; one answer, ``access_denied``
+  with one message, for an unknown user, a locked one, a wrong password, a wrong code and
+  a reused code, after one password check at the current cost in every case (a dummy hash
+  for unknown and locked users, T13) and a reply padded to the user name's delay; a code's
+  time step is usable once even under concurrent logins; an attempt is counted (reserved,
+  compare-and-set in storage) before its password is checked, so 5 failures in a row lock
+  the user for 30 min however many attempts run at once; a success resets the count; a
+  hash made with weaker parameters is replaced after the login has replied.
 * User certificates: TTL default 12 h, at least 1 min, at most 30 h (longer is
   refused); principals = the user's logins only, never empty.
 * Join tokens: TTL default 30 min; single use, consumed by a successful join; only
@@ -33,7 +35,9 @@ Rules enforced here (SECURITY-CHECKLIST §3, issue 3):
   in paths and principals); node names are one lower-case DNS label (J1); a new
   cluster's name is not a public suffix (J9, :mod:`appliance.names`).
 * Every login, failure, lock, certificate, join, token and user change is an audit
-  event (:mod:`appliance.audit`).
+  event (:mod:`appliance.audit`), written through :class:`~appliance.auth.audit_log.AuditLog`:
+  a success is durable before the call returns, a refusal is queued and coalesced per
+  source (docs/security.md U1-U4). :meth:`AuthService.run` is its background work.
 """
 from __future__ import annotations
 
@@ -44,18 +48,23 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import trio
 
 from ssh_proto.errors import KeyFormatError
 from ssh_proto.keys import Certificate, PublicKey, parse_public_line
 
 from .. import audit, names
 from ..audit import AuditEvent, AuditEventError
-from ..storage.base import InviteRecord, NodeRecord, Storage, TokenRecord, UserRecord
+from ..storage.base import (InviteRecord, LoginAttempt, NodeRecord, Storage, StorageError, TokenRecord,
+                            UserRecord)
 from . import joining, krl, passwords, rejoin, totp
+from .audit_log import DEFAULT_REFUSALS_PER_SOURCE, DEFAULT_RETENTION_DAYS, AuditLog
 from .ca import CAError, ClusterCA, parse_plain_public_key
+from .timing import FailureDelay
 
 __all__ = [
     "AuthService", "AuthServiceError", "CertResult", "ClusterInfo", "CreatedToken", "Invite",
@@ -81,15 +90,17 @@ MAX_LOGINS = 32
 MAX_LABELS = 32
 MAX_ADDRESSES = 16
 
-ERROR_CODES = frozenset({"access_denied", "locked", "not_found", "expired", "already_used",
+ERROR_CODES = frozenset({"access_denied", "not_found", "expired", "already_used",
                          "already_exists", "bad_request", "weak_password"})
 
 _USER_NAME = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 _SECRET = re.compile(r"[A-Za-z0-9_-]{16,64}")
 _TOKEN_ID = re.compile(r"[0-9a-f]{1,64}")
 _LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./-]{0,62}")
+# One answer for every refused login, locked users included (A3: no account enumeration).
 _DENIED = ("access denied: wrong user name, password or one-time code "
-           "(each code works once: wait for the next one)")
+           f"(each code works once: wait for the next one); after {MAX_FAILED_LOGINS} failed "
+           f"logins a user is locked for {LOCK_SECONDS // 60} min (an admin can reset it)")
 
 
 class AuthServiceError(Exception):
@@ -425,7 +436,10 @@ class AuthService:
 
     def __init__(self, storage: Storage, ca: ClusterCA, *,
                  clock: Callable[[], float] = time.time,
-                 hasher: passwords.PasswordHasher = passwords.DEFAULT_HASHER):
+                 hasher: passwords.PasswordHasher = passwords.DEFAULT_HASHER,
+                 audit_retention_days: int = DEFAULT_RETENTION_DAYS,
+                 audit_refusals_per_source: int = DEFAULT_REFUSALS_PER_SOURCE,
+                 failure_delay: FailureDelay | None = None):
         self.storage = storage
         self.ca = ca
         self.cluster = ca.cluster
@@ -433,11 +447,18 @@ class AuthService:
         self._hasher = hasher
         #: Problems an admin must hear about at every start (e.g. J9's cluster name).
         self.warnings: tuple[str, ...] = ()
+        self._failure_delay = failure_delay or FailureDelay()
+        self.audit_log = AuditLog(storage, clock=clock, retention_days=audit_retention_days,
+                                  refusals_per_source=audit_refusals_per_source)
+        self._background: trio.Nursery | None = None
 
     @classmethod
     async def create(cls, storage: Storage, cluster: str, *,
                      clock: Callable[[], float] = time.time,
-                     hasher: passwords.PasswordHasher = passwords.DEFAULT_HASHER) -> AuthService:
+                     hasher: passwords.PasswordHasher = passwords.DEFAULT_HASHER,
+                     audit_retention_days: int = DEFAULT_RETENTION_DAYS,
+                     audit_refusals_per_source: int = DEFAULT_REFUSALS_PER_SOURCE,
+                     failure_delay: FailureDelay | None = None) -> AuthService:
         """Load (or on the first start create, and audit) the CAs of ``cluster``.
 
         A new cluster may not be named after a public suffix (J9); an existing one that is
@@ -449,21 +470,50 @@ class AuthService:
             ca = await ClusterCA.load_or_create(storage, cluster, clock=clock)
         except CAError as exc:
             raise AuthServiceError("bad_request", str(exc)) from None
-        service = cls(storage, ca, clock=clock, hasher=hasher)
+        try:
+            service = cls(storage, ca, clock=clock, hasher=hasher,
+                          audit_retention_days=audit_retention_days,
+                          audit_refusals_per_source=audit_refusals_per_source,
+                          failure_delay=failure_delay)
+        except ValueError as exc:
+            raise _bad(str(exc)) from None
         service.warnings = (warning,) if warning else ()
         for kind in ca.new_kinds:
             key = ca.user_ca_public if kind == "user" else ca.host_ca_public
             await service._audit("ca.create", kind=kind, fingerprint=key.fingerprint())
-        await hasher.warm_up()
         return service
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The auth role's background work, until cancelled: the audit log's writer and its
+        retention (U3, U4), and the rehashes that follow logins (A4).
+
+        >>> await nursery.start(service.run)                                 # doctest: +SKIP
+        """
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.audit_log.run)
+            self._background = nursery
+            try:
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                self._background = None
+
+    async def _after_reply(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` after the caller's reply: in :meth:`run`'s nursery; inline without it."""
+        if self._background is not None:
+            self._background.start_soon(work)
+        else:
+            await work()
+
+    def _event(self, event: str, *, user: str = "", success: bool = True,
+               **fields: Any) -> AuditEvent:
+        return audit.make_event(event, time=self._clock(), user=user, success=success,
+                                **{k: v for k, v in fields.items() if v not in (None, "")})
 
     async def _audit(self, event: str, *, user: str = "", success: bool = True,
                      **fields: Any) -> None:
-        record = audit.make_event(event, time=self._clock(), user=user, success=success,
-                                  **{k: v for k, v in fields.items() if v not in (None, "")})
-        await self.storage.append_audit(record)
-        log.info("audit %s %s user=%r %s", record.code, record.event, record.user,
-                 " ".join(f"{k}={v!r}" for k, v in record.fields.items()))
+        """Record one of our events: durable on return if a success, queued if a refusal."""
+        await self.audit_log.append(self._event(event, user=user, success=success, **fields))
 
     # -- users -----------------------------------------------------------------------
     async def create_user(self, name: str, logins: Sequence[str], roles: Sequence[str] = (), *,
@@ -514,116 +564,149 @@ class AuthService:
         return Invite(name, secret, invite.expires)
 
     # -- invites and signup ----------------------------------------------------------
-    async def _find_invite(self, token: Any) -> InviteRecord:
+    async def _find_invite(self, token: Any, client_ip: str) -> InviteRecord:
         """The invite a token names; a refused one (unknown, used, expired) is audited."""
         invite = await self.storage.get_invite(_secret_hash(token, "invite"))
         if invite is None:
-            await self._audit("user.signup", success=False, reason="unknown invite")
+            await self._audit("user.signup", success=False, reason="unknown invite",
+                              client_ip=client_ip)
             raise AuthServiceError("not_found", "invite not found (ask an admin for a new one)")
         if invite.used is not None:
-            await self._audit("user.signup", user=invite.user, success=False, reason="invite already used")
+            await self._audit("user.signup", user=invite.user, success=False,
+                              reason="invite already used", client_ip=client_ip)
             raise AuthServiceError("already_used", "this invite was already used")
         if invite.expires <= self._clock():
-            await self._audit("user.signup", user=invite.user, success=False, reason="invite expired")
+            await self._audit("user.signup", user=invite.user, success=False,
+                              reason="invite expired", client_ip=client_ip)
             raise AuthServiceError("expired", "this invite has expired (ask an admin for a new one)")
         return invite
 
-    async def get_invite(self, token: str) -> InviteInfo:
-        """The signup page: user, logins and the otpauth URI of the TOTP seed to enrol."""
-        invite = await self._find_invite(token)
+    async def get_invite(self, token: str, *, client_ip: str = "") -> InviteInfo:
+        """The signup page: user, logins and the otpauth URI of the TOTP seed to enrol.
+        ``client_ip`` (who asked, as the web role saw it) goes into a refusal's audit event."""
+        invite = await self._find_invite(token, str(client_ip)[:64])
         user = await self.storage.get_user(invite.user)
         logins = user.logins if user is not None else ()
         return InviteInfo(invite.user, logins,
                           totp.provisioning_uri(invite.totp_secret, invite.user, self.cluster),
                           invite.expires, self.cluster)
 
-    async def complete_signup(self, token: str, password: str, otp_code: str) -> None:
+    async def complete_signup(self, token: str, password: str, otp_code: str, *,
+                              client_ip: str = "") -> None:
         """Set the password (policy 12..128) and confirm TOTP with a current code; once."""
-        invite = await self._find_invite(token)
+        client_ip = str(client_ip)[:64]
+        invite = await self._find_invite(token, client_ip)
         try:
             passwords.check_policy(password)
         except passwords.PasswordPolicyError as exc:
-            await self._audit("user.signup", user=invite.user, success=False, reason="weak password")
+            await self._audit("user.signup", user=invite.user, success=False, reason="weak password",
+                              client_ip=client_ip)
             raise AuthServiceError("weak_password", str(exc)) from None
         now = self._clock()
         counter = totp.verify(invite.totp_secret, otp_code, now=now)
         if counter is None:
-            await self._audit("user.signup", user=invite.user, success=False, reason="wrong code")
+            await self._audit("user.signup", user=invite.user, success=False, reason="wrong code",
+                              client_ip=client_ip)
             raise AuthServiceError("access_denied", "the one-time code is wrong "
                                    "(check the authenticator app and the clock)")
         password_hash = await self._hasher.hash(password)
         if not await self.storage.complete_signup(invite.token_hash, password_hash, counter, now):
-            await self._find_invite(token)  # says "already_used" or "expired"
+            await self._find_invite(token, client_ip)  # says "already_used" or "expired"
             raise AuthServiceError("already_used", "this invite was already used")
-        await self._audit("user.signup", user=invite.user)
+        await self._audit("user.signup", user=invite.user, client_ip=client_ip)
 
     # -- login -----------------------------------------------------------------------
     async def login(self, user: str, password: str, otp_code: str, public_key_blob: Any,
                     ttl_seconds: float | None = None, client_ip: str = "") -> LoginResult:
-        """Password + TOTP → a user certificate for ``public_key_blob``."""
+        """Password + TOTP → a user certificate for ``public_key_blob``.
+
+        Every refusal is the same ``access_denied`` after the same work (A3): in a hash slot
+        (A2), reserve the attempt (A5), check the password, or the dummy hash when there is
+        no attempt to make, then pad the reply (A6).
+        """
         ttl = _check_ttl(ttl_seconds, USER_CERT_TTL, USER_CERT_TTL_MIN, USER_CERT_TTL_MAX,
                          "the certificate TTL")
         key = _parse_key(public_key_blob)
         client_ip = str(client_ip)[:64]
-        record = await self._login_user(user, password, client_ip)
+        started = trio.current_time()
+        async with self._hasher.slot() as slot:
+            attempt = await self._reserve_attempt(user)
+            generation = await self.storage.get_generation(str(user)[:64])  # for every attempt alike
+            stored = attempt.user.password_hash if attempt.reserved and attempt.user else None
+            verdict = await slot.check(password, stored)
         now = self._clock()
-        reason = await self._check_credentials(record, password, otp_code, now)
+        reason = await self._check_attempt(attempt, verdict, otp_code, now)
         if reason is not None:
-            await self._login_failed(record.name, reason, client_ip, now)
+            await self._login_refused(user, attempt, reason, client_ip)
+            await self._failure_delay.pad(started, str(user)[:64])
             raise AuthServiceError("access_denied", _DENIED)
-        cert = await self._sign_user(key, record, ttl, now)
-        await self._audit("user.login", user=record.name, client_ip=client_ip, method="password+totp")
-        await self._audit("cert.create", user=record.name, kind="user", key_id=cert.key_id,
-                          serial=cert.serial, principals=cert.principals,
-                          valid_before=cert.valid_before, client_ip=client_ip)
+        record = attempt.user
+        assert record is not None
+        cert = self._sign_user(key, record, ttl, now, generation)
+        await self.audit_log.append_all([  # one commit for both, before the certificate leaves
+            self._event("user.login", user=record.name, client_ip=client_ip, method="password+totp"),
+            self._event("cert.create", user=record.name, kind="user", key_id=cert.key_id,
+                        serial=cert.serial, principals=cert.principals, generation=generation,
+                        valid_before=cert.valid_before, client_ip=client_ip)])
+        await self._issued(cert, record, generation, now)
+        if verdict.rehash:
+            await self._after_reply(lambda: self._rehash(record, password))
         return LoginResult(record.name, cert.to_line(), record.logins, record.roles,
                            float(cert.valid_before), self.ca.host_ca_known_hosts_line(),
                            self.ca.user_ca_line(), self.cluster)
 
-    async def _login_user(self, user: Any, password: Any, client_ip: str) -> UserRecord:
-        """The user, signed up and not locked; else access_denied (or locked)."""
-        valid = isinstance(user, str) and _USER_NAME.fullmatch(user) is not None
-        record = await self.storage.get_user(user) if valid else None
-        if record is None or not record.signed_up:
-            await self._hasher.verify_dummy(password if isinstance(password, str) else "")
-            reason = "unknown user" if record is None else "signup not completed"
-            await self._audit("user.login", user=str(user)[:64], success=False,
-                              reason=reason, client_ip=client_ip)
-            raise AuthServiceError("access_denied", _DENIED)
-        if record.locked_until > self._clock():
-            await self._audit("user.login", user=record.name, success=False,
-                              reason="locked", client_ip=client_ip)
-            minutes = LOCK_SECONDS // 60
-            raise AuthServiceError("locked", f"user is locked after {MAX_FAILED_LOGINS} failed "
-                                   f"logins; try again later (locks last {minutes} min) or ask "
-                                   "an admin to reset the user")
-        return record
+    async def _reserve_attempt(self, user: Any) -> LoginAttempt:
+        """Count the attempt before its password is checked (A5); no attempt for a name
+        that cannot be a user."""
+        if not isinstance(user, str) or not _USER_NAME.fullmatch(user):
+            return LoginAttempt(None, False)
+        return await self.storage.reserve_login_attempt(
+            user, self._clock(), max_failures=MAX_FAILED_LOGINS, lock_seconds=LOCK_SECONDS)
 
-    async def _check_credentials(self, record: UserRecord, password: Any, otp_code: Any,
-                                 now: float) -> str | None:
-        """None when password and code are right and the code's step is fresh; else why not."""
-        assert record.password_hash is not None and record.totp_secret is not None
-        password_ok = isinstance(password, str) and await self._hasher.verify(
-            password, record.password_hash)
+    async def _check_attempt(self, attempt: LoginAttempt, verdict: passwords.Verdict,
+                             otp_code: Any, now: float) -> str | None:
+        """None when the attempt succeeds (its TOTP step is then recorded, and the count
+        reset); else why it is refused."""
+        record = attempt.user
+        if record is None:
+            return "unknown user"
+        if not record.signed_up:
+            return "signup not completed"
+        if not attempt.reserved:
+            return "locked" if record.locked_until > now else "too many attempts at once"
+        assert record.totp_secret is not None
         counter = totp.verify(record.totp_secret, otp_code, now=now)
-        if not password_ok:
+        if not verdict.ok:
             return "wrong password"
         if counter is None:
             return "wrong one-time code"
         # Compare-and-set in storage: of two concurrent logins with one code, one wins.
         if counter <= record.last_totp_counter or not await self.storage.record_login_success(
-                record.name, counter):
+                record.name, counter, lock_until=attempt.lock_until):
             return "one-time code already used"
         return None
 
-    async def _login_failed(self, name: str, reason: str, client_ip: str, now: float) -> None:
-        failure = await self.storage.record_login_failure(
-            name, now, max_failures=MAX_FAILED_LOGINS, lock_seconds=LOCK_SECONDS)
+    async def _login_refused(self, user: Any, attempt: LoginAttempt, reason: str,
+                             client_ip: str) -> None:
+        """Audit the refusal (queued, U3); and the lock, if this attempt was the last one
+        allowed before it (its reservation set the lock, which now stands)."""
+        name = attempt.user.name if attempt.user is not None else str(user)
         await self._audit("user.login", user=name, success=False, reason=reason,
                           client_ip=client_ip)
-        if failure is not None and failure.locked_now:
-            await self._audit("user.locked", user=name, locked_until=failure.locked_until,
-                              failures=failure.failed_logins, client_ip=client_ip)
+        if attempt.lock_until:
+            await self._audit("user.locked", user=name, locked_until=attempt.lock_until,
+                              failures=MAX_FAILED_LOGINS, client_ip=client_ip)
+
+    async def _rehash(self, record: UserRecord, password: str) -> None:
+        """Replace a hash made with weaker parameters (A4), unless the password changed since."""
+        assert record.password_hash is not None
+        try:
+            new_hash = await self._hasher.hash(password)
+            if await self.storage.update_password_hash(record.name, record.password_hash, new_hash):
+                log.info("password hash of %s upgraded to the current scrypt parameters", record.name)
+        except StorageError as exc:
+            log.warning("password hash of %s not upgraded (next login tries again): %s",
+                        record.name, exc)
 
     # -- certificates and CA exports -------------------------------------------------
     async def sign_user_cert(self, name: str, public_key_blob: Any, ttl: float | None = None, *,
@@ -635,10 +718,13 @@ class AuthService:
         record = await self.storage.get_user(check_user_name(name))
         if record is None:
             raise AuthServiceError("not_found", f"no user {name!r}")
-        cert = await self._sign_user(key, record, ttl, self._clock())
+        now = self._clock()
+        generation = await self.storage.get_generation(record.name)
+        cert = self._sign_user(key, record, ttl, now, generation)
         await self._audit("cert.create", user=record.name, kind="user", key_id=cert.key_id,
-                          serial=cert.serial, principals=cert.principals,
+                          serial=cert.serial, principals=cert.principals, generation=generation,
                           valid_before=cert.valid_before, actor=actor)
+        await self._issued(cert, record, generation, now)
         return _cert_result(cert)
 
     async def sign_host_cert(self, name: str, public_key_blob: Any,
@@ -673,16 +759,18 @@ class AuthService:
                           principals=cert.principals, valid_before=cert.valid_before)
         return _cert_result(cert)
 
-    async def _sign_user(self, key: PublicKey, record: UserRecord, ttl: float, now: float) -> Certificate:
+    def _sign_user(self, key: PublicKey, record: UserRecord, ttl: float, now: float,
+                   generation: int) -> Certificate:
         """Principals = the user's logins, exactly; the CA refuses an empty list. The
-        certificate carries the user's generation and its serial is kept (for KRLs)."""
-        generation = await self.storage.get_generation(record.name)
+        certificate carries the user's current ``generation`` (R1)."""
         try:
-            cert = self.ca.sign_user(key, record.name, record.logins, record.roles, ttl, now, generation)
+            return self.ca.sign_user(key, record.name, record.logins, record.roles, ttl, now, generation)
         except CAError as exc:
             raise _bad(f"cannot issue a certificate for {record.name!r}: {exc}") from None
+
+    async def _issued(self, cert: Certificate, record: UserRecord, generation: int, now: float) -> None:
+        """Keep the serial of a user certificate before it leaves (the KRL of R5 lists it)."""
         await self.storage.record_user_cert(cert.serial, record.name, generation, float(cert.valid_before), now)
-        return cert
 
     def _sign_host(self, key: PublicKey, role: str, name: str, addresses: Sequence[str],
                    ttl: float) -> Certificate:
@@ -928,13 +1016,14 @@ class AuthService:
 
     # -- audit -----------------------------------------------------------------------
     async def emit_audit(self, event: Mapping[str, Any], *, emitter: str = "") -> int:
-        """Record an event reported by a node or proxy (session.start, exec, ...)."""
+        """Record an event reported by a node or proxy (session.start, exec, ...): a success
+        is durable on return (its id), a refusal is queued and coalesced (0; U3)."""
         try:
             record = AuditEvent.from_wire(event, time=self._clock(),
                                           extra={"emitter": emitter} if emitter else None)
         except AuditEventError as exc:
             raise _bad(str(exc)) from None
-        return await self.storage.append_audit(record)
+        return await self.audit_log.append(record)
 
     async def list_audit(self, limit: int = 100, before_id: int | None = None) -> list[AuditEvent]:
         """Newest first; page with ``before_id`` = the last id seen."""
@@ -942,4 +1031,5 @@ class AuthService:
             raise _bad("limit must be 1..10000")
         if before_id is not None and (isinstance(before_id, bool) or not isinstance(before_id, int)):
             raise _bad("before_id must be an integer")
+        await self.audit_log.flush()  # the refusals still queued are part of the answer
         return list(await self.storage.list_audit(limit, before_id))

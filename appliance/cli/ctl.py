@@ -103,7 +103,10 @@ async def _local(args) -> AsyncIterator[_Backend]:
         yield _Backend(call, data_dir=cfg.data_dir, host=host, web_port=int(ports["web"]), actor=actor,
                        auth_port=int(ports["auth"]))
     finally:
-        await storage.aclose()
+        try:
+            await service.audit_log.flush()  # refusals are queued (docs/security.md U3)
+        finally:
+            await storage.aclose()
 
 
 def _cluster_state(data_dir: Path) -> dict:

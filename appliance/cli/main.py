@@ -25,6 +25,9 @@ def _add_start(sub) -> None:
     p.add_argument("--nodename", help="this node's name, one DNS label (default: host name); "
                    "fixed at the first join (the proxy is NODENAME-proxy)")
     p.add_argument("--labels", help="static node labels: key=value,...")
+    p.add_argument("--audit-retention-days", type=int, metavar="DAYS",
+                   help="days the auth role keeps audit events; older ones are pruned hourly "
+                        "(default 365; 0 keeps every event)")
     for role, port in (("node", 3022), ("proxy", 3023), ("tunnel", 3024), ("auth", 3025), ("web", 3080)):
         p.add_argument(f"--{role}-port", type=int, help=f"{role} port (default {port})")
     p.set_defaults(func="appliance.cli.start:start")

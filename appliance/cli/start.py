@@ -35,7 +35,7 @@ def start(args) -> int:
             roles=tuple(r.strip() for r in args.roles.split(",") if r.strip()) if args.roles else None,
             cluster_name=args.cluster_name, public_addr=args.public_addr, listen_addr=args.listen_addr,
             auth_server=args.auth_server, token=args.token, node_name=args.nodename,
-            labels=parse_labels(args.labels or ""),
+            labels=parse_labels(args.labels or ""), audit_retention_days=args.audit_retention_days,
             port_overrides={role: getattr(args, f"{role}_port") for role in ("node", "proxy", "tunnel", "auth", "web")
                             if getattr(args, f"{role}_port")})
     except ConfigError as exc:
@@ -119,11 +119,14 @@ async def _start_auth(nursery: trio.Nursery, cfg: Config, data_dir: Path):
     auth_dir = prepare_data_dir(data_dir / "auth")
     storage = SQLiteStorage(auth_dir / "jumpgate.db")
     try:
-        service = await AuthService.create(storage, cfg.cluster_name)
+        service = await AuthService.create(storage, cfg.cluster_name,
+                                           audit_retention_days=cfg.audit_retention_days,
+                                           audit_refusals_per_source=cfg.audit_refusals_per_source)
     except AuthServiceError as exc:
         raise CliError(f"auth: {exc.message}") from None
     for warning in service.warnings:  # an installed cluster that breaks a newer rule (J9)
         print(f"jumpgate: auth: {warning}", file=sys.stderr, flush=True)
+    await nursery.start(service.run)  # the audit log's writer and retention, rehashes
     # what `jumpgate ctl` on this host needs to know about the running cluster
     (auth_dir / "cluster.json").write_text(json.dumps({
         "cluster": service.cluster, "host": cfg.host_name, "ports": cfg.ports}) + "\n")

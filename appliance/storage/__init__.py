@@ -1,7 +1,7 @@
 """Storage of the auth role: the :class:`Storage` interface and its SQLite implementation."""
-from .base import (NO_TOTP_COUNTER, CARecord, InviteRecord, LoginFailure, NodeRecord, Storage, StorageError,
+from .base import (NO_TOTP_COUNTER, CARecord, InviteRecord, LoginAttempt, NodeRecord, Storage, StorageError,
                    TokenRecord, UserRecord)
 from .sqlite import SQLiteStorage
 
-__all__ = ["NO_TOTP_COUNTER", "CARecord", "InviteRecord", "LoginFailure", "NodeRecord", "SQLiteStorage", "Storage",
+__all__ = ["NO_TOTP_COUNTER", "CARecord", "InviteRecord", "LoginAttempt", "NodeRecord", "SQLiteStorage", "Storage",
            "StorageError", "TokenRecord", "UserRecord"]

@@ -14,8 +14,15 @@ protocol. Rules every implementation follows:
   requests (two auth processes, or two tasks) cannot both win:
   ``record_login_success`` (a TOTP time step is used at most once),
   ``complete_signup`` (an invite is used once), ``consume_token`` (a single-use
-  join token joins one node), ``record_login_failure`` (the failure counter and the
-  lock move together), ``insert_ca`` (two first starts agree on one CA).
+  join token joins one node), ``reserve_login_attempt`` (a login attempt is counted,
+  and the lock set, before its password is checked: at most ``max_failures`` checks
+  between two successes, whatever the number of concurrent attempts or processes),
+  ``update_password_hash`` (a rehash never overwrites a newer password), ``insert_ca``
+  (two first starts agree on one CA). Each is one conditional ``UPDATE`` (or ``INSERT``),
+  so the database itself decides the race: SQLite's write lock, PostgreSQL's row lock.
+* The audit log is append-only: ``append_audit``/``append_audit_batch`` add events and
+  ``prune_audit`` is the one way an event leaves it (the retention setting, itself audited:
+  docs/security.md U4). Nothing updates an event.
 * Secrets that must be checked, not shown, are stored as digests: invites and join
   tokens by ``sha256`` hex of their secret; passwords as scrypt strings. The TOTP
   seed and the CA private keys must be usable, so they are stored as they are —
@@ -35,7 +42,7 @@ __all__ = [
     "CARecord",
     "ChangeRecord",
     "InviteRecord",
-    "LoginFailure",
+    "LoginAttempt",
     "NodeRecord",
     "Storage",
     "StorageError",
@@ -148,12 +155,19 @@ class ChangeRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class LoginFailure:
-    """Outcome of ``record_login_failure``: ``locked_now`` when this failure set the lock."""
+class LoginAttempt:
+    """Outcome of ``reserve_login_attempt``.
 
-    failed_logins: int
-    locked_until: float
-    locked_now: bool
+    ``user`` is the record after the reservation (None: no such user). ``reserved`` is
+    False when the user is not signed up, is locked, or when every attempt allowed before
+    the lock is taken (by attempts still running): then no password may be checked.
+    ``lock_until`` is non-zero for the last attempt allowed before the lock: the reservation
+    already set that lock, which stays if the attempt fails and goes if it succeeds.
+    """
+
+    user: UserRecord | None
+    reserved: bool
+    lock_until: float = 0.0
 
 
 @runtime_checkable
@@ -175,13 +189,22 @@ class Storage(Protocol):
     async def reset_user(self, name: str, invite: InviteRecord) -> bool:
         """Clear password, TOTP, failures and lock; replace the user's invites by ``invite``;
         bump the certificate generation."""
-    async def record_login_failure(self, name: str, now: float, *, max_failures: int,
-                                   lock_seconds: float) -> LoginFailure | None:
-        """Count one failure; at ``max_failures`` in a row lock until now+lock_seconds
-        and restart the count. None if there is no such user."""
-    async def record_login_success(self, name: str, totp_counter: int) -> bool:
+    async def reserve_login_attempt(self, name: str, now: float, *, max_failures: int,
+                                    lock_seconds: float) -> LoginAttempt:
+        """Compare-and-set, before the password is checked: if the user is signed up, not
+        locked at ``now`` and has fewer than ``max_failures`` failures (running attempts
+        count as failures), count one more; the one that reaches ``max_failures`` also
+        locks the user until now+lock_seconds and restarts the count. Must hold across
+        processes (``jumpgate ctl`` opens the same database)."""
+    async def record_login_success(self, name: str, totp_counter: int, *,
+                                   lock_until: float = 0.0) -> bool:
         """Compare-and-set: only if ``totp_counter`` > the stored one, store it and reset
-        the failure count. False means the code's time step was already used."""
+        the failure count; and if ``lock_until`` is the lock this attempt's reservation set
+        (:attr:`LoginAttempt.lock_until`), lift it. False means the code's time step was
+        already used."""
+    async def update_password_hash(self, name: str, old_hash: str, new_hash: str) -> bool:
+        """Compare-and-set: replace the password hash only if it is still ``old_hash``
+        (a rehash must not undo a reset or a new signup made meanwhile)."""
 
 
     # -- revocation --------------------------------------------------------------------
@@ -240,6 +263,13 @@ class Storage(Protocol):
     # -- audit log ---------------------------------------------------------------------
     async def append_audit(self, event: AuditEvent) -> int:
         """Append an event; return its id (ids increase)."""
+    async def append_audit_batch(self, events: Sequence[AuditEvent]) -> list[int]:
+        """Append events in one transaction (one commit for all: group commit), in order;
+        return their ids (increasing). All or none are stored."""
+    async def prune_audit(self, before: float, limit: int) -> int:
+        """Delete at most ``limit`` of the oldest events whose time is before ``before``;
+        return how many. The only way an event leaves the log (retention); ids are never
+        reused."""
     async def list_audit(self, limit: int = 100, before_id: int | None = None,
                          ) -> Sequence[AuditEvent]:
         """The newest ``limit`` events (with id < ``before_id`` if given), newest first."""

@@ -38,7 +38,7 @@ from .base import (
     CARecord,
     ChangeRecord,
     InviteRecord,
-    LoginFailure,
+    LoginAttempt,
     NodeRecord,
     StorageError,
     TokenRecord,
@@ -47,7 +47,7 @@ from .base import (
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 5000
 MAX_AUDIT_LIMIT = 10_000
 
@@ -131,6 +131,7 @@ CREATE TABLE audit_events (
     success INTEGER NOT NULL,
     fields BLOB NOT NULL
 );
+CREATE INDEX audit_events_by_time ON audit_events(time);
 """
 
 
@@ -156,10 +157,17 @@ def _v3_revocation(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
+def _v4_audit_events_by_time(db: sqlite3.Connection) -> None:
+    """v4: retention prunes the audit log by time (docs/security.md U4): an index, so that
+    the hourly prune of a large log reads only what it deletes."""
+    db.execute("CREATE INDEX audit_events_by_time ON audit_events(time)")
+
+
 #: version -> the step that upgrades a database of version - 1 to it.
 _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     2: _v2_tokens_bind_name_and_addresses,
     3: _v3_revocation,
+    4: _v4_audit_events_by_time,
 }
 
 _USER_COLUMNS = ("name, logins, roles, password_hash, totp_secret, last_totp_counter, "
@@ -458,27 +466,39 @@ class SQLiteStorage:
             "DELETE FROM changes WHERE time < ? AND id < (SELECT MAX(id) FROM changes)", (before,)))
         return cur.rowcount
 
-    async def record_login_failure(self, name: str, now: float, *, max_failures: int,
-                                   lock_seconds: float) -> LoginFailure | None:
-        def fail(db: sqlite3.Connection) -> LoginFailure | None:
-            row = db.execute("SELECT failed_logins, locked_until FROM users WHERE name = ?",
-                             (name,)).fetchone()
-            if row is None:
-                return None
-            count = row[0] + 1
-            if count >= max_failures:  # lock, and give a fresh count once the lock ends
-                until = now + lock_seconds
-                db.execute("UPDATE users SET failed_logins = 0, locked_until = ? "
-                           "WHERE name = ?", (until, name))
-                return LoginFailure(count, until, True)
-            db.execute("UPDATE users SET failed_logins = ? WHERE name = ?", (count, name))
-            return LoginFailure(count, row[1], False)
-        return await self._run(fail)
+    async def reserve_login_attempt(self, name: str, now: float, *, max_failures: int,
+                                    lock_seconds: float) -> LoginAttempt:
+        until = now + lock_seconds
 
-    async def record_login_success(self, name: str, totp_counter: int) -> bool:
+        def reserve(db: sqlite3.Connection) -> LoginAttempt:
+            # The compare-and-set: one conditional UPDATE; SET expressions see the old row.
+            cur = db.execute(
+                "UPDATE users SET "
+                "failed_logins = CASE WHEN failed_logins + 1 >= ? THEN 0 ELSE failed_logins + 1 END, "
+                "locked_until = CASE WHEN failed_logins + 1 >= ? THEN ? ELSE locked_until END "
+                "WHERE name = ? AND password_hash IS NOT NULL AND totp_secret IS NOT NULL "
+                "AND locked_until <= ? AND failed_logins < ?",
+                (max_failures, max_failures, until, name, now, max_failures))
+            row = db.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE name = ?", (name,)).fetchone()
+            user = None if row is None else _user(row)
+            reserved = cur.rowcount == 1
+            sets_lock = reserved and user is not None and user.locked_until == until
+            return LoginAttempt(user, reserved, until if sets_lock else 0.0)
+        return await self._run(reserve)
+
+    async def record_login_success(self, name: str, totp_counter: int, *,
+                                   lock_until: float = 0.0) -> bool:
         cur = await self._run(lambda db: db.execute(
-            "UPDATE users SET last_totp_counter = ?, failed_logins = 0 "
-            "WHERE name = ? AND last_totp_counter < ?", (totp_counter, name, totp_counter)))
+            "UPDATE users SET last_totp_counter = ?, failed_logins = 0, "
+            "locked_until = CASE WHEN ? > 0 AND locked_until = ? THEN 0 ELSE locked_until END "
+            "WHERE name = ? AND last_totp_counter < ?",
+            (totp_counter, lock_until, lock_until, name, totp_counter)))
+        return cur.rowcount == 1
+
+    async def update_password_hash(self, name: str, old_hash: str, new_hash: str) -> bool:
+        cur = await self._run(lambda db: db.execute(
+            "UPDATE users SET password_hash = ? WHERE name = ? AND password_hash = ?",
+            (new_hash, name, old_hash)))
         return cur.rowcount == 1
 
     # -- invites ---------------------------------------------------------------------
@@ -588,12 +608,23 @@ class SQLiteStorage:
 
     # -- audit log -------------------------------------------------------------------
     async def append_audit(self, event: AuditEvent) -> int:
-        values = (event.time, event.event, event.code, event.user, int(event.success),
-                  _pack(dict(event.fields)))
+        [event_id] = await self.append_audit_batch([event])
+        return event_id
+
+    async def append_audit_batch(self, events: Sequence[AuditEvent]) -> list[int]:
+        rows = [(e.time, e.event, e.code, e.user, int(e.success), _pack(dict(e.fields)))
+                for e in events]
+
+        def insert(db: sqlite3.Connection) -> list[int]:
+            return [int(db.execute("INSERT INTO audit_events (time, event, code, user, success, "
+                                   "fields) VALUES (?,?,?,?,?,?)", row).lastrowid) for row in rows]
+        return await self._run(insert) if rows else []
+
+    async def prune_audit(self, before: float, limit: int) -> int:
         cur = await self._run(lambda db: db.execute(
-            "INSERT INTO audit_events (time, event, code, user, success, fields) "
-            "VALUES (?,?,?,?,?,?)", values))
-        return int(cur.lastrowid)
+            "DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events "
+            "WHERE time < ? ORDER BY time LIMIT ?)", (before, max(0, int(limit)))))
+        return cur.rowcount
 
     async def list_audit(self, limit: int = 100, before_id: int | None = None,
                          ) -> list[AuditEvent]:

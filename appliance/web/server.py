@@ -19,8 +19,10 @@ Theory of operation. :class:`WebApp` turns one parsed :class:`WebRequest` into o
 ``max_connections`` (and ``max_connections_per_ip``) are open, runs the TLS handshake
 under a deadline, then reads requests with h11 (headers bounded by h11's
 ``max_incomplete_event_size``, bodies by ``max_body``, each request by a deadline:
-RFC 9112 framing is h11's job). A token bucket per client IP (Teleport's defaults: 20
+RFC 9112 framing is h11's job). A token bucket per client (Teleport's defaults: 20
 requests a minute on average, bursts of 40) answers 429 before the service is called.
+The per-client connection cap and the token bucket count by the same key,
+:func:`appliance.accounting.accounting_key` (an IPv6 client by its /64: docs/security.md W1).
 
 Request bodies and paths hold passwords, TOTP codes and invite secrets: they are never
 logged; the log names the route instead.
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import ipaddress
 import json
 import logging
 import math
@@ -46,6 +47,7 @@ import trio
 from ssh_proto.errors import KeyFormatError
 from ssh_proto.keys import PublicKey, parse_public_line
 
+from appliance.accounting import accounting_key
 from appliance.api.client import ApiError
 from appliance.auth.service import AuthServiceError
 
@@ -76,7 +78,6 @@ STATUS_BY_CODE: Mapping[str, int] = {
     "already_exists": 409,
     "expired": 410,
     "already_used": 410,
-    "locked": 423,
     "internal": 500,
     "unknown_method": 500,
     "protocol_error": 502,
@@ -307,7 +308,7 @@ class WebApp:
     async def handle(self, request: WebRequest) -> WebResponse:
         route = "-"
         try:
-            wait = self._limiter.retry_after(_client_key(request.client_ip))
+            wait = self._limiter.retry_after(accounting_key(request.client_ip))
             if wait:
                 raise HTTPError(429, "rate_limited", "too many requests; slow down",
                                 (("retry-after", str(math.ceil(wait))),))
@@ -364,17 +365,17 @@ class WebApp:
     async def _ping(self, request: WebRequest, params: dict[str, str]) -> WebResponse:
         return _json(200, {"cluster": await self._cluster(), "version": _version()}, "ping")
 
-    async def _invite(self, token: str) -> dict[str, Any]:
-        invite = _plain(await self._service.get_invite(token=token))
+    async def _invite(self, token: str, client_ip: str) -> dict[str, Any]:
+        invite = _plain(await self._service.get_invite(token=token, client_ip=client_ip))
         if "cluster" not in invite:
             invite["cluster"] = await self._cluster()
         return {k: invite[k] for k in ("user", "cluster", "otp_uri", "expires")}
 
     async def _invite_json(self, request: WebRequest, params: dict[str, str]) -> WebResponse:
-        return _json(200, await self._invite(params["token"]), "invite")
+        return _json(200, await self._invite(params["token"], request.client_ip), "invite")
 
     async def _invite_page(self, request: WebRequest, params: dict[str, str]) -> WebResponse:
-        invite = await self._invite(params["token"])
+        invite = await self._invite(params["token"], request.client_ip)
         web_addr = self._public_addr or _host_header(request) or "HOST:3080"
         page = pages.invite_page(
             user=invite["user"], cluster=invite["cluster"], expires=invite["expires"],
@@ -385,7 +386,7 @@ class WebApp:
     async def _signup(self, request: WebRequest, params: dict[str, str]) -> WebResponse:
         body = _fields(_json_body(request), {"token": str, "password": str, "otp_code": str})
         await self._service.complete_signup(token=body["token"], password=body["password"],
-                                            otp_code=body["otp_code"])
+                                            otp_code=body["otp_code"], client_ip=request.client_ip)
         return _json(200, {"ok": True}, "signup")
 
     async def _login(self, request: WebRequest, params: dict[str, str]) -> WebResponse:
@@ -398,19 +399,6 @@ class WebApp:
             public_key_blob=blob, ttl_seconds=body["ttl"], client_ip=request.client_ip))
         result["proxy_ssh"] = self._proxy_ssh_addr
         return _json(200, result, "login")
-
-
-def _client_key(client_ip: str) -> str:
-    """The rate-limit key: the address, or its /64 for IPv6 (one host usually owns a /64)."""
-    try:
-        address = ipaddress.ip_address(client_ip)
-    except ValueError:
-        return client_ip
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{address}/64", strict=False))
-    return str(address)
 
 
 def _host_header(request: WebRequest) -> str | None:
@@ -523,7 +511,7 @@ class _Server:
     def __init__(self, app: WebApp, ssl_context: ssl.SSLContext, limits: WebLimits) -> None:
         self._app, self._ssl_context, self._limits = app, ssl_context, limits
         self._open = 0
-        self._open_by_ip: dict[str, int] = {}
+        self._open_by_source: dict[str, int] = {}   # accounting key -> open connections
 
     async def accept_loop(self, listener: trio.SocketListener,
                           nursery: trio.Nursery) -> None:
@@ -537,27 +525,29 @@ class _Server:
                 await trio.sleep(0.1)
                 continue
             client_ip = _peer_ip(stream)
-            if not self._admit(client_ip):
+            source = accounting_key(client_ip)
+            if not self._admit(source):
                 await trio.aclose_forcefully(stream)
                 continue
-            nursery.start_soon(self._connection, stream, client_ip)
+            nursery.start_soon(self._connection, stream, client_ip, source)
 
-    def _admit(self, client_ip: str) -> bool:
+    def _admit(self, source: str) -> bool:
+        """Count a new connection from ``source`` (an accounting key, W1) if both caps allow."""
         limits = self._limits
-        per_ip = self._open_by_ip.get(client_ip, 0)
-        if self._open >= limits.max_connections or per_ip >= limits.max_connections_per_ip:
+        per_source = self._open_by_source.get(source, 0)
+        if self._open >= limits.max_connections or per_source >= limits.max_connections_per_ip:
             return False
         self._open += 1
-        self._open_by_ip[client_ip] = per_ip + 1
+        self._open_by_source[source] = per_source + 1
         return True
 
-    def _release(self, client_ip: str) -> None:
+    def _release(self, source: str) -> None:
         self._open -= 1
-        left = self._open_by_ip.pop(client_ip) - 1
+        left = self._open_by_source.pop(source) - 1
         if left:
-            self._open_by_ip[client_ip] = left
+            self._open_by_source[source] = left
 
-    async def _connection(self, tcp: trio.SocketStream, client_ip: str) -> None:
+    async def _connection(self, tcp: trio.SocketStream, client_ip: str, source: str) -> None:
         stream = trio.SSLStream(tcp, self._ssl_context, server_side=True,
                                 https_compatible=True)
         try:
@@ -572,7 +562,7 @@ class _Server:
             # A bug met by one connection must not take the whole web role down with it.
             log.exception("web %s: connection failed", client_ip)
         finally:
-            self._release(client_ip)
+            self._release(source)
             await trio.aclose_forcefully(stream)
 
     async def _serve_requests(self, stream: trio.SSLStream, client_ip: str) -> None:

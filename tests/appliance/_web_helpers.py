@@ -14,6 +14,7 @@ from pathlib import Path
 import pyotp
 import trio
 
+from appliance.auth.passwords import PasswordHasher
 from appliance.auth.service import AuthService
 from appliance.storage.sqlite import SQLiteStorage
 from appliance.web.server import WebEndpoint, WebLimits, serve_web
@@ -22,6 +23,9 @@ from appliance.web.tls import ensure_web_tls, invite_token
 CLUSTER = "testcluster"
 PROXY_SSH = "127.0.0.1:3023"
 PASSWORD = "correct horse battery staple"
+# These tests are about HTTP, not the cost of a hash: a cheaper scrypt than the product's
+# 2**17 (tests/appliance/test_passwords.py checks those parameters).
+FAST_HASHER = PasswordHasher(n=2**10)
 
 
 @dataclass
@@ -65,7 +69,7 @@ async def running_cluster(tmp: Path, limits: WebLimits = WebLimits(),
                           public_addr: str | None = None) -> AsyncIterator[Cluster]:
     clock = FakeClock()
     storage = SQLiteStorage(tmp / "auth.db", clock=clock)
-    service = await AuthService.create(storage, CLUSTER, clock=clock)
+    service = await AuthService.create(storage, CLUSTER, clock=clock, hasher=FAST_HASHER)
     tls = ensure_web_tls(tmp / "data", hostname="localhost")
     try:
         async with trio.open_nursery() as nursery:

@@ -94,8 +94,32 @@ async def test_upgraded_cluster_still_trusts_its_ca_and_lets_alice_log_in(old_da
         assert not service.ca.new_kinds
         code = pyotp.TOTP(facts["totp_secret"]).now()  # a later step than the one alice used
         key = PrivateKey.generate("ssh-ed25519")
+        before = (await storage.get_user("alice")).password_hash
+        assert before.startswith("scrypt$16384$")  # 0.1.0's parameters
         result = await service.login("alice", facts["password"], code, key.public_key.blob)
         assert result.logins == ("alice", "root")
+        # A4: the first login after the upgrade replaces the hash (inline: no service.run here)
+        after = (await storage.get_user("alice")).password_hash
+        assert after.startswith("scrypt$131072$8$1$") and after != before
+    finally:
+        await storage.aclose()
+
+
+async def test_upgrade_indexes_audit_events_by_time_and_retention_prunes_old_rows(old_data_dir):
+    """v3 (docs/security.md U4): the index the retention prune reads; a prune of the upgraded
+    log removes only what is older than the cut-off."""
+    data, _ = old_data_dir
+    db = data / "auth" / "jumpgate.db"
+    times = [r[0] for r in rows(db, "SELECT time FROM audit_events ORDER BY id")]
+    storage = SQLiteStorage(db)
+    try:
+        assert rows(db, "SELECT name FROM sqlite_master WHERE type = 'index' "
+                        "AND name = 'audit_events_by_time'") == [("audit_events_by_time",)]
+        plan = rows(db, "EXPLAIN QUERY PLAN SELECT id FROM audit_events WHERE time < 0 ORDER BY time")
+        assert any("audit_events_by_time" in str(step) for step in plan)
+        cut = sorted(times)[len(times) // 2]
+        assert await storage.prune_audit(cut, limit=10_000) == sum(t < cut for t in times)
+        assert all(e.time >= cut for e in await storage.list_audit(limit=10_000))
     finally:
         await storage.aclose()
 

@@ -3,6 +3,7 @@ compare-and-set operations the auth rules rely on (a TOTP step used once, an inv
 used once, a join token used once, failures and lock moving together)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 import stat
@@ -11,8 +12,8 @@ import pytest
 import trio
 
 from appliance.audit import make_event
-from appliance.storage import (CARecord, InviteRecord, NodeRecord, SQLiteStorage, Storage, StorageError,
-                               TokenRecord, UserRecord)
+from appliance.storage import (CARecord, InviteRecord, LoginAttempt, NodeRecord, SQLiteStorage, Storage,
+                               StorageError, TokenRecord, UserRecord)
 
 NOW = 1_700_000_000.0
 
@@ -144,10 +145,12 @@ async def test_put_user_keeps_invites(db):
 async def test_reset_user_clears_secrets_and_replaces_invites(db):
     await db.create_user(user(), invite("h1"))
     assert await db.complete_signup("h1", "scrypt$x", 7, NOW)
-    assert await db.record_login_failure("alice", NOW, max_failures=2, lock_seconds=60)
+    assert (await db.reserve_login_attempt("alice", NOW, max_failures=2, lock_seconds=60)).reserved
+    assert (await db.reserve_login_attempt("alice", NOW, max_failures=2, lock_seconds=60)).lock_until
     assert await db.reset_user("alice", invite("h2"))
     u = await db.get_user("alice")
     assert (u.password_hash, u.totp_secret, u.last_totp_counter, u.failed_logins) == (None, None, -1, 0)
+    assert u.locked_until == 0
     assert await db.get_invite("h1") is None and await db.get_invite("h2") is not None
     assert not await db.reset_user("bob", invite("h3"))
 
@@ -191,16 +194,71 @@ async def test_concurrent_uses_of_one_totp_counter_only_one_wins(db):
     assert wins.count(True) == 1
 
 
-async def test_record_login_failure_locks_at_max_and_restarts_count(db):
-    await db.put_user(user())
+def signed_up(name: str = "alice", **kw) -> UserRecord:
+    return user(name, password_hash="scrypt$h", totp_secret="S", **kw)
+
+
+async def reserve(db, name="alice", now=NOW, max_failures=5, lock_seconds=1800):
+    return await db.reserve_login_attempt(name, now, max_failures=max_failures, lock_seconds=lock_seconds)
+
+
+async def test_reserve_login_attempt_counts_before_the_check_and_the_last_one_locks(db):
+    await db.put_user(signed_up())
     for i in range(1, 5):
-        failure = await db.record_login_failure("alice", NOW, max_failures=5, lock_seconds=1800)
-        assert (failure.failed_logins, failure.locked_now, failure.locked_until) == (i, False, 0.0)
-    failure = await db.record_login_failure("alice", NOW, max_failures=5, lock_seconds=1800)
-    assert failure.locked_now and failure.locked_until == NOW + 1800
-    u = await db.get_user("alice")
-    assert u.failed_logins == 0 and u.locked_until == NOW + 1800
-    assert await db.record_login_failure("nobody", NOW, max_failures=5, lock_seconds=1) is None
+        attempt = await reserve(db)
+        assert attempt.reserved and attempt.lock_until == 0.0 and attempt.user.failed_logins == i
+    last = await reserve(db)  # the 5th: allowed, and it already holds the lock it would cause
+    assert last.reserved and last.lock_until == NOW + 1800
+    assert (last.user.failed_logins, last.user.locked_until) == (0, NOW + 1800)
+    assert not (await reserve(db, now=NOW + 1799)).reserved
+    after = await reserve(db, now=NOW + 1800)  # the lock is over: a fresh count
+    assert after.reserved and after.user.failed_logins == 1
+
+
+async def test_reserve_login_attempt_refuses_unknown_and_unsigned_users(db):
+    assert await reserve(db, "nobody") == LoginAttempt(None, False)
+    await db.put_user(user("bob"))
+    attempt = await reserve(db, "bob")
+    assert not attempt.reserved and attempt.user.name == "bob" and attempt.user.failed_logins == 0
+
+
+async def test_reserve_login_attempt_is_atomic_across_two_connections(tmp_path):
+    """A5: the database decides the race, not a lock of one process."""
+    path = tmp_path / "j.db"
+    first, second = SQLiteStorage(path), SQLiteStorage(path)
+    await first.put_user(signed_up())
+    outcomes = []
+
+    async def attempt(db):
+        outcomes.append(await reserve(db))
+
+    async with trio.open_nursery() as nursery:
+        for i in range(40):
+            nursery.start_soon(attempt, (first, second)[i % 2])
+    assert sum(a.reserved for a in outcomes) == 5
+    assert sum(bool(a.lock_until) for a in outcomes) == 1
+    assert (await second.get_user("alice")).locked_until == NOW + 1800
+    await first.aclose()
+    await second.aclose()
+
+
+async def test_login_success_lifts_only_the_lock_its_own_reservation_set(db):
+    await db.put_user(signed_up(failed_logins=4))
+    last = await reserve(db)
+    assert await db.record_login_success("alice", 7, lock_until=last.lock_until)
+    assert (await db.get_user("alice")).locked_until == 0.0
+    for _ in range(5):
+        lock = (await reserve(db)).lock_until
+    assert await db.record_login_success("alice", 8, lock_until=NOW + 1)  # another lock
+    assert (await db.get_user("alice")).locked_until == lock == NOW + 1800
+
+
+async def test_update_password_hash_is_compare_and_set_on_the_old_hash(db):
+    await db.put_user(signed_up())
+    assert await db.update_password_hash("alice", "scrypt$h", "scrypt$new")
+    assert not await db.update_password_hash("alice", "scrypt$h", "scrypt$other")
+    assert (await db.get_user("alice")).password_hash == "scrypt$new"
+    assert not await db.update_password_hash("nobody", "scrypt$h", "scrypt$x")
 
 
 async def test_consume_token_is_single_use_and_honours_expiry(db):
@@ -263,6 +321,32 @@ async def test_audit_list_newest_first_with_paging(db):
     assert [e.fields["node"] for e in page] == ["n4", "n3"]
     page = await db.list_audit(limit=10, before_id=page[-1].id)
     assert [e.fields["node"] for e in page] == ["n2", "n1", "n0"]
+
+
+async def test_append_audit_batch_is_one_transaction_in_order(db):
+    events = [make_event("node.add", time=NOW + i, node=f"n{i}") for i in range(5)]
+    ids = await db.append_audit_batch(events)
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    assert [e.fields["node"] for e in reversed(await db.list_audit())] == [f"n{i}" for i in range(5)]
+    assert await db.append_audit_batch([]) == []
+
+
+async def test_a_failed_audit_batch_stores_none_of_its_events(db):
+    good = make_event("node.add", time=NOW, node="n0")
+    bad = dataclasses.replace(good, time=None)  # NOT NULL: the second INSERT fails
+    with pytest.raises(StorageError):
+        await db.append_audit_batch([good, bad])
+    assert await db.list_audit() == []
+
+
+async def test_prune_audit_removes_the_oldest_before_a_time_in_chunks_and_never_reuses_ids(db):
+    ids = await db.append_audit_batch([make_event("node.add", time=NOW + i, node=f"n{i}") for i in range(10)])
+    assert await db.prune_audit(NOW + 5, limit=3) == 3
+    assert await db.prune_audit(NOW + 5, limit=3) == 2
+    assert await db.prune_audit(NOW + 5, limit=3) == 0
+    assert [e.id for e in reversed(await db.list_audit())] == ids[5:]
+    [new_id] = await db.append_audit_batch([make_event("node.add", time=NOW, node="late")])
+    assert new_id > ids[-1]
 
 
 # ---- revocation: generations, issued certificates, the change feed

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives import serialization
 
 from appliance.client.http import ApiError, WebClientError, request, request_json, split_addr
+from appliance.web import server as web_server
 from appliance.web.server import RateLimiter, WebApp, WebLimits, WebRequest
 from appliance.web.tls import (KEY_FILE, TLSSetupError, ensure_web_tls,
                                load_certificate, pin_of)
@@ -188,6 +189,17 @@ async def test_login_passes_the_client_ip_to_the_audit_log(tmp_path):
         assert logins and logins[0].fields["client_ip"] == "127.0.0.1"
 
 
+async def test_signup_and_invite_refusals_pass_the_client_ip_to_the_audit_log(tmp_path):
+    async with running_cluster(tmp_path) as cluster:
+        token = "AAAAAAAAAAAAAAAAAAAAAA." + "B" * 43
+        await _api_error(request_json(cluster.addr, "GET", f"/v1/invite/{token}", pin=cluster.web.pin))
+        await _api_error(request_json(cluster.addr, "POST", "/v1/signup",
+                                      {"token": token, "password": PASSWORD, "otp_code": "123456"},
+                                      pin=cluster.web.pin))
+        refusals = [e for e in await cluster.service.list_audit(20) if e.event == "user.signup"]
+        assert [e.fields["client_ip"] for e in refusals] == ["127.0.0.1", "127.0.0.1"]
+
+
 async def test_wrong_password_and_wrong_code_are_401(tmp_path):
     async with running_cluster(tmp_path) as cluster:
         otp_uri = await signed_up(cluster)
@@ -214,7 +226,8 @@ async def test_reused_totp_code_is_401(tmp_path):
         assert error.status == 401
 
 
-async def test_five_failures_lock_the_user_423(tmp_path):
+async def test_five_failures_lock_the_user_and_the_lock_answers_as_an_unknown_user(tmp_path):
+    """A3: a locked account is answered like one that does not exist (no enumeration)."""
     async with running_cluster(tmp_path) as cluster:
         otp_uri = await signed_up(cluster)
         for _ in range(5):
@@ -223,7 +236,12 @@ async def test_five_failures_lock_the_user_423(tmp_path):
             assert error.status == 401
         locked = await _api_error(request_json(cluster.addr, "POST", "/v1/login",
             _login_body(cluster, otp_uri), pin=cluster.web.pin))
-        assert (locked.status, locked.code) == (423, "locked")
+        unknown = await _api_error(request_json(cluster.addr, "POST", "/v1/login",
+            _login_body(cluster, otp_uri, user="mallory"), pin=cluster.web.pin))
+        assert (locked.status, locked.code, locked.message) == \
+            (unknown.status, unknown.code, unknown.message) == (401, "access_denied", unknown.message)
+        assert "locked" in locked.message
+        assert (await cluster.service.get_user("alice")).status == "locked"
 
 
 async def test_reused_invite_is_410_and_no_longer_shows_the_otp_secret(tmp_path):
@@ -450,6 +468,20 @@ async def test_connections_per_client_are_bounded(tmp_path):
         status, _, _ = await raw_exchange(cluster.web.port, http_request("GET", "/v1/ping"))
         assert status == 200
         await held[1].aclose()
+
+
+async def test_ipv6_clients_in_one_slash_64_share_the_connection_cap(tmp_path, monkeypatch):
+    """W1: the attack is one host opening connections from many addresses of its /64."""
+    peers = iter(["2001:db8::1", "2001:db8::2", "2001:db8::3:1", "2001:db8:0:1::1"])
+    monkeypatch.setattr(web_server, "_peer_ip", lambda stream: next(peers))
+    limits = WebLimits(max_connections_per_ip=2)
+    async with running_cluster(tmp_path, limits=limits) as cluster:
+        held = [await open_tls(cluster.web.port) for _ in range(2)]
+        with pytest.raises((trio.BrokenResourceError, OSError)):
+            await open_tls(cluster.web.port)  # a third address of the same /64
+        held.append(await open_tls(cluster.web.port))  # another /64 is another client
+        for stream in held:
+            await stream.aclose()
 
 
 async def _read_until_closed(stream: trio.abc.Stream) -> bytes:

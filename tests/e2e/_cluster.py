@@ -278,8 +278,13 @@ class Cluster:
         self.client_homes: list[Path] = []  # their session daemons stop with the cluster
 
     def start(self) -> Cluster:
-        args = ["--data-dir", str(self.data_dir), "--cluster-name", self.name, "--nodename", self.node_name,
-                "--labels", self.labels, "--public-addr", LOOPBACK, "--listen-addr", LOOPBACK]
+        # Every refusal these tests cause comes from 127.0.0.1, and each is looked for in the
+        # log: let them all be written in full (docs/security.md U2 would count most of them).
+        config = self.workdir / "jumpgate.toml"
+        config.write_text("[audit]\nrefusals_per_source = 100000\n")
+        args = ["--config", str(config), "--data-dir", str(self.data_dir), "--cluster-name", self.name,
+                "--nodename", self.node_name, "--labels", self.labels, "--public-addr", LOOPBACK,
+                "--listen-addr", LOOPBACK]
         self.daemon, self.ports = start_daemon(self.jg, self.workdir / "cluster.log", args, ROLES)
         return self
 
