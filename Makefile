@@ -23,9 +23,15 @@ system-deps:
 	fi
 	@mkdir -p /run/sshd
 
-# One executable zipapp with every dependency inside (shiv).
-pyz: venv
-	bash build/build_pyz.sh
+# One executable zipapp with every dependency inside (shiv), rebuilt only when a source
+# changed; dependency wheels are kept in build/_wheels so a rebuild needs no package index.
+PYZ_SOURCES := pyproject.toml build/build_pyz.sh build/fast_main.py \
+	$(shell find appliance ssh_proto web_static -type f ! -path '*/__pycache__/*' ! -name '*.pyc' 2>/dev/null)
+
+dist/jumpgate.pyz: $(VENV)/.installed $(PYZ_SOURCES)
+	PY=$(PY) bash build/build_pyz.sh
+
+pyz: dist/jumpgate.pyz
 
 # The all-in-one appliance (auth, proxy, node, web; embedded SQLite) on the usual ports.
 demo: pyz
@@ -40,4 +46,4 @@ bench: venv system-deps
 	$(PY) tests/bench/bench_appliance.py
 
 clean:
-	rm -rf $(VENV) dist build/_work .pytest_cache
+	rm -rf $(VENV) dist build/_work build/_wheels .pytest_cache

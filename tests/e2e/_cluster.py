@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parents[2]
 DIST_PYZ = REPO / "dist" / "jumpgate.pyz"
 BUILD_LOCK = REPO / "dist" / ".build.lock"
 ENV_PYZ = "JUMPGATE_E2E_PYZ"
-SOURCE_DIRS = ("appliance", "ssh_proto")
+SOURCE_DIRS = ("appliance", "ssh_proto", "web_static")
 LOOPBACK = "127.0.0.1"
 BANNER = re.compile(r"jumpgate: cluster '([^']+)' is running")
 PASSWORD = "correct horse battery staple"  # >= 12 characters, as the policy wants
@@ -67,10 +67,13 @@ class HarnessError(RuntimeError):
 
 
 def _newest_source_mtime() -> float:
-    newest = (REPO / "pyproject.toml").stat().st_mtime
+    """What the Makefile's dist/jumpgate.pyz rule depends on, as mtimes."""
+    newest = max((REPO / name).stat().st_mtime for name in ("pyproject.toml", "build/build_pyz.sh",
+                                                            "build/fast_main.py"))
     for top in SOURCE_DIRS:
-        for path in (REPO / top).rglob("*.py"):
-            newest = max(newest, path.stat().st_mtime)
+        for path in (REPO / top).rglob("*"):
+            if path.is_file() and "__pycache__" not in path.parts:
+                newest = max(newest, path.stat().st_mtime)
     return newest
 
 
