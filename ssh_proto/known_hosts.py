@@ -15,7 +15,8 @@ verdict a future edit forgets to set, raises :class:`HostKeyNotVerifiable`
 1. ``@revoked`` keys are refused for every host, whatever the line's host patterns
    (stricter than OpenSSH, which only consults lines matching the host). For a
    certificate the certificate, its key and its CA key are all checked.
-2. A certificate is accepted iff a matching ``@cert-authority`` line holds its CA and
+2. A certificate is accepted iff a matching ``@cert-authority`` line holds its CA (for
+   ``[host]:port``, a line for ``host`` also matches, as in OpenSSH) and
    :func:`~ssh_proto.certs.validate_host_certificate` passes; a CA match with an invalid
    certificate is final. If no CA line matches, the certified key is judged as a
    plain key (what OpenSSH does), so it is accepted only if that very key is listed
@@ -251,11 +252,20 @@ class KnownHosts:
             return self._verdict_certificate(name, hostname, key, now, revoked)
         return self._verdict_plain(name, key)
 
+    def _certificate_authorities(self, name: str, hostname: str, ca_blob: bytes) -> list[PublicKey]:
+        """The ``@cert-authority`` keys for ``name``; for ``[host]:port``, OpenSSH looks the
+        CA up again by the bare host name ("checking without port identifier",
+        sshconnect.c), so ``@cert-authority host KEY`` vouches for every port of ``host``."""
+        for candidate in dict.fromkeys((name, hostname)):
+            cas = [e.key for e in self._matching(candidate, MARKER_CERT_AUTHORITY)
+                   if isinstance(e.key, PublicKey) and e.key.blob == ca_blob]
+            if cas:
+                return cas
+        return []
+
     def _verdict_certificate(self, name: str, hostname: str, cert: Certificate,
                              now: float | None, revoked: set[bytes]) -> _Verdict:
-        ca_blob = cert.signature_key.blob
-        cas = [e.key for e in self._matching(name, MARKER_CERT_AUTHORITY)
-               if isinstance(e.key, PublicKey) and e.key.blob == ca_blob]
+        cas = self._certificate_authorities(name, hostname, cert.signature_key.blob)
         if cas:
             try:
                 validate_host_certificate(cert, hostname=hostname, trusted_cas=cas, now=now,

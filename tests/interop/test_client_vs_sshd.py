@@ -155,6 +155,26 @@ async def test_rule17_host_certificate_of_unknown_ca_is_not_verifiable(sshd: Ssh
             pytest.fail("logged in to a host whose certificate no trusted CA signed")
 
 
+async def test_cert_authority_for_the_bare_host_vouches_for_its_other_ports_as_in_openssh(
+        sshd: SshdHandle, ssh_keys: KeyFactory, tmp_path: Path) -> None:
+    # OpenSSH looks a host CA up again without the port ("checking without port identifier"):
+    # `@cert-authority 127.0.0.1 KEY` lets both clients in to [127.0.0.1]:PORT
+    bare = tmp_path / "known_hosts"
+    bare.write_text(f"@cert-authority {sshd.host} {ssh_keys.host_ca.public_line}\n")
+    assert sshd.port != 22
+    openssh = await trio.run_process(
+        [*ssh_command_for(sshd, ssh_keys, bare), "-o", "HostKeyAlgorithms=ssh-ed25519-cert-v01@openssh.com",
+         sshd.host, "echo in"], capture_stdout=True, capture_stderr=True, check=False)
+    assert openssh.returncode == 0 and openssh.stdout == b"in\n", openssh.stderr
+    async with connected(sshd, ssh_keys, host_keys=("ssh-ed25519-cert-v01@openssh.com",), known_hosts=str(bare)) as conn:
+        assert (await conn.run("echo in")).stdout == b"in\n"
+
+
+def ssh_command_for(sshd: SshdHandle, ssh_keys: KeyFactory, known_hosts: Path) -> list[str]:
+    from openssh import SSH, client_options
+    return [str(SSH), *client_options(sshd, identity=ssh_keys.user_key(), known_hosts=known_hosts)]
+
+
 async def test_changed_host_key_is_not_verifiable(sshd: SshdHandle, ssh_keys: KeyFactory, tmp_path: Path) -> None:
     wrong = tmp_path / "known_hosts"
     wrong.write_text(f"{sshd.host_pattern()} {ssh_proto.PrivateKey.generate().public_key.to_line()}\n")

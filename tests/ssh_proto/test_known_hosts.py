@@ -202,6 +202,19 @@ def test_rule17_host_certificate_from_listed_ca_is_accepted(kc_hosts):
     kh.check("WEB.example.com", 22, cert, now=NOW)
 
 
+def test_rule17_cert_authority_for_a_bare_host_also_matches_its_other_ports(kc_hosts):
+    # OpenSSH: "checking without port identifier" (the CA, not plain keys)
+    kh = ca_known_hosts(kc_hosts, pattern="web.example.com")
+    cert = host_cert(kc_hosts["ca"], kc_hosts["web"], principals=["web.example.com"])
+    kh.check("web.example.com", 2222, cert, now=NOW)
+    plain = KnownHosts.parse(line("web.example.com", kc_hosts["web"]))
+    with pytest.raises(HostKeyNotVerifiable, match=r"\[web.example.com\]:2222"):
+        plain.check("web.example.com", 2222, kc_hosts["web"].public_key, now=NOW)
+    elsewhere = ca_known_hosts(kc_hosts, pattern="[web.example.com]:2200")
+    with pytest.raises(HostKeyNotVerifiable, match="not a @cert-authority"):
+        elsewhere.check("web.example.com", 2222, cert, now=NOW)
+
+
 def test_rule17_cert_authority_only_for_its_host_patterns(kc_hosts):
     kh = ca_known_hosts(kc_hosts, pattern="*.internal")
     cert = host_cert(kc_hosts["ca"], kc_hosts["web"], principals=["web.example.com"])
