@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import trio
 
 from appliance.client.http import JSONResponse, WebClientError, request, split_addr
-from appliance.client.muxclient import stop_daemon
+from appliance.client.muxclient import restart_daemon, stop_daemon
 from appliance.client.profile import ClientPaths, Profile, ProfileError
 from appliance.web.tls import pin_from_token, parse_pin
 from ssh_proto.errors import KeyFormatError
@@ -272,7 +272,7 @@ def login(args: argparse.Namespace) -> int:
                       expires=float(cert.valid_before), logins=cert.principals, paths=paths)
     _write_credentials(profile, key, cert, host_ca)
     _save(profile)
-    stop_daemon(paths.home)  # its proxy connection holds the old certificate; the next ssh starts anew
+    restart_daemon(paths.home)  # the old one holds the old certificate; the new one connects now
     print(f"logged in as {user}, valid until {_when(cert.valid_before)}")
     _trust_node_names(profile)
     return 0

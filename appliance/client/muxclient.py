@@ -12,7 +12,9 @@ interpreter on this module (``--daemon``, :func:`daemon_main`): :func:`claim_soc
 ``mux.lock`` (one daemon per profile), binds ``mux.sock`` and tells the waiting client
 "ready" through a pipe *before* importing the heavy modules; the client's request waits in
 the socket's backlog meanwhile. :func:`stop_daemon` asks a daemon to finish its
-sessions and exit (``jumpgate login`` and ``logout`` do, and so may tests).
+sessions and exit (``jumpgate logout`` does, and so may tests); ``jumpgate login`` calls
+:func:`restart_daemon`, which stops the old daemon and starts a new one that connects to the
+proxy at once, so the first ``jumpgate ssh`` after a login is served like the later ones.
 
 Setting ``JUMPGATE_MUX=0`` runs every session in-process.
 """
@@ -33,8 +35,8 @@ from .mux import (FD_COUNT, LOCK_NAME, LOG_NAME, SOCKET_NAME, STOP_MESSAGE, Fram
                   SessionRequest, encode_frame, socket_path)
 from .terminal import blocking_restored, raw_terminal, terminal_size
 
-__all__ = ["ENV_MUX", "Claim", "Outcome", "claim_socket", "mux_enabled", "run_session", "spawn_daemon",
-           "stop_daemon"]
+__all__ = ["ENV_MUX", "Claim", "Outcome", "claim_socket", "mux_enabled", "restart_daemon", "run_session",
+           "spawn_daemon", "stop_daemon"]
 
 ENV_MUX = "JUMPGATE_MUX"
 SPAWN_TIMEOUT = 15.0
@@ -251,6 +253,33 @@ def stop_daemon(home: os.PathLike | str) -> bool:
         except (OSError, MuxProtocolError):
             return False
     return bool(reply) and reply.get("event") == "stopping"
+
+
+def restart_daemon(home: os.PathLike | str) -> bool:
+    """After a login: stop the daemon of ``home`` (its proxy connection holds the old
+    certificate), wait for it to let go of the socket, and start a fresh one, which connects
+    to the proxy at once (its warm-up): the first ``jumpgate ssh`` after a login is then as
+    quick as the ones after it. False (and nothing started) with ``JUMPGATE_MUX=0`` or when
+    no daemon could start; the next ``jumpgate ssh`` starts one as before."""
+    if stop_daemon(home):
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while connect_probe(home) and time.monotonic() < deadline:
+            time.sleep(BUSY_RETRY / 5)
+    if not mux_enabled():
+        return False
+    try:
+        return spawn_daemon(home)
+    except OSError:
+        return False
+
+
+def connect_probe(home: os.PathLike | str) -> bool:
+    """Whether a daemon (perhaps one on its way out) still listens on ``home``'s socket."""
+    sock = connect(home)
+    if sock is None:
+        return False
+    sock.close()
+    return True
 
 
 # ------------------------------------------------------------------------------ the daemon's birth

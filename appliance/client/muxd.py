@@ -86,6 +86,8 @@ class _ProxyLink:
         try:
             async with connect_proxy(self.creds) as conn:
                 self.conn = conn
+                log.info("connected to the proxy %s:%d as %s", self.creds.proxy_host, self.creds.proxy_port,
+                         self.creds.user)
                 task_status.started()
                 started = True
                 async with trio.open_nursery() as nursery:

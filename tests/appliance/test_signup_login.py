@@ -29,6 +29,9 @@ OTHER_PIN = "sha256:" + "A" * 43
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> ClientPaths:
     monkeypatch.setenv(ENV_HOME, str(tmp_path / "client" / ".jumpgate"))
+    # login starts a session daemon; forked from the test process it would outlive the test
+    # (tests/e2e/test_session_daemon.py checks the daemon login starts, as real processes)
+    monkeypatch.setenv("JUMPGATE_MUX", "0")
     return ClientPaths.default()
 
 

@@ -463,10 +463,10 @@ def test_logout_stops_the_daemon_and_after_login_a_new_one_uses_the_new_certific
     wait_until(lambda: not has_socket(lena.home), STOP_WAIT, "mux.sock removed after logout")
 
     assert lena.authenticator is not None
-    lena.login("lena", lena.authenticator, extra=["--ca-pin", pin]).check()
+    before = set(cluster.events())  # (events_since has whole seconds: old ones could slip in)
+    lena.login("lena", lena.authenticator, extra=["--ca-pin", pin]).check()  # starts the next daemon
     new_serial = cert_serial(lena.home)
     assert new_serial != old_serial
-    before = set(cluster.events())  # (events_since has whole seconds: old ones could slip in)
     result = ssh(lena, f"{os_user.name}@node1", "echo relogged; exit 2")
     assert (result.returncode, result.stdout) == (2, "relogged\n"), result.stderr
     new_pid = daemon_pid(lena.home)
@@ -481,7 +481,7 @@ def test_logout_stops_the_daemon_and_after_login_a_new_one_uses_the_new_certific
     assert not auth_events(events, "lena", "", old_serial), "\n".join(events)
 
 
-def test_login_while_a_daemon_runs_stops_it(liam: Client, os_user) -> None:
+def test_login_while_a_daemon_runs_replaces_it_with_one_already_connected(liam: Client, os_user) -> None:
     ssh(liam, f"{os_user.name}@node1", "true").check()
     old_pid = daemon_pid(liam.home)
     assert_is_daemon(old_pid, liam.home)
@@ -489,10 +489,14 @@ def test_login_while_a_daemon_runs_stops_it(liam: Client, os_user) -> None:
     assert liam.authenticator is not None
     liam.login("liam", liam.authenticator).check()
     wait_until(lambda: not alive(old_pid), STOP_WAIT, f"the daemon {old_pid} exits after login")
-    wait_until(lambda: not has_socket(liam.home), STOP_WAIT, "mux.sock removed after login")
+    new_pid = daemon_pid(liam.home)  # login started the next one before it returned
+    assert new_pid != old_pid and has_socket(liam.home)
+    assert_is_daemon(new_pid, liam.home)
+    wait_until(lambda: "connected to the proxy" in mux_log(liam.home),
+               STOP_WAIT, "the new daemon connects to the proxy without waiting for a session")
 
     ssh(liam, f"{os_user.name}@node1", "true").check()
-    assert daemon_pid(liam.home) != old_pid
+    assert daemon_pid(liam.home) == new_pid  # served by the daemon login started
 
 
 # --------------------------------------------------------------------------- the cluster's end
