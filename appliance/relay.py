@@ -2,7 +2,7 @@
 
 A node reached through the proxy sees the proxy's TCP address, not the user's. So that
 the node's audit events, ``SSH_CLIENT``/``SSH_CONNECTION`` and a certificate's
-``source-address`` option (SECURITY-CHECKLIST §1.3 rule 14) see the real client, the proxy
+``source-address`` option (docs/security.md C14) see the real client, the proxy
 sends one line in front of the relayed SSH stream, as Teleport's proxy sends a signed
 PROXY header (the line's framing is :mod:`ssh_proto.preamble`)::
 

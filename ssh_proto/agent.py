@@ -13,7 +13,7 @@ no I/O (the Trio side is :mod:`ssh_proto.trio_io.agent`). It implements:
   RSA keys and their OpenSSH certificates (§3.2, key formats of §4.2), REMOVE_IDENTITY,
   REMOVE_ALL_IDENTITIES, SUCCESS, FAILURE, EXTENSION and EXTENSION_FAILURE (§3.8);
 * OpenSSH's ``session-bind@openssh.com`` extension (PROTOCOL.agent §1), parsed and its
-  host-key signature over the session identifier verified (SECURITY-CHECKLIST rule T21);
+  host-key signature over the session identifier verified (docs/security.md T21);
 * :class:`KeyStore`, an agent's keys, answering one request with ``handle(message) ->
   message``; :class:`AgentConnection` adds what an agent keeps per client connection
   (its session bindings and a frame decoder).

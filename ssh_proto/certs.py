@@ -1,21 +1,22 @@
 """OpenSSH certificate policy: is this certificate acceptable, and issuing new ones.
 
 :mod:`ssh_proto.keys` parses certificates (PROTOCOL.certkeys) and checks their format;
-this module holds the *authority* checks of SECURITY-CHECKLIST §1.3, the way OpenSSH's
+this module holds the *authority* checks of docs/security.md C5-C18, the way OpenSSH's
 ``auth2-pubkey.c``, ``auth-options.c`` and ``sshkey_cert_check_authority`` apply them:
 
-* :func:`validate_user_certificate` (server side): rules 5, 6, 8, 10-14 — user type,
+* :func:`validate_user_certificate` (server side): C5, C6, C8, C10-C14 — user type,
   validity window, non-empty principal list with an *exact* match, trusted and
   non-revoked CA, allowed CA signature algorithm, critical options understood and
   well formed, ``source-address`` matched against the peer. It returns the
-  :class:`CertPermissions` the connection layer must enforce (rule 14).
-* :func:`validate_host_certificate` (client side): rule 17 — host type, validity,
+  :class:`CertPermissions` the connection layer must enforce (C14).
+* :func:`validate_host_certificate` (client side): C17 — host type, validity,
   principals may be wildcard patterns, no critical options at all.
 * :func:`sign_certificate`: our CA. It never issues an empty principal list (the
   fail-open case of CVE-2024-7594) nor a SHA-1 signature.
 
 Every refusal raises :class:`~ssh_proto.errors.CertificateError` whose message names
-the rule, the key id, the serial and the CA fingerprint (rule 16), never a secret.
+the rule, the key id, the serial and the CA fingerprint (C16), never a secret; the
+message's "(rule N)" is docs/security.md CN.
 
 >>> from ssh_proto.keys import PrivateKey
 >>> ca, user = PrivateKey.generate(), PrivateKey.generate()
@@ -98,7 +99,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 @dataclass(frozen=True, slots=True)
 class CertPermissions:
-    """What an accepted user certificate allows; the session layer enforces it (rule 14).
+    """What an accepted user certificate allows; the session layer enforces it (C14).
 
     ``force_command`` replaces any exec, shell or subsystem request. Without
     ``permit_pty`` refuse pty-req; without ``permit_port_forwarding`` refuse
@@ -148,7 +149,7 @@ def match_pattern(name: str, pattern: str) -> bool:
 
 
 def _refuse(cert: Certificate, rule: int, reason: str) -> CertificateError:
-    """Rule 16: say why, and identify the certificate and its CA (never secrets)."""
+    """C16: say why, and identify the certificate and its CA (never secrets)."""
     return CertificateError(
         f"certificate rejected (rule {rule}): {reason}; key id {cert.key_id!r}, "
         f"serial {cert.serial}, signed by CA {cert.signature_key.key_type} "
@@ -166,7 +167,7 @@ def _blobs(keys: Iterable[object]) -> set[bytes]:
 
 
 def _check_revoked(cert: Certificate, revoked_keys: Collection[object]) -> None:
-    """Rule 11: the certificate, its key or its CA key revoked -> refuse."""
+    """C11: the certificate, its key or its CA key revoked -> refuse."""
     revoked = _blobs(revoked_keys)
     if cert.signature_key.blob in revoked:
         raise _refuse(cert, 11, "the CA key is revoked")
@@ -175,7 +176,7 @@ def _check_revoked(cert: Certificate, revoked_keys: Collection[object]) -> None:
 
 
 def _check_trusted_ca(cert: Certificate, trusted_cas: Iterable[PublicKey]) -> None:
-    """Rules 5 and 10: the CA must be one of ``trusted_cas`` and a plain key.
+    """C5 and C10: the CA must be one of ``trusted_cas`` and a plain key.
 
     A certificate listed among the trusted CAs never counts (CVE-2025-49825).
     """
@@ -187,7 +188,7 @@ def _check_trusted_ca(cert: Certificate, trusted_cas: Iterable[PublicKey]) -> No
 
 
 def _check_signature(cert: Certificate, ca_signature_algorithms: Collection[str]) -> None:
-    """Rules 8 and 6: an allowed CA signature algorithm, and a valid signature."""
+    """C8 and C6: an allowed CA signature algorithm, and a valid signature."""
     if isinstance(ca_signature_algorithms, str):  # "in" would match substrings
         ca_signature_algorithms = (ca_signature_algorithms,)
     if cert.signature_algorithm not in ca_signature_algorithms:
@@ -229,7 +230,7 @@ def _check_common(cert: object, *, cert_type: int, rule: int, trusted_cas: Itera
 
 
 def _option_string(cert: Certificate, name: str, data: bytes) -> str:
-    """A known string option's data: exactly one string, no NUL, UTF-8 (rule 13)."""
+    """A known string option's data: exactly one string, no NUL, UTF-8 (C13)."""
     try:
         r = Reader(data)
         value = r.utf8()
@@ -264,7 +265,7 @@ def _peer_address(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 def _check_source_address(cert: Certificate, networks: tuple[IPNetwork, ...],
                           peer: str | None) -> None:
-    """Rule 14: the peer must be inside one of the networks; unknown peer -> refuse."""
+    """C14: the peer must be inside one of the networks; unknown peer -> refuse."""
     if peer is None:
         raise _refuse(cert, 14, "source-address is set but the peer address is unknown")
     try:
@@ -276,7 +277,7 @@ def _check_source_address(cert: Certificate, networks: tuple[IPNetwork, ...],
 
 
 def _critical_options(cert: Certificate) -> tuple[str | None, tuple[IPNetwork, ...] | None]:
-    """Rule 13: every critical option understood and well formed, else refuse."""
+    """C13: every critical option understood and well formed, else refuse."""
     force_command: str | None = None
     networks: tuple[IPNetwork, ...] | None = None
     for name, data in cert.critical_options.items():
@@ -297,7 +298,7 @@ def _critical_options(cert: Certificate) -> tuple[str | None, tuple[IPNetwork, .
 
 
 def _check_extensions(cert: Certificate) -> None:
-    """Rule 13: a known flag extension carrying data is corrupt; unknown ones are ignored."""
+    """C13: a known flag extension carrying data is corrupt; unknown ones are ignored."""
     for name, data in cert.extensions.items():
         if name in _FLAG_EXTENSIONS and data:
             raise _refuse(cert, 13, f"extension {name!r} is corrupt (unexpected data)")
@@ -314,7 +315,7 @@ def validate_user_certificate(
     ``source_address`` is the peer's IP address; a certificate restricted by
     ``source-address`` is refused when it is not given. ``revoked_keys`` holds blobs
     of revoked keys (certified keys or CAs). The user-auth signature itself is checked
-    separately with :meth:`Certificate.verify` (rule 15). Raises CertificateError.
+    separately with :meth:`Certificate.verify` (C15). Raises CertificateError.
     """
     cert = _check_common(cert, cert_type=CERT_TYPE_USER, rule=12, trusted_cas=trusted_cas,
                          now=now, skew=skew, revoked_keys=revoked_keys,
@@ -341,7 +342,7 @@ def validate_host_certificate(
     now: float | None = None, skew: int = 0, revoked_keys: Collection[bytes] = (),
     ca_signature_algorithms: Collection[str] = DEFAULT_CA_SIGNATURE_ALGORITHMS,
 ) -> None:
-    """Rule 17: accept ``cert`` as the host key of ``hostname`` or raise CertificateError.
+    """C17: accept ``cert`` as the host key of ``hostname`` or raise CertificateError.
 
     Principals may be patterns with ``*`` and ``?``; matching ignores case, as host
     names do. Host certificates may carry no critical options.

@@ -27,7 +27,7 @@ Every method hashes the same shape (RFC 4253 §8, RFC 5656 §4)::
 where the client and server values are encoded exactly as on the wire
 (``mpint`` for finite-field DH, ``string`` for everything else).
 
-Rule T10 of the security checklist is enforced here: X25519 values are exactly
+Rule T10 of docs/security.md is enforced here: X25519 values are exactly
 32 bytes and an all-zero X25519 result aborts; NIST points must be uncompressed
 and on the curve; DH values must lie in ``[2, p-2]``; ML-KEM keys and
 ciphertexts have exact lengths and pass the FIPS 203 key check. Every such

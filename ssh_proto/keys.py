@@ -15,7 +15,7 @@ Implemented:
 * OpenSSH certificates ``*-cert-v01@openssh.com`` (PROTOCOL.certkeys), parsed strictly:
   exact type mapping, no trailing bytes, type 1 or 2, at most 256 principals,
   (name, data) option lists sorted and unique, no certificate as signing key, and the CA
-  signature verified at parse time (SECURITY-CHECKLIST §1.3 rules 1-6);
+  signature verified at parse time (docs/security.md C1-C6);
 * ``.pub`` lines and files, and OpenSSH private key files (PROTOCOL.key; bcrypt KDF and
   aes256-ctr when a passphrase is given). PEM PKCS#1/PKCS#8/SEC1 files are read too.
 
@@ -80,14 +80,14 @@ __all__ = [
     "write_public_file",
 ]
 
-#: Smallest RSA modulus accepted anywhere (parsing, loading, generating); checklist rule 9.
+#: Smallest RSA modulus accepted anywhere (parsing, loading, generating); docs/security.md C9.
 MIN_RSA_BITS = 2048
 #: Largest RSA modulus accepted; OpenSSH's SSHBUF_MAX_BIGNUM is 16384 bits as well.
 MAX_RSA_BITS = 16384
 #: Certificate ``type`` field values (PROTOCOL.certkeys).
 CERT_TYPE_USER = 1
 CERT_TYPE_HOST = 2
-#: OpenSSH's SSHKEY_CERT_MAX_PRINCIPALS; checklist rule 3.
+#: OpenSSH's SSHKEY_CERT_MAX_PRINCIPALS; docs/security.md C3.
 MAX_PRINCIPALS = 256
 
 CERT_SUFFIX = "-cert-v01@openssh.com"
@@ -112,7 +112,7 @@ DEFAULT_SIGNATURE_ALGORITHMS: tuple[str, ...] = (
     "rsa-sha2-256",
 )
 
-#: Signature algorithms a CA may use (checklist rule 8, OpenSSH SSH_ALLOWED_CA_SIGALGS
+#: Signature algorithms a CA may use (docs/security.md C8, OpenSSH SSH_ALLOWED_CA_SIGALGS
 #: without the sk-* types we do not implement). Never ``ssh-rsa`` (SHA-1).
 DEFAULT_CA_SIGNATURE_ALGORITHMS: tuple[str, ...] = (
     "ssh-ed25519",
@@ -186,7 +186,7 @@ def plain_signature_algorithm(alg: str) -> str:
 
 
 def algorithm_matches_key(alg: str, key: PublicKey | Certificate) -> bool:
-    """Checklist rule 7: may ``key`` be used under the pkalg ``alg``?
+    """docs/security.md C7: may ``key`` be used under the pkalg ``alg``?
 
     A certificate algorithm needs a certificate blob and a plain one a plain blob, the
     ECDSA curve must match, and ``rsa-sha2-*`` belongs to ``ssh-rsa`` keys.
@@ -495,7 +495,7 @@ class Certificate(_WireKey):
 
     def verify(self, signature: bytes, data: bytes, *,
                algorithms: Collection[str] | None = None) -> bool:
-        """Verify a signature made by the *certified* key (checklist rule 15).
+        """Verify a signature made by the *certified* key (docs/security.md C15).
 
         ``algorithms`` may hold certificate pkalg names (default
         :attr:`signature_algorithms`) or plain names; the signature blob itself always
@@ -512,7 +512,7 @@ class Certificate(_WireKey):
         return self.public_key.verify(signature, data, algorithms=plain)
 
     def verify_ca_signature(self, *, algorithms: Collection[str] | None = None) -> bool:
-        """Check the CA signature over :attr:`signed_data` (checklist rules 6 and 8).
+        """Check the CA signature over :attr:`signed_data` (docs/security.md C6 and C8).
 
         ``algorithms`` defaults to :data:`DEFAULT_CA_SIGNATURE_ALGORITHMS`, so a SHA-1
         ``ssh-rsa`` CA signature is refused unless named explicitly.
@@ -574,7 +574,7 @@ def _parse_options(data: bytes, what: str) -> Mapping[str, bytes]:
 
 
 def _parse_ca_key(blob: bytes) -> PublicKey:
-    """Checklist rule 5: any plain key may sign certificates, a certificate may not."""
+    """docs/security.md C5: any plain key may sign certificates, a certificate may not."""
     r = Reader(blob)
     if r.ascii(_MAX_NAME) in _CERT_TO_PLAIN:
         raise KeyFormatError("certificate signature key is itself a certificate "
@@ -643,8 +643,8 @@ def _parse_certificate(data: bytes, r: Reader, key_type: str) -> Certificate:
         valid_before=fields.valid_before, critical_options=fields.critical_options,
         extensions=fields.extensions, signature_key=signature_key, signature=signature,
         signature_algorithm=_signature_name(signature), signed_data=data[:signed_len])
-    # Rule 6: verify now with whatever algorithm the CA key type supports; which
-    # algorithms are *acceptable* (rule 8) is decided by certs.validate_*.
+    # C6: verify now with whatever algorithm the CA key type supports; which
+    # algorithms are *acceptable* (C8) is decided by certs.validate_*.
     if not cert.verify_ca_signature(algorithms=signature_key._known_algorithms):
         raise KeyFormatError("certificate CA signature does not verify")
     return cert

@@ -5,12 +5,12 @@ Implements the file format of sshd(8) "SSH_KNOWN_HOSTS FILE FORMAT":
 host names with ``*``/``?`` wildcards and ``!negation``, ``[host]:port`` for ports other
 than 22, or one hashed name ``|1|base64(salt)|base64(HMAC-SHA1(salt, host))``
 (``ssh-keygen -H``). Markers: ``@cert-authority`` (host certificates signed by this key
-are trusted for the matching hosts, checklist rule 17) and ``@revoked``.
+are trusted for the matching hosts, docs/security.md C17) and ``@revoked``.
 
 Theory of operation. :meth:`KnownHosts.check` has exactly one way to succeed: an
 internal verdict must be the ``_ACCEPTED`` sentinel; any other outcome, including a
 verdict a future edit forgets to set, raises :class:`HostKeyNotVerifiable`
-(SECURITY-CHECKLIST T16). In order:
+(docs/security.md T16). In order:
 
 1. ``@revoked`` keys are refused for every host, whatever the line's host patterns
    (stricter than OpenSSH, which only consults lines matching the host). For a
@@ -20,7 +20,7 @@ verdict a future edit forgets to set, raises :class:`HostKeyNotVerifiable`
    :func:`~ssh_proto.certs.validate_host_certificate` passes; a CA match with an invalid
    certificate is final. If no CA line matches, the certified key is judged as a
    plain key (what OpenSSH does), so it is accepted only if that very key is listed
-   (rule 18) — never just because its signature is valid.
+   (C18) — never just because its signature is valid.
 3. A plain key is accepted iff a matching plain line lists it. A host listed with
    other keys only is reported as a changed key (possible man-in-the-middle).
 
@@ -126,7 +126,7 @@ def _parse_line(line: str, line_number: int) -> KnownHostEntry:
     hosts, key_text = fields
     key, comment = parse_public_line(key_text)
     if isinstance(key, Certificate) and marker != MARKER_REVOKED:
-        # Rule 5 again: a certificate is never a CA, nor a pinned host key.
+        # C5 again: a certificate is never a CA, nor a pinned host key.
         raise KeyFormatError("a certificate can only appear on a @revoked line")
     if hosts.startswith(_HASH_MAGIC):
         return KnownHostEntry(marker, (), _parse_hashed(hosts), key, comment, line_number)
@@ -273,7 +273,7 @@ class KnownHosts:
             except CertificateError as exc:
                 return f"host certificate for {name} refused: {exc}"
             return _ACCEPTED
-        # Rule 18: no CA of ours signed it; only the very same key listed plainly counts.
+        # C18: no CA of ours signed it; only the very same key listed plainly counts.
         verdict = self._verdict_plain(name, cert.public_key)
         if verdict is _ACCEPTED:
             return verdict

@@ -6,7 +6,7 @@ MAC lives in ``ciphers.py``.  :class:`PacketWriter` turns payloads into wire byt
 clocks, no threads.  One writer and one reader serve one connection; each keeps its own
 sequence number (rule T7).
 
-Rules enforced here (see SECURITY-CHECKLIST.md):
+Rules enforced here (docs/security.md, § Transport):
 
 * T3 -- ``packet_length`` must be 5..262144 (OpenSSH's ``PACKET_MAX_SIZE``).  The reader
   checks it as soon as the first ``header_size`` bytes are in, before it waits for the body.

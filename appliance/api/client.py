@@ -9,7 +9,7 @@ Verifying the server (never trust on first use):
 * ``host_ca_key=`` (the cluster host CA public key) or ``known_hosts=`` (an
   ``@cert-authority`` file or :class:`~ssh_proto.known_hosts.KnownHosts`): the server
   must present a host certificate from that CA, valid for the host name dialled
-  (checklist rule 17).
+  (docs/security.md C17).
 * ``ca_pin=`` (``sha256:…`` of the host CA public key blob, as in join tokens): the
   CA is taken from the certificate the server presents and must match the pin.
 

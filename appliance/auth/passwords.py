@@ -14,8 +14,8 @@
   (:data:`HASH_CONCURRENCY` at once: at most 256 MiB of scrypt memory with the defaults).
   Trio's default thread limiter would let 40 run at once, 5 GiB; the web role's rate limit
   is in front, this bound behind it (A2).
-* :meth:`PasswordHasher.check` costs the same whatever it is given (SECURITY-CHECKLIST T13,
-  docs/security.md A3): ``None`` (an unknown or locked user) is checked against a dummy hash
+* :meth:`PasswordHasher.check` costs the same whatever it is given (docs/security.md T13
+  and A3): ``None`` (an unknown or locked user) is checked against a dummy hash
   with the current parameters; a hash with cheaper parameters is verified with them and
   then topped up with scrypt work to the current cost, so its answer comes no sooner.
 

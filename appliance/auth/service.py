@@ -8,7 +8,7 @@ values; :func:`to_wire` converts any result. Failures raise :class:`AuthServiceE
 with a stable ``code``; messages are safe to show to the user (no secrets, and no
 hint whether a user name exists).
 
-Rules enforced here (SECURITY-CHECKLIST §3, issue 3):
+Rules enforced here (issue 3, with Teleport's defaults where it has one):
 
 * Invites: valid 1 h, single use (compare-and-set in storage); the TOTP seed is made
   with the invite and enrolment is confirmed by a current code at signup; passwords

@@ -1,4 +1,4 @@
-"""The reply time of a refused login, padded to a per-user delay (SECURITY-CHECKLIST T13).
+"""The reply time of a refused login, padded to a per-user delay (docs/security.md A6, T13).
 
 Every refused login already costs one password hash at the current parameters, for unknown,
 locked and real users alike (docs/security.md A3). What is left differs by a database write

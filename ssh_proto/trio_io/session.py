@@ -6,7 +6,7 @@ it exposes the channel as a stream for stdin/stdout, ``receive_stderr``, ``resiz
 
 Server: :class:`ServerSession` collects the requests that precede a shell/exec/subsystem
 (pty-req, env, auth-agent-req@openssh.com), enforces the connection's permissions (a
-certificate's permit-pty / force-command, checklist rule 14), then hands itself to the
+certificate's permit-pty / force-command, docs/security.md C14), then hands itself to the
 application's ``session`` handler. While it runs, window-change, signal and break requests
 reach the callbacks the application set. When the handler returns, exit-status (or
 exit-signal), EOF and CLOSE are sent.
@@ -295,7 +295,7 @@ class ServerSession(SSHChannel):
             m.Empty.decode(data)
         self.kind = kind
         if self.policy.force_command is not None:
-            # checklist rule 14: force-command replaces exec, shell and subsystem
+            # docs/security.md C14: force-command replaces exec, shell and subsystem
             self.kind, self.command, self.subsystem = "exec", self.policy.force_command, None
         else:
             self.command = self.original_command

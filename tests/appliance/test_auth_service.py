@@ -1,10 +1,11 @@
 """AuthService (appliance/auth/service.py): each business rule of the auth role, by name.
 
-SECURITY-CHECKLIST §3 and issue 3: invites 1 h and single use; passwords >= 12; TOTP
-enrolment confirmed at signup; generic access_denied (no user enumeration, T13);
-reused TOTP codes refused; 5 failures lock for 30 min; cert TTL 12 h default, 1 min
-min, 30 h max; principals = the user's logins, never empty; join tokens single use
-with a 30 min default TTL and only their sha256 stored; audit events for everything.
+Issue 3 and Teleport's defaults (docs/security.md A1-A6): invites 1 h and single use;
+passwords >= 12; TOTP enrolment confirmed at signup; generic access_denied (no user
+enumeration, T13); reused TOTP codes refused; 5 failures lock for 30 min; cert TTL 12 h
+default, 1 min min, 30 h max; principals = the user's logins, never empty; join tokens
+single use with a 30 min default TTL and only their sha256 stored; audit events for
+everything.
 Time is a FakeClock; nothing sleeps.
 """
 from __future__ import annotations

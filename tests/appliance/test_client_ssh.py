@@ -3,7 +3,7 @@
 The commands run as real subprocesses (``python -m appliance.cli.main``) against a real
 proxy and NodeServer in the test's nursery (``_proxy_helpers``); sessions run as a
 throw-away OS account. The scp sink is also fed hostile records over an in-memory
-stream, the way a compromised node would send them (CVE-2019-6111; checklist rule T22).
+stream, the way a compromised node would send them (CVE-2019-6111; docs/security.md T22).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 A NodeServer runs in the test's nursery on a free loopback port, with a test cluster's
 user CA and host certificate (appliance.node.serve_node). Sessions run as a throw-away
 OS account (these tests run as root, so the node switches users). Rule numbers are those
-of SECURITY-CHECKLIST §1.3.
+of docs/security.md: test_ruleN is CN.
 """
 from __future__ import annotations
 

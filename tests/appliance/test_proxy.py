@@ -3,8 +3,9 @@
 A real NodeServer and a real proxy run in the test's nursery on loopback (see
 ``_proxy_helpers``); sessions run as a throw-away OS account. The clients are our own
 (``appliance.client.ssh``) and the real OpenSSH ``ssh``/``scp``/``sftp``/``rsync`` with the
-ssh_config that ``jumpgate config`` prints. Rule numbers are those of SECURITY-CHECKLIST
-(§1.3 certificate rules, T-rules of §2).
+ssh_config that ``jumpgate config`` prints. Rule numbers are those of docs/security.md
+(test_ruleN is CN, test_tN is TN), except in test_rule1_only_a_proxy_of_this_cluster_may_vouch_...,
+which is rule 1 of :mod:`appliance.relay`.
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """A small real SSH server built on ssh_proto, for interop tests with OpenSSH clients.
 
 It authenticates with authorized public keys and with user certificates from a trusted CA
-(validated by ssh_proto.certs, rule 14 permissions applied), runs commands and shells as
-subprocesses of this (test) process — with a real pty when asked — serves the sftp
-subsystem through /usr/lib/openssh/sftp-server, and allows port forwarding to loopback.
+(validated by ssh_proto.certs, permissions applied as docs/security.md C14 says), runs
+commands and shells as subprocesses of this (test) process — with a real pty when asked —
+serves the sftp subsystem through /usr/lib/openssh/sftp-server, and allows port forwarding
+to loopback.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Tampering in transit is caught: a bit-flipping TCP relay (our version of OpenSSH's
-``regress/modpipe`` as used by ``integrity.sh``; checklist §4 and rule T5).
+``regress/modpipe`` as used by ``integrity.sh``; docs/security.md T5).
 
 The relay sits between a client (ours, or OpenSSH ``ssh``) and our server. It follows the
 unencrypted start of the chosen direction packet by packet until that side's

@@ -1,4 +1,4 @@
-"""ssh-audit grades Jumpgate's server and client (checklist §4, acceptance gate (a)).
+"""ssh-audit grades Jumpgate's server and client (docs/security.md T1, T2).
 
 - Server: ``ssh-audit -P ssh_audit_policy.txt`` against our server with its default
   algorithms and a host key (and host certificate) of every kind must pass: the policy

@@ -1,6 +1,6 @@
 """ssh_proto.agent (codec, framing, KeyStore, session-bind) and ssh_proto.trio_io.agent in-process.
 
-Rule names refer to /work/shared/SECURITY-CHECKLIST.md (T21: agent forwarding direction
+Rule names refer to docs/security.md (T21: agent forwarding direction
 checks and session-bind@openssh.com). Tests against the real OpenSSH ssh-agent / ssh-add
 live in tests/interop/test_agent_interop.py.
 """

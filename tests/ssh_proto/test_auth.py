@@ -1,8 +1,9 @@
 """User authentication tests (RFC 4252, RFC 4256) over an in-memory client/server pair.
 
-Rule T12 of SECURITY-CHECKLIST.md (user and service fixed at the first request, failure
-cap, decisions only on a key that signed: CVE-2024-45337), certificate rule 7 (the
-announced algorithm must match the key) and rule 9 (a key is not used twice).
+Rule T12 of docs/security.md (user and service fixed at the first request, failure
+cap, decisions only on a key that signed: CVE-2024-45337), C7 (the announced algorithm
+must match the key), C8 (no SHA-1 ``ssh-rsa``) and C9 (a key is not used twice);
+test_ruleN is CN.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""OpenSSH certificates: parsing (keys.py) and policy (certs.py), one test per checklist rule.
+"""OpenSSH certificates: parsing (keys.py) and policy (certs.py), one test per rule.
 
-Rule numbers are SECURITY-CHECKLIST §1.3. Certificates come from three sources: real
+Rule numbers are docs/security.md's: test_ruleN is CN. Certificates come from three sources: real
 ``ssh-keygen -s``, our :func:`sign_certificate`, and :func:`build_cert` below, which
 writes blobs field by field so that malformed and hostile certificates can be made.
 """

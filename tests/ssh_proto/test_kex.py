@@ -1,6 +1,6 @@
 """Tests for ssh_proto.kex: every method client <-> server in memory, K/H/key
 derivation against asyncssh's own key-exchange code and RFC test vectors, the
-T10 checks of SECURITY-CHECKLIST.md by name, and fuzzing of both decoders.
+T10 checks of docs/security.md by name, and fuzzing of both decoders.
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Every cipher/MAC combination goes through PacketWriter -> PacketReader whole, byte by byte
 and in random chunks, and both ways against asyncssh's packet encryption (an independent
-implementation).  Rule tests are named after SECURITY-CHECKLIST.md rules T1, T3-T8, T18.
+implementation).  Rule tests are named after docs/security.md rules T1, T3-T8, T18.
 """
 from __future__ import annotations
 
