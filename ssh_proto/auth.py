@@ -6,7 +6,7 @@ turns every decision into an event for the application, which answers with
 :meth:`~ServerAuth.challenge`. It fixes the user name and service at the first request
 (rule T12), counts failures up to ``max_attempts``, never hands the application a key that
 did not sign (CVE-2024-45337), and checks that the announced algorithm matches the key
-(checklist rule 7).
+(docs/security.md C7).
 
 :class:`ClientAuth` encodes requests and decodes the replies that may answer them; a reply
 with no request outstanding, or of the wrong kind for it, is a protocol error.
@@ -72,7 +72,7 @@ class ServerAuth:
         self.service: str | None = None
         self.failures = 0
         self.completed: list[str] = []       # methods that gave partial success, in order
-        self.used_keys: set[bytes] = set()   # keys that already gave partial success (rule 9)
+        self.used_keys: set[bytes] = set()   # keys that already gave partial success (docs/security.md C9)
         self.authenticated = False
         self._pending: _Pending | None = None
         self._banner = banner

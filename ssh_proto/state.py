@@ -1,7 +1,7 @@
 """Which messages each side may send in each phase of a connection: one table.
 
 Everything that decides whether an incoming message number is acceptable lives in this
-file (rule T11 of SECURITY-CHECKLIST.md, the defence against the state-confusion bugs of
+file (docs/security.md T11, the defence against the state-confusion bugs of
 paramiko CVE-2018-7750 / CVE-2018-1000805 and Erlang/OTP CVE-2025-32433).
 
 Theory of operation. A connection moves through the phases below in order; key

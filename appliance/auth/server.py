@@ -9,11 +9,11 @@ Who gets in (each accepted method yields one :class:`~appliance.api.server.Calle
 
 * **Nodes and proxies** — publickey with a *host* certificate from the cluster host CA,
   key id ``node:<u>`` / ``proxy:<u>`` where ``<u>`` is the SSH user name, valid for host
-  name ``<u>`` (:func:`~ssh_proto.certs.validate_host_certificate`, checklist rule 17),
+  name ``<u>`` (:func:`~ssh_proto.certs.validate_host_certificate`, docs/security.md C17),
   and ``<u>`` still registered with that kind and for that host key (removing a node
   revokes its access before its certificate expires).
 * **Admins** — publickey with a *user* certificate from the cluster user CA
-  (:func:`~ssh_proto.certs.validate_user_certificate`, rules 5-14, ``source-address``
+  (:func:`~ssh_proto.certs.validate_user_certificate`, C5-C14, ``source-address``
   against the peer), key id ``user:<u>`` with ``<u>`` the SSH user name, carrying the
   ``admin`` role in ``jumpgate-roles@jumpgate``, ``<u>`` still an admin in storage, and the
   certificate of ``<u>``'s current generation (a reset or deleted user's are revoked).

@@ -6,10 +6,10 @@ RFC 4254 connection protocol):
 * Authentication: only an OpenSSH **user certificate** signed by one of the cluster's user
   CAs (:attr:`NodeIdentity.user_cas`), validated with
   :func:`ssh_proto.certs.validate_user_certificate` for principal = the requested login and
-  source address = the peer (SECURITY-CHECKLIST §1.3 rules 5-14). Plain keys, passwords and
+  source address = the peer (docs/security.md C5-C14). Plain keys, passwords and
   keyboard-interactive are refused. The login must be an existing OS account; a node not
   running as root accepts only its own account. The certificate's permissions become the
-  connection's :class:`ssh_proto.SessionPolicy` (rule 14: pty, port and agent forwarding,
+  connection's :class:`ssh_proto.SessionPolicy` (docs/security.md C14: pty, port and agent forwarding,
   force-command).
 * Sessions (shell, exec, sftp subsystem) run as the login through
   :mod:`appliance.node.process`; agent forwarding gets a private socket owned by the login.
@@ -199,7 +199,7 @@ class NodeServer(ssh_proto.SSHServer):
         return "", account
 
     async def _refuse(self, username: str, cert: Certificate, reason: str) -> None:
-        """Rule 16: say which certificate was refused and why (the reason names the rule)."""
+        """docs/security.md C16: say which certificate was refused and why (the reason names the rule)."""
         log.info("refused certificate ID %r serial %d for %s from %s: %s", cert.key_id, cert.serial, username,
                  self.endpoints.remote_ip, reason)
         seen = (username, cert.blob)  # a query and then the signed request: one event

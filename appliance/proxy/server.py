@@ -5,8 +5,8 @@ RFC 4254 connection protocol). The proxy runs no sessions; it authenticates user
 relays ``direct-tcpip`` channels (RFC 4254 §7.2) to *registered* nodes only:
 
 * **Authentication**: only an OpenSSH user certificate signed by one of the cluster's user
-  CAs, validated with :func:`ssh_proto.certs.validate_user_certificate` (SECURITY-CHECKLIST
-  §1.3 rules 5-14, source-address against the peer). The SSH username at the proxy may be
+  CAs, validated with :func:`ssh_proto.certs.validate_user_certificate` (docs/security.md
+  C5-C14, source-address against the peer). The SSH username at the proxy may be
   one of the certificate's principals (its logins: ``ssh -J root@proxy``) *or* the cluster
   user named by its key id ``user:<name>`` (``ssh -J alice@proxy``, what ``jumpgate ssh``
   sends). Which OS account is used on the node is decided later, by the node, from the

@@ -67,7 +67,7 @@ class Challenge:
 
 
 def policy_from_certificate(perms: CertPermissions) -> SessionPolicy:
-    """Checklist rule 14: what a validated user certificate permits."""
+    """docs/security.md C14: what a validated user certificate permits."""
     return SessionPolicy(permit_pty=perms.permit_pty, permit_agent_forwarding=perms.permit_agent_forwarding,
                          permit_port_forwarding=perms.permit_port_forwarding,
                          permit_x11_forwarding=perms.permit_x11_forwarding, force_command=perms.force_command)
