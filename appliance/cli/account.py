@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 import trio
 
 from appliance.client.http import JSONResponse, WebClientError, request, split_addr
-from appliance.client.muxclient import restart_daemon, stop_daemon
+from appliance.client.muxclient import connect_daemon, mux_enabled, restart_daemon, stop_daemon
 from appliance.client.profile import ClientPaths, Profile, ProfileError
 from appliance.web.tls import pin_from_token, parse_pin
 from ssh_proto.errors import KeyFormatError
@@ -262,6 +262,7 @@ def login(args: argparse.Namespace) -> int:
             "public_key": key.public_key.to_line()}
     if ttl is not None:
         body["ttl"] = ttl
+    restart_daemon(paths.home)  # the old one holds the old certificate; the new one starts meanwhile
     response: JSONResponse = _run(request, proxy, "POST", "/v1/login", body, pin=pin,
                                   insecure=insecure)
     cert, host_ca = _parse_login_result(response.body, key)
@@ -272,7 +273,11 @@ def login(args: argparse.Namespace) -> int:
                       expires=float(cert.valid_before), logins=cert.principals, paths=paths)
     _write_credentials(profile, key, cert, host_ca)
     _save(profile)
-    restart_daemon(paths.home)  # the old one holds the old certificate; the new one connects now
+    if mux_enabled():
+        problem = connect_daemon(paths.home)  # the first `jumpgate ssh` finds the proxy hop done
+        if problem is not None:
+            print(f"jumpgate: note: the session daemon is not connected yet ({problem}); "
+                  "the first `jumpgate ssh` will connect", file=sys.stderr)
     print(f"logged in as {user}, valid until {_when(cert.valid_before)}")
     _trust_node_names(profile)
     return 0

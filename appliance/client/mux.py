@@ -20,6 +20,8 @@ client -> daemon::
         with SCM_RIGHTS ancillary data: exactly three descriptors, stdin, stdout, stderr
     {"op": "resize", "cols": int, "rows": int}          during a session (SIGWINCH)
     {"op": "stop", "version": 1}                          finish running sessions, then exit
+    {"op": "connect", "version": 1}                       (re)load the profile and connect to the
+                                                          proxy now (``jumpgate login`` asks)
 
 daemon -> client::
 
@@ -29,6 +31,7 @@ daemon -> client::
     {"event": "error", "message": str, "status": int}     one line for stderr, and the status
     {"event": "mismatch", "version": int}                 another protocol version: do it yourself
     {"event": "stopping"}
+    {"event": "connected"} | {"event": "error", ...}      the answer to "connect"
 
 Closing the client's end of the socket ends its session (the node's process gets a hangup).
 
@@ -44,8 +47,8 @@ import json
 import os
 import struct
 
-__all__ = ["MAX_FRAME", "MUX_VERSION", "FrameDecoder", "MuxProtocolError", "Resize", "SessionRequest", "Stop",
-           "VersionMismatch", "encode_frame", "parse_request", "socket_path"]
+__all__ = ["MAX_FRAME", "MUX_VERSION", "Connect", "FrameDecoder", "MuxProtocolError", "Resize", "SessionRequest",
+           "Stop", "VersionMismatch", "encode_frame", "parse_request", "socket_path"]
 
 MUX_VERSION = 1
 MAX_FRAME = 64 * 1024
@@ -147,6 +150,7 @@ class SessionRequest:
 
 
 STOP_MESSAGE = {"op": "stop", "version": MUX_VERSION}
+CONNECT_MESSAGE = {"op": "connect", "version": MUX_VERSION}
 
 
 class Resize:
@@ -163,18 +167,24 @@ class Stop:
     __slots__ = ()
 
 
-def parse_request(message: dict) -> SessionRequest | Resize | Stop:
+class Connect:
+    __slots__ = ()
+
+
+def parse_request(message: dict) -> SessionRequest | Resize | Stop | Connect:
     """Validate one client message; raises :class:`MuxProtocolError` for anything off the table."""
     op = message.get("op")
     if op == "resize":
         return Resize(_size(message, "cols"), _size(message, "rows"))
-    if op not in ("session", "stop"):
+    if op not in ("session", "stop", "connect"):
         raise MuxProtocolError(f"unknown request {str(op)[:40]!r}")
     version = message.get("version")
     if type(version) is not int or version != MUX_VERSION:
         raise VersionMismatch(f"protocol version {str(message.get('version'))[:20]}, not {MUX_VERSION}")
     if op == "stop":
         return Stop()
+    if op == "connect":
+        return Connect()
     env = message.get("env")
     if not isinstance(env, dict) or len(env) > MAX_ENV:
         raise MuxProtocolError("env must be an object of at most 64 variables")

@@ -13,8 +13,10 @@ interpreter on this module (``--daemon``, :func:`daemon_main`): :func:`claim_soc
 "ready" through a pipe *before* importing the heavy modules; the client's request waits in
 the socket's backlog meanwhile. :func:`stop_daemon` asks a daemon to finish its
 sessions and exit (``jumpgate logout`` does, and so may tests); ``jumpgate login`` calls
-:func:`restart_daemon`, which stops the old daemon and starts a new one that connects to the
-proxy at once, so the first ``jumpgate ssh`` after a login is served like the later ones.
+:func:`restart_daemon` before its request (the old daemon stops, a new one starts and imports
+while the request is on its way) and :func:`connect_daemon` after it (the new daemon connects
+to the proxy with the new certificate), so the first ``jumpgate ssh`` after a login is served
+like the later ones.
 
 Setting ``JUMPGATE_MUX=0`` runs every session in-process.
 """
@@ -31,12 +33,12 @@ import sys
 import time
 from collections.abc import Iterator
 
-from .mux import (FD_COUNT, LOCK_NAME, LOG_NAME, SOCKET_NAME, STOP_MESSAGE, FrameDecoder, MuxProtocolError,
-                  SessionRequest, encode_frame, socket_path)
+from .mux import (CONNECT_MESSAGE, FD_COUNT, LOCK_NAME, LOG_NAME, SOCKET_NAME, STOP_MESSAGE, FrameDecoder,
+                  MuxProtocolError, SessionRequest, encode_frame, socket_path)
 from .terminal import blocking_restored, raw_terminal, terminal_size
 
-__all__ = ["ENV_MUX", "Claim", "Outcome", "claim_socket", "mux_enabled", "restart_daemon", "run_session",
-           "spawn_daemon", "stop_daemon"]
+__all__ = ["ENV_MUX", "Claim", "Outcome", "claim_socket", "connect_daemon", "mux_enabled", "restart_daemon",
+           "run_session", "spawn_daemon", "stop_daemon"]
 
 ENV_MUX = "JUMPGATE_MUX"
 SPAWN_TIMEOUT = 15.0
@@ -256,11 +258,11 @@ def stop_daemon(home: os.PathLike | str) -> bool:
 
 
 def restart_daemon(home: os.PathLike | str) -> bool:
-    """After a login: stop the daemon of ``home`` (its proxy connection holds the old
-    certificate), wait for it to let go of the socket, and start a fresh one, which connects
-    to the proxy at once (its warm-up): the first ``jumpgate ssh`` after a login is then as
-    quick as the ones after it. False (and nothing started) with ``JUMPGATE_MUX=0`` or when
-    no daemon could start; the next ``jumpgate ssh`` starts one as before."""
+    """Before a login's request: stop the daemon of ``home`` (it holds the old certificate),
+    wait for it to let go of the socket, and start a fresh one that waits for
+    :func:`connect_daemon` instead of warming up; its interpreter and imports then run while
+    the login request is on its way. False (and nothing started) with ``JUMPGATE_MUX=0`` or
+    when no daemon could start: the next ``jumpgate ssh`` starts one as before."""
     if stop_daemon(home):
         deadline = time.monotonic() + STOP_TIMEOUT
         while connect_probe(home) and time.monotonic() < deadline:
@@ -268,9 +270,29 @@ def restart_daemon(home: os.PathLike | str) -> bool:
     if not mux_enabled():
         return False
     try:
-        return spawn_daemon(home)
+        return spawn_daemon(home, warm_up=False)
     except OSError:
         return False
+
+
+def connect_daemon(home: os.PathLike | str, timeout: float = FIRST_REPLY_TIMEOUT) -> str | None:
+    """After a login saved its credentials: have the daemon connect to the proxy with them now,
+    so that the first ``jumpgate ssh`` is served like the ones after it. None once connected,
+    else why not (no daemon, or the daemon's error)."""
+    sock = connect(home)
+    if sock is None:
+        return "no session daemon runs"
+    with sock:
+        sock.settimeout(timeout)
+        link = _Link(sock)
+        try:
+            link.send(CONNECT_MESSAGE)
+            reply = link.receive()
+        except (OSError, MuxProtocolError) as exc:
+            return f"the session daemon did not answer ({exc})"
+    if reply and reply.get("event") == "connected":
+        return None
+    return str((reply or {}).get("message") or "the session daemon could not connect")
 
 
 def connect_probe(home: os.PathLike | str) -> bool:
@@ -335,10 +357,11 @@ def claim_socket(home: os.PathLike | str, backlog: int = 64) -> Claim | None:
         raise
 
 
-def spawn_daemon(home: os.PathLike | str) -> bool:
-    """Start the daemon of ``home`` in the background; True once a daemon listens (ours or another)."""
+def spawn_daemon(home: os.PathLike | str, *, warm_up: bool = True) -> bool:
+    """Start the daemon of ``home`` in the background; True once a daemon listens (ours or
+    another). ``warm_up``: it connects to the proxy at once (the ssh that started it waits)."""
     read_fd, write_fd = os.pipe()
-    argv, env = _daemon_command(home, write_fd)
+    argv, env = _daemon_command(home, write_fd, warm_up)
     pid = os.fork()
     if pid == 0:
         os.close(read_fd)
@@ -353,13 +376,14 @@ def spawn_daemon(home: os.PathLike | str) -> bool:
     return answer in (b"ready\n", b"busy\n")
 
 
-def _daemon_command(home: os.PathLike | str, ready_fd: int) -> tuple[list[str], dict[str, str]]:
-    """``python -m appliance.client.muxclient --daemon HOME READY_FD``, finding this package
-    (and, in the zipapp, its dependencies beside it) through PYTHONPATH."""
+def _daemon_command(home: os.PathLike | str, ready_fd: int, warm_up: bool) -> tuple[list[str], dict[str, str]]:
+    """``python -m appliance.client.muxclient --daemon|--daemon-cold HOME READY_FD``, finding
+    this package (and, in the zipapp, its dependencies beside it) through PYTHONPATH."""
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    return [sys.executable, "-m", "appliance.client.muxclient", "--daemon", str(home), str(ready_fd)], env
+    mode = "--daemon" if warm_up else "--daemon-cold"
+    return [sys.executable, "-m", "appliance.client.muxclient", mode, str(home), str(ready_fd)], env
 
 
 def _become_daemon(home: os.PathLike | str, ready_fd: int, argv: list[str], env: dict[str, str]) -> None:
@@ -389,7 +413,7 @@ def _redirect_stdio(home: os.PathLike | str) -> None:
     os.close(log)
 
 
-def daemon_main(home: os.PathLike | str, ready_fd: int) -> int:
+def daemon_main(home: os.PathLike | str, ready_fd: int, *, warm_up: bool = True) -> int:
     """The daemon process: claim the profile's socket, say so, then serve (importing Trio only now)."""
     claim = claim_socket(home)
     os.write(ready_fd, b"busy\n" if claim is None else b"ready\n")
@@ -397,11 +421,11 @@ def daemon_main(home: os.PathLike | str, ready_fd: int) -> int:
     if claim is None:
         return 0
     from .muxd import serve_forever
-    return serve_forever(claim)
+    return serve_forever(claim, warm_up=warm_up)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[1] != "--daemon" or not sys.argv[3].isdigit():
+    if len(sys.argv) != 4 or sys.argv[1] not in ("--daemon", "--daemon-cold") or not sys.argv[3].isdigit():
         sys.exit("usage: python -m appliance.client.muxclient --daemon HOME READY_FD (started by jumpgate ssh)")
     from appliance.client import muxclient  # the module proper, not this __main__ copy
-    sys.exit(muxclient.daemon_main(sys.argv[2], int(sys.argv[3])))
+    sys.exit(muxclient.daemon_main(sys.argv[2], int(sys.argv[3]), warm_up=sys.argv[1] == "--daemon"))

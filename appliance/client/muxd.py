@@ -33,7 +33,7 @@ import ssh_proto
 from ssh_proto.errors import ChannelError, SSHError
 
 from .localio import exit_status, relay
-from .mux import (FD_COUNT, MUX_VERSION, FrameDecoder, MuxProtocolError, Resize, SessionRequest, Stop,
+from .mux import (FD_COUNT, MUX_VERSION, Connect, FrameDecoder, MuxProtocolError, Resize, SessionRequest, Stop,
                   VersionMismatch, encode_frame, parse_request)
 from .muxclient import Claim, peer_uid
 from .profile import ClientPaths, Profile, ProfileError
@@ -53,11 +53,11 @@ EXIT_FAILURE = 255
 _ANCILLARY = socket.CMSG_SPACE(FD_COUNT * array.array("i").itemsize)
 
 
-def serve_forever(claim: Claim, *, idle_timeout: float = IDLE_TIMEOUT) -> int:
+def serve_forever(claim: Claim, *, idle_timeout: float = IDLE_TIMEOUT, warm_up: bool = True) -> int:
     """Run the daemon on ``claim`` (from :func:`.muxclient.claim_socket`) until it stops; 0."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True)
     log.info("session daemon %d for %s", os.getpid(), claim.home)
-    daemon = MuxDaemon(claim.home, idle_timeout=idle_timeout)
+    daemon = MuxDaemon(claim.home, idle_timeout=idle_timeout, warm_up=warm_up)
     try:
         trio.run(daemon.serve, trio.socket.from_stdlib_socket(claim.listener), claim.release)
     finally:
@@ -139,9 +139,10 @@ async def _cancel_when(event: trio.Event, scope: trio.CancelScope) -> None:
 class MuxDaemon:
     """Serves thin clients on a listening socket; see the module docstring."""
 
-    def __init__(self, home: Path, *, idle_timeout: float = IDLE_TIMEOUT):
+    def __init__(self, home: Path, *, idle_timeout: float = IDLE_TIMEOUT, warm_up: bool = True):
         self.home = Path(home)
         self.idle_timeout = idle_timeout
+        self.warm_up = warm_up   # False when ``jumpgate login`` starts us: it asks "connect" later
         self.active = 0          # sessions running
         self._clients = 0        # connections being served (sessions included)
         self._link: _ProxyLink | None = None
@@ -167,7 +168,8 @@ class MuxDaemon:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             with trio.CancelScope() as self._accepting:
-                nursery.start_soon(self._warm_up)
+                if self.warm_up:
+                    nursery.start_soon(self._warm_up)
                 nursery.start_soon(self._timers)
                 task_status.started()
                 while True:
@@ -212,6 +214,17 @@ class MuxDaemon:
             creds = self._credentials()
             if not creds.expired():  # else the session request gets (and reports) the proxy's refusal
                 await self._proxy(creds)
+
+    async def _connect_now(self, sock) -> None:
+        """``connect`` (from ``jumpgate login``): the profile's current credentials, connected
+        to the proxy now, so that the next session finds the proxy hop done."""
+        try:
+            await self._proxy(self._credentials())
+        except (ConnectError, ProfileError, SSHError, OSError, trio.TooSlowError) as exc:
+            await _send(sock, {"event": "error", "message": str(exc), "status": EXIT_FAILURE})
+            return
+        self._last_activity = trio.current_time()
+        await _send(sock, {"event": "connected"})
 
     def _credentials(self) -> Credentials:
         creds = load_credentials(Profile.load(ClientPaths(self.home)))
@@ -287,6 +300,9 @@ class MuxDaemon:
             log.info("asked to stop")
             await _send(sock, {"event": "stopping"})
             self.stop()
+            return
+        if isinstance(request, Connect):
+            await self._connect_now(sock)
             return
         if isinstance(request, Resize):
             raise MuxProtocolError("a resize before any session")

@@ -1,7 +1,7 @@
 """End to end: the session daemon behind ``jumpgate ssh``, met as a user meets it.
 
 The built pyz runs as separate processes. The first ``jumpgate ssh`` of a profile starts a
-daemon (``python -m appliance.client.muxclient --daemon HOME FD``, see
+daemon (``python -m appliance.client.muxclient --daemon[-cold] HOME FD``, see
 ``appliance/client/muxclient.py``) that holds the proxy connection; later ones hand it their
 terminal. What is checked here is what a user (or ``ps``) can see: ``mux.sock`` in the
 profile, the pid in ``mux.lock`` and its ``/proc/PID/cmdline``, one daemon start line and
@@ -101,7 +101,9 @@ def daemon_pid(home: Path) -> int:
 def assert_is_daemon(pid: int, home: Path) -> None:
     assert alive(pid), f"the pid in {LOCK} ({pid}) is not running"
     args = cmdline(pid)
-    assert DAEMON_MODULE in args and "--daemon" in args and str(home) in args, args
+    # --daemon (started by an ssh: it connects at once) or --daemon-cold (started by login,
+    # which then asks it to connect with the new certificate)
+    assert DAEMON_MODULE in args and {"--daemon", "--daemon-cold"} & set(args) and str(home) in args, args
 
 
 def has_socket(home: Path) -> bool:
