@@ -47,13 +47,27 @@ DEFAULT_REKEY_SECONDS = 3600.0   # RFC 4253 §9
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Algorithms:
-    """Algorithm preferences, most preferred first."""
+    """Algorithm preferences, most preferred first.
 
-    kex: tuple[str, ...] = kexmod.DEFAULT_KEX
+    ``kex=None`` means the role's default: :data:`~ssh_proto.kex.DEFAULT_KEX` for a client,
+    :data:`~ssh_proto.kex.DEFAULT_SERVER_KEX` (no finite-field DH) for a server. Any list
+    given explicitly is offered as is, DH groups and non-EtM MACs included::
+
+        Algorithms(kex=("curve25519-sha256", "diffie-hellman-group14-sha256"),
+                   macs=("hmac-sha2-256-etm@openssh.com", "hmac-sha2-256"))
+    """
+
+    kex: tuple[str, ...] | None = None
     host_keys: tuple[str, ...] = DEFAULT_SIGNATURE_ALGORITHMS
     ciphers: tuple[str, ...] = DEFAULT_CIPHERS
     macs: tuple[str, ...] = DEFAULT_MACS
     compression: tuple[str, ...] = ("none",)
+
+    def kex_for(self, role: "Role") -> tuple[str, ...]:
+        """The key exchange methods ``role`` offers."""
+        if self.kex is not None:
+            return self.kex
+        return kexmod.DEFAULT_SERVER_KEX if role is Role.SERVER else kexmod.DEFAULT_KEX
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -333,7 +347,7 @@ class Transport:
     # ---- key exchange (RFC 4253 §7) ------------------------------------------------------
     def _make_kexinit(self) -> m.KexInit:
         a = self.algorithms
-        kex_names = list(a.kex)
+        kex_names = list(a.kex_for(self.role))
         if not self._first_kex_done and self.kex_count == 0:
             # Pseudo-algorithms go in the first KEXINIT only (T1, T9).
             if self.role is Role.CLIENT:

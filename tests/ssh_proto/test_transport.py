@@ -476,7 +476,7 @@ def test_T8_peer_may_send_data_before_its_own_kexinit():
 
 def _kexinit_payload() -> bytes:
     a = algorithms()
-    return m.KexInit(bytes(16), a.kex, a.host_keys, a.ciphers, a.ciphers, a.macs, a.macs, ("none",), ("none",),
+    return m.KexInit(bytes(16), a.kex_for(C), a.host_keys, a.ciphers, a.ciphers, a.macs, a.macs, ("none",), ("none",),
                      (), (), False, 0).encode()
 
 
