@@ -100,7 +100,8 @@ class CertificateError(SSHError):
 
 
 class ChannelOpenError(SSHError):
-    """The peer refused to open a channel (RFC 4254 §5.1)."""
+    """A channel could not be opened (RFC 4254 §5.1): the peer refused it, or one of our own
+    limits did (resource shortage, docs/security.md L4)."""
 
     def __init__(self, code: int, description: str = ""):
         super().__init__(f"channel open failed ({code}): {description}")

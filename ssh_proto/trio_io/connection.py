@@ -6,8 +6,12 @@ tasks and every channel task run. Closing the connection cancels them all.
 
 Sending never blocks the reader: the core queues outgoing bytes, one writer task puts them
 on the wire, and channel writers wait for that queue to drain (backpressure) before
-producing more. The reader keeps reading even while the socket is full, so two peers
-pushing bulk data at each other cannot deadlock.
+producing more. After authentication the reader keeps reading even while the socket is
+full, so two peers pushing bulk data at each other cannot deadlock (the core ends a
+connection whose peer lets our replies pile up instead). Before authentication a server's
+reader waits while the core says so (:meth:`~ssh_proto.connection.Connection.reading_paused`,
+docs/security.md L6): a peer that sends requests and never reads gets no more replies queued.
+Channel opens the core's limits refused are logged here (a few per connection).
 """
 from __future__ import annotations
 
@@ -24,8 +28,12 @@ from .channel import SSHChannel
 log = logging.getLogger("ssh_proto")
 
 RECEIVE_SIZE = 256 * 1024
+#: Before authentication a read is small: the replies to one read are what a paused reader
+#: may overshoot its bound by (rule L6), and nothing pre-auth needs bulk reads.
+PREAUTH_RECEIVE_SIZE = 16 * 1024
 HIGH_WATER = 512 * 1024   # queued outgoing bytes above which channel writers wait
 KEEPALIVE_CHECK = 60.0     # how often the rekey timer is looked at
+MAX_REFUSALS_LOGGED = 8    # channel opens refused by a limit, logged per connection
 
 
 class SSHConnection:
@@ -50,6 +58,7 @@ class SSHConnection:
         self.on_event: Callable[[ev.Event], object] | None = None  # role-specific dispatch (async)
         self.peer_address: tuple | None = None
         self.local_address: tuple | None = None
+        self._refusals = 0
 
     # ---- lifecycle ----------------------------------------------------------------------
     async def start_tasks(self, nursery: trio.Nursery) -> None:
@@ -117,8 +126,11 @@ class SSHConnection:
         core = self.core
         try:
             while not core.closed:
+                if core.reading_paused(self._queued):
+                    await self._drained.wait()  # rule L6: the writer empties what we owe first
+                    continue
                 try:
-                    data = await self._stream.receive_some(RECEIVE_SIZE)
+                    data = await self._stream.receive_some(RECEIVE_SIZE if core.authenticated else PREAUTH_RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     raise ConnectionLost(str(exc)) from None
                 core.receive_data(data)
@@ -253,6 +265,9 @@ class SSHConnection:
                     self._channels.pop(event.channel_id, None)
                     self.core.channels.close(event.channel_id)
             return
+        if t is ev.ChannelOpenRefused:
+            self._log_refusal(f"{event.channel_type} channel refused: {event.description}")
+            return
         if t is ev.GlobalRequestReplied:
             if self._global_waiters:
                 self._global_waiters.pop(0).send_nowait(event)
@@ -262,6 +277,13 @@ class SSHConnection:
             return
         if self.on_event is not None:
             await self.on_event(event)
+
+    def _log_refusal(self, what: str) -> None:
+        """One line per refusal a limit made, up to MAX_REFUSALS_LOGGED per connection."""
+        self._refusals += 1
+        if self._refusals <= MAX_REFUSALS_LOGGED:
+            more = " (further refusals on this connection are not logged)" if self._refusals == MAX_REFUSALS_LOGGED else ""
+            log.info("%s: %s%s", _address(self.peer_address), what, more)
 
     # ---- channels ----------------------------------------------------------------------------
     def register_channel(self, channel: SSHChannel) -> None:
@@ -330,3 +352,7 @@ class SSHConnection:
     def peer_version(self) -> str:
         v = self.core.transport.peer_version
         return v.decode("ascii", "replace") if v else ""
+
+
+def _address(address: tuple | None) -> str:
+    return f"{address[0]} port {address[1]}" if address else "peer"

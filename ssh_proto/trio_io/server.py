@@ -29,7 +29,7 @@ from .. import events as ev
 from .. import messages as m
 from ..certs import CertPermissions
 from ..connection import Connection, ConnectionOptions
-from ..errors import DisconnectReason, SSHError
+from ..errors import DisconnectReason, ProtocolError, SSHError
 from ..keys import Certificate, PrivateKey, PublicKey
 from ..state import Role
 from .channel import SSHChannel
@@ -197,6 +197,8 @@ class SSHServerConnection(SSHConnection):
         self._request_started = trio.current_time()
         try:
             await self._ask_application(event)
+        except ProtocolError:
+            raise  # MaxAuthTries reached (T12): the reader disconnects
         except Exception:
             # an application bug is a refusal, never an open door nor a dead connection
             log.exception("authentication handler failed")
