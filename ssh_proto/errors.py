@@ -67,6 +67,13 @@ class HostKeyNotVerifiable(ProtocolError):
     reason = DisconnectReason.HOST_KEY_NOT_VERIFIABLE
 
 
+class LimitExceeded(ProtocolError):
+    """A limit refused a connection or a login (docs/security.md § Limits); the description
+    says which one, and is what the peer reads in the DISCONNECT."""
+
+    reason = DisconnectReason.TOO_MANY_CONNECTIONS
+
+
 class DisconnectError(SSHError):
     """The peer sent SSH_MSG_DISCONNECT, or the connection was lost."""
 

@@ -22,7 +22,8 @@ import trio
 
 from .. import events as ev
 from ..connection import Connection
-from ..errors import ChannelOpenError, ConnectionLost, DisconnectError, DisconnectReason, ProtocolError, SSHError
+from ..errors import (ChannelOpenError, ConnectionLost, DisconnectError, DisconnectReason, LimitExceeded,
+                      ProtocolError, SSHError)
 from .channel import SSHChannel
 
 log = logging.getLogger("ssh_proto")
@@ -45,7 +46,8 @@ class SSHConnection:
         self._nursery: trio.Nursery | None = None
         self._wake_writer = trio.Event()
         self._drained = trio.Event()
-        self._queued = 0
+        self._sent = trio.Event()   # set (and replaced) each time the writer finishes a send_all
+        self._queued = 0            # bytes the writer is putting on the wire right now
         self._channels: dict[int, SSHChannel] = {}
         self._opening: dict[int, trio.MemorySendChannel] = {}
         self._global_waiters: list[trio.MemorySendChannel] = []
@@ -112,12 +114,15 @@ class SSHConnection:
                     self._queued = len(data)
                     await self._stream.send_all(data)
                     self._queued = 0
+                    sent, self._sent = self._sent, trio.Event()
+                    sent.set()
                 self._drained.set()
                 self._drained = trio.Event()
                 if self.core.closed:
                     await self._finish(None)
                     return
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._queued = 0  # nothing of ours is in flight any more
             await self._finish(ConnectionLost(f"send failed: {exc}"))
         finally:
             self._writer_running = False
@@ -133,17 +138,22 @@ class SSHConnection:
                     data = await self._stream.receive_some(RECEIVE_SIZE if core.authenticated else PREAUTH_RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     raise ConnectionLost(str(exc)) from None
+                self._input_seen()
                 core.receive_data(data)
                 while (event := core.next_event()) is not None:
                     await self._dispatch(event)
                 self._kick()
         except ProtocolError as exc:
-            log.info("protocol error: %s", exc.description)
+            if not isinstance(exc, LimitExceeded):  # a limit logs its own refusal
+                log.info("protocol error: %s", exc.description)
             core.send_protocol_error(exc)
             self._kick()
             await self._finish(exc)
         except DisconnectError as exc:
             await self._finish(exc)
+
+    def _input_seen(self) -> None:
+        """Bytes arrived (a server's listener notes it for its admission rules)."""
 
     async def _timers(self) -> None:
         while True:
@@ -168,6 +178,10 @@ class SSHConnection:
         # (closed whatever happens, cancellation included: no socket outlives its connection)
         try:
             with trio.move_on_after(1):
+                # The writer may be putting earlier bytes on the wire (and then ours: it
+                # takes all there is): a second sender would fail, and the DISCONNECT with it.
+                while self._queued and self._writer_running:
+                    await self._sent.wait()
                 data = self.core.data_to_send()
                 if data:
                     try:

@@ -5,6 +5,8 @@ connection) and ``ssh -R`` (:func:`request_remote_forward`: tcpip-forward global
 then accept forwarded-tcpip channels — only for a listen address we asked for, rule T21).
 Server side: :func:`handle_tcpip_forward_request` asks the application, listens, and opens
 a forwarded-tcpip channel per accepted connection; everything stops with the connection.
+A connection holds at most ``ConnectionOptions.max_remote_forwards`` forwards (each is one
+listening socket or more): one more is refused with REQUEST_FAILURE and a log line (rule L3).
 """
 from __future__ import annotations
 
@@ -160,6 +162,11 @@ async def handle_tcpip_forward_request(conn: "SSHServerConnection", event: ev.Gl
         scope.cancel()
         return True, b""
     if conn.policy is not None and not conn.policy.permit_port_forwarding:
+        return False, b""
+    limit = conn.core.options.max_remote_forwards
+    if len(conn.remote_forwards) >= limit:
+        conn._log_refusal(f"remote forward {req.address}:{req.port} refused: too many remote forwards "
+                          f"on this connection (limit {limit})")
         return False, b""
     if not await conn.server.tcpip_forward(req.address, req.port):
         return False, b""
