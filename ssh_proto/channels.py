@@ -18,8 +18,10 @@ CHANNEL_OPEN, whatever the application later does with a channel:
 - the receive windows we advertise add up to at most ``window_budget`` bytes: that is the
   most the peer can make us buffer on a connection, since a channel never holds more
   than its window (window + buffered + consumed-not-yet-returned = the window granted).
-  A channel gets the full ``window`` while the budget has room, less when it is short,
-  and is refused when not even one ``max_packet`` fits;
+  A channel gets the full ``window`` while the budget has room beyond one ``max_packet``
+  for each channel that may still open (so ``max_channels`` channels always fit), less
+  when it is short — at least one ``max_packet`` — and is refused when not even that fits.
+  A channel granted less grows back towards ``window`` as it is read and the budget frees;
 - a session channel the peer opens starts with ``pending_session_window`` only (when
   set: a server) and gets its full window from :meth:`grow_window` once its shell, exec
   or subsystem starts, so sessions opened and never started pin little.
@@ -128,12 +130,19 @@ class ChannelTable:
             return f"receive window budget of this connection exhausted ({self.window_budget} bytes)"
         return None
 
+    def _room(self, opening: int) -> int:
+        """Window budget a channel may take now: what is free, less one max_packet kept for
+        each channel slot that would still be free (``opening``: channels being added)."""
+        slots = max(0, self.max_channels - len(self._channels) - opening)
+        return max(0, self.window_budget - self._granted - slots * self.max_packet)
+
     def _allocate(self, channel_type: str, state: ChannelState, window: int, max_packet: int) -> Channel:
-        """A new channel with as much of ``window`` as the budget allows (call _refusal first)."""
+        """A new channel with as much of ``window`` as the budget allows, at least one packet's
+        worth (call _refusal first)."""
         local_id = 0
         while local_id in self._channels:
             local_id += 1
-        window = min(window, self.window_budget - self._granted)
+        window = max(min(window, max_packet), min(window, self._room(1)))
         ch = Channel(local_id, channel_type, state, window, window, max_packet)
         self._channels[local_id] = ch
         self._granted += window
@@ -250,7 +259,7 @@ class ChannelTable:
         if ch is None or ch.state is not ChannelState.OPEN or ch.got_eof or ch.sent_close:
             return 0
         target = self.window if target is None else min(target, MAX_WINDOW)
-        increase = min(target - ch.local_window_max, self.window_budget - self._granted)
+        increase = min(target - ch.local_window_max, self._room(0))
         if increase <= 0:
             return 0
         ch.local_window_max += increase
@@ -267,6 +276,12 @@ class ChannelTable:
         ch.consumed += n
         if ch.consumed >= ch.local_window_max // 2 and not ch.got_eof and not ch.sent_close:
             inc, ch.consumed = ch.consumed, 0
+            if ch.local_window_max < self.window:  # granted less than a full window: grow back (L4)
+                grow = min(self.window - ch.local_window_max, self._room(0))
+                if grow > 0:
+                    ch.local_window_max += grow
+                    self._granted += grow
+                    inc += grow
             ch.local_window += inc
             self._send(m.ChannelWindowAdjust(ch.remote_id, inc).encode())
 

@@ -21,7 +21,7 @@ a DISCONNECT saying which limit; a connection refused at the door is closed unan
 from __future__ import annotations
 
 import dataclasses
-import errno
+import functools
 import hashlib
 import hmac
 import logging
@@ -39,6 +39,7 @@ from ..keys import Certificate, PrivateKey, PublicKey
 from ..limits import Admission, ListenerProfile, Outcome, Startup
 from ..preamble import PreambleError
 from ..state import Role
+from .accept import accept_loop
 from .channel import SSHChannel
 from .connection import SSHConnection
 from .preamble import PreambleStream, RelayPreamble
@@ -47,10 +48,6 @@ from .session import ServerSession, SessionPolicy
 log = logging.getLogger("ssh_proto.server")
 
 LOGIN_GRACE_TIME = 120.0
-#: accept(2) errors that mean "out of resources right now" (trio.serve_listeners' list, L1)
-ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
-ACCEPT_RETRY = 0.1            # seconds between accept() attempts while they fail so
-ACCEPT_LOG_INTERVAL = 10.0    # one log line per this long while they do
 REFUSAL_LOG_INTERVAL = 10.0   # connections refused at the door: one line per source per this
 
 
@@ -552,34 +549,13 @@ class SSHListener:
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         async with listener:
-            failing_since: float | None = None
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:
-                    if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
-                        raise
-                    failing_since = self._accept_failed(listener, exc, failing_since)
-                    await trio.sleep(ACCEPT_RETRY)
-                    continue
-                if failing_since is not None:
-                    log.warning("accept on %s works again (%d failures)", _where(_sockname(listener)),
-                                self.accept_failures)
-                    failing_since = None
-                self._admit(stream, nursery)
+            await accept_loop(listener, functools.partial(self._admit, nursery=nursery),
+                              on_failure=self._count_accept_failure)
 
-    def _accept_failed(self, listener: trio.SocketListener, exc: OSError, since: float | None) -> float:
-        """Rule L1: log when it starts (and every ACCEPT_LOG_INTERVAL while it lasts), go on."""
+    def _count_accept_failure(self) -> None:
         self.accept_failures += 1
-        now = trio.current_time()
-        if since is None or now - since >= ACCEPT_LOG_INTERVAL:
-            log.warning("accept on %s failed: %s (%s); serving the open connections and retrying every %gs",
-                        _where(_sockname(listener)), os.strerror(exc.errno), errno.errorcode[exc.errno],
-                        ACCEPT_RETRY)
-            return now
-        return since
 
-    def _admit(self, stream: trio.SocketStream, nursery: trio.Nursery) -> None:
+    def _admit(self, stream: trio.SocketStream, *, nursery: trio.Nursery) -> None:
         try:
             peer, local = stream.socket.getpeername(), stream.socket.getsockname()
         except OSError:
@@ -620,13 +596,6 @@ class SSHListener:
         finally:
             self._undecided.pop(id(scope), None)
             await trio.aclose_forcefully(stream)  # closed whatever happened (eviction included)
-
-
-def _sockname(listener: trio.SocketListener):
-    try:
-        return listener.socket.getsockname()
-    except OSError:
-        return None
 
 
 async def serve(server_factory: Callable[[], SSHServer], host: str | None = None, port: int = 22, *,

@@ -74,20 +74,53 @@ def test_L4_a_freed_channel_frees_its_slot_and_window():
     pair.open_session("direct-tcpip", m.DirectTcpip("h", 1, "o", 2).encode())
 
 
+def _direct(pair) -> int:
+    return pair.open_session("direct-tcpip", m.DirectTcpip("h", 1, "o", 2).encode())
+
+
 def test_L4_advertised_windows_stay_within_the_budget():
     budget = 5 * DEFAULT_WINDOW // 2
-    pair = authenticated_pair(**_server(window_budget=budget, max_channels=1024))
-    windows = []
-    for _ in range(3):
-        cid = pair.open_session("direct-tcpip", m.DirectTcpip("h", 1, "o", 2).encode())
-        windows.append(pair.client.channels[cid].remote_window)
-    # two full windows, then what is left, then nothing: refused
-    assert windows == [DEFAULT_WINDOW, DEFAULT_WINDOW, DEFAULT_WINDOW // 2]
-    assert pair.server.channels.window_granted <= budget
+    pair = authenticated_pair(**_server(window_budget=budget, max_channels=4))
+    windows = [pair.client.channels[_direct(pair)].remote_window for _ in range(4)]
+    # full windows while there is room beyond one packet per channel still to come, then less
+    assert windows == [DEFAULT_WINDOW, DEFAULT_WINDOW, DEFAULT_WINDOW // 2 - 32768, 32768]
+    assert pair.server.channels.window_granted == sum(windows) == budget
     pair.client.channels.open("direct-tcpip", m.DirectTcpip("h", 1, "o", 2).encode())
     pair.pump()
     (refused,) = pair.take(S, ev.ChannelOpenRefused)
-    assert "window budget" in refused.description
+    assert "too many channels" in refused.description
+
+
+def test_L4_max_channels_channels_always_fit_in_the_budget():
+    pair = authenticated_pair(**_server(window_budget=8 * 32768, max_channels=8))
+    windows = [pair.client.channels[_direct(pair)].remote_window for _ in range(8)]
+    assert windows == [32768] * 8 and pair.server.channels.window_granted == 8 * 32768
+
+
+def test_L4_the_budget_refuses_when_not_one_packet_fits():
+    pair = authenticated_pair(**_server(window_budget=3 * 32768, max_channels=1024))
+    for _ in range(3):
+        _direct(pair)
+    pair.client.channels.open("direct-tcpip", m.DirectTcpip("h", 1, "o", 2).encode())
+    pair.pump()
+    (refused,) = pair.take(S, ev.ChannelOpenRefused)
+    assert "receive window budget" in refused.description
+
+
+def test_L4_a_channel_granted_less_grows_back_as_it_is_read():
+    budget = 5 * DEFAULT_WINDOW // 2
+    pair = authenticated_pair(**_server(window_budget=budget, max_channels=4))
+    first, second, _third, small = (_direct(pair) for _ in range(4))
+    for cid in (first, second):
+        pair.client.channels.close(cid)
+    pair.pump()
+    sid = pair.server_id(small)
+    pair.client.channels.send_data(small, bytes(32768))
+    pair.pump()
+    assert pair.data_received(S, sid) == bytes(32768)   # read: the window adjust carries the growth
+    pair.pump()
+    assert pair.client.channels[small].remote_window == DEFAULT_WINDOW
+    assert pair.server.channels.window_granted <= budget
 
 
 def test_L4_a_pending_session_gets_a_small_window_until_it_starts():
@@ -112,7 +145,7 @@ def test_L4_a_thousand_pending_sessions_pin_at_most_the_budget():
         pair.server.channels.accept(request.channel_id)
     # the most the peer may now send us, over every channel, before anyone reads
     assert sum(pair.server.channels[r.channel_id].local_window for r in opened) <= budget
-    assert len(opened) == budget // PENDING_SESSION_WINDOW
+    assert len(opened) == budget // 32768     # one packet each: room kept for 1,024 channels
     refused = pair.take(S, ev.ChannelOpenRefused)
     assert len(refused) == 1000 - len(opened) and "window budget" in refused[0].description
 

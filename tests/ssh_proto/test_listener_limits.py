@@ -22,7 +22,6 @@ import floods
 import ssh_proto
 from ssh_proto import events as ev
 from ssh_proto import messages as m
-from ssh_proto.channels import PENDING_SESSION_WINDOW
 from ssh_proto.connection import MAX_UNSENT_BEFORE_AUTH
 from ssh_proto.trio_io.connection import PREAUTH_RECEIVE_SIZE
 from ssh_proto.keys import PrivateKey
@@ -174,19 +173,22 @@ async def test_L4_a_thousand_sessions_opened_and_never_started_pin_at_most_the_w
         answers = await attacker.read_events((ev.ChannelOpenConfirmed, ev.ChannelOpenFailed), len(opened))
     confirmed = [a.channel_id for a in answers if isinstance(a, ev.ChannelOpenConfirmed)]
     failed = [a for a in answers if isinstance(a, ev.ChannelOpenFailed)]
-    assert len(confirmed) == budget // PENDING_SESSION_WINDOW
+    # a pending session's window is 64 KiB, but the budget keeps one packet (32 KiB) for each
+    # of the 1,024 channels a connection may hold: 512 sessions of 32 KiB fill the 16 MiB
+    windows = [attacker.core.channels.send_capacity(cid) for cid in confirmed]
+    assert windows == [32768] * 512 and sum(windows) == budget
     assert {(f.code, f.description) for f in failed} == {
         (m.OPEN_RESOURCE_SHORTAGE, f"receive window budget of this connection exhausted ({budget} bytes)")}
     # fill every window the server gave, and never start a session
-    for cid in confirmed:
-        attacker.core.channels.send_data(cid, bytes(attacker.core.channels.send_capacity(cid)))
+    for cid, window in zip(confirmed, windows):
+        attacker.core.channels.send_data(cid, bytes(window))
     async with trio.open_nursery() as attack:
         attack.start_soon(attacker.send_queued)
         with trio.fail_after(SAFETY):
             await trio.testing.wait_all_tasks_blocked(QUIET)
         (conn,) = factory.connections
         buffered = sum(ch._stdout.size for ch in conn._channels.values())
-        assert buffered == len(confirmed) * PENDING_SESSION_WINDOW <= budget
+        assert buffered == sum(windows) <= budget
         assert conn.core.channels.window_granted <= budget
         attack.cancel_scope.cancel()
     await attacker.aclose()

@@ -219,6 +219,16 @@ GENERIC = [m.Ignore(b"x").encode(), m.Debug(False, "hi", b"").encode(), m.Unimpl
 GENERIC_IDS = ["IGNORE", "DEBUG", "UNIMPLEMENTED"]
 
 
+def test_T1_disconnect_during_strict_initial_kex_ends_with_the_peers_reason():
+    """A server refusing a login at its door (a limit) says why even before NEWKEYS."""
+    pair = make_pair()
+    pair.transfer(C)
+    pair.inject(S, m.Disconnect(12, "too many connections", b"").encode())
+    with pytest.raises(DisconnectError) as info:
+        pair.pump()
+    assert (info.value.reason, info.value.description) == (12, "too many connections")
+
+
 @pytest.mark.parametrize("payload", GENERIC, ids=GENERIC_IDS)
 def test_T1_ignore_before_newkeys_under_strict_kex_disconnects(payload):
     """The client sends KEX_INIT, then IGNORE (or DEBUG, UNIMPLEMENTED), before its NEWKEYS."""
