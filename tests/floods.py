@@ -112,6 +112,21 @@ class RawClient:
         self.events = [e for e in self.events if not isinstance(e, kinds)]
         return hits
 
+    async def login_with_certificate(self, key, cert) -> None:
+        """Public-key login presenting ``cert`` (signed by ``key``)."""
+        await self.handshake()
+        algorithm = cert.signature_algorithms[0]
+        self.core.client_auth.request_publickey(cert, algorithm, key.sign)
+        await self._read_until(lambda: any(isinstance(e, ev.AuthResult) for e in self.events))
+        result = next(e for e in self.events if isinstance(e, ev.AuthResult))
+        if not result.success:
+            raise AssertionError("the raw client's certificate was refused")
+
+    async def round_trip(self) -> None:
+        """A global request and its reply: the server has read everything sent before it."""
+        self.core.send_global_request("keepalive@openssh.com", want_reply=True)
+        await self.read_events((ev.GlobalRequestReplied,), 1)
+
     def queue(self, payload: bytes, count: int = 1) -> None:
         """Protect and queue ``payload`` (any message number) ``count`` times."""
         for _ in range(count):
