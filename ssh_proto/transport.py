@@ -236,8 +236,10 @@ class Transport:
     def disconnect(self, reason: int = DisconnectReason.BY_APPLICATION, description: str = "") -> None:
         """Send DISCONNECT (even mid key-exchange) and stop processing input."""
         if not self.closed:
-            if self.peer_version is not None or self._out:
-                self._out.append(self._writer.write(m.Disconnect(int(reason), description, b"").encode()))
+            # Our version line went out first (it is queued at construction), so a packet
+            # may follow whether or not the peer's has been read: a listener refusing a
+            # connection on its first bytes says why (docs/security.md L8).
+            self._out.append(self._writer.write(m.Disconnect(int(reason), description, b"").encode()))
             self._held.clear()  # nothing may follow DISCONNECT
             self._control_held = 0
             self.closed = True

@@ -345,22 +345,23 @@ _SERVER_EVENTS: dict[type, Callable] = {
 
 
 class _RefusalLog:
-    """One log line per source per REFUSAL_LOG_INTERVAL for connections refused at the door;
-    under a flood, the refusals in between are counted into the next line (bounded table)."""
+    """One log line per source per REFUSAL_LOG_INTERVAL for connections refused at the door
+    (or evicted); under a flood, the ones in between are counted into the next line (bounded
+    table)."""
 
     def __init__(self, max_keys: int = 1024):
         self._seen: dict[object, list] = {}  # key -> [time logged, refusals since]
         self._max_keys = max_keys
 
-    def log(self, address, reason: str) -> None:
-        key = address[0] if address else None
+    def log(self, address, reason: str, what: str = "refused a connection") -> None:
+        key = (what, address[0] if address else None)
         now = trio.current_time()
         entry = self._seen.get(key)
         if entry is not None and now - entry[0] < REFUSAL_LOG_INTERVAL:
             entry[1] += 1
             return
         more = f" (and {entry[1]} more since the last line)" if entry is not None and entry[1] else ""
-        log.info("refused a connection from %s: %s%s", _where(address), reason, more)
+        log.info("%s from %s: %s%s", what, _where(address), reason, more)
         if entry is None and len(self._seen) >= self._max_keys:
             del self._seen[next(iter(self._seen))]
         self._seen[key] = [now, 0]
@@ -380,7 +381,7 @@ class _Gate:
         self.admission = admission
         self.startup: Startup | None = None
         self.wait_scope = trio.CancelScope()
-        self._refusals = refusals or _RefusalLog()
+        self.refusals = refusals or _RefusalLog()
         self._on_decided = on_decided
 
     def admit(self, address) -> None:
@@ -391,7 +392,7 @@ class _Gate:
         try:
             self.startup = self.admission.admit(address)
         except LimitExceeded as exc:
-            self._refusals.log(address, exc.description)
+            self.refusals.log(address, exc.description)
             raise
         self.startup.on_evict = self.wait_scope.cancel
 
@@ -469,8 +470,8 @@ async def serve_stream(stream: trio.abc.Stream, server_factory: Callable[[], SSH
                 await _wait_auth_or_close(conn)
             grace_exceeded = grace.cancelled_caught
             if gate.evicted and not conn.closed.is_set():
-                log.info("closing the unauthenticated connection from %s to make room for another source",
-                         _where(conn.peer_address))
+                gate.refusals.log(conn.peer_address, "made room for a login from a less busy source",
+                                  "closed an unauthenticated connection")
                 await conn.aclose(DisconnectReason.TOO_MANY_CONNECTIONS,
                                   "too many unauthenticated connections from your address; try again later")
             elif grace_exceeded:

@@ -149,6 +149,38 @@ async def test_L11_node_counts_relayed_clients_not_the_proxy(cluster, profile, l
     assert not cluster.proxy_listener.admission.penalised(("127.0.0.2", 0))  # it did log in there
 
 
+# ---- L8: the proxy under a pre-auth flood from many sources ---------------------------------------
+
+@needs_root
+async def test_L8_proxy_flooded_from_250_sources_still_lets_a_user_in(cluster, profile, login):
+    """1,000 junk pre-auth connections from 127.0.0.2-127.0.0.251 against the proxy's real
+    profile, still arriving during a real login from 127.0.0.1 through it to the node."""
+    held: list[trio.SocketStream] = []
+
+    async def flood(first: int, count: int) -> None:
+        for n in range(first, first + count):
+            try:
+                held.append(await floods.hold_preauth(floods.source_address(n % 250), cluster.proxy_port))
+            except OSError:
+                pass  # refused at the door
+
+    admission = cluster.proxy_listener.admission
+    with trio.fail_after(SAFETY):
+        await flood(0, 500)
+        await trio.testing.wait_all_tasks_blocked(QUIET)   # the server has taken them all in
+    # every source's first startup, and the MaxStartups drop (~98 % at 250 of 64:30:256) for
+    # more: before, the same drop applied to the login too
+    assert admission.startups >= 250
+    async with trio.open_nursery() as attack:
+        attack.start_soon(flood, 500, 500)                 # and keeps arriving during the login
+        with trio.fail_after(SAFETY):
+            async with connect_node(profile, NODE, login.name) as conn:
+                assert (await conn.run("true")).exit_status == 0
+    assert admission.startups <= limits.PROXY_PROFILE.max_startups[2]
+    for stream in held:
+        await trio.aclose_forcefully(stream)
+
+
 # ---- L4: the proxy's memory under sessions opened and never started -----------------------------------
 
 def _rss(pid: int) -> int:

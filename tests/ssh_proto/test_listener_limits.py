@@ -210,19 +210,18 @@ async def test_L8_a_flood_from_many_sources_does_not_stop_a_login_from_another(n
     factory = recorded()
     listener = await serve(nursery, factory)          # ssh_proto's default profile: MaxStartups 10:30:100
     held: list[trio.SocketStream] = []
-    halfway = trio.Event()
 
-    async def flood():
-        for n in range(1000):
+    async def flood(first: int, count: int) -> None:
+        for n in range(first, first + count):
             await _hold(held, floods.source_address(n % 250), listener.port)
-            if n == 500:
-                halfway.set()
 
+    with trio.fail_after(SAFETY):
+        await flood(0, 500)
+        await trio.testing.wait_all_tasks_blocked(QUIET)   # the server has taken them all in
+    assert listener.admission.startups == 100         # full: the flood holds every slot
     async with trio.open_nursery() as attack:
-        attack.start_soon(flood)
+        attack.start_soon(flood, 500, 500)                 # and keeps arriving during the login
         with trio.fail_after(SAFETY):
-            await halfway.wait()
-            assert listener.admission.startups == 100   # full: the flood holds every slot
             async with ssh_proto.connect(floods.LOOPBACK, listener.port, username="alice", password=PASSWORD,
                                          known_hosts=None) as conn:
                 assert (await conn.run("true")).exit_status is not None

@@ -833,3 +833,16 @@ def test_T18_no_compression_before_authentication():
     pair = handshaken_pair(options=_zlib_options())
     for conn in (pair.client, pair.server):
         assert conn.transport._writer.compression == conn.transport._reader.compression == "none"
+
+
+def test_disconnect_before_the_peers_version_is_still_sent():
+    """A listener refusing a connection on its first bytes (a limit) says why, even when our
+    version line has already been collected and the peer's has not been read."""
+    t = Transport(S, host_keys=((host_key("ssh-ed25519"), None),))
+    assert t.data_to_send().startswith(b"SSH-2.0-")
+    t.disconnect(DisconnectReason.TOO_MANY_CONNECTIONS, "too many connections")
+    c = Transport(C, verify_host_key=lambda key: None)
+    c.receive_data(b"SSH-2.0-peer\r\n")
+    with pytest.raises(DisconnectError) as info:
+        c.receive_data(t.data_to_send())
+    assert info.value.description == "too many connections"
