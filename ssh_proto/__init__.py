@@ -13,7 +13,7 @@ import importlib
 
 from .errors import (AgentError, AuthError, CertificateError, ChannelError, ChannelOpenError, ConnectionLost,
                      DisconnectError, DisconnectReason, HostKeyNotVerifiable, KeyExchangeError, KeyFormatError,
-                     MACError, ProtocolError, SSHError)
+                     LimitExceeded, MACError, ProtocolError, SSHError)
 
 # The rest of the public API is imported on first use (PEP 562), so that a program that
 # only connects as a client does not load the server, the agent and their classes.
@@ -31,11 +31,12 @@ _LAZY = {
     "SessionPolicy": ".trio_io.session", "SSHProcess": ".trio_io.session",
     "AgentClient": ".trio_io.agent", "InProcessAgent": ".trio_io.agent",
     "RelayPreamble": ".trio_io.preamble", "PreambleError": ".preamble",
+    "ListenerProfile": ".limits", "Penalties": ".limits",
 }
 
 __all__ = sorted([*_LAZY, "AgentError", "AuthError", "CertificateError", "ChannelError", "ChannelOpenError",
                   "ConnectionLost", "DisconnectError", "DisconnectReason", "HostKeyNotVerifiable",
-                  "KeyExchangeError", "KeyFormatError", "MACError", "ProtocolError", "SSHError"])
+                  "KeyExchangeError", "KeyFormatError", "LimitExceeded", "MACError", "ProtocolError", "SSHError"])
 
 
 def __getattr__(name: str):

@@ -6,7 +6,9 @@ turns every decision into an event for the application, which answers with
 :meth:`~ServerAuth.challenge`. It fixes the user name and service at the first request
 (rule T12), counts failures up to ``max_attempts``, never hands the application a key that
 did not sign (CVE-2024-45337), and checks that the announced algorithm matches the key
-(docs/security.md C7).
+(docs/security.md C7). A refused ``none`` request counts as a failure unless it is the
+connection's first request, as in OpenSSH (the probe every client starts with is free, a
+stream of them is not: docs/security.md L6).
 
 :class:`ClientAuth` encodes requests and decodes the replies that may answer them; a reply
 with no request outstanding, or of the wrong kind for it, is a protocol error.
@@ -71,6 +73,7 @@ class ServerAuth:
         self.username: str | None = None
         self.service: str | None = None
         self.failures = 0
+        self.requests = 0                    # USERAUTH_REQUESTs received
         self.completed: list[str] = []       # methods that gave partial success, in order
         self.used_keys: set[bytes] = set()   # keys that already gave partial success (docs/security.md C9)
         self.authenticated = False
@@ -82,6 +85,7 @@ class ServerAuth:
         if payload[0] == m.MSG_USERAUTH_INFO_RESPONSE:
             return self._on_info_response(payload)
         req = m.UserauthRequest.decode(payload)
+        self.requests += 1
         if self._pending is not None:
             if self._pending.method != "keyboard-interactive-challenge":
                 raise ProtocolError("authentication request while another is being decided")
@@ -191,8 +195,7 @@ class ServerAuth:
 
     def reject(self) -> None:
         p = self._take()
-        counted = p.method != "none"
-        self._fail(counted)
+        self._fail(counted=p.method != "none" or self.requests > 1)
 
     def pk_ok(self) -> None:
         p = self._take("publickey-query")

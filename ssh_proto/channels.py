@@ -10,6 +10,24 @@ control windows, and turns CHANNEL_* messages into events. Rules enforced here:
 - outgoing data never exceeds the peer's window or max packet;
 - replies to channel requests go out in the order the requests arrived (RFC 4254 §5.4),
   whatever order the application answers in.
+
+Limits (docs/security.md § Limits, L4). What the peer may make us hold is bounded here, at
+CHANNEL_OPEN, whatever the application later does with a channel:
+- at most ``max_channels`` channels exist at once (opened, not only started), of which at
+  most ``max_sessions`` are sessions;
+- the receive windows we advertise add up to at most ``window_budget`` bytes: that is the
+  most the peer can make us buffer on a connection, since a channel never holds more
+  than its window (window + buffered + consumed-not-yet-returned = the window granted).
+  A channel gets the full ``window`` while the budget has room beyond one ``max_packet``
+  for each channel that may still open (so ``max_channels`` channels always fit), less
+  when it is short — at least one ``max_packet`` — and is refused when not even that fits.
+  A channel granted less grows back towards ``window`` as it is read and the budget frees;
+- a session channel the peer opens starts with ``pending_session_window`` only (when
+  set: a server) and gets its full window from :meth:`grow_window` once its shell, exec
+  or subsystem starts, so sessions opened and never started pin little.
+A refused open is answered with CHANNEL_OPEN_FAILURE (resource shortage, the reason in its
+description) and reported as :class:`~ssh_proto.events.ChannelOpenRefused`; opening a
+channel ourselves past a limit raises :class:`~ssh_proto.errors.ChannelOpenError`.
 """
 from __future__ import annotations
 
@@ -21,7 +39,7 @@ from typing import Callable
 
 from . import events as ev
 from . import messages as m
-from .errors import ProtocolError
+from .errors import ChannelOpenError, ProtocolError
 from .packets import MAX_PAYLOAD_SIZE
 
 MAX_WINDOW = 0xFFFFFFFF
@@ -29,6 +47,8 @@ DEFAULT_WINDOW = 2 * 1024 * 1024
 DEFAULT_MAX_PACKET = 32 * 1024   # what OpenSSH uses; larger values cost memory per packet
 MAX_MAX_PACKET = MAX_PAYLOAD_SIZE - 16  # CHANNEL_(EXTENDED_)DATA header included, one packet
 DEFAULT_MAX_CHANNELS = 1024
+DEFAULT_WINDOW_BUDGET = 64 * 1024 * 1024   # 32 channels at the full window, then smaller ones
+PENDING_SESSION_WINDOW = 64 * 1024         # a session's window until it starts (server)
 
 _HDR = struct.Struct(">BII")       # msg, recipient, length  (CHANNEL_DATA)
 _EXT_HDR = struct.Struct(">BIII")  # msg, recipient, type, length  (CHANNEL_EXTENDED_DATA)
@@ -66,14 +86,24 @@ class ChannelTable:
     """All channels of one connection. ``send`` queues an outgoing payload."""
 
     def __init__(self, send: Callable[[bytes], None], *, window: int = DEFAULT_WINDOW,
-                 max_packet: int = DEFAULT_MAX_PACKET, max_channels: int = DEFAULT_MAX_CHANNELS):
+                 max_packet: int = DEFAULT_MAX_PACKET, max_channels: int = DEFAULT_MAX_CHANNELS,
+                 max_sessions: int | None = None, window_budget: int = DEFAULT_WINDOW_BUDGET,
+                 pending_session_window: int | None = None):
         if not 0 < max_packet <= MAX_MAX_PACKET or not 0 < window <= MAX_WINDOW:
             raise ValueError("bad window or max_packet")
+        if window_budget < min(window, max_packet) or (pending_session_window is not None
+                                                       and pending_session_window <= 0):
+            raise ValueError("bad window budget or pending session window")
         self._send = send
         self.window = window
         self.max_packet = max_packet
         self.max_channels = max_channels
+        self.max_sessions = max_sessions
+        self.window_budget = window_budget
+        self.pending_session_window = None if pending_session_window is None else min(pending_session_window, window)
         self._channels: dict[int, Channel] = {}
+        self._granted = 0    # sum of local_window_max: what the peer may make us buffer
+        self._sessions = 0   # session channels among _channels
         self._next_token = 0
 
     def __getitem__(self, local_id: int) -> Channel:
@@ -85,24 +115,58 @@ class ChannelTable:
     def __len__(self) -> int:
         return len(self._channels)
 
-    def _allocate(self, channel_type: str, state: ChannelState, window: int | None, max_packet: int | None) -> Channel:
+    @property
+    def window_granted(self) -> int:
+        """Receive window advertised over all channels: the most the peer can make us buffer."""
+        return self._granted
+
+    def _refusal(self, channel_type: str, window: int, max_packet: int) -> str | None:
+        """Why a new channel cannot be had (rule L4), or None."""
         if len(self._channels) >= self.max_channels:
-            raise ProtocolError("too many channels")
+            return f"too many channels on this connection (limit {self.max_channels})"
+        if channel_type == "session" and self.max_sessions is not None and self._sessions >= self.max_sessions:
+            return f"too many sessions on this connection (limit {self.max_sessions})"
+        if self.window_budget - self._granted < min(window, max_packet):
+            return f"receive window budget of this connection exhausted ({self.window_budget} bytes)"
+        return None
+
+    def _room(self, opening: int) -> int:
+        """Window budget a channel may take now: what is free, less one max_packet kept for
+        each channel slot that would still be free (``opening``: channels being added)."""
+        slots = max(0, self.max_channels - len(self._channels) - opening)
+        return max(0, self.window_budget - self._granted - slots * self.max_packet)
+
+    def _allocate(self, channel_type: str, state: ChannelState, window: int, max_packet: int) -> Channel:
+        """A new channel with as much of ``window`` as the budget allows, at least one packet's
+        worth (call _refusal first)."""
         local_id = 0
         while local_id in self._channels:
             local_id += 1
-        window = self.window if window is None else window
-        max_packet = self.max_packet if max_packet is None else max_packet
+        window = max(min(window, max_packet), min(window, self._room(1)))
         ch = Channel(local_id, channel_type, state, window, window, max_packet)
         self._channels[local_id] = ch
+        self._granted += window
+        if channel_type == "session":
+            self._sessions += 1
         return ch
+
+    def _free(self, ch: Channel) -> None:
+        del self._channels[ch.local_id]
+        self._granted -= ch.local_window_max
+        if ch.channel_type == "session":
+            self._sessions -= 1
 
     # ---- our actions -------------------------------------------------------------------
     def open(self, channel_type: str, data: bytes = b"", *, window: int | None = None,
              max_packet: int | None = None) -> int:
-        """Send CHANNEL_OPEN; the answer arrives as ChannelOpenConfirmed / ChannelOpenFailed."""
-        if len(self._channels) >= self.max_channels:
-            raise RuntimeError("too many channels")
+        """Send CHANNEL_OPEN; the answer arrives as ChannelOpenConfirmed / ChannelOpenFailed.
+
+        Raises ChannelOpenError (resource shortage) past a limit of this table."""
+        window = self.window if window is None else window
+        max_packet = self.max_packet if max_packet is None else max_packet
+        reason = self._refusal(channel_type, window, max_packet)
+        if reason is not None:
+            raise ChannelOpenError(m.OPEN_RESOURCE_SHORTAGE, reason)
         ch = self._allocate(channel_type, ChannelState.OPENING, window, max_packet)
         self._send(m.ChannelOpen(channel_type, ch.local_id, ch.local_window, ch.local_max_packet, data).encode())
         return ch.local_id
@@ -115,7 +179,7 @@ class ChannelTable:
 
     def reject(self, local_id: int, code: int, description: str = "") -> None:
         ch = self._get_state(local_id, ChannelState.PEER_OPENING)
-        del self._channels[local_id]
+        self._free(ch)
         self._send(m.ChannelOpenFailure(ch.remote_id, code, description, b"").encode())
 
     def send_capacity(self, local_id: int) -> int:
@@ -160,7 +224,7 @@ class ChannelTable:
         ch.sent_close = True
         self._send(m.ChannelClose(ch.remote_id).encode())
         if ch.got_close:
-            del self._channels[local_id]
+            self._free(ch)
         else:
             ch.state = ChannelState.CLOSED
 
@@ -188,6 +252,22 @@ class ChannelTable:
                 cls = m.ChannelSuccess if ok else m.ChannelFailure
                 self._send(cls(ch.remote_id).encode())
 
+    def grow_window(self, local_id: int, target: int | None = None) -> int:
+        """Raise the window we advertise on an open channel towards ``target`` (default: the
+        table's ``window``), as far as the budget allows; returns the increase sent."""
+        ch = self._channels.get(local_id)
+        if ch is None or ch.state is not ChannelState.OPEN or ch.got_eof or ch.sent_close:
+            return 0
+        target = self.window if target is None else min(target, MAX_WINDOW)
+        increase = min(target - ch.local_window_max, self._room(0))
+        if increase <= 0:
+            return 0
+        ch.local_window_max += increase
+        ch.local_window += increase
+        self._granted += increase
+        self._send(m.ChannelWindowAdjust(ch.remote_id, increase).encode())
+        return increase
+
     def consumed(self, local_id: int, n: int) -> None:
         """The application took ``n`` bytes: grow the peer's window when half is used."""
         ch = self._channels.get(local_id)
@@ -196,6 +276,12 @@ class ChannelTable:
         ch.consumed += n
         if ch.consumed >= ch.local_window_max // 2 and not ch.got_eof and not ch.sent_close:
             inc, ch.consumed = ch.consumed, 0
+            if ch.local_window_max < self.window:  # granted less than a full window: grow back (L4)
+                grow = min(self.window - ch.local_window_max, self._room(0))
+                if grow > 0:
+                    ch.local_window_max += grow
+                    self._granted += grow
+                    inc += grow
             ch.local_window += inc
             self._send(m.ChannelWindowAdjust(ch.remote_id, inc).encode())
 
@@ -249,12 +335,16 @@ class ChannelTable:
 
     def _on_open(self, payload: bytes) -> ev.Event | None:
         msg = m.ChannelOpen.decode(payload)
-        if len(self._channels) >= self.max_channels:
-            self._send(m.ChannelOpenFailure(msg.sender, m.OPEN_RESOURCE_SHORTAGE, "too many channels", b"").encode())
-            return None
         if msg.max_packet == 0:
             raise ProtocolError("channel max packet of zero")
-        ch = self._allocate(msg.channel_type, ChannelState.PEER_OPENING, None, None)
+        window = self.window
+        if msg.channel_type == "session" and self.pending_session_window is not None:
+            window = self.pending_session_window
+        reason = self._refusal(msg.channel_type, window, self.max_packet)
+        if reason is not None:
+            self._send(m.ChannelOpenFailure(msg.sender, m.OPEN_RESOURCE_SHORTAGE, reason, b"").encode())
+            return ev.ChannelOpenRefused(msg.channel_type, reason)
+        ch = self._allocate(msg.channel_type, ChannelState.PEER_OPENING, window, self.max_packet)
         ch.remote_id, ch.remote_window, ch.remote_max_packet = msg.sender, msg.window, min(msg.max_packet, MAX_MAX_PACKET)
         return ev.ChannelOpenRequest(ch.local_id, msg.channel_type, msg.data)
 
@@ -274,7 +364,7 @@ class ChannelTable:
         ch = self._get(msg.recipient)
         if ch.state is not ChannelState.OPENING:
             raise ProtocolError("open failure for a channel that is not opening")
-        del self._channels[ch.local_id]
+        self._free(ch)
         return ev.ChannelOpenFailed(ch.local_id, msg.code, msg.description)
 
     def _on_window_adjust(self, payload: bytes) -> ev.Event | None:
@@ -308,7 +398,7 @@ class ChannelTable:
         if not ch.sent_close:
             ch.sent_close = True
             self._send(m.ChannelClose(ch.remote_id).encode())
-        del self._channels[ch.local_id]
+        self._free(ch)
         return ev.ChannelCloseReceived(ch.local_id)
 
     def _on_request(self, payload: bytes) -> ev.Event | None:

@@ -18,7 +18,9 @@ Implemented:
 * MACs (RFC 4253 §6.4, RFC 6668): ``hmac-sha2-256``, ``hmac-sha2-512`` over
   ``seqnr || plaintext packet``; their ``-etm@openssh.com`` forms (OpenSSH PROTOCOL §1.5)
   over ``seqnr || length || ciphertext``, checked before anything is decrypted (T5).
-  ``hmac-sha1`` and ``hmac-sha1-etm@openssh.com`` exist for old peers but are not offered.
+  Only the EtM forms are offered by default; ``hmac-sha2-256``/``-512`` (MAC-then-encrypt),
+  ``hmac-sha1`` and ``hmac-sha1-etm@openssh.com`` exist for old peers, offered only when
+  listed explicitly.
 * ``none``, the state before the first NEWKEYS (RFC 4253 §6.3).
 
 Theory of operation.  A sealer's ``seal(seq, plen, padlen, payload, padding)`` returns the
@@ -101,11 +103,11 @@ DEFAULT_CIPHERS: tuple[str, ...] = (
     "aes192-ctr",
     "aes256-ctr",
 )
+#: Encrypt-then-MAC only (rules T2, T5): the MAC-then-encrypt forms stay implemented for
+#: peers that need them, offered only when listed explicitly.
 DEFAULT_MACS: tuple[str, ...] = (
     "hmac-sha2-256-etm@openssh.com",
     "hmac-sha2-512-etm@openssh.com",
-    "hmac-sha2-256",
-    "hmac-sha2-512",
 )
 DEFAULT_COMPRESSION: tuple[str, ...] = ("none", "zlib@openssh.com")
 

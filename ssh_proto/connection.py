@@ -9,6 +9,16 @@ against that table before acting on it.
 A client starts user authentication itself once the handshake is done (SERVICE_REQUEST
 "ssh-userauth"); the I/O layer then drives :attr:`Connection.client_auth`. A server answers
 authentication events through :attr:`Connection.server_auth`.
+
+Output a peer does not read (docs/security.md L6). Before authentication the peer owes us
+nothing but a login, so a server stops reading while more than
+``max_unsent_before_auth`` bytes of its output wait to be sent (:meth:`reading_paused`; the
+I/O layer asks before each read): a peer that never reads cannot make replies pile up, and
+the login grace time ends it. After authentication the I/O layer must keep reading (two
+peers pushing bulk data at each other would deadlock otherwise): channel data is bounded by
+the peer's windows, and the output no window bounds — replies, window adjusts — may reach
+``max_unsent_control`` bytes before the next input is refused with a protocol error. A
+server allows ``max_kex_before_auth`` key exchanges before authentication.
 """
 from __future__ import annotations
 
@@ -18,17 +28,29 @@ from collections import deque
 from . import events as ev
 from . import messages as m
 from .auth import SERVICE_USERAUTH, ClientAuth, ServerAuth
-from .channels import DEFAULT_MAX_CHANNELS, DEFAULT_MAX_PACKET, DEFAULT_WINDOW, ChannelTable
+from .channels import (DEFAULT_MAX_CHANNELS, DEFAULT_MAX_PACKET, DEFAULT_WINDOW, DEFAULT_WINDOW_BUDGET,
+                       PENDING_SESSION_WINDOW, ChannelTable)
 from .errors import ConnectionLost, DisconnectError, DisconnectReason, ProtocolError
 from .state import Phase, Role, check_phase
 from .transport import Algorithms, Transport
 
 MAX_PENDING_GLOBAL_REPLIES = 64
+MAX_UNSENT_BEFORE_AUTH = 64 * 1024    # L6: a server stops reading past this much unsent output
+MAX_UNSENT_CONTROL = 1024 * 1024      # L6: unread replies (no window bounds them) that end a connection
+MAX_KEX_BEFORE_AUTH = 1               # L10: the first key exchange only; re-exchange after login
+DEFAULT_MAX_REMOTE_FORWARDS = 64      # L3: tcpip-forward listeners per connection (server)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ConnectionOptions:
-    """Tunables shared by client and server; defaults follow OpenSSH where it has one."""
+    """Tunables shared by client and server; defaults follow OpenSSH where it has one.
+
+    The limits (docs/security.md § Limits) bound what one peer can make us hold:
+    ``max_channels`` channels open at once, ``max_sessions`` of them sessions (None: no
+    separate cap), ``window_budget`` bytes of receive window advertised over all channels
+    (the most a connection can make us buffer), ``max_remote_forwards`` tcpip-forward
+    listeners (server), and the pre-authentication bounds of the module docstring.
+    """
 
     algorithms: Algorithms = Algorithms()
     rekey_bytes: int | None = None         # None: the cipher's own limit (RFC 4344)
@@ -36,10 +58,17 @@ class ConnectionOptions:
     window: int = DEFAULT_WINDOW
     max_packet: int = DEFAULT_MAX_PACKET
     max_channels: int = DEFAULT_MAX_CHANNELS
+    max_sessions: int | None = None
+    window_budget: int = DEFAULT_WINDOW_BUDGET
+    max_unsent_control: int = MAX_UNSENT_CONTROL
     # server only
     auth_methods: tuple[str, ...] = ("publickey", "password", "keyboard-interactive")
     max_auth_attempts: int = 6
     banner: str | None = None
+    max_remote_forwards: int = DEFAULT_MAX_REMOTE_FORWARDS
+    pending_session_window: int = PENDING_SESSION_WINDOW
+    max_unsent_before_auth: int = MAX_UNSENT_BEFORE_AUTH
+    max_kex_before_auth: int = MAX_KEX_BEFORE_AUTH
 
 
 class Connection:
@@ -53,12 +82,17 @@ class Connection:
         self.transport = Transport(role, algorithms=options.algorithms, host_keys=host_keys,
                                    verify_host_key=verify_host_key, rekey_bytes=options.rekey_bytes,
                                    rekey_seconds=options.rekey_seconds, **kw)
+        if role is Role.SERVER:
+            self.transport.max_kex = options.max_kex_before_auth
         self.phase = Phase.KEX_INITIAL
         self.username = username
         self.client_auth: ClientAuth | None = None
         self.server_auth: ServerAuth | None = None
-        self.channels = ChannelTable(self.transport.send, window=options.window,
-                                     max_packet=options.max_packet, max_channels=options.max_channels)
+        self.channels = ChannelTable(
+            self.transport.send, window=options.window, max_packet=options.max_packet,
+            max_channels=options.max_channels, max_sessions=options.max_sessions,
+            window_budget=options.window_budget,
+            pending_session_window=options.pending_session_window if role is Role.SERVER else None)
         self._events: deque[ev.Event] = deque()
         self._global_replies: deque[list] = deque()  # [token, answer | None, data]
         self._global_requests_out = 0
@@ -72,6 +106,8 @@ class Connection:
         if not data:
             self.closed = True
             raise ConnectionLost("connection closed by peer")
+        if self.transport.control_backlog > self.options.max_unsent_control:
+            raise ProtocolError("the peer does not read our replies", DisconnectReason.BY_APPLICATION)
         try:
             self.transport.receive_data(data)
         except DisconnectError:
@@ -80,6 +116,17 @@ class Connection:
 
     def data_to_send(self) -> bytes:
         return self.transport.data_to_send()
+
+    def reading_paused(self, in_flight: int = 0) -> bool:
+        """Should the I/O layer wait for its output to drain before reading more?
+
+        ``in_flight`` is what it took from :meth:`data_to_send` and has not finished
+        sending. True only for a server before authentication (rule L6).
+        """
+        # Held payloads do not count: they leave only once a key exchange ends, which
+        # needs more input (pausing for them would deadlock).
+        return (self.role is Role.SERVER and self.phase is not Phase.OPEN
+                and self.transport.unsent_output + in_flight > self.options.max_unsent_before_auth)
 
     def next_event(self) -> ev.Event | None:
         while not self._events:
@@ -166,6 +213,7 @@ class Connection:
 
     def _enter_open(self) -> None:
         self.phase = Phase.OPEN  # the transport itself starts delayed compression (T18)
+        self.transport.max_kex = None  # re-exchange as often as the rekey limits want (T8)
 
     # ---- server auth answers (thin wrappers keeping phase in step) ----------------------------
     def auth_accept(self) -> None:

@@ -67,6 +67,13 @@ class HostKeyNotVerifiable(ProtocolError):
     reason = DisconnectReason.HOST_KEY_NOT_VERIFIABLE
 
 
+class LimitExceeded(ProtocolError):
+    """A limit refused a connection or a login (docs/security.md § Limits); the description
+    says which one, and is what the peer reads in the DISCONNECT."""
+
+    reason = DisconnectReason.TOO_MANY_CONNECTIONS
+
+
 class DisconnectError(SSHError):
     """The peer sent SSH_MSG_DISCONNECT, or the connection was lost."""
 
@@ -100,7 +107,8 @@ class CertificateError(SSHError):
 
 
 class ChannelOpenError(SSHError):
-    """The peer refused to open a channel (RFC 4254 §5.1)."""
+    """A channel could not be opened (RFC 4254 §5.1): the peer refused it, or one of our own
+    limits did (resource shortage, docs/security.md L4)."""
 
     def __init__(self, code: int, description: str = ""):
         super().__init__(f"channel open failed ({code}): {description}")

@@ -135,6 +135,14 @@ class ChannelOpenRequest(Event):
 
 
 @_dc
+class ChannelOpenRefused(Event):
+    """A CHANNEL_OPEN the limits refused (docs/security.md L4): the failure is already sent."""
+
+    channel_type: str
+    description: str
+
+
+@_dc
 class ChannelOpenConfirmed(Event):
     channel_id: int
     data: bytes

@@ -74,6 +74,7 @@ with warnings.catch_warnings():
 
 __all__ = [
     "DEFAULT_KEX",
+    "DEFAULT_SERVER_KEX",
     "KEX_METHODS",
     "ExchangeInputs",
     "KexClient",
@@ -672,7 +673,8 @@ def _build_registry() -> dict[str, KexMethod]:
 #: Every supported method by name (read-only).
 KEX_METHODS: Mapping[str, KexMethod] = types.MappingProxyType(_build_registry())
 
-#: Our preference order, the OpenSSH 10 default minus what we do not implement.
+#: Our preference order, the OpenSSH 10 default minus what we do not implement: what a
+#: client offers by default (it may meet an old server that has only the DH groups).
 DEFAULT_KEX: tuple[str, ...] = tuple(
     name
     for name in (
@@ -687,3 +689,9 @@ DEFAULT_KEX: tuple[str, ...] = tuple(
     )
     if name in KEX_METHODS
 )
+
+#: What a server offers by default: DEFAULT_KEX without the finite-field DH groups. A DH
+#: exchange costs the server ~30x an X25519 one (docs/security.md L10: DHEat,
+#: CVE-2002-20001), so a flood of handshakes is cheapest to serve without them; they stay
+#: implemented and are offered when a server lists them explicitly.
+DEFAULT_SERVER_KEX: tuple[str, ...] = tuple(name for name in DEFAULT_KEX if not name.startswith("diffie-hellman-"))

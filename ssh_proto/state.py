@@ -8,7 +8,8 @@ Theory of operation. A connection moves through the phases below in order; key
 re-exchange can overlay any phase after the first key exchange. ``ALLOWED`` maps
 ``(phase, role of the *sender*)`` to the message numbers that sender may send. The
 transport layer's own messages (DISCONNECT, IGNORE, UNIMPLEMENTED, DEBUG) are accepted in
-every phase except during a *strict* initial key exchange (rule T1), and KEXINIT starts a
+every phase except during a *strict* initial key exchange (rule T1; DISCONNECT even then,
+since it ends the connection all the same), and KEXINIT starts a
 re-exchange in every phase after the first. While a key exchange is running only
 key-exchange messages may arrive (RFC 4253 §7.1, rule T8). A known message number that is
 not in the table for the current phase is a protocol error; a number from the ranges
@@ -68,8 +69,12 @@ def is_known(msg_type: int) -> bool:
 
 
 def check_kex(msg_type: int, *, initial: bool, strict: bool) -> None:
-    """While the peer's key exchange runs: only kex (and, unless strict-initial, generic) messages."""
-    if msg_type in KEX_MESSAGES:
+    """While the peer's key exchange runs: only kex (and, unless strict-initial, generic) messages.
+
+    DISCONNECT is always taken: it ends the connection as a violation would, and carries
+    the peer's reason (a server refusing a login at its door, say) instead of ours.
+    """
+    if msg_type in KEX_MESSAGES or msg_type == m.MSG_DISCONNECT:
         return
     if initial and strict:
         raise ProtocolError(f"strict key exchange: unexpected message {msg_type} during initial key exchange")

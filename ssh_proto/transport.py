@@ -9,6 +9,14 @@ payloads meant for the layers above (service, user auth, connection) with
 
 Outgoing upper-layer payloads given to :meth:`send` while a key exchange is running are held
 until it completes (RFC 4253 §7.1: after KEXINIT only messages 1-49 may be sent).
+
+Output no SSH window bounds (docs/security.md L6): everything but CHANNEL_DATA and
+CHANNEL_EXTENDED_DATA is *control* output — replies, window adjusts, key exchange. The
+transport counts the control bytes produced and not yet collected (:attr:`control_backlog`),
+so the connection can tell a peer that stopped reading our replies from one that is merely
+slow with bulk data. A server may also be limited to ``max_kex`` key exchanges
+(:attr:`max_kex`; the connection sets it until authentication): a further KEXINIT is a
+protocol error before any key-exchange work is done for it.
 """
 from __future__ import annotations
 
@@ -42,18 +50,34 @@ SERVER_SIG_ALGS = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", 
                    "rsa-sha2-512", "rsa-sha2-256")
 
 REKEY_PACKETS = 1 << 31          # OpenSSH's MAX_PACKETS, rule T8
+_CHANNEL_DATA, _CHANNEL_EXTENDED_DATA = m.MSG_CHANNEL_DATA, m.MSG_CHANNEL_EXTENDED_DATA  # bounded by a window
+_DATA_MESSAGES = (_CHANNEL_DATA, _CHANNEL_EXTENDED_DATA)
 DEFAULT_REKEY_SECONDS = 3600.0   # RFC 4253 §9
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Algorithms:
-    """Algorithm preferences, most preferred first."""
+    """Algorithm preferences, most preferred first.
 
-    kex: tuple[str, ...] = kexmod.DEFAULT_KEX
+    ``kex=None`` means the role's default: :data:`~ssh_proto.kex.DEFAULT_KEX` for a client,
+    :data:`~ssh_proto.kex.DEFAULT_SERVER_KEX` (no finite-field DH) for a server. Any list
+    given explicitly is offered as is, DH groups and non-EtM MACs included::
+
+        Algorithms(kex=("curve25519-sha256", "diffie-hellman-group14-sha256"),
+                   macs=("hmac-sha2-256-etm@openssh.com", "hmac-sha2-256"))
+    """
+
+    kex: tuple[str, ...] | None = None
     host_keys: tuple[str, ...] = DEFAULT_SIGNATURE_ALGORITHMS
     ciphers: tuple[str, ...] = DEFAULT_CIPHERS
     macs: tuple[str, ...] = DEFAULT_MACS
     compression: tuple[str, ...] = ("none",)
+
+    def kex_for(self, role: "Role") -> tuple[str, ...]:
+        """The key exchange methods ``role`` offers."""
+        if self.kex is not None:
+            return self.kex
+        return kexmod.DEFAULT_SERVER_KEX if role is Role.SERVER else kexmod.DEFAULT_KEX
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -127,8 +151,11 @@ class Transport:
         self._reader = PacketReader()
         self._writer = PacketWriter()
         self._out: list[bytes] = [self.local_version + b"\r\n"]
+        self._control_out = 0   # control bytes in _out (everything but channel data)
+        self._control_held = 0  # ... and in _held
         self._payloads: deque[bytes] = deque()
         self._held: deque[bytes] = deque()
+        self.max_kex: int | None = None  # key exchanges allowed (None: no limit)
         self._kex: _KexState | None = None
         self._first_kex_done = False
         self.strict_kex = False
@@ -167,7 +194,18 @@ class Transport:
     def data_to_send(self) -> bytes:
         out = b"".join(self._out)
         self._out.clear()
+        self._control_out = 0
         return out
+
+    @property
+    def unsent_output(self) -> int:
+        """Bytes data_to_send() would return now (held payloads not included)."""
+        return sum(map(len, self._out))
+
+    @property
+    def control_backlog(self) -> int:
+        """Bytes of control output (not channel data) produced but not yet collected."""
+        return self._control_out + self._control_held
 
     @property
     def pending_output(self) -> int:
@@ -185,6 +223,8 @@ class Transport:
             raise ProtocolError("connection closed")
         if self._kex is not None or self.peer_version is None:
             self._held.append(payload)
+            if payload[0] not in _DATA_MESSAGES:
+                self._control_held += len(payload)
             return
         self._write(payload)
         if self._rekey_due():
@@ -196,9 +236,12 @@ class Transport:
     def disconnect(self, reason: int = DisconnectReason.BY_APPLICATION, description: str = "") -> None:
         """Send DISCONNECT (even mid key-exchange) and stop processing input."""
         if not self.closed:
-            if self.peer_version is not None or self._out:
-                self._out.append(self._writer.write(m.Disconnect(int(reason), description, b"").encode()))
+            # Our version line went out first (it is queued at construction), so a packet
+            # may follow whether or not the peer's has been read: a listener refusing a
+            # connection on its first bytes says why (docs/security.md L8).
+            self._out.append(self._writer.write(m.Disconnect(int(reason), description, b"").encode()))
             self._held.clear()  # nothing may follow DISCONNECT
+            self._control_held = 0
             self.closed = True
 
     @property
@@ -333,7 +376,7 @@ class Transport:
     # ---- key exchange (RFC 4253 §7) ------------------------------------------------------
     def _make_kexinit(self) -> m.KexInit:
         a = self.algorithms
-        kex_names = list(a.kex)
+        kex_names = list(a.kex_for(self.role))
         if not self._first_kex_done and self.kex_count == 0:
             # Pseudo-algorithms go in the first KEXINIT only (T1, T9).
             if self.role is Role.CLIENT:
@@ -367,10 +410,15 @@ class Transport:
 
     def _emit_kex(self, payload: bytes) -> None:
         """Kex messages bypass the hold queue."""
-        self._out.append(self._writer.write(payload))
+        packet = self._writer.write(payload)
+        self._out.append(packet)
+        self._control_out += len(packet)
 
     def _on_kexinit(self, payload: bytes) -> None:
         msg = m.KexInit.decode(payload)
+        if self._kex is None and self.max_kex is not None and self.kex_count >= self.max_kex:
+            # the peer starts one more (a re-exchange we start ourselves is our own business)
+            raise ProtocolError("too many key exchanges before authentication")
         if self._kex is None:
             self._start_kex()
         elif self._kex.theirs is not None:
@@ -498,7 +546,7 @@ class Transport:
         kx.sent_newkeys = True
         self._install_keys(self._writer, kx.negotiated, outgoing=True)
         if self.role is Role.SERVER and not self._first_kex_done and self.peer_wants_ext_info:
-            self._out.append(self._writer.write(self._server_ext_info()))
+            self._emit_kex(self._server_ext_info())
         self._maybe_finish_kex()
 
     def _install_keys(self, direction, n, *, outgoing: bool) -> None:
@@ -555,12 +603,19 @@ class Transport:
         if not self._first_kex_done:
             self._first_kex_done = True
         while self._held and self._kex is None:
-            self._write(self._held.popleft())
+            payload = self._held.popleft()
+            if payload[0] not in _DATA_MESSAGES:
+                self._control_held -= len(payload)
+            self._write(payload)
 
     def _write(self, payload: bytes) -> None:
-        self._out.append(self._writer.write(payload))
-        if payload[0] == m.MSG_USERAUTH_SUCCESS and self.role is Role.SERVER:
-            self._enable_compression()
+        packet = self._writer.write(payload)
+        self._out.append(packet)
+        t = payload[0]
+        if t != _CHANNEL_DATA and t != _CHANNEL_EXTENDED_DATA:
+            self._control_out += len(packet)
+            if t == m.MSG_USERAUTH_SUCCESS and self.role is Role.SERVER:
+                self._enable_compression()
 
     def _rekey_due(self) -> bool:
         if self._kex is not None or not self._first_kex_done:

@@ -27,8 +27,13 @@ Who gets in (each accepted method yields one :class:`~appliance.api.server.Calle
 Everything else (plain keys, other certificates, keyboard-interactive) is refused, and
 every refusal after a signature or a password is an ``auth`` audit event. After
 authentication there is no pty, shell, exec, port or agent forwarding: only the
-``jumpgate-api`` subsystem, at most :data:`MAX_CHANNELS` at a time per connection, and
-for nodes and proxies the ``jumpgate-watch`` push stream (:mod:`appliance.auth.watch`).
+``jumpgate-api`` subsystem, at most 4 channels per connection, counted when opened,
+and for nodes and proxies the ``jumpgate-watch`` push stream (:mod:`appliance.auth.watch`).
+
+Limits (:mod:`appliance.limits`, docs/security.md § Limits): the listener admits by
+``AUTH_PROFILE`` (per-source startups, rate and penalties; at most 64 connections per
+caller — a node, a proxy, an admin, joining hosts together — and 4,096 in all),
+connections by ``AUTH_OPTIONS``.
 """
 from __future__ import annotations
 
@@ -47,6 +52,7 @@ from ssh_proto.keys import CERT_TYPE_HOST, CERT_TYPE_USER, Certificate, PrivateK
 
 from ..api.protocol import SUBSYSTEM, WATCH_SUBSYSTEM
 from ..api.server import Caller, serve_api_channel
+from ..limits import AUTH_OPTIONS, AUTH_PROFILE
 from .ca import ClusterCA, generation_of, roles_from_certificate
 from .service import AuthService, AuthServiceError
 from .watch import ChangeFeed
@@ -58,14 +64,10 @@ log = logging.getLogger("jumpgate.auth.server")
 AUTH_PORT = 3025
 #: The SSH user name a joining node authenticates as (not a valid account name).
 JOIN_USER = "-join"
-#: API channels open at once on one connection.
-MAX_CHANNELS = 4
 MAX_PASSWORD = 256
 _HOST_ROLES = ("node", "proxy")
 #: A join token that exists but cannot be used still gets in: the join call says why.
 _JOIN_ERRORS_LET_IN = frozenset({"already_used", "expired"})
-#: Only the methods some caller can use are offered (no keyboard-interactive).
-_OPTIONS = ssh_proto.ConnectionOptions(auth_methods=("publickey", "password"))
 # Without pty, agent or port forwarding; the subsystem check is in ``session``.
 _POLICY = ssh_proto.SessionPolicy(permit_pty=False, permit_agent_forwarding=False,
                                   permit_port_forwarding=False, permit_x11_forwarding=False)
@@ -90,7 +92,6 @@ class AuthSSHServer(ssh_proto.SSHServer):
         self.clock = clock
         self.feed = feed
         self.caller: Caller | None = None
-        self.channels = 0
         # keys whose certificate was refused on this connection (see auth_publickey)
         self._refused_keys: set[bytes] = set()
 
@@ -133,7 +134,8 @@ class AuthSSHServer(ssh_proto.SSHServer):
     def _accept(self, caller: Caller) -> ssh_proto.Accept:
         self.caller = caller
         log.info("API connection from %s authenticated as %s", caller.client_ip, caller.actor)
-        return ssh_proto.Accept(_POLICY)
+        # per-user limit: the caller (joining hosts share one account; never the token)
+        return ssh_proto.Accept(_POLICY, account=caller.actor)
 
     async def _caller_for_key(self, username: str, key: PublicKey | Certificate) -> Caller:
         if not isinstance(key, Certificate):
@@ -211,31 +213,28 @@ class AuthSSHServer(ssh_proto.SSHServer):
 
     # ---- channels -----------------------------------------------------------------------
     def session_allowed(self) -> bool:
-        return self.caller is not None and self.channels < MAX_CHANNELS
+        # how many: AUTH_OPTIONS.max_sessions, counted by ssh_proto when a channel is opened
+        return self.caller is not None
 
     async def session(self, session: ssh_proto.ServerSession) -> int:
         if self.caller is None:  # cannot happen after auth; fail closed all the same
             return 1
         watch = session.kind == "subsystem" and session.subsystem == WATCH_SUBSYSTEM
         if watch and self.feed is not None and self.caller.role in _HOST_ROLES:
-            return await self._counted(self.feed.serve(session, self.caller.role))
+            await self.feed.serve(session, self.caller.role)
+            return 0
         if session.kind != "subsystem" or session.subsystem != SUBSYSTEM:
             await session.send_stderr(f"this server only offers the {SUBSYSTEM} subsystem\r\n".encode())
             return 1
-        return await self._counted(serve_api_channel(session, self.caller, self.service))
-
-    async def _counted(self, serving) -> int:
-        self.channels += 1
-        try:
-            await serving
-        finally:
-            self.channels -= 1
+        await serve_api_channel(session, self.caller, self.service)
         return 0
 
 
 async def serve_auth(service: AuthService, ca: ClusterCA, host_identity: tuple[PrivateKey, Certificate],
                      host: str = "0.0.0.0", port: int = AUTH_PORT, *, clock: Callable[[], float] = time.time,
                      login_grace_time: float = 30.0, feed: ChangeFeed | None = None,
+                     profile: ssh_proto.ListenerProfile = AUTH_PROFILE,
+                     options: ssh_proto.ConnectionOptions = AUTH_OPTIONS,
                      task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve the auth API on host:port until cancelled.
 
@@ -252,5 +251,5 @@ async def serve_auth(service: AuthService, ca: ClusterCA, host_identity: tuple[P
     def factory() -> AuthSSHServer:
         return AuthSSHServer(service, ca, clock=clock, feed=feed)
 
-    await ssh_proto.serve(factory, host, port, host_keys=[(key, cert)], options=_OPTIONS,
+    await ssh_proto.serve(factory, host, port, host_keys=[(key, cert)], options=options, profile=profile,
                           login_grace_time=login_grace_time, task_status=task_status)

@@ -5,6 +5,19 @@ SSH even inside one process: the node and the proxy join it with a one-minute to
 any remote host would (and keep the identity in the data dir), then heartbeat, send audit
 events and look nodes up through the auth API. A host without the auth role joins a
 remote one with ``--auth-server HOST:3025 --token TOKEN``.
+
+One role failing stops them all, at once and loudly (docs/security.md L7): every
+long-running task of a role (its listener, its heartbeat, its connection to the auth API,
+its audit queue, its command labels) runs under :func:`supervised`, and one that fails is
+logged as ``role R failed`` with its traceback, cancels the other roles, and ``jumpgate start`` exits with status 70
+(EX_SOFTWARE) and one line on stderr naming the role. No role is restarted in-process: a
+failure this code did not expect leaves state nobody has reasoned about, and a service
+manager (systemd ``Restart=on-failure``) restarts the whole process cleanly. Listeners do
+not fail for running out of descriptors (they wait, L1), and a role's limits are in
+:mod:`appliance.limits`.
+
+At start the soft RLIMIT_NOFILE is raised to the hard limit (L5); session processes on
+the node get the soft limit the process was started with back.
 """
 from __future__ import annotations
 
@@ -20,12 +33,43 @@ from pathlib import Path
 import trio
 
 from ..config import Config, ConfigError, default_data_dir, load_config, parse_labels
+from ..limits import raise_nofile_limit
 from .errors import CliError
 
 log = logging.getLogger("jumpgate.start")
 
 JOIN_TOKEN_TTL = 60  # seconds: the token a local role uses to join its own process's auth
 FIRST_VIEW_TIMEOUT = 5.0  # seconds a proxy or node waits for the push stream before serving
+EXIT_ROLE_FAILED = 70  # EX_SOFTWARE (sysexits.h): a role failed and every role was stopped
+
+
+class RoleFailed(Exception):
+    """A role's long-running task failed: the whole process stops (rule L7)."""
+
+    def __init__(self, role: str, error: BaseException):
+        super().__init__(f"the {role} role failed ({type(error).__name__}: {error})")
+        self.role = role
+
+
+async def supervised(role: str, run, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Run ``run(task_status=...)``, one long-running task of ``role``, as ``nursery.start``
+    would. Failing before it started raises as is (a role that cannot start says why);
+    failing after raises :class:`RoleFailed`, after one log line with the traceback."""
+    started = False
+
+    class _Status:
+        def started(self, value=None) -> None:
+            nonlocal started
+            started = True
+            task_status.started(value)
+
+    try:
+        await run(task_status=_Status())
+    except Exception as exc:
+        if not started:
+            raise
+        log.critical("role %s failed; stopping every role", role, exc_info=True)
+        raise RoleFailed(role, exc) from exc
 
 
 def start(args) -> int:
@@ -44,11 +88,15 @@ def start(args) -> int:
     tune_allocator()
     if not logging.getLogger().isEnabledFor(logging.INFO):
         logging.getLogger("jumpgate").setLevel(logging.INFO)
+    session_nofile = raise_nofile_limit()
     try:
-        trio.run(run_roles, cfg)
+        trio.run(run_roles, cfg, session_nofile)
     except KeyboardInterrupt:
         print("jumpgate: stopped", file=sys.stderr)
     except BaseExceptionGroup as group:
+        failed = group.subgroup(RoleFailed)
+        if failed is not None:
+            raise CliError(f"{_first(failed)}; every role was stopped", EXIT_ROLE_FAILED) from None
         # a role that cannot start says so in one line (CliError), whatever nursery it was in
         failures = group.subgroup(CliError)
         if failures is None:
@@ -89,7 +137,9 @@ def advertised_host(cfg: Config, auth_host: str) -> str:
     return local_address_towards(auth_host)
 
 
-async def run_roles(cfg: Config) -> None:
+async def run_roles(cfg: Config, session_nofile: int | None = None) -> None:
+    """Every configured role, until one fails (RoleFailed) or the program is cancelled.
+    ``session_nofile`` is the soft descriptor limit node sessions get (None: the process's)."""
     data_dir = prepare_data_dir(cfg.data_dir)
     async with trio.open_nursery() as nursery:
         service = None
@@ -101,7 +151,7 @@ async def run_roles(cfg: Config) -> None:
         host = advertised_host(cfg, auth_addr.rpartition(":")[0] or auth_addr)
         cluster = service.cluster if service is not None else ""
         if "node" in cfg.roles:
-            cluster = await _start_node(nursery, cfg, data_dir, auth_addr, host, service) or cluster
+            cluster = await _start_node(nursery, cfg, data_dir, auth_addr, host, service, session_nofile) or cluster
         if "proxy" in cfg.roles or "web" in cfg.roles:
             cluster = await _start_proxy_and_web(nursery, cfg, data_dir, auth_addr, host, service) or cluster
         _print_banner(cfg, cluster)
@@ -126,7 +176,7 @@ async def _start_auth(nursery: trio.Nursery, cfg: Config, data_dir: Path):
         raise CliError(f"auth: {exc.message}") from None
     for warning in service.warnings:  # an installed cluster that breaks a newer rule (J9)
         print(f"jumpgate: auth: {warning}", file=sys.stderr, flush=True)
-    await nursery.start(service.run)  # the audit log's writer and retention, rehashes
+    await nursery.start(supervised, "auth", service.run)  # the audit log's writer and retention, rehashes
     # what `jumpgate ctl` on this host needs to know about the running cluster
     (auth_dir / "cluster.json").write_text(json.dumps({
         "cluster": service.cluster, "host": cfg.host_name, "ports": cfg.ports}) + "\n")
@@ -141,10 +191,10 @@ async def _start_auth(nursery: trio.Nursery, cfg: Config, data_dir: Path):
     from ssh_proto.keys import parse_public_line
     cert, _ = parse_public_line(result.cert)
     feed = ChangeFeed(storage)
-    await nursery.start(feed.run)
+    await nursery.start(supervised, "auth", feed.run)
     try:
-        await nursery.start(functools.partial(serve_auth, service, service.ca, (key, cert), cfg.listen_addr,
-                                              cfg.ports["auth"], feed=feed))
+        await nursery.start(supervised, "auth", functools.partial(serve_auth, service, service.ca, (key, cert),
+                                                                  cfg.listen_addr, cfg.ports["auth"], feed=feed))
     except OSError as exc:
         raise CliError(f"auth: cannot listen on port {cfg.ports['auth']}: {exc.strerror or exc}") from None
     log.info("auth API listening on %s:%d (cluster %s)", cfg.listen_addr, cfg.ports["auth"], service.cluster)
@@ -216,17 +266,18 @@ def _warn_saved_name(data_dir: Path, kind: str, saved: str, configured: str) -> 
           file=sys.stderr, flush=True)
 
 
-async def _audit_sink(nursery: trio.Nursery, pool):
+async def _audit_sink(nursery: trio.Nursery, pool, role: str):
     """Where a node or proxy sends its audit events: queued, delivered in order by one task."""
     from ..api.audit_sink import AuditForwarder
     forwarder = AuditForwarder(pool.emit_audit)
-    await nursery.start(forwarder.run)
+    await nursery.start(supervised, role, forwarder.run)
     return forwarder.emit
 
 
 # ---------------------------------------------------------------------------------- node
 
-async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_addr: str, host: str, service) -> None:
+async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_addr: str, host: str, service,
+                      session_nofile: int | None = None) -> None:
     from ..api.pool import ApiPool
     from ..node.agent import IdentityHolder, heartbeat_loop
     from ..node.labels import CommandLabel, LabelSet
@@ -238,7 +289,7 @@ async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_a
     holder = IdentityHolder(identity)
     view = ClusterView()
     pool = ApiPool(holder.api_factory(auth_addr), view=view)
-    await nursery.start(pool.run)
+    await nursery.start(supervised, "node", pool.run)
     await _first_view(view)
 
     def provider() -> NodeIdentity:
@@ -247,15 +298,16 @@ async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_a
                             host_cas=(ident.host_ca,))
 
     try:
-        await nursery.start(functools.partial(serve_node, provider, cfg.listen_addr, cfg.ports["node"],
-                                              audit=await _audit_sink(nursery, pool), view=view))
+        await nursery.start(supervised, "node", functools.partial(
+            serve_node, provider, cfg.listen_addr, cfg.ports["node"], audit=await _audit_sink(nursery, pool, "node"),
+            session_nofile=session_nofile, view=view))
     except OSError as exc:
         raise CliError(f"node: cannot listen on port {cfg.ports['node']}: {exc.strerror or exc}") from None
     labels = LabelSet(cfg.labels, {name: CommandLabel(list(c.command), c.period)
                                    for name, c in cfg.command_labels.items()})
-    await nursery.start(labels.run)
-    await nursery.start(functools.partial(heartbeat_loop, holder.api_factory(auth_addr), identity.name, addr,
-                                          labels.current, holder=holder))
+    await nursery.start(supervised, "node", labels.run)
+    await nursery.start(supervised, "node", functools.partial(
+        heartbeat_loop, holder.api_factory(auth_addr), identity.name, addr, labels.current, holder=holder))
     log.info("node %s serving SSH on %s:%d", identity.name, cfg.listen_addr, cfg.ports["node"])
     return identity.cluster
 
@@ -279,7 +331,7 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
     holder = IdentityHolder(identity)
     view = ClusterView()
     pool = ApiPool(holder.api_factory(auth_addr), view=view)
-    await nursery.start(pool.run)
+    await nursery.start(supervised, "proxy" if "proxy" in cfg.roles else "web", pool.run)
     await _first_view(view)
     if "proxy" in cfg.roles:
         directory = NodeDirectory(lambda: pool.list_nodes(labels={}))
@@ -289,13 +341,13 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
             return ProxyIdentity(holder.current.host_key, holder.current.host_cert)
 
         try:
-            await nursery.start(functools.partial(
+            await nursery.start(supervised, "proxy", functools.partial(
                 serve_proxy, provider, [identity.user_ca], identity.cluster, directory.resolve, directory.list_nodes,
-                cfg.listen_addr, cfg.ports["proxy"], audit=await _audit_sink(nursery, pool), view=view))
+                cfg.listen_addr, cfg.ports["proxy"], audit=await _audit_sink(nursery, pool, "proxy"), view=view))
         except OSError as exc:
             raise CliError(f"proxy: cannot listen on port {cfg.ports['proxy']}: {exc.strerror or exc}") from None
-        await nursery.start(functools.partial(heartbeat_loop, holder.api_factory(auth_addr), identity.name,
-                                              proxy_addr, lambda: {}, holder=holder))
+        await nursery.start(supervised, "proxy", functools.partial(
+            heartbeat_loop, holder.api_factory(auth_addr), identity.name, proxy_addr, lambda: {}, holder=holder))
         log.info("proxy serving SSH on %s:%d", cfg.listen_addr, cfg.ports["proxy"])
     if "web" in cfg.roles:
         try:
@@ -304,7 +356,7 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
         except TLSSetupError as exc:
             raise CliError(f"web: {exc}") from None
         try:
-            await nursery.start(functools.partial(
+            await nursery.start(supervised, "web", functools.partial(
                 serve_web, pool, tls.cert_path, tls.key_path, cfg.listen_addr, cfg.ports["web"],
                 proxy_ssh_addr=proxy_addr, public_addr=f"{host}:{cfg.ports['web']}"))
         except OSError as exc:

@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import pwd
+import resource
 import signal
 import struct
 import subprocess
@@ -291,6 +292,9 @@ class SpawnSpec:
     account: LoginAccount
     switch_user: bool
     pty: PtyInfo | None = None  # the session's pty-req (RFC 4254 §6.2)
+    #: The soft RLIMIT_NOFILE the session gets: what the node was started with, before it
+    #: raised its own to the hard limit (docs/security.md L5). None: inherit the node's.
+    nofile: int | None = None
 
 
 def session_cwd(account: LoginAccount) -> tuple[str, str | None]:
@@ -329,6 +333,22 @@ def _acquire_controlling_tty() -> None:
     # controlling terminal, so job control, ^C and SIGHUP on hang-up work.
     _default_signals()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+def _child_setup(spec: SpawnSpec):
+    """The preexec_fn of a session: default signals (and the pty as controlling terminal),
+    then the descriptor limit the node started with (rule L5). It runs in the child after
+    the switch to the login: lowering a soft limit needs no privilege."""
+    first = _acquire_controlling_tty if spec.pty is not None else _default_signals
+    if spec.nofile is None:
+        return first
+    nofile = spec.nofile
+
+    def setup() -> None:
+        first()
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(nofile, hard), hard))
+    return setup
 
 
 def _tty_group() -> int | None:
@@ -390,7 +410,7 @@ class SessionProcess:
         process = await trio.lowlevel.open_process(
             list(spec.argv), executable=spec.executable, env=dict(spec.env), cwd=spec.cwd,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True, preexec_fn=_default_signals, umask=SESSION_UMASK, **_user_options(spec))
+            start_new_session=True, preexec_fn=_child_setup(spec), umask=SESSION_UMASK, **_user_options(spec))
         return cls(process, None, None)
 
     @classmethod
@@ -401,7 +421,7 @@ class SessionProcess:
             process = await trio.lowlevel.open_process(
                 list(spec.argv), executable=spec.executable, env=env, cwd=spec.cwd,
                 stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
-                preexec_fn=_acquire_controlling_tty, umask=SESSION_UMASK, **_user_options(spec))
+                preexec_fn=_child_setup(spec), umask=SESSION_UMASK, **_user_options(spec))
         except BaseException:
             os.close(master)
             raise

@@ -23,6 +23,12 @@ RFC 4254 connection protocol):
   push stream), a certificate of a deleted or reset user is refused, a relay line counts
   only from a registered proxy, and a live connection ends within seconds when its user's
   certificates are revoked or the proxy that relayed it is removed (docs/security.md R2, R3).
+* Limits (:mod:`appliance.limits`, docs/security.md § Limits): the listener admits by
+  ``NODE_PROFILE``, counting a relayed connection against the client the proxy vouches
+  for, never against the proxy; at most 64 connections per cluster user and 1,024 in all;
+  a connection has at most 10 sessions and 32 channels, counted when opened (sshd's
+  MaxSessions), within a 32 MiB receive-window budget, and 16 remote forwards. Session
+  processes get back the descriptor limit the node was started with (``session_nofile``).
 * Audit: ``auth`` (accepted or refused certificate), ``session.start`` / ``session.end``,
   ``exec`` (a session that could not start), ``port`` and ``agent.forward`` events go to the
   ``audit`` callable as the maps :meth:`appliance.audit.AuditEvent.from_wire` accepts from a
@@ -50,13 +56,13 @@ from ssh_proto.trio_io.agent import forward_agent_to_unix_socket
 
 from ..auth.ca import generation_of
 from ..cluster_view import ClusterView
+from ..limits import NODE_OPTIONS, NODE_PROFILE
 from ..relay import RELAY_PREFIX, RelayedPeer, RelayVerifier
 from . import process as proc
 
 log = logging.getLogger("jumpgate.node")
 
 NODE_PORT = 3022
-MAX_SESSIONS = 10            # concurrent sessions per connection (sshd MaxSessions)
 CONNECT_TIMEOUT = 10.0       # direct-tcpip connect to the target
 AGENT_SOCKET_DIR = "/tmp"    # forwarded agent sockets: a private 0700 directory in here
 AUDIT_TIMEOUT = 10.0         # the session.end event of a session cut short still gets this long
@@ -105,17 +111,18 @@ class NodeServer(ssh_proto.SSHServer):
     """One connection to the node (made by :func:`node_server_factory`)."""
 
     def __init__(self, identity: NodeIdentity, *, audit: AuditSink | None = None,
-                 allow_users: Collection[str] | None = None, view: ClusterView | None = None):
+                 allow_users: Collection[str] | None = None, view: ClusterView | None = None,
+                 session_nofile: int | None = None):
         self.identity = identity
         self._audit = audit
         self._view = view
         self._unregister: Callable[[], None] | None = None
+        self._session_nofile = session_nofile
         self._allow_users = frozenset(allow_users) if allow_users is not None else None
         self._login: _Login | None = None
         self._refused: set[tuple[str, bytes]] = set()   # audit each refused (login, key) once
         self._agent_sock: str | None = None
         self._agent_lock = trio.Lock()
-        self._sessions = 0
         self.conn: ssh_proto.SSHServerConnection | None = None
 
     @property
@@ -140,7 +147,7 @@ class NodeServer(ssh_proto.SSHServer):
                  username, self.endpoints.remote_ip)
         self._register_live(login)
         await self._emit("auth", serial=login.serial)
-        return ssh_proto.Accept(login.policy)
+        return ssh_proto.Accept(login.policy, account=login.user)  # per-user limit: the cluster user
 
     def _register_live(self, login: _Login) -> None:
         """So that revoking the user, or removing the proxy that relayed us, ends this connection."""
@@ -211,17 +218,14 @@ class NodeServer(ssh_proto.SSHServer):
 
     # ---- sessions ------------------------------------------------------------------------
     def session_allowed(self) -> bool:
-        return self._login is not None and self._sessions < MAX_SESSIONS
+        # how many: NODE_OPTIONS.max_sessions, counted by ssh_proto when a session is opened
+        return self._login is not None
 
     async def session(self, session: ssh_proto.ServerSession) -> int | None:
         login = self._login
         if login is None:  # pragma: no cover - the library opens sessions only after auth
             return 255
-        self._sessions += 1
-        try:
-            return await self._run_session(session, login)
-        finally:
-            self._sessions -= 1
+        return await self._run_session(session, login)
 
     async def _run_session(self, session: ssh_proto.ServerSession, login: _Login) -> int | None:
         controls = _Controls(session)  # first: requests may follow the exec request at once
@@ -278,7 +282,7 @@ class NodeServer(ssh_proto.SSHServer):
         executable, argv = proc.session_argv(account, command)
         cwd, warning = proc.session_cwd(account)
         spec = proc.SpawnSpec(executable, argv, env, cwd, account, switch_user=proc.running_as_root(),
-                              pty=session.pty)
+                              pty=session.pty, nofile=self._session_nofile)
         return spec, warning
 
     async def _agent_socket(self, account: proc.LoginAccount) -> str | None:
@@ -423,31 +427,40 @@ def _logged(check: Callable[[bytes, tuple | None], tuple]) -> Callable[[bytes, t
 
 def node_server_factory(identity_provider: Callable[[], NodeIdentity], *, audit: AuditSink | None = None,
                         allow_users: Collection[str] | None = None,
-                        view: ClusterView | None = None) -> Callable[[], NodeServer]:
+                        view: ClusterView | None = None,
+                        session_nofile: int | None = None) -> Callable[[], NodeServer]:
     """A per-connection factory for ``ssh_proto.serve``; the identity is read at each connection.
 
     ``allow_users``, when given, limits the logins accepted (on top of the certificate);
-    ``view`` enforces revocation.
+    ``view`` enforces revocation; ``session_nofile`` is the soft RLIMIT_NOFILE session
+    processes get (rule L5).
     """
     def factory() -> NodeServer:
-        return NodeServer(identity_provider(), audit=audit, allow_users=allow_users, view=view)
+        return NodeServer(identity_provider(), audit=audit, allow_users=allow_users, view=view,
+                          session_nofile=session_nofile)
     return factory
 
 
 async def serve_node(identity_provider: Callable[[], NodeIdentity], host: str | None = "0.0.0.0",
                      port: int = NODE_PORT, *, audit: AuditSink | None = None,
                      allow_users: Collection[str] | None = None, view: ClusterView | None = None,
+                     session_nofile: int | None = None,
+                     profile: ssh_proto.ListenerProfile = NODE_PROFILE,
+                     options: ssh_proto.ConnectionOptions = NODE_OPTIONS,
                      task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve the node role until cancelled.
 
     ``listener = await nursery.start(serve_node, identity_provider, "0.0.0.0", 3022)``;
     ``listener.port`` is the bound port (pass port 0 for any free one). ``view`` (kept current
-    by an :class:`~appliance.api.pool.ApiPool`) enforces revocation.
+    by an :class:`~appliance.api.pool.ApiPool`) enforces revocation; ``profile`` and
+    ``options`` are the limits (:mod:`appliance.limits`).
     """
-    factory = node_server_factory(identity_provider, audit=audit, allow_users=allow_users, view=view)
+    factory = node_server_factory(identity_provider, audit=audit, allow_users=allow_users, view=view,
+                                  session_nofile=session_nofile)
     verifier = RelayVerifier(lambda: identity_provider().name, lambda: identity_provider().host_cas,
                              proxy_registered=view.proxy_registered if view is not None else None)
     # the host keys are read at each connection: a renewed certificate applies at once
     listener = ssh_proto.SSHListener(factory, host_keys=lambda: host_keys_of(identity_provider()),
-                                     preamble=ssh_proto.RelayPreamble(RELAY_PREFIX, _logged(verifier.check)))
+                                     preamble=ssh_proto.RelayPreamble(RELAY_PREFIX, _logged(verifier.check)),
+                                     profile=profile, options=options)
     await listener.serve(host, port, task_status=task_status)

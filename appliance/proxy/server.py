@@ -33,6 +33,10 @@ relays ``direct-tcpip`` channels (RFC 4254 §7.2) to *registered* nodes only:
 * **Audit**: ``auth`` (accepted or refused) and ``port`` (each forward, or its refusal)
   events, as maps ``{"event", "user", "success", "fields"}`` — the shape
   :meth:`appliance.audit.AuditEvent.from_wire` accepts — go to the ``audit`` coroutine.
+* **Limits** (:mod:`appliance.limits`, docs/security.md § Limits): the listener admits by
+  ``PROXY_PROFILE`` (per-source startups, rate and penalties; at most 64 connections per
+  cluster user, whatever login they name, and 2,048 in all); a connection has at most 64
+  channels, opened or not, within a 16 MiB receive-window budget.
 
 The host key and certificate are read from an identity provider at every connection, so
 a renewed host certificate is served without restarting the listener.
@@ -55,6 +59,7 @@ from ssh_proto.keys import Certificate, PrivateKey, PublicKey
 from ..api.protocol import E_INTERNAL, ApiProtocolError, FrameDecoder, parse_request
 from ..auth.ca import generation_of
 from ..cluster_view import ClusterView
+from ..limits import PROXY_OPTIONS, PROXY_PROFILE
 from ..relay import relay_line
 from . import routing
 
@@ -178,7 +183,7 @@ class ProxyServer(ssh_proto.SSHServer):
             self._unregister = view.live.add(self._close_later(self.conn), user=self.user,
                                              generation=self._generation)
         await self._emit("auth", True, key_id=perms.key_id, serial=str(perms.serial))
-        return ssh_proto.Accept(PROXY_POLICY)
+        return ssh_proto.Accept(PROXY_POLICY, account=self.user)  # per-user limit: the cluster user
 
     def _close_later(self, conn: ssh_proto.SSHServerConnection) -> Callable[[str], None]:
         def close(reason: str) -> None:
@@ -355,7 +360,10 @@ def _host_keys(identity: ProxyIdentity) -> tuple[tuple[PrivateKey, Certificate |
 async def serve_proxy(identity: ProxyIdentity | Callable[[], ProxyIdentity], user_cas: Sequence[PublicKey],
                       cluster: str, resolve: Resolve, list_nodes: ListNodes, host: str | None = "0.0.0.0",
                       port: int = PROXY_PORT, *, audit: AuditSink | None = None,
-                      view: ClusterView | None = None, task_status=trio.TASK_STATUS_IGNORED) -> None:
+                      view: ClusterView | None = None,
+                      profile: ssh_proto.ListenerProfile = PROXY_PROFILE,
+                      options: ssh_proto.ConnectionOptions = PROXY_OPTIONS,
+                      task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve the proxy role until cancelled.
 
     ``identity`` is a :class:`ProxyIdentity` or a callable returning the current one.
@@ -367,10 +375,12 @@ async def serve_proxy(identity: ProxyIdentity | Callable[[], ProxyIdentity], use
         listener = await nursery.start(serve_proxy, identity, [user_ca], "prod",
                                        directory.resolve, directory.list_nodes, "0.0.0.0", 3023)
 
-    ``listener.port`` is the bound port (pass 0 for any free one).
+    ``listener.port`` is the bound port (pass 0 for any free one). ``profile`` and
+    ``options`` are the limits (:mod:`appliance.limits`).
     """
     provider = identity if callable(identity) else (lambda: identity)
     factory = proxy_server_factory(user_cas, cluster, resolve, list_nodes, audit=audit, identity=provider, view=view)
     # the host keys are read at each connection: a renewed certificate applies at once
-    listener = ssh_proto.SSHListener(factory, host_keys=lambda: _host_keys(provider()))
+    listener = ssh_proto.SSHListener(factory, host_keys=lambda: _host_keys(provider()), profile=profile,
+                                     options=options)
     await listener.serve(host, port, task_status=task_status)

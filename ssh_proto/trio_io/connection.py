@@ -6,8 +6,12 @@ tasks and every channel task run. Closing the connection cancels them all.
 
 Sending never blocks the reader: the core queues outgoing bytes, one writer task puts them
 on the wire, and channel writers wait for that queue to drain (backpressure) before
-producing more. The reader keeps reading even while the socket is full, so two peers
-pushing bulk data at each other cannot deadlock.
+producing more. After authentication the reader keeps reading even while the socket is
+full, so two peers pushing bulk data at each other cannot deadlock (the core ends a
+connection whose peer lets our replies pile up instead). Before authentication a server's
+reader waits while the core says so (:meth:`~ssh_proto.connection.Connection.reading_paused`,
+docs/security.md L6): a peer that sends requests and never reads gets no more replies queued.
+Channel opens the core's limits refused are logged here (a few per connection).
 """
 from __future__ import annotations
 
@@ -18,14 +22,19 @@ import trio
 
 from .. import events as ev
 from ..connection import Connection
-from ..errors import ChannelOpenError, ConnectionLost, DisconnectError, DisconnectReason, ProtocolError, SSHError
+from ..errors import (ChannelOpenError, ConnectionLost, DisconnectError, DisconnectReason, LimitExceeded,
+                      ProtocolError, SSHError)
 from .channel import SSHChannel
 
 log = logging.getLogger("ssh_proto")
 
 RECEIVE_SIZE = 256 * 1024
+#: Before authentication a read is small: the replies to one read are what a paused reader
+#: may overshoot its bound by (rule L6), and nothing pre-auth needs bulk reads.
+PREAUTH_RECEIVE_SIZE = 16 * 1024
 HIGH_WATER = 512 * 1024   # queued outgoing bytes above which channel writers wait
 KEEPALIVE_CHECK = 60.0     # how often the rekey timer is looked at
+MAX_REFUSALS_LOGGED = 8    # channel opens refused by a limit, logged per connection
 
 
 class SSHConnection:
@@ -37,7 +46,8 @@ class SSHConnection:
         self._nursery: trio.Nursery | None = None
         self._wake_writer = trio.Event()
         self._drained = trio.Event()
-        self._queued = 0
+        self._sent = trio.Event()   # set (and replaced) each time the writer finishes a send_all
+        self._queued = 0            # bytes the writer is putting on the wire right now
         self._channels: dict[int, SSHChannel] = {}
         self._opening: dict[int, trio.MemorySendChannel] = {}
         self._global_waiters: list[trio.MemorySendChannel] = []
@@ -50,6 +60,7 @@ class SSHConnection:
         self.on_event: Callable[[ev.Event], object] | None = None  # role-specific dispatch (async)
         self.peer_address: tuple | None = None
         self.local_address: tuple | None = None
+        self._refusals = 0
 
     # ---- lifecycle ----------------------------------------------------------------------
     async def start_tasks(self, nursery: trio.Nursery) -> None:
@@ -103,12 +114,15 @@ class SSHConnection:
                     self._queued = len(data)
                     await self._stream.send_all(data)
                     self._queued = 0
+                    sent, self._sent = self._sent, trio.Event()
+                    sent.set()
                 self._drained.set()
                 self._drained = trio.Event()
                 if self.core.closed:
                     await self._finish(None)
                     return
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._queued = 0  # nothing of ours is in flight any more
             await self._finish(ConnectionLost(f"send failed: {exc}"))
         finally:
             self._writer_running = False
@@ -117,21 +131,29 @@ class SSHConnection:
         core = self.core
         try:
             while not core.closed:
+                if core.reading_paused(self._queued):
+                    await self._drained.wait()  # rule L6: the writer empties what we owe first
+                    continue
                 try:
-                    data = await self._stream.receive_some(RECEIVE_SIZE)
+                    data = await self._stream.receive_some(RECEIVE_SIZE if core.authenticated else PREAUTH_RECEIVE_SIZE)
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     raise ConnectionLost(str(exc)) from None
+                self._input_seen()
                 core.receive_data(data)
                 while (event := core.next_event()) is not None:
                     await self._dispatch(event)
                 self._kick()
         except ProtocolError as exc:
-            log.info("protocol error: %s", exc.description)
+            if not isinstance(exc, LimitExceeded):  # a limit logs its own refusal
+                log.info("protocol error: %s", exc.description)
             core.send_protocol_error(exc)
             self._kick()
             await self._finish(exc)
         except DisconnectError as exc:
             await self._finish(exc)
+
+    def _input_seen(self) -> None:
+        """Bytes arrived (a server's listener notes it for its admission rules)."""
 
     async def _timers(self) -> None:
         while True:
@@ -156,6 +178,10 @@ class SSHConnection:
         # (closed whatever happens, cancellation included: no socket outlives its connection)
         try:
             with trio.move_on_after(1):
+                # The writer may be putting earlier bytes on the wire (and then ours: it
+                # takes all there is): a second sender would fail, and the DISCONNECT with it.
+                while self._queued and self._writer_running:
+                    await self._sent.wait()
                 data = self.core.data_to_send()
                 if data:
                     try:
@@ -253,6 +279,9 @@ class SSHConnection:
                     self._channels.pop(event.channel_id, None)
                     self.core.channels.close(event.channel_id)
             return
+        if t is ev.ChannelOpenRefused:
+            self._log_refusal(f"{event.channel_type} channel refused: {event.description}")
+            return
         if t is ev.GlobalRequestReplied:
             if self._global_waiters:
                 self._global_waiters.pop(0).send_nowait(event)
@@ -262,6 +291,13 @@ class SSHConnection:
             return
         if self.on_event is not None:
             await self.on_event(event)
+
+    def _log_refusal(self, what: str) -> None:
+        """One line per refusal a limit made, up to MAX_REFUSALS_LOGGED per connection."""
+        self._refusals += 1
+        if self._refusals <= MAX_REFUSALS_LOGGED:
+            more = " (further refusals on this connection are not logged)" if self._refusals == MAX_REFUSALS_LOGGED else ""
+            log.info("%s: %s%s", _address(self.peer_address), what, more)
 
     # ---- channels ----------------------------------------------------------------------------
     def register_channel(self, channel: SSHChannel) -> None:
@@ -330,3 +366,7 @@ class SSHConnection:
     def peer_version(self) -> str:
         v = self.core.transport.peer_version
         return v.decode("ascii", "replace") if v else ""
+
+
+def _address(address: tuple | None) -> str:
+    return f"{address[0]} port {address[1]}" if address else "peer"

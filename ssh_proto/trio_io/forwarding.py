@@ -5,6 +5,10 @@ connection) and ``ssh -R`` (:func:`request_remote_forward`: tcpip-forward global
 then accept forwarded-tcpip channels — only for a listen address we asked for, rule T21).
 Server side: :func:`handle_tcpip_forward_request` asks the application, listens, and opens
 a forwarded-tcpip channel per accepted connection; everything stops with the connection.
+A connection holds at most ``ConnectionOptions.max_remote_forwards`` forwards (each is one
+listening socket or more): one more is refused with REQUEST_FAILURE and a log line (rule L3).
+Forward listeners accept with :func:`~ssh_proto.trio_io.accept.accept_loop`, which waits
+out a full descriptor table without a log line per retry (rule L1).
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import trio
 from .. import events as ev
 from .. import messages as m
 from ..errors import ChannelOpenError, SSHError
+from .accept import accept_loop
 from .channel import SSHChannel
 
 if TYPE_CHECKING:
@@ -109,7 +114,7 @@ async def serve_local_forward(conn: "SSHClientConnection", listen_host: str, lis
         await relay(channel, stream)
 
     task_status.started(port)
-    await trio.serve_listeners(handle, listeners, handler_nursery=conn.nursery)
+    await serve_forward_listeners(listeners, handle, conn.nursery)
 
 
 async def request_remote_forward(conn: "SSHClientConnection", listen_host: str, listen_port: int,
@@ -161,6 +166,11 @@ async def handle_tcpip_forward_request(conn: "SSHServerConnection", event: ev.Gl
         return True, b""
     if conn.policy is not None and not conn.policy.permit_port_forwarding:
         return False, b""
+    limit = conn.core.options.max_remote_forwards
+    if len(conn.remote_forwards) >= limit:
+        conn._log_refusal(f"remote forward {req.address}:{req.port} refused: too many remote forwards "
+                          f"on this connection (limit {limit})")
+        return False, b""
     if not await conn.server.tcpip_forward(req.address, req.port):
         return False, b""
     host = _bind_address(req.address, conn.server.gateway_ports)
@@ -198,4 +208,23 @@ async def _serve_remote_forward(conn: "SSHServerConnection", listeners, address:
         await relay(channel, stream)
 
     with scope:
-        await trio.serve_listeners(handle, listeners, handler_nursery=conn.nursery)
+        await serve_forward_listeners(listeners, handle, conn.nursery)
+
+
+async def serve_forward_listeners(listeners: list[trio.SocketListener], handle, handler_nursery: trio.Nursery) -> None:
+    """Accept on every listener of a forward; each connection is handled (and then closed)
+    in ``handler_nursery``. Out of descriptors, accept() is waited out (rule L1)."""
+
+    async def run(stream: trio.SocketStream) -> None:
+        try:
+            await handle(stream)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def serve_one(listener: trio.SocketListener) -> None:
+        async with listener:
+            await accept_loop(listener, lambda stream: handler_nursery.start_soon(run, stream))
+
+    async with trio.open_nursery() as nursery:
+        for listener in listeners:
+            nursery.start_soon(serve_one, listener)

@@ -18,7 +18,10 @@ out at once, and a client that sends no relay line is read exactly as before. Th
 taken by the connection's reader before any SSH byte reaches the core, so the peer
 address is final by the time the client can authenticate. A refused line surfaces as a
 :class:`~ssh_proto.errors.ProtocolError` from ``receive_some``, which closes the
-connection like any other protocol error.
+connection like any other protocol error. ``on_decided(relayed)`` runs once the front of
+the input is decided, line or not (``relayed`` is the vouched-for address or None), before
+any SSH byte is handed on: the listener admits the connection there, by the address it is
+accounted to (docs/security.md L11), and an error it raises surfaces the same way.
 """
 from __future__ import annotations
 
@@ -47,11 +50,12 @@ class PreambleStream(trio.abc.HalfCloseableStream):
     """``stream`` with a relay's line (if any) taken off the front of its input."""
 
     def __init__(self, stream: trio.abc.Stream, preamble: RelayPreamble, peer: tuple | None,
-                 on_peer: Callable[[tuple], None]):
+                 on_peer: Callable[[tuple], None], *, on_decided: Callable[[tuple | None], None] | None = None):
         self._stream = stream
         self._preamble = preamble
         self._peer = peer
         self._on_peer = on_peer
+        self._on_decided = on_decided
         self._pending: bytes | None = None  # None until the front of the input is decided
         self._refused: PreambleError | None = None
 
@@ -77,8 +81,12 @@ class PreambleStream(trio.abc.HalfCloseableStream):
             found = reader.feed(data) if data else reader.eof()
             if found is not None:
                 break
+        relayed = None
         if found.line is not None:
-            self._on_peer(self._preamble.check(found.line, self._peer))
+            relayed = self._preamble.check(found.line, self._peer)
+            self._on_peer(relayed)
+        if self._on_decided is not None:
+            self._on_decided(relayed)
         return found.rest
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:

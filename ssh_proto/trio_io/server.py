@@ -10,17 +10,22 @@ application-defined types. Anything not overridden is refused.
 
 :func:`serve` accepts TCP connections in a nursery; :func:`serve_stream` runs one
 connection over any Trio stream. Both enforce the pre-auth limits of rule T14/T15: a login
-grace time (cancel scope, no signals), a cap on unauthenticated connections with random
-early drop (OpenSSH MaxStartups), and per-user failure delays against timing probes (T13).
+grace time (cancel scope, no signals) and per-user failure delays against timing probes
+(T13). A listener admits connections by a :class:`~ssh_proto.limits.ListenerProfile`
+(docs/security.md § Limits): startups per source and in total with OpenSSH's MaxStartups
+early drop, per-source penalties, authenticated connections per user and in total (the
+account is :attr:`Accept.account`, the SSH user name by default); the decisions are
+:mod:`ssh_proto.limits`', the I/O (accept, close, evict, log) is here. A refused login gets
+a DISCONNECT saying which limit; a connection refused at the door is closed unanswered.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import hmac
 import logging
 import os
-import random
 from typing import Callable, Sequence
 
 import trio
@@ -29,9 +34,12 @@ from .. import events as ev
 from .. import messages as m
 from ..certs import CertPermissions
 from ..connection import Connection, ConnectionOptions
-from ..errors import DisconnectReason, SSHError
+from ..errors import DisconnectReason, LimitExceeded, ProtocolError, SSHError
 from ..keys import Certificate, PrivateKey, PublicKey
+from ..limits import Admission, ListenerProfile, Outcome, Startup
+from ..preamble import PreambleError
 from ..state import Role
+from .accept import accept_loop
 from .channel import SSHChannel
 from .connection import SSHConnection
 from .preamble import PreambleStream, RelayPreamble
@@ -40,13 +48,19 @@ from .session import ServerSession, SessionPolicy
 log = logging.getLogger("ssh_proto.server")
 
 LOGIN_GRACE_TIME = 120.0
+REFUSAL_LOG_INTERVAL = 10.0   # connections refused at the door: one line per source per this
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Accept:
-    """Authentication complete; ``policy`` (e.g. from a certificate) limits the connection."""
+    """Authentication complete; ``policy`` (e.g. from a certificate) limits the connection.
+
+    ``account`` is whose connection this is for the listener's per-user limit (the SSH user
+    name when None): a certificate's holder rather than the login it asked for, say.
+    """
 
     policy: SessionPolicy | None = None
+    account: str | None = None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -150,9 +164,11 @@ class SSHServer:
 class SSHServerConnection(SSHConnection):
     """A server-side connection, driving one :class:`SSHServer`."""
 
-    def __init__(self, stream, core: Connection, server: SSHServer, *, delay_secret: bytes):
+    def __init__(self, stream, core: Connection, server: SSHServer, *, delay_secret: bytes,
+                 gate: "_Gate | None" = None):
         super().__init__(stream, core)
         self.server = server
+        self._gate = gate
         self.on_event = self._on_event
         self.policy: SessionPolicy | None = None
         self.username: str | None = None
@@ -160,6 +176,11 @@ class SSHServerConnection(SSHConnection):
         self._delay_secret = delay_secret
         self.agent_forwarding = False  # set when a session asked for it
         self.remote_forwards: dict[tuple[str, int], object] = {}
+
+    def _input_seen(self) -> None:
+        startup = self._gate.startup if self._gate is not None else None
+        if startup is not None and startup.pending:
+            startup.seen()  # L8: a login in progress is not what a full listener evicts
 
     async def _on_event(self, event: ev.Event) -> None:
         handler = _SERVER_EVENTS.get(type(event))
@@ -174,6 +195,8 @@ class SSHServerConnection(SSHConnection):
             return
         if outcome is True or isinstance(outcome, Accept):
             self.policy = merge_policies(self.policy, getattr(outcome, "policy", None))
+            if self._gate is not None:  # L2: LimitExceeded goes to the reader, a DISCONNECT
+                self._gate.authenticated(getattr(outcome, "account", None) or event.username, self.peer_address)
             self.core.auth_accept()
             return
         if isinstance(outcome, Partial):
@@ -197,6 +220,8 @@ class SSHServerConnection(SSHConnection):
         self._request_started = trio.current_time()
         try:
             await self._ask_application(event)
+        except ProtocolError:
+            raise  # MaxAuthTries reached (T12): the reader disconnects
         except Exception:
             # an application bug is a refusal, never an open door nor a dead connection
             log.exception("authentication handler failed")
@@ -319,62 +344,147 @@ _SERVER_EVENTS: dict[type, Callable] = {
 }
 
 
-@dataclasses.dataclass(slots=True)
-class StartupLimiter:
-    """OpenSSH MaxStartups start:rate:full — random early drop of unauthenticated connections."""
+class _RefusalLog:
+    """One log line per source per REFUSAL_LOG_INTERVAL for connections refused at the door
+    (or evicted); under a flood, the ones in between are counted into the next line (bounded
+    table)."""
 
-    start: int = 10
-    rate: int = 30
-    full: int = 100
-    current: int = 0
-    rng: random.Random = dataclasses.field(default_factory=random.SystemRandom)
+    def __init__(self, max_keys: int = 1024):
+        self._seen: dict[object, list] = {}  # key -> [time logged, refusals since]
+        self._max_keys = max_keys
 
-    def admit(self) -> bool:
-        if self.current >= self.full:
-            return False
-        if self.current >= self.start:
-            p = self.rate + (100 - self.rate) * (self.current - self.start) / max(1, self.full - self.start)
-            if self.rng.random() * 100 < p:
-                return False
-        self.current += 1
-        return True
+    def log(self, address, reason: str, what: str = "refused a connection") -> None:
+        key = (what, address[0] if address else None)
+        now = trio.current_time()
+        entry = self._seen.get(key)
+        if entry is not None and now - entry[0] < REFUSAL_LOG_INTERVAL:
+            entry[1] += 1
+            return
+        more = f" (and {entry[1]} more since the last line)" if entry is not None and entry[1] else ""
+        log.info("%s from %s: %s%s", what, _where(address), reason, more)
+        if entry is None and len(self._seen) >= self._max_keys:
+            del self._seen[next(iter(self._seen))]
+        self._seen[key] = [now, 0]
 
-    def release(self) -> None:
-        self.current -= 1
+
+class _Gate:
+    """One connection's passage through its listener's :class:`~ssh_proto.limits.Admission`.
+
+    ``admit`` (at accept, or once a relay line is decided) takes a startup slot or raises
+    LimitExceeded; eviction cancels ``wait_scope``, the wait for authentication;
+    ``authenticated`` counts the login against the user and listener limits (rule L2);
+    ``finish`` tells the source how the connection ended (rule L9).
+    """
+
+    def __init__(self, admission: Admission | None, refusals: _RefusalLog | None = None,
+                 on_decided: Callable[[], None] | None = None):
+        self.admission = admission
+        self.startup: Startup | None = None
+        self.wait_scope = trio.CancelScope()
+        self.refusals = refusals or _RefusalLog()
+        self._on_decided = on_decided
+
+    def admit(self, address) -> None:
+        if self._on_decided is not None:
+            self._on_decided()
+        if self.admission is None:
+            return
+        try:
+            self.startup = self.admission.admit(address)
+        except LimitExceeded as exc:
+            self.refusals.log(address, exc.description)
+            raise
+        self.startup.on_evict = self.wait_scope.cancel
+
+    @property
+    def evicted(self) -> bool:
+        return self.startup is not None and self.startup.evicted
+
+    def authenticated(self, account: str, address) -> None:
+        if self.startup is None:
+            return
+        try:
+            self.startup.authenticated(account)
+        except LimitExceeded as exc:
+            log.info("refused the login of %s from %s: %s", account, _where(address), exc.description)
+            raise
+
+    def finish(self, outcome: Outcome) -> None:
+        if self.startup is not None:
+            self.startup.finish(outcome)
+
+
+def _where(address) -> str:
+    return f"{address[0]} port {address[1]}" if address else "an unknown peer"
+
+
+def _outcome(conn: "SSHServerConnection", grace_exceeded: bool, crashed: bool) -> Outcome:
+    """How a connection ended, for its source's penalty (rule L9)."""
+    if conn.authenticated.is_set():
+        return Outcome.AUTHENTICATED
+    if crashed:
+        return Outcome.CRASH
+    if isinstance(conn.error, (LimitExceeded, PreambleError)):
+        return Outcome.NOT_COUNTED   # refused by us; a relay line we did not believe (L11)
+    if grace_exceeded:
+        return Outcome.GRACE_EXCEEDED
+    auth = conn.core.server_auth
+    return Outcome.AUTHFAIL if auth is not None and auth.requests else Outcome.NOAUTH
 
 
 async def serve_stream(stream: trio.abc.Stream, server_factory: Callable[[], SSHServer], *,
                        host_keys: Sequence[tuple[PrivateKey, Certificate | None]],
                        options: ConnectionOptions = ConnectionOptions(), login_grace_time: float = LOGIN_GRACE_TIME,
                        on_authenticated: Callable[[], None] | None = None, delay_secret: bytes | None = None,
-                       peer_address=None, local_address=None, preamble: RelayPreamble | None = None) -> None:
+                       peer_address=None, local_address=None, preamble: RelayPreamble | None = None,
+                       admission: Admission | None = None, _gate: _Gate | None = None) -> None:
     """Serve one SSH connection over ``stream`` until it closes.
 
     With ``preamble``, a relay's line in front of the client's version string is checked
     and its answer becomes ``conn.peer_address`` (see :mod:`ssh_proto.trio_io.preamble`).
+    With ``admission`` (a listener's :class:`~ssh_proto.limits.Admission`), the connection
+    is admitted by the address it is accounted to — the relay's word for it when there is
+    a relay line — and its login and its end are accounted too.
     """
+    gate = _gate if _gate is not None else _Gate(admission)
     server = server_factory()
     core = Connection(Role.SERVER, options, host_keys=tuple(host_keys))
     if preamble is not None:
         def relayed(address: tuple) -> None:
             conn.peer_address = address
-        stream = PreambleStream(stream, preamble, peer_address, relayed)
-    conn = SSHServerConnection(stream, core, server, delay_secret=delay_secret or os.urandom(32))
+
+        def decided(address: tuple | None) -> None:
+            gate.admit(address if address is not None else peer_address)  # L11: the relayed client
+        stream = PreambleStream(stream, preamble, peer_address, relayed, on_decided=decided)
+    elif gate.startup is None and gate.admission is not None:
+        gate.admit(peer_address)
+    conn = SSHServerConnection(stream, core, server, delay_secret=delay_secret or os.urandom(32), gate=gate)
     conn.peer_address = peer_address
     conn.local_address = local_address
     server.connection_made(conn)
+    grace_exceeded = crashed = False
     try:
         async with trio.open_nursery() as nursery:
             await conn.start_tasks(nursery)
-            with trio.move_on_after(login_grace_time) as grace:
+            with trio.move_on_after(login_grace_time) as grace, gate.wait_scope:
                 await _wait_auth_or_close(conn)
-            if grace.cancelled_caught:
-                log.info("login grace time exceeded for %s", peer_address)
+            grace_exceeded = grace.cancelled_caught
+            if gate.evicted and not conn.closed.is_set():
+                gate.refusals.log(conn.peer_address, "made room for a login from a less busy source",
+                                  "closed an unauthenticated connection")
+                await conn.aclose(DisconnectReason.TOO_MANY_CONNECTIONS,
+                                  "too many unauthenticated connections from your address; try again later")
+            elif grace_exceeded:
+                log.info("login grace time exceeded for %s", _where(conn.peer_address))
                 await conn.aclose(DisconnectReason.BY_APPLICATION, "login grace time exceeded")
             elif on_authenticated is not None and conn.authenticated.is_set():
                 on_authenticated()
             await conn.closed.wait()
+    except Exception:
+        crashed = True
+        raise
     finally:
+        gate.finish(_outcome(conn, grace_exceeded, crashed))
         server.connection_lost(conn.error)
 
 
@@ -388,23 +498,40 @@ async def _wait_auth_or_close(conn: SSHServerConnection) -> None:
 
 
 class SSHListener:
-    """Accepts TCP connections and serves each in its own task (see :func:`serve`)."""
+    """Accepts TCP connections and serves each in its own task (see :func:`serve`).
+
+    Admission (docs/security.md § Limits) follows ``profile``, a
+    :class:`~ssh_proto.limits.ListenerProfile`: startups per source and in total, penalties,
+    authenticated connections per user and in total. A listener with ``preamble`` admits a
+    connection once its relay line is decided, by the client the line vouches for (never by
+    the relay's own address), and bounds the connections not yet decided by the profile's
+    ``full`` startups, the oldest closed first. ``accept()`` failing for lack of resources
+    (EMFILE, ENFILE, ENOBUFS, ENOMEM) is waited out, as ``trio.serve_listeners`` does: the
+    listener keeps serving the connections it has and accepts again once it can (rule L1).
+    """
 
     def __init__(self, server_factory, *, host_keys, options=ConnectionOptions(),
-                 login_grace_time: float = LOGIN_GRACE_TIME, max_startups: tuple[int, int, int] = (10, 30, 100),
-                 preamble: RelayPreamble | None = None):
+                 login_grace_time: float = LOGIN_GRACE_TIME, max_startups: tuple[int, int, int] | None = None,
+                 preamble: RelayPreamble | None = None, profile: ListenerProfile = ListenerProfile()):
         """``host_keys``: (key, certificate-or-None) pairs, or a callable returning them,
         read at each new connection (so a renewed host certificate needs no restart).
         ``preamble``: accept a relay's line in front of the SSH stream (see
-        :mod:`ssh_proto.trio_io.preamble`)."""
+        :mod:`ssh_proto.trio_io.preamble`). ``profile``: the admission rules;
+        ``max_startups``, when given, replaces the profile's."""
         self.server_factory = server_factory
         self.preamble = preamble
         self._host_keys = host_keys if callable(host_keys) else tuple(host_keys)
         self.options = options
         self.login_grace_time = login_grace_time
-        self.limiter = StartupLimiter(*max_startups)
+        if max_startups is not None:
+            profile = dataclasses.replace(profile, max_startups=tuple(max_startups))
+        self.profile = profile
+        self.admission = Admission(profile)
+        self._refusals = _RefusalLog()
+        self._undecided: dict[int, trio.CancelScope] = {}  # preamble not read yet, oldest first
         self._delay_secret = os.urandom(32)
         self.listeners: list[trio.SocketListener] = []
+        self.accept_failures = 0   # accept() calls that failed for lack of resources (L1)
 
     @property
     def port(self) -> int:
@@ -423,51 +550,65 @@ class SSHListener:
 
     async def _accept_loop(self, listener: trio.SocketListener, nursery: trio.Nursery) -> None:
         async with listener:
-            while True:
-                stream = await listener.accept()
-                if not self.limiter.admit():
-                    log.info("dropping connection: too many unauthenticated connections")
-                    await trio.aclose_forcefully(stream)
-                    continue
-                nursery.start_soon(self._handle, stream)
+            await accept_loop(listener, functools.partial(self._admit, nursery=nursery),
+                              on_failure=self._count_accept_failure)
 
-    async def _handle(self, stream: trio.SocketStream) -> None:
-        released = False
+    def _count_accept_failure(self) -> None:
+        self.accept_failures += 1
 
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self.limiter.release()
-
+    def _admit(self, stream: trio.SocketStream, *, nursery: trio.Nursery) -> None:
         try:
             peer, local = stream.socket.getpeername(), stream.socket.getsockname()
         except OSError:
             peer = local = None
+        scope = trio.CancelScope()
+        if self.preamble is None:
+            gate = _Gate(self.admission, self._refusals)
+            try:
+                gate.admit(peer)
+            except LimitExceeded:
+                stream.socket.close()  # as sshd: no banner, no work
+                return
+        else:
+            gate = _Gate(self.admission, self._refusals, on_decided=lambda: self._undecided.pop(id(scope), None))
+            self._bound_undecided()
+            self._undecided[id(scope)] = scope
+        nursery.start_soon(self._handle, stream, peer, local, gate, scope)
+
+    def _bound_undecided(self) -> None:
+        """At most ``full`` connections whose relay line is not read yet: the oldest goes."""
+        if len(self._undecided) >= self.profile.max_startups[2]:
+            oldest = next(iter(self._undecided))
+            self._undecided.pop(oldest).cancel()
+            log.info("closed the oldest connection that had sent nothing yet: %d are waiting", len(self._undecided))
+
+    async def _handle(self, stream: trio.SocketStream, peer, local, gate: _Gate, scope: trio.CancelScope) -> None:
         try:
-            await serve_stream(stream, self.server_factory, host_keys=self.host_keys, options=self.options,
-                               login_grace_time=self.login_grace_time, on_authenticated=release,
-                               delay_secret=self._delay_secret, peer_address=peer, local_address=local,
-                               preamble=self.preamble)
+            with scope:
+                await serve_stream(stream, self.server_factory, host_keys=self.host_keys, options=self.options,
+                                   login_grace_time=self.login_grace_time, delay_secret=self._delay_secret,
+                                   peer_address=peer, local_address=local, preamble=self.preamble, _gate=gate)
         except* SSHError as group:
-            log.info("connection from %s ended: %s", peer, group.exceptions[0])
+            log.info("connection from %s ended: %s", _where(peer), group.exceptions[0])
         except* Exception:
             # one connection's failure must not take the listener down (except* also
             # catches a failure grouped with the cancellation of the connection's tasks)
-            log.exception("connection from %s failed", peer)
+            log.exception("connection from %s failed", _where(peer))
         finally:
-            release()
+            self._undecided.pop(id(scope), None)
+            await trio.aclose_forcefully(stream)  # closed whatever happened (eviction included)
 
 
 async def serve(server_factory: Callable[[], SSHServer], host: str | None = None, port: int = 22, *,
                 host_keys: Sequence[tuple[PrivateKey, Certificate | None]], options: ConnectionOptions = ConnectionOptions(),
-                login_grace_time: float = LOGIN_GRACE_TIME, max_startups: tuple[int, int, int] = (10, 30, 100),
+                login_grace_time: float = LOGIN_GRACE_TIME, max_startups: tuple[int, int, int] | None = None,
+                profile: ListenerProfile = ListenerProfile(), preamble: RelayPreamble | None = None,
                 task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Listen on host:port and serve SSH until cancelled.
 
     ``await nursery.start(serve, factory, "127.0.0.1", 0, host_keys=...)`` returns the
     :class:`SSHListener` (its ``port`` is the bound port).
     """
-    listener = SSHListener(server_factory, host_keys=host_keys, options=options,
-                           login_grace_time=login_grace_time, max_startups=max_startups)
+    listener = SSHListener(server_factory, host_keys=host_keys, options=options, login_grace_time=login_grace_time,
+                           max_startups=max_startups, preamble=preamble, profile=profile)
     await listener.serve(host, port, task_status=task_status)

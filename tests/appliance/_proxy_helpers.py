@@ -82,6 +82,8 @@ class ProxyCluster:
     nodes: list[dict]
     proxy_port: int = 0
     node_port: int = 0
+    node_listener: object = None   # the ssh_proto.SSHListener objects (their admission state)
+    proxy_listener: object = None
 
     def trusted_for(self) -> list[str]:
         """The known_hosts patterns ``jumpgate login`` writes for this cluster (J6)."""
@@ -116,23 +118,25 @@ class ProxyCluster:
         return [e for e in found if role is None or e.get("role") == role]
 
 
-async def start_cluster(nursery: trio.Nursery, directory: Path, login: str) -> ProxyCluster:
-    """A node and a proxy on free loopback ports; the node registered as ``node1``."""
+async def start_cluster(nursery: trio.Nursery, directory: Path, login: str, **node_options) -> ProxyCluster:
+    """A node and a proxy on free loopback ports; the node registered as ``node1``
+    (``node_options``: more keyword arguments of ``serve_node``)."""
     cluster = ProxyCluster(directory, login, PrivateKey.generate("ssh-ed25519"), PrivateKey.generate("ssh-ed25519"),
                            AuditLog(), [])
     node_key, node_cert = host_identity(cluster.host_ca, "node", NODE)
     node_identity = NodeIdentity(node_key, node_cert, (cluster.user_ca.public_key,), CLUSTER, NODE,
                                  host_cas=(cluster.host_ca.public_key,))
     node = await nursery.start(lambda task_status: serve_node(lambda: node_identity, LOOPBACK, 0,
-                                                              audit=cluster.audit, task_status=task_status))
-    cluster.node_port = node.port
+                                                              audit=cluster.audit, task_status=task_status,
+                                                              **node_options))
+    cluster.node_port, cluster.node_listener = node.port, node
     cluster.register(NODE, f"{LOOPBACK}:{node.port}", env="test")
     directory_ = NodeDirectory(cluster.fetch_nodes, ttl=0.0, min_refresh=0.0)
     proxy_identity = ProxyIdentity(*host_identity(cluster.host_ca, "proxy", PROXY, (LOOPBACK, "localhost")))
     proxy = await nursery.start(lambda task_status: serve_proxy(
         proxy_identity, [cluster.user_ca.public_key], CLUSTER, directory_.resolve, directory_.list_nodes,
         LOOPBACK, 0, audit=cluster.audit, task_status=task_status))
-    cluster.proxy_port = proxy.port
+    cluster.proxy_port, cluster.proxy_listener = proxy.port, proxy
     return cluster
 
 

@@ -30,6 +30,7 @@ import dataclasses
 import fcntl
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -201,19 +202,25 @@ def tail(path: Path, lines: int = 60) -> str:
 
 
 class Daemon:
-    """One ``jumpgate start ...`` process; stdout and stderr go to ``log``."""
+    """One ``jumpgate start ...`` process; stdout and stderr go to ``log``; ``nofile``
+    (soft, hard) sets its RLIMIT_NOFILE."""
 
-    def __init__(self, jg: Jumpgate, args: Sequence[str], log: Path):
+    def __init__(self, jg: Jumpgate, args: Sequence[str], log: Path, nofile: tuple[int, int] | None = None):
         self.jg = jg
         self.args = list(args)
         self.log = log
+        self.nofile = nofile
         self.process: subprocess.Popen[bytes] | None = None
+
+    def _preexec(self) -> None:
+        if self.nofile is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, self.nofile)
 
     def start(self, timeout: float = 30) -> Daemon:
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(self.jg.argv("start", *self.args), stdin=subprocess.DEVNULL,
                                             stdout=out, stderr=subprocess.STDOUT, env=self.jg.env(),
-                                            start_new_session=True)
+                                            start_new_session=True, preexec_fn=self._preexec)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if BANNER.search(self.log.read_text(errors="replace")):
@@ -247,13 +254,13 @@ class Daemon:
 
 
 def start_daemon(jg: Jumpgate, log: Path, args: Sequence[str], port_names: Iterable[str],
-                 attempts: int = 3) -> tuple[Daemon, dict[str, int]]:
+                 attempts: int = 3, nofile: tuple[int, int] | None = None) -> tuple[Daemon, dict[str, int]]:
     """Start ``jumpgate start ARGS --<name>-port P...`` on free ports; retry if one was taken."""
     names = list(port_names)
     for attempt in range(attempts):
         ports = dict(zip(names, free_ports(len(names))))
         flags = [x for name, port in ports.items() for x in (f"--{name}-port", str(port))]
-        daemon = Daemon(jg, [*args, *flags], log)
+        daemon = Daemon(jg, [*args, *flags], log, nofile)
         try:
             return daemon.start(), ports
         except HarnessError as exc:
@@ -269,8 +276,9 @@ class Cluster:
     """The all-in-one appliance (auth, proxy, node, web) in ``workdir`` and ``ctl`` beside it."""
 
     def __init__(self, jg: Jumpgate, workdir: Path, name: str = "e2e", node_name: str = "node1",
-                 labels: str = "env=prod,team=core"):
+                 labels: str = "env=prod,team=core", nofile: tuple[int, int] | None = None):
         self.jg = jg
+        self.nofile = nofile
         self.workdir = workdir
         self.name = name
         self.node_name = node_name
@@ -288,7 +296,7 @@ class Cluster:
         args = ["--config", str(config), "--data-dir", str(self.data_dir), "--cluster-name", self.name,
                 "--nodename", self.node_name, "--labels", self.labels, "--public-addr", LOOPBACK,
                 "--listen-addr", LOOPBACK]
-        self.daemon, self.ports = start_daemon(self.jg, self.workdir / "cluster.log", args, ROLES)
+        self.daemon, self.ports = start_daemon(self.jg, self.workdir / "cluster.log", args, ROLES, nofile=self.nofile)
         return self
 
     def stop(self) -> None:

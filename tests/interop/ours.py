@@ -176,9 +176,12 @@ async def start_server(nursery: trio.Nursery, config: ServerConfig) -> ssh_proto
 
 
 async def _serve(factory: type[TestServer], config: ServerConfig, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    # Tests open many connections at once under xdist: never drop one for MaxStartups.
+    # Tests open many connections at once under xdist: never drop one for MaxStartups. And
+    # they fail logins from 127.0.0.1 on purpose, dozens of times per module: no per-source
+    # penalties (docs/security.md L9), or the next test's login would be refused.
+    profile = ssh_proto.ListenerProfile(max_startups=(1000, 30, 1000), penalties=None)
     await ssh_proto.serve(factory, LOOPBACK, 0, host_keys=config.host_keys, options=config.options,
-                          login_grace_time=30.0, max_startups=(1000, 30, 1000), task_status=task_status)
+                          login_grace_time=30.0, profile=profile, task_status=task_status)
 
 
 async def serve_echo(nursery: trio.Nursery) -> int:

@@ -141,7 +141,9 @@ def keys() -> Keys:
 
 
 def _config(keys: Keys, connections: list, *extra_keys: bytes) -> ours.ServerConfig:
-    return ours.ServerConfig(keys.host.pairs(certificates=False), connections=connections,
+    # every MAC listed: the MAC-then-encrypt ones are flipped too, but offered only when asked for
+    every_mac = ssh_proto.ConnectionOptions(algorithms=ssh_proto.Algorithms(macs=MACS))
+    return ours.ServerConfig(keys.host.pairs(certificates=False), connections=connections, options=every_mac,
                              authorized_keys=frozenset({keys.client.public_key.blob, *extra_keys}))
 
 

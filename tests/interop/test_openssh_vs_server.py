@@ -26,6 +26,8 @@ import pytest
 
 import ours
 from openssh import KEY_KINDS, KeyFactory, KeyPair, run_sftp, run_ssh, ssh_command
+import ssh_proto
+from ssh_proto.kex import DEFAULT_KEX
 from ssh_proto.keys import PrivateKey, write_public_file
 
 pytestmark = pytest.mark.interop
@@ -38,6 +40,12 @@ CIPHERS = ("chacha20-poly1305@openssh.com", "aes128-gcm@openssh.com", "aes256-gc
            "aes128-ctr", "aes192-ctr", "aes256-ctr")
 CTR_CIPHERS = ("aes128-ctr", "aes192-ctr", "aes256-ctr")
 MACS = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com", "hmac-sha2-256", "hmac-sha2-512")
+DH_KEX = ("diffie-hellman-group16-sha512", "diffie-hellman-group14-sha256")
+NON_ETM_MACS = ("hmac-sha2-256", "hmac-sha2-512")
+#: The matrix servers list every algorithm explicitly: the DH groups and the non-EtM MACs
+#: are off by default (docs/security.md T2a, L10) but must still interoperate when enabled.
+EVERY_ALGORITHM = ssh_proto.ConnectionOptions(algorithms=ssh_proto.Algorithms(
+    kex=DEFAULT_KEX, macs=MACS))
 PASSWORD = "correct horse battery staple"
 OTP = "492817"
 
@@ -51,6 +59,7 @@ class World:
     host_keys: ours.HostKeySet
     user_ca: PrivateKey          # our own user CA (certificates made by sign_certificate)
     main: ours.SshTarget         # plain user keys authorized; known_hosts lists plain host keys
+    defaults: ours.SshTarget     # the same with the default algorithms (main lists every one)
     main_ca_known_hosts: Path    # the same server trusted through @cert-authority only
     cert_only: ours.SshTarget    # no authorized keys: only certificates get in
     password: ours.SshTarget
@@ -66,7 +75,7 @@ def world(ssh_keys: KeyFactory, interop_dir: Path) -> Iterator[World]:
     user_ca = PrivateKey.generate("ssh-ed25519")
     cas = (ours.public_key_of(ssh_keys.user_ca.public_line), user_ca.public_key)
     plain_keys = frozenset(ours.public_key_of(ssh_keys.user_key(k).public_line).blob for k in KEY_KINDS)
-    base = ours.ServerConfig(host_keys.pairs())
+    base = ours.ServerConfig(host_keys.pairs(), options=EVERY_ALGORITHM)
     with ours.ServerThread() as loop:
 
         def serve(config: ours.ServerConfig) -> tuple[ours.SshTarget, Path]:
@@ -75,9 +84,10 @@ def world(ssh_keys: KeyFactory, interop_dir: Path) -> Iterator[World]:
             return ours.endpoint(port, plain), ca
 
         main, main_ca = serve(dataclasses.replace(base, authorized_keys=plain_keys))
+        defaults = serve(ours.ServerConfig(host_keys.pairs(), authorized_keys=plain_keys))[0]
         yield World(
             loop=loop, workdir=workdir, host_keys=host_keys, user_ca=user_ca,
-            main=main, main_ca_known_hosts=main_ca,
+            main=main, defaults=defaults, main_ca_known_hosts=main_ca,
             cert_only=serve(dataclasses.replace(base, user_cas=cas))[0],
             password=serve(dataclasses.replace(base, password=PASSWORD))[0],
             otp=serve(dataclasses.replace(base, user_cas=cas, otp=OTP))[0],
@@ -117,6 +127,27 @@ def test_every_kex_negotiated_with_openssh(world: World, ssh_keys: KeyFactory, k
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout == b"ok\n"
     assert _negotiated(done.stderr, "algorithm") == [kex]
+
+
+@pytest.mark.parametrize("kex", DH_KEX)
+def test_L10_server_does_not_offer_finite_field_dh_by_default(world: World, ssh_keys: KeyFactory, kex: str) -> None:
+    done = _ssh(world, target=world.defaults, options=["-o", f"KexAlgorithms={kex}"], ssh_keys=ssh_keys)
+    assert done.returncode == SSH_FAILED
+    assert b"no matching key exchange method found" in done.stderr
+
+
+@pytest.mark.parametrize("mac", NON_ETM_MACS)
+def test_T2a_server_offers_only_etm_macs_by_default(world: World, ssh_keys: KeyFactory, mac: str) -> None:
+    done = _ssh(world, "cat", target=world.defaults, options=["-o", "Ciphers=aes128-ctr", "-o", f"MACs={mac}"],
+                ssh_keys=ssh_keys)
+    assert done.returncode == SSH_FAILED
+    assert b"no matching MAC found" in done.stderr
+
+
+def test_default_algorithms_still_log_in(world: World, ssh_keys: KeyFactory) -> None:
+    done = _ssh(world, target=world.defaults, options=["-o", "Ciphers=aes128-ctr"], ssh_keys=ssh_keys)
+    assert done.returncode == 0, done.stderr.decode()
+    assert re.findall(r"cipher: \S+ MAC: (\S+)", done.stderr.decode()) == ["hmac-sha2-256-etm@openssh.com"] * 2
 
 
 def test_rule_t1_strict_kex_negotiated_with_openssh(world: World, ssh_keys: KeyFactory) -> None:

@@ -14,7 +14,7 @@ from ssh_proto import events as ev
 from ssh_proto import messages as m
 from ssh_proto.channels import MAX_WINDOW, ChannelState, ChannelTable
 from ssh_proto.connection import ConnectionOptions
-from ssh_proto.errors import ProtocolError
+from ssh_proto.errors import ChannelOpenError, ProtocolError
 
 
 def _pair(**server_opts):
@@ -272,8 +272,9 @@ def test_T20_channel_cap_refuses_opens_with_resource_shortage():
 def test_T20_own_channel_cap():
     pair = authenticated_pair(client_options=ConnectionOptions(max_channels=1))
     pair.client.channels.open("session")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ChannelOpenError) as info:
         pair.client.channels.open("session")
+    assert info.value.code == m.OPEN_RESOURCE_SHORTAGE and "limit 1" in info.value.description
 
 
 def test_T20_open_with_zero_max_packet_is_an_error():

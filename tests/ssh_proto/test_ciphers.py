@@ -295,12 +295,15 @@ def test_default_lists_are_the_contract():
     assert DEFAULT_MACS == (
         "hmac-sha2-256-etm@openssh.com",
         "hmac-sha2-512-etm@openssh.com",
-        "hmac-sha2-256",
-        "hmac-sha2-512",
     )
     assert DEFAULT_COMPRESSION == ("none", "zlib@openssh.com")
     assert all(name in CIPHERS for name in DEFAULT_CIPHERS)
     assert all(name in MACS for name in DEFAULT_MACS)
+
+
+def test_T2a_default_macs_are_encrypt_then_mac_only():
+    assert all(MACS[name].etm for name in DEFAULT_MACS)
+    assert {"hmac-sha2-256", "hmac-sha2-512"} <= set(MACS)  # still there, for explicit use
 
 
 def test_no_cbc_and_no_sha1_in_defaults():

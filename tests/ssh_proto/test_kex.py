@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from ssh_proto.errors import KeyExchangeError, ProtocolError
 from ssh_proto.kex import (
     DEFAULT_KEX,
+    DEFAULT_SERVER_KEX,
     KEX_METHODS,
     ExchangeInputs,
     KexResult,
@@ -80,6 +81,12 @@ def test_default_kex_is_openssh_10_order_without_sntrup_and_gex():
         "diffie-hellman-group14-sha256",
     )
     assert set(DEFAULT_KEX) == set(KEX_METHODS)
+
+
+def test_L10_server_default_kex_has_no_finite_field_dh():
+    assert DEFAULT_SERVER_KEX == tuple(name for name in DEFAULT_KEX if not name.startswith("diffie-hellman-"))
+    assert "curve25519-sha256" in DEFAULT_SERVER_KEX
+    assert {"diffie-hellman-group14-sha256", "diffie-hellman-group16-sha512"} <= set(KEX_METHODS)
 
 
 def test_registry_is_read_only():

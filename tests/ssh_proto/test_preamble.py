@@ -411,3 +411,29 @@ async def test_stream_send_side_is_untouched():
     assert await client.receive_some() == b""
     assert wrapped.socket is None
     await wrapped.aclose()
+
+
+async def test_stream_decision_is_reported_once_line_or_not():
+    """on_decided: the listener admits a relayed connection by the relay's word (L11)."""
+    for pieces, expected in (([PREFIX + b"x\r\n", SSH], [CLIENT]), ([SSH], [None])):
+        decided: list = []
+        recorder = Recorder()
+        client, server = trio.testing.lockstep_stream_pair()
+        wrapped = PreambleStream(server, RelayPreamble(PREFIX, recorder.check), PEER, recorder.peers.append,
+                                 on_decided=decided.append)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_pieces, client, pieces)
+            assert await read_all(wrapped) == SSH
+        assert decided == expected
+
+
+async def test_stream_refused_line_is_not_reported_as_decided():
+    decided: list = []
+    client, server = trio.testing.memory_stream_pair()
+    recorder = Recorder(refuse=True)
+    wrapped = PreambleStream(server, RelayPreamble(PREFIX, recorder.check), PEER, recorder.peers.append,
+                             on_decided=decided.append)
+    await client.send_all(PREFIX + b"forged\r\n" + SSH)
+    with pytest.raises(PreambleError):
+        await wrapped.receive_some()
+    assert decided == []

@@ -219,6 +219,16 @@ GENERIC = [m.Ignore(b"x").encode(), m.Debug(False, "hi", b"").encode(), m.Unimpl
 GENERIC_IDS = ["IGNORE", "DEBUG", "UNIMPLEMENTED"]
 
 
+def test_T1_disconnect_during_strict_initial_kex_ends_with_the_peers_reason():
+    """A server refusing a login at its door (a limit) says why even before NEWKEYS."""
+    pair = make_pair()
+    pair.transfer(C)
+    pair.inject(S, m.Disconnect(12, "too many connections", b"").encode())
+    with pytest.raises(DisconnectError) as info:
+        pair.pump()
+    assert (info.value.reason, info.value.description) == (12, "too many connections")
+
+
 @pytest.mark.parametrize("payload", GENERIC, ids=GENERIC_IDS)
 def test_T1_ignore_before_newkeys_under_strict_kex_disconnects(payload):
     """The client sends KEX_INIT, then IGNORE (or DEBUG, UNIMPLEMENTED), before its NEWKEYS."""
@@ -476,7 +486,7 @@ def test_T8_peer_may_send_data_before_its_own_kexinit():
 
 def _kexinit_payload() -> bytes:
     a = algorithms()
-    return m.KexInit(bytes(16), a.kex, a.host_keys, a.ciphers, a.ciphers, a.macs, a.macs, ("none",), ("none",),
+    return m.KexInit(bytes(16), a.kex_for(C), a.host_keys, a.ciphers, a.ciphers, a.macs, a.macs, ("none",), ("none",),
                      (), (), False, 0).encode()
 
 
@@ -823,3 +833,16 @@ def test_T18_no_compression_before_authentication():
     pair = handshaken_pair(options=_zlib_options())
     for conn in (pair.client, pair.server):
         assert conn.transport._writer.compression == conn.transport._reader.compression == "none"
+
+
+def test_disconnect_before_the_peers_version_is_still_sent():
+    """A listener refusing a connection on its first bytes (a limit) says why, even when our
+    version line has already been collected and the peer's has not been read."""
+    t = Transport(S, host_keys=((host_key("ssh-ed25519"), None),))
+    assert t.data_to_send().startswith(b"SSH-2.0-")
+    t.disconnect(DisconnectReason.TOO_MANY_CONNECTIONS, "too many connections")
+    c = Transport(C, verify_host_key=lambda key: None)
+    c.receive_data(b"SSH-2.0-peer\r\n")
+    with pytest.raises(DisconnectError) as info:
+        c.receive_data(t.data_to_send())
+    assert info.value.description == "too many connections"
