@@ -267,7 +267,7 @@ def restart_daemon(home: os.PathLike | str) -> bool:
         deadline = time.monotonic() + STOP_TIMEOUT
         while connect_probe(home) and time.monotonic() < deadline:
             time.sleep(BUSY_RETRY / 5)
-    if not mux_enabled():
+    if not mux_enabled() or not os.path.isdir(home):  # a first login: connect_daemon starts it
         return False
     try:
         return spawn_daemon(home, warm_up=False)
@@ -276,12 +276,18 @@ def restart_daemon(home: os.PathLike | str) -> bool:
 
 
 def connect_daemon(home: os.PathLike | str, timeout: float = FIRST_REPLY_TIMEOUT) -> str | None:
-    """After a login saved its credentials: have the daemon connect to the proxy with them now,
-    so that the first ``jumpgate ssh`` is served like the ones after it. None once connected,
-    else why not (no daemon, or the daemon's error)."""
+    """After a login saved its credentials: have the daemon (started now if none runs) connect
+    to the proxy with them, so that the first ``jumpgate ssh`` is served like the ones after
+    it. None once connected, else why not."""
     sock = connect(home)
-    if sock is None:
-        return "no session daemon runs"
+    if sock is None:  # a first login (no profile directory before it), or JUMPGATE_MUX was off
+        try:
+            spawned = spawn_daemon(home, warm_up=False)
+        except OSError as exc:
+            return f"no session daemon could start ({exc.strerror or exc})"
+        sock = connect(home) if spawned else None
+        if sock is None:
+            return "no session daemon could start"
     with sock:
         sock.settimeout(timeout)
         link = _Link(sock)
