@@ -314,20 +314,10 @@ async def _auth_export(backend: _Backend, args) -> None:
 
 
 def _replace_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file renamed over it: sshd reading its
-    RevokedKeys never sees half a file (a missing or unreadable KRL makes it refuse everyone)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write ``data`` to ``path`` atomically (0644: sshd reads it): sshd reading its RevokedKeys
+    never sees half a file (a missing or unreadable KRL makes it refuse everyone)."""
+    from ..files import write_atomic
+    write_atomic(path, data, mode=0o644)
 
 
 async def _auth_sign(backend: _Backend, args) -> None:

@@ -6,6 +6,7 @@ no package __init__ on purpose, so ``appliance`` keeps naming the product packag
 """
 from __future__ import annotations
 
+import threading
 import urllib.parse
 from dataclasses import dataclass
 
@@ -77,3 +78,28 @@ async def signup(env: Env, name: str = "alice", logins: tuple[str, ...] = ("alic
 
 def new_key() -> PrivateKey:
     return PrivateKey.generate("ssh-ed25519")
+
+
+class ScryptPeak:
+    """``passwords._scrypt`` replaced by a spy that counts the hashes running at once (its
+    ``peak``). Two hashes must meet on a barrier before either runs, so a test with two slots
+    sees them overlap for certain, and a third joining them would raise the peak to 3."""
+
+    def __init__(self, monkeypatch, passwords_module, *, together: int = 2) -> None:
+        self._lock = threading.Lock()
+        self._running = 0
+        self.peak = 0
+        self._barrier = threading.Barrier(together, timeout=30)
+        self._real = passwords_module._scrypt
+        monkeypatch.setattr(passwords_module, "_scrypt", self._scrypt)
+
+    def _scrypt(self, *args):
+        with self._lock:
+            self._running += 1
+            self.peak = max(self.peak, self._running)
+        try:
+            self._barrier.wait()
+            return self._real(*args)
+        finally:
+            with self._lock:
+                self._running -= 1

@@ -15,6 +15,7 @@ import time
 import pytest
 import trio
 
+from _auth_helpers import ScryptPeak
 from appliance.auth import passwords
 from appliance.auth.passwords import (DEFAULT_HASHER, HASH_CONCURRENCY, MAX_MEMORY, PasswordHasher,
                                       PasswordPolicyError, Verdict, check_policy, hash_password,
@@ -185,26 +186,11 @@ def test_a_stronger_stored_hash_is_kept_and_verified_at_its_own_cost():
 
 async def test_hashes_run_in_the_hashers_slots_never_more_at_once(monkeypatch):
     hasher = PasswordHasher(n=2**10, concurrency=2)
-    lock, running, peak = threading.Lock(), [0], [0]
-    pair = threading.Barrier(2, timeout=30)
-    real = passwords._scrypt
-
-    def spy(*args):
-        with lock:
-            running[0] += 1
-            peak[0] = max(peak[0], running[0])
-        try:
-            pair.wait()  # two run together (the slots allow it), then a third may not join them
-            return real(*args)
-        finally:
-            with lock:
-                running[0] -= 1
-
-    monkeypatch.setattr(passwords, "_scrypt", spy)
+    spy = ScryptPeak(monkeypatch, passwords)  # two run together (the slots allow it), no third
     async with trio.open_nursery() as nursery:
         for _ in range(10):
             nursery.start_soon(hasher.check, PW, None)
-    assert peak[0] == 2
+    assert spy.peak == 2
 
 
 @pytest.mark.parametrize("n, r, p", [(512, 8, 1), (3000, 8, 1), (2**14, 0, 1), (2**20, 8, 1),
