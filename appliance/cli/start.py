@@ -358,11 +358,18 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
         try:
             await nursery.start(supervised, "web", functools.partial(
                 serve_web, pool, tls.cert_path, tls.key_path, cfg.listen_addr, cfg.ports["web"],
-                proxy_ssh_addr=proxy_addr, public_addr=f"{host}:{cfg.ports['web']}"))
+                proxy_ssh_addr=proxy_addr, public_addr=web_public_addr(cfg)))
         except OSError as exc:
             raise CliError(f"web: cannot listen on port {cfg.ports['web']}: {exc.strerror or exc}") from None
         log.info("web serving HTTPS on %s:%d (certificate pin %s)", cfg.listen_addr, cfg.ports["web"], tls.pin)
     return identity.cluster
+
+
+def web_public_addr(cfg: Config) -> str | None:
+    """What the invite page tells users to pass as ``--proxy``: the public address when one is
+    configured, else None — the page then uses the address the browser used (its Host
+    header), which reaches the host by definition; the listening address need not."""
+    return f"{cfg.public_addr}:{cfg.ports['web']}" if cfg.public_addr else None
 
 
 def _print_banner(cfg: Config, cluster: str) -> None:

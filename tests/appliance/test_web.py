@@ -415,6 +415,24 @@ async def test_invite_page_uses_a_safe_host_header_only(tmp_path):
         assert f"--proxy HOST:3080 {token}".encode() in body
 
 
+async def test_invite_page_without_a_public_address_names_the_address_the_browser_used(tmp_path):
+    # newcomer issue item 14: opened as https://vm:3080/... it said 127.0.0.1:3080
+    async with running_cluster(tmp_path) as cluster:
+        token = await cluster.invite()
+        req = f"GET /web/invite/{token} HTTP/1.1\r\nHost: vm:3080\r\nConnection: close\r\n\r\n".encode()
+        status, _, body = await raw_exchange(cluster.web.port, req)
+        assert status == 200 and f"jumpgate signup --proxy vm:3080 {token}".encode() in body
+        assert b"127.0.0.1" not in body
+
+
+def test_start_gives_the_web_role_the_public_address_only_when_one_is_configured():
+    from appliance.cli.start import web_public_addr
+    from appliance.config import load_config
+    assert web_public_addr(load_config(None, data_dir="/tmp/x")) is None
+    assert web_public_addr(load_config(None, data_dir="/tmp/x", public_addr="jump.example.com")) == \
+        "jump.example.com:3080"
+
+
 async def test_invite_page_for_a_used_or_unknown_invite_is_an_html_error(tmp_path):
     async with running_cluster(tmp_path) as cluster:
         status, headers, body = await raw_exchange(cluster.web.port, http_request(
