@@ -2,7 +2,7 @@
 
 The all-in-one default runs auth, proxy, node and web. Roles talk to the auth role over
 SSH even inside one process: the node and the proxy join it with a one-minute token like
-any remote host would (and keep the identity in the data dir), then heartbeat, send audit
+any remote host would (and keep their membership in the data dir), then heartbeat, send audit
 events and look nodes up through the auth API. A host without the auth role joins a
 remote one with ``--auth-server HOST:3025 --token TOKEN``.
 
@@ -203,23 +203,23 @@ async def _start_auth(nursery: trio.Nursery, cfg: Config, data_dir: Path):
 
 # ---------------------------------------------------------------------------------- identities
 
-async def _identity(cfg: Config, data_dir: Path, kind: str, name: str, auth_addr: str, host: str,
+async def _membership(cfg: Config, data_dir: Path, kind: str, name: str, auth_addr: str, host: str,
                     addr: str, service):
-    """The saved identity of this role, or a new one by joining (locally or with --token).
+    """The saved membership of this node or proxy, or a new one by joining (locally or with --token).
 
-    A saved identity keeps its name (docs/security.md J2): a different configured name is
+    A saved membership keeps its name (docs/security.md J2): a different configured name is
     reported, not applied. Joining again (an expired certificate) with the saved host key
     is a re-join of the same name; a name registered to another host is refused.
     """
     from ..api.client import ApiError
-    from ..node.agent import AgentError, join, load_identity
+    from ..membership import MembershipError, join, load_membership
 
-    identity = load_identity(data_dir, kind)
-    if identity is not None and identity.name != name:
-        _warn_saved_name(data_dir, kind, identity.name, name)
-        name = identity.name
-    if identity is not None and not identity.expired(time.time()):
-        return identity
+    member = load_membership(data_dir, kind)
+    if member is not None and member.name != name:
+        _warn_saved_name(data_dir, kind, member.name, name)
+        name = member.name
+    if member is not None and not member.expired(time.time()):
+        return member
     if service is not None:
         # This process is the admin of its own cluster: it approves the addresses it serves on.
         created = await service.create_token(kind, JOIN_TOKEN_TTL, name=name, addresses=_local_addresses(cfg, kind, host),
@@ -232,7 +232,7 @@ async def _identity(cfg: Config, data_dir: Path, kind: str, name: str, auth_addr
     try:
         return await join(auth_addr, token, kind=kind, name=name, addresses=_local_addresses(cfg, kind, host),
                           labels=dict(cfg.labels), data_dir=data_dir, addr=addr)
-    except (ApiError, AgentError, OSError) as exc:
+    except (ApiError, MembershipError, OSError) as exc:
         raise CliError(f"{kind}: cannot join the cluster at {auth_addr}: {exc}") from None
     except Exception as exc:  # ssh_proto errors: a refused token, a pin mismatch, ...
         from ssh_proto import SSHError
@@ -279,14 +279,14 @@ async def _audit_sink(nursery: trio.Nursery, pool, role: str):
 async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_addr: str, host: str, service,
                       session_nofile: int | None = None) -> None:
     from ..api.pool import ApiPool
-    from ..node.agent import IdentityHolder, heartbeat_loop
+    from ..membership import MembershipHolder, heartbeat_loop
     from ..node.labels import CommandLabel, LabelSet
     from ..cluster_view import ClusterView
     from ..node.server import NodeIdentity, serve_node
 
     addr = f"{host}:{cfg.ports['node']}"
-    identity = await _identity(cfg, data_dir, "node", cfg.node_name, auth_addr, host, addr, service)
-    holder = IdentityHolder(identity)
+    member = await _membership(cfg, data_dir, "node", cfg.node_name, auth_addr, host, addr, service)
+    holder = MembershipHolder(member)
     view = ClusterView()
     pool = ApiPool(holder.api_factory(auth_addr), view=view)
     await nursery.start(supervised, "node", pool.run)
@@ -307,9 +307,9 @@ async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_a
                                    for name, c in cfg.command_labels.items()})
     await nursery.start(supervised, "node", labels.run)
     await nursery.start(supervised, "node", functools.partial(
-        heartbeat_loop, holder.api_factory(auth_addr), identity.name, addr, labels.current, holder=holder))
-    log.info("node %s serving SSH on %s:%d", identity.name, cfg.listen_addr, cfg.ports["node"])
-    return identity.cluster
+        heartbeat_loop, holder.api_factory(auth_addr), member.name, addr, labels.current, holder=holder))
+    log.info("node %s serving SSH on %s:%d", member.name, cfg.listen_addr, cfg.ports["node"])
+    return member.cluster
 
 
 # ---------------------------------------------------------------------------------- proxy + web
@@ -318,7 +318,7 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
                                service) -> None:
     from ..api.pool import ApiPool
     from ..cluster_view import ClusterView
-    from ..node.agent import IdentityHolder, heartbeat_loop
+    from ..membership import MembershipHolder, heartbeat_loop
     from ..proxy.routing import NodeDirectory
     from ..proxy.server import ProxyIdentity, serve_proxy
     from ..web.server import serve_web
@@ -327,8 +327,8 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
     name = f"{cfg.node_name}-proxy"  # node and proxy names share one inventory
     # users reach the proxy by the host's public name (in its certificate's principals)
     proxy_addr = f"{cfg.host_name}:{cfg.ports['proxy']}"
-    identity = await _identity(cfg, data_dir, "proxy", name, auth_addr, host, proxy_addr, service)
-    holder = IdentityHolder(identity)
+    member = await _membership(cfg, data_dir, "proxy", name, auth_addr, host, proxy_addr, service)
+    holder = MembershipHolder(member)
     view = ClusterView()
     pool = ApiPool(holder.api_factory(auth_addr), view=view)
     await nursery.start(supervised, "proxy" if "proxy" in cfg.roles else "web", pool.run)
@@ -342,12 +342,12 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
 
         try:
             await nursery.start(supervised, "proxy", functools.partial(
-                serve_proxy, provider, [identity.user_ca], identity.cluster, directory.resolve, directory.list_nodes,
+                serve_proxy, provider, [member.user_ca], member.cluster, directory.resolve, directory.list_nodes,
                 cfg.listen_addr, cfg.ports["proxy"], audit=await _audit_sink(nursery, pool, "proxy"), view=view))
         except OSError as exc:
             raise CliError(f"proxy: cannot listen on port {cfg.ports['proxy']}: {exc.strerror or exc}") from None
         await nursery.start(supervised, "proxy", functools.partial(
-            heartbeat_loop, holder.api_factory(auth_addr), identity.name, proxy_addr, lambda: {}, holder=holder))
+            heartbeat_loop, holder.api_factory(auth_addr), member.name, proxy_addr, lambda: {}, holder=holder))
         log.info("proxy serving SSH on %s:%d", cfg.listen_addr, cfg.ports["proxy"])
     if "web" in cfg.roles:
         try:
@@ -362,7 +362,7 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
         except OSError as exc:
             raise CliError(f"web: cannot listen on port {cfg.ports['web']}: {exc.strerror or exc}") from None
         log.info("web serving HTTPS on %s:%d (certificate pin %s)", cfg.listen_addr, cfg.ports["web"], tls.pin)
-    return identity.cluster
+    return member.cluster
 
 
 def _print_banner(cfg: Config, cluster: str) -> None:

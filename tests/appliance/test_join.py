@@ -1,4 +1,4 @@
-"""Joining a node or proxy, and staying joined (appliance/node/agent.py), against a real
+"""Joining a node or proxy, and staying joined (appliance/membership.py), against a real
 auth server on loopback.
 
 Rules checked (appliance notes "Trust and identities" and issue 3 "Bad input"): a join
@@ -20,8 +20,8 @@ import pytest
 import trio
 
 from appliance.api.client import ApiError
-from appliance.node.agent import (HOST_CERT, HOST_KEY, IDENTITY, AgentError, Backoff, IdentityHolder, heartbeat_loop,
-                                  join, load_identity, parse_token)
+from appliance.membership import (HOST_CERT, HOST_KEY, IDENTITY, MembershipError, Backoff, MembershipHolder, heartbeat_loop,
+                                  join, load_membership, parse_token)
 from appliance.proxy.routing import NodeDirectory, node_target
 from ssh_proto.errors import AuthError, HostKeyNotVerifiable
 
@@ -48,9 +48,9 @@ async def test_join_with_a_valid_token_saves_a_working_identity(tmp_path):
         assert ident.host_cert.key_id == "node:db1"
         assert {"db1", "db1.acme", "127.0.0.1"} <= set(ident.host_cert.principals)
         assert ident.host_ca == env.host_ca and ident.user_ca == env.service.ca.user_ca_public
-        loaded = load_identity(tmp_path, "node", now=env.clock())
+        loaded = load_membership(tmp_path, "node", now=env.clock())
         assert same_identity(loaded, ident)
-        async with IdentityHolder(loaded).api_factory(env.addr)() as api:
+        async with MembershipHolder(loaded).api_factory(env.addr)() as api:
             await api.heartbeat(addr="127.0.0.1:3022", labels={"env": "dev"})
         assert (await env.service.get_node("db1")).addr == "127.0.0.1:3022"
 
@@ -84,7 +84,7 @@ async def test_wrong_pin_is_host_key_not_verifiable_and_no_tofu(tmp_path):
         with pytest.raises(HostKeyNotVerifiable, match="pin"):
             await join_node(env, forged, tmp_path)
         assert not (tmp_path / "node" / HOST_CERT).exists()
-        assert load_identity(tmp_path, "node") is None
+        assert load_membership(tmp_path, "node") is None
         # nothing was learnt or used: the genuine token still works, with the same key
         key_before = (tmp_path / "node" / HOST_KEY).read_bytes()
         await join_node(env, token, tmp_path)
@@ -109,13 +109,13 @@ async def test_proxy_joins_with_its_own_identity(tmp_path):
     async with running_auth() as env:
         ident = await join_node(env, await env.token("proxy"), tmp_path, name="gw", kind="proxy")
         assert ident.host_cert.key_id == "proxy:gw"
-        assert same_identity(load_identity(tmp_path, "proxy"), ident)
-        assert load_identity(tmp_path, "node") is None
+        assert same_identity(load_membership(tmp_path, "proxy"), ident)
+        assert load_membership(tmp_path, "node") is None
 
 
 @pytest.mark.parametrize("token", ["nodot", ".pin", "secret.", "a.b.c"])
-def test_malformed_token_is_an_agent_error(token):
-    with pytest.raises(AgentError):
+def test_malformed_token_is_a_membership_error(token):
+    with pytest.raises(MembershipError):
         parse_token(token)
 
 
@@ -123,17 +123,17 @@ async def test_group_readable_host_key_is_refused(tmp_path):
     async with running_auth() as env:
         await join_node(env, await env.token(), tmp_path)
         os.chmod(tmp_path / "node" / HOST_KEY, 0o640)
-        with pytest.raises(AgentError, match="chmod 600"):
-            load_identity(tmp_path, "node")
+        with pytest.raises(MembershipError, match="chmod 600"):
+            load_membership(tmp_path, "node")
 
 
 async def test_expired_saved_certificate_is_loaded_but_flagged(tmp_path):
     async with running_auth() as env:
         await join_node(env, await env.token(), tmp_path)
     later = env.clock() + 31 * DAY
-    with pytest.raises(AgentError, match="expired"):
-        load_identity(tmp_path, "node", now=later)
-    assert load_identity(tmp_path, "node").expired(later)   # so start can say "join again"
+    with pytest.raises(MembershipError, match="expired"):
+        load_membership(tmp_path, "node", now=later)
+    assert load_membership(tmp_path, "node").expired(later)   # so start can say "join again"
 
 
 def test_backoff_is_exponential_jittered_and_bounded():
@@ -154,7 +154,7 @@ async def _last_seen(env, name):
 async def test_heartbeat_loop_reports_labels_and_renews_the_certificate_at_half_life(tmp_path):
     async with running_auth() as env:
         ident = await join_node(env, await env.token(), tmp_path)
-        holder = IdentityHolder(ident)
+        holder = MembershipHolder(ident)
         env.clock.advance(16 * DAY)   # less than half of the 30-day certificate remains
 
         async def labels():
@@ -172,7 +172,7 @@ async def test_heartbeat_loop_reports_labels_and_renews_the_certificate_at_half_
         renewed = holder.current.host_cert
         assert renewed.valid_before > ident.host_cert.valid_before + 15 * DAY
         assert renewed.public_key == ident.host_cert.public_key          # same key, new certificate
-        assert load_identity(tmp_path, "node", now=env.clock()).host_cert == renewed
+        assert load_membership(tmp_path, "node", now=env.clock()).host_cert == renewed
         assert not holder.current.needs_renewal(env.clock())
 
 
@@ -180,7 +180,7 @@ async def test_heartbeat_loop_starts_while_auth_is_down_and_reconnects_when_it_r
     clock = OffsetClock()
     service = await make_service(clock)
     async with running_auth(service=service, clock=clock) as env:
-        holder = IdentityHolder(await join_node(env, await env.token(), tmp_path))
+        holder = MembershipHolder(await join_node(env, await env.token(), tmp_path))
         port = env.port
     factory = holder.api_factory(f"127.0.0.1:{port}", connect_timeout=2)
     async with trio.open_nursery() as nursery:
@@ -197,7 +197,7 @@ async def test_heartbeat_loop_starts_while_auth_is_down_and_reconnects_when_it_r
 
 async def test_heartbeat_of_a_removed_node_keeps_retrying_without_crashing(tmp_path):
     async with running_auth() as env:
-        holder = IdentityHolder(await join_node(env, await env.token(), tmp_path))
+        holder = MembershipHolder(await join_node(env, await env.token(), tmp_path))
         await env.service.remove_node("db1")
 
         async def refusals():
@@ -242,7 +242,7 @@ async def test_j2_the_host_that_holds_the_key_rejoins_after_its_certificate_expi
     async with running_auth() as env:
         first = await join_node(env, await env.token(), tmp_path)
         env.clock.advance(31 * DAY)
-        assert load_identity(tmp_path, "node").expired(env.clock())
+        assert load_membership(tmp_path, "node").expired(env.clock())
         again = await join_node(env, await env.token(), tmp_path)    # same data dir: same host key
         assert again.host_key.public_key == first.host_key.public_key
         assert again.host_cert.valid_before > env.clock() and again.host_cert.key_id == "node:db1"
@@ -279,7 +279,7 @@ async def _key():
 async def test_j4_a_heartbeat_cannot_repoint_where_the_proxy_dials(tmp_path):
     async with running_auth() as env:
         ident = await join_node(env, await env.token(), tmp_path)
-        async with IdentityHolder(ident).api_factory(env.addr)() as api:
+        async with MembershipHolder(ident).api_factory(env.addr)() as api:
             answer = await api.heartbeat(addr="203.0.113.66:22", labels={"env": "dev"})
             assert answer == {"addr": "127.0.0.1:3022"}
         admin = await env.admin_identity()
