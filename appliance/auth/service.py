@@ -772,11 +772,11 @@ class AuthService:
         """Keep the serial of a user certificate before it leaves (the KRL of R5 lists it)."""
         await self.storage.record_user_cert(cert.serial, record.name, generation, float(cert.valid_before), now)
 
-    def _sign_host(self, key: PublicKey, role: str, name: str, addresses: Sequence[str],
+    def _sign_host(self, key: PublicKey, kind: str, name: str, addresses: Sequence[str],
                    ttl: float) -> Certificate:
         principals = (name, f"{name}.{self.cluster}", *addresses)
         try:
-            return self.ca.sign_host(key, role, name, principals, ttl, self._clock())
+            return self.ca.sign_host(key, kind, name, principals, ttl, self._clock())
         except CAError as exc:
             raise _bad(f"cannot issue a host certificate for {name!r}: {exc}") from None
 

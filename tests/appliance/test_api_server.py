@@ -104,7 +104,7 @@ async def test_node_certificate_can_heartbeat_itself_but_not_create_users_and_is
         assert (await env.service.get_node("db1")).labels == {"env": "dev"}
         assert "mallory" not in {u.name for u in await env.service.list_users()}
         denied = await refused_logins(env)
-        assert [(e.user, e.fields["method"], e.fields["role"]) for e in denied] == [("db1", "create_user", "node")]
+        assert [(e.user, e.fields["method"], e.fields["caller"]) for e in denied] == [("db1", "create_user", "node")]
 
 
 async def test_node_may_heartbeat_and_renew_only_for_itself():
@@ -282,7 +282,7 @@ async def test_client_refuses_a_node_posing_as_the_auth_server():
 
 async def test_serve_auth_refuses_a_non_auth_host_certificate():
     service = await make_service()
-    key, cert = rogue_host_cert("x", role="node")
+    key, cert = rogue_host_cert("x", kind="node")
     with pytest.raises(ValueError):
         await serve_auth(service, service.ca, (key, cert), "127.0.0.1", 0)
 

@@ -428,11 +428,11 @@ async def test_sign_host_cert_key_id_and_principals(env):
 
 
 async def test_j1_sign_host_cert_gives_only_node_certificates_for_a_free_one_label_name(env):
-    """ctl auth sign --host: no role parameter (an admin's API call minted proxy: and auth:
+    """ctl auth sign --host: no kind parameter (an admin's API call minted proxy: and auth:
     certificates before), no dotted name, no name of a joined node, no NAME.CLUSTER address."""
     key = new_key().public_key.blob
     with pytest.raises(TypeError):
-        await env.service.sign_host_cert("x", key, role="auth")
+        await env.service.sign_host_cert("x", key, kind="auth")
     await refused("bad_request", env.service.sign_host_cert("github.com", key))
     await refused("bad_request", env.service.sign_host_cert("x", key, ["db1.acme"]))
     await joined(env, "web1")
