@@ -1,8 +1,8 @@
-"""Audit events: their names, their codes, and the one record type every role emits.
+"""Audit events: their names, their codes, and the one record type every service emits.
 
 Every security-relevant action of the cluster (a login, a failed login, a lockout, a
 certificate issued, a node joining, a session starting or ending, ...) becomes one
-:class:`AuditEvent`, stored by the auth role (``storage.append_audit``) and listed with
+:class:`AuditEvent`, stored by the auth service (``storage.append_audit``) and listed with
 ``jumpgate ctl audit``. The names and codes follow Teleport's audit log
 (docs reference/audit-events) so that an operator who knows one knows the other.
 

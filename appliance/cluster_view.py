@@ -1,6 +1,6 @@
 """A proxy's or node's view of the cluster, kept current by the auth server's push stream.
 
-The auth role pushes changes (:mod:`appliance.auth.watch`) over the API connection a proxy or
+The auth service pushes changes (:mod:`appliance.auth.watch`) over the API connection a proxy or
 node already holds; :class:`ClusterView` applies them and answers the questions revocation
 asks (docs/security.md R1-R4):
 

@@ -4,9 +4,9 @@ A TOML file (``--config jumpgate.toml``, read with the stdlib ``tomllib``) may h
 
     data_dir = "/var/lib/jumpgate"
     cluster_name = "example"
-    roles = ["auth", "proxy", "node", "web"]
+    services = ["auth", "proxy", "node", "web"]   # or "roles", as Teleport spells it
     public_addr = "jump.example.com"       # the name users and nodes reach this host by
-    auth_server = "auth.example.com:3025"  # for roles joining a remote auth
+    auth_server = "auth.example.com:3025"  # for services joining a remote auth
     [ports]
     node = 3022
     proxy = 3023
@@ -36,7 +36,8 @@ from pathlib import Path
 
 from .audit import DEFAULT_REFUSALS_PER_SOURCE, DEFAULT_RETENTION_DAYS
 
-ALL_ROLES = ("auth", "proxy", "node", "web")
+#: The services ``jumpgate start`` runs (Teleport calls them roles; a user's roles are another thing).
+ALL_SERVICES = ("auth", "proxy", "node", "web")
 DEFAULT_PORTS = {"node": 3022, "proxy": 3023, "tunnel": 3024, "auth": 3025, "web": 3080}
 
 
@@ -60,7 +61,7 @@ class CommandLabelConfig:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Config:
     data_dir: Path
-    roles: tuple[str, ...] = ALL_ROLES
+    services: tuple[str, ...] = ALL_SERVICES
     cluster_name: str = ""
     public_addr: str = ""
     listen_addr: str = "0.0.0.0"
@@ -79,8 +80,8 @@ class Config:
     def host_name(self) -> str:
         return self.public_addr or socket.gethostname()
 
-    def addr(self, role: str) -> tuple[str, int]:
-        return self.listen_addr, self.ports[role]
+    def addr(self, service: str) -> tuple[str, int]:
+        return self.listen_addr, self.ports[service]
 
 
 def parse_labels(text: str) -> dict[str, str]:
@@ -121,7 +122,7 @@ def load_config(path: str | None = None, **overrides) -> Config:
                 for name, spec in node.get("commands", {}).items()}
     values = dict(
         data_dir=Path(raw.get("data_dir") or default_data_dir()),
-        roles=tuple(raw.get("roles", ALL_ROLES)),
+        services=tuple(raw.get("services", raw.get("roles", ALL_SERVICES))),
         cluster_name=raw.get("cluster_name", ""),
         public_addr=raw.get("public_addr", ""),
         listen_addr=raw.get("listen_addr", "0.0.0.0"),
@@ -149,11 +150,11 @@ def load_config(path: str | None = None, **overrides) -> Config:
             values[key] = value
     cfg = Config(**values)
     _check_audit(cfg)
-    bad = [r for r in cfg.roles if r not in ALL_ROLES]
+    bad = [r for r in cfg.services if r not in ALL_SERVICES]
     if bad:
-        raise ConfigError(f"unknown role(s): {', '.join(bad)} (known: {', '.join(ALL_ROLES)})")
-    if "auth" not in cfg.roles and not cfg.auth_server:
-        raise ConfigError("roles without auth need --auth-server HOST:3025 (and --token to join)")
+        raise ConfigError(f"unknown service(s): {', '.join(bad)} (known: {', '.join(ALL_SERVICES)})")
+    if "auth" not in cfg.services and not cfg.auth_server:
+        raise ConfigError("services without auth need --auth-server HOST:3025 (and --token to join)")
     if not cfg.cluster_name:
         cfg = dataclasses.replace(cfg, cluster_name=socket.gethostname().split(".")[0])
     if not cfg.node_name:

@@ -1,6 +1,6 @@
 """Names the cluster's host CA vouches for: node names, addresses, the cluster name.
 
-This module owns the syntax rules every role and the client share (docs/security.md
+This module owns the syntax rules every service and the client share (docs/security.md
 "Joining the cluster" J1, J5, J9); it does no I/O but reading the public suffix list once.
 
 * A **node name** (nodes, proxies, agentless OpenSSH nodes) is one lower-case DNS label,
@@ -75,7 +75,7 @@ def check_dns_name(name: Any, what: str = "name") -> str:
 
 @functools.cache
 def _suffix_list():
-    # Imported here: only login, config and the auth role's start need it (~20 ms to parse).
+    # Imported here: only login, config and the auth service's start need it (~20 ms to parse).
     from publicsuffixlist import PublicSuffixList
     return PublicSuffixList(only_icann=False, accept_unknown=False)
 

@@ -1,4 +1,4 @@
-"""The auth role's logic: the cluster CAs, passwords, TOTP and :class:`AuthService`.
+"""The auth service's logic: the cluster CAs, passwords, TOTP and :class:`AuthService`.
 
 The SSH API server that exposes the service (``auth/server.py``) lives beside it.
 """

@@ -1,4 +1,4 @@
-"""The auth role's writer of the audit log: group commit, coalesced refusals, retention.
+"""The auth service's writer of the audit log: group commit, coalesced refusals, retention.
 
 Every audit event of the cluster goes through one :class:`AuditLog` (the auth service's own
 and those nodes and proxies report). What it guarantees (docs/security.md U3):

@@ -95,7 +95,7 @@ def _extension_text(cert: Certificate, name: str) -> str | None:
 
 
 def roles_from_certificate(cert: Certificate) -> tuple[str, ...]:
-    """The Jumpgate roles a user certificate carries (``()`` when none or malformed)."""
+    """The Jumpgate user roles a user certificate carries (``()`` when none or malformed)."""
     text = _extension_text(cert, ROLES_EXTENSION)
     return tuple(role for role in text.split(",") if role) if text else ()
 

@@ -238,7 +238,7 @@ async def serve_auth(service: AuthService, ca: ClusterCA, host_identity: tuple[P
                      task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve the auth API on host:port until cancelled.
 
-    ``host_identity`` is the auth role's host key and its ``auth:<name>`` host
+    ``host_identity`` is the auth service's host key and its ``auth:<name>`` host
     certificate (clients verify the server by it). ``clock`` is the time used to
     validate client certificates; ``feed`` (a running :class:`ChangeFeed`) serves the push
     stream to proxies and nodes. ``await nursery.start(serve_auth, ...)`` returns the

@@ -1,6 +1,6 @@
-"""AuthService: every business rule of the auth role, with no networking.
+"""AuthService: every business rule of the auth service, with no networking.
 
-The auth API (``auth/server.py``), the web role and ``jumpgate ctl`` on the auth host
+The auth API (``auth/server.py``), the web service and ``jumpgate ctl`` on the auth host
 call these async methods; they decide *who* may call what (admin, node, joining,
 anonymous web visitor) and pass the caller's identity as ``actor`` for the audit log.
 Results are frozen dataclasses with ``to_wire()`` (msgpack-safe maps) or plain
@@ -428,7 +428,7 @@ async def _cluster_name_warning(storage: Storage, cluster: str) -> str:
 
 
 class AuthService:
-    """All business rules of the auth role. Build it with :meth:`create`.
+    """All business rules of the auth service. Build it with :meth:`create`.
 
     >>> service = await AuthService.create(SQLiteStorage(path), "prod")   # doctest: +SKIP
     >>> invite = await service.create_user("alice", ["alice", "root"])     # doctest: +SKIP
@@ -484,7 +484,7 @@ class AuthService:
         return service
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """The auth role's background work, until cancelled: the audit log's writer and its
+        """The auth service's background work, until cancelled: the audit log's writer and its
         retention (U3, U4), and the rehashes that follow logins (A4).
 
         >>> await nursery.start(service.run)                                 # doctest: +SKIP
@@ -583,7 +583,7 @@ class AuthService:
 
     async def get_invite(self, token: str, *, client_ip: str = "") -> InviteInfo:
         """The signup page: user, logins and the otpauth URI of the TOTP seed to enrol.
-        ``client_ip`` (who asked, as the web role saw it) goes into a refusal's audit event."""
+        ``client_ip`` (who asked, as the web service saw it) goes into a refusal's audit event."""
         invite = await self._find_invite(token, str(client_ip)[:64])
         user = await self.storage.get_user(invite.user)
         logins = user.logins if user is not None else ()
@@ -751,7 +751,7 @@ class AuthService:
         return _cert_result(cert)
 
     async def sign_auth_cert(self, public_key_blob: Any, principals: Sequence[str]) -> CertResult:
-        """The auth role's own ``auth:auth`` certificate (``start``; no API caller may ask:
+        """The auth service's own ``auth:auth`` certificate (``start``; no API caller may ask:
         it is what nodes and clients verify the auth server by)."""
         extra = _names(principals, _check_address, "principal", MAX_ADDRESSES)
         cert = self._sign_host(_parse_key(public_key_blob), "auth", "auth", extra, HOST_CERT_TTL)

@@ -1,9 +1,9 @@
-"""The auth role's push stream: changes in storage, pushed to proxies and nodes.
+"""The auth service's push stream: changes in storage, pushed to proxies and nodes.
 
 A proxy or node opens the ``jumpgate-watch`` subsystem on the API connection it already
 holds to the auth server (port 3025) and receives :class:`~appliance.api.protocol.Push`
 frames until the connection ends. Revocation rides it today (docs/security.md R1-R4); the
-inventory, roles and locks of later features will too.
+inventory, user roles and locks of later features will too.
 
 Theory of operation:
 

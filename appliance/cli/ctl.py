@@ -1,6 +1,6 @@
 """`jumpgate ctl`: administer the cluster.
 
-On the auth host ctl opens the auth role's storage in the data dir (found through the same
+On the auth host ctl opens the auth service's storage in the data dir (found through the same
 ``--data-dir`` / ``--config`` as ``start``) and applies the same AuthService rules; from
 elsewhere it calls the auth API over SSH (``--auth-server HOST:3025 --identity KEY`` with
 an admin certificate beside the key). Either way every change is an audit event.
@@ -143,7 +143,7 @@ async def _remote(args) -> AsyncIterator[_Backend]:
         profile = Profile.load()
     except ProfileError:
         profile = None
-    # invites point at the web role the admin logged in through, pinned as it was then
+    # invites point at the web service the admin logged in through, pinned as it was then
     web_host, _, web_port = (profile.proxy if profile and profile.proxy else f"{host}:3080").rpartition(":")
     if profile is not None and profile.web_pin and not args.web_pin:
         args.web_pin = profile.web_pin
@@ -247,7 +247,7 @@ async def _tokens_add(backend: _Backend, args) -> None:
     name = getattr(args, "name", "") or ""
     created = await backend.call("create_token", kind=args.kind, ttl_seconds=_ttl(args.ttl, 1800), name=name,
                                  addresses=addresses, actor=backend.actor)
-    roles = "node" if args.kind == "node" else "proxy,web"
+    services = "node" if args.kind == "node" else "proxy,web"
     bound = f" as {created['name']!r}" if created.get("name") else ""
     print(f"Join token for a {args.kind}{bound}, valid until {_when(created['expires'])}, single use:")
     print(f"    {created['token']}")
@@ -258,7 +258,7 @@ async def _tokens_add(backend: _Backend, args) -> None:
               f"(a new host needs `jumpgate ctl nodes rm {created['name']}` first)")
     nodename = f" --nodename {created['name']}" if created.get("name") and args.kind == "node" else ""
     print("On the new host:")
-    print(f"    jumpgate start --roles {roles} --auth-server {backend.host}:{backend.auth_port}{nodename} "
+    print(f"    jumpgate start --services {services} --auth-server {backend.host}:{backend.auth_port}{nodename} "
           f"--token {created['token']}")
 
 

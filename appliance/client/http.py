@@ -1,6 +1,6 @@
-"""A pinned HTTPS JSON client for the web role (``jumpgate signup`` and ``login``).
+"""A pinned HTTPS JSON client for the web service (``jumpgate signup`` and ``login``).
 
-The web role's certificate is usually self-signed, so the usual CA chain check cannot
+The web service's certificate is usually self-signed, so the usual CA chain check cannot
 vouch for it. Instead the client checks the **pin** of the certificate the server
 presents (``sha256:`` + base64url of the SHA-256 of its SubjectPublicKeyInfo, see
 :mod:`appliance.web.tls`) against the one it was given by an invite token, a saved
@@ -199,7 +199,7 @@ async def request(addr: str, method: str, path: str, body: Any = None, *,
 async def request_json(addr: str, method: str, path: str, body: Any = None, *,
                        pin: str | None = None, insecure: bool = False,
                        timeout: float = 30) -> dict[str, Any]:
-    """Send one JSON request to the web role at ``addr`` ("host:port"); return the JSON answer.
+    """Send one JSON request to the web service at ``addr`` ("host:port"); return the JSON answer.
 
     The server must present a certificate whose pin equals ``pin``, unless ``insecure``.
     Raises :class:`ApiError` for an error answer (``status``, ``code``, ``message``) and

@@ -1,4 +1,4 @@
-"""The node role's SSH server (port 3022): user certificates in, sessions as OS users out.
+"""The node service's SSH server (port 3022): user certificates in, sessions as OS users out.
 
 This module owns the node's policy, on top of ssh_proto's server (RFC 4252 user auth,
 RFC 4254 connection protocol):
@@ -448,7 +448,7 @@ async def serve_node(identity_provider: Callable[[], NodeIdentity], host: str | 
                      profile: ssh_proto.ListenerProfile = NODE_PROFILE,
                      options: ssh_proto.ConnectionOptions = NODE_OPTIONS,
                      task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Serve the node role until cancelled.
+    """Serve the node service until cancelled.
 
     ``listener = await nursery.start(serve_node, identity_provider, "0.0.0.0", 3022)``;
     ``listener.port`` is the bound port (pass port 0 for any free one). ``view`` (kept current

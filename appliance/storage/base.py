@@ -1,8 +1,8 @@
-"""The storage interface of the auth role: record types and the async ``Storage`` protocol.
+"""The storage interface of the auth service: record types and the async ``Storage`` protocol.
 
 The auth service keeps all of its state behind this interface: users, invites, join
 tokens, nodes, the two certificate authorities, the audit log, and what revocation needs
-(certificate generations, issued user certificates, and a change feed the auth role pushes
+(certificate generations, issued user certificates, and a change feed the auth service pushes
 to proxies and nodes from — written in the transaction of each change, so that another
 process writing the same database, such as ``jumpgate ctl``, is seen too). SQLite implements
 it today (:mod:`appliance.storage.sqlite`); PostgreSQL can later implement the same
@@ -26,7 +26,7 @@ protocol. Rules every implementation follows:
 * Secrets that must be checked, not shown, are stored as digests: invites and join
   tokens by ``sha256`` hex of their secret; passwords as scrypt strings. The TOTP
   seed and the CA private keys must be usable, so they are stored as they are —
-  which is why the database file is private to the auth role (mode 0600).
+  which is why the database file is private to the auth service (mode 0600).
 * Timestamps are float epoch seconds taken from the caller's injected clock.
 """
 from __future__ import annotations
@@ -134,7 +134,7 @@ class NodeRecord:
 @dataclass(frozen=True, slots=True)
 class CARecord:
     """One certificate authority: ``kind`` "user" or "host". The private key is an
-    OpenSSH PEM; it never leaves the auth role."""
+    OpenSSH PEM; it never leaves the auth service."""
 
     kind: str
     cluster: str

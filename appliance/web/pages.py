@@ -1,4 +1,4 @@
-"""The HTML pages of the web role: the invite page and a plain error page.
+"""The HTML pages of the web service: the invite page and a plain error page.
 
 Pages are small, static and self-contained (no script, no external resource) so that the
 Content-Security-Policy in :data:`PAGE_HEADERS` can forbid everything but inline style.

@@ -1,4 +1,4 @@
-"""The web role: HTTPS (Trio + ``ssl`` + h11, no framework) on :3080.
+"""The web service: HTTPS (Trio + ``ssl`` + h11, no framework) on :3080.
 
 Routes (the only unauthenticated endpoints of the cluster)::
 
@@ -10,7 +10,7 @@ Routes (the only unauthenticated endpoints of the cluster)::
     GET  /v1/ping              {cluster, version}
 
 Every business rule lives in the *service* (an ``AuthService`` in process, an ``ApiClient``
-to the auth role in production: same method names). This module only speaks HTTP, checks
+to the auth service in production: same method names). This module only speaks HTTP, checks
 the shape of requests and maps ``AuthServiceError`` codes to status codes.
 
 Theory of operation. :class:`WebApp` turns one parsed :class:`WebRequest` into one
@@ -83,7 +83,7 @@ STATUS_BY_CODE: Mapping[str, int] = {
     "protocol_error": 502,
     "unavailable": 503,
 }
-#: What the service raises: in process, and relayed from the auth role by ApiClient.
+#: What the service raises: in process, and relayed from the auth service by ApiClient.
 SERVICE_ERRORS = (AuthServiceError, ApiError)
 
 _TOKEN = r"(?P<token>[A-Za-z0-9_-]{1,128}(?:\.[A-Za-z0-9_-]{1,64})?)"
@@ -102,7 +102,7 @@ def _version() -> str:
 
 @dataclass(frozen=True, slots=True)
 class WebLimits:
-    """Resource bounds of the web role (sizes in bytes, times in seconds)."""
+    """Resource bounds of the web service (sizes in bytes, times in seconds)."""
 
     max_body: int = 64 * 1024
     max_header: int = 16 * 1024
@@ -343,7 +343,7 @@ class WebApp:
     def _service_error(self, route: str, code: str, message: str) -> WebResponse:
         status = STATUS_BY_CODE.get(code, 500)
         if status >= 500:
-            # The auth role's own failure: the operator needs it, the visitor does not.
+            # The auth service's own failure: the operator needs it, the visitor does not.
             log.warning("web %s: auth service failed: %s: %s", route, code, message)
             code, message = "unavailable", "the auth service failed; try again later"
             status = 503
@@ -559,7 +559,7 @@ class _Server:
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
             pass  # the client went away or was too slow: nothing to answer, nobody to tell
         except Exception:
-            # A bug met by one connection must not take the whole web role down with it.
+            # A bug met by one connection must not take the whole web service down with it.
             log.exception("web %s: connection failed", client_ip)
         finally:
             self._release(source)
@@ -619,7 +619,7 @@ async def serve_web(service: Any, tls_cert_path: str, tls_key_path: str, host: s
                     port: int, *, proxy_ssh_addr: str, public_addr: str | None = None,
                     limits: WebLimits = WebLimits(),
                     task_status: trio.TaskStatus[WebEndpoint] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve the web role until cancelled.
+    """Serve the web service until cancelled.
 
     ``service`` has the AuthService methods named in :class:`WebApp`. ``proxy_ssh_addr``
     ("host:3023") is returned by login; ``public_addr`` ("host:3080") is what the invite

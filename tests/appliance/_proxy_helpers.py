@@ -112,10 +112,10 @@ class ProxyCluster:
     def credentials(self, profile: Profile) -> Credentials:
         return load_credentials(profile)
 
-    def events(self, name: str, *, success: bool = True, role: str | None = None) -> list[dict]:
-        """The fields (with "user") of ``name`` events; ``role="proxy"`` keeps the proxy's."""
+    def events(self, name: str, *, success: bool = True, service: str | None = None) -> list[dict]:
+        """The fields (with "user") of ``name`` events; ``service="proxy"`` keeps the proxy's."""
         found = self.audit.of(name, success=success)
-        return [e for e in found if role is None or e.get("role") == role]
+        return [e for e in found if service is None or e.get("service") == service]
 
 
 async def start_cluster(nursery: trio.Nursery, directory: Path, login: str, **node_options) -> ProxyCluster:

@@ -164,7 +164,7 @@ def _request(login: str, command: str | None = "true", **changes) -> dict:
 
 
 def _proxy_logins(cluster) -> list[dict]:
-    return cluster.events("auth", role="proxy")
+    return cluster.events("auth", service="proxy")
 
 
 # ----------------------------------------------------------------------------- sessions relayed
@@ -291,7 +291,7 @@ async def test_expired_certificate_is_refused_by_the_proxy_with_255(cluster, pro
     assert done.returncode == 255
     assert done.stderr.startswith(b"jumpgate: your certificate expired at ") and done.stderr.count(b"\n") == 1
     assert _log(caplog, f"session to {NODE} as {login.name} failed: your certificate expired at ")
-    assert cluster.events("auth", success=False, role="proxy")   # the proxy saw and refused it
+    assert cluster.events("auth", success=False, service="proxy")   # the proxy saw and refused it
     assert cluster.events("session.start") == []
 
 

@@ -44,9 +44,9 @@ async def test_connect_node_runs_a_command_as_the_login_and_returns_its_exit_sta
     async with connect_node(profile, NODE, login.name) as conn:
         result = await conn.run("whoami; echo oops >&2; exit 7")
     assert (result.exit_status, result.stdout, result.stderr) == (7, f"{login.name}\n".encode(), b"oops\n")
-    port = cluster.events("port", role="proxy")
+    port = cluster.events("port", service="proxy")
     assert port and port[-1]["node"] == NODE and port[-1]["user"] == USER
-    assert cluster.events("auth", role="proxy")[-1]["key_id"] == f"user:{USER}"
+    assert cluster.events("auth", service="proxy")[-1]["key_id"] == f"user:{USER}"
 
 
 @pytest.mark.parametrize("target", [f"{NODE}.{CLUSTER}", "NODE1.TestCl", LOOPBACK])
@@ -65,7 +65,7 @@ async def test_unknown_node_fails_with_a_clear_error_and_is_audited(cluster, pro
     with pytest.raises(ConnectError, match="unknown node 'nosuch'"):
         async with connect_node(profile, "nosuch", login.name):
             pass
-    refused = cluster.events("port", success=False, role="proxy")
+    refused = cluster.events("port", success=False, service="proxy")
     assert refused[-1]["reason"] == "unknown node" and refused[-1]["target"] == "nosuch:3022"
 
 
@@ -77,7 +77,7 @@ async def test_registered_but_dead_node_fails_with_unreachable(cluster, profile,
     with pytest.raises(ConnectError, match="'dead'.*unreachable"):
         async with connect_node(profile, "dead", login.name):
             pass
-    assert cluster.events("port", success=False, role="proxy")[-1]["node"] == "dead"
+    assert cluster.events("port", success=False, service="proxy")[-1]["node"] == "dead"
 
 
 async def test_t21_direct_tcpip_never_reaches_an_unregistered_port(cluster, profile, nursery):
@@ -117,7 +117,7 @@ async def test_rule12_expired_certificate_is_refused_at_the_proxy(cluster):
         async with connect_node(profile, NODE, cluster.login):
             pass
     # (the client offers the certified key alone after the certificate: refused as well)
-    refused = cluster.events("auth", success=False, role="proxy")
+    refused = cluster.events("auth", success=False, service="proxy")
     assert any("expired" in e["reason"] and e["user"] == USER and e["key_id"] == f"user:{USER}" for e in refused)
 
 
@@ -126,7 +126,7 @@ async def test_rule10_certificate_from_another_ca_is_refused_at_the_proxy(cluste
     with pytest.raises(ConnectError, match="refused your certificate"):
         async with connect_node(profile, NODE, cluster.login):
             pass
-    assert any("rule 10" in e["reason"] for e in cluster.events("auth", success=False, role="proxy"))
+    assert any("rule 10" in e["reason"] for e in cluster.events("auth", success=False, service="proxy"))
 
 
 async def test_proxy_username_is_the_user_or_one_of_the_logins_and_nothing_else(cluster, profile, login):
@@ -142,7 +142,7 @@ async def test_proxy_username_is_the_user_or_one_of_the_logins_and_nothing_else(
         async with connect("root"):
             pass
     assert any("neither a login" in e["reason"] and e["login"] == "root"
-               for e in cluster.events("auth", success=False, role="proxy"))
+               for e in cluster.events("auth", success=False, service="proxy"))
 
 
 async def test_plain_key_is_refused_at_the_proxy(cluster, profile):
@@ -151,7 +151,7 @@ async def test_plain_key_is_refused_at_the_proxy(cluster, profile):
         async with ssh_proto.connect(LOOPBACK, cluster.proxy_port, username=USER, client_keys=[creds.key],
                                      known_hosts=creds.known_hosts):
             pass
-    assert "user certificate is required" in cluster.events("auth", success=False, role="proxy")[-1]["reason"]
+    assert "user certificate is required" in cluster.events("auth", success=False, service="proxy")[-1]["reason"]
 
 
 async def test_login_not_in_the_certificate_is_refused_by_the_node_with_a_clear_error(cluster, profile):
@@ -224,7 +224,7 @@ async def test_relayed_node_sees_the_clients_address_in_its_environment_and_audi
     assert connection.split()[2:] == [LOOPBACK, str(cluster.node_port)]
     started = cluster.events("session.start")[-1]
     assert started["client_ip"] == CLIENT_IP and started["client_port"] == int(client.split()[1])
-    assert cluster.events("port", role="proxy")[-1]["client_ip"] == CLIENT_IP
+    assert cluster.events("port", service="proxy")[-1]["client_ip"] == CLIENT_IP
 
 
 async def test_rule14_source_address_is_checked_against_the_relayed_client(cluster, login):
