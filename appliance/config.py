@@ -34,11 +34,11 @@ import socket
 import tomllib
 from pathlib import Path
 
+from .addresses import DEFAULT_PORTS
 from .audit import DEFAULT_REFUSALS_PER_SOURCE, DEFAULT_RETENTION_DAYS
 
 #: The services ``jumpgate start`` runs (Teleport calls them roles; a user's roles are another thing).
 ALL_SERVICES = ("auth", "proxy", "node", "web")
-DEFAULT_PORTS = {"node": 3022, "proxy": 3023, "tunnel": 3024, "auth": 3025, "web": 3080}
 
 
 class ConfigError(Exception):

@@ -27,19 +27,19 @@ cluster" states them with their tests:
 """
 from __future__ import annotations
 
-import ipaddress
 import time
 from collections.abc import Iterable, Sequence, Set
 from typing import Any
 
 from ssh_proto.keys import PublicKey
 
+from ..addresses import canonical_ip, host_of
 from ..storage.base import NodeRecord, TokenRecord
 from . import rejoin
 from .ca import CAError, parse_plain_public_key
 
 __all__ = ["JoinRefused", "check_dial_addr", "check_name_free_or_proven", "check_token_for", "dial_host",
-           "grant_addresses", "normalise_ip", "under_cluster"]
+           "grant_addresses", "under_cluster"]
 
 
 class JoinRefused(Exception):
@@ -49,14 +49,6 @@ class JoinRefused(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-def normalise_ip(text: str) -> str:
-    """The canonical text of an IP address (``::ffff:10.0.0.5`` stays as written), "" if not one."""
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        return ""
 
 
 def under_cluster(name: str, cluster: str) -> bool:
@@ -69,7 +61,7 @@ def grant_addresses(approved: Iterable[str], source_ip: str, *, held_by_others: 
     """J3: the extra principals of a joining host — the token's approved addresses, then the
     source address when it is an IP no other registered host holds."""
     granted = list(dict.fromkeys(approved))
-    source = normalise_ip(source_ip)
+    source = canonical_ip(source_ip)
     if source and source not in held_by_others and source not in granted:
         granted.append(source)
     return tuple(granted)
@@ -77,10 +69,7 @@ def grant_addresses(approved: Iterable[str], source_ip: str, *, held_by_others: 
 
 def dial_host(addr: str) -> str:
     """The host part of a checked ``host:port`` / ``[v6]:port`` address ("" for "")."""
-    if not addr:
-        return ""
-    host = addr.rpartition(":")[0]
-    return host[1:-1] if host.startswith("[") else host
+    return host_of(addr) if addr else ""
 
 
 def check_token_for(record: TokenRecord, kind: str, name: str) -> None:

@@ -50,6 +50,7 @@ from ssh_proto.certs import validate_host_certificate, validate_user_certificate
 from ssh_proto.errors import CertificateError
 from ssh_proto.keys import CERT_TYPE_HOST, CERT_TYPE_USER, Certificate, PrivateKey, PublicKey
 
+from ..addresses import AUTH_PORT
 from ..api.protocol import SUBSYSTEM, WATCH_SUBSYSTEM
 from ..api.server import Caller, serve_api_channel
 from ..limits import AUTH_OPTIONS, AUTH_PROFILE
@@ -61,7 +62,6 @@ __all__ = ["AUTH_PORT", "JOIN_USER", "AuthSSHServer", "serve_auth"]
 
 log = logging.getLogger("jumpgate.auth.server")
 
-AUTH_PORT = 3025
 #: The SSH user name a joining node authenticates as (not a valid account name).
 JOIN_USER = "-join"
 MAX_PASSWORD = 256

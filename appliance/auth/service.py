@@ -57,7 +57,7 @@ import trio
 from ssh_proto.errors import KeyFormatError
 from ssh_proto.keys import Certificate, PublicKey, parse_public_line
 
-from .. import audit, names
+from .. import addresses, audit, names
 from ..audit import AuditEvent, AuditEventError
 from ..storage.base import (InviteRecord, LoginAttempt, NodeRecord, Storage, StorageError, TokenRecord,
                             UserRecord)
@@ -313,30 +313,18 @@ def _check_roles(roles: Any) -> tuple[str, ...]:
 
 def _check_address(value: Any, what: str = "address") -> str:
     """An IP address or a DNS name (used as a host certificate principal)."""
-    if isinstance(value, str):
-        ip = joining.normalise_ip(value)
-        if ip:
-            return ip
-    return check_dns_name(value, what)
+    return addresses.canonical_ip(value) or check_dns_name(value, what)
 
 
 def _check_addr(addr: Any, *, required: bool) -> str:
-    """``host:port`` / ``[v6]:port`` where the proxy dials a node ("" if not required)."""
+    """``host:port`` / ``[v6]:port`` where the proxy dials a node ("" if not required), in
+    its stored form (:func:`appliance.addresses.canonical_endpoint`)."""
     if addr in ("", None) and not required:
         return ""
-    if not isinstance(addr, str) or len(addr) > 300:
-        raise _bad("the address must be HOST:PORT")
-    host, sep, port = addr.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        if ":" not in host:
-            raise _bad("brackets are only for IPv6 addresses")
-    elif ":" in host:
-        raise _bad("write IPv6 addresses as [ADDR]:PORT")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise _bad(f"the address {addr[:64]!r} must be HOST:PORT with a port 1-65535")
-    host = _check_address(host)
-    return f"[{host}]:{int(port)}" if ":" in host else f"{host}:{int(port)}"
+    try:
+        return addresses.canonical_endpoint(addr)
+    except addresses.AddressError as exc:
+        raise _bad(str(exc)) from None
 
 
 def _check_labels(labels: Any) -> dict[str, str]:

@@ -18,6 +18,7 @@ from typing import Any, AsyncIterator
 
 import trio
 
+from ..addresses import AUTH_PORT, WEB_PORT, AddressError, format_endpoint, parse_endpoint
 from ..config import ConfigError, load_config, parse_labels
 from .errors import CliError
 
@@ -40,7 +41,8 @@ async def _ctl(args) -> int:
 class _Backend:
     """``await backend.call(method, **params)`` → wire-form result (dicts and lists)."""
 
-    def __init__(self, call, *, data_dir: Path | None, host: str, web_port: int, actor: str, auth_port: int = 3025):
+    def __init__(self, call, *, data_dir: Path | None, host: str, web_port: int, actor: str,
+                 auth_port: int = AUTH_PORT):
         self.call = call
         self.data_dir = data_dir
         self.host = host
@@ -133,7 +135,10 @@ async def _remote(args) -> AsyncIterator[_Backend]:
         raise CliError(f"cannot load {args.identity}: {exc}") from None
     if cert is None:
         raise CliError(f"no certificate {args.identity}-cert.pub beside the key")
-    host = args.auth_server.rpartition(":")[0] or args.auth_server
+    try:
+        host, auth_port = parse_endpoint(args.auth_server, AUTH_PORT, "--auth-server")
+    except AddressError as exc:
+        raise CliError(str(exc)) from None
 
     from ..client.profile import ClientPaths, Profile, ProfileError
     known_hosts = ClientPaths.default().known_hosts_path  # trusts the host CA since `jumpgate login`
@@ -144,13 +149,15 @@ async def _remote(args) -> AsyncIterator[_Backend]:
     except ProfileError:
         profile = None
     # invites point at the web service the admin logged in through, pinned as it was then
-    web_host, _, web_port = (profile.proxy if profile and profile.proxy else f"{host}:3080").rpartition(":")
+    try:
+        web_host, web_port = parse_endpoint(profile.proxy, WEB_PORT) if profile and profile.proxy else (host, WEB_PORT)
+    except AddressError as exc:
+        raise CliError(f"the profile's proxy address: {exc}") from None
     if profile is not None and profile.web_pin and not args.web_pin:
         args.web_pin = profile.web_pin
-    auth_port = int(args.auth_server.rpartition(":")[2]) if ":" in args.auth_server else 3025
     host_ca = _host_ca_of(known_hosts)
     try:
-        async with ApiClient.connect(args.auth_server, identity=(key, cert), host_ca_key=host_ca) as api:
+        async with ApiClient.connect((host, auth_port), identity=(key, cert), host_ca_key=host_ca) as api:
             async def call(method: str, **params: Any) -> Any:
                 try:
                     return await api.call(method, **params)
@@ -209,7 +216,7 @@ def _split(text: str) -> list[str]:
 def _print_invite(backend: _Backend, args, invite: dict) -> None:
     from ..web.tls import invite_token
     token = invite_token(invite["token"], backend.web_pin(args))
-    proxy = f"{backend.host}:{backend.web_port}"
+    proxy = format_endpoint(backend.host, backend.web_port)
     print(f"User {invite['user']!r}: invite valid until {_when(invite['expires'])} (single use):")
     print(f"    https://{proxy}/web/invite/{token}")
     print("or on the user's machine:")
@@ -258,8 +265,8 @@ async def _tokens_add(backend: _Backend, args) -> None:
               f"(a new host needs `jumpgate ctl nodes rm {created['name']}` first)")
     nodename = f" --nodename {created['name']}" if created.get("name") and args.kind == "node" else ""
     print("On the new host:")
-    print(f"    jumpgate start --services {services} --auth-server {backend.host}:{backend.auth_port}{nodename} "
-          f"--token {created['token']}")
+    auth_server = format_endpoint(backend.host, backend.auth_port)
+    print(f"    jumpgate start --services {services} --auth-server {auth_server}{nodename} --token {created['token']}")
 
 
 async def _registered(backend: _Backend, name: str) -> bool:

@@ -30,7 +30,8 @@ def _add_start(sub) -> None:
     p.add_argument("--audit-retention-days", type=int, metavar="DAYS",
                    help="days the auth service keeps audit events; older ones are pruned hourly "
                         "(default 365; 0 keeps every event)")
-    for service, port in (("node", 3022), ("proxy", 3023), ("tunnel", 3024), ("auth", 3025), ("web", 3080)):
+    from ..addresses import DEFAULT_PORTS
+    for service, port in DEFAULT_PORTS.items():
         p.add_argument(f"--{service}-port", type=int, help=f"{service} port (default {port})")
     p.set_defaults(func="appliance.cli.start:start")
 

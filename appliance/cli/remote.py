@@ -40,6 +40,7 @@ import trio
 import ssh_proto
 from ssh_proto.errors import AgentError, ChannelError, ChannelOpenError, SSHError
 
+from ..addresses import NODE_PORT
 from ..client.localio import EXIT_FAILURE, exit_status, relay
 from ..client.profile import Profile, ProfileError
 from ..client.ssh import (ConnectError, Credentials, connect_node, default_login, list_nodes, load_credentials,
@@ -368,7 +369,7 @@ def render_ssh_config(*, cluster: str, user: str, proxy_host: str, proxy_port: i
     if cluster_wildcard:
         blocks += [
             f"Host *.{cluster}",
-            "    Port 3022",
+            f"    Port {NODE_PORT}",
             f"    ProxyJump {alias}",
             *id_lines,
             "    IdentitiesOnly yes",

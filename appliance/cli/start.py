@@ -33,6 +33,7 @@ from pathlib import Path
 
 import trio
 
+from ..addresses import format_endpoint, host_of
 from ..config import Config, ConfigError, default_data_dir, load_config, parse_labels
 from ..limits import raise_nofile_limit
 from .errors import CliError
@@ -146,10 +147,10 @@ async def run_services(cfg: Config, session_nofile: int | None = None) -> None:
         auth_service = None
         if "auth" in cfg.services:
             auth_service = await _start_auth(nursery, cfg, data_dir)
-            auth_addr = f"127.0.0.1:{cfg.ports['auth']}"
+            auth_addr = format_endpoint("127.0.0.1", cfg.ports["auth"])
         else:
             auth_addr = cfg.auth_server
-        host = advertised_host(cfg, auth_addr.rpartition(":")[0] or auth_addr)
+        host = advertised_host(cfg, host_of(auth_addr))
         cluster = auth_service.cluster if auth_service is not None else ""
         if "node" in cfg.services:
             cluster = await _start_node(nursery, cfg, data_dir, auth_addr, host, auth_service, session_nofile) or cluster
@@ -285,7 +286,7 @@ async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_a
     from ..cluster_view import ClusterView
     from ..node.server import NodeIdentity, serve_node
 
-    addr = f"{host}:{cfg.ports['node']}"
+    addr = format_endpoint(host, cfg.ports["node"])
     member = await _membership(cfg, data_dir, "node", cfg.node_name, auth_addr, host, addr, auth_service)
     holder = MembershipHolder(member)
     view = ClusterView()
@@ -327,7 +328,7 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
 
     name = f"{cfg.node_name}-proxy"  # node and proxy names share one inventory
     # users reach the proxy by the host's public name (in its certificate's principals)
-    proxy_addr = f"{cfg.host_name}:{cfg.ports['proxy']}"
+    proxy_addr = format_endpoint(cfg.host_name, cfg.ports["proxy"])
     member = await _membership(cfg, data_dir, "proxy", name, auth_addr, host, proxy_addr, auth_service)
     holder = MembershipHolder(member)
     view = ClusterView()
@@ -359,7 +360,7 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
         try:
             await nursery.start(supervised, "web", functools.partial(
                 serve_web, pool, tls.cert_path, tls.key_path, cfg.listen_addr, cfg.ports["web"],
-                proxy_ssh_addr=proxy_addr, public_addr=f"{host}:{cfg.ports['web']}"))
+                proxy_ssh_addr=proxy_addr, public_addr=format_endpoint(host, cfg.ports["web"])))
         except OSError as exc:
             raise CliError(f"web: cannot listen on port {cfg.ports['web']}: {exc.strerror or exc}") from None
         log.info("web serving HTTPS on %s:%d (certificate pin %s)", cfg.listen_addr, cfg.ports["web"], tls.pin)
@@ -376,5 +377,6 @@ def _print_banner(cfg: Config, cluster: str) -> None:
                   f"    jumpgate ctl{data} users add alice --logins alice,root",
                   "Add a node on another host:",
                   f"    jumpgate ctl{data} tokens add --type node",
-                  f"    jumpgate start --services node --auth-server {cfg.host_name}:{cfg.ports['auth']} --token TOKEN"]
+                  f"    jumpgate start --services node --auth-server {format_endpoint(cfg.host_name, cfg.ports['auth'])}"
+                  " --token TOKEN"]
     print("\n".join(lines), flush=True)

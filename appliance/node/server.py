@@ -54,6 +54,7 @@ from ssh_proto.errors import AgentError, CertificateError
 from ssh_proto.keys import Certificate, PrivateKey, PublicKey
 from ssh_proto.trio_io.agent import forward_agent_to_unix_socket
 
+from ..addresses import NODE_PORT
 from ..auth.ca import generation_of
 from ..cluster_view import ClusterView
 from ..limits import NODE_OPTIONS, NODE_PROFILE
@@ -62,7 +63,6 @@ from . import process as proc
 
 log = logging.getLogger("jumpgate.node")
 
-NODE_PORT = 3022
 CONNECT_TIMEOUT = 10.0       # direct-tcpip connect to the target
 AGENT_SOCKET_DIR = "/tmp"    # forwarded agent sockets: a private 0700 directory in here
 AUDIT_TIMEOUT = 10.0         # the session.end event of a session cut short still gets this long

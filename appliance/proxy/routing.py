@@ -36,6 +36,7 @@ from typing import Any
 
 import trio
 
+from ..addresses import NODE_PORT, AddressError, parse_endpoint
 from ..api.protocol import (E_BAD_REQUEST, ApiProtocolError, ErrorResponse, FrameDecoder, Request, Response,
                             encode_error, encode_request, encode_response)
 
@@ -48,7 +49,6 @@ __all__ = [
 ]
 
 NODES_SUBSYSTEM = "jumpgate-nodes"
-NODE_PORT = 3022
 LIST_METHOD = "list_nodes"
 #: A label filter holds at most this many pairs, each string at most MAX_LABEL_TEXT long.
 MAX_LABEL_FILTERS = 32
@@ -118,14 +118,10 @@ def node_target(host: str, cluster: str) -> str:
 
 def split_addr(addr: str) -> tuple[str, int] | None:
     """``host:port`` / ``[v6]:port`` -> (host, port); None when it is not an address."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    try:
+        return parse_endpoint(addr)
+    except AddressError:
         return None
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        return None  # a bare IPv6 address with no brackets is ambiguous
-    return (host, int(port)) if host else None
 
 
 def labels_match(labels: Mapping[str, str], wanted: Mapping[str, str]) -> bool:

@@ -56,6 +56,7 @@ from ssh_proto.certs import CertPermissions, validate_user_certificate
 from ssh_proto.errors import CertificateError
 from ssh_proto.keys import Certificate, PrivateKey, PublicKey
 
+from ..addresses import PROXY_PORT
 from ..api.protocol import E_INTERNAL, ApiProtocolError, FrameDecoder, parse_request
 from ..auth.ca import generation_of
 from ..cluster_view import ClusterView
@@ -67,7 +68,6 @@ __all__ = ["PROXY_PORT", "NodeUnreachable", "ProxyIdentity", "ProxyServer", "pro
 
 log = logging.getLogger("jumpgate.proxy")
 
-PROXY_PORT = 3023
 CONNECT_TIMEOUT = 10.0          # proxy -> node TCP connect
 LIST_REQUEST_TIMEOUT = 30.0     # a jumpgate-nodes client must send its request within this
 MAX_LIST_REQUEST = 64 * 1024

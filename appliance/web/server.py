@@ -48,6 +48,7 @@ from ssh_proto.errors import KeyFormatError
 from ssh_proto.keys import PublicKey, parse_public_line
 
 from appliance.accounting import accounting_key
+from appliance.addresses import WEB_PORT, AddressError, parse_endpoint
 from appliance.api.client import ApiError
 from appliance.auth.service import AuthServiceError
 
@@ -89,7 +90,6 @@ SERVICE_ERRORS = (AuthServiceError, ApiError)
 _TOKEN = r"(?P<token>[A-Za-z0-9_-]{1,128}(?:\.[A-Za-z0-9_-]{1,64})?)"
 _MAX_FIELD = 1024           # passwords, users, codes: far above any policy, far below max_body
 _MAX_PUBLIC_KEY = 16 * 1024
-_SAFE_HOST = re.compile(r"(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
 
 
 def _version() -> str:
@@ -376,7 +376,7 @@ class WebApp:
 
     async def _invite_page(self, request: WebRequest, params: dict[str, str]) -> WebResponse:
         invite = await self._invite(params["token"], request.client_ip)
-        web_addr = self._public_addr or _host_header(request) or "HOST:3080"
+        web_addr = self._public_addr or _host_header(request) or f"HOST:{WEB_PORT}"
         page = pages.invite_page(
             user=invite["user"], cluster=invite["cluster"], expires=invite["expires"],
             signup_command=f"jumpgate signup --proxy {web_addr} {params['token']}",
@@ -404,7 +404,11 @@ class WebApp:
 def _host_header(request: WebRequest) -> str | None:
     """The Host header if it is a plain host[:port] (it is echoed into the invite page)."""
     host = request.headers.get("host", "")
-    return host if _SAFE_HOST.fullmatch(host) else None
+    try:
+        parse_endpoint(host, WEB_PORT)
+    except AddressError:
+        return None
+    return host
 
 
 # --------------------------------------------------------------------- connections

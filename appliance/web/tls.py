@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ..addresses import host_of
 from ..files import write_atomic
 
 __all__ = [
@@ -169,21 +170,11 @@ def _load_private_key(path: Path):
         raise TLSSetupError(f"{path}: not an unencrypted PEM private key") from None
 
 
-def _host_part(addr: str) -> str:
-    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address → the host."""
-    addr = addr.strip()
-    if addr.startswith("["):
-        return addr[1:addr.find("]")] if "]" in addr else addr[1:]
-    if addr.count(":") == 1:
-        return addr.partition(":")[0]
-    return addr
-
-
 def _general_names(hostname: str, addresses: Iterable[str]) -> list[x509.GeneralName]:
     names: list[x509.GeneralName] = []
     seen: set[str] = set()
     for raw in (hostname, "localhost", "127.0.0.1", "::1", *addresses):
-        host = _host_part(raw).lower()
+        host = host_of(raw).lower()
         # x509 DNS names are A-labels; a name we cannot encode is left out, not fatal.
         if not host or host in seen or not host.isascii():
             continue

@@ -26,7 +26,7 @@ from appliance.cli import remote
 from appliance.cli.errors import CliError
 from appliance.client.profile import Profile
 from appliance.client.ssh import (ConnectError, ScpProtocolError, _Sink, connect_node, remote_scp_command,
-                                  scp_download, scp_upload, split_host_port)
+                                  scp_download, scp_upload)
 from appliance.node.server import NodeIdentity, serve_node
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="the node switches users: needs root")]
@@ -457,13 +457,6 @@ def test_bad_forward_specifications_are_refused(spec):
 ])
 def test_scp_paths_are_remote_when_a_colon_comes_before_any_slash(arg, expected):
     assert remote.parse_remote_path(arg) == expected
-
-
-def test_split_host_port():
-    assert split_host_port("h", 3023) == ("h", 3023)
-    assert split_host_port("[::1]:2", 3023) == ("::1", 2)
-    with pytest.raises(ValueError):
-        split_host_port("h:99999", 3023)
 
 
 def test_ssh_config_block_keeps_the_users_known_hosts_first_and_quotes_paths():

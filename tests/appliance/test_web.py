@@ -112,7 +112,7 @@ def test_split_addr_forms():
     assert split_addr("jump:443") == ("jump", 443)
     assert split_addr("[::1]:3080") == ("::1", 3080)
     assert split_addr("https://jump:8443/") == ("jump", 8443)
-    for bad in ("jump:x", ":3080", "jump:70000"):
+    for bad in ("jump:x", ":3080", "jump:70000", "jump:0", "[jump]:3080"):
         with pytest.raises(WebClientError):
             split_addr(bad)
 
