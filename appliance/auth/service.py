@@ -68,7 +68,7 @@ from .timing import FailureDelay
 
 __all__ = [
     "AuthService", "AuthServiceError", "CertResult", "ClusterInfo", "CreatedToken", "Invite",
-    "HeartbeatResult", "InviteInfo", "JoinResult", "LoginResult", "NodeInfo", "TokenInfo", "UserInfo", "to_wire",
+    "HeartbeatResult", "InviteInfo", "JoinResult", "LoginResult", "TokenInfo", "UserInfo", "to_wire",
 ]
 
 log = logging.getLogger("jumpgate.auth")
@@ -241,16 +241,6 @@ class HeartbeatResult(_Wire):
     registered at the join, whatever the heartbeat said (J4)."""
 
     addr: str
-
-
-@dataclass(frozen=True, slots=True)
-class NodeInfo(_Wire):
-    name: str
-    kind: str  # "node" | "proxy" | "openssh"
-    addr: str
-    labels: Mapping[str, str] = field(default_factory=dict)
-    last_seen: float = 0.0
-    tunnel: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -965,7 +955,7 @@ class AuthService:
         return HeartbeatResult(node.addr)
 
     async def add_node(self, name: str, addr: str, labels: Mapping[str, str] | None = None, *,
-                       actor: str = "") -> NodeInfo:
+                       actor: str = "") -> NodeRecord:
         """Register (or update) an agentless OpenSSH node reachable at ``addr``."""
         name = check_node_name(name)
         addr, labels = _check_addr(addr, required=True), _check_labels(labels)
@@ -977,23 +967,19 @@ class AuthService:
         node = NodeRecord(name, "openssh", addr, labels, now, False, (), None, created)
         await self.storage.put_node(node)
         await self._audit("node.add", node=name, addr=addr, actor=actor)
-        return self._node_info(node)
+        return node
 
-    @staticmethod
-    def _node_info(n: NodeRecord) -> NodeInfo:
-        return NodeInfo(n.name, n.kind, n.addr, dict(n.labels), n.last_seen, n.tunnel)
-
-    async def get_node(self, name: str) -> NodeInfo:
+    async def get_node(self, name: str) -> NodeRecord:
         node = await self.storage.get_node(_lookup_name(name))
         if node is None:
             raise AuthServiceError("not_found", f"no node {name!r}")
-        return self._node_info(node)
+        return node
 
     async def list_nodes(self, labels: Mapping[str, str] | None = None,
-                         include_proxies: bool = False) -> list[NodeInfo]:
+                         include_proxies: bool = False) -> list[NodeRecord]:
         """Nodes (and proxies if asked) carrying every ``labels`` key=value."""
         wanted = _check_labels(labels)
-        return [self._node_info(n) for n in await self.storage.list_nodes()
+        return [n for n in await self.storage.list_nodes()
                 if (include_proxies or n.kind != "proxy")
                 and all(n.labels.get(k) == v for k, v in wanted.items())]
 

@@ -66,8 +66,8 @@ BATCH = 500
 
 
 def node_map(node: NodeRecord) -> dict[str, Any]:
-    return {"name": node.name, "kind": node.kind, "addr": node.addr, "labels": dict(node.labels),
-            "last_seen": node.last_seen, "tunnel": node.tunnel, "host_key": node.host_key or b""}
+    """The listing form of the record and its host key (nodes verify proxies by it)."""
+    return {**node.to_wire(), "host_key": node.host_key or b""}
 
 
 class _Subscriber:

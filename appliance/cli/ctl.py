@@ -295,9 +295,10 @@ async def _nodes_add(backend: _Backend, args) -> None:
 
 
 async def _nodes_ls(backend: _Backend, args) -> None:
-    nodes = await backend.call("list_nodes", labels={})
-    _table([[n["name"], n["addr"] or ("tunnel" if n.get("tunnel") else "-"), n["kind"], _labels(n["labels"]),
-             _when(n["last_seen"])] for n in nodes], ["NAME", "ADDRESS", "KIND", "LABELS", "LAST SEEN"])
+    from ..inventory import NodeRecord
+    nodes = [NodeRecord.from_wire(n) for n in await backend.call("list_nodes", labels={})]
+    _table([[n.name, n.shown_addr, n.kind, _labels(n.labels), _when(n.last_seen)] for n in nodes],
+           ["NAME", "ADDRESS", "KIND", "LABELS", "LAST SEEN"])
 
 
 async def _nodes_rm(backend: _Backend, args) -> None:

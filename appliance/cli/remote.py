@@ -47,7 +47,7 @@ from ..client.ssh import (ConnectError, Credentials, connect_node, default_login
                           resolve_target, scp_download, scp_upload, session_lost_reason)
 from ..client.terminal import raw_terminal, session_env, term_name, terminal_size
 from ..client.trust import cluster_wildcard_allowed, host_ca_of, known_hosts_patterns, safe_node_names
-from ..proxy.routing import NodeRecord
+from ..inventory import NodeRecord
 from .errors import CliError
 
 __all__ = ["config", "ls", "refresh_trusted_names", "render_ssh_config", "scp", "ssh", "trust_cluster_names"]
@@ -104,8 +104,7 @@ def format_nodes(nodes: Sequence[NodeRecord]) -> str:
     """A table: node name, address (or "tunnel"), labels."""
     rows = [("Node Name", "Address", "Labels")]
     for n in sorted(nodes, key=lambda n: n.name):
-        addr = "tunnel" if n.kind == "tunnel" or n.endpoint is None else n.addr
-        rows.append((n.name, addr, ",".join(f"{k}={v}" for k, v in sorted(n.labels.items()))))
+        rows.append((n.name, n.shown_addr, ",".join(f"{k}={v}" for k, v in sorted(n.labels.items()))))
     widths = [max(len(r[i]) for r in rows) for i in range(2)]
     lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]}".rstrip() for r in rows]
     lines.insert(1, f"{'-' * widths[0]}  {'-' * widths[1]}  {'-' * 6}")

@@ -45,7 +45,8 @@ from ssh_proto.known_hosts import MARKER_CERT_AUTHORITY, KnownHosts
 
 from ..addresses import NODE_PORT, PROXY_PORT, WEB_PORT, AddressError, parse_endpoint
 from ..api.protocol import MAX_FRAME, ApiProtocolError
-from ..proxy.routing import NODES_SUBSYSTEM, NodeRecord, decode_list_response, encode_list_request
+from ..inventory import NodeRecord
+from ..proxy.routing import NODES_SUBSYSTEM, decode_list_response, encode_list_request
 from .trust import node_host_check, proxy_host_check
 
 __all__ = ["PROXY_PORT", "NODE_PORT", "ConnectError", "Credentials", "ScpProtocolError", "connect_node",

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from ..audit import AuditEvent
+from ..inventory import NodeRecord  # the inventory's one record: the auth service stores it as it is
 
 __all__ = [
     "NO_TOTP_COUNTER",
@@ -109,26 +110,6 @@ class TokenRecord:
     used_by: str = ""
     node_name: str = ""               # the name it joins as ("" = the joiner says)
     addresses: tuple[str, ...] = ()   # addresses an admin approved for its certificate
-
-
-@dataclass(frozen=True, slots=True)
-class NodeRecord:
-    """A registered server. ``kind``: "node" or "proxy" (joined with a token, they
-    heartbeat) or "openssh" (an agentless sshd added by an admin).
-
-    ``addr`` is where the proxy dials it (``host:port``; "" for a tunnel-only node);
-    ``addresses`` and ``host_key`` are what its host certificate was issued for.
-    """
-
-    name: str
-    kind: str
-    addr: str = ""
-    labels: Mapping[str, str] = field(default_factory=dict)
-    last_seen: float = 0.0
-    tunnel: bool = False
-    addresses: tuple[str, ...] = ()
-    host_key: bytes | None = None
-    created: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,8 +92,9 @@ class ProxyCluster:
     async def fetch_nodes(self) -> list[dict]:
         return [dict(n) for n in self.nodes]
 
-    def register(self, name: str, addr: str, kind: str = "node", **labels: str) -> None:
-        self.nodes.append({"name": name, "addr": addr, "labels": labels, "kind": kind, "last_seen": time.time()})
+    def register(self, name: str, addr: str, kind: str = "node", *, tunnel: bool = False, **labels: str) -> None:
+        self.nodes.append({"name": name, "addr": addr, "labels": labels, "kind": kind, "last_seen": time.time(),
+                           "tunnel": tunnel})
 
     def write_profile(self, name: str = "profile", *, logins: Sequence[str] | None = None,
                       ca: PrivateKey | None = None, **how) -> Profile:

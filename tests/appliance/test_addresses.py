@@ -91,9 +91,9 @@ def test_each_service_has_one_default_port_and_the_modules_use_it():
     from appliance.client import http, ssh
     from appliance.config import Config
     from appliance.node import server as node_server
-    from appliance.proxy import routing, server as proxy_server
+    from appliance.proxy import server as proxy_server
     assert DEFAULT_PORTS == {"node": 3022, "proxy": 3023, "tunnel": 3024, "auth": 3025, "web": 3080}
-    assert node_server.NODE_PORT == routing.NODE_PORT == ssh.NODE_PORT == addresses.NODE_PORT
+    assert node_server.NODE_PORT == ssh.NODE_PORT == addresses.NODE_PORT
     assert proxy_server.PROXY_PORT == ssh.PROXY_PORT == addresses.PROXY_PORT
     assert auth_server.AUTH_PORT == api_client.DEFAULT_PORT == addresses.AUTH_PORT
     assert http.DEFAULT_WEB_PORT == addresses.WEB_PORT

@@ -262,7 +262,7 @@ async def test_jumpgate_ssh_interactive_pty_raw_mode_window_change_and_restore(c
 
 
 async def test_jumpgate_ls_lists_and_filters_nodes(cluster, profile):
-    cluster.register("web2", "tunnel", env="prod")
+    cluster.register("web2", "", tunnel=True, env="prod")   # reachable by its tunnel only
     done = await jumpgate(profile, "ls")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.decode().splitlines()

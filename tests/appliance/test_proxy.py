@@ -27,7 +27,8 @@ from appliance.client.trust import node_host_check
 from appliance.client.ssh import (NODE_PORT, ConnectError, connect_node, connect_over, connect_proxy, list_nodes,
                                   open_node_channel)
 from appliance.proxy.routing import NODES_SUBSYSTEM, NodeDirectory
-from appliance.proxy.routing import NodeListError, decode_list_response, find_node, NodeRecord, node_target
+from appliance.inventory import NodeRecord
+from appliance.proxy.routing import NodeListError, decode_list_response, find_node, node_from_wire, node_target
 from appliance.relay import relay_line
 from ssh_proto.errors import AuthError, ChannelOpenError
 from ssh_proto.keys import PrivateKey
@@ -280,8 +281,8 @@ async def test_a_malformed_relay_line_closes_only_that_connection(cluster, profi
 
 # ----------------------------------------------------------------------------- routing rules (no I/O)
 
-NODES = [NodeRecord("web1", "10.0.0.5:3022"), NodeRecord("db1", "10.0.0.6:3022"),
-         NodeRecord("sshd1", "10.0.0.6:22"), NodeRecord("edge", "tunnel", kind="tunnel")]
+NODES = [NodeRecord("web1", "node", "10.0.0.5:3022"), NodeRecord("db1", "node", "10.0.0.6:3022"),
+         NodeRecord("sshd1", "openssh", "10.0.0.6:22"), NodeRecord("edge", "node", tunnel=True)]
 
 
 @pytest.mark.parametrize("host,port,expected", [
@@ -298,6 +299,21 @@ def test_cluster_suffix_is_stripped_case_insensitively_but_only_as_a_suffix():
     assert node_target("web1.Prod", "prod") == "web1"
     assert node_target("web1.prod.example", "prod") == "web1.prod.example"
     assert node_target(".prod", "prod") == ".prod"
+
+
+def test_one_inventory_record_from_storage_to_the_proxy_and_ls_and_a_tunnel_is_a_flag():
+    from appliance.storage.base import NodeRecord as StoredRecord
+    assert StoredRecord is NodeRecord   # one inventory record, not one per module
+    stored = NodeRecord("edge", "node", "", {"env": "prod"}, 5.0, True, ("10.0.0.9",), b"KEY", 1.0)
+    wire = stored.to_wire()
+    assert "host_key" not in wire and "addresses" not in wire   # they stay with the auth service
+    listed = node_from_wire(wire)
+    assert (listed.name, listed.kind, listed.addr, listed.tunnel, dict(listed.labels), listed.last_seen) == \
+        ("edge", "node", "", True, {"env": "prod"}, 5.0)
+    assert listed.endpoint is None and listed.shown_addr == "tunnel"   # never dialled, shown as a tunnel
+    assert NodeRecord("gone", "openssh").shown_addr == "-"
+    with pytest.raises(NodeListError, match="tunnel"):
+        node_from_wire({**wire, "tunnel": "yes"})
 
 
 async def test_directory_caches_and_refreshes_early_for_an_unknown_name():
