@@ -5,8 +5,8 @@
   CVE-2024-7594), extensions = ``ssh-keygen``'s defaults plus
   ``jumpgate-roles@jumpgate`` (comma list) when the user has user roles (``admin``).
 * The **host CA** signs host certificates for nodes, proxies and the auth server:
-  ``key_id = "<kind>:<name>"`` (kind ``node``, ``proxy`` or ``auth``), principals given by the caller (name, name.CLUSTER,
-  addresses, ...).
+  ``key_id = "<kind>:<name>"`` (kind ``node``, ``proxy`` or ``auth``), principals given by
+  the caller (name, name.CLUSTER, addresses, ...).
 
 Both are Ed25519 keys created on the first start and kept, OpenSSH-PEM encoded, in
 the auth service's storage. The private keys never leave this object: no method returns

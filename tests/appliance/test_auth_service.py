@@ -1,4 +1,5 @@
-"""AuthService (appliance/auth/service.py): each business rule of the auth role, by name.
+"""AuthService (appliance/auth/service.py, accounts.py, hosts.py): each business rule of the auth
+service, by name.
 
 Issue 3 and Teleport's defaults (docs/security.md A1-A6): invites 1 h and single use;
 passwords >= 12; TOTP enrolment confirmed at signup; generic access_denied (no user
@@ -893,8 +894,26 @@ def test_error_codes_are_stable_and_serialisable():
 
 def test_secrets_never_start_with_a_dash(monkeypatch):
     # A token is pasted as a command-line argument; argparse would take "-..." for an option.
-    from appliance.auth import service as service_module
+    from appliance.auth import checks
     drawn = iter(["-starts-with-a-dash", "-again", "fine_secret_value"])
-    monkeypatch.setattr(service_module.secrets, "token_urlsafe", lambda n: next(drawn))
-    secret, digest = service_module._new_secret()
+    monkeypatch.setattr(checks.secrets, "token_urlsafe", lambda n: next(drawn))
+    secret, digest = checks.new_secret()
     assert secret == "fine_secret_value" and len(digest) == 64
+
+
+async def test_the_facade_offers_every_api_method_as_its_half_defines_it(env):
+    """AuthService is two halves (accounts.py: users; hosts.py: nodes and tokens) behind one
+    flat API: the dispatcher calls each ALLOWED method by name and binds its parameters."""
+    import inspect
+
+    from appliance.api.server import ALLOWED
+    half = {"users": env.service.users, "hosts": env.service.hosts}
+    for method in sorted(set().union(*ALLOWED.values())):
+        bound = getattr(env.service, method)
+        assert inspect.iscoroutinefunction(bound), method
+        owner = [name for name, part in half.items() if getattr(type(part), method, None) is not None]
+        if owner:
+            assert owner == [type(env.service).__dict__[method].part], method
+            assert inspect.signature(bound) == inspect.signature(getattr(half[owner[0]], method))
+        else:   # what the halves share: the CAs and the audit log
+            assert method in {"cluster_info", "export_ca", "emit_audit", "list_audit"}, method
