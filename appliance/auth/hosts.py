@@ -94,7 +94,7 @@ class Hosts:
         are node names, given with the name only)."""
         approved = check_list(values, check_address, what, MAX_ADDRESSES)
         for address in approved:
-            if joining.under_cluster(address, self.cluster):
+            if names.under_cluster(address, self.cluster):
                 raise bad_request(f"{address!r} is a name under the cluster's domain .{self.cluster}: "
                            "nodes get NAME and NAME.CLUSTER from their name, not as an address")
         return approved
@@ -308,7 +308,7 @@ class Hosts:
 
     def _sign_host(self, key: PublicKey, kind: str, name: str, addresses: Sequence[str],
                    ttl: float) -> Certificate:
-        principals = (name, f"{name}.{self.cluster}", *addresses)
+        principals = (name, names.qualified(name, self.cluster), *addresses)
         try:
             return self.ca.sign_host(key, kind, name, principals, ttl, self._clock())
         except CAError as exc:

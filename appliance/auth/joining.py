@@ -15,8 +15,8 @@ cluster" states them with their tests:
   must name one of the granted addresses, so the proxy only dials where the CA vouches the
   node is; a node behind NAT needs the admin to approve the address the proxy reaches it
   at (or, later, the reverse tunnel). Heartbeats never change it.
-* Addresses under ``.CLUSTER`` are node names: a token or ``ctl auth sign --host`` may not
-  hand one out as an "address".
+* Addresses under ``.CLUSTER`` are node names (:func:`appliance.names.under_cluster`): a
+  token or ``ctl auth sign --host`` may not hand one out as an "address".
 
 >>> grant_addresses(("10.0.0.5",), "192.0.2.7", held_by_others=set())
 ('10.0.0.5', '192.0.2.7')
@@ -39,7 +39,7 @@ from . import rejoin
 from .ca import CAError, parse_plain_public_key
 
 __all__ = ["JoinRefused", "check_dial_addr", "check_name_free_or_proven", "check_token_for", "dial_host",
-           "grant_addresses", "under_cluster"]
+           "grant_addresses"]
 
 
 class JoinRefused(Exception):
@@ -49,12 +49,6 @@ class JoinRefused(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-def under_cluster(name: str, cluster: str) -> bool:
-    """``name`` is the cluster name or below it (a node's ``NAME.CLUSTER``)."""
-    name, cluster = name.lower(), cluster.lower()
-    return name == cluster or name.endswith("." + cluster)
 
 
 def grant_addresses(approved: Iterable[str], source_ip: str, *, held_by_others: Set[str]) -> tuple[str, ...]:

@@ -37,6 +37,7 @@ import trio
 from ..api.protocol import (E_BAD_REQUEST, ApiProtocolError, ErrorResponse, FrameDecoder, Request, Response,
                             encode_error, encode_request, encode_response)
 from ..inventory import MAX_LABEL_TEXT, NodeRecord, NodeRecordError
+from ..names import strip_cluster
 
 __all__ = [
     "NODES_SUBSYSTEM", "MAX_LABEL_FILTERS",
@@ -72,11 +73,9 @@ def _text(value: Any, name: str, limit: int) -> str:
 
 
 def node_target(host: str, cluster: str) -> str:
-    """The node a requested host names: ``name.CLUSTER`` loses its cluster suffix."""
-    suffix = "." + cluster.lower()
-    if cluster and host.lower().endswith(suffix) and len(host) > len(suffix):
-        return host[:-len(suffix)]
-    return host
+    """The node a requested host names: ``name.CLUSTER`` loses its cluster suffix
+    (:func:`appliance.names.strip_cluster`)."""
+    return strip_cluster(host, cluster)
 
 
 def labels_match(labels: Mapping[str, str], wanted: Mapping[str, str]) -> bool:

@@ -299,6 +299,17 @@ def test_cluster_suffix_is_stripped_case_insensitively_but_only_as_a_suffix():
     assert node_target("web1.Prod", "prod") == "web1"
     assert node_target("web1.prod.example", "prod") == "web1.prod.example"
     assert node_target(".prod", "prod") == ".prod"
+    assert node_target("web1.prod", "") == "web1.prod"
+
+
+def test_the_proxy_and_the_client_strip_the_cluster_suffix_by_one_rule():
+    from appliance.client.trust import _named
+    from appliance.names import qualified, strip_cluster
+    for target in ("web1.prod", "WEB1.PROD", "web1", "web1.prod.example", ".prod", "10.0.0.5", "db_1.prod"):
+        assert node_target(target, "prod") == strip_cluster(target, "prod")
+        expected = strip_cluster(target.lower(), "prod")
+        assert _named(target, "prod") == (expected if expected.isalnum() else None)
+    assert strip_cluster(qualified("web1", "prod"), "prod") == "web1"
 
 
 def test_one_inventory_record_from_storage_to_the_proxy_and_ls_and_a_tunnel_is_a_flag():
