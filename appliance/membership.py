@@ -58,6 +58,7 @@ from .api.client import ApiClient, ApiError
 from .auth import rejoin
 from .auth.ca import pin_matches
 from .files import private_dir, write_atomic
+from .timestamps import format_time
 
 __all__ = ["MembershipError", "Backoff", "Membership", "MembershipHolder", "heartbeat_loop", "host_key_for", "join",
            "load_membership", "parse_token", "renew_if_needed"]
@@ -248,7 +249,7 @@ async def join(auth_addr: str, token: str, *, kind: str, name: str, addresses: S
     _warn_dropped(result, kind, name)
     await trio.to_thread.run_sync(_save, member)
     log.info("joined cluster %s as %s:%s (certificate valid until %s)", member.cluster, kind, name,
-             time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(member.host_cert.valid_before)))
+             format_time(member.host_cert.valid_before))
     return member
 
 
@@ -320,7 +321,7 @@ async def renew_if_needed(api: ApiClient, holder: MembershipHolder, *, now: floa
     await trio.to_thread.run_sync(_save, renewed)
     holder.current = renewed
     log.info("renewed the %s host certificate of %s (valid until %s)", ident.kind, ident.name,
-             time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(renewed.host_cert.valid_before)))
+             format_time(renewed.host_cert.valid_before))
     return True
 
 

@@ -27,7 +27,6 @@ cluster" states them with their tests:
 """
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence, Set
 from typing import Any
 
@@ -35,6 +34,7 @@ from ssh_proto.keys import PublicKey
 
 from ..addresses import canonical_ip, host_of
 from ..storage.base import NodeRecord, TokenRecord
+from ..timestamps import format_time
 from . import rejoin
 from .ca import CAError, parse_plain_public_key
 
@@ -88,7 +88,7 @@ def check_name_free_or_proven(existing: NodeRecord | None, kind: str, name: str,
     if registered is not None and isinstance(session_id, bytes) and rejoin.verify_proof(
             registered, proof, session_id, kind, name, key.blob):
         return
-    seen = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(existing.last_seen))
+    seen = format_time(existing.last_seen)
     held = f"host key {registered.fingerprint()}, " if registered is not None else ""
     raise JoinRefused("already_exists", (
         f"the name {name!r} is taken by a registered {kind} ({held}last seen {seen}) and this host "

@@ -8,7 +8,6 @@ an admin certificate beside the key). Either way every change is an audit event.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import os
 import socket
@@ -189,9 +188,8 @@ def _host_ca_of(known_hosts: Path):
 # ---------------------------------------------------------------------------- helpers
 
 def _when(ts: float) -> str:
-    if not ts:
-        return "-"
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    from ..timestamps import format_time
+    return format_time(ts) if ts else "-"   # 0: never (a node that never heartbeat)
 
 
 def _table(rows: list[list[str]], header: list[str]) -> None:

@@ -46,6 +46,7 @@ from ssh_proto.known_hosts import MARKER_CERT_AUTHORITY, KnownHosts
 from ..addresses import NODE_PORT, PROXY_PORT, WEB_PORT, AddressError, parse_endpoint
 from ..api.protocol import MAX_FRAME, ApiProtocolError
 from ..inventory import NodeRecord
+from ..timestamps import format_time
 from ..proxy.routing import NODES_SUBSYSTEM, decode_list_response, encode_list_request
 from .trust import node_host_check, proxy_host_check
 
@@ -141,7 +142,7 @@ def load_credentials(profile) -> Credentials:
 
 
 def _when(epoch: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(min(epoch, 2**37)))
+    return format_time(epoch, local=True)   # the user's own certificate: their time zone
 
 
 def certificate_problem(creds: Credentials) -> str | None:
