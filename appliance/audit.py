@@ -36,6 +36,7 @@ agent.forward           T3013I    T3013W    node
 node.join               T3200I    T3200W    auth (join token -> host certificate)
 node.add                T3201I              auth (agentless OpenSSH node)
 node.remove             T3202I              auth
+node.update             T3203I              auth (an agentless node's address or labels)
 cert.create             TC000I    TC000W    auth (user or host certificate)
 ca.create               TCA01I              auth (first start)
 token.create            TJ000I              auth
@@ -98,6 +99,7 @@ EVENT_CODES: Mapping[str, tuple[str, str | None]] = types.MappingProxyType({
     "node.join": ("T3200I", "T3200W"),
     "node.add": ("T3201I", None),
     "node.remove": ("T3202I", None),
+    "node.update": ("T3203I", None),
     "cert.create": ("TC000I", "TC000W"),
     "ca.create": ("TCA01I", None),
     "token.create": ("TJ000I", None),

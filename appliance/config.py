@@ -34,6 +34,7 @@ import socket
 import tomllib
 from pathlib import Path
 
+from . import inventory
 from .addresses import DEFAULT_PORTS
 from .audit import DEFAULT_REFUSALS_PER_SOURCE, DEFAULT_RETENTION_DAYS
 
@@ -85,14 +86,11 @@ class Config:
 
 
 def parse_labels(text: str) -> dict[str, str]:
-    """'env=dev,team=db' -> {'env': 'dev', 'team': 'db'}."""
-    labels: dict[str, str] = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"bad label {item!r}: expected key=value")
-        labels[key] = value
-    return labels
+    """'env=dev,team=db' -> {'env': 'dev', 'team': 'db'} (:func:`appliance.inventory.parse_labels`)."""
+    try:
+        return inventory.parse_labels(text)
+    except inventory.LabelError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check_audit(cfg: Config) -> None:

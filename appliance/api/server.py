@@ -61,7 +61,7 @@ ALLOWED: Mapping[str, frozenset[str]] = {
     "admin": _READ_ONLY | {
         "create_user", "list_users", "get_user", "delete_user", "reset_user",
         "create_token", "list_tokens", "delete_token",
-        "add_node", "remove_node",
+        "add_node", "update_node", "remove_node",
         "sign_user_cert", "sign_host_cert", "export_ca", "list_audit",
     },
     "node": frozenset({"heartbeat", "emit_audit", "cluster_info", "renew_host_cert"}),

@@ -13,26 +13,24 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from ssh_proto.errors import KeyFormatError
 from ssh_proto.keys import PublicKey, parse_public_line
 
-from .. import addresses, names
+from .. import addresses, inventory, names
 from .ca import CAError, parse_plain_public_key
 
-__all__ = ["ERROR_CODES", "MAX_LABELS", "AuthServiceError", "bad_request", "check_addr", "check_address",
+__all__ = ["ERROR_CODES", "AuthServiceError", "bad_request", "check_addr", "check_address",
            "check_dns_name", "check_labels", "check_list", "check_node_name", "check_ttl", "check_user_name",
            "is_user_name", "lookup_name", "new_secret", "parse_key", "secret_hash"]
 
 ERROR_CODES = frozenset({"access_denied", "not_found", "expired", "already_used",
                          "already_exists", "bad_request", "weak_password"})
-MAX_LABELS = 32
 
 _USER_NAME = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 _SECRET = re.compile(r"[A-Za-z0-9_-]{16,64}")
-_LABEL_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./-]{0,62}")
 
 
 class AuthServiceError(Exception):
@@ -113,18 +111,11 @@ def check_addr(addr: Any, *, required: bool) -> str:
 
 
 def check_labels(labels: Any) -> dict[str, str]:
-    if labels is None:
-        return {}
-    if not isinstance(labels, Mapping) or len(labels) > MAX_LABELS:
-        raise bad_request(f"labels must be a map of at most {MAX_LABELS} entries")
-    out: dict[str, str] = {}
-    for key, value in labels.items():
-        if not isinstance(key, str) or not _LABEL_KEY.fullmatch(key):
-            raise bad_request(f"invalid label name {str(key)[:40]!r}")
-        if not isinstance(value, str) or len(value) > 256 or not value.isprintable():
-            raise bad_request(f"label {key!r}: the value must be printable text of at most 256 characters")
-        out[key] = value
-    return out
+    """A node's labels or a label filter, by the inventory's rules (:mod:`appliance.inventory`)."""
+    try:
+        return inventory.check_labels(labels)
+    except inventory.LabelError as exc:
+        raise bad_request(str(exc)) from None
 
 
 def check_ttl(ttl: Any, default: float, low: float, high: float, what: str) -> float:

@@ -19,6 +19,7 @@ Rules enforced here:
 """
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import logging
 import re
@@ -28,7 +29,8 @@ from typing import Any
 
 from ssh_proto.keys import Certificate, PublicKey
 
-from .. import names
+from .. import inventory, names
+from ..inventory import labels_match
 from ..storage.base import NodeRecord, Storage, TokenRecord
 from . import joining
 from .audit_log import AuditLog
@@ -241,18 +243,43 @@ class Hosts:
     # -- the inventory ---------------------------------------------------------------
     async def add_node(self, name: str, addr: str, labels: Mapping[str, str] | None = None, *,
                        actor: str = "") -> NodeRecord:
-        """Register (or update) an agentless OpenSSH node reachable at ``addr``."""
+        """Register an agentless OpenSSH node reachable at ``addr``. A registered name is
+        refused: adding again would silently replace its address and labels
+        (:meth:`update_node` changes what it is told to)."""
         name = check_node_name(name)
         addr, labels = check_addr(addr, required=True), check_labels(labels)
         existing = await self.storage.get_node(name)
-        if existing is not None and existing.kind != "openssh":
-            raise AuthServiceError("already_exists", f"{name!r} is already a {existing.kind}")
+        if existing is not None:
+            how = ("change it with `jumpgate ctl nodes update`" if existing.kind == "openssh"
+                   else "remove it first to reuse the name")
+            raise AuthServiceError("already_exists", f"{name!r} is already registered as a {existing.kind} "
+                                   f"at {existing.shown_addr}: {how}")
         now = self._clock()
-        created = existing.created if existing is not None else now
-        node = NodeRecord(name, "openssh", addr, labels, now, False, (), None, created)
+        node = NodeRecord(name, "openssh", addr, labels, now, False, (), None, now)
         await self.storage.put_node(node)
         await self.audit_log.record("node.add", node=name, addr=addr, actor=actor)
         return node
+
+    async def update_node(self, name: str, addr: str | None = None, labels: Mapping[str, str] | None = None, *,
+                          actor: str = "") -> NodeRecord:
+        """Change an agentless OpenSSH node's address, its labels (replaced as a whole), or
+        both; what is not given stays. A joined node's address comes from its join (J4) and
+        its labels from its heartbeats, so it is not changed here."""
+        node = await self.storage.get_node(lookup_name(name))
+        if node is None:
+            raise AuthServiceError("not_found", f"no node {name!r}")
+        if node.kind != "openssh":
+            raise bad_request(f"{node.name!r} is a joined {node.kind}: its address comes from its join "
+                              "and its labels from its own configuration")
+        if addr is None and labels is None:
+            raise bad_request("nothing to change: give an address or labels")
+        changed = dataclasses.replace(
+            node, addr=check_addr(addr, required=True) if addr is not None else node.addr,
+            labels=check_labels(labels) if labels is not None else node.labels)
+        await self.storage.put_node(changed)
+        await self.audit_log.record("node.update", node=node.name, addr=changed.addr,
+                                    labels=inventory.format_labels(changed.labels), actor=actor)
+        return changed
 
     async def get_node(self, name: str) -> NodeRecord:
         node = await self.storage.get_node(lookup_name(name))
@@ -265,8 +292,7 @@ class Hosts:
         """Nodes (and proxies if asked) carrying every ``labels`` key=value."""
         wanted = check_labels(labels)
         return [n for n in await self.storage.list_nodes()
-                if (include_proxies or n.kind != "proxy")
-                and all(n.labels.get(k) == v for k, v in wanted.items())]
+                if (include_proxies or n.kind != "proxy") and labels_match(n.labels, wanted)]
 
     async def remove_node(self, name: str, *, actor: str = "") -> None:
         if not await self.storage.delete_node(lookup_name(name)):

@@ -118,6 +118,7 @@ class AuthService:
     renew_host_cert = _Delegate("hosts")
     heartbeat = _Delegate("hosts")
     add_node = _Delegate("hosts")
+    update_node = _Delegate("hosts")
     get_node = _Delegate("hosts")
     list_nodes = _Delegate("hosts")
     remove_node = _Delegate("hosts")

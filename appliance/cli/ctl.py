@@ -18,7 +18,8 @@ from typing import Any, AsyncIterator
 import trio
 
 from ..addresses import AUTH_PORT, WEB_PORT, AddressError, format_endpoint, parse_endpoint
-from ..config import ConfigError, load_config, parse_labels
+from ..config import ConfigError, load_config
+from ..inventory import LabelError, format_labels, parse_labels
 from .errors import CliError
 
 AUTH_SIGN_USER_TTL = 3600
@@ -198,8 +199,12 @@ def _table(rows: list[list[str]], header: list[str]) -> None:
         print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
-def _labels(labels: dict) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted((labels or {}).items()))
+def _labels(text: str) -> dict[str, str]:
+    """``--labels key=value,...``; a bad one is a one-line error."""
+    try:
+        return parse_labels(text)
+    except LabelError as exc:
+        raise CliError(f"--labels: {exc}") from None
 
 
 def _ttl(text: str, default: int) -> int:
@@ -287,15 +292,23 @@ async def _tokens_rm(backend: _Backend, args) -> None:
 # ---------------------------------------------------------------------------- nodes
 
 async def _nodes_add(backend: _Backend, args) -> None:
-    node = await backend.call("add_node", name=args.name, addr=args.addr, labels=parse_labels(args.labels),
+    node = await backend.call("add_node", name=args.name, addr=args.addr, labels=_labels(args.labels),
                               actor=backend.actor)
     print(f"node {node['name']!r} ({node['addr']}) registered")
+
+
+async def _nodes_update(backend: _Backend, args) -> None:
+    if args.addr is None and args.labels is None:
+        raise CliError("nodes update needs --addr or --labels (or both)")
+    labels = _labels(args.labels) if args.labels is not None else None
+    node = await backend.call("update_node", name=args.name, addr=args.addr, labels=labels, actor=backend.actor)
+    print(f"node {node['name']!r} ({node['addr']}) updated; labels: {format_labels(node['labels']) or '-'}")
 
 
 async def _nodes_ls(backend: _Backend, args) -> None:
     from ..inventory import NodeRecord
     nodes = [NodeRecord.from_wire(n) for n in await backend.call("list_nodes", labels={})]
-    _table([[n.name, n.shown_addr, n.kind, _labels(n.labels), _when(n.last_seen)] for n in nodes],
+    _table([[n.name, n.shown_addr, n.kind, format_labels(n.labels), _when(n.last_seen)] for n in nodes],
            ["NAME", "ADDRESS", "KIND", "LABELS", "LAST SEEN"])
 
 
@@ -403,7 +416,8 @@ _HANDLERS = {
     ("users", "add"): _users_add, ("users", "ls"): _users_ls, ("users", "rm"): _users_rm,
     ("users", "reset"): _users_reset,
     ("tokens", "add"): _tokens_add, ("tokens", "ls"): _tokens_ls, ("tokens", "rm"): _tokens_rm,
-    ("nodes", "add"): _nodes_add, ("nodes", "ls"): _nodes_ls, ("nodes", "rm"): _nodes_rm,
+    ("nodes", "add"): _nodes_add, ("nodes", "update"): _nodes_update, ("nodes", "ls"): _nodes_ls,
+    ("nodes", "rm"): _nodes_rm,
     ("auth", "export"): _auth_export, ("auth", "sign"): _auth_sign,
     ("events", None): _events,
 }

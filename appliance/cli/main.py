@@ -70,10 +70,14 @@ def _add_ctl(sub) -> None:
     r.add_argument("token_id")
 
     nodes = ctl.add_parser("nodes", help="node inventory").add_subparsers(dest="action", required=True)
-    a = nodes.add_parser("add", help="register an agentless (OpenSSH) node")
+    a = nodes.add_parser("add", help="register an agentless (OpenSSH) node (a registered name is refused)")
     a.add_argument("--name", required=True)
     a.add_argument("--addr", required=True, help="HOST:PORT of its sshd")
-    a.add_argument("--labels", default="", help="key=value,...")
+    a.add_argument("--labels", default="", help="key=value,... (each key once)")
+    a = nodes.add_parser("update", help="change an agentless node's address or labels")
+    a.add_argument("--name", required=True)
+    a.add_argument("--addr", help="HOST:PORT of its sshd (default: unchanged)")
+    a.add_argument("--labels", help="key=value,...: replaces all its labels (\"\" removes them; default: unchanged)")
     nodes.add_parser("ls", help="list nodes")
     r = nodes.add_parser("rm", help="remove a node")
     r.add_argument("name")
@@ -125,7 +129,7 @@ def _add_status(sub) -> None:
 
 def _add_ls(sub) -> None:
     p = sub.add_parser("ls", help="list nodes")
-    p.add_argument("labels", nargs="*", help="filters key=value")
+    p.add_argument("labels", nargs="*", help="filters key=value (also key=value,key=value): nodes carrying every pair")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func="appliance.cli.remote:ls")
 

@@ -47,6 +47,7 @@ from ..client.ssh import (ConnectError, Credentials, connect_node, default_login
                           resolve_target, scp_download, scp_upload, session_lost_reason)
 from ..client.terminal import raw_terminal, session_env, term_name, terminal_size
 from ..client.trust import cluster_wildcard_allowed, host_ca_of, known_hosts_patterns, safe_node_names
+from .. import inventory
 from ..inventory import NodeRecord
 from .errors import CliError
 
@@ -104,7 +105,7 @@ def format_nodes(nodes: Sequence[NodeRecord]) -> str:
     """A table: node name, address (or "tunnel"), labels."""
     rows = [("Node Name", "Address", "Labels")]
     for n in sorted(nodes, key=lambda n: n.name):
-        rows.append((n.name, n.shown_addr, ",".join(f"{k}={v}" for k, v in sorted(n.labels.items()))))
+        rows.append((n.name, n.shown_addr, inventory.format_labels(n.labels)))
     widths = [max(len(r[i]) for r in rows) for i in range(2)]
     lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]}".rstrip() for r in rows]
     lines.insert(1, f"{'-' * widths[0]}  {'-' * widths[1]}  {'-' * 6}")
@@ -112,13 +113,11 @@ def format_nodes(nodes: Sequence[NodeRecord]) -> str:
 
 
 def parse_labels(items: Sequence[str]) -> dict[str, str]:
-    labels = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise CliError(f"label filters are key=value, not {item!r}")
-        labels[key] = value
-    return labels
+    """``ls`` filters: ``key=value`` words, each also a comma list (``env=prod,role=web``)."""
+    try:
+        return inventory.parse_labels(items)
+    except inventory.LabelError as exc:
+        raise CliError(f"label filter: {exc}") from None
 
 
 def ls(args) -> int:

@@ -36,13 +36,13 @@ import trio
 
 from ..api.protocol import (E_BAD_REQUEST, ApiProtocolError, ErrorResponse, FrameDecoder, Request, Response,
                             encode_error, encode_request, encode_response)
-from ..inventory import MAX_LABEL_TEXT, NodeRecord, NodeRecordError
+from ..inventory import MAX_LABEL_TEXT, NodeRecord, NodeRecordError, labels_match
 from ..names import strip_cluster
 
 __all__ = [
     "NODES_SUBSYSTEM", "MAX_LABEL_FILTERS",
     "NodeDirectory", "NodeListError",
-    "node_from_wire", "node_target", "labels_match",
+    "node_from_wire", "node_target",
     "encode_list_request", "decode_list_request", "encode_list_response", "encode_list_error",
     "decode_list_response",
 ]
@@ -76,11 +76,6 @@ def node_target(host: str, cluster: str) -> str:
     """The node a requested host names: ``name.CLUSTER`` loses its cluster suffix
     (:func:`appliance.names.strip_cluster`)."""
     return strip_cluster(host, cluster)
-
-
-def labels_match(labels: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
-    """Every wanted key=value pair is among the node's labels (the AuthService rule)."""
-    return all(labels.get(k) == v for k, v in wanted.items())
 
 
 def _by_name(nodes: Iterable[NodeRecord], name: str) -> NodeRecord | None:

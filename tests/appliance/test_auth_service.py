@@ -604,10 +604,39 @@ async def test_add_agentless_openssh_node_and_filter_by_labels(env):
     assert node.kind == "openssh" and node.addr == "[2001:db8::1]:22"
     assert [n.name for n in await env.service.list_nodes({"env": "prod"})] == ["db1"]
     assert [n.name for n in await env.service.list_nodes()] == ["db1", "web1"]
-    await env.service.add_node("db1", "db1.example.com:2222")  # re-adding updates it
-    assert (await env.service.get_node("db1")).addr == "db1.example.com:2222"
     for addr in ("db1", "db1:0", "db1:70000", "2001:db8::1:22", "", None):
         await refused("bad_request", env.service.add_node("db2", addr))
+
+
+async def test_adding_a_registered_openssh_node_again_is_refused_and_keeps_its_labels(env):
+    """Issue 14 item 4: re-adding wiped the labels; now it is refused and says what to do."""
+    await env.service.add_node("db1", "10.0.0.9:22", {"env": "prod"})
+    with pytest.raises(AuthServiceError, match="ctl nodes update") as info:
+        await env.service.add_node("db1", "db1.example.com:2222")
+    assert info.value.code == "already_exists"
+    node = await env.service.get_node("db1")
+    assert (node.addr, dict(node.labels)) == ("10.0.0.9:22", {"env": "prod"})
+
+
+async def test_update_node_changes_what_it_is_given_and_keeps_the_rest(env):
+    await env.service.add_node("db1", "10.0.0.9:22", {"env": "prod", "team": "db"})
+    moved = await env.service.update_node("db1", addr="DB1.example.com:2222")
+    assert (moved.addr, dict(moved.labels)) == ("db1.example.com:2222", {"env": "prod", "team": "db"})
+    relabelled = await env.service.update_node("db1", labels={"env": "dev"})   # replaced as a whole
+    assert (relabelled.addr, dict(relabelled.labels)) == ("db1.example.com:2222", {"env": "dev"})
+    assert dict((await env.service.update_node("db1", labels={})).labels) == {}
+    updates = [e for e in await env.service.list_audit(limit=100) if e.event == "node.update"]
+    assert [(e.code, e.fields["node"]) for e in updates] == [("T3203I", "db1")] * 3
+    await refused("bad_request", env.service.update_node("db1"))                 # nothing to change
+    await refused("bad_request", env.service.update_node("db1", addr="db1:0"))
+    await refused("bad_request", env.service.update_node("db1", labels={"bad name": "x"}))
+    await refused("not_found", env.service.update_node("db2", addr="10.0.0.9:22"))
+
+
+async def test_update_node_leaves_a_joined_node_to_its_join_and_heartbeats(env):
+    await joined(env, "web1", labels={"env": "dev"})
+    await refused("bad_request", env.service.update_node("web1", labels={"env": "prod"}))
+    await refused("bad_request", env.service.update_node("web1", addr="10.0.0.66:3022"))   # J4
 
 
 async def test_add_node_cannot_overwrite_a_joined_node(env):

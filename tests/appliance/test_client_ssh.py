@@ -273,6 +273,18 @@ async def test_jumpgate_ls_lists_and_filters_nodes(cluster, profile):
     assert [line.split()[0] for line in done.stdout.decode().splitlines()[2:]] == ["web2"]
 
 
+async def test_jumpgate_ls_takes_labels_as_teleport_and_start_write_them(cluster, profile):
+    """Issue 14 item 5: `jumpgate ls env=prod,role=web` is the syntax --labels takes."""
+    cluster.register("web3", "10.0.0.9:3022", env="prod", role="web")
+    cluster.register("db3", "10.0.0.8:3022", env="prod", role="db")
+    for words in (["env=prod,role=web"], ["env=prod", "role=web"]):
+        done = await jumpgate(profile, "ls", *words)
+        assert done.returncode == 0, done.stderr
+        assert [line.split()[0] for line in done.stdout.decode().splitlines()[2:]] == ["web3"]
+    done = await jumpgate(profile, "ls", "env=prod,env=dev")
+    assert done.returncode != 0 and b"given twice" in done.stderr and b"Traceback" not in done.stderr
+
+
 async def test_jumpgate_scp_both_ways_recursive(cluster, profile, login, tmp_path):
     tree = tmp_path / "proj"
     _make_tree(tree)

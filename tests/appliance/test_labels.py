@@ -44,6 +44,12 @@ async def test_output_is_bounded():
     assert value == "a" * OUTPUT_LIMIT
 
 
+async def test_output_a_label_value_may_not_hold_becomes_spaces():
+    """The auth service takes printable values only: a multi-line output would have made every
+    heartbeat of the node fail."""
+    assert await run_label_command(["printf", "  first\\nsecond\\tthird\\n"]) == "first second third"
+
+
 async def test_a_command_that_hangs_times_out_with_an_error_value():
     with trio.fail_after(3):
         value = await run_label_command(["sleep", "30"], timeout=0.2)
