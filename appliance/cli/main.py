@@ -12,9 +12,21 @@ import sys
 VERSION = "0.1.0"
 
 
+def _port(text: str) -> int:
+    """A port flag, checked as the TOML file's ports are (1-65535) when the flags are parsed."""
+    from ..addresses import AddressError, parse_port
+    try:
+        return parse_port(text)
+    except AddressError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_start(sub) -> None:
-    p = sub.add_parser("start", help="run the appliance services (auth, proxy, node, web)")
-    p.add_argument("--config", help="TOML configuration file")
+    p = sub.add_parser("start", help="run the appliance services (auth, proxy, node, web)",
+                       epilog="Every flag but --config and --print-config has a TOML setting: see docs/config.md.")
+    p.add_argument("--config", help="TOML configuration file (docs/config.md)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print a commented jumpgate.toml with every setting and its default, and exit")
     p.add_argument("--data-dir", help="state directory (default /var/lib/jumpgate as root, else ~/.local/share/jumpgate)")
     p.add_argument("--services", "--roles", dest="services", metavar="SERVICES",
                    help="comma list of services to run: auth,proxy,node,web (default all); "
@@ -32,7 +44,7 @@ def _add_start(sub) -> None:
                         "(default 365; 0 keeps every event)")
     from ..addresses import DEFAULT_PORTS
     for service, port in DEFAULT_PORTS.items():
-        p.add_argument(f"--{service}-port", type=int, help=f"{service} port (default {port})")
+        p.add_argument(f"--{service}-port", type=_port, metavar="PORT", help=f"{service} port (default {port})")
     p.set_defaults(func="appliance.cli.start:start")
 
 

@@ -33,8 +33,8 @@ from pathlib import Path
 
 import trio
 
-from ..addresses import format_endpoint, host_of
-from ..config import Config, ConfigError, default_data_dir, load_config, parse_labels
+from ..addresses import DEFAULT_PORTS, format_endpoint, host_of
+from ..config import Config, ConfigError, default_data_dir, load_config
 from ..limits import raise_nofile_limit
 from .errors import CliError
 
@@ -75,15 +75,19 @@ async def supervised(service: str, run, *, task_status=trio.TASK_STATUS_IGNORED)
 
 
 def start(args) -> int:
+    if getattr(args, "print_config", False):
+        from ..config import default_config_text
+        print(default_config_text(), end="")
+        return 0
     try:
         cfg = load_config(
             args.config, data_dir=args.data_dir,
-            services=tuple(r.strip() for r in args.services.split(",") if r.strip()) if args.services else None,
+            services=args.services,
             cluster_name=args.cluster_name, public_addr=args.public_addr, listen_addr=args.listen_addr,
             auth_server=args.auth_server, token=args.token, node_name=args.nodename,
-            labels=parse_labels(args.labels or ""), audit_retention_days=args.audit_retention_days,
-            port_overrides={name: getattr(args, f"{name}_port") for name in ("node", "proxy", "tunnel", "auth", "web")
-                            if getattr(args, f"{name}_port")})
+            labels=args.labels, audit_retention_days=args.audit_retention_days,
+            port_overrides={name: getattr(args, f"{name}_port") for name in DEFAULT_PORTS
+                            if getattr(args, f"{name}_port") is not None})
     except ConfigError as exc:
         raise CliError(str(exc)) from None
     from ssh_proto.allocator import tune_allocator

@@ -7,7 +7,7 @@ import pytest
 
 from appliance.cli import remote
 from appliance.cli.errors import CliError
-from appliance.config import ConfigError, parse_labels as config_labels
+from appliance.config import ConfigError, load_config
 from appliance.inventory import (MAX_LABELS, LabelError, check_labels, format_labels, labels_match,
                                  parse_labels)
 from appliance.node.labels import CommandLabel, LabelSet
@@ -64,9 +64,13 @@ def test_the_text_form_reads_back():
     assert format_labels(labels) == "env=prod,role=web" and parse_labels(format_labels(labels)) == labels
 
 
-def test_start_and_the_toml_file_refuse_what_the_auth_service_would():
-    with pytest.raises(ConfigError, match="given twice"):
-        config_labels("env=a,env=b")
+def test_start_and_the_toml_file_refuse_what_the_auth_service_would(tmp_path):
+    with pytest.raises(ConfigError, match="--labels: label 'env' is given twice"):
+        load_config(None, data_dir=str(tmp_path), labels="env=a,env=b")
+    toml = tmp_path / "jumpgate.toml"
+    toml.write_text('[node]\nlabels = {"a:b" = "x"}\n')
+    with pytest.raises(ConfigError, match="line 2: node.labels: invalid label name 'a:b'"):
+        load_config(str(toml))
     with pytest.raises(ValueError, match="invalid label name"):
         LabelSet({"a:b": "x"})               # a node does not start with labels its heartbeats carry in vain
     with pytest.raises(ValueError, match="at most 32"):
