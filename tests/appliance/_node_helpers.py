@@ -1,6 +1,8 @@
 """Shared plumbing for the node tests: a test cluster's keys, a node in a nursery, clients.
 
-- :func:`make_user`: a throw-away OS account (``tests/interop/openssh.py`` makes it).
+- :func:`make_user`: a throw-away OS account (``tests/interop/openssh.py`` makes it); as
+  anyone but root it skips the test that asked, so only the tests that need an account (a
+  node switching users) are skipped, never a whole module.
 - :class:`TestCluster`: a user CA, a host CA, the node's host key and certificate, and
   user certificates issued by :func:`ssh_proto.certs.sign_certificate` (our own CA code),
   written to files the real OpenSSH client reads.
@@ -20,6 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import pytest
 import trio
 
 _INTEROP = str(Path(__file__).resolve().parent.parent / "interop")
@@ -38,8 +41,14 @@ SCP = "/usr/bin/scp"
 SSH_ADD = "/usr/bin/ssh-add"
 
 
+NEEDS_ROOT = "needs root: it creates an OS account for a node that switches users"
+
+
 def make_user(tag: str) -> openssh.ThrowawayUser:
-    """A fresh ``jgt_<tag>_<pid>`` account with /bin/sh and a 0700 home (remove it after)."""
+    """A fresh ``jgt_<tag>_<pid>`` account with /bin/sh and a 0700 home (remove it after);
+    skips the asking test unless it runs as root."""
+    if os.geteuid() != 0:
+        pytest.skip(NEEDS_ROOT)
     openssh.sweep_stale_users()
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     return openssh.create_throwaway_user(openssh.throwaway_user_name(tag + worker.removeprefix("gw")))

@@ -29,7 +29,6 @@ from appliance.client.ssh import (ConnectError, ScpProtocolError, _Sink, connect
                                   scp_download, scp_upload)
 from appliance.node.server import NodeIdentity, serve_node
 
-pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="the node switches users: needs root")]
 
 
 login, cluster, profile = proxy_fixtures("clissh")

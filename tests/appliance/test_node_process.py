@@ -17,7 +17,6 @@ from _node_helpers import make_user, remove_user
 from appliance.node import process as proc
 from ssh_proto import PtyInfo
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,7 @@ from appliance.node.server import NodeServer, node_server_factory, serve_node
 from ssh_proto.certs import EXT_PERMIT_AGENT_FORWARDING, EXT_PERMIT_PORT_FORWARDING, EXT_PERMIT_PTY
 from ssh_proto.keys import PrivateKey
 
-pytestmark = [pytest.mark.interop,
-              pytest.mark.skipif(os.geteuid() != 0, reason="the node switches users: needs root")]
+pytestmark = pytest.mark.interop   # root-only tests skip through make_user (_node_helpers)
 
 NO_PTY = {EXT_PERMIT_PORT_FORWARDING: b"", EXT_PERMIT_AGENT_FORWARDING: b""}
 NO_FORWARDING = {EXT_PERMIT_PTY: b""}

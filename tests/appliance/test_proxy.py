@@ -33,7 +33,6 @@ from appliance.relay import relay_line
 from ssh_proto.errors import AuthError, ChannelOpenError
 from ssh_proto.keys import PrivateKey
 
-pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="the node switches users: needs root")]
 
 
 login, cluster, profile = proxy_fixtures("proxy")
