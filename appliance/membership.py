@@ -354,12 +354,13 @@ async def _labels(provider: Callable[[], Any]) -> dict[str, str]:
 
 async def _beat_until_error(api: ApiClient, name: str, addr: str, labels_provider: Callable[[], Any], *,
                             interval: float, tunnel: bool, holder: MembershipHolder | None,
-                            clock: Callable[[], float], on_beat: Callable[[], None]) -> None:
+                            clock: Callable[[], float], on_heartbeat: Callable[[], None],
+                            on_beat: Callable[[], None]) -> None:
     """Heartbeat (and renew) on one connection until it fails."""
     warned = False
     while True:
         result = await api.heartbeat(name=name, addr=addr, labels=await _labels(labels_provider), tunnel=tunnel)
-        on_beat()
+        on_heartbeat()
         registered = result.get("addr") if isinstance(result, Mapping) else None
         if isinstance(registered, str) and registered != addr and not warned:
             warned = True  # once per connection: the heartbeat cannot move it (J4)
@@ -371,12 +372,14 @@ async def _beat_until_error(api: ApiClient, name: str, addr: str, labels_provide
                 await renew_if_needed(api, holder, now=clock())
             except (ApiError, MembershipError) as exc:
                 log.warning("could not renew the host certificate of %s: %s", name, exc)
+        on_beat()
         await trio.sleep(interval)
 
 
 async def heartbeat_loop(api_factory: ApiFactory, name: str, addr: str, labels_provider: Callable[[], Any], *,
                          interval: float = 30.0, tunnel: bool = False, holder: MembershipHolder | None = None,
                          clock: Callable[[], float] = time.time, max_backoff: float = MAX_BACKOFF,
+                         backoff: Backoff | None = None, on_beat: Callable[[], None] = lambda: None,
                          task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Heartbeat forever; reconnect after a failure with a bounded backoff.
 
@@ -384,11 +387,14 @@ async def heartbeat_loop(api_factory: ApiFactory, name: str, addr: str, labels_p
     ``labels_provider()`` (sync or async) gives the current labels. With ``holder`` the
     host certificate is renewed when due. ``nursery.start`` returns after the first
     attempt, successful or not, so a node or proxy can start while the auth server is down.
+    The waits are Trio's (``trio.sleep``: a ``MockClock`` drives them); ``backoff`` (its
+    ``rng``) and ``clock`` (wall time, for the certificate) are injectable, and ``on_beat()``
+    is called after each heartbeat that was answered (and its renewal check).
     """
-    backoff = Backoff(maximum=max_backoff)
+    backoff = backoff if backoff is not None else Backoff(maximum=max_backoff)
     started = False
 
-    def beat() -> None:
+    def answered() -> None:
         nonlocal started
         backoff.reset()
         if not started:
@@ -401,7 +407,7 @@ async def heartbeat_loop(api_factory: ApiFactory, name: str, addr: str, labels_p
         try:
             async with api_factory() as api:
                 await _beat_until_error(api, name, addr, labels_provider, interval=interval, tunnel=tunnel,
-                                        holder=holder, clock=clock, on_beat=beat)
+                                        holder=holder, clock=clock, on_heartbeat=answered, on_beat=on_beat)
         except (ApiError, SSHError, OSError, trio.TooSlowError) as exc:
             log.warning("heartbeat of %s to the auth server failed: %s", name, exc)
         if not started:

@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -125,7 +125,9 @@ class AuditLog:
 
     def __init__(self) -> None:
         self.events: list[dict] = []
-        self.rejected: list[tuple[dict, str]] = []  # events the auth role would refuse
+        self.rejected: list[tuple[dict, str]] = []  # events the auth service would refuse
+        self.listeners: list[Callable[[], None]] = []   # called at each event (a test's wake-up)
+        self._appended = trio.Event()
 
     async def __call__(self, event: dict) -> None:
         try:
@@ -134,11 +136,22 @@ class AuditLog:
             self.rejected.append((event, str(exc)))
             raise
         self.events.append(dict(event))
+        self._appended.set()
+        self._appended = trio.Event()
+        for listener in self.listeners:
+            listener()
 
     def of(self, name: str, *, success: bool = True) -> list[dict]:
         """The fields (with "user" added) of every ``name`` event with that outcome."""
         return [{"user": e["user"], **e["fields"]} for e in self.events
                 if e["event"] == name and e["success"] is success]
+
+    async def wait_for(self, name: str, *, success: bool = True) -> list[dict]:
+        """:meth:`of` once it holds an event: woken by each event the node emits (the caller
+        bounds the wait)."""
+        while not (found := self.of(name, success=success)):
+            await self._appended.wait()
+        return found
 
 
 async def start_node(nursery: trio.Nursery, cluster: TestCluster, audit: AuditLog | None = None, **options):
