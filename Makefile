@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PYTEST_WORKERS ?= 2
 
-.PHONY: test venv system-deps pyz demo bench clean
+.PHONY: test test-fast venv system-deps pyz demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,15 @@ pyz: dist/jumpgate.pyz
 demo: pyz
 	./dist/jumpgate.pyz start
 
+# Everything: the tests, the doctests of ssh_proto/ and appliance/ (pyproject.toml's testpaths
+# and --doctest-modules), real OpenSSH (interop) and the built pyz as processes (e2e).
 test: venv system-deps
-	$(PY) -m pytest -n $(PYTEST_WORKERS) -q tests
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q tests ssh_proto appliance
+
+# The inner loop: the same without the interop and e2e tests (no OpenSSH, no pyz build).
+test-fast: venv
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q -m "not interop" --ignore=tests/interop --ignore=tests/e2e \
+	    tests ssh_proto appliance
 
 bench: venv system-deps
 	$(PY) tests/bench/bench_ssh.py

@@ -2,7 +2,7 @@
 
 One host usually owns a whole IPv6 /64 (SLAAC, privacy addresses: RFC 4941 rotates the low
 64 bits at will), so counting IPv6 clients by their full address gives one host 2**64
-identities. Every per-source bound in ``appliance/`` — the web role's connection cap and
+identities. Every per-source bound in ``appliance/`` — the web service's connection cap and
 rate limit (docs/security.md W1), the audit log's coalescing of refusals (U2) — counts by
 :func:`accounting_key` instead, so that they agree on who "one source" is:
 

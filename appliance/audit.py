@@ -1,8 +1,8 @@
-"""Audit events: their names, their codes, and the one record type every role emits.
+"""Audit events: their names, their codes, and the one record type every service emits.
 
 Every security-relevant action of the cluster (a login, a failed login, a lockout, a
 certificate issued, a node joining, a session starting or ending, ...) becomes one
-:class:`AuditEvent`, stored by the auth role (``storage.append_audit``) and listed with
+:class:`AuditEvent`, stored by the auth service (``storage.append_audit``) and listed with
 ``jumpgate ctl audit``. The names and codes follow Teleport's audit log
 (docs reference/audit-events) so that an operator who knows one knows the other.
 
@@ -36,6 +36,7 @@ agent.forward           T3013I    T3013W    node
 node.join               T3200I    T3200W    auth (join token -> host certificate)
 node.add                T3201I              auth (agentless OpenSSH node)
 node.remove             T3202I              auth
+node.update             T3203I              auth (an agentless node's address or labels)
 cert.create             TC000I    TC000W    auth (user or host certificate)
 ca.create               TCA01I              auth (first start)
 token.create            TJ000I              auth
@@ -98,6 +99,7 @@ EVENT_CODES: Mapping[str, tuple[str, str | None]] = types.MappingProxyType({
     "node.join": ("T3200I", "T3200W"),
     "node.add": ("T3201I", None),
     "node.remove": ("T3202I", None),
+    "node.update": ("T3203I", None),
     "cert.create": ("TC000I", "TC000W"),
     "ca.create": ("TCA01I", None),
     "token.create": ("TJ000I", None),

@@ -1,6 +1,6 @@
 """A proxy's or node's view of the cluster, kept current by the auth server's push stream.
 
-The auth role pushes changes (:mod:`appliance.auth.watch`) over the API connection a proxy or
+The auth service pushes changes (:mod:`appliance.auth.watch`) over the API connection a proxy or
 node already holds; :class:`ClusterView` applies them and answers the questions revocation
 asks (docs/security.md R1-R4):
 
@@ -88,6 +88,7 @@ class ClusterView:
         self.live = LiveSessions()
         self.ready = trio.Event()
         self._node_listeners: list[Callable[[], None]] = []
+        self._applied = trio.Event()   # set (and replaced) at every push applied
 
     # ---- the questions -------------------------------------------------------------------
     def revoked(self, user: str, generation: int) -> bool:
@@ -103,6 +104,15 @@ class ClusterView:
         """``listener()`` after every change to the inventory (a proxy's directory refresh)."""
         self._node_listeners.append(listener)
 
+    async def wait_for(self, condition: Callable[[], bool]) -> None:
+        """Return once ``condition()`` holds, checking it again after each push applied (the
+        caller bounds the wait: ``with trio.fail_after(...)``)::
+
+            await view.wait_for(lambda: view.revoked("alice", 3))
+        """
+        while not condition():
+            await self._applied.wait()
+
     # ---- applying pushes -----------------------------------------------------------------
     def apply(self, push: Push) -> None:
         """Take one push; then end what it revoked. Unknown kinds are ignored (newer server)."""
@@ -113,6 +123,8 @@ class ClusterView:
         ended = self.live.end(self._why_end)
         if ended:
             log.info("revocation ended %d live connection(s)", ended)
+        self._applied.set()
+        self._applied = trio.Event()
 
     def _snapshot(self, data: Mapping[str, Any]) -> None:
         self._generations = {str(k): int(v) for k, v in dict(data.get("users", {})).items()}

@@ -1,14 +1,14 @@
-"""The limits each appliance role runs with: one place to read and tune them (docs/security.md L12).
+"""The limits each appliance service runs with: one place to read and tune them (docs/security.md L12).
 
 ssh_proto enforces the rules (§ Limits L1-L11); this module picks the numbers for the
-roles' SSH listeners — a :class:`ssh_proto.ListenerProfile` (admission: startups, per-source
+services' SSH listeners — a :class:`ssh_proto.ListenerProfile` (admission: startups, per-source
 caps, rate and penalties, authenticated connections per user and in total) and
 :class:`ssh_proto.ConnectionOptions` (one connection: channels, sessions, window budget,
 remote forwards) — and raises the process's file-descriptor limit at start
 (:func:`raise_nofile_limit`, rule L5).
 
 How the numbers were chosen. A descriptor is the scarce resource of one process holding
-every role: a proxy connection holds one, plus one per channel it relays to a node (and,
+every service: a proxy connection holds one, plus one per channel it relays to a node (and,
 all-in-one, the node's end of it). Per user, at the proxy: 64 connections x (1 + 64
 channels) is ~4,200 descriptors and 64 x 16 MiB of receive window at worst; the per-user
 cap is what keeps one account, however it misbehaves, from exhausting the process (L2), and
@@ -16,7 +16,7 @@ the listener survives exhaustion anyway (L1). The pre-auth numbers let a source 
 NAT or an office: many users) start logins in bursts (64 at once, 8/s after) while
 bounding the key exchanges it can make us compute; penalties are OpenSSH's. A node is
 reached through the proxy, so its sources are the users the proxy vouches for, never the
-proxy (L11). The auth role's callers are nodes and proxies, many of them possibly behind
+proxy (L11). The auth service's callers are nodes and proxies, many of them possibly behind
 one NAT: a larger per-source rate. The tunnel listener of the next issue (up to 10,000
 nodes, many behind one NAT) gets :data:`TUNNEL_PROFILE`: no per-source rules at all.
 """

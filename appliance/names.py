@@ -1,6 +1,6 @@
 """Names the cluster's host CA vouches for: node names, addresses, the cluster name.
 
-This module owns the syntax rules every role and the client share (docs/security.md
+This module owns the syntax rules every service and the client share (docs/security.md
 "Joining the cluster" J1, J5, J9); it does no I/O but reading the public suffix list once.
 
 * A **node name** (nodes, proxies, agentless OpenSSH nodes) is one lower-case DNS label,
@@ -15,9 +15,15 @@ This module owns the syntax rules every role and the client share (docs/security
   package, ICANN and private sections, without its "unknown TLDs are public" default):
   it becomes ``Host *.CLUSTER`` in users' ssh_config and ``*.CLUSTER`` in their
   known_hosts, and ``*.com`` there would trust the cluster's CA for every ``.com`` host.
+* A node's **qualified name** is ``NAME.CLUSTER`` (:func:`qualified`), a principal of its host
+  certificate beside ``NAME``; :func:`strip_cluster` is the one place that takes the
+  ``.CLUSTER`` off again (the proxy's routing, the client's host check), case-insensitively
+  and only as a suffix; :func:`under_cluster` tells a name at or below the cluster's domain.
 
 >>> check_node_name("DB1"), is_node_name("github.com"), is_public_suffix("prod"), is_public_suffix("acme")
 ('db1', False, True, False)
+>>> qualified("db1", "acme"), strip_cluster("DB1.Acme", "acme"), strip_cluster("db1.acme.io", "acme")
+('db1.acme', 'DB1', 'db1.acme.io')
 """
 from __future__ import annotations
 
@@ -27,7 +33,7 @@ import re
 from typing import Any
 
 __all__ = ["InvalidName", "check_dns_name", "check_node_name", "is_dns_name", "is_ip_address", "is_node_name",
-           "is_public_suffix"]
+           "is_public_suffix", "qualified", "strip_cluster", "under_cluster"]
 
 _LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _NODE_NAME = re.compile(_LABEL)
@@ -75,7 +81,7 @@ def check_dns_name(name: Any, what: str = "name") -> str:
 
 @functools.cache
 def _suffix_list():
-    # Imported here: only login, config and the auth role's start need it (~20 ms to parse).
+    # Imported here: only login, config and the auth service's start need it (~20 ms to parse).
     from publicsuffixlist import PublicSuffixList
     return PublicSuffixList(only_icann=False, accept_unknown=False)
 
@@ -84,3 +90,24 @@ def is_public_suffix(name: str) -> bool:
     """True when ``name`` is listed as a public suffix (``com``, ``prod``, ``co.uk``), so
     that ``*.name`` names hosts of many owners (J9)."""
     return bool(name) and _suffix_list().is_public(name.lower().rstrip("."))
+
+
+def qualified(name: str, cluster: str) -> str:
+    """``NAME.CLUSTER``, the name a node's host certificate carries under the cluster's domain
+    (just ``NAME`` when there is no cluster name)."""
+    return f"{name}.{cluster}" if cluster else name
+
+
+def strip_cluster(host: str, cluster: str) -> str:
+    """``host`` without its ``.CLUSTER`` suffix (case-insensitively; the rest as written), or
+    ``host`` itself when it does not end in one (``.CLUSTER`` alone is not a name)."""
+    suffix = "." + cluster.lower()
+    if cluster and host.lower().endswith(suffix) and len(host) > len(suffix):
+        return host[:-len(suffix)]
+    return host
+
+
+def under_cluster(name: str, cluster: str) -> bool:
+    """``name`` is the cluster name or below it (a node's ``NAME.CLUSTER``)."""
+    name, cluster = name.lower(), cluster.lower()
+    return name == cluster or name.endswith("." + cluster)

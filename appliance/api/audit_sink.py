@@ -3,7 +3,7 @@
 A node used to await the auth server's answer for every event (``session.start`` before the
 command ran, ``session.end`` before its exit status went out): two API round trips and two
 SQLite commits in each session's latency. :class:`AuditForwarder` keeps Teleport's answer
-to that: the role queues the event and carries on; one task delivers the queue in order
+to that: the service queues the event and carries on; one task delivers the queue in order
 (``session.end`` never overtakes ``session.start``). The queue is bounded: when the auth
 server falls behind by :data:`CAPACITY` events, emitters wait (sessions slow down) rather
 than events being dropped. An event the auth server refuses or cannot take is logged with

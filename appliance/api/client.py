@@ -41,6 +41,7 @@ from ssh_proto.errors import CertificateError, HostKeyNotVerifiable, SSHError
 from ssh_proto.keys import CERT_TYPE_HOST, Certificate, PrivateKey, PublicKey
 from ssh_proto.known_hosts import KnownHosts
 
+from ..addresses import AUTH_PORT, parse_endpoint, parse_host, parse_port
 from ..auth.ca import pin_matches
 from .protocol import (E_PROTOCOL, E_UNAVAILABLE, SUBSYSTEM, WATCH_SUBSYSTEM, ApiProtocolError, ErrorResponse,
                        FrameDecoder, Push, Request, Response, encode_request)
@@ -48,7 +49,7 @@ from .protocol import (E_PROTOCOL, E_UNAVAILABLE, SUBSYSTEM, WATCH_SUBSYSTEM, Ap
 __all__ = ["ApiClient", "ApiError", "JOIN_USER", "parse_addr", "verify_auth_server"]
 
 RECEIVE_SIZE = 64 * 1024
-DEFAULT_PORT = 3025
+DEFAULT_PORT = AUTH_PORT
 JOIN_USER = "-join"
 _MAX_ID = 2**32 - 1
 
@@ -66,27 +67,12 @@ class ApiError(Exception):
 
 
 def parse_addr(addr: str | tuple[str, int], default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """``host``, ``host:port``, ``[v6]:port`` or a (host, port) tuple -> (host, port)."""
+    """``host``, ``host:port``, ``[v6]:port`` (:func:`appliance.addresses.parse_endpoint`) or a
+    (host, port) tuple -> (host, port); ValueError (AddressError) if malformed."""
     if isinstance(addr, tuple):
         host, port = addr
-    else:
-        host, port = addr, default_port
-        if addr.startswith("["):
-            inner, sep, rest = addr[1:].partition("]")
-            host = inner
-            if rest:
-                if not rest.startswith(":"):
-                    raise ValueError(f"invalid address {addr!r}")
-                port = rest[1:]
-        elif addr.count(":") == 1:
-            host, port = addr.split(":")
-    try:
-        port = int(port)
-    except ValueError:
-        raise ValueError(f"invalid port in {addr!r}") from None
-    if not host or not 0 < port < 65536:
-        raise ValueError(f"invalid address {addr!r}")
-    return host, port
+        return parse_host(host), parse_port(port)
+    return parse_endpoint(addr, default_port, "auth server address")
 
 
 def _auth_certificate(key: PublicKey | Certificate) -> Certificate:

@@ -1,7 +1,7 @@
-"""A long-lived, self-healing connection to the auth API for a running role.
+"""A long-lived, self-healing connection to the auth API for a running service.
 
-Roles call the auth API often (heartbeats, audit events, node lookups, logins through
-the web role); :class:`ApiPool` keeps one :class:`ApiClient` open in a task of its own and
+Services call the auth API often (heartbeats, audit events, node lookups, logins through
+the web service); :class:`ApiPool` keeps one :class:`ApiClient` open in a task of its own and
 reopens it after a failure, so a call pays for an SSH handshake only after an outage.
 ``await pool.list_nodes(labels={})`` works like the client's method sugar.
 """

@@ -1,6 +1,6 @@
 """The internal API's wire format, sans-IO: length-prefixed msgpack frames.
 
-This module owns the bytes that roles exchange on the ``jumpgate-api`` and
+This module owns the bytes that services exchange on the ``jumpgate-api`` and
 ``jumpgate-watch`` SSH subsystems (auth port 3025) and nothing else: no sockets, no SSH, no Trio. Like h11, bytes go in
 (:meth:`FrameDecoder.feed`), small immutable messages come out
 (:meth:`FrameDecoder.next_message`), and ``encode_*`` turn messages into bytes.

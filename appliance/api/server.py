@@ -6,7 +6,7 @@ nothing of business rules (that is :class:`~appliance.auth.service.AuthService`)
 
 Rules, in the order they are applied to each request:
 
-1. The method must be in :data:`ALLOWED` for the caller's role (an explicit table;
+1. The method must be in :data:`ALLOWED` for the caller's kind (an explicit table;
    anything else is ``unknown_method`` or ``permission_denied``, and a denial is an
    audit event).
 2. Parameters the server vouches for are never taken from the peer: ``actor`` (who
@@ -40,7 +40,7 @@ from ..auth.service import AuthService, AuthServiceError, to_wire
 from .protocol import (E_BAD_REQUEST, E_INTERNAL, E_PERMISSION_DENIED, E_PROTOCOL, E_UNKNOWN_METHOD, ApiProtocolError,
                        ErrorResponse, FrameDecoder, FrameTooLarge, Request, Response, encode_error, encode_response)
 
-__all__ = ["ALLOWED", "ROLES", "Caller", "serve_api_channel"]
+__all__ = ["ALLOWED", "CALLER_KINDS", "Caller", "serve_api_channel"]
 
 log = logging.getLogger("jumpgate.api")
 
@@ -48,25 +48,28 @@ RECEIVE_SIZE = 64 * 1024
 #: Longest a single call may run (the password hash of a login is the slow one).
 REQUEST_TIMEOUT = 60.0
 
-ROLES = ("admin", "node", "proxy", "joining", "user")
+#: Who may be on the other end of an API channel (how the peer authenticated, in
+#: ``appliance/auth/server.py``). Not a user's roles: an ``admin`` caller is a user whose
+#: certificate and record carry the ``admin`` user role.
+CALLER_KINDS = ("admin", "node", "proxy", "joining", "user")
 
 _READ_ONLY = frozenset({"cluster_info", "list_nodes", "get_node"})
-#: Which AuthService methods each role may call. Keep it explicit: a new service method
+#: Which AuthService methods each kind of caller may call. Keep it explicit: a new service method
 #: is reachable by nobody until it is added here.
 ALLOWED: Mapping[str, frozenset[str]] = {
     # jumpgate ctl with an admin certificate
     "admin": _READ_ONLY | {
         "create_user", "list_users", "get_user", "delete_user", "reset_user",
         "create_token", "list_tokens", "delete_token",
-        "add_node", "remove_node",
+        "add_node", "update_node", "remove_node",
         "sign_user_cert", "sign_host_cert", "export_ca", "list_audit",
     },
     "node": frozenset({"heartbeat", "emit_audit", "cluster_info", "renew_host_cert"}),
-    # the proxy identity also serves the web role (signup and login pages)
+    # the proxy's membership also serves the web service (signup and login pages)
     "proxy": _READ_ONLY | {"heartbeat", "emit_audit", "renew_host_cert",
                            "login", "get_invite", "complete_signup"},
     "joining": frozenset({"join"}),
-    # a user certificate without a role: nothing until a feature needs it
+    # a user certificate without the admin role: nothing until a feature needs it
     "user": frozenset(),
 }
 
@@ -82,27 +85,27 @@ _SELF_ONLY = frozenset({"heartbeat", "renew_host_cert"})
 class Caller:
     """Who is on the other end of a channel, as SSH authentication established it.
 
-    ``role`` is one of :data:`ROLES`; ``name`` the node/proxy name or the user name
+    ``kind`` is one of :data:`CALLER_KINDS`; ``name`` the node/proxy name or the user name
     (``-join`` for a joining peer). ``join_token`` is the password a joining peer
     authenticated with; it is never printed. ``session_id`` is the SSH session identifier
     of the connection (a re-join proof signs it).
     """
 
-    role: str
+    kind: str
     name: str
     client_ip: str = ""
     join_token: str = field(default="", repr=False, compare=False)
     session_id: bytes = field(default=b"", repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.role not in ROLES:
-            raise ValueError(f"unknown caller role {self.role!r}")
+        if self.kind not in CALLER_KINDS:
+            raise ValueError(f"unknown caller kind {self.kind!r}")
 
     @property
     def actor(self) -> str:
         """How the audit log names this caller, e.g. ``user:alice`` or ``node:db1``."""
-        kind = "user" if self.role in ("admin", "user") else self.role
-        return f"{kind}:{self.name}"
+        prefix = "user" if self.kind in ("admin", "user") else self.kind
+        return f"{prefix}:{self.name}"
 
 
 def _denied(message: str) -> AuthServiceError:
@@ -110,11 +113,11 @@ def _denied(message: str) -> AuthServiceError:
 
 
 def _bind_self(caller: Caller, method: str, params: dict[str, Any]) -> None:
-    if caller.role not in ("node", "proxy") or method not in _SELF_ONLY:
+    if caller.kind not in ("node", "proxy") or method not in _SELF_ONLY:
         return
     name = params.setdefault("name", caller.name)
     if name != caller.name:
-        raise _denied(f"a {caller.role} may call {method} for itself only")
+        raise _denied(f"a {caller.kind} may call {method} for itself only")
 
 
 def _server_params(caller: Caller, method: str, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -147,7 +150,7 @@ def _bound_call(service: AuthService, method: str, params: dict[str, Any], calle
 
 async def _audit_denial(service: AuthService, caller: Caller, method: str) -> None:
     event = {"event": "auth", "user": caller.name, "success": False,
-             "fields": {"reason": "permission denied", "method": method, "role": caller.role,
+             "fields": {"reason": "permission denied", "method": method, "caller": caller.kind,
                         "client_ip": caller.client_ip}}
     try:
         await service.emit_audit(event, emitter="auth:api")
@@ -159,10 +162,10 @@ async def _call(service: AuthService, caller: Caller, req: Request) -> Any:
     """Rules 1-4; returns the wire form of the result or raises AuthServiceError."""
     if req.method not in _ALL_METHODS:
         raise AuthServiceError(E_UNKNOWN_METHOD, f"no API method {req.method!r}")
-    if req.method not in ALLOWED[caller.role]:
+    if req.method not in ALLOWED[caller.kind]:
         log.warning("denied %s to %s (%s)", req.method, caller.actor, caller.client_ip)
         await _audit_denial(service, caller, req.method)
-        raise _denied(f"{req.method} is not allowed for a {caller.role}")
+        raise _denied(f"{req.method} is not allowed for a {caller.kind}")
     params = _server_params(caller, req.method, req.params)
     with trio.CancelScope(shield=True, deadline=trio.current_time() + REQUEST_TIMEOUT) as scope:
         result = await _bound_call(service, req.method, params, caller)

@@ -1,4 +1,4 @@
-"""The auth role's writer of the audit log: group commit, coalesced refusals, retention.
+"""The auth service's writer of the audit log: group commit, coalesced refusals, retention.
 
 Every audit event of the cluster goes through one :class:`AuditLog` (the auth service's own
 and those nodes and proxies report). What it guarantees (docs/security.md U3):
@@ -39,6 +39,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import trio
 
@@ -92,6 +93,17 @@ class AuditLog:
         self._ids: dict[int, int] = {}   # seq -> id, for the durable appends still waiting
         self._write_lock = trio.Lock()
         self._wakeup = trio.Event()
+
+    def event(self, event: str, /, *, user: str = "", success: bool = True, **fields: Any) -> AuditEvent:
+        """One of the auth service's own events, timed by the log's clock; empty fields are
+        left out."""
+        return make_event(event, time=self._clock(), user=user, success=success,
+                          **{k: v for k, v in fields.items() if v not in (None, "")})
+
+    async def record(self, event: str, /, *, user: str = "", success: bool = True, **fields: Any) -> int:
+        """Append one of the auth service's own events (:meth:`event`): durable on return if a
+        success, queued if a refusal."""
+        return await self.append(self.event(event, user=user, success=success, **fields))
 
     async def append(self, event: AuditEvent) -> int:
         """Record ``event``: its id once committed if it is a success; 0 at once if it is a

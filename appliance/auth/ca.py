@@ -3,13 +3,13 @@
 * The **user CA** signs user certificates: ``key_id = "user:<name>"``, principals = the
   user's logins (never empty — an empty list means "anyone" to OpenSSH before 10.3,
   CVE-2024-7594), extensions = ``ssh-keygen``'s defaults plus
-  ``jumpgate-roles@jumpgate`` (comma list) when the user has roles.
+  ``jumpgate-roles@jumpgate`` (comma list) when the user has user roles (``admin``).
 * The **host CA** signs host certificates for nodes, proxies and the auth server:
-  ``key_id = "<role>:<name>"``, principals given by the caller (name, name.CLUSTER,
-  addresses, ...).
+  ``key_id = "<kind>:<name>"`` (kind ``node``, ``proxy`` or ``auth``), principals given by
+  the caller (name, name.CLUSTER, addresses, ...).
 
 Both are Ed25519 keys created on the first start and kept, OpenSSH-PEM encoded, in
-the auth role's storage. The private keys never leave this object: no method returns
+the auth service's storage. The private keys never leave this object: no method returns
 them and ``repr`` shows fingerprints only. Certificates are backdated by one minute
 so that a node whose clock is slightly behind accepts them (as Teleport does).
 
@@ -36,7 +36,7 @@ from ..storage.base import CARecord, Storage
 
 __all__ = [
     "BACKDATE_SECONDS",
-    "HOST_ROLES",
+    "HOST_KINDS",
     "GENERATION_EXTENSION",
     "ROLES_EXTENSION",
     "CAError",
@@ -52,7 +52,8 @@ ROLES_EXTENSION = "jumpgate-roles@jumpgate"
 #: The user's certificate generation when the certificate was issued (decimal): deleting or
 #: resetting the user bumps it, and proxies and nodes refuse older ones (docs/security.md R1).
 GENERATION_EXTENSION = "jumpgate-generation@jumpgate"
-HOST_ROLES = frozenset({"node", "proxy", "auth"})
+#: What a host certificate may be for: its key id is ``<kind>:<name>``.
+HOST_KINDS = frozenset({"node", "proxy", "auth"})
 BACKDATE_SECONDS = 60
 CA_KINDS = ("user", "host")
 # A principal or host pattern is one token of a known_hosts / principals list.
@@ -94,7 +95,7 @@ def _extension_text(cert: Certificate, name: str) -> str | None:
 
 
 def roles_from_certificate(cert: Certificate) -> tuple[str, ...]:
-    """The Jumpgate roles a user certificate carries (``()`` when none or malformed)."""
+    """The Jumpgate user roles a user certificate carries (``()`` when none or malformed)."""
     text = _extension_text(cert, ROLES_EXTENSION)
     return tuple(role for role in text.split(",") if role) if text else ()
 
@@ -221,14 +222,14 @@ class ClusterCA:
         return self._sign(self._user, public_key, CERT_TYPE_USER, f"user:{user}", principals,
                           valid_after, valid_before, extensions)
 
-    def sign_host(self, public_key: PublicKey, role: str, name: str, principals: Sequence[str],
+    def sign_host(self, public_key: PublicKey, kind: str, name: str, principals: Sequence[str],
                   ttl: float, now: float) -> Certificate:
-        """A host certificate ``key_id = "<role>:<name>"`` for ``principals`` (never empty)."""
-        if role not in HOST_ROLES:
-            raise CAError(f"unknown host role {str(role)[:16]!r}")
+        """A host certificate ``key_id = "<kind>:<name>"`` for ``principals`` (never empty)."""
+        if kind not in HOST_KINDS:
+            raise CAError(f"unknown host kind {str(kind)[:16]!r}")
         names = _check_principals(principals)
         valid_after, valid_before = _validity(ttl, now)
-        return self._sign(self._host, public_key, CERT_TYPE_HOST, f"{role}:{name}", names,
+        return self._sign(self._host, public_key, CERT_TYPE_HOST, f"{kind}:{name}", names,
                           valid_after, valid_before, {})
 
     @staticmethod

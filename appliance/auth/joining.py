@@ -15,8 +15,8 @@ cluster" states them with their tests:
   must name one of the granted addresses, so the proxy only dials where the CA vouches the
   node is; a node behind NAT needs the admin to approve the address the proxy reaches it
   at (or, later, the reverse tunnel). Heartbeats never change it.
-* Addresses under ``.CLUSTER`` are node names: a token or ``ctl auth sign --host`` may not
-  hand one out as an "address".
+* Addresses under ``.CLUSTER`` are node names (:func:`appliance.names.under_cluster`): a
+  token or ``ctl auth sign --host`` may not hand one out as an "address".
 
 >>> grant_addresses(("10.0.0.5",), "192.0.2.7", held_by_others=set())
 ('10.0.0.5', '192.0.2.7')
@@ -27,19 +27,19 @@ cluster" states them with their tests:
 """
 from __future__ import annotations
 
-import ipaddress
-import time
 from collections.abc import Iterable, Sequence, Set
 from typing import Any
 
 from ssh_proto.keys import PublicKey
 
+from ..addresses import canonical_ip, host_of
 from ..storage.base import NodeRecord, TokenRecord
+from ..timestamps import format_time
 from . import rejoin
 from .ca import CAError, parse_plain_public_key
 
 __all__ = ["JoinRefused", "check_dial_addr", "check_name_free_or_proven", "check_token_for", "dial_host",
-           "grant_addresses", "normalise_ip", "under_cluster"]
+           "grant_addresses"]
 
 
 class JoinRefused(Exception):
@@ -51,25 +51,11 @@ class JoinRefused(Exception):
         self.message = message
 
 
-def normalise_ip(text: str) -> str:
-    """The canonical text of an IP address (``::ffff:10.0.0.5`` stays as written), "" if not one."""
-    try:
-        return str(ipaddress.ip_address(text))
-    except ValueError:
-        return ""
-
-
-def under_cluster(name: str, cluster: str) -> bool:
-    """``name`` is the cluster name or below it (a node's ``NAME.CLUSTER``)."""
-    name, cluster = name.lower(), cluster.lower()
-    return name == cluster or name.endswith("." + cluster)
-
-
 def grant_addresses(approved: Iterable[str], source_ip: str, *, held_by_others: Set[str]) -> tuple[str, ...]:
     """J3: the extra principals of a joining host — the token's approved addresses, then the
     source address when it is an IP no other registered host holds."""
     granted = list(dict.fromkeys(approved))
-    source = normalise_ip(source_ip)
+    source = canonical_ip(source_ip)
     if source and source not in held_by_others and source not in granted:
         granted.append(source)
     return tuple(granted)
@@ -77,10 +63,7 @@ def grant_addresses(approved: Iterable[str], source_ip: str, *, held_by_others: 
 
 def dial_host(addr: str) -> str:
     """The host part of a checked ``host:port`` / ``[v6]:port`` address ("" for "")."""
-    if not addr:
-        return ""
-    host = addr.rpartition(":")[0]
-    return host[1:-1] if host.startswith("[") else host
+    return host_of(addr) if addr else ""
 
 
 def check_token_for(record: TokenRecord, kind: str, name: str) -> None:
@@ -105,7 +88,7 @@ def check_name_free_or_proven(existing: NodeRecord | None, kind: str, name: str,
     if registered is not None and isinstance(session_id, bytes) and rejoin.verify_proof(
             registered, proof, session_id, kind, name, key.blob):
         return
-    seen = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(existing.last_seen))
+    seen = format_time(existing.last_seen)
     held = f"host key {registered.fingerprint()}, " if registered is not None else ""
     raise JoinRefused("already_exists", (
         f"the name {name!r} is taken by a registered {kind} ({held}last seen {seen}) and this host "

@@ -12,7 +12,7 @@
   ``hmac.compare_digest``.
 * Every hash runs in a worker thread under the hasher's own ``trio.CapacityLimiter``
   (:data:`HASH_CONCURRENCY` at once: at most 256 MiB of scrypt memory with the defaults).
-  Trio's default thread limiter would let 40 run at once, 5 GiB; the web role's rate limit
+  Trio's default thread limiter would let 40 run at once, 5 GiB; the web service's rate limit
   is in front, this bound behind it (A2).
 * :meth:`PasswordHasher.check` costs the same whatever it is given (docs/security.md T13
   and A3): ``None`` (an unknown or locked user) is checked against a dummy hash

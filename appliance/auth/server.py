@@ -1,4 +1,4 @@
-"""The auth role's SSH server (port 3025): authenticate roles and admins, serve the API.
+"""The auth service's SSH server (port 3025): authenticate nodes, proxies and admins, serve the API.
 
 This module owns SSH user authentication (RFC 4252) for the auth API and the channel
 policy around it; what an authenticated caller may *do* is
@@ -50,6 +50,7 @@ from ssh_proto.certs import validate_host_certificate, validate_user_certificate
 from ssh_proto.errors import CertificateError
 from ssh_proto.keys import CERT_TYPE_HOST, CERT_TYPE_USER, Certificate, PrivateKey, PublicKey
 
+from ..addresses import AUTH_PORT
 from ..api.protocol import SUBSYSTEM, WATCH_SUBSYSTEM
 from ..api.server import Caller, serve_api_channel
 from ..limits import AUTH_OPTIONS, AUTH_PROFILE
@@ -61,11 +62,10 @@ __all__ = ["AUTH_PORT", "JOIN_USER", "AuthSSHServer", "serve_auth"]
 
 log = logging.getLogger("jumpgate.auth.server")
 
-AUTH_PORT = 3025
 #: The SSH user name a joining node authenticates as (not a valid account name).
 JOIN_USER = "-join"
 MAX_PASSWORD = 256
-_HOST_ROLES = ("node", "proxy")
+_HOST_CALLERS = ("node", "proxy")  # caller kinds a host certificate may authenticate
 #: A join token that exists but cannot be used still gets in: the join call says why.
 _JOIN_ERRORS_LET_IN = frozenset({"already_used", "expired"})
 # Without pty, agent or port forwarding; the subsystem check is in ``session``.
@@ -147,8 +147,8 @@ class AuthSSHServer(ssh_proto.SSHServer):
         raise _Refused("unknown certificate type", key.key_id)
 
     async def _host_caller(self, username: str, cert: Certificate) -> Caller:
-        role, _, name = cert.key_id.partition(":")
-        if role not in _HOST_ROLES or name != username:
+        kind, _, name = cert.key_id.partition(":")
+        if kind not in _HOST_CALLERS or name != username:
             raise _Refused(f"host certificate key id is not node:{username} or proxy:{username}", cert.key_id)
         try:
             validate_host_certificate(cert, hostname=username, trusted_cas=[self.ca.host_ca_public],
@@ -157,12 +157,12 @@ class AuthSSHServer(ssh_proto.SSHServer):
             raise _Refused(str(exc), cert.key_id) from None
         node = await self.service.storage.get_node(username)
         if node is None:
-            raise _Refused(f"{username} is not a registered {role}", cert.key_id)
-        if node.kind != role:
-            raise _Refused(f"{username} is registered as a {node.kind}, not a {role}", cert.key_id)
+            raise _Refused(f"{username} is not a registered {kind}", cert.key_id)
+        if node.kind != kind:
+            raise _Refused(f"{username} is registered as a {node.kind}, not a {kind}", cert.key_id)
         if node.host_key is None or not hmac.compare_digest(node.host_key, cert.public_key.blob):
             raise _Refused(f"{username} is registered with another host key", cert.key_id)
-        return Caller(role, username, self.client_ip)
+        return Caller(kind, username, self.client_ip)
 
     async def _admin_caller(self, username: str, cert: Certificate) -> Caller:
         if cert.key_id != f"user:{username}":
@@ -220,8 +220,8 @@ class AuthSSHServer(ssh_proto.SSHServer):
         if self.caller is None:  # cannot happen after auth; fail closed all the same
             return 1
         watch = session.kind == "subsystem" and session.subsystem == WATCH_SUBSYSTEM
-        if watch and self.feed is not None and self.caller.role in _HOST_ROLES:
-            await self.feed.serve(session, self.caller.role)
+        if watch and self.feed is not None and self.caller.kind in _HOST_CALLERS:
+            await self.feed.serve(session, self.caller.kind)
             return 0
         if session.kind != "subsystem" or session.subsystem != SUBSYSTEM:
             await session.send_stderr(f"this server only offers the {SUBSYSTEM} subsystem\r\n".encode())
@@ -238,7 +238,7 @@ async def serve_auth(service: AuthService, ca: ClusterCA, host_identity: tuple[P
                      task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve the auth API on host:port until cancelled.
 
-    ``host_identity`` is the auth role's host key and its ``auth:<name>`` host
+    ``host_identity`` is the auth service's host key and its ``auth:<name>`` host
     certificate (clients verify the server by it). ``clock`` is the time used to
     validate client certificates; ``feed`` (a running :class:`ChangeFeed`) serves the push
     stream to proxies and nodes. ``await nursery.start(serve_auth, ...)`` returns the

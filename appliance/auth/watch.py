@@ -1,9 +1,9 @@
-"""The auth role's push stream: changes in storage, pushed to proxies and nodes.
+"""The auth service's push stream: changes in storage, pushed to proxies and nodes.
 
 A proxy or node opens the ``jumpgate-watch`` subsystem on the API connection it already
 holds to the auth server (port 3025) and receives :class:`~appliance.api.protocol.Push`
 frames until the connection ends. Revocation rides it today (docs/security.md R1-R4); the
-inventory, roles and locks of later features will too.
+inventory, user roles and locks of later features will too.
 
 Theory of operation:
 
@@ -66,13 +66,13 @@ BATCH = 500
 
 
 def node_map(node: NodeRecord) -> dict[str, Any]:
-    return {"name": node.name, "kind": node.kind, "addr": node.addr, "labels": dict(node.labels),
-            "last_seen": node.last_seen, "tunnel": node.tunnel, "host_key": node.host_key or b""}
+    """The listing form of the record and its host key (nodes verify proxies by it)."""
+    return {**node.to_wire(), "host_key": node.host_key or b""}
 
 
 class _Subscriber:
-    def __init__(self, role: str) -> None:
-        self.role = role
+    def __init__(self, caller: str) -> None:
+        self.caller = caller  # the watcher's caller kind: node or proxy
         self.send, self.receive = trio.open_memory_channel[Push](SUBSCRIBER_QUEUE)
         self.overflowed = False
 
@@ -91,7 +91,7 @@ class ChangeFeed:
 
     >>> feed = ChangeFeed(storage)                         # doctest: +SKIP
     >>> await nursery.start(feed.run)                      # doctest: +SKIP
-    >>> await feed.serve(channel, role="node")             # doctest: +SKIP
+    >>> await feed.serve(channel, caller="node")           # doctest: +SKIP
     """
 
     def __init__(self, storage: Storage, *, clock: Callable[[], float] | None = None,
@@ -139,12 +139,12 @@ class ChangeFeed:
 
     def _publish(self, push: Push) -> None:
         for subscriber in tuple(self._subscribers):
-            if _visible(push, subscriber.role):
+            if _visible(push, subscriber.caller):
                 subscriber.offer(push)
 
     @contextlib.contextmanager
-    def subscribe(self, role: str):
-        subscriber = _Subscriber(role)
+    def subscribe(self, caller: str):
+        subscriber = _Subscriber(caller)
         self._subscribers.add(subscriber)
         try:
             yield subscriber
@@ -152,33 +152,34 @@ class ChangeFeed:
             self._subscribers.discard(subscriber)
             subscriber.send.close()
 
-    async def snapshot(self, role: str) -> Push:
+    async def snapshot(self, caller: str) -> Push:
         nodes = await self.storage.list_nodes()
         data: dict[str, Any] = {
             "users": await self.storage.list_generations(self._clock() - REVOCATION_HORIZON),
             "proxies": {n.name: n.host_key or b"" for n in nodes if n.kind == "proxy"},
         }
-        if role == "proxy":
+        if caller == "proxy":
             data["nodes"] = [node_map(n) for n in nodes]
         return Push("snapshot", data)
 
-    async def serve(self, stream: trio.abc.SendStream, role: str) -> None:
+    async def serve(self, stream: trio.abc.SendStream, caller: str) -> None:
         """Stream a snapshot and then the pushes to one watcher until it goes away or falls
         too far behind (then the stream just ends: the watcher reconnects)."""
-        with self.subscribe(role) as subscriber:  # before the snapshot: nothing falls between
+        with self.subscribe(caller) as subscriber:  # before the snapshot: nothing falls between
             try:
-                await stream.send_all(encode_push(await self.snapshot(role)))
+                await stream.send_all(encode_push(await self.snapshot(caller)))
                 async for push in subscriber.receive:
                     await stream.send_all(encode_push(push))
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             if subscriber.overflowed:
-                log.warning("a %s watcher fell %d changes behind: dropped, it will resync", role, SUBSCRIBER_QUEUE)
+                log.warning("a %s watcher fell %d changes behind: dropped, it will resync", caller, SUBSCRIBER_QUEUE)
 
 
-def _visible(push: Push, role: str) -> bool:
-    """Nodes learn about users and proxies only; a removed name is pushed to everyone."""
-    if role == "proxy" or push.kind != "node":
+def _visible(push: Push, caller: str) -> bool:
+    """Nodes learn about users and proxies only; a removed name is pushed to everyone.
+    ``caller`` is the watcher's caller kind (:data:`appliance.api.server.CALLER_KINDS`)."""
+    if caller == "proxy" or push.kind != "node":
         return True
     node = push.data.get("node")
     return node is None or node.get("kind") == "proxy"

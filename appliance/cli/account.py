@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import functools
 import io
 import re
@@ -36,6 +35,7 @@ import trio
 from appliance.client.http import JSONResponse, WebClientError, request, split_addr
 from appliance.client.muxclient import connect_daemon, mux_enabled, restart_daemon, stop_daemon
 from appliance.client.profile import ClientPaths, Profile, ProfileError
+from appliance.timestamps import format_time
 from appliance.web.tls import pin_from_token, parse_pin
 from ssh_proto.errors import KeyFormatError
 from ssh_proto.keys import CERT_TYPE_USER, Certificate, PrivateKey, PublicKey, parse_public_line
@@ -65,7 +65,7 @@ def _run(async_fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
 
 
 def _when(epoch: float) -> str:
-    return datetime.datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    return format_time(epoch, local=True)   # the user's own certificate: their time zone
 
 
 def _load_profile(paths: ClientPaths) -> Profile | None:

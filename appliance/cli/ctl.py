@@ -1,6 +1,6 @@
 """`jumpgate ctl`: administer the cluster.
 
-On the auth host ctl opens the auth role's storage in the data dir (found through the same
+On the auth host ctl opens the auth service's storage in the data dir (found through the same
 ``--data-dir`` / ``--config`` as ``start``) and applies the same AuthService rules; from
 elsewhere it calls the auth API over SSH (``--auth-server HOST:3025 --identity KEY`` with
 an admin certificate beside the key). Either way every change is an audit event.
@@ -8,7 +8,6 @@ an admin certificate beside the key). Either way every change is an audit event.
 from __future__ import annotations
 
 import contextlib
-import datetime
 import json
 import os
 import socket
@@ -18,7 +17,9 @@ from typing import Any, AsyncIterator
 
 import trio
 
-from ..config import ConfigError, load_config, parse_labels
+from ..addresses import AUTH_PORT, WEB_PORT, AddressError, format_endpoint, parse_endpoint
+from ..config import ConfigError, load_config
+from ..inventory import LabelError, format_labels, parse_labels
 from .errors import CliError
 
 AUTH_SIGN_USER_TTL = 3600
@@ -40,7 +41,8 @@ async def _ctl(args) -> int:
 class _Backend:
     """``await backend.call(method, **params)`` → wire-form result (dicts and lists)."""
 
-    def __init__(self, call, *, data_dir: Path | None, host: str, web_port: int, actor: str, auth_port: int = 3025):
+    def __init__(self, call, *, data_dir: Path | None, host: str, web_port: int, actor: str,
+                 auth_port: int = AUTH_PORT):
         self.call = call
         self.data_dir = data_dir
         self.host = host
@@ -133,7 +135,10 @@ async def _remote(args) -> AsyncIterator[_Backend]:
         raise CliError(f"cannot load {args.identity}: {exc}") from None
     if cert is None:
         raise CliError(f"no certificate {args.identity}-cert.pub beside the key")
-    host = args.auth_server.rpartition(":")[0] or args.auth_server
+    try:
+        host, auth_port = parse_endpoint(args.auth_server, AUTH_PORT, "--auth-server")
+    except AddressError as exc:
+        raise CliError(str(exc)) from None
 
     from ..client.profile import ClientPaths, Profile, ProfileError
     known_hosts = ClientPaths.default().known_hosts_path  # trusts the host CA since `jumpgate login`
@@ -143,14 +148,16 @@ async def _remote(args) -> AsyncIterator[_Backend]:
         profile = Profile.load()
     except ProfileError:
         profile = None
-    # invites point at the web role the admin logged in through, pinned as it was then
-    web_host, _, web_port = (profile.proxy if profile and profile.proxy else f"{host}:3080").rpartition(":")
+    # invites point at the web service the admin logged in through, pinned as it was then
+    try:
+        web_host, web_port = parse_endpoint(profile.proxy, WEB_PORT) if profile and profile.proxy else (host, WEB_PORT)
+    except AddressError as exc:
+        raise CliError(f"the profile's proxy address: {exc}") from None
     if profile is not None and profile.web_pin and not args.web_pin:
         args.web_pin = profile.web_pin
-    auth_port = int(args.auth_server.rpartition(":")[2]) if ":" in args.auth_server else 3025
     host_ca = _host_ca_of(known_hosts)
     try:
-        async with ApiClient.connect(args.auth_server, identity=(key, cert), host_ca_key=host_ca) as api:
+        async with ApiClient.connect((host, auth_port), identity=(key, cert), host_ca_key=host_ca) as api:
             async def call(method: str, **params: Any) -> Any:
                 try:
                     return await api.call(method, **params)
@@ -182,9 +189,8 @@ def _host_ca_of(known_hosts: Path):
 # ---------------------------------------------------------------------------- helpers
 
 def _when(ts: float) -> str:
-    if not ts:
-        return "-"
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    from ..timestamps import format_time
+    return format_time(ts) if ts else "-"   # 0: never (a node that never heartbeat)
 
 
 def _table(rows: list[list[str]], header: list[str]) -> None:
@@ -193,8 +199,12 @@ def _table(rows: list[list[str]], header: list[str]) -> None:
         print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
-def _labels(labels: dict) -> str:
-    return ",".join(f"{k}={v}" for k, v in sorted((labels or {}).items()))
+def _labels(text: str) -> dict[str, str]:
+    """``--labels key=value,...``; a bad one is a one-line error."""
+    try:
+        return parse_labels(text)
+    except LabelError as exc:
+        raise CliError(f"--labels: {exc}") from None
 
 
 def _ttl(text: str, default: int) -> int:
@@ -209,7 +219,7 @@ def _split(text: str) -> list[str]:
 def _print_invite(backend: _Backend, args, invite: dict) -> None:
     from ..web.tls import invite_token
     token = invite_token(invite["token"], backend.web_pin(args))
-    proxy = f"{backend.host}:{backend.web_port}"
+    proxy = format_endpoint(backend.host, backend.web_port)
     print(f"User {invite['user']!r}: invite valid until {_when(invite['expires'])} (single use):")
     print(f"    https://{proxy}/web/invite/{token}")
     print("or on the user's machine:")
@@ -247,7 +257,7 @@ async def _tokens_add(backend: _Backend, args) -> None:
     name = getattr(args, "name", "") or ""
     created = await backend.call("create_token", kind=args.kind, ttl_seconds=_ttl(args.ttl, 1800), name=name,
                                  addresses=addresses, actor=backend.actor)
-    roles = "node" if args.kind == "node" else "proxy,web"
+    services = "node" if args.kind == "node" else "proxy,web"
     bound = f" as {created['name']!r}" if created.get("name") else ""
     print(f"Join token for a {args.kind}{bound}, valid until {_when(created['expires'])}, single use:")
     print(f"    {created['token']}")
@@ -258,8 +268,8 @@ async def _tokens_add(backend: _Backend, args) -> None:
               f"(a new host needs `jumpgate ctl nodes rm {created['name']}` first)")
     nodename = f" --nodename {created['name']}" if created.get("name") and args.kind == "node" else ""
     print("On the new host:")
-    print(f"    jumpgate start --roles {roles} --auth-server {backend.host}:{backend.auth_port}{nodename} "
-          f"--token {created['token']}")
+    auth_server = format_endpoint(backend.host, backend.auth_port)
+    print(f"    jumpgate start --services {services} --auth-server {auth_server}{nodename} --token {created['token']}")
 
 
 async def _registered(backend: _Backend, name: str) -> bool:
@@ -282,15 +292,24 @@ async def _tokens_rm(backend: _Backend, args) -> None:
 # ---------------------------------------------------------------------------- nodes
 
 async def _nodes_add(backend: _Backend, args) -> None:
-    node = await backend.call("add_node", name=args.name, addr=args.addr, labels=parse_labels(args.labels),
+    node = await backend.call("add_node", name=args.name, addr=args.addr, labels=_labels(args.labels),
                               actor=backend.actor)
     print(f"node {node['name']!r} ({node['addr']}) registered")
 
 
+async def _nodes_update(backend: _Backend, args) -> None:
+    if args.addr is None and args.labels is None:
+        raise CliError("nodes update needs --addr or --labels (or both)")
+    labels = _labels(args.labels) if args.labels is not None else None
+    node = await backend.call("update_node", name=args.name, addr=args.addr, labels=labels, actor=backend.actor)
+    print(f"node {node['name']!r} ({node['addr']}) updated; labels: {format_labels(node['labels']) or '-'}")
+
+
 async def _nodes_ls(backend: _Backend, args) -> None:
-    nodes = await backend.call("list_nodes", labels={})
-    _table([[n["name"], n["addr"] or ("tunnel" if n.get("tunnel") else "-"), n["kind"], _labels(n["labels"]),
-             _when(n["last_seen"])] for n in nodes], ["NAME", "ADDRESS", "KIND", "LABELS", "LAST SEEN"])
+    from ..inventory import NodeRecord
+    nodes = [NodeRecord.from_wire(n) for n in await backend.call("list_nodes", labels={})]
+    _table([[n.name, n.shown_addr, n.kind, format_labels(n.labels), _when(n.last_seen)] for n in nodes],
+           ["NAME", "ADDRESS", "KIND", "LABELS", "LAST SEEN"])
 
 
 async def _nodes_rm(backend: _Backend, args) -> None:
@@ -387,7 +406,8 @@ _HANDLERS = {
     ("users", "add"): _users_add, ("users", "ls"): _users_ls, ("users", "rm"): _users_rm,
     ("users", "reset"): _users_reset,
     ("tokens", "add"): _tokens_add, ("tokens", "ls"): _tokens_ls, ("tokens", "rm"): _tokens_rm,
-    ("nodes", "add"): _nodes_add, ("nodes", "ls"): _nodes_ls, ("nodes", "rm"): _nodes_rm,
+    ("nodes", "add"): _nodes_add, ("nodes", "update"): _nodes_update, ("nodes", "ls"): _nodes_ls,
+    ("nodes", "rm"): _nodes_rm,
     ("auth", "export"): _auth_export, ("auth", "sign"): _auth_sign,
     ("events", None): _events,
 }

@@ -1,4 +1,4 @@
-"""`jumpgate`: one binary for every role (start), the admin tool (ctl) and the client.
+"""`jumpgate`: one binary for every service (start), the admin tool (ctl) and the client.
 
 Subcommand modules are imported only when used, so ``jumpgate --version`` starts fast.
 Every user-facing failure is one line on stderr and a non-zero exit status.
@@ -12,32 +12,47 @@ import sys
 VERSION = "0.1.0"
 
 
+def _port(text: str) -> int:
+    """A port flag, checked as the TOML file's ports are (1-65535) when the flags are parsed."""
+    from ..addresses import AddressError, parse_port
+    try:
+        return parse_port(text)
+    except AddressError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_start(sub) -> None:
-    p = sub.add_parser("start", help="run the appliance roles (auth, proxy, node, web)")
-    p.add_argument("--config", help="TOML configuration file")
+    p = sub.add_parser("start", help="run the appliance services (auth, proxy, node, web)",
+                       epilog="Every flag but --config and --print-config has a TOML setting: see docs/config.md.")
+    p.add_argument("--config", help="TOML configuration file (docs/config.md)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print a commented jumpgate.toml with every setting and its default, and exit")
     p.add_argument("--data-dir", help="state directory (default /var/lib/jumpgate as root, else ~/.local/share/jumpgate)")
-    p.add_argument("--roles", help="comma list of roles: auth,proxy,node,web (default all)")
+    p.add_argument("--services", "--roles", dest="services", metavar="SERVICES",
+                   help="comma list of services to run: auth,proxy,node,web (default all); "
+                        "--roles is the same flag, as Teleport names it")
     p.add_argument("--cluster-name", help="cluster name (default: this host's name)")
     p.add_argument("--public-addr", help="name or address users and nodes reach this host by")
     p.add_argument("--listen-addr", help="address to listen on (default 0.0.0.0)")
-    p.add_argument("--auth-server", help="HOST:PORT of the auth role to join (roles without auth)")
+    p.add_argument("--auth-server", help="HOST:PORT of the auth service to join (services without auth)")
     p.add_argument("--token", help="join token from `jumpgate ctl tokens add`")
     p.add_argument("--nodename", help="this node's name, one DNS label (default: host name); "
                    "fixed at the first join (the proxy is NODENAME-proxy)")
     p.add_argument("--labels", help="static node labels: key=value,...")
     p.add_argument("--audit-retention-days", type=int, metavar="DAYS",
-                   help="days the auth role keeps audit events; older ones are pruned hourly "
+                   help="days the auth service keeps audit events; older ones are pruned hourly "
                         "(default 365; 0 keeps every event)")
-    for role, port in (("node", 3022), ("proxy", 3023), ("tunnel", 3024), ("auth", 3025), ("web", 3080)):
-        p.add_argument(f"--{role}-port", type=int, help=f"{role} port (default {port})")
+    from ..addresses import DEFAULT_PORTS
+    for service, port in DEFAULT_PORTS.items():
+        p.add_argument(f"--{service}-port", type=_port, metavar="PORT", help=f"{service} port (default {port})")
     p.set_defaults(func="appliance.cli.start:start")
 
 
 def _add_ctl(sub) -> None:
     p = sub.add_parser("ctl", help="administer the cluster")
     p.add_argument("--config", help="TOML configuration file (as for start)")
-    p.add_argument("--data-dir", help="the auth role's state directory (as for start)")
-    p.add_argument("--auth-server", help="HOST:PORT of a remote auth role (with --identity)")
+    p.add_argument("--data-dir", help="the auth service's state directory (as for start)")
+    p.add_argument("--auth-server", help="HOST:PORT of a remote auth service (with --identity)")
     p.add_argument("--identity", help="admin key file with its -cert.pub (for --auth-server)")
     p.add_argument("--web-pin", help="the web certificate's pin, for invites made away from the auth host")
     ctl = p.add_subparsers(dest="ctl_command", required=True)
@@ -46,7 +61,7 @@ def _add_ctl(sub) -> None:
     a = users.add_parser("add", help="add a user and print an invite")
     a.add_argument("name")
     a.add_argument("--logins", required=True, help="comma list of OS logins the user may use")
-    a.add_argument("--roles", default="", help="comma list of roles (admin)")
+    a.add_argument("--roles", default="", help="comma list of the user's roles (admin)")
     users.add_parser("ls", help="list users")
     r = users.add_parser("rm", help="remove a user")
     r.add_argument("name")
@@ -67,10 +82,14 @@ def _add_ctl(sub) -> None:
     r.add_argument("token_id")
 
     nodes = ctl.add_parser("nodes", help="node inventory").add_subparsers(dest="action", required=True)
-    a = nodes.add_parser("add", help="register an agentless (OpenSSH) node")
+    a = nodes.add_parser("add", help="register an agentless (OpenSSH) node (a registered name is refused)")
     a.add_argument("--name", required=True)
     a.add_argument("--addr", required=True, help="HOST:PORT of its sshd")
-    a.add_argument("--labels", default="", help="key=value,...")
+    a.add_argument("--labels", default="", help="key=value,... (each key once)")
+    a = nodes.add_parser("update", help="change an agentless node's address or labels")
+    a.add_argument("--name", required=True)
+    a.add_argument("--addr", help="HOST:PORT of its sshd (default: unchanged)")
+    a.add_argument("--labels", help="key=value,...: replaces all its labels (\"\" removes them; default: unchanged)")
     nodes.add_parser("ls", help="list nodes")
     r = nodes.add_parser("rm", help="remove a node")
     r.add_argument("name")
@@ -97,14 +116,14 @@ def _add_ctl(sub) -> None:
 
 def _add_signup(sub) -> None:
     p = sub.add_parser("signup", help="accept an invite: set a password and enrol a second factor")
-    p.add_argument("--proxy", help="HOST:PORT of the web role (3080); not needed with an invite URL")
+    p.add_argument("--proxy", help="HOST:PORT of the web service (3080); not needed with an invite URL")
     p.add_argument("token")
     p.set_defaults(func="appliance.cli.account:signup")
 
 
 def _add_login(sub) -> None:
     p = sub.add_parser("login", help="log in: get a short-lived certificate")
-    p.add_argument("--proxy", help="HOST:PORT of the web role (default: from the profile)")
+    p.add_argument("--proxy", help="HOST:PORT of the web service (default: from the profile)")
     p.add_argument("--user", help="user name (default: from the profile)")
     p.add_argument("--ttl", help="certificate validity, e.g. 8h (default 12h, max 30h)")
     p.add_argument("--ca-pin", help="pin of the web certificate (sha256:...) for a first login")
@@ -122,7 +141,7 @@ def _add_status(sub) -> None:
 
 def _add_ls(sub) -> None:
     p = sub.add_parser("ls", help="list nodes")
-    p.add_argument("labels", nargs="*", help="filters key=value")
+    p.add_argument("labels", nargs="*", help="filters key=value (also key=value,key=value): nodes carrying every pair")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.set_defaults(func="appliance.cli.remote:ls")
 

@@ -40,13 +40,15 @@ import trio
 import ssh_proto
 from ssh_proto.errors import AgentError, ChannelError, ChannelOpenError, SSHError
 
+from ..addresses import NODE_PORT
 from ..client.localio import EXIT_FAILURE, exit_status, relay
 from ..client.profile import Profile, ProfileError
 from ..client.ssh import (ConnectError, Credentials, connect_node, default_login, list_nodes, load_credentials,
                           resolve_target, scp_download, scp_upload, session_lost_reason)
 from ..client.terminal import raw_terminal, session_env, term_name, terminal_size
 from ..client.trust import cluster_wildcard_allowed, host_ca_of, known_hosts_patterns, safe_node_names
-from ..proxy.routing import NodeRecord
+from .. import inventory
+from ..inventory import NodeRecord
 from .errors import CliError
 
 __all__ = ["config", "ls", "refresh_trusted_names", "render_ssh_config", "scp", "ssh", "trust_cluster_names"]
@@ -103,8 +105,7 @@ def format_nodes(nodes: Sequence[NodeRecord]) -> str:
     """A table: node name, address (or "tunnel"), labels."""
     rows = [("Node Name", "Address", "Labels")]
     for n in sorted(nodes, key=lambda n: n.name):
-        addr = "tunnel" if n.kind == "tunnel" or n.endpoint is None else n.addr
-        rows.append((n.name, addr, ",".join(f"{k}={v}" for k, v in sorted(n.labels.items()))))
+        rows.append((n.name, n.shown_addr, inventory.format_labels(n.labels)))
     widths = [max(len(r[i]) for r in rows) for i in range(2)]
     lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]}".rstrip() for r in rows]
     lines.insert(1, f"{'-' * widths[0]}  {'-' * widths[1]}  {'-' * 6}")
@@ -112,13 +113,11 @@ def format_nodes(nodes: Sequence[NodeRecord]) -> str:
 
 
 def parse_labels(items: Sequence[str]) -> dict[str, str]:
-    labels = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise CliError(f"label filters are key=value, not {item!r}")
-        labels[key] = value
-    return labels
+    """``ls`` filters: ``key=value`` words, each also a comma list (``env=prod,role=web``)."""
+    try:
+        return inventory.parse_labels(items)
+    except inventory.LabelError as exc:
+        raise CliError(f"label filter: {exc}") from None
 
 
 def ls(args) -> int:
@@ -368,7 +367,7 @@ def render_ssh_config(*, cluster: str, user: str, proxy_host: str, proxy_port: i
     if cluster_wildcard:
         blocks += [
             f"Host *.{cluster}",
-            "    Port 3022",
+            f"    Port {NODE_PORT}",
             f"    ProxyJump {alias}",
             *id_lines,
             "    IdentitiesOnly yes",

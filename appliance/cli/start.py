@@ -1,20 +1,21 @@
-"""`jumpgate start`: run the configured roles in one Trio program.
+"""`jumpgate start`: run the configured services in one Trio program.
 
-The all-in-one default runs auth, proxy, node and web. Roles talk to the auth role over
-SSH even inside one process: the node and the proxy join it with a one-minute token like
-any remote host would (and keep the identity in the data dir), then heartbeat, send audit
-events and look nodes up through the auth API. A host without the auth role joins a
-remote one with ``--auth-server HOST:3025 --token TOKEN``.
+The all-in-one default runs the auth, proxy, node and web services (``--services``, or
+``--roles`` as Teleport spells it; a user's roles are another thing). Services talk to the
+auth service over SSH even inside one process: the node and the proxy join it with a
+one-minute token like any remote host would (and keep their membership in the data dir),
+then heartbeat, send audit events and look nodes up through the auth API. A host without
+the auth service joins a remote one with ``--auth-server HOST:3025 --token TOKEN``.
 
-One role failing stops them all, at once and loudly (docs/security.md L7): every
-long-running task of a role (its listener, its heartbeat, its connection to the auth API,
+One service failing stops them all, at once and loudly (docs/security.md L7): every
+long-running task of a service (its listener, its heartbeat, its connection to the auth API,
 its audit queue, its command labels) runs under :func:`supervised`, and one that fails is
-logged as ``role R failed`` with its traceback, cancels the other roles, and ``jumpgate start`` exits with status 70
-(EX_SOFTWARE) and one line on stderr naming the role. No role is restarted in-process: a
-failure this code did not expect leaves state nobody has reasoned about, and a service
-manager (systemd ``Restart=on-failure``) restarts the whole process cleanly. Listeners do
-not fail for running out of descriptors (they wait, L1), and a role's limits are in
-:mod:`appliance.limits`.
+logged as ``service S failed`` with its traceback, cancels the other services, and ``jumpgate
+start`` exits with status 70 (EX_SOFTWARE) and one line on stderr naming the service. No
+service is restarted in-process: a failure this code did not expect leaves state nobody has
+reasoned about, and a service manager (systemd ``Restart=on-failure``) restarts the whole
+process cleanly. Listeners do not fail for running out of descriptors (they wait, L1), and
+a service's limits are in :mod:`appliance.limits`.
 
 At start the soft RLIMIT_NOFILE is raised to the hard limit (L5); session processes on
 the node get the soft limit the process was started with back.
@@ -32,29 +33,30 @@ from pathlib import Path
 
 import trio
 
-from ..config import Config, ConfigError, default_data_dir, load_config, parse_labels
+from ..addresses import DEFAULT_PORTS, format_endpoint, host_of
+from ..config import Config, ConfigError, default_data_dir, load_config
 from ..limits import raise_nofile_limit
 from .errors import CliError
 
 log = logging.getLogger("jumpgate.start")
 
-JOIN_TOKEN_TTL = 60  # seconds: the token a local role uses to join its own process's auth
+JOIN_TOKEN_TTL = 60  # seconds: the token a local node or proxy uses to join its own process's auth
 FIRST_VIEW_TIMEOUT = 5.0  # seconds a proxy or node waits for the push stream before serving
-EXIT_ROLE_FAILED = 70  # EX_SOFTWARE (sysexits.h): a role failed and every role was stopped
+EXIT_SERVICE_FAILED = 70  # EX_SOFTWARE (sysexits.h): a service failed and every service was stopped
 
 
-class RoleFailed(Exception):
-    """A role's long-running task failed: the whole process stops (rule L7)."""
+class ServiceFailed(Exception):
+    """A service's long-running task failed: the whole process stops (rule L7)."""
 
-    def __init__(self, role: str, error: BaseException):
-        super().__init__(f"the {role} role failed ({type(error).__name__}: {error})")
-        self.role = role
+    def __init__(self, service: str, error: BaseException):
+        super().__init__(f"the {service} service failed ({type(error).__name__}: {error})")
+        self.service = service
 
 
-async def supervised(role: str, run, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Run ``run(task_status=...)``, one long-running task of ``role``, as ``nursery.start``
-    would. Failing before it started raises as is (a role that cannot start says why);
-    failing after raises :class:`RoleFailed`, after one log line with the traceback."""
+async def supervised(service: str, run, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Run ``run(task_status=...)``, one long-running task of ``service``, as ``nursery.start``
+    would. Failing before it started raises as is (a service that cannot start says why);
+    failing after raises :class:`ServiceFailed`, after one log line with the traceback."""
     started = False
 
     class _Status:
@@ -68,20 +70,24 @@ async def supervised(role: str, run, *, task_status=trio.TASK_STATUS_IGNORED) ->
     except Exception as exc:
         if not started:
             raise
-        log.critical("role %s failed; stopping every role", role, exc_info=True)
-        raise RoleFailed(role, exc) from exc
+        log.critical("service %s failed; stopping every service", service, exc_info=True)
+        raise ServiceFailed(service, exc) from exc
 
 
 def start(args) -> int:
+    if getattr(args, "print_config", False):
+        from ..config import default_config_text
+        print(default_config_text(), end="")
+        return 0
     try:
         cfg = load_config(
             args.config, data_dir=args.data_dir,
-            roles=tuple(r.strip() for r in args.roles.split(",") if r.strip()) if args.roles else None,
+            services=args.services,
             cluster_name=args.cluster_name, public_addr=args.public_addr, listen_addr=args.listen_addr,
             auth_server=args.auth_server, token=args.token, node_name=args.nodename,
-            labels=parse_labels(args.labels or ""), audit_retention_days=args.audit_retention_days,
-            port_overrides={role: getattr(args, f"{role}_port") for role in ("node", "proxy", "tunnel", "auth", "web")
-                            if getattr(args, f"{role}_port")})
+            labels=args.labels, audit_retention_days=args.audit_retention_days,
+            port_overrides={name: getattr(args, f"{name}_port") for name in DEFAULT_PORTS
+                            if getattr(args, f"{name}_port") is not None})
     except ConfigError as exc:
         raise CliError(str(exc)) from None
     from ssh_proto.allocator import tune_allocator
@@ -90,14 +96,14 @@ def start(args) -> int:
         logging.getLogger("jumpgate").setLevel(logging.INFO)
     session_nofile = raise_nofile_limit()
     try:
-        trio.run(run_roles, cfg, session_nofile)
+        trio.run(run_services, cfg, session_nofile)
     except KeyboardInterrupt:
         print("jumpgate: stopped", file=sys.stderr)
     except BaseExceptionGroup as group:
-        failed = group.subgroup(RoleFailed)
+        failed = group.subgroup(ServiceFailed)
         if failed is not None:
-            raise CliError(f"{_first(failed)}; every role was stopped", EXIT_ROLE_FAILED) from None
-        # a role that cannot start says so in one line (CliError), whatever nursery it was in
+            raise CliError(f"{_first(failed)}; every service was stopped", EXIT_SERVICE_FAILED) from None
+        # a service that cannot start says so in one line (CliError), whatever nursery it was in
         failures = group.subgroup(CliError)
         if failures is None:
             raise
@@ -132,28 +138,28 @@ def local_address_towards(host: str) -> str:
 def advertised_host(cfg: Config, auth_host: str) -> str:
     if cfg.public_addr:
         return cfg.public_addr
-    if "auth" in cfg.roles:
+    if "auth" in cfg.services:
         return "127.0.0.1"
     return local_address_towards(auth_host)
 
 
-async def run_roles(cfg: Config, session_nofile: int | None = None) -> None:
-    """Every configured role, until one fails (RoleFailed) or the program is cancelled.
+async def run_services(cfg: Config, session_nofile: int | None = None) -> None:
+    """Every configured service, until one fails (ServiceFailed) or the program is cancelled.
     ``session_nofile`` is the soft descriptor limit node sessions get (None: the process's)."""
     data_dir = prepare_data_dir(cfg.data_dir)
     async with trio.open_nursery() as nursery:
-        service = None
-        if "auth" in cfg.roles:
-            service = await _start_auth(nursery, cfg, data_dir)
-            auth_addr = f"127.0.0.1:{cfg.ports['auth']}"
+        auth_service = None
+        if "auth" in cfg.services:
+            auth_service = await _start_auth(nursery, cfg, data_dir)
+            auth_addr = format_endpoint("127.0.0.1", cfg.ports["auth"])
         else:
             auth_addr = cfg.auth_server
-        host = advertised_host(cfg, auth_addr.rpartition(":")[0] or auth_addr)
-        cluster = service.cluster if service is not None else ""
-        if "node" in cfg.roles:
-            cluster = await _start_node(nursery, cfg, data_dir, auth_addr, host, service, session_nofile) or cluster
-        if "proxy" in cfg.roles or "web" in cfg.roles:
-            cluster = await _start_proxy_and_web(nursery, cfg, data_dir, auth_addr, host, service) or cluster
+        host = advertised_host(cfg, host_of(auth_addr))
+        cluster = auth_service.cluster if auth_service is not None else ""
+        if "node" in cfg.services:
+            cluster = await _start_node(nursery, cfg, data_dir, auth_addr, host, auth_service, session_nofile) or cluster
+        if "proxy" in cfg.services or "web" in cfg.services:
+            cluster = await _start_proxy_and_web(nursery, cfg, data_dir, auth_addr, host, auth_service) or cluster
         _print_banner(cfg, cluster)
 
 
@@ -169,17 +175,17 @@ async def _start_auth(nursery: trio.Nursery, cfg: Config, data_dir: Path):
     auth_dir = prepare_data_dir(data_dir / "auth")
     storage = SQLiteStorage(auth_dir / "jumpgate.db")
     try:
-        service = await AuthService.create(storage, cfg.cluster_name,
+        auth_service = await AuthService.create(storage, cfg.cluster_name,
                                            audit_retention_days=cfg.audit_retention_days,
                                            audit_refusals_per_source=cfg.audit_refusals_per_source)
     except AuthServiceError as exc:
         raise CliError(f"auth: {exc.message}") from None
-    for warning in service.warnings:  # an installed cluster that breaks a newer rule (J9)
+    for warning in auth_service.warnings:  # an installed cluster that breaks a newer rule (J9)
         print(f"jumpgate: auth: {warning}", file=sys.stderr, flush=True)
-    await nursery.start(supervised, "auth", service.run)  # the audit log's writer and retention, rehashes
+    await nursery.start(supervised, "auth", auth_service.run)  # the audit log's writer and retention, rehashes
     # what `jumpgate ctl` on this host needs to know about the running cluster
     (auth_dir / "cluster.json").write_text(json.dumps({
-        "cluster": service.cluster, "host": cfg.host_name, "ports": cfg.ports}) + "\n")
+        "cluster": auth_service.cluster, "host": cfg.host_name, "ports": cfg.ports}) + "\n")
     key_path = auth_dir / "host_key"
     if key_path.exists():
         key = load_private_key(str(key_path))
@@ -187,42 +193,42 @@ async def _start_auth(nursery: trio.Nursery, cfg: Config, data_dir: Path):
         key = PrivateKey.generate("ssh-ed25519")
         write_private_key(str(key_path), key)
     names = sorted({"localhost", "127.0.0.1", socket.gethostname(), cfg.public_addr} - {""})
-    result = await service.sign_auth_cert(key.public_key.blob, principals=names)
+    result = await auth_service.sign_auth_cert(key.public_key.blob, principals=names)
     from ssh_proto.keys import parse_public_line
     cert, _ = parse_public_line(result.cert)
     feed = ChangeFeed(storage)
     await nursery.start(supervised, "auth", feed.run)
     try:
-        await nursery.start(supervised, "auth", functools.partial(serve_auth, service, service.ca, (key, cert),
+        await nursery.start(supervised, "auth", functools.partial(serve_auth, auth_service, auth_service.ca, (key, cert),
                                                                   cfg.listen_addr, cfg.ports["auth"], feed=feed))
     except OSError as exc:
         raise CliError(f"auth: cannot listen on port {cfg.ports['auth']}: {exc.strerror or exc}") from None
-    log.info("auth API listening on %s:%d (cluster %s)", cfg.listen_addr, cfg.ports["auth"], service.cluster)
-    return service
+    log.info("auth API listening on %s:%d (cluster %s)", cfg.listen_addr, cfg.ports["auth"], auth_service.cluster)
+    return auth_service
 
 
 # ---------------------------------------------------------------------------------- identities
 
-async def _identity(cfg: Config, data_dir: Path, kind: str, name: str, auth_addr: str, host: str,
-                    addr: str, service):
-    """The saved identity of this role, or a new one by joining (locally or with --token).
+async def _membership(cfg: Config, data_dir: Path, kind: str, name: str, auth_addr: str, host: str,
+                    addr: str, auth_service):
+    """The saved membership of this node or proxy, or a new one by joining (locally or with --token).
 
-    A saved identity keeps its name (docs/security.md J2): a different configured name is
+    A saved membership keeps its name (docs/security.md J2): a different configured name is
     reported, not applied. Joining again (an expired certificate) with the saved host key
     is a re-join of the same name; a name registered to another host is refused.
     """
     from ..api.client import ApiError
-    from ..node.agent import AgentError, join, load_identity
+    from ..membership import MembershipError, join, load_membership
 
-    identity = load_identity(data_dir, kind)
-    if identity is not None and identity.name != name:
-        _warn_saved_name(data_dir, kind, identity.name, name)
-        name = identity.name
-    if identity is not None and not identity.expired(time.time()):
-        return identity
-    if service is not None:
+    member = load_membership(data_dir, kind)
+    if member is not None and member.name != name:
+        _warn_saved_name(data_dir, kind, member.name, name)
+        name = member.name
+    if member is not None and not member.expired(time.time()):
+        return member
+    if auth_service is not None:
         # This process is the admin of its own cluster: it approves the addresses it serves on.
-        created = await service.create_token(kind, JOIN_TOKEN_TTL, name=name, addresses=_local_addresses(cfg, kind, host),
+        created = await auth_service.create_token(kind, JOIN_TOKEN_TTL, name=name, addresses=_local_addresses(cfg, kind, host),
                                              actor=f"{kind}:{name} (local)")
         token = created.token
     elif cfg.token:
@@ -232,7 +238,7 @@ async def _identity(cfg: Config, data_dir: Path, kind: str, name: str, auth_addr
     try:
         return await join(auth_addr, token, kind=kind, name=name, addresses=_local_addresses(cfg, kind, host),
                           labels=dict(cfg.labels), data_dir=data_dir, addr=addr)
-    except (ApiError, AgentError, OSError) as exc:
+    except (ApiError, MembershipError, OSError) as exc:
         raise CliError(f"{kind}: cannot join the cluster at {auth_addr}: {exc}") from None
     except Exception as exc:  # ssh_proto errors: a refused token, a pin mismatch, ...
         from ssh_proto import SSHError
@@ -252,7 +258,7 @@ async def _first_view(view) -> None:
 
 
 def _local_addresses(cfg: Config, kind: str, host: str) -> list[str]:
-    """The addresses this role asks to be certified for: where it is dialled (``host``) and,
+    """The addresses this node or proxy asks to be certified for: where it is dialled (``host``) and,
     for the proxy, the public name users reach it by. A remote auth grants only those the
     token approved or it saw the join come from (J3)."""
     wanted = [host] + ([cfg.host_name] if kind == "proxy" else [])
@@ -266,27 +272,27 @@ def _warn_saved_name(data_dir: Path, kind: str, saved: str, configured: str) -> 
           file=sys.stderr, flush=True)
 
 
-async def _audit_sink(nursery: trio.Nursery, pool, role: str):
+async def _audit_sink(nursery: trio.Nursery, pool, service: str):
     """Where a node or proxy sends its audit events: queued, delivered in order by one task."""
     from ..api.audit_sink import AuditForwarder
     forwarder = AuditForwarder(pool.emit_audit)
-    await nursery.start(supervised, role, forwarder.run)
+    await nursery.start(supervised, service, forwarder.run)
     return forwarder.emit
 
 
 # ---------------------------------------------------------------------------------- node
 
-async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_addr: str, host: str, service,
+async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_addr: str, host: str, auth_service,
                       session_nofile: int | None = None) -> None:
     from ..api.pool import ApiPool
-    from ..node.agent import IdentityHolder, heartbeat_loop
+    from ..membership import MembershipHolder, heartbeat_loop
     from ..node.labels import CommandLabel, LabelSet
     from ..cluster_view import ClusterView
     from ..node.server import NodeIdentity, serve_node
 
-    addr = f"{host}:{cfg.ports['node']}"
-    identity = await _identity(cfg, data_dir, "node", cfg.node_name, auth_addr, host, addr, service)
-    holder = IdentityHolder(identity)
+    addr = format_endpoint(host, cfg.ports["node"])
+    member = await _membership(cfg, data_dir, "node", cfg.node_name, auth_addr, host, addr, auth_service)
+    holder = MembershipHolder(member)
     view = ClusterView()
     pool = ApiPool(holder.api_factory(auth_addr), view=view)
     await nursery.start(supervised, "node", pool.run)
@@ -307,18 +313,18 @@ async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_a
                                    for name, c in cfg.command_labels.items()})
     await nursery.start(supervised, "node", labels.run)
     await nursery.start(supervised, "node", functools.partial(
-        heartbeat_loop, holder.api_factory(auth_addr), identity.name, addr, labels.current, holder=holder))
-    log.info("node %s serving SSH on %s:%d", identity.name, cfg.listen_addr, cfg.ports["node"])
-    return identity.cluster
+        heartbeat_loop, holder.api_factory(auth_addr), member.name, addr, labels.current, holder=holder))
+    log.info("node %s serving SSH on %s:%d", member.name, cfg.listen_addr, cfg.ports["node"])
+    return member.cluster
 
 
 # ---------------------------------------------------------------------------------- proxy + web
 
 async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_addr: str, host: str,
-                               service) -> None:
+                               auth_service) -> None:
     from ..api.pool import ApiPool
     from ..cluster_view import ClusterView
-    from ..node.agent import IdentityHolder, heartbeat_loop
+    from ..membership import MembershipHolder, heartbeat_loop
     from ..proxy.routing import NodeDirectory
     from ..proxy.server import ProxyIdentity, serve_proxy
     from ..web.server import serve_web
@@ -326,14 +332,14 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
 
     name = f"{cfg.node_name}-proxy"  # node and proxy names share one inventory
     # users reach the proxy by the host's public name (in its certificate's principals)
-    proxy_addr = f"{cfg.host_name}:{cfg.ports['proxy']}"
-    identity = await _identity(cfg, data_dir, "proxy", name, auth_addr, host, proxy_addr, service)
-    holder = IdentityHolder(identity)
+    proxy_addr = format_endpoint(cfg.host_name, cfg.ports["proxy"])
+    member = await _membership(cfg, data_dir, "proxy", name, auth_addr, host, proxy_addr, auth_service)
+    holder = MembershipHolder(member)
     view = ClusterView()
     pool = ApiPool(holder.api_factory(auth_addr), view=view)
-    await nursery.start(supervised, "proxy" if "proxy" in cfg.roles else "web", pool.run)
+    await nursery.start(supervised, "proxy" if "proxy" in cfg.services else "web", pool.run)
     await _first_view(view)
-    if "proxy" in cfg.roles:
+    if "proxy" in cfg.services:
         directory = NodeDirectory(lambda: pool.list_nodes(labels={}))
         view.on_nodes_changed(directory.invalidate)
 
@@ -342,14 +348,14 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
 
         try:
             await nursery.start(supervised, "proxy", functools.partial(
-                serve_proxy, provider, [identity.user_ca], identity.cluster, directory.resolve, directory.list_nodes,
+                serve_proxy, provider, [member.user_ca], member.cluster, directory.resolve, directory.list_nodes,
                 cfg.listen_addr, cfg.ports["proxy"], audit=await _audit_sink(nursery, pool, "proxy"), view=view))
         except OSError as exc:
             raise CliError(f"proxy: cannot listen on port {cfg.ports['proxy']}: {exc.strerror or exc}") from None
         await nursery.start(supervised, "proxy", functools.partial(
-            heartbeat_loop, holder.api_factory(auth_addr), identity.name, proxy_addr, lambda: {}, holder=holder))
+            heartbeat_loop, holder.api_factory(auth_addr), member.name, proxy_addr, lambda: {}, holder=holder))
         log.info("proxy serving SSH on %s:%d", cfg.listen_addr, cfg.ports["proxy"])
-    if "web" in cfg.roles:
+    if "web" in cfg.services:
         try:
             tls = ensure_web_tls(data_dir, hostname=cfg.host_name, addresses=[host],
                                  cert_path=cfg.web_cert or None, key_path=cfg.web_key or None)
@@ -362,25 +368,26 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
         except OSError as exc:
             raise CliError(f"web: cannot listen on port {cfg.ports['web']}: {exc.strerror or exc}") from None
         log.info("web serving HTTPS on %s:%d (certificate pin %s)", cfg.listen_addr, cfg.ports["web"], tls.pin)
-    return identity.cluster
+    return member.cluster
 
 
 def web_public_addr(cfg: Config) -> str | None:
     """What the invite page tells users to pass as ``--proxy``: the public address when one is
     configured, else None — the page then uses the address the browser used (its Host
     header), which reaches the host by definition; the listening address need not."""
-    return f"{cfg.public_addr}:{cfg.ports['web']}" if cfg.public_addr else None
+    return format_endpoint(cfg.public_addr, cfg.ports["web"]) if cfg.public_addr else None
 
 
 def _print_banner(cfg: Config, cluster: str) -> None:
     """What is running, and (on the auth host) how to add the first user and more nodes."""
-    roles = ", ".join(cfg.roles)
-    lines = [f"jumpgate: cluster {cluster or cfg.cluster_name!r} is running ({roles}); data in {cfg.data_dir}"]
-    if "auth" in cfg.roles:
+    services = ", ".join(cfg.services)
+    lines = [f"jumpgate: cluster {cluster or cfg.cluster_name!r} is running ({services}); data in {cfg.data_dir}"]
+    if "auth" in cfg.services:
         data = "" if cfg.data_dir == default_data_dir() else f" --data-dir {cfg.data_dir}"
         lines += ["", "Add the first user (an invite link, valid 1 h, is printed):",
                   f"    jumpgate ctl{data} users add alice --logins alice,root",
                   "Add a node on another host:",
                   f"    jumpgate ctl{data} tokens add --type node",
-                  f"    jumpgate start --roles node --auth-server {cfg.host_name}:{cfg.ports['auth']} --token TOKEN"]
+                  f"    jumpgate start --services node --auth-server {format_endpoint(cfg.host_name, cfg.ports['auth'])}"
+                  " --token TOKEN"]
     print("\n".join(lines), flush=True)

@@ -1,6 +1,6 @@
-"""A pinned HTTPS JSON client for the web role (``jumpgate signup`` and ``login``).
+"""A pinned HTTPS JSON client for the web service (``jumpgate signup`` and ``login``).
 
-The web role's certificate is usually self-signed, so the usual CA chain check cannot
+The web service's certificate is usually self-signed, so the usual CA chain check cannot
 vouch for it. Instead the client checks the **pin** of the certificate the server
 presents (``sha256:`` + base64url of the SHA-256 of its SubjectPublicKeyInfo, see
 :mod:`appliance.web.tls`) against the one it was given by an invite token, a saved
@@ -25,12 +25,13 @@ from typing import Any
 import h11
 import trio
 
+from appliance.addresses import WEB_PORT, AddressError, parse_endpoint
 from appliance.web.tls import TLSSetupError, parse_pin, pin_of
 
 __all__ = ["ApiError", "JSONResponse", "WebClientError", "request", "request_json",
            "split_addr"]
 
-DEFAULT_WEB_PORT = 3080
+DEFAULT_WEB_PORT = WEB_PORT
 MAX_RESPONSE = 1024 * 1024
 _RECEIVE_SIZE = 16 * 1024
 
@@ -55,20 +56,13 @@ class JSONResponse:
 
 
 def split_addr(addr: str, default_port: int = DEFAULT_WEB_PORT) -> tuple[str, int]:
-    """``host``, ``host:port``, ``[v6]:port`` or ``https://host:port/`` → (host, port)."""
+    """``host``, ``host:port``, ``[v6]:port`` (:func:`appliance.addresses.parse_endpoint`), also
+    written as a URL ``https://host:port/`` → (host, port)."""
     text = addr.strip().removeprefix("https://").rstrip("/")
-    host, port_text = text, ""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_text = rest.removeprefix(":")
-    elif text.count(":") == 1:
-        host, _, port_text = text.partition(":")
-    if not host or (port_text and not port_text.isdigit()):
-        raise WebClientError(f"bad address {addr!r}: expected HOST or HOST:PORT")
-    port = int(port_text) if port_text else default_port
-    if not 0 < port < 65536:
-        raise WebClientError(f"bad port in {addr!r}")
-    return host, port
+    try:
+        return parse_endpoint(text, default_port, "web address")
+    except AddressError as exc:
+        raise WebClientError(str(exc)) from None
 
 
 def _context() -> ssl.SSLContext:
@@ -199,7 +193,7 @@ async def request(addr: str, method: str, path: str, body: Any = None, *,
 async def request_json(addr: str, method: str, path: str, body: Any = None, *,
                        pin: str | None = None, insecure: bool = False,
                        timeout: float = 30) -> dict[str, Any]:
-    """Send one JSON request to the web role at ``addr`` ("host:port"); return the JSON answer.
+    """Send one JSON request to the web service at ``addr`` ("host:port"); return the JSON answer.
 
     The server must present a certificate whose pin equals ``pin``, unless ``insecure``.
     Raises :class:`ApiError` for an error answer (``status``, ``code``, ``message``) and

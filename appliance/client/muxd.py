@@ -32,6 +32,7 @@ import trio
 import ssh_proto
 from ssh_proto.errors import ChannelError, SSHError
 
+from ..addresses import NODE_PORT
 from .localio import exit_status, relay
 from .mux import (FD_COUNT, MUX_VERSION, Connect, FrameDecoder, MuxProtocolError, Resize, SessionRequest, Stop,
                   VersionMismatch, encode_frame, parse_request)
@@ -337,7 +338,7 @@ class MuxDaemon:
             await _send(sock, {"event": "exit", "status": status, "signal": signame})
 
     async def _run(self, sock, decoder, request: SessionRequest, creds, login, node, fds):
-        async with self._node(creds, node, login, request.port or 3022) as conn:
+        async with self._node(creds, node, login, request.port or NODE_PORT) as conn:
             conn.agent = ssh_proto.AgentClient(request.agent) if request.agent else None
             try:
                 try:

@@ -19,8 +19,6 @@ This module owns the client side of the proxy path and of the classic scp protoc
 Every failure to connect becomes :class:`ConnectError`, one line that says what to do;
 the node and the proxy audit the refusals themselves.
 
->>> split_host_port("proxy.example.com:3023", 22), split_host_port("[::1]", 3023)
-(('proxy.example.com', 3023), ('::1', 3023))
 >>> remote_scp_command("t", "~/my dir", recursive=True)
 "scp -t -r -- ~/'my dir'"
 """
@@ -45,15 +43,17 @@ from ssh_proto.errors import (AuthError, ChannelError, ChannelOpenError, HostKey
 from ssh_proto.keys import Certificate, PrivateKey, load_private_key, load_public_file
 from ssh_proto.known_hosts import MARKER_CERT_AUTHORITY, KnownHosts
 
+from ..addresses import NODE_PORT, PROXY_PORT, WEB_PORT, AddressError, parse_endpoint
 from ..api.protocol import MAX_FRAME, ApiProtocolError
-from ..proxy.routing import NODE_PORT, NODES_SUBSYSTEM, NodeRecord, decode_list_response, encode_list_request
+from ..inventory import NodeRecord
+from ..timestamps import format_time
+from ..proxy.routing import NODES_SUBSYSTEM, decode_list_response, encode_list_request
 from .trust import node_host_check, proxy_host_check
 
 __all__ = ["PROXY_PORT", "NODE_PORT", "ConnectError", "Credentials", "ScpProtocolError", "connect_node",
            "certificate_problem", "connect_over", "connect_proxy", "proxy_endpoint", "default_login", "list_nodes", "load_credentials", "open_node_channel",
-           "remote_scp_command", "resolve_target", "scp_download", "scp_upload", "split_host_port"]
+           "remote_scp_command", "resolve_target", "scp_download", "scp_upload"]
 
-PROXY_PORT = 3023
 CONNECT_TIMEOUT = 15.0
 COPY_CHUNK = 256 * 1024
 MAX_SCP_LINE = 8192          # a C/D/T record: mode, size, and a file name
@@ -94,28 +94,14 @@ class Credentials:
         return [(self.key, self.cert)]
 
 
-def split_host_port(text: str, default_port: int) -> tuple[str, int]:
-    """``host``, ``host:port``, ``[v6]`` or ``[v6]:port`` -> (host, port); ValueError if not."""
-    text = text.strip()
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port = rest[1:] if rest.startswith(":") else ("" if not rest else None)
-    elif text.count(":") == 1:
-        host, _, port = text.partition(":")
-    else:
-        host, port = text, ""
-    if not host or port is None or (port and not (port.isdigit() and 0 < int(port) < 65536)):
-        raise ValueError(f"not a host[:port]: {text!r}")
-    return host, int(port) if port else default_port
-
-
 def proxy_endpoint(profile) -> tuple[str, int]:
     """The proxy's SSH (host, port) as the profile names it; ConnectError if malformed."""
-    spec = profile.proxy_ssh or split_host_port(profile.proxy, 3080)[0]
     try:
-        return split_host_port(spec, PROXY_PORT)
-    except ValueError:
-        raise ConnectError(f"the profile's proxy address {spec!r} is not host[:port]; {LOGIN_HINT}") from None
+        spec = profile.proxy_ssh or parse_endpoint(profile.proxy, WEB_PORT)[0]
+        return parse_endpoint(spec, PROXY_PORT)
+    except AddressError:
+        raise ConnectError(f"the profile's proxy address {profile.proxy_ssh or profile.proxy!r} is not "
+                           f"host[:port]; {LOGIN_HINT}") from None
 
 
 def default_login(creds: Credentials) -> str:
@@ -156,7 +142,7 @@ def load_credentials(profile) -> Credentials:
 
 
 def _when(epoch: int) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(min(epoch, 2**37)))
+    return format_time(epoch, local=True)   # the user's own certificate: their time zone
 
 
 def certificate_problem(creds: Credentials) -> str | None:

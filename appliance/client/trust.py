@@ -31,7 +31,7 @@ from ssh_proto.errors import CertificateError, HostKeyNotVerifiable
 from ssh_proto.keys import CERT_TYPE_HOST, Certificate, PublicKey
 from ssh_proto.known_hosts import MARKER_CERT_AUTHORITY, KnownHosts
 
-from ..names import is_dns_name, is_node_name
+from ..names import is_dns_name, is_node_name, qualified, strip_cluster
 
 __all__ = ["HostCheck", "cluster_wildcard_allowed", "host_ca_of", "known_hosts_line", "known_hosts_patterns",
            "node_host_check", "proxy_host_check", "safe_node_names"]
@@ -100,9 +100,7 @@ def proxy_host_check(known_hosts: KnownHosts, host: str, port: int) -> HostCheck
 
 def _named(target: str, cluster: str) -> str | None:
     """The node name ``target`` asks for (``db1``, ``db1.CLUSTER``), None for an address."""
-    name = target.lower()
-    if cluster and name.endswith("." + cluster.lower()):
-        name = name[:-len(cluster) - 1]
+    name = strip_cluster(target.lower(), cluster)
     return name if is_node_name(name) else None
 
 
@@ -116,7 +114,7 @@ def node_host_check(known_hosts: KnownHosts, cluster: str, target: str, port: in
         if wanted is not None and name != wanted:
             raise HostKeyNotVerifiable(f"node {target!r} presented the certificate of node {name[:64]!r}")
         try:  # the CA is trusted for the cluster's names
-            known_hosts.check(f"{name}.{cluster}" if cluster else target, 22, cert)
+            known_hosts.check(qualified(name, cluster) if cluster else target, 22, cert)
         except HostKeyNotVerifiable:
             known_hosts.check(target, port, cert)  # e.g. no *.CLUSTER (J9): the bare name's pattern
         try:  # and the certificate names what the user typed

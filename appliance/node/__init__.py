@@ -1,4 +1,4 @@
-"""The node role: an SSH server on port 3022 that runs sessions as OS users.
+"""The node service: an SSH server on port 3022 that runs sessions as OS users.
 
 * :mod:`.server`: :class:`NodeServer` (user-certificate auth, sessions, forwarding, audit),
   :func:`node_server_factory`, :func:`serve_node`, :class:`NodeIdentity`.

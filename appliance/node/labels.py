@@ -1,11 +1,15 @@
 """Node labels: static ``key=value`` pairs and dynamic labels computed by commands.
 
 This module owns what a node reports as its labels (``jumpgate ls env=dev``). Static labels
-come from the configuration. A command label runs its command every ``period`` seconds
-(Teleport's "dynamic labels") and keeps the output as the value:
+come from the configuration. Names and values follow the inventory's label rules
+(:mod:`appliance.inventory`: what the auth service accepts in a heartbeat), checked here when
+the set is made, so a node does not start with labels its heartbeats would carry in vain.
+A command label runs its command every ``period`` seconds (Teleport's "dynamic labels") and
+keeps the output as the value:
 
 * the output is bounded (:data:`OUTPUT_LIMIT` bytes; a command writing more is stopped and
-  its first bytes kept), trimmed of surrounding whitespace;
+  its first bytes kept), trimmed of surrounding whitespace, and a character a label value
+  may not hold (a newline, a tab, ...) becomes a space;
 * a command has :data:`COMMAND_TIMEOUT` seconds; a timeout, a non-zero exit or a command
   that cannot start gives the value ``"error: ..."`` — a broken label never stops the node.
 
@@ -21,19 +25,17 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import re
 import subprocess
 from typing import Mapping, Sequence
 
 import trio
 
+from ..inventory import MAX_LABELS, LabelError, check_label
+
 log = logging.getLogger("jumpgate.node.labels")
 
-OUTPUT_LIMIT = 256
+OUTPUT_LIMIT = 256       # bytes: at most the 256 characters a label value may hold
 COMMAND_TIMEOUT = 10.0
-#: Label names as Teleport allows them: letters, digits and ``/ . _ : * -``.
-LABEL_NAME = re.compile(r"[A-Za-z0-9/._:*-]{1,128}")
-MAX_STATIC_VALUE = 1024
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -53,10 +55,11 @@ class CommandLabel:
         object.__setattr__(self, "period", float(self.period))
 
 
-def _check_name(name: str) -> str:
-    if not isinstance(name, str) or not LABEL_NAME.fullmatch(name):
-        raise ValueError(f"invalid label name {name!r}: use letters, digits and / . _ : * -")
-    return name
+def _check(name: str, value: str) -> None:
+    try:
+        check_label(name, value)
+    except LabelError as exc:
+        raise ValueError(str(exc)) from None
 
 
 class LabelSet:
@@ -67,16 +70,16 @@ class LabelSet:
         static = dict(static or {})
         commands = dict(commands or {})
         for name, value in static.items():
-            _check_name(name)
-            if not isinstance(value, str) or len(value) > MAX_STATIC_VALUE:
-                raise ValueError(f"label {name!r}: the value must be a string of at most {MAX_STATIC_VALUE} characters")
+            _check(name, value)
         for name, label in commands.items():
-            _check_name(name)
+            _check(name, "")
             if not isinstance(label, CommandLabel):
                 raise TypeError(f"label {name!r}: expected a CommandLabel")
         clash = static.keys() & commands.keys()
         if clash:
             raise ValueError(f"labels defined both statically and by a command: {', '.join(sorted(clash))}")
+        if len(static) + len(commands) > MAX_LABELS:
+            raise ValueError(f"a node has at most {MAX_LABELS} labels, static and command ones together")
         self.static = static
         self.commands = commands
         self.timeout = timeout
@@ -129,13 +132,17 @@ async def run_label_command(argv: Sequence[str], *, timeout: float = COMMAND_TIM
             return f"error: timed out after {timeout:g}s"
         if status != 0 and not truncated:
             return f"error: exit status {status}" if status > 0 else f"error: killed by signal {-status}"
-        return output.decode("utf-8", "replace").strip()
+        return _printable(output.decode("utf-8", "replace").strip())
     finally:
         with trio.CancelScope(shield=True):
             if process.returncode is None:
                 process.kill()
                 await process.wait()
             await process.stdout.aclose()
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else " " for c in text)
 
 
 async def _read_bounded(stream: trio.abc.ReceiveStream, limit: int) -> tuple[bytes, bool]:

@@ -1,4 +1,4 @@
-"""The node role's SSH server (port 3022): user certificates in, sessions as OS users out.
+"""The node service's SSH server (port 3022): user certificates in, sessions as OS users out.
 
 This module owns the node's policy, on top of ssh_proto's server (RFC 4252 user auth,
 RFC 4254 connection protocol):
@@ -54,6 +54,7 @@ from ssh_proto.errors import AgentError, CertificateError
 from ssh_proto.keys import Certificate, PrivateKey, PublicKey
 from ssh_proto.trio_io.agent import forward_agent_to_unix_socket
 
+from ..addresses import NODE_PORT
 from ..auth.ca import generation_of
 from ..cluster_view import ClusterView
 from ..limits import NODE_OPTIONS, NODE_PROFILE
@@ -62,7 +63,6 @@ from . import process as proc
 
 log = logging.getLogger("jumpgate.node")
 
-NODE_PORT = 3022
 CONNECT_TIMEOUT = 10.0       # direct-tcpip connect to the target
 AGENT_SOCKET_DIR = "/tmp"    # forwarded agent sockets: a private 0700 directory in here
 AUDIT_TIMEOUT = 10.0         # the session.end event of a session cut short still gets this long
@@ -448,7 +448,7 @@ async def serve_node(identity_provider: Callable[[], NodeIdentity], host: str | 
                      profile: ssh_proto.ListenerProfile = NODE_PROFILE,
                      options: ssh_proto.ConnectionOptions = NODE_OPTIONS,
                      task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Serve the node role until cancelled.
+    """Serve the node service until cancelled.
 
     ``listener = await nursery.start(serve_node, identity_provider, "0.0.0.0", 3022)``;
     ``listener.port`` is the bound port (pass port 0 for any free one). ``view`` (kept current

@@ -1,4 +1,4 @@
-"""The proxy role: an SSH server on port 3023 through which users reach registered nodes.
+"""The proxy service: an SSH server on port 3023 through which users reach registered nodes.
 
 * :mod:`.server`: :func:`serve_proxy`, :class:`ProxyServer` (user-certificate auth,
   direct-tcpip to nodes only, the ``jumpgate-nodes`` subsystem, audit), :class:`ProxyIdentity`.

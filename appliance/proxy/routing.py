@@ -19,41 +19,38 @@ is fed by a ``fetch`` coroutine the caller supplies, in production the auth API'
 * **The node list for ``jumpgate ls``** travels on the ``jumpgate-nodes`` SSH subsystem of
   the proxy in the frames of :mod:`appliance.api.protocol`: the client sends one request
   ``list_nodes {"labels": {k: v}}`` and EOF, the proxy answers one response
-  ``{"nodes": [{name, addr, labels, kind, last_seen}]}`` (or an error) and closes.
+  ``{"nodes": [...]}`` of :meth:`NodeRecord.to_wire <appliance.inventory.NodeRecord.to_wire>`
+  maps (or an error) and closes.
 
 >>> node_target("web1.prod", "prod"), node_target("WEB1.Prod", "prod"), node_target("10.0.0.5", "prod")
 ('web1', 'WEB1', '10.0.0.5')
->>> split_addr("10.0.0.5:3022"), split_addr("[::1]:22"), split_addr("tunnel")
-(('10.0.0.5', 3022), ('::1', 22), None)
 """
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
 from ..api.protocol import (E_BAD_REQUEST, ApiProtocolError, ErrorResponse, FrameDecoder, Request, Response,
                             encode_error, encode_request, encode_response)
+from ..inventory import MAX_LABEL_TEXT, NodeRecord, NodeRecordError, labels_match
+from ..names import strip_cluster
 
 __all__ = [
-    "NODES_SUBSYSTEM", "NODE_PORT", "MAX_LABEL_FILTERS",
-    "NodeRecord", "NodeDirectory", "NodeListError",
-    "node_target", "split_addr", "labels_match",
+    "NODES_SUBSYSTEM", "MAX_LABEL_FILTERS",
+    "NodeDirectory", "NodeListError",
+    "node_from_wire", "node_target",
     "encode_list_request", "decode_list_request", "encode_list_response", "encode_list_error",
     "decode_list_response",
 ]
 
 NODES_SUBSYSTEM = "jumpgate-nodes"
-NODE_PORT = 3022
 LIST_METHOD = "list_nodes"
 #: A label filter holds at most this many pairs, each string at most MAX_LABEL_TEXT long.
 MAX_LABEL_FILTERS = 32
-MAX_LABEL_TEXT = 256
-MAX_NAME = 253           # a DNS name
 MAX_NODES = 10000        # nodes in one list answer
 
 
@@ -61,76 +58,24 @@ class NodeListError(ApiProtocolError):
     """A node list request or answer is malformed (the message says which field)."""
 
 
-@dataclass(frozen=True, slots=True)
-class NodeRecord:
-    """One registered node as the proxy sees it (``addr`` is ``host:port`` or ``tunnel``)."""
-
-    name: str
-    addr: str
-    labels: Mapping[str, str] = field(default_factory=dict)
-    kind: str = "node"
-    last_seen: float = 0.0
-
-    @classmethod
-    def from_wire(cls, data: Any) -> NodeRecord:
-        """Validate one node map (from the auth API or from the proxy)."""
-        if not isinstance(data, Mapping):
-            raise NodeListError("a node must be a map")
-        name, addr, kind = (_text(data.get(k, d), k, MAX_NAME) for k, d in
-                            (("name", None), ("addr", None), ("kind", "node")))
-        if not name:
-            raise NodeListError("a node needs a name")
-        last_seen = data.get("last_seen") or 0.0
-        if isinstance(last_seen, bool) or not isinstance(last_seen, (int, float)) or not math.isfinite(last_seen):
-            raise NodeListError("node field 'last_seen' must be a number")
-        return cls(name, addr, _labels(data.get("labels") or {}), kind, float(last_seen))
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"name": self.name, "addr": self.addr, "labels": dict(self.labels), "kind": self.kind,
-                "last_seen": self.last_seen}
-
-    @property
-    def endpoint(self) -> tuple[str, int] | None:
-        """Where the proxy connects: the registered host and port (None for a tunnel node)."""
-        return split_addr(self.addr)
+def node_from_wire(data: Any) -> NodeRecord:
+    """One node map (from the auth API or from the proxy) -> NodeRecord; NodeListError if malformed."""
+    try:
+        return NodeRecord.from_wire(data)
+    except NodeRecordError as exc:
+        raise NodeListError(str(exc)) from None
 
 
 def _text(value: Any, name: str, limit: int) -> str:
     if not isinstance(value, str) or len(value) > limit:
-        raise NodeListError(f"node field {name!r} must be a string of at most {limit} characters")
+        raise NodeListError(f"{name} must be a string of at most {limit} characters")
     return value
 
 
-def _labels(value: Any) -> dict[str, str]:
-    if not isinstance(value, Mapping) or len(value) > MAX_LABEL_FILTERS * 4:
-        raise NodeListError("labels must be a small map of strings")
-    return {_text(k, "label name", MAX_LABEL_TEXT): _text(v, "label value", MAX_LABEL_TEXT)
-            for k, v in value.items()}
-
-
 def node_target(host: str, cluster: str) -> str:
-    """The node a requested host names: ``name.CLUSTER`` loses its cluster suffix."""
-    suffix = "." + cluster.lower()
-    if cluster and host.lower().endswith(suffix) and len(host) > len(suffix):
-        return host[:-len(suffix)]
-    return host
-
-
-def split_addr(addr: str) -> tuple[str, int] | None:
-    """``host:port`` / ``[v6]:port`` -> (host, port); None when it is not an address."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        return None
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        return None  # a bare IPv6 address with no brackets is ambiguous
-    return (host, int(port)) if host else None
-
-
-def labels_match(labels: Mapping[str, str], wanted: Mapping[str, str]) -> bool:
-    """Every wanted key=value pair is among the node's labels (the AuthService rule)."""
-    return all(labels.get(k) == v for k, v in wanted.items())
+    """The node a requested host names: ``name.CLUSTER`` loses its cluster suffix
+    (:func:`appliance.names.strip_cluster`)."""
+    return strip_cluster(host, cluster)
 
 
 def _by_name(nodes: Iterable[NodeRecord], name: str) -> NodeRecord | None:
@@ -156,8 +101,8 @@ def find_node(nodes: Iterable[NodeRecord], host: str, port: int) -> NodeRecord |
 class NodeDirectory:
     """The proxy's view of the registered nodes: ``resolve`` and ``list_nodes`` callbacks.
 
-    ``fetch()`` returns every node as maps ``{name, addr, labels, last_seen, kind}`` (the
-    auth API's ``list_nodes``). The list is cached ``ttl`` seconds; an unknown target
+    ``fetch()`` returns every node as :meth:`NodeRecord.to_wire` maps (the auth API's
+    ``list_nodes``). The list is cached ``ttl`` seconds; an unknown target
     triggers an early refresh at most once per ``min_refresh`` seconds.
 
     >>> async def fetch():
@@ -181,7 +126,7 @@ class NodeDirectory:
         async with self._lock:  # one fetch at a time; waiters reuse its answer
             if self._clock() - self._fetched_at >= older_than:
                 raw = await self._fetch()
-                self._nodes = tuple(NodeRecord.from_wire(n) for n in raw)
+                self._nodes = tuple(node_from_wire(n) for n in raw)
                 self._fetched_at = self._clock()
             return self._nodes
 
@@ -233,7 +178,7 @@ def decode_list_request(decoder: FrameDecoder) -> tuple[int, dict[str, str]] | N
 
 
 def encode_list_response(request_id: int, nodes: Iterable[Mapping[str, Any]]) -> bytes:
-    records = [NodeRecord.from_wire(n).to_wire() for n in nodes]
+    records = [node_from_wire(n).to_wire() for n in nodes]
     return encode_response(Response(request_id, {"nodes": records}))
 
 
@@ -256,4 +201,4 @@ def decode_list_response(data: bytes) -> list[NodeRecord]:
         raise NodeListError("the proxy's answer holds no node list")
     if len(result["nodes"]) > MAX_NODES:
         raise NodeListError("the proxy's node list is too long")
-    return [NodeRecord.from_wire(n) for n in result["nodes"]]
+    return [node_from_wire(n) for n in result["nodes"]]

@@ -1,4 +1,4 @@
-"""The proxy role's SSH server (port 3023): the one door through which users reach nodes.
+"""The proxy service's SSH server (port 3023): the one door through which users reach nodes.
 
 This module owns the proxy's policy on top of ssh_proto's server (RFC 4252 user auth,
 RFC 4254 connection protocol). The proxy runs no sessions; it authenticates users and
@@ -56,6 +56,7 @@ from ssh_proto.certs import CertPermissions, validate_user_certificate
 from ssh_proto.errors import CertificateError
 from ssh_proto.keys import Certificate, PrivateKey, PublicKey
 
+from ..addresses import PROXY_PORT
 from ..api.protocol import E_INTERNAL, ApiProtocolError, FrameDecoder, parse_request
 from ..auth.ca import generation_of
 from ..cluster_view import ClusterView
@@ -67,7 +68,6 @@ __all__ = ["PROXY_PORT", "NodeUnreachable", "ProxyIdentity", "ProxyServer", "pro
 
 log = logging.getLogger("jumpgate.proxy")
 
-PROXY_PORT = 3023
 CONNECT_TIMEOUT = 10.0          # proxy -> node TCP connect
 LIST_REQUEST_TIMEOUT = 30.0     # a jumpgate-nodes client must send its request within this
 MAX_LIST_REQUEST = 64 * 1024
@@ -317,7 +317,7 @@ class ProxyServer(ssh_proto.SSHServer):
         if self.config.audit is None:
             return
         record = {"event": event, "user": user or self.user or "", "success": success,
-                  "fields": {"role": "proxy", "cluster": self.config.cluster, "client_ip": self.peer_ip or "",
+                  "fields": {"service": "proxy", "cluster": self.config.cluster, "client_ip": self.peer_ip or "",
                              "login": self.login, **fields}}
         try:
             await self.config.audit(record)
@@ -364,7 +364,7 @@ async def serve_proxy(identity: ProxyIdentity | Callable[[], ProxyIdentity], use
                       profile: ssh_proto.ListenerProfile = PROXY_PROFILE,
                       options: ssh_proto.ConnectionOptions = PROXY_OPTIONS,
                       task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Serve the proxy role until cancelled.
+    """Serve the proxy service until cancelled.
 
     ``identity`` is a :class:`ProxyIdentity` or a callable returning the current one.
     ``resolve(host, port)`` maps a requested target (``.CLUSTER`` already stripped) to the

@@ -1,4 +1,4 @@
-"""Storage of the auth role: the :class:`Storage` interface and its SQLite implementation."""
+"""Storage of the auth service: the :class:`Storage` interface and its SQLite implementation."""
 from .base import (NO_TOTP_COUNTER, CARecord, InviteRecord, LoginAttempt, NodeRecord, Storage, StorageError,
                    TokenRecord, UserRecord)
 from .sqlite import SQLiteStorage

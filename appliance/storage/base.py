@@ -1,8 +1,8 @@
-"""The storage interface of the auth role: record types and the async ``Storage`` protocol.
+"""The storage interface of the auth service: record types and the async ``Storage`` protocol.
 
 The auth service keeps all of its state behind this interface: users, invites, join
 tokens, nodes, the two certificate authorities, the audit log, and what revocation needs
-(certificate generations, issued user certificates, and a change feed the auth role pushes
+(certificate generations, issued user certificates, and a change feed the auth service pushes
 to proxies and nodes from — written in the transaction of each change, so that another
 process writing the same database, such as ``jumpgate ctl``, is seen too). SQLite implements
 it today (:mod:`appliance.storage.sqlite`); PostgreSQL can later implement the same
@@ -26,7 +26,7 @@ protocol. Rules every implementation follows:
 * Secrets that must be checked, not shown, are stored as digests: invites and join
   tokens by ``sha256`` hex of their secret; passwords as scrypt strings. The TOTP
   seed and the CA private keys must be usable, so they are stored as they are —
-  which is why the database file is private to the auth role (mode 0600).
+  which is why the database file is private to the auth service (mode 0600).
 * Timestamps are float epoch seconds taken from the caller's injected clock.
 """
 from __future__ import annotations
@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from ..audit import AuditEvent
+from ..inventory import NodeRecord  # the inventory's one record: the auth service stores it as it is
 
 __all__ = [
     "NO_TOTP_COUNTER",
@@ -112,29 +113,9 @@ class TokenRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class NodeRecord:
-    """A registered server. ``kind``: "node" or "proxy" (joined with a token, they
-    heartbeat) or "openssh" (an agentless sshd added by an admin).
-
-    ``addr`` is where the proxy dials it (``host:port``; "" for a tunnel-only node);
-    ``addresses`` and ``host_key`` are what its host certificate was issued for.
-    """
-
-    name: str
-    kind: str
-    addr: str = ""
-    labels: Mapping[str, str] = field(default_factory=dict)
-    last_seen: float = 0.0
-    tunnel: bool = False
-    addresses: tuple[str, ...] = ()
-    host_key: bytes | None = None
-    created: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
 class CARecord:
     """One certificate authority: ``kind`` "user" or "host". The private key is an
-    OpenSSH PEM; it never leaves the auth role."""
+    OpenSSH PEM; it never leaves the auth service."""
 
     kind: str
     cluster: str

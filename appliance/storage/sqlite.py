@@ -146,7 +146,7 @@ def _v2_tokens_bind_name_and_addresses(db: sqlite3.Connection) -> None:
 def _v3_revocation(db: sqlite3.Connection) -> None:
     """v3: what revocation needs — a user's certificate generation (kept after the user is
     deleted, so a user made again under the name cannot revive old certificates), the serials
-    of issued user certificates (for KRLs), and the change feed the auth role pushes from."""
+    of issued user certificates (for KRLs), and the change feed the auth service pushes from."""
     for statement in ("CREATE TABLE user_generations (name TEXT PRIMARY KEY, "
                       "generation INTEGER NOT NULL, changed REAL NOT NULL)",
                       "CREATE TABLE user_certs (serial INTEGER PRIMARY KEY, user TEXT NOT NULL, "
@@ -263,7 +263,7 @@ def _connect(path: str) -> sqlite3.Connection:
 
 
 class SQLiteStorage:
-    """The auth role's database in one SQLite file.
+    """The auth service's database in one SQLite file.
 
     >>> storage = SQLiteStorage("/var/lib/jumpgate/jumpgate.db")   # doctest: +SKIP
     >>> await storage.get_user("alice")                            # doctest: +SKIP

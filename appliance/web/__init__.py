@@ -1,4 +1,4 @@
-"""The web role: HTTPS on :3080 for the invite page and the signup/login JSON API.
+"""The web service: HTTPS on :3080 for the invite page and the signup/login JSON API.
 
 Modules: :mod:`.tls` (the certificate and its pin), :mod:`.server` (Trio + ssl + h11
 server, routes, limits), :mod:`.pages` (the HTML pages). Nothing is re-exported here so

@@ -1,4 +1,4 @@
-"""The HTML pages of the web role: the invite page and a plain error page.
+"""The HTML pages of the web service: the invite page and a plain error page.
 
 Pages are small, static and self-contained (no script, no external resource) so that the
 Content-Security-Policy in :data:`PAGE_HEADERS` can forbid everything but inline style.
@@ -7,8 +7,9 @@ UI is a later issue: for now the invite page tells the user which command to run
 """
 from __future__ import annotations
 
-import datetime
 import html
+
+from ..timestamps import format_time
 
 __all__ = ["PAGE_HEADERS", "error_page", "invite_page"]
 
@@ -34,8 +35,7 @@ def _document(title: str, body: str) -> bytes:
 
 
 def _when(epoch: float) -> str:
-    moment = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
-    return moment.strftime("%Y-%m-%d %H:%M UTC")
+    return format_time(epoch)
 
 
 def invite_page(*, user: str, cluster: str, expires: float, signup_command: str,

@@ -1,4 +1,4 @@
-"""The web role: HTTPS (Trio + ``ssl`` + h11, no framework) on :3080.
+"""The web service: HTTPS (Trio + ``ssl`` + h11, no framework) on :3080.
 
 Routes (the only unauthenticated endpoints of the cluster)::
 
@@ -10,7 +10,7 @@ Routes (the only unauthenticated endpoints of the cluster)::
     GET  /v1/ping              {cluster, version}
 
 Every business rule lives in the *service* (an ``AuthService`` in process, an ``ApiClient``
-to the auth role in production: same method names). This module only speaks HTTP, checks
+to the auth service in production: same method names). This module only speaks HTTP, checks
 the shape of requests and maps ``AuthServiceError`` codes to status codes.
 
 Theory of operation. :class:`WebApp` turns one parsed :class:`WebRequest` into one
@@ -48,6 +48,7 @@ from ssh_proto.errors import KeyFormatError
 from ssh_proto.keys import PublicKey, parse_public_line
 
 from appliance.accounting import accounting_key
+from appliance.addresses import WEB_PORT, AddressError, parse_endpoint
 from appliance.api.client import ApiError
 from appliance.auth.service import AuthServiceError
 
@@ -83,13 +84,12 @@ STATUS_BY_CODE: Mapping[str, int] = {
     "protocol_error": 502,
     "unavailable": 503,
 }
-#: What the service raises: in process, and relayed from the auth role by ApiClient.
+#: What the service raises: in process, and relayed from the auth service by ApiClient.
 SERVICE_ERRORS = (AuthServiceError, ApiError)
 
 _TOKEN = r"(?P<token>[A-Za-z0-9_-]{1,128}(?:\.[A-Za-z0-9_-]{1,64})?)"
 _MAX_FIELD = 1024           # passwords, users, codes: far above any policy, far below max_body
 _MAX_PUBLIC_KEY = 16 * 1024
-_SAFE_HOST = re.compile(r"(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?")
 
 
 def _version() -> str:
@@ -102,7 +102,7 @@ def _version() -> str:
 
 @dataclass(frozen=True, slots=True)
 class WebLimits:
-    """Resource bounds of the web role (sizes in bytes, times in seconds)."""
+    """Resource bounds of the web service (sizes in bytes, times in seconds)."""
 
     max_body: int = 64 * 1024
     max_header: int = 16 * 1024
@@ -343,7 +343,7 @@ class WebApp:
     def _service_error(self, route: str, code: str, message: str) -> WebResponse:
         status = STATUS_BY_CODE.get(code, 500)
         if status >= 500:
-            # The auth role's own failure: the operator needs it, the visitor does not.
+            # The auth service's own failure: the operator needs it, the visitor does not.
             log.warning("web %s: auth service failed: %s: %s", route, code, message)
             code, message = "unavailable", "the auth service failed; try again later"
             status = 503
@@ -376,7 +376,7 @@ class WebApp:
 
     async def _invite_page(self, request: WebRequest, params: dict[str, str]) -> WebResponse:
         invite = await self._invite(params["token"], request.client_ip)
-        web_addr = self._public_addr or _host_header(request) or "HOST:3080"
+        web_addr = self._public_addr or _host_header(request) or f"HOST:{WEB_PORT}"
         page = pages.invite_page(
             user=invite["user"], cluster=invite["cluster"], expires=invite["expires"],
             signup_command=f"jumpgate signup --proxy {web_addr} {params['token']}",
@@ -404,7 +404,11 @@ class WebApp:
 def _host_header(request: WebRequest) -> str | None:
     """The Host header if it is a plain host[:port] (it is echoed into the invite page)."""
     host = request.headers.get("host", "")
-    return host if _SAFE_HOST.fullmatch(host) else None
+    try:
+        parse_endpoint(host, WEB_PORT)
+    except AddressError:
+        return None
+    return host
 
 
 # --------------------------------------------------------------------- connections
@@ -559,7 +563,7 @@ class _Server:
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
             pass  # the client went away or was too slow: nothing to answer, nobody to tell
         except Exception:
-            # A bug met by one connection must not take the whole web role down with it.
+            # A bug met by one connection must not take the whole web service down with it.
             log.exception("web %s: connection failed", client_ip)
         finally:
             self._release(source)
@@ -619,7 +623,7 @@ async def serve_web(service: Any, tls_cert_path: str, tls_key_path: str, host: s
                     port: int, *, proxy_ssh_addr: str, public_addr: str | None = None,
                     limits: WebLimits = WebLimits(),
                     task_status: trio.TaskStatus[WebEndpoint] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve the web role until cancelled.
+    """Serve the web service until cancelled.
 
     ``service`` has the AuthService methods named in :class:`WebApp`. ``proxy_ssh_addr``
     ("host:3023") is returned by login; ``public_addr`` ("host:3080") is what the invite

@@ -1,8 +1,8 @@
-"""The web role's TLS certificate, and the pin clients use to trust it.
+"""The web service's TLS certificate, and the pin clients use to trust it.
 
 This module owns three things:
 
-* the **self-signed certificate** the web role (HTTPS on :3080) presents by default: made
+* the **self-signed certificate** the web service (HTTPS on :3080) presents by default: made
   on first start with an ECDSA P-256 key (file mode 0600 in the data dir), subject
   alternative names = the host name, ``localhost``, ``127.0.0.1``, ``::1`` and the
   configured public addresses. It is re-issued with the *same key* when less than
@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ..addresses import host_of
 from ..files import write_atomic
 
 __all__ = [
@@ -73,7 +74,7 @@ class TLSSetupError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class WebTLS:
-    """Where the web role's certificate chain and key live, and the certificate's pin."""
+    """Where the web service's certificate chain and key live, and the certificate's pin."""
 
     cert_path: Path
     key_path: Path
@@ -165,25 +166,15 @@ def _load_private_key(path: Path):
     try:
         return serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
-        # TypeError: the key is encrypted; the web role has no one to ask for a passphrase.
+        # TypeError: the key is encrypted; the web service has no one to ask for a passphrase.
         raise TLSSetupError(f"{path}: not an unencrypted PEM private key") from None
-
-
-def _host_part(addr: str) -> str:
-    """``host``, ``host:port``, ``[v6]:port`` or a bare IPv6 address → the host."""
-    addr = addr.strip()
-    if addr.startswith("["):
-        return addr[1:addr.find("]")] if "]" in addr else addr[1:]
-    if addr.count(":") == 1:
-        return addr.partition(":")[0]
-    return addr
 
 
 def _general_names(hostname: str, addresses: Iterable[str]) -> list[x509.GeneralName]:
     names: list[x509.GeneralName] = []
     seen: set[str] = set()
     for raw in (hostname, "localhost", "127.0.0.1", "::1", *addresses):
-        host = _host_part(raw).lower()
+        host = host_of(raw).lower()
         # x509 DNS names are A-labels; a name we cannot encode is left out, not fatal.
         if not host or host in seen or not host.isascii():
             continue
@@ -261,7 +252,7 @@ def ensure_web_tls(data_dir: str | os.PathLike[str], *, hostname: str,
                    addresses: Iterable[str] = (), cert_path: str | os.PathLike[str] | None = None,
                    key_path: str | os.PathLike[str] | None = None,
                    now: datetime.datetime | None = None) -> WebTLS:
-    """The web role's certificate: the admin's (``cert_path`` + ``key_path``) or self-signed.
+    """The web service's certificate: the admin's (``cert_path`` + ``key_path``) or self-signed.
 
     The self-signed one lives in ``data_dir`` (:data:`CERT_FILE`, :data:`KEY_FILE`) and is
     created or renewed as the module docstring says. ``addresses`` may carry ports.

@@ -116,11 +116,11 @@ def rogue_user_cert(name: str, roles: str = "admin") -> tuple[PrivateKey, Certif
     return key, cert
 
 
-def rogue_host_cert(name: str, role: str = "node", ca: PrivateKey | None = None,
+def rogue_host_cert(name: str, kind: str = "node", ca: PrivateKey | None = None,
                     principals: tuple[str, ...] = ()) -> tuple[PrivateKey, Certificate]:
     ca, key = ca or PrivateKey.generate(), PrivateKey.generate()
     now = int(time.time())
-    cert = sign_certificate(ca, key.public_key, cert_type=CERT_TYPE_HOST, key_id=f"{role}:{name}",
+    cert = sign_certificate(ca, key.public_key, cert_type=CERT_TYPE_HOST, key_id=f"{kind}:{name}",
                             principals=[name, *principals], valid_after=now - 60, valid_before=now + 3600)
     return key, cert
 

@@ -1,6 +1,8 @@
 """Shared plumbing for the node tests: a test cluster's keys, a node in a nursery, clients.
 
-- :func:`make_user`: a throw-away OS account (``tests/interop/openssh.py`` makes it).
+- :func:`make_user`: a throw-away OS account (``tests/interop/openssh.py`` makes it); as
+  anyone but root it skips the test that asked, so only the tests that need an account (a
+  node switching users) are skipped, never a whole module.
 - :class:`TestCluster`: a user CA, a host CA, the node's host key and certificate, and
   user certificates issued by :func:`ssh_proto.certs.sign_certificate` (our own CA code),
   written to files the real OpenSSH client reads.
@@ -17,9 +19,10 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import pytest
 import trio
 
 _INTEROP = str(Path(__file__).resolve().parent.parent / "interop")
@@ -38,8 +41,14 @@ SCP = "/usr/bin/scp"
 SSH_ADD = "/usr/bin/ssh-add"
 
 
+NEEDS_ROOT = "needs root: it creates an OS account for a node that switches users"
+
+
 def make_user(tag: str) -> openssh.ThrowawayUser:
-    """A fresh ``jgt_<tag>_<pid>`` account with /bin/sh and a 0700 home (remove it after)."""
+    """A fresh ``jgt_<tag>_<pid>`` account with /bin/sh and a 0700 home (remove it after);
+    skips the asking test unless it runs as root."""
+    if os.geteuid() != 0:
+        pytest.skip(NEEDS_ROOT)
     openssh.sweep_stale_users()
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     return openssh.create_throwaway_user(openssh.throwaway_user_name(tag + worker.removeprefix("gw")))
@@ -116,7 +125,9 @@ class AuditLog:
 
     def __init__(self) -> None:
         self.events: list[dict] = []
-        self.rejected: list[tuple[dict, str]] = []  # events the auth role would refuse
+        self.rejected: list[tuple[dict, str]] = []  # events the auth service would refuse
+        self.listeners: list[Callable[[], None]] = []   # called at each event (a test's wake-up)
+        self._appended = trio.Event()
 
     async def __call__(self, event: dict) -> None:
         try:
@@ -125,11 +136,22 @@ class AuditLog:
             self.rejected.append((event, str(exc)))
             raise
         self.events.append(dict(event))
+        self._appended.set()
+        self._appended = trio.Event()
+        for listener in self.listeners:
+            listener()
 
     def of(self, name: str, *, success: bool = True) -> list[dict]:
         """The fields (with "user" added) of every ``name`` event with that outcome."""
         return [{"user": e["user"], **e["fields"]} for e in self.events
                 if e["event"] == name and e["success"] is success]
+
+    async def wait_for(self, name: str, *, success: bool = True) -> list[dict]:
+        """:meth:`of` once it holds an event: woken by each event the node emits (the caller
+        bounds the wait)."""
+        while not (found := self.of(name, success=success)):
+            await self._appended.wait()
+        return found
 
 
 async def start_node(nursery: trio.Nursery, cluster: TestCluster, audit: AuditLog | None = None, **options):

@@ -92,8 +92,9 @@ class ProxyCluster:
     async def fetch_nodes(self) -> list[dict]:
         return [dict(n) for n in self.nodes]
 
-    def register(self, name: str, addr: str, kind: str = "node", **labels: str) -> None:
-        self.nodes.append({"name": name, "addr": addr, "labels": labels, "kind": kind, "last_seen": time.time()})
+    def register(self, name: str, addr: str, kind: str = "node", *, tunnel: bool = False, **labels: str) -> None:
+        self.nodes.append({"name": name, "addr": addr, "labels": labels, "kind": kind, "last_seen": time.time(),
+                           "tunnel": tunnel})
 
     def write_profile(self, name: str = "profile", *, logins: Sequence[str] | None = None,
                       ca: PrivateKey | None = None, **how) -> Profile:
@@ -112,10 +113,10 @@ class ProxyCluster:
     def credentials(self, profile: Profile) -> Credentials:
         return load_credentials(profile)
 
-    def events(self, name: str, *, success: bool = True, role: str | None = None) -> list[dict]:
-        """The fields (with "user") of ``name`` events; ``role="proxy"`` keeps the proxy's."""
+    def events(self, name: str, *, success: bool = True, service: str | None = None) -> list[dict]:
+        """The fields (with "user") of ``name`` events; ``service="proxy"`` keeps the proxy's."""
         found = self.audit.of(name, success=success)
-        return [e for e in found if role is None or e.get("role") == role]
+        return [e for e in found if service is None or e.get("service") == service]
 
 
 async def start_cluster(nursery: trio.Nursery, directory: Path, login: str, **node_options) -> ProxyCluster:

@@ -10,6 +10,9 @@ never disturb the server.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import struct
 
 import msgpack
@@ -104,7 +107,7 @@ async def test_node_certificate_can_heartbeat_itself_but_not_create_users_and_is
         assert (await env.service.get_node("db1")).labels == {"env": "dev"}
         assert "mallory" not in {u.name for u in await env.service.list_users()}
         denied = await refused_logins(env)
-        assert [(e.user, e.fields["method"], e.fields["role"]) for e in denied] == [("db1", "create_user", "node")]
+        assert [(e.user, e.fields["method"], e.fields["caller"]) for e in denied] == [("db1", "create_user", "node")]
 
 
 async def test_node_may_heartbeat_and_renew_only_for_itself():
@@ -282,7 +285,7 @@ async def test_client_refuses_a_node_posing_as_the_auth_server():
 
 async def test_serve_auth_refuses_a_non_auth_host_certificate():
     service = await make_service()
-    key, cert = rogue_host_cert("x", role="node")
+    key, cert = rogue_host_cert("x", kind="node")
     with pytest.raises(ValueError):
         await serve_auth(service, service.ca, (key, cert), "127.0.0.1", 0)
 
@@ -338,11 +341,49 @@ async def test_abrupt_disconnect_mid_frame_leaves_the_server_serving():
             assert {u["name"] for u in await api.list_users()} == {"root"}
 
 
+class GatedHasher:
+    """A real (cheap) hasher whose password checks start, say so (``checking``), and go on only
+    when the test opens the gate: a call held mid-hash, as long as the test needs."""
+
+    def __init__(self) -> None:
+        self.inner = PasswordHasher(n=2**10)
+        self.checking = trio.Event()
+        self.gate = trio.Event()
+
+    @contextlib.asynccontextmanager
+    async def slot(self):
+        async with self.inner.slot() as slot:
+            yield self._Slot(self, slot)
+
+    async def hash(self, password: str) -> str:
+        return await self.inner.hash(password)
+
+    class _Slot:
+        def __init__(self, hasher: GatedHasher, slot) -> None:
+            self.hasher, self.slot = hasher, slot
+
+        async def check(self, password, encoded):
+            self.hasher.checking.set()
+            await self.hasher.gate.wait()
+            return await self.slot.check(password, encoded)
+
+
 async def test_abrupt_disconnect_mid_call_lets_the_call_finish_and_the_server_keep_serving():
     """A login whose password hash is still being computed when the proxy vanishes: the
     call runs to its end (shielded: no half-done state) and nobody else notices."""
     clock = OffsetClock()
-    service = await make_service(clock, hasher=PasswordHasher(n=2**15))  # slow enough to be mid-call
+    hasher = GatedHasher()
+    service = await make_service(clock, hasher=hasher)
+    finished = trio.Event()
+    real_login = service.login
+
+    @functools.wraps(real_login)   # the dispatcher binds its parameters by this signature
+    async def login(*args, **kwargs):
+        try:
+            return await real_login(*args, **kwargs)
+        finally:
+            finished.set()
+    service.login = login
     async with running_auth(service=service, clock=clock) as env:
         invite = await service.create_user("alice", ["alice"])
         seed = otp_secret((await service.get_invite(invite.token)).otp_uri)
@@ -356,13 +397,15 @@ async def test_abrupt_disconnect_mid_call_lets_the_call_finish_and_the_server_ke
                                      known_hosts=None, stream=stream) as conn:
             proc = await conn.open_session(subsystem=SUBSYSTEM)
             await proc.send_all(encode_request(Request(1, "login", login)))
-            await trio.sleep(0.03)
+            with trio.fail_after(10):
+                await hasher.checking.wait()     # the login is mid-hash
             await stream.aclose()
             with pytest.raises(trio.BrokenResourceError):
                 await proc.read_all()
+        assert not [e for e in await env.audit("user.login") if e.success]
+        hasher.gate.set()                        # the hash ends after its caller went away
         with trio.fail_after(10):
-            while not [e for e in await env.audit("user.login") if e.success]:
-                await trio.sleep(0.02)
+            await finished.wait()
         assert [e.user for e in await env.audit("cert.create") if e.fields.get("kind") == "user"] == ["alice"]
         async with env.connect(await env.admin_identity()) as api:
             assert (await api.get_user(name="alice"))["status"] == "active"

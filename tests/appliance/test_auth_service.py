@@ -1,4 +1,5 @@
-"""AuthService (appliance/auth/service.py): each business rule of the auth role, by name.
+"""AuthService (appliance/auth/service.py, accounts.py, hosts.py): each business rule of the auth
+service, by name.
 
 Issue 3 and Teleport's defaults (docs/security.md A1-A6): invites 1 h and single use;
 passwords >= 12; TOTP enrolment confirmed at signup; generic access_denied (no user
@@ -428,11 +429,11 @@ async def test_sign_host_cert_key_id_and_principals(env):
 
 
 async def test_j1_sign_host_cert_gives_only_node_certificates_for_a_free_one_label_name(env):
-    """ctl auth sign --host: no role parameter (an admin's API call minted proxy: and auth:
+    """ctl auth sign --host: no kind parameter (an admin's API call minted proxy: and auth:
     certificates before), no dotted name, no name of a joined node, no NAME.CLUSTER address."""
     key = new_key().public_key.blob
     with pytest.raises(TypeError):
-        await env.service.sign_host_cert("x", key, role="auth")
+        await env.service.sign_host_cert("x", key, kind="auth")
     await refused("bad_request", env.service.sign_host_cert("github.com", key))
     await refused("bad_request", env.service.sign_host_cert("x", key, ["db1.acme"]))
     await joined(env, "web1")
@@ -603,10 +604,39 @@ async def test_add_agentless_openssh_node_and_filter_by_labels(env):
     assert node.kind == "openssh" and node.addr == "[2001:db8::1]:22"
     assert [n.name for n in await env.service.list_nodes({"env": "prod"})] == ["db1"]
     assert [n.name for n in await env.service.list_nodes()] == ["db1", "web1"]
-    await env.service.add_node("db1", "db1.example.com:2222")  # re-adding updates it
-    assert (await env.service.get_node("db1")).addr == "db1.example.com:2222"
     for addr in ("db1", "db1:0", "db1:70000", "2001:db8::1:22", "", None):
         await refused("bad_request", env.service.add_node("db2", addr))
+
+
+async def test_adding_a_registered_openssh_node_again_is_refused_and_keeps_its_labels(env):
+    """Issue 14 item 4: re-adding wiped the labels; now it is refused and says what to do."""
+    await env.service.add_node("db1", "10.0.0.9:22", {"env": "prod"})
+    with pytest.raises(AuthServiceError, match="ctl nodes update") as info:
+        await env.service.add_node("db1", "db1.example.com:2222")
+    assert info.value.code == "already_exists"
+    node = await env.service.get_node("db1")
+    assert (node.addr, dict(node.labels)) == ("10.0.0.9:22", {"env": "prod"})
+
+
+async def test_update_node_changes_what_it_is_given_and_keeps_the_rest(env):
+    await env.service.add_node("db1", "10.0.0.9:22", {"env": "prod", "team": "db"})
+    moved = await env.service.update_node("db1", addr="DB1.example.com:2222")
+    assert (moved.addr, dict(moved.labels)) == ("db1.example.com:2222", {"env": "prod", "team": "db"})
+    relabelled = await env.service.update_node("db1", labels={"env": "dev"})   # replaced as a whole
+    assert (relabelled.addr, dict(relabelled.labels)) == ("db1.example.com:2222", {"env": "dev"})
+    assert dict((await env.service.update_node("db1", labels={})).labels) == {}
+    updates = [e for e in await env.service.list_audit(limit=100) if e.event == "node.update"]
+    assert [(e.code, e.fields["node"]) for e in updates] == [("T3203I", "db1")] * 3
+    await refused("bad_request", env.service.update_node("db1"))                 # nothing to change
+    await refused("bad_request", env.service.update_node("db1", addr="db1:0"))
+    await refused("bad_request", env.service.update_node("db1", labels={"bad name": "x"}))
+    await refused("not_found", env.service.update_node("db2", addr="10.0.0.9:22"))
+
+
+async def test_update_node_leaves_a_joined_node_to_its_join_and_heartbeats(env):
+    await joined(env, "web1", labels={"env": "dev"})
+    await refused("bad_request", env.service.update_node("web1", labels={"env": "prod"}))
+    await refused("bad_request", env.service.update_node("web1", addr="10.0.0.66:3022"))   # J4
 
 
 async def test_add_node_cannot_overwrite_a_joined_node(env):
@@ -893,8 +923,26 @@ def test_error_codes_are_stable_and_serialisable():
 
 def test_secrets_never_start_with_a_dash(monkeypatch):
     # A token is pasted as a command-line argument; argparse would take "-..." for an option.
-    from appliance.auth import service as service_module
+    from appliance.auth import checks
     drawn = iter(["-starts-with-a-dash", "-again", "fine_secret_value"])
-    monkeypatch.setattr(service_module.secrets, "token_urlsafe", lambda n: next(drawn))
-    secret, digest = service_module._new_secret()
+    monkeypatch.setattr(checks.secrets, "token_urlsafe", lambda n: next(drawn))
+    secret, digest = checks.new_secret()
     assert secret == "fine_secret_value" and len(digest) == 64
+
+
+async def test_the_facade_offers_every_api_method_as_its_half_defines_it(env):
+    """AuthService is two halves (accounts.py: users; hosts.py: nodes and tokens) behind one
+    flat API: the dispatcher calls each ALLOWED method by name and binds its parameters."""
+    import inspect
+
+    from appliance.api.server import ALLOWED
+    half = {"users": env.service.users, "hosts": env.service.hosts}
+    for method in sorted(set().union(*ALLOWED.values())):
+        bound = getattr(env.service, method)
+        assert inspect.iscoroutinefunction(bound), method
+        owner = [name for name, part in half.items() if getattr(type(part), method, None) is not None]
+        if owner:
+            assert owner == [type(env.service).__dict__[method].part], method
+            assert inspect.signature(bound) == inspect.signature(getattr(half[owner[0]], method))
+        else:   # what the halves share: the CAs and the audit log
+            assert method in {"cluster_info", "export_ca", "emit_audit", "list_audit"}, method

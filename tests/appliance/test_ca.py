@@ -115,10 +115,10 @@ async def test_host_cert_key_id_is_role_colon_name_and_validates_for_its_princip
         validate_host_certificate(cert, hostname="db1", trusted_cas=[ca.host_ca_public], now=NOW)
 
 
-async def test_host_role_must_be_node_proxy_or_auth(ca, key):
-    for role in ("node", "proxy", "auth"):
-        assert ca.sign_host(key, role, "h", ["h"], 60, NOW).key_id == f"{role}:h"
-    with pytest.raises(CAError, match="unknown host role"):
+async def test_host_kind_must_be_node_proxy_or_auth(ca, key):
+    for kind in ("node", "proxy", "auth"):
+        assert ca.sign_host(key, kind, "h", ["h"], 60, NOW).key_id == f"{kind}:h"
+    with pytest.raises(CAError, match="unknown host kind"):
         ca.sign_host(key, "user", "h", ["h"], 60, NOW)
 
 

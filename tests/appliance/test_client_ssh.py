@@ -26,10 +26,9 @@ from appliance.cli import remote
 from appliance.cli.errors import CliError
 from appliance.client.profile import Profile
 from appliance.client.ssh import (ConnectError, ScpProtocolError, _Sink, connect_node, remote_scp_command,
-                                  scp_download, scp_upload, split_host_port)
+                                  scp_download, scp_upload)
 from appliance.node.server import NodeIdentity, serve_node
 
-pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="the node switches users: needs root")]
 
 
 login, cluster, profile = proxy_fixtures("clissh")
@@ -262,7 +261,7 @@ async def test_jumpgate_ssh_interactive_pty_raw_mode_window_change_and_restore(c
 
 
 async def test_jumpgate_ls_lists_and_filters_nodes(cluster, profile):
-    cluster.register("web2", "tunnel", env="prod")
+    cluster.register("web2", "", tunnel=True, env="prod")   # reachable by its tunnel only
     done = await jumpgate(profile, "ls")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.decode().splitlines()
@@ -271,6 +270,18 @@ async def test_jumpgate_ls_lists_and_filters_nodes(cluster, profile):
     assert lines[3].split() == ["web2", "tunnel", "env=prod"]
     done = await jumpgate(profile, "ls", "env=prod")
     assert [line.split()[0] for line in done.stdout.decode().splitlines()[2:]] == ["web2"]
+
+
+async def test_jumpgate_ls_takes_labels_as_teleport_and_start_write_them(cluster, profile):
+    """Issue 14 item 5: `jumpgate ls env=prod,role=web` is the syntax --labels takes."""
+    cluster.register("web3", "10.0.0.9:3022", env="prod", role="web")
+    cluster.register("db3", "10.0.0.8:3022", env="prod", role="db")
+    for words in (["env=prod,role=web"], ["env=prod", "role=web"]):
+        done = await jumpgate(profile, "ls", *words)
+        assert done.returncode == 0, done.stderr
+        assert [line.split()[0] for line in done.stdout.decode().splitlines()[2:]] == ["web3"]
+    done = await jumpgate(profile, "ls", "env=prod,env=dev")
+    assert done.returncode != 0 and b"given twice" in done.stderr and b"Traceback" not in done.stderr
 
 
 async def test_jumpgate_scp_both_ways_recursive(cluster, profile, login, tmp_path):
@@ -457,13 +468,6 @@ def test_bad_forward_specifications_are_refused(spec):
 ])
 def test_scp_paths_are_remote_when_a_colon_comes_before_any_slash(arg, expected):
     assert remote.parse_remote_path(arg) == expected
-
-
-def test_split_host_port():
-    assert split_host_port("h", 3023) == ("h", 3023)
-    assert split_host_port("[::1]:2", 3023) == ("::1", 2)
-    with pytest.raises(ValueError):
-        split_host_port("h:99999", 3023)
 
 
 def test_ssh_config_block_keeps_the_users_known_hosts_first_and_quotes_paths():

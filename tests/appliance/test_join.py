@@ -1,4 +1,4 @@
-"""Joining a node or proxy, and staying joined (appliance/node/agent.py), against a real
+"""Joining a node or proxy, and staying joined (appliance/membership.py), against a real
 auth server on loopback.
 
 Rules checked (appliance notes "Trust and identities" and issue 3 "Bad input"): a join
@@ -9,8 +9,10 @@ bounded backoff; the host certificate is renewed when less than half its life re
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import random
 import shutil
 import stat
 import subprocess
@@ -20,8 +22,8 @@ import pytest
 import trio
 
 from appliance.api.client import ApiError
-from appliance.node.agent import (HOST_CERT, HOST_KEY, IDENTITY, AgentError, Backoff, IdentityHolder, heartbeat_loop,
-                                  join, load_identity, parse_token)
+from appliance.membership import (HOST_CERT, HOST_KEY, IDENTITY, Backoff, MembershipError, MembershipHolder,
+                                  heartbeat_loop, join, load_membership, parse_token)
 from appliance.proxy.routing import NodeDirectory, node_target
 from ssh_proto.errors import AuthError, HostKeyNotVerifiable
 
@@ -48,9 +50,9 @@ async def test_join_with_a_valid_token_saves_a_working_identity(tmp_path):
         assert ident.host_cert.key_id == "node:db1"
         assert {"db1", "db1.acme", "127.0.0.1"} <= set(ident.host_cert.principals)
         assert ident.host_ca == env.host_ca and ident.user_ca == env.service.ca.user_ca_public
-        loaded = load_identity(tmp_path, "node", now=env.clock())
+        loaded = load_membership(tmp_path, "node", now=env.clock())
         assert same_identity(loaded, ident)
-        async with IdentityHolder(loaded).api_factory(env.addr)() as api:
+        async with MembershipHolder(loaded).api_factory(env.addr)() as api:
             await api.heartbeat(addr="127.0.0.1:3022", labels={"env": "dev"})
         assert (await env.service.get_node("db1")).addr == "127.0.0.1:3022"
 
@@ -84,7 +86,7 @@ async def test_wrong_pin_is_host_key_not_verifiable_and_no_tofu(tmp_path):
         with pytest.raises(HostKeyNotVerifiable, match="pin"):
             await join_node(env, forged, tmp_path)
         assert not (tmp_path / "node" / HOST_CERT).exists()
-        assert load_identity(tmp_path, "node") is None
+        assert load_membership(tmp_path, "node") is None
         # nothing was learnt or used: the genuine token still works, with the same key
         key_before = (tmp_path / "node" / HOST_KEY).read_bytes()
         await join_node(env, token, tmp_path)
@@ -109,13 +111,13 @@ async def test_proxy_joins_with_its_own_identity(tmp_path):
     async with running_auth() as env:
         ident = await join_node(env, await env.token("proxy"), tmp_path, name="gw", kind="proxy")
         assert ident.host_cert.key_id == "proxy:gw"
-        assert same_identity(load_identity(tmp_path, "proxy"), ident)
-        assert load_identity(tmp_path, "node") is None
+        assert same_identity(load_membership(tmp_path, "proxy"), ident)
+        assert load_membership(tmp_path, "node") is None
 
 
 @pytest.mark.parametrize("token", ["nodot", ".pin", "secret.", "a.b.c"])
-def test_malformed_token_is_an_agent_error(token):
-    with pytest.raises(AgentError):
+def test_malformed_token_is_a_membership_error(token):
+    with pytest.raises(MembershipError):
         parse_token(token)
 
 
@@ -123,17 +125,17 @@ async def test_group_readable_host_key_is_refused(tmp_path):
     async with running_auth() as env:
         await join_node(env, await env.token(), tmp_path)
         os.chmod(tmp_path / "node" / HOST_KEY, 0o640)
-        with pytest.raises(AgentError, match="chmod 600"):
-            load_identity(tmp_path, "node")
+        with pytest.raises(MembershipError, match="chmod 600"):
+            load_membership(tmp_path, "node")
 
 
 async def test_expired_saved_certificate_is_loaded_but_flagged(tmp_path):
     async with running_auth() as env:
         await join_node(env, await env.token(), tmp_path)
     later = env.clock() + 31 * DAY
-    with pytest.raises(AgentError, match="expired"):
-        load_identity(tmp_path, "node", now=later)
-    assert load_identity(tmp_path, "node").expired(later)   # so start can say "join again"
+    with pytest.raises(MembershipError, match="expired"):
+        load_membership(tmp_path, "node", now=later)
+    assert load_membership(tmp_path, "node").expired(later)   # so start can say "join again"
 
 
 def test_backoff_is_exponential_jittered_and_bounded():
@@ -145,7 +147,71 @@ def test_backoff_is_exponential_jittered_and_bounded():
     assert backoff.next_delay() <= 1.0
 
 
-# ------------------------------------------------------------------ heartbeats
+# ------------------------------------------------------------------ heartbeats: the loop's timing, on MockClock
+
+class FakeApi:
+    """The auth API as the heartbeat loop sees it, in memory (no socket: MockClock's autojump
+    may skip ahead whenever every task waits). The first ``failures`` connections fail."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.connects: list[float] = []
+        self.beats: list[float] = []
+
+    @contextlib.asynccontextmanager
+    async def connect(self):
+        self.connects.append(trio.current_time())
+        if len(self.connects) <= self.failures:
+            raise OSError(111, "Connection refused")
+        yield self
+
+    async def heartbeat(self, *, name, addr, labels, tunnel):
+        self.beats.append(trio.current_time())
+        return {"addr": addr}
+
+
+async def _beats(api: FakeApi, count: int, **options) -> None:
+    """Run the heartbeat loop until ``count`` heartbeats were answered."""
+    answered = trio.Event()
+
+    def on_beat() -> None:
+        if len(api.beats) >= count:
+            answered.set()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(partial(heartbeat_loop, api.connect, "db1", "10.0.0.5:3022", dict, on_beat=on_beat,
+                                   **options))
+        await answered.wait()
+        nursery.cancel_scope.cancel()
+
+
+async def test_heartbeats_come_every_interval_on_one_connection(autojump_clock):
+    api = FakeApi()
+    await _beats(api, 4, interval=30.0)
+    start = api.beats[0]
+    assert [t - start for t in api.beats] == [0.0, 30.0, 60.0, 90.0] and len(api.connects) == 1
+
+
+async def test_a_failed_connection_is_retried_after_a_bounded_jittered_backoff_reset_by_a_success(autojump_clock):
+    api = FakeApi(failures=6)
+    expected = Backoff(initial=1.0, maximum=8.0, rng=random.Random(7))
+    delays = [expected.next_delay() for _ in range(6)]
+    await _beats(api, 2, interval=30.0, backoff=Backoff(initial=1.0, maximum=8.0, rng=random.Random(7)))
+    gaps = [b - a for a, b in zip(api.connects, api.connects[1:])]
+    assert gaps == pytest.approx(delays) and max(gaps) <= 8.0 and gaps[-1] >= 4.0   # doubling, then capped
+    assert api.beats[1] - api.beats[0] == pytest.approx(30.0)      # answered: back to the interval
+
+
+async def test_the_loop_reports_started_after_the_first_attempt_even_if_it_failed(autojump_clock):
+    api = FakeApi(failures=100)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(heartbeat_loop, api.connect, "db1", "10.0.0.5:3022", dict, max_backoff=60.0))
+        assert api.connects == [trio.current_time()] and api.beats == []   # started: the service may run
+        nursery.cancel_scope.cancel()
+
+
+# ------------------------------------------------------------------ heartbeats against a real auth server
+# Real sockets: MockClock's autojump would fire while tasks wait on the network, so these
+# inject short intervals instead, and wait on the loop's own on_beat, never on a sleep.
 
 async def _last_seen(env, name):
     return (await env.service.get_node(name)).last_seen
@@ -154,25 +220,29 @@ async def _last_seen(env, name):
 async def test_heartbeat_loop_reports_labels_and_renews_the_certificate_at_half_life(tmp_path):
     async with running_auth() as env:
         ident = await join_node(env, await env.token(), tmp_path)
-        holder = IdentityHolder(ident)
+        holder = MembershipHolder(ident)
         env.clock.advance(16 * DAY)   # less than half of the 30-day certificate remains
 
         async def labels():
             return {"env": "dev", "kernel": "6.1"}
 
+        renewed = trio.Event()
+
+        def on_beat() -> None:
+            if holder.current.host_cert != ident.host_cert:
+                renewed.set()
         async with trio.open_nursery() as nursery:
             await nursery.start(partial(heartbeat_loop, holder.api_factory(env.addr), "db1", "127.0.0.1:3022",
-                                        labels, interval=0.05, holder=holder, clock=env.clock))
+                                        labels, interval=0.05, holder=holder, clock=env.clock, on_beat=on_beat))
             with trio.fail_after(10):
-                while holder.current.host_cert == ident.host_cert:
-                    await trio.sleep(0.02)
+                await renewed.wait()
             nursery.cancel_scope.cancel()
         node = await env.service.get_node("db1")
         assert node.labels == {"env": "dev", "kernel": "6.1"}
         renewed = holder.current.host_cert
         assert renewed.valid_before > ident.host_cert.valid_before + 15 * DAY
         assert renewed.public_key == ident.host_cert.public_key          # same key, new certificate
-        assert load_identity(tmp_path, "node", now=env.clock()).host_cert == renewed
+        assert load_membership(tmp_path, "node", now=env.clock()).host_cert == renewed
         assert not holder.current.needs_renewal(env.clock())
 
 
@@ -180,37 +250,53 @@ async def test_heartbeat_loop_starts_while_auth_is_down_and_reconnects_when_it_r
     clock = OffsetClock()
     service = await make_service(clock)
     async with running_auth(service=service, clock=clock) as env:
-        holder = IdentityHolder(await join_node(env, await env.token(), tmp_path))
+        holder = MembershipHolder(await join_node(env, await env.token(), tmp_path))
         port = env.port
     factory = holder.api_factory(f"127.0.0.1:{port}", connect_timeout=2)
+    answered = trio.Event()
     async with trio.open_nursery() as nursery:
-        with trio.fail_after(5):   # returns after the first (failed) attempt
+        with trio.fail_after(10):   # returns after the first (failed) attempt
             await nursery.start(partial(heartbeat_loop, factory, "db1", "127.0.0.1:3022", dict, interval=0.05,
-                                        holder=holder, clock=clock, max_backoff=0.2))
+                                        holder=holder, clock=clock, max_backoff=0.2, on_beat=answered.set))
+        assert not answered.is_set()
         before = await _last_seen(env, "db1")
+        clock.advance(1)
         async with running_auth(port=port, service=service, clock=clock):
             with trio.fail_after(10):
-                while await _last_seen(env, "db1") <= before:
-                    await trio.sleep(0.02)
+                await answered.wait()
         nursery.cancel_scope.cancel()
+    assert await _last_seen(env, "db1") > before
 
 
 async def test_heartbeat_of_a_removed_node_keeps_retrying_without_crashing(tmp_path):
     async with running_auth() as env:
-        holder = IdentityHolder(await join_node(env, await env.token(), tmp_path))
+        holder = MembershipHolder(await join_node(env, await env.token(), tmp_path))
         await env.service.remove_node("db1")
 
         async def refusals():
             return [e for e in await env.audit("auth") if not e.success]
 
+        connect, failures = holder.api_factory(env.addr), []
+        third = trio.Event()
+
+        @contextlib.asynccontextmanager
+        async def counted():
+            try:
+                async with connect() as api:
+                    yield api
+            except AuthError:
+                failures.append(None)
+                if len(failures) == 3:
+                    third.set()
+                raise
         async with trio.open_nursery() as nursery:
-            await nursery.start(partial(heartbeat_loop, holder.api_factory(env.addr), "db1", "127.0.0.1:3022",
+            await nursery.start(partial(heartbeat_loop, counted, "db1", "127.0.0.1:3022",
                                         dict, interval=0.05, max_backoff=0.05))
             with trio.fail_after(10):
-                while len(await refusals()) < 3:   # it came back, again and again
-                    await trio.sleep(0.02)
+                await third.wait()              # it came back, again and again
             nursery.cancel_scope.cancel()
-        assert all("not a registered node" in e.fields["reason"] for e in await refusals())
+        refused = await refusals()              # each refusal is queued before its answer is sent
+        assert len(refused) >= 3 and all("not a registered node" in e.fields["reason"] for e in refused)
 
 
 # ------------------------------------------------------------------ the name hijack (docs/security.md J2..J4)
@@ -242,7 +328,7 @@ async def test_j2_the_host_that_holds_the_key_rejoins_after_its_certificate_expi
     async with running_auth() as env:
         first = await join_node(env, await env.token(), tmp_path)
         env.clock.advance(31 * DAY)
-        assert load_identity(tmp_path, "node").expired(env.clock())
+        assert load_membership(tmp_path, "node").expired(env.clock())
         again = await join_node(env, await env.token(), tmp_path)    # same data dir: same host key
         assert again.host_key.public_key == first.host_key.public_key
         assert again.host_cert.valid_before > env.clock() and again.host_cert.key_id == "node:db1"
@@ -279,7 +365,7 @@ async def _key():
 async def test_j4_a_heartbeat_cannot_repoint_where_the_proxy_dials(tmp_path):
     async with running_auth() as env:
         ident = await join_node(env, await env.token(), tmp_path)
-        async with IdentityHolder(ident).api_factory(env.addr)() as api:
+        async with MembershipHolder(ident).api_factory(env.addr)() as api:
             answer = await api.heartbeat(addr="203.0.113.66:22", labels={"env": "dev"})
             assert answer == {"addr": "127.0.0.1:3022"}
         admin = await env.admin_identity()

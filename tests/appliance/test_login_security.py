@@ -1,4 +1,4 @@
-"""Login against its attacks (appliance/auth/service.py login, docs/security.md A1-A6).
+"""Login against its attacks (appliance/auth/accounts.py login, docs/security.md A1-A6).
 
 * A5: 40 concurrent wrong passwords against one account, from two auth processes (two
   SQLite connections on one file), check the password at most 5 times and lock the account.

@@ -174,14 +174,14 @@ async def test_upgraded_cluster_renews_and_rejoins_its_joined_node_but_refuses_a
     the saved key, or joining again with it, is not a hijack; a fresh key for the name is."""
     from appliance.auth import rejoin
     from appliance.auth.service import AuthServiceError
-    from appliance.node.agent import load_identity
+    from appliance.membership import load_membership
 
     data, facts = old_data_dir
     storage = SQLiteStorage(data / "auth" / "jumpgate.db")
     try:
         service = await AuthService.create(storage, facts["cluster"])
         for kind in ("node", "proxy"):
-            ident = load_identity(data, kind)
+            ident = load_membership(data, kind)
             before = await storage.get_node(ident.name)
             renewed = await service.renew_host_cert(ident.name, ident.host_key.public_key.blob)
             cert, _ = parse_public_line(renewed.host_cert)
@@ -196,6 +196,6 @@ async def test_upgraded_cluster_renews_and_rejoins_its_joined_node_but_refuses_a
         thief = PrivateKey.generate("ssh-ed25519")
         with pytest.raises(AuthServiceError, match="taken"):
             await service.join((await service.create_token("node")).token, "node", "node1", thief.public_key.blob)
-        assert (await storage.get_node("node1")).host_key == load_identity(data, "node").host_key.public_key.blob
+        assert (await storage.get_node("node1")).host_key == load_membership(data, "node").host_key.public_key.blob
     finally:
         await storage.aclose()

@@ -34,7 +34,6 @@ from appliance.client.mux import MAX_FRAME, FrameDecoder, SessionRequest, encode
 from appliance.client.ssh import load_credentials
 from ssh_proto.keys import PrivateKey
 
-pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="the node switches users: needs root")]
 
 WAIT = 10.0  # bound on every wait for the daemon; the tests themselves take well under a second each
 
@@ -58,7 +57,7 @@ class Running:
 
 
 @pytest.fixture
-async def start_mux(nursery, profile, monkeypatch, caplog):
+async def start_mux(nursery, profile, monkeypatch, caplog, changes):
     """Start a MuxDaemon on the profile's socket; stopped, waited for and released at teardown."""
     caplog.set_level(logging.INFO, logger="jumpgate.mux")
     messages: list[dict] = []
@@ -145,10 +144,51 @@ def _log(caplog, prefix: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "jumpgate.mux" and r.getMessage().startswith(prefix)]
 
 
+class Changes(logging.Handler):
+    """What the tests wait for is announced: a log record of the daemon, the proxy or the node,
+    or an audit event of the cluster. This wakes :func:`_until` at each of them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self._token = trio.lowlevel.current_trio_token()
+        self._event = trio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.notify()
+
+    def notify(self) -> None:
+        try:
+            trio.lowlevel.current_task()
+        except RuntimeError:   # a record from a worker thread: wake the loop from there
+            self._token.run_sync_soon(self.notify)
+            return
+        self._event.set()
+        self._event = trio.Event()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+_changes: list[Changes] = []
+
+
+@pytest.fixture
+async def changes(cluster, caplog):
+    caplog.set_level(logging.INFO, logger="jumpgate")
+    watcher = Changes()
+    logging.getLogger("jumpgate").addHandler(watcher)
+    cluster.audit.listeners.append(watcher.notify)
+    _changes.append(watcher)
+    yield watcher
+    _changes.remove(watcher)
+    logging.getLogger("jumpgate").removeHandler(watcher)
+
+
 async def _until(condition, what: str, timeout: float = WAIT) -> None:
+    """Wait for ``condition()``, checked again at each change the cluster announces."""
     with trio.move_on_after(timeout):
         while not condition():
-            await trio.sleep(0.02)
+            await _changes[-1].wait()
         return
     if not condition():  # once more: the deadline may have come while this task waited to run
         pytest.fail(f"timed out ({timeout:g} s) waiting for {what}")
@@ -164,7 +204,7 @@ def _request(login: str, command: str | None = "true", **changes) -> dict:
 
 
 def _proxy_logins(cluster) -> list[dict]:
-    return cluster.events("auth", role="proxy")
+    return cluster.events("auth", service="proxy")
 
 
 # ----------------------------------------------------------------------------- sessions relayed
@@ -291,7 +331,7 @@ async def test_expired_certificate_is_refused_by_the_proxy_with_255(cluster, pro
     assert done.returncode == 255
     assert done.stderr.startswith(b"jumpgate: your certificate expired at ") and done.stderr.count(b"\n") == 1
     assert _log(caplog, f"session to {NODE} as {login.name} failed: your certificate expired at ")
-    assert cluster.events("auth", success=False, role="proxy")   # the proxy saw and refused it
+    assert cluster.events("auth", success=False, service="proxy")   # the proxy saw and refused it
     assert cluster.events("session.start") == []
 
 
@@ -520,13 +560,9 @@ async def test_sigwinch_on_the_thin_client_resizes_the_remote_pty(cluster, profi
                            stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as proc:
             await _until(lambda: _log(caplog, f"session to {NODE} as {login.name} opened"), "the session")
             fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 132, 0, 0))
-
-            def resized() -> bool:
-                return any(m.get("op") == "resize" for m in running.messages)
-            with trio.fail_after(WAIT):
-                while not resized():   # until the client's handler (set once "opened" arrives) took it
-                    proc.send_signal(signal.SIGWINCH)
-                    await trio.sleep(0.05)
+            # Once: if the client's handler (installed when "opened" arrives) is not in yet, the
+            # signal is ignored and the client's own check after installing it sees the new size.
+            proc.send_signal(signal.SIGWINCH)
             with trio.fail_after(WAIT):
                 while chunk := await proc.stdout.receive_some():
                     output += chunk
@@ -588,7 +624,10 @@ async def test_a_request_accepted_but_not_yet_read_when_the_daemon_stops_is_answ
         running = await start_mux()
         pipes = _pipes(3)
         sock = muxclient.connect(running.home)
-        await trio.sleep(0.1)                    # the daemon accepts it and waits for the request
+        # the daemon has accepted it and waits for the request once every task here is blocked
+        # again (the connection is queued on the socket when connect returns)
+        await trio.testing.wait_all_tasks_blocked()
+        assert running.daemon._clients == 1
         link = muxclient._Link(sock)
         link.send(_session(login.name, "echo accepted").to_message(), fds=tuple(w for _, w in pipes))
         running.daemon.stop()                    # no checkpoint since the send: not read yet

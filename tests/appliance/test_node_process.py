@@ -17,7 +17,6 @@ from _node_helpers import make_user, remove_user
 from appliance.node import process as proc
 from ssh_proto import PtyInfo
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching users needs root")
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +53,29 @@ class MemoryChannel:
 async def _collect(stream, into: bytearray) -> None:
     while data := await stream.receive_some(65536):
         into += data
+
+
+async def _read_until(stream, marker: bytes) -> bytes:
+    """What ``stream`` says up to ``marker`` (a command's own "I am running": an event, not a sleep)."""
+    seen = bytearray()
+    with trio.fail_after(10):
+        while marker not in seen:
+            data = await stream.receive_some(65536)
+            assert data, f"the stream ended before {marker!r}: {bytes(seen)!r}"
+            seen += data
+    return bytes(seen)
+
+
+async def _exited(pid: int) -> None:
+    """Return when ``pid`` has exited, whoever its parent is (a pidfd turns readable then)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        await trio.lowlevel.wait_readable(fd)
+    finally:
+        os.close(fd)
 
 
 def _spec(account: proc.LoginAccount, command: str | None, *, pty: PtyInfo | None = None,
@@ -209,19 +231,23 @@ async def test_pty_output_is_drained_when_a_background_job_keeps_the_tty(account
 
 async def test_signal_reaches_the_whole_process_group(account):
     channel = MemoryChannel()
-    running = await proc.SessionProcess.spawn(_spec(account, "sleep 30 & sleep 30; echo never"))
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_collect, channel.client, bytearray())
-        await trio.sleep(0.2)
+    running = await proc.SessionProcess.spawn(_spec(account, "sleep 30 & echo started; sleep 30; echo never"))
+    background: list[int] = []
+
+    async def signal_once_running() -> None:
+        await _read_until(channel.client, b"started")    # both sleeps are in the group now
+        background.extend(pid for pid in _live_members(running.process.pid) if pid != running.process.pid)
         assert running.signal("TERM") is True
-        with trio.fail_after(5):
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(signal_once_running)
+        with trio.fail_after(10):
             outcome = await running.relay(channel)
         await channel.server.aclose()
-    assert outcome == (None, "TERM")
-    # the background sleep went with its group (it closes its pipes a moment before it is a zombie)
-    with trio.fail_after(2):
-        while _live_members(running.process.pid):
-            await trio.sleep(0.01)
+    assert outcome == (None, "TERM") and background
+    with trio.fail_after(10):
+        for pid in background:      # the background sleep went with its group
+            await _exited(pid)
 
 
 async def test_unknown_signal_names_are_not_sent(account):
@@ -233,8 +259,12 @@ async def test_unknown_signal_names_are_not_sent(account):
 
 async def test_cancelled_relay_hangs_up_and_reaps_the_process(account):
     channel = MemoryChannel()
-    running = await proc.SessionProcess.spawn(_spec(account, "sleep 30"))
-    with trio.move_on_after(0.3):
+    running = await proc.SessionProcess.spawn(_spec(account, "echo started; exec sleep 30"))
+    async with trio.open_nursery() as nursery:
+        async def cancel_once_running() -> None:
+            await _read_until(channel.client, b"started")
+            nursery.cancel_scope.cancel()
+        nursery.start_soon(cancel_once_running)
         await running.relay(channel)
     assert running.process.returncode == -signal.SIGHUP
 
@@ -245,7 +275,7 @@ async def test_channel_closed_by_the_client_hangs_up_the_process(account):
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_collect, channel.client, bytearray())
         channel.closed.set()
-        with trio.fail_after(1):
+        with trio.fail_after(10):   # a safety net: the hang-up is at once
             outcome = await running.relay(channel)
         nursery.cancel_scope.cancel()
     assert outcome == (None, "HUP")

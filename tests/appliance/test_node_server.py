@@ -25,8 +25,7 @@ from appliance.node.server import NodeServer, node_server_factory, serve_node
 from ssh_proto.certs import EXT_PERMIT_AGENT_FORWARDING, EXT_PERMIT_PORT_FORWARDING, EXT_PERMIT_PTY
 from ssh_proto.keys import PrivateKey
 
-pytestmark = [pytest.mark.interop,
-              pytest.mark.skipif(os.geteuid() != 0, reason="the node switches users: needs root")]
+pytestmark = pytest.mark.interop   # root-only tests skip through make_user (_node_helpers)
 
 NO_PTY = {EXT_PERMIT_PORT_FORWARDING: b"", EXT_PERMIT_AGENT_FORWARDING: b""}
 NO_FORWARDING = {EXT_PERMIT_PTY: b""}
@@ -157,8 +156,8 @@ async def test_stdin_and_eof_pass_through_both_ways(node):
 
 async def test_signal_request_ends_the_command_with_exit_signal(node):
     async with node.connect() as conn:
-        sleeper = await conn.open_session("sleep 30")
-        await trio.sleep(0.2)
+        sleeper = await conn.open_session("echo started; exec sleep 30")
+        await _read_until(sleeper, b"started\n")   # the command runs: the signal has a process to end
         await sleeper.signal("TERM")
         with trio.fail_after(5):
             await sleeper.wait()
@@ -167,13 +166,12 @@ async def test_signal_request_ends_the_command_with_exit_signal(node):
 
 async def test_closing_the_channel_hangs_up_the_command(node):
     async with node.connect() as conn:
-        sleeper = await conn.open_session("sleep 30")
-        await trio.sleep(0.1)
+        sleeper = await conn.open_session("echo started; exec sleep 30")
+        await _read_until(sleeper, b"started\n")
         await sleeper.aclose()
-        with trio.fail_after(5):
-            while not node.audit.of("session.end"):
-                await trio.sleep(0.02)
-    assert node.audit.of("session.end")[0]["exit_signal"] == "HUP"
+        with trio.fail_after(10):
+            end, = await node.audit.wait_for("session.end")
+    assert end["exit_signal"] == "HUP"
 
 
 async def test_process_killed_by_a_signal_reports_exit_signal(node):

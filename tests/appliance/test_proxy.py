@@ -27,12 +27,12 @@ from appliance.client.trust import node_host_check
 from appliance.client.ssh import (NODE_PORT, ConnectError, connect_node, connect_over, connect_proxy, list_nodes,
                                   open_node_channel)
 from appliance.proxy.routing import NODES_SUBSYSTEM, NodeDirectory
-from appliance.proxy.routing import NodeListError, decode_list_response, find_node, NodeRecord, node_target
+from appliance.inventory import NodeRecord
+from appliance.proxy.routing import NodeListError, decode_list_response, find_node, node_from_wire, node_target
 from appliance.relay import relay_line
 from ssh_proto.errors import AuthError, ChannelOpenError
 from ssh_proto.keys import PrivateKey
 
-pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="the node switches users: needs root")]
 
 
 login, cluster, profile = proxy_fixtures("proxy")
@@ -44,9 +44,9 @@ async def test_connect_node_runs_a_command_as_the_login_and_returns_its_exit_sta
     async with connect_node(profile, NODE, login.name) as conn:
         result = await conn.run("whoami; echo oops >&2; exit 7")
     assert (result.exit_status, result.stdout, result.stderr) == (7, f"{login.name}\n".encode(), b"oops\n")
-    port = cluster.events("port", role="proxy")
+    port = cluster.events("port", service="proxy")
     assert port and port[-1]["node"] == NODE and port[-1]["user"] == USER
-    assert cluster.events("auth", role="proxy")[-1]["key_id"] == f"user:{USER}"
+    assert cluster.events("auth", service="proxy")[-1]["key_id"] == f"user:{USER}"
 
 
 @pytest.mark.parametrize("target", [f"{NODE}.{CLUSTER}", "NODE1.TestCl", LOOPBACK])
@@ -65,7 +65,7 @@ async def test_unknown_node_fails_with_a_clear_error_and_is_audited(cluster, pro
     with pytest.raises(ConnectError, match="unknown node 'nosuch'"):
         async with connect_node(profile, "nosuch", login.name):
             pass
-    refused = cluster.events("port", success=False, role="proxy")
+    refused = cluster.events("port", success=False, service="proxy")
     assert refused[-1]["reason"] == "unknown node" and refused[-1]["target"] == "nosuch:3022"
 
 
@@ -77,7 +77,7 @@ async def test_registered_but_dead_node_fails_with_unreachable(cluster, profile,
     with pytest.raises(ConnectError, match="'dead'.*unreachable"):
         async with connect_node(profile, "dead", login.name):
             pass
-    assert cluster.events("port", success=False, role="proxy")[-1]["node"] == "dead"
+    assert cluster.events("port", success=False, service="proxy")[-1]["node"] == "dead"
 
 
 async def test_t21_direct_tcpip_never_reaches_an_unregistered_port(cluster, profile, nursery):
@@ -117,7 +117,7 @@ async def test_rule12_expired_certificate_is_refused_at_the_proxy(cluster):
         async with connect_node(profile, NODE, cluster.login):
             pass
     # (the client offers the certified key alone after the certificate: refused as well)
-    refused = cluster.events("auth", success=False, role="proxy")
+    refused = cluster.events("auth", success=False, service="proxy")
     assert any("expired" in e["reason"] and e["user"] == USER and e["key_id"] == f"user:{USER}" for e in refused)
 
 
@@ -126,7 +126,7 @@ async def test_rule10_certificate_from_another_ca_is_refused_at_the_proxy(cluste
     with pytest.raises(ConnectError, match="refused your certificate"):
         async with connect_node(profile, NODE, cluster.login):
             pass
-    assert any("rule 10" in e["reason"] for e in cluster.events("auth", success=False, role="proxy"))
+    assert any("rule 10" in e["reason"] for e in cluster.events("auth", success=False, service="proxy"))
 
 
 async def test_proxy_username_is_the_user_or_one_of_the_logins_and_nothing_else(cluster, profile, login):
@@ -142,7 +142,7 @@ async def test_proxy_username_is_the_user_or_one_of_the_logins_and_nothing_else(
         async with connect("root"):
             pass
     assert any("neither a login" in e["reason"] and e["login"] == "root"
-               for e in cluster.events("auth", success=False, role="proxy"))
+               for e in cluster.events("auth", success=False, service="proxy"))
 
 
 async def test_plain_key_is_refused_at_the_proxy(cluster, profile):
@@ -151,7 +151,7 @@ async def test_plain_key_is_refused_at_the_proxy(cluster, profile):
         async with ssh_proto.connect(LOOPBACK, cluster.proxy_port, username=USER, client_keys=[creds.key],
                                      known_hosts=creds.known_hosts):
             pass
-    assert "user certificate is required" in cluster.events("auth", success=False, role="proxy")[-1]["reason"]
+    assert "user certificate is required" in cluster.events("auth", success=False, service="proxy")[-1]["reason"]
 
 
 async def test_login_not_in_the_certificate_is_refused_by_the_node_with_a_clear_error(cluster, profile):
@@ -224,7 +224,7 @@ async def test_relayed_node_sees_the_clients_address_in_its_environment_and_audi
     assert connection.split()[2:] == [LOOPBACK, str(cluster.node_port)]
     started = cluster.events("session.start")[-1]
     assert started["client_ip"] == CLIENT_IP and started["client_port"] == int(client.split()[1])
-    assert cluster.events("port", role="proxy")[-1]["client_ip"] == CLIENT_IP
+    assert cluster.events("port", service="proxy")[-1]["client_ip"] == CLIENT_IP
 
 
 async def test_rule14_source_address_is_checked_against_the_relayed_client(cluster, login):
@@ -280,8 +280,8 @@ async def test_a_malformed_relay_line_closes_only_that_connection(cluster, profi
 
 # ----------------------------------------------------------------------------- routing rules (no I/O)
 
-NODES = [NodeRecord("web1", "10.0.0.5:3022"), NodeRecord("db1", "10.0.0.6:3022"),
-         NodeRecord("sshd1", "10.0.0.6:22"), NodeRecord("edge", "tunnel", kind="tunnel")]
+NODES = [NodeRecord("web1", "node", "10.0.0.5:3022"), NodeRecord("db1", "node", "10.0.0.6:3022"),
+         NodeRecord("sshd1", "openssh", "10.0.0.6:22"), NodeRecord("edge", "node", tunnel=True)]
 
 
 @pytest.mark.parametrize("host,port,expected", [
@@ -298,6 +298,32 @@ def test_cluster_suffix_is_stripped_case_insensitively_but_only_as_a_suffix():
     assert node_target("web1.Prod", "prod") == "web1"
     assert node_target("web1.prod.example", "prod") == "web1.prod.example"
     assert node_target(".prod", "prod") == ".prod"
+    assert node_target("web1.prod", "") == "web1.prod"
+
+
+def test_the_proxy_and_the_client_strip_the_cluster_suffix_by_one_rule():
+    from appliance.client.trust import _named
+    from appliance.names import qualified, strip_cluster
+    for target in ("web1.prod", "WEB1.PROD", "web1", "web1.prod.example", ".prod", "10.0.0.5", "db_1.prod"):
+        assert node_target(target, "prod") == strip_cluster(target, "prod")
+        expected = strip_cluster(target.lower(), "prod")
+        assert _named(target, "prod") == (expected if expected.isalnum() else None)
+    assert strip_cluster(qualified("web1", "prod"), "prod") == "web1"
+
+
+def test_one_inventory_record_from_storage_to_the_proxy_and_ls_and_a_tunnel_is_a_flag():
+    from appliance.storage.base import NodeRecord as StoredRecord
+    assert StoredRecord is NodeRecord   # one inventory record, not one per module
+    stored = NodeRecord("edge", "node", "", {"env": "prod"}, 5.0, True, ("10.0.0.9",), b"KEY", 1.0)
+    wire = stored.to_wire()
+    assert "host_key" not in wire and "addresses" not in wire   # they stay with the auth service
+    listed = node_from_wire(wire)
+    assert (listed.name, listed.kind, listed.addr, listed.tunnel, dict(listed.labels), listed.last_seen) == \
+        ("edge", "node", "", True, {"env": "prod"}, 5.0)
+    assert listed.endpoint is None and listed.shown_addr == "tunnel"   # never dialled, shown as a tunnel
+    assert NodeRecord("gone", "openssh").shown_addr == "-"
+    with pytest.raises(NodeListError, match="tunnel"):
+        node_from_wire({**wire, "tunnel": "yes"})
 
 
 async def test_directory_caches_and_refreshes_early_for_an_unknown_name():

@@ -10,6 +10,7 @@ import stat
 
 import pytest
 import trio
+import trio.testing
 
 from appliance.audit import make_event
 from appliance.storage import (CARecord, InviteRecord, LoginAttempt, NodeRecord, SQLiteStorage, Storage,
@@ -181,17 +182,81 @@ async def test_record_login_success_is_compare_and_set_on_totp_counter(db):
     assert not await db.record_login_success("nobody", 100)
 
 
-async def test_concurrent_uses_of_one_totp_counter_only_one_wins(db):
-    await db.put_user(user())
-    wins = []
+# ---- races: the database decides, not a lock of one process ------------------------------------
+# Each contender has a connection of its own (another process, another auth server): the
+# storage's per-connection lock serialises nothing between them, and each call runs in a thread
+# of its own, so only the compare-and-set inside the database can make one of them win.
+# ``connections`` opens them on one file; a PostgreSQL backend gets the same tests by opening
+# its connections here.
 
-    async def attempt():
-        wins.append(await db.record_login_success("alice", 1000))
+CONTENDERS = 8
+
+
+@pytest.fixture
+async def connections(tmp_path):
+    opened = [SQLiteStorage(tmp_path / "race.db") for _ in range(CONTENDERS)]
+    yield opened
+    for storage in opened:
+        await storage.aclose()
+
+
+async def race(connections, attempt) -> list:
+    """``await attempt(storage)`` on every connection at once; the results in connection order."""
+    results: list = [None] * len(connections)
+    go = trio.Event()
+
+    async def contender(i: int, storage) -> None:
+        await go.wait()
+        results[i] = await attempt(storage)
 
     async with trio.open_nursery() as nursery:
-        for _ in range(10):
-            nursery.start_soon(attempt)
+        for i, storage in enumerate(connections):
+            nursery.start_soon(contender, i, storage)
+        await trio.testing.wait_all_tasks_blocked()   # every contender waits at the line
+        go.set()
+    return results
+
+
+class CheckThenAct(SQLiteStorage):
+    """A consume_token as it must not be written: read, decide, then write in another
+    transaction. ``all_checked`` holds each contender between its check and its write until
+    all have checked: the interleaving a race can produce, made certain."""
+
+    def __init__(self, path, checked: list[str], contenders: int, all_checked: trio.Event):
+        super().__init__(path)
+        self._checked, self._contenders, self._all_checked = checked, contenders, all_checked
+
+    async def consume_token(self, token_hash: str, now: float, used_by: str) -> bool:
+        token = await self.get_token(token_hash)
+        self._checked.append(used_by)
+        if len(self._checked) == self._contenders:
+            self._all_checked.set()
+        await self._all_checked.wait()
+        if token is None or token.used is not None or token.expires <= now:
+            return False
+        await self._run(lambda db: db.execute("UPDATE tokens SET used = ?, used_by = ? WHERE token_hash = ?",
+                                              (now, used_by, token_hash)))
+        return True
+
+
+async def test_the_race_harness_catches_a_check_then_act_that_is_not_atomic(tmp_path):
+    """The races below can fail: an implementation whose check and write are two transactions
+    lets every contender win."""
+    checked: list[str] = []
+    all_checked = trio.Event()
+    naive = [CheckThenAct(tmp_path / "race.db", checked, CONTENDERS, all_checked) for _ in range(CONTENDERS)]
+    await naive[0].put_token(token())
+    wins = await race(naive, lambda db: db.consume_token("t1", NOW, "node:x"))
+    assert wins.count(True) == CONTENDERS   # what test_concurrent_token_consumption_only_one_wins refuses
+    for storage in naive:
+        await storage.aclose()
+
+
+async def test_concurrent_uses_of_one_totp_counter_only_one_wins(connections):
+    await connections[0].put_user(user())
+    wins = await race(connections, lambda db: db.record_login_success("alice", 1000))
     assert wins.count(True) == 1
+    assert (await connections[-1].get_user("alice")).last_totp_counter == 1000
 
 
 def signed_up(name: str = "alice", **kw) -> UserRecord:
@@ -222,24 +287,13 @@ async def test_reserve_login_attempt_refuses_unknown_and_unsigned_users(db):
     assert not attempt.reserved and attempt.user.name == "bob" and attempt.user.failed_logins == 0
 
 
-async def test_reserve_login_attempt_is_atomic_across_two_connections(tmp_path):
-    """A5: the database decides the race, not a lock of one process."""
-    path = tmp_path / "j.db"
-    first, second = SQLiteStorage(path), SQLiteStorage(path)
-    await first.put_user(signed_up())
-    outcomes = []
-
-    async def attempt(db):
-        outcomes.append(await reserve(db))
-
-    async with trio.open_nursery() as nursery:
-        for i in range(40):
-            nursery.start_soon(attempt, (first, second)[i % 2])
+async def test_reserve_login_attempt_is_atomic_across_connections(connections):
+    """A5: of many attempts at once, from as many connections, 5 are reserved and one locks."""
+    await connections[0].put_user(signed_up())
+    outcomes = await race(connections + connections, reserve)   # two attempts per connection
     assert sum(a.reserved for a in outcomes) == 5
     assert sum(bool(a.lock_until) for a in outcomes) == 1
-    assert (await second.get_user("alice")).locked_until == NOW + 1800
-    await first.aclose()
-    await second.aclose()
+    assert (await connections[-1].get_user("alice")).locked_until == NOW + 1800
 
 
 async def test_login_success_lifts_only_the_lock_its_own_reservation_set(db):
@@ -271,16 +325,31 @@ async def test_consume_token_is_single_use_and_honours_expiry(db):
     assert not await db.consume_token("nope", NOW, "node:x")
 
 
-async def test_concurrent_token_consumption_only_one_wins(db):
-    await db.put_token(token())
-    results = []
+async def test_concurrent_token_consumption_only_one_wins(connections):
+    await connections[0].put_token(token())
+    results = await race(connections, lambda db: db.consume_token("t1", NOW, f"node:n{id(db)}"))
+    assert results.count(True) == 1
+    winner = connections[results.index(True)]
+    assert (await connections[0].get_token("t1")).used_by == f"node:n{id(winner)}"
 
-    async def attempt(i):
-        results.append(await db.consume_token("t1", NOW, f"node:n{i}"))
 
-    async with trio.open_nursery() as nursery:
-        for i in range(8):
-            nursery.start_soon(attempt, i)
+async def test_concurrent_signups_with_one_invite_only_one_wins(connections):
+    await connections[0].create_user(user(), invite())
+    results = await race(connections, lambda db: db.complete_signup("h1", f"scrypt${id(db)}", 7, NOW))
+    assert results.count(True) == 1
+    winner = connections[results.index(True)]
+    assert (await connections[0].get_user("alice")).password_hash == f"scrypt${id(winner)}"
+
+
+async def test_two_first_starts_agree_on_one_ca(connections):
+    stored = await race(connections, lambda db: db.insert_ca(CARecord("host", "prod", f"PEM{id(db)}".encode(),
+                                                                       b"PUB", NOW)))
+    assert len(set(stored)) == 1 and await connections[0].get_ca("host") == stored[0]
+
+
+async def test_a_rehash_never_overwrites_a_newer_password(connections):
+    await connections[0].put_user(signed_up())
+    results = await race(connections, lambda db: db.update_password_hash("alice", "scrypt$h", f"scrypt${id(db)}"))
     assert results.count(True) == 1
 
 

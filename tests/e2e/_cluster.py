@@ -54,7 +54,7 @@ SOURCE_DIRS = ("appliance", "ssh_proto", "web_static")
 LOOPBACK = "127.0.0.1"
 BANNER = re.compile(r"jumpgate: cluster '([^']+)' is running")
 PASSWORD = "correct horse battery staple"  # >= 12 characters, as the policy wants
-ROLES = ("node", "proxy", "tunnel", "auth", "web")
+PORTS = ("node", "proxy", "tunnel", "auth", "web")  # the services with a --NAME-port flag
 AUDIT_DELAY = 10.0  # the longest wait for a queued node/proxy event to show in ctl events
 
 T = TypeVar("T")
@@ -296,7 +296,7 @@ class Cluster:
         args = ["--config", str(config), "--data-dir", str(self.data_dir), "--cluster-name", self.name,
                 "--nodename", self.node_name, "--labels", self.labels, "--public-addr", LOOPBACK,
                 "--listen-addr", LOOPBACK]
-        self.daemon, self.ports = start_daemon(self.jg, self.workdir / "cluster.log", args, ROLES, nofile=self.nofile)
+        self.daemon, self.ports = start_daemon(self.jg, self.workdir / "cluster.log", args, PORTS, nofile=self.nofile)
         return self
 
     def stop(self) -> None:

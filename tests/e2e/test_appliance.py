@@ -48,11 +48,11 @@ def ssh_config(alice: Client, tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def node2(jg: Jumpgate, cluster: Cluster, alice: Client,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    """A second process, ``start --roles node``, joined with a token from ``ctl tokens add``;
+    """A second process, ``start --services node``, joined with a token from ``ctl tokens add``;
     ready once alice's ``jumpgate ls`` shows it (the proxy caches the node list a few seconds)."""
     token = cluster.node_token()
     workdir = tmp_path_factory.mktemp("node2")
-    args = ["--roles", "node", "--auth-server", cluster.auth, "--token", token, "--nodename", "node2",
+    args = ["--services", "node", "--auth-server", cluster.auth, "--token", token, "--nodename", "node2",
             "--labels", "env=dev", "--public-addr", LOOPBACK, "--listen-addr", LOOPBACK,
             "--data-dir", str(workdir / "data")]
     daemon, _ = start_daemon(jg, workdir / "node2.log", args, ["node"])

@@ -57,13 +57,13 @@ def test_L5_start_raises_its_nofile_limit_and_sessions_get_the_original(cluster:
 
 
 @pytest.mark.timeout(600)
-def test_L1_appliance_roles_survive_emfile(cluster: Cluster, mallory: Client, os_user) -> None:
+def test_L1_appliance_services_survive_emfile(cluster: Cluster, mallory: Client, os_user) -> None:
     creds = load_credentials(Profile.load(ClientPaths(mallory.home)))
     trio.run(_flood_until_emfile, creds, cluster, os_user.name)
     daemon = cluster.daemon
     assert daemon.running, daemon.log_tail()
     log = daemon.log_text()
-    assert "stopping every role" not in log
+    assert "stopping every service" not in log
     # every role answers again: proxy and node (ssh), auth (ls goes proxy -> auth API), web
     result = mallory.run("ssh", f"{os_user.name}@node1", "echo served")
     assert (result.returncode, result.stdout) == (0, "served\n"), result.stderr + daemon.log_tail()

@@ -202,7 +202,7 @@ async def serve_echo(nursery: trio.Nursery) -> int:
 class ServerThread:
     """A Trio loop in a daemon thread that hosts listeners for blocking (sync) tests.
 
-    >>> with ServerThread() as loop:
+    >>> with ServerThread() as loop:                   # doctest: +SKIP
     ...     listener = loop.serve(config)          # ssh_proto.SSHListener, .port
     ...     echo_port = loop.echo()
     """
@@ -317,7 +317,7 @@ def free_port() -> int:
 class BackgroundProcess:
     """A client left running (``ssh -N -L``/``-R``) whose stderr is read as it comes.
 
-    >>> with BackgroundProcess(argv) as ssh:
+    >>> with BackgroundProcess(argv) as ssh:           # doctest: +SKIP
     ...     match = ssh.wait_for(r"Allocated port (\\d+)")
     """
 

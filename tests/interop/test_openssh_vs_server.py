@@ -279,9 +279,10 @@ def _read_until(stream, needle: bytes, deadline: float, seen: bytearray) -> None
 
 def test_tt_pty_has_window_size_and_follows_window_change(world: World, ssh_keys: KeyFactory) -> None:
     # ssh runs with a terminal of ours as stdin: it sends its size in pty-req and a
-    # window-change when SIGWINCH tells it the size changed.
-    argv = ssh_command("tty; stty size; echo ready; read x; stty size", target=world.main,
-                       identity=ssh_keys.user_key(), options=["-tt"])
+    # window-change when SIGWINCH tells it the size changed. The remote shell prints the size
+    # when its own SIGWINCH says the window-change reached the pty (wait returns for a trap).
+    script = "trap 'stty size; kill $!; exit 0' WINCH; tty; stty size; echo ready; sleep 60 & wait"
+    argv = ssh_command(script, target=world.main, identity=ssh_keys.user_key(), options=["-tt"])
     master, slave = pty.openpty()
     _set_winsize(slave, 37, 111)
     proc = subprocess.Popen(argv, stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -292,8 +293,6 @@ def test_tt_pty_has_window_size_and_follows_window_change(world: World, ssh_keys
         _read_until(proc.stdout, b"ready", deadline, seen)
         _set_winsize(master, 50, 132)
         proc.send_signal(signal.SIGWINCH)
-        time.sleep(0.3)  # ssh turns the signal into a window-change before it reads "go"
-        os.write(master, b"go\r")
         _read_until(proc.stdout, b"50 132", deadline, seen)
         assert proc.wait(10) == 0
     finally:

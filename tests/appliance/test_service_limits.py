@@ -21,7 +21,7 @@ import ssh_proto
 from _proxy_helpers import NODE, make_user, remove_user, start_cluster
 from appliance import limits
 from appliance.cli.errors import CliError
-from appliance.cli.start import EXIT_ROLE_FAILED, RoleFailed, start, supervised
+from appliance.cli.start import EXIT_SERVICE_FAILED, ServiceFailed, start, supervised
 from appliance.client.muxclient import stop_daemon
 from appliance.client.ssh import ConnectError, connect_node, connect_over, load_credentials, open_node_channel
 from ssh_proto import events as ev
@@ -54,7 +54,7 @@ def profile(cluster):
 
 # ---- L12: the roles' numbers -----------------------------------------------------------------------
 
-def test_L12_every_role_bounds_what_one_user_and_one_connection_can_hold():
+def test_L12_every_service_bounds_what_one_user_and_one_connection_can_hold():
     for profile in (limits.PROXY_PROFILE, limits.NODE_PROFILE, limits.AUTH_PROFILE):
         assert profile.max_authenticated_per_user is not None and profile.max_authenticated is not None
         assert profile.per_source_max_startups is not None and profile.per_source_rate is not None
@@ -224,9 +224,9 @@ async def test_L4_proxy_rss_stays_bounded_under_pending_sessions(tmp_path):
         await proc.wait()
 
 
-# ---- L7: one role failing stops them all, loudly ---------------------------------------------------
+# ---- L7: one service failing stops them all, loudly ---------------------------------------------------
 
-async def test_L7_a_role_failing_after_it_started_stops_every_role_and_is_named(caplog):
+async def test_L7_a_service_failing_after_it_started_stops_every_service_and_is_named(caplog):
     cancelled = trio.Event()
 
     async def healthy(task_status=trio.TASK_STATUS_IGNORED):
@@ -245,37 +245,37 @@ async def test_L7_a_role_failing_after_it_started_stops_every_role_and_is_named(
             await nursery.start(supervised, "web", healthy)
             await nursery.start(supervised, "proxy", failing)
     (failure,) = info.value.exceptions
-    assert isinstance(failure, RoleFailed) and failure.role == "proxy"
-    assert "the proxy role failed (OSError" in str(failure)
+    assert isinstance(failure, ServiceFailed) and failure.service == "proxy"
+    assert "the proxy service failed (OSError" in str(failure)
     assert cancelled.is_set()
-    assert any(r.levelname == "CRITICAL" and "role proxy failed" in r.getMessage() for r in caplog.records)
+    assert any(r.levelname == "CRITICAL" and "service proxy failed" in r.getMessage() for r in caplog.records)
 
 
-async def test_L7_a_role_that_cannot_start_says_why_as_before():
+async def test_L7_a_service_that_cannot_start_says_why_as_before():
     async def cannot(task_status=trio.TASK_STATUS_IGNORED):
         raise OSError(98, "Address already in use")
 
     with pytest.raises(BaseExceptionGroup) as info:
         async with trio.open_nursery() as nursery:
             await nursery.start(supervised, "node", cannot)
-    assert info.value.subgroup(OSError) is not None and info.value.subgroup(RoleFailed) is None
+    assert info.value.subgroup(OSError) is not None and info.value.subgroup(ServiceFailed) is None
 
 
-def test_L7_jumpgate_start_exits_70_naming_the_failed_role(monkeypatch, tmp_path):
-    async def run_roles(cfg, session_nofile=None):
+def test_L7_jumpgate_start_exits_70_naming_the_failed_service(monkeypatch, tmp_path):
+    async def run_services(cfg, session_nofile=None):
         async with trio.open_nursery() as nursery:
             async def broken(task_status=trio.TASK_STATUS_IGNORED):
                 task_status.started()
                 raise RuntimeError("listener bug")
             await nursery.start(supervised, "node", broken)
 
-    monkeypatch.setattr("appliance.cli.start.run_roles", run_roles)
+    monkeypatch.setattr("appliance.cli.start.run_services", run_services)
     monkeypatch.setattr("appliance.cli.start.raise_nofile_limit", lambda: 1024)
     args = _start_args(tmp_path)
     with pytest.raises(CliError) as info:
         start(args)
-    assert info.value.exit_code == EXIT_ROLE_FAILED == 70
-    assert str(info.value) == "the node role failed (RuntimeError: listener bug); every role was stopped"
+    assert info.value.exit_code == EXIT_SERVICE_FAILED == 70
+    assert str(info.value) == "the node service failed (RuntimeError: listener bug); every service was stopped"
 
 
 def _start_args(tmp_path: Path):

@@ -1,0 +1,75 @@
+"""``jumpgate ctl`` as an admin types it, on the auth host (the local backend): one-line errors,
+never a traceback (issue 14 item 4)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import trio
+
+from _auth_helpers import CLUSTER
+from appliance.auth.service import AuthService
+from appliance.cli.main import main
+from appliance.storage import SQLiteStorage
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    """A cluster's data dir as `jumpgate start` leaves it (the database and cluster.json)."""
+    data = tmp_path / "data"
+
+    async def make() -> None:
+        storage = SQLiteStorage(data / "auth" / "jumpgate.db")
+        await AuthService.create(storage, CLUSTER)
+        await storage.aclose()
+
+    trio.run(make)
+    (data / "auth" / "cluster.json").write_text(json.dumps({"cluster": CLUSTER, "host": "127.0.0.1"}))
+    return data
+
+
+def ctl(data_dir: Path, capsys, *args: str) -> tuple[int, str, str]:
+    status = main(["ctl", "--data-dir", str(data_dir), *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def nodes(data_dir: Path, capsys) -> dict[str, list[str]]:
+    status, out, _ = ctl(data_dir, capsys, "nodes", "ls")
+    assert status == 0
+    return {row.split()[0]: row.split()[1:] for row in out.splitlines()[1:]}
+
+
+def test_nodes_add_with_a_malformed_label_is_one_line_not_a_traceback(data_dir, capsys):
+    status, _, err = ctl(data_dir, capsys, "nodes", "add", "--name", "web1", "--addr", "10.0.0.7:22",
+                         "--labels", "bad")
+    assert status == 1 and "Traceback" not in err
+    assert err.strip().splitlines() == ["jumpgate: --labels: bad label 'bad': expected key=value "
+                                        "(several: key=value,key=value)"]
+    assert "web1" not in nodes(data_dir, capsys)
+
+
+def test_nodes_add_refuses_a_key_given_twice(data_dir, capsys):
+    status, _, err = ctl(data_dir, capsys, "nodes", "add", "--name", "web1", "--addr", "10.0.0.7:22",
+                         "--labels", "env=a,env=b")
+    assert status == 1 and "given twice" in err and "web1" not in nodes(data_dir, capsys)
+
+
+def test_re_adding_an_openssh_node_is_refused_and_keeps_its_labels_until_nodes_update(data_dir, capsys):
+    assert ctl(data_dir, capsys, "nodes", "add", "--name", "web1", "--addr", "10.0.0.7:22",
+               "--labels", "env=prod,team=web")[0] == 0
+    status, _, err = ctl(data_dir, capsys, "nodes", "add", "--name", "web1", "--addr", "10.0.0.8:22")
+    assert status == 1 and "ctl nodes update" in err
+    assert nodes(data_dir, capsys)["web1"][:3] == ["10.0.0.7:22", "openssh", "env=prod,team=web"]
+    status, out, _ = ctl(data_dir, capsys, "nodes", "update", "--name", "web1", "--addr", "10.0.0.8:22")
+    assert status == 0 and "env=prod,team=web" in out
+    assert ctl(data_dir, capsys, "nodes", "update", "--name", "web1", "--labels", "env=dev")[0] == 0
+    assert nodes(data_dir, capsys)["web1"][:3] == ["10.0.0.8:22", "openssh", "env=dev"]
+    status, _, err = ctl(data_dir, capsys, "nodes", "update", "--name", "web1")
+    assert status == 1 and "--addr or --labels" in err
+
+
+def test_nodes_add_with_a_bad_port_says_which(data_dir, capsys):
+    status, _, err = ctl(data_dir, capsys, "nodes", "add", "--name", "web1", "--addr", "10.0.0.7:99999")
+    assert status == 1 and "'10.0.0.7:99999'" in err and "1-65535" in err
