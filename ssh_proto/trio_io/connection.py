@@ -321,7 +321,7 @@ class SSHConnection:
             except trio.EndOfChannel:
                 raise self._lost_error() from None
             if isinstance(event, ev.ChannelOpenFailed):
-                raise ChannelOpenError(event.code, event.description)
+                raise ChannelOpenError(event.reason, event.description)
         except BaseException:
             self._channels.pop(local_id, None)
             recv.close()  # a late confirmation then closes the channel (see _dispatch)

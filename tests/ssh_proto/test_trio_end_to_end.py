@@ -286,7 +286,7 @@ async def test_unknown_channel_type_is_refused(server):
     async with client(server.port) as conn:
         with pytest.raises(ssh_proto.ChannelOpenError) as info:
             await conn.open_channel("x-unknown@example.com")
-        assert info.value.code == 3
+        assert info.value.reason == 3
 
 
 async def test_abrupt_disconnect_leaves_server_serving(server):
