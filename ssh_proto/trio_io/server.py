@@ -189,24 +189,24 @@ class SSHServerConnection(SSHConnection):
 
     # ---- authentication ------------------------------------------------------------------
     async def _decide(self, event, outcome) -> None:
-        auth = self.core.server_auth
+        core = self.core
         if isinstance(outcome, Challenge):
-            auth.challenge(outcome.name, outcome.instruction, outcome.prompts)
+            core.auth_challenge(outcome.name, outcome.instruction, outcome.prompts)
             return
         if outcome is True or isinstance(outcome, Accept):
             self.policy = merge_policies(self.policy, getattr(outcome, "policy", None))
             if self._gate is not None:  # L2: LimitExceeded goes to the reader, a DISCONNECT
                 self._gate.authenticated(getattr(outcome, "account", None) or event.username, self.peer_address)
-            self.core.auth_accept()
+            core.auth_accept()
             return
         if isinstance(outcome, Partial):
             self.policy = merge_policies(self.policy, outcome.policy)
-            auth.partial(outcome.methods)
+            core.auth_partial(outcome.methods)
             return
         if not isinstance(event, ev.AuthNone):
             # like sshd: the "none" probe every client starts with is answered at once
             await self._failure_delay(event.username)
-        auth.reject()
+        core.auth_reject()
 
     async def _failure_delay(self, username: str) -> None:
         """T13: every failure takes at least a per-user constant time (5 ms + 0..4.2 ms)."""
@@ -225,7 +225,7 @@ class SSHServerConnection(SSHConnection):
         except Exception:
             # an application bug is a refusal, never an open door nor a dead connection
             log.exception("authentication handler failed")
-            if self.core.server_auth._pending is not None:
+            if self.core.auth_pending:
                 await self._decide(event, False)
 
     async def _ask_application(self, event) -> None:
@@ -235,7 +235,7 @@ class SSHServerConnection(SSHConnection):
         elif isinstance(event, ev.AuthPublicKeyQuery):
             ok = await s.auth_publickey_acceptable(event.username, event.key)
             if ok:
-                self.core.server_auth.pk_ok()
+                self.core.auth_pk_ok()
                 return
             outcome = False
         elif isinstance(event, ev.AuthPublicKey):
@@ -255,7 +255,7 @@ class SSHServerConnection(SSHConnection):
 
     # ---- channels ------------------------------------------------------------------------
     async def _on_channel_open(self, event: ev.ChannelOpenRequest) -> None:
-        channels = self.core.channels
+        core = self.core
         t = event.channel_type
         try:
             if t == "session":
@@ -265,11 +265,11 @@ class SSHServerConnection(SSHConnection):
             else:
                 handler = await self.server.channel_open(t, event.data)
                 if handler is None:
-                    channels.reject(event.channel_id, m.OPEN_UNKNOWN_CHANNEL_TYPE, f"unknown channel type {t}")
+                    core.reject_channel(event.channel_id, m.OPEN_UNKNOWN_CHANNEL_TYPE, f"unknown channel type {t}")
                 else:
                     channel = SSHChannel(self, event.channel_id, t)
                     self.register_channel(channel)
-                    channels.accept(event.channel_id)
+                    core.accept_channel(event.channel_id)
                     self.nursery.start_soon(_run_channel, handler, channel)
         finally:
             self._kick()
@@ -277,12 +277,12 @@ class SSHServerConnection(SSHConnection):
     def _open_session(self, event: ev.ChannelOpenRequest) -> None:
         m.Empty.decode(event.data)
         if not self.server.session_allowed():
-            self.core.channels.reject(event.channel_id, m.OPEN_ADMINISTRATIVELY_PROHIBITED, "sessions not allowed")
+            self.core.reject_channel(event.channel_id, m.OPEN_ADMINISTRATIVELY_PROHIBITED, "sessions not allowed")
             return
         session = ServerSession(self, event.channel_id, "session", policy=self.policy or SessionPolicy(),
                                 username=self.username, start=self._start_session)
         self.register_channel(session)
-        self.core.channels.accept(event.channel_id)
+        self.core.accept_channel(event.channel_id)
 
     async def _start_session(self, session: ServerSession):
         if session.agent_forwarding:
@@ -292,21 +292,21 @@ class SSHServerConnection(SSHConnection):
     async def _open_direct_tcpip(self, event: ev.ChannelOpenRequest) -> None:
         from .forwarding import relay
         req = m.DirectTcpip.decode(event.data)
-        channels = self.core.channels
+        core = self.core
         if self.policy is not None and not self.policy.permit_port_forwarding:
-            channels.reject(event.channel_id, m.OPEN_ADMINISTRATIVELY_PROHIBITED, "port forwarding not permitted")
+            core.reject_channel(event.channel_id, m.OPEN_ADMINISTRATIVELY_PROHIBITED, "port forwarding not permitted")
             return
         try:
             stream = await self.server.direct_tcpip(req.host, req.port, req.originator, req.originator_port)
         except OSError as exc:
-            channels.reject(event.channel_id, m.OPEN_CONNECT_FAILED, f"connect failed: {exc.strerror or exc}")
+            core.reject_channel(event.channel_id, m.OPEN_CONNECT_FAILED, f"connect failed: {exc.strerror or exc}")
             return
         if stream is None:
-            channels.reject(event.channel_id, m.OPEN_ADMINISTRATIVELY_PROHIBITED, "forwarding refused")
+            core.reject_channel(event.channel_id, m.OPEN_ADMINISTRATIVELY_PROHIBITED, "forwarding refused")
             return
         channel = SSHChannel(self, event.channel_id, "direct-tcpip")
         self.register_channel(channel)
-        channels.accept(event.channel_id)
+        core.accept_channel(event.channel_id)
         self.nursery.start_soon(relay, channel, stream)
 
     async def _on_global_request(self, event: ev.GlobalRequestReceived) -> None:
@@ -428,8 +428,7 @@ def _outcome(conn: "SSHServerConnection", grace_exceeded: bool, crashed: bool) -
         return Outcome.NOT_COUNTED   # refused by us; a relay line we did not believe (L11)
     if grace_exceeded:
         return Outcome.GRACE_EXCEEDED
-    auth = conn.core.server_auth
-    return Outcome.AUTHFAIL if auth is not None and auth.requests else Outcome.NOAUTH
+    return Outcome.AUTHFAIL if conn.core.auth_requests else Outcome.NOAUTH
 
 
 async def serve_stream(stream: trio.abc.Stream, server_factory: Callable[[], SSHServer], *,

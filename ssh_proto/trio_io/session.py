@@ -295,7 +295,7 @@ class ServerSession(SSHChannel):
             m.Empty.decode(data)
         self.kind = kind
         # The session runs now: its full window (it had a small one while pending, rule L4).
-        if self.conn.core.channels.grow_window(self.channel_id):
+        if self.conn.core.grow_window(self.channel_id):
             self.conn._kick()
         if self.policy.force_command is not None:
             # docs/security.md C14: force-command replaces exec, shell and subsystem
