@@ -43,7 +43,8 @@ from .accept import accept_loop
 from .channel import SSHChannel
 from .connection import SSHConnection
 from .preamble import PreambleStream, RelayPreamble
-from .session import ServerSession, SessionPolicy
+from ..session_rules import SessionPolicy
+from .session import ServerSession
 
 log = logging.getLogger("ssh_proto.server")
 

@@ -95,6 +95,15 @@ async def test_exec_stdin_stdout_exit_status(server):
         assert (result.exit_status, result.stdout, result.stderr) == (42, b"", b"oops\n")
 
 
+async def test_a_non_utf8_exec_command_is_refused_and_the_connection_stays(server):
+    """messages.py: an exec command need not be UTF-8; refusing it is that request's business."""
+    async with client(server.port) as conn:
+        with pytest.raises(ssh_proto.ChannelError, match="exec request refused"):
+            await conn.run(b"cat \xff\xfe")
+        result = await conn.run("cat", input=b"still connected")
+        assert (result.exit_status, result.stdout) == (0, b"still connected")
+
+
 async def test_many_sessions_on_one_connection(server):
     async with client(server.port) as conn:
         async with trio.open_nursery() as n:
