@@ -14,9 +14,11 @@ relays ``direct-tcpip`` channels (RFC 4254 §7.2) to *registered* nodes only:
   Plain keys, passwords and keyboard-interactive are refused.
 * **Forwarding**: ``direct-tcpip`` to a node name, ``name.CLUSTER`` or a registered node
   address (rules in :mod:`appliance.proxy.routing`); the connection goes to the node's
-  registered address, never to an address the client chose. An unknown target fails the
-  channel open with "unknown node ..." (an OSError whose text ssh_proto puts in the
-  CHANNEL_OPEN_FAILURE description). A certificate without ``permit-port-forwarding``
+  registered address, never to an address the client chose. A refusal is a
+  :class:`ssh_proto.ChannelOpenError`, whose RFC 4254 §5.1 reason and words reach the client
+  as they are: an unknown target is ADMINISTRATIVELY_PROHIBITED ("unknown node ..."), a
+  node that cannot be reached (or a directory that cannot be asked) CONNECT_FAILED. A
+  certificate without ``permit-port-forwarding``
   may still jump: reaching a node through the proxy is not port forwarding for the user,
   and the node enforces the certificate's permissions on what happens there.
   To a Jumpgate node (kind ``node``, not an agentless OpenSSH one) the proxy first sends its
@@ -43,7 +45,6 @@ a renewed host certificate is served without restarting the listener.
 """
 from __future__ import annotations
 
-import errno
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ import ssh_proto
 from ssh_proto.certs import CertPermissions, validate_user_certificate
 from ssh_proto.errors import CertificateError
 from ssh_proto.keys import Certificate, PrivateKey, PublicKey
+from ssh_proto.messages import OPEN_ADMINISTRATIVELY_PROHIBITED, OPEN_CONNECT_FAILED
 
 from ..api.protocol import E_INTERNAL, ApiProtocolError, FrameDecoder, parse_request
 from ..auth.ca import generation_of
@@ -63,7 +65,7 @@ from ..limits import PROXY_OPTIONS, PROXY_PROFILE
 from ..relay import relay_line
 from . import routing
 
-__all__ = ["PROXY_PORT", "NodeUnreachable", "ProxyIdentity", "ProxyServer", "proxy_server_factory", "serve_proxy"]
+__all__ = ["PROXY_PORT", "ProxyIdentity", "ProxyServer", "proxy_server_factory", "serve_proxy"]
 
 log = logging.getLogger("jumpgate.proxy")
 
@@ -90,17 +92,6 @@ class ProxyIdentity:
 
     host_key: PrivateKey
     host_cert: Certificate | None
-
-
-class NodeUnreachable(OSError):
-    """A direct-tcpip target the proxy will not or cannot connect to.
-
-    ssh_proto answers a channel open whose handler raised OSError with
-    OPEN_CONNECT_FAILED and "connect failed: <strerror>", so this text reaches the client.
-    """
-
-    def __init__(self, message: str):
-        super().__init__(errno.EHOSTUNREACH, message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,10 +229,11 @@ class ProxyServer(ssh_proto.SSHServer):
         except Exception as exc:  # the directory's backend (auth API) failed: refuse this channel only
             log.warning("proxy: node directory unavailable: %r", exc)
             await self._emit("port", False, target=f"{host}:{port}", reason="node directory unavailable")
-            raise NodeUnreachable("the node directory is unavailable; try again") from None
+            raise ssh_proto.ChannelOpenError(OPEN_CONNECT_FAILED, "the node directory is unavailable; try again") from None
         if node is None:
             await self._emit("port", False, target=f"{host}:{port}", reason="unknown node")
-            raise NodeUnreachable(f"unknown node {host!r} in cluster {self.config.cluster!r}")
+            raise ssh_proto.ChannelOpenError(OPEN_ADMINISTRATIVELY_PROHIBITED,
+                                             f"unknown node {host!r} in cluster {self.config.cluster!r}")
         endpoint = node.endpoint
         addr = f"{endpoint[0]}:{endpoint[1]}"
         try:
@@ -252,7 +244,7 @@ class ProxyServer(ssh_proto.SSHServer):
             reason = (f"no answer within {CONNECT_TIMEOUT:g}s" if isinstance(exc, trio.TooSlowError)
                       else getattr(exc, "strerror", None) or "the connection broke")
             await self._emit("port", False, target=f"{host}:{port}", node=target, addr=addr, reason=reason)
-            raise NodeUnreachable(f"node {host!r} at {addr} is unreachable: {reason}") from None
+            raise ssh_proto.ChannelOpenError(OPEN_CONNECT_FAILED, f"node {host!r} at {addr} is unreachable: {reason}") from None
         await self._emit("port", True, target=f"{host}:{port}", node=target, addr=addr,
                          origin=f"{orig_host}:{orig_port}")
         return self._tracked(stream, node.name)

@@ -34,7 +34,7 @@ from .. import events as ev
 from .. import messages as m
 from ..certs import CertPermissions
 from ..connection import Connection, ConnectionOptions
-from ..errors import DisconnectReason, LimitExceeded, ProtocolError, SSHError
+from ..errors import ChannelOpenError, DisconnectReason, LimitExceeded, ProtocolError, SSHError
 from ..keys import Certificate, PrivateKey, PublicKey
 from ..limits import Admission, ListenerProfile, Outcome, Startup
 from ..preamble import PreambleError
@@ -147,7 +147,10 @@ class SSHServer:
         return True
 
     async def direct_tcpip(self, host: str, port: int, orig_host: str, orig_port: int) -> trio.abc.Stream | None:
-        """Return a connected stream to relay to, or None to refuse (ssh -L)."""
+        """Return a connected stream to relay to (ssh -L), or refuse: None refuses with
+        ADMINISTRATIVELY_PROHIBITED, an OSError with CONNECT_FAILED and its text, and
+        ``raise ChannelOpenError(reason, description)`` with the RFC 4254 §5.1 reason and the
+        words of your choosing, which the client receives as they are."""
         return None
 
     async def tcpip_forward(self, address: str, port: int) -> bool:
@@ -155,7 +158,8 @@ class SSHServer:
         return False
 
     async def channel_open(self, channel_type: str, data: bytes):
-        """An application channel type: return ``async def handler(channel)`` or None."""
+        """An application channel type: return ``async def handler(channel)``, None (refused
+        as UNKNOWN_CHANNEL_TYPE), or raise ChannelOpenError(reason, description)."""
         return None
 
     async def global_request(self, name: str, data: bytes) -> bool | bytes:
@@ -264,7 +268,11 @@ class SSHServerConnection(SSHConnection):
             elif t == "direct-tcpip":
                 await self._open_direct_tcpip(event)
             else:
-                handler = await self.server.channel_open(t, event.data)
+                try:
+                    handler = await self.server.channel_open(t, event.data)
+                except ChannelOpenError as exc:
+                    core.reject_channel(event.channel_id, exc.reason, exc.description)
+                    return
                 if handler is None:
                     core.reject_channel(event.channel_id, m.OPEN_UNKNOWN_CHANNEL_TYPE, f"unknown channel type {t}")
                 else:
@@ -299,6 +307,9 @@ class SSHServerConnection(SSHConnection):
             return
         try:
             stream = await self.server.direct_tcpip(req.host, req.port, req.originator, req.originator_port)
+        except ChannelOpenError as exc:  # the application's own reason and words
+            core.reject_channel(event.channel_id, exc.reason, exc.description)
+            return
         except OSError as exc:
             core.reject_channel(event.channel_id, m.OPEN_CONNECT_FAILED, f"connect failed: {exc.strerror or exc}")
             return
