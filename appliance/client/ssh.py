@@ -40,13 +40,13 @@ from pathlib import Path
 import trio
 
 import ssh_proto
-from ssh_proto.errors import (AuthError, ChannelError, ChannelOpenError, HostKeyNotVerifiable, KeyFormatError,
-                              ProtocolError, SSHError)
+from ssh_proto.errors import AuthError, ChannelError, ChannelOpenError, HostKeyNotVerifiable, KeyFormatError, SSHError
 from ssh_proto.keys import Certificate, PrivateKey, load_private_key, load_public_file
 from ssh_proto.messages import OPEN_ADMINISTRATIVELY_PROHIBITED
 from ssh_proto.known_hosts import MARKER_CERT_AUTHORITY, KnownHosts
 
 from ..api.protocol import MAX_FRAME, ApiProtocolError
+from ..errors import ChannelProtocolError
 from ..proxy.routing import NODE_PORT, NODES_SUBSYSTEM, NodeRecord, decode_list_response, encode_list_request
 from .trust import node_host_check, proxy_host_check
 
@@ -65,8 +65,8 @@ class ConnectError(Exception):
     """Reaching the proxy or a node failed; ``str()`` is one line for the user."""
 
 
-class ScpProtocolError(ProtocolError):
-    """The remote scp broke the protocol (or ended it with a fatal error)."""
+class ScpProtocolError(ChannelProtocolError):
+    """The remote scp broke the protocol (or ended it with a fatal error); not an SSH error."""
 
 
 # ------------------------------------------------------------------------------ credentials
