@@ -13,7 +13,7 @@ import importlib
 
 from .errors import (AgentError, AuthError, CertificateError, ChannelError, ChannelOpenError, ConnectionLost,
                      DisconnectError, DisconnectReason, HostKeyNotVerifiable, KeyExchangeError, KeyFormatError,
-                     LimitExceeded, MACError, ProtocolError, SSHError)
+                     LimitExceeded, LocalError, MACError, ProtocolError, SSHError)
 
 # The rest of the public API is imported on first use (PEP 562), so that a program that
 # only connects as a client does not load the server, the agent and their classes.
@@ -36,7 +36,8 @@ _LAZY = {
 
 __all__ = sorted([*_LAZY, "AgentError", "AuthError", "CertificateError", "ChannelError", "ChannelOpenError",
                   "ConnectionLost", "DisconnectError", "DisconnectReason", "HostKeyNotVerifiable",
-                  "KeyExchangeError", "KeyFormatError", "LimitExceeded", "MACError", "ProtocolError", "SSHError"])
+                  "KeyExchangeError", "KeyFormatError", "LimitExceeded", "LocalError", "MACError", "ProtocolError",
+                  "SSHError"])
 
 
 def __getattr__(name: str):

@@ -48,6 +48,7 @@ MAX_UNSENT_BEFORE_AUTH = 64 * 1024    # L6: a server stops reading past this muc
 MAX_UNSENT_CONTROL = 1024 * 1024      # L6: unread replies (no window bounds them) that end a connection
 MAX_KEX_BEFORE_AUTH = 1               # L10: the first key exchange only; re-exchange after login
 DEFAULT_MAX_REMOTE_FORWARDS = 64      # L3: tcpip-forward listeners per connection (server)
+ALL_AUTH_METHODS = ("publickey", "password", "keyboard-interactive")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -71,7 +72,9 @@ class ConnectionOptions:
     window_budget: int = DEFAULT_WINDOW_BUDGET
     max_unsent_control: int = MAX_UNSENT_CONTROL
     # server only
-    auth_methods: tuple[str, ...] = ("publickey", "password", "keyboard-interactive")
+    #: The user-auth methods offered. None: for ``serve``/``SSHListener``, the methods the
+    #: SSHServer implements (docs/security.md T12b); for a bare Connection, all three.
+    auth_methods: tuple[str, ...] | None = None
     max_auth_attempts: int = 6
     banner: str | None = None
     max_remote_forwards: int = DEFAULT_MAX_REMOTE_FORWARDS
@@ -209,7 +212,8 @@ class Connection:
         if msg.service != SERVICE_USERAUTH:
             raise ProtocolError(f"service {msg.service!r} not available", DisconnectReason.SERVICE_NOT_AVAILABLE)
         o = self.options
-        self.server_auth = ServerAuth(self.transport.send, self.session_id, methods=o.auth_methods,
+        methods = o.auth_methods if o.auth_methods is not None else ALL_AUTH_METHODS
+        self.server_auth = ServerAuth(self.transport.send, self.session_id, methods=methods,
                                       max_attempts=o.max_auth_attempts, banner=o.banner)
         self.transport.send(m.ServiceAccept(SERVICE_USERAUTH).encode())
         return None

@@ -11,7 +11,8 @@ relays ``direct-tcpip`` channels (RFC 4254 §7.2) to *registered* nodes only:
   user named by its key id ``user:<name>`` (``ssh -J alice@proxy``, what ``jumpgate ssh``
   sends). Which OS account is used on the node is decided later, by the node, from the
   username of the inner connection; the proxy only needs to know who is knocking.
-  Plain keys, passwords and keyboard-interactive are refused.
+  Plain keys, passwords and keyboard-interactive are refused and only ``publickey`` is
+  offered; a refused certificate gets a banner saying why (:mod:`appliance.login_hints`).
 * **Forwarding**: ``direct-tcpip`` to a node name, ``name.CLUSTER`` or a registered node
   address (rules in :mod:`appliance.proxy.routing`); the connection goes to the node's
   registered address, never to an address the client chose. A refusal is a
@@ -59,6 +60,7 @@ from ssh_proto.keys import Certificate, PrivateKey, PublicKey
 from ssh_proto.messages import OPEN_ADMINISTRATIVELY_PROHIBITED, OPEN_CONNECT_FAILED
 
 from ..api.protocol import E_INTERNAL, ApiProtocolError, FrameDecoder, parse_request
+from .. import login_hints
 from ..auth.ca import generation_of
 from ..cluster_view import ClusterView
 from ..limits import PROXY_OPTIONS, PROXY_PROFILE
@@ -145,6 +147,7 @@ class ProxyServer(ssh_proto.SSHServer):
         self.login: str = ""              # the SSH username given at the proxy
         self.peer_address: tuple | None = None  # (ip, port) of the client
         self._refused: set[tuple[str, bytes]] = set()
+        self._hints: set[str] = set()     # banners sent on this connection
         self._generation = 0
         self._unregister: Callable[[], None] | None = None
 
@@ -193,6 +196,7 @@ class ProxyServer(ssh_proto.SSHServer):
     async def _check_key(self, username: str, key) -> CertPermissions | None:
         """The certificate's permissions when ``key`` admits ``username`` here, else None."""
         if not isinstance(key, Certificate):
+            self._hint(login_hints.PLAIN_KEY, unless_hinted=True)
             return await self._refuse(username, key, "a user certificate is required at the proxy")
         # Validate against the username when it is a login, else against any listed
         # login: the certificate's own rules (CA, validity, type, source) must hold anyway.
@@ -201,14 +205,26 @@ class ProxyServer(ssh_proto.SSHServer):
             perms = validate_user_certificate(key, principal=principal, trusted_cas=self.config.user_cas,
                                               source_address=self.peer_ip)
         except CertificateError as exc:
+            self._hint(login_hints.certificate_hint(key, trusted_cas=self.config.user_cas))
             return await self._refuse(username, key, str(exc))
         if username not in key.principals and username != _user_of(key):
+            self._hint(login_hints.proxy_name_hint(username, key))
             return await self._refuse(username, key, f"{username!r} is neither a login of the certificate "
                                                      "nor its user")
         user = _user_of(key)
         if self.config.view is not None and user is not None and self.config.view.revoked(user, generation_of(key)):
+            self._hint(login_hints.REVOKED)
             return await self._refuse(username, key, f"the certificate was revoked ({user} was deleted or reset)")
         return perms
+
+    def _hint(self, text: str | None, *, unless_hinted: bool = False) -> None:
+        """Tell the user why, in a banner (appliance.login_hints; once per text and connection)."""
+        conn = getattr(self, "conn", None)
+        if text is None or text in self._hints or (unless_hinted and self._hints) or conn is None:
+            return
+        self._hints.add(text)
+        if not conn.closed.is_set():
+            conn.send_banner(text + "\r\n")
 
     async def _refuse(self, username: str, key, reason: str) -> None:
         log.info("proxy: refused %s as %s from %s: %s", getattr(key, "key_id", "key"), username, self.peer_ip,

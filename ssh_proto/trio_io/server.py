@@ -3,7 +3,9 @@
 One :class:`SSHServer` instance serves one connection (``server_factory()`` makes it).
 Its ``auth_*`` methods decide authentication — return ``True``/:class:`Accept` to let the
 user in, :class:`Partial` to require another method as well (certificate *and then* a
-one-time code), ``False`` to refuse, or a :class:`Challenge` for keyboard-interactive.
+one-time code), ``False`` to refuse, or a :class:`Challenge` for keyboard-interactive. The
+methods offered are the ones it implements, and a key query's default answer is
+side-effect free (see :class:`SSHServer`).
 After authentication, ``session`` runs each shell/exec/subsystem, ``direct_tcpip`` and
 ``tcpip_forward`` decide port forwarding, and ``channel_open`` / ``global_request`` take
 application-defined types. Anything not overridden is refused.
@@ -100,7 +102,43 @@ def merge_policies(a: SessionPolicy | None, b: SessionPolicy | None) -> SessionP
 
 
 class SSHServer:
-    """Base class for a server application; override what you support."""
+    """Base class for a server application; override what you support.
+
+    **Which methods are offered.** Unless ``ConnectionOptions.auth_methods`` names them,
+    the server offers exactly the methods this class implements (docs/security.md T12b):
+    ``publickey`` when it overrides :meth:`auth_publickey`, ``password`` for
+    :meth:`auth_password`, ``keyboard-interactive`` for :meth:`auth_kbdint`. A client is then
+    never asked for a password that cannot succeed, and OpenSSH says at once
+    ``Permission denied (publickey)``. (``none`` is never listed; :meth:`auth_none` decides it.)
+
+    **Key queries.** Clients ask whether a key would do before they sign with it (OpenSSH
+    and asyncssh both do). :meth:`auth_publickey_acceptable` answers such a query — with no
+    signature yet, so it must not log anyone in, audit a login or change any state. Its
+    default is side-effect free and optimistic (docs/security.md T12a): yes whenever
+    :meth:`auth_publickey` is implemented, so the client signs and the real decision is
+    :meth:`auth_publickey`'s, made once, on a key whose signature has been verified. A server
+    that knows its keys answers the query exactly with a rule of its own that has no side
+    effects, and keeps its side effects for :meth:`auth_publickey`::
+
+        class KeyServer(ssh_proto.SSHServer):
+            def __init__(self, authorized: dict[str, set[bytes]]):
+                self.authorized = authorized
+
+            def _allowed(self, username, key) -> bool:   # pure: safe for a query
+                return key.blob in self.authorized.get(username, ())
+
+            async def auth_publickey_acceptable(self, username, key):
+                return self._allowed(username, key)       # PK_OK or FAILURE, nothing else
+
+            async def auth_publickey(self, username, key):  # the key has signed
+                if not self._allowed(username, key):
+                    return False
+                audit.info("login %s %s", username, key.fingerprint())
+                return True
+
+    An exact answer spares a client with many keys (or an agent that asks its user before
+    each signature) the signatures that would fail anyway.
+    """
 
     conn: "SSHServerConnection"
     #: Like sshd's GatewayPorts: False binds remote forwards to loopback whatever address
@@ -118,11 +156,19 @@ class SSHServer:
         return False
 
     async def auth_publickey_acceptable(self, username: str, key: PublicKey | Certificate) -> bool:
-        """Answer a key query (no signature yet). Default: the full check with a dry run."""
-        return False
+        """Answer a key query (no signature yet): True sends PK_OK, False a failure.
+
+        Must have no side effects (see the class docstring). Default: True exactly when
+        this class implements :meth:`auth_publickey`, which then decides once the key has
+        signed; the algorithm and key format were checked already (docs/security.md C7).
+        """
+        return implements(self, "auth_publickey")
 
     async def auth_publickey(self, username: str, key: PublicKey | Certificate):
-        """``key`` signed the session (verified). Certificates need validating here."""
+        """``key`` signed the session (verified). Certificates need validating here.
+
+        Called once per signed request, never for a query: the place for side effects
+        (audit, per-connection state)."""
         return False
 
     async def auth_password(self, username: str, password: str):
@@ -166,6 +212,29 @@ class SSHServer:
         return False
 
 
+#: SSHServer method -> the user-auth method it implements (RFC 4252 §5 names).
+AUTH_METHOD_HOOKS = (("auth_publickey", "publickey"), ("auth_password", "password"),
+                     ("auth_kbdint", "keyboard-interactive"))
+
+
+def implements(server: SSHServer, hook: str) -> bool:
+    """Does ``server``'s class (or the instance itself) override ``SSHServer.<hook>``?"""
+    own = getattr(type(server), hook, None)
+    return hook in vars(server) or (own is not None and own is not getattr(SSHServer, hook))
+
+
+def implemented_auth_methods(server: SSHServer) -> tuple[str, ...]:
+    """The methods ``server`` can let a user in by (docs/security.md T12b), in offer order."""
+    return tuple(method for hook, method in AUTH_METHOD_HOOKS if implements(server, hook))
+
+
+def options_for(server: SSHServer, options: ConnectionOptions) -> ConnectionOptions:
+    """``options`` with ``auth_methods`` filled in from ``server`` when they name none."""
+    if options.auth_methods is not None:
+        return options
+    return dataclasses.replace(options, auth_methods=implemented_auth_methods(server))
+
+
 class SSHServerConnection(SSHConnection):
     """A server-side connection, driving one :class:`SSHServer`."""
 
@@ -181,6 +250,12 @@ class SSHServerConnection(SSHConnection):
         self._delay_secret = delay_secret
         self.agent_forwarding = False  # set when a session asked for it
         self.remote_forwards: dict[tuple[str, int], object] = {}
+
+    def send_banner(self, message: str) -> None:
+        """Show ``message`` to the user (USERAUTH_BANNER, RFC 4252 §5.4): OpenSSH prints it
+        on stderr. Only before authentication succeeds (a LocalError after)."""
+        self.core.auth_banner(message)
+        self._kick()
 
     def _input_seen(self) -> None:
         startup = self._gate.startup if self._gate is not None else None
@@ -459,7 +534,7 @@ async def serve_stream(stream: trio.abc.Stream, server_factory: Callable[[], SSH
     """
     gate = _gate if _gate is not None else _Gate(admission)
     server = server_factory()
-    core = Connection(Role.SERVER, options, host_keys=tuple(host_keys))
+    core = Connection(Role.SERVER, options_for(server, options), host_keys=tuple(host_keys))
     if preamble is not None:
         def relayed(address: tuple) -> None:
             conn.peer_address = address
