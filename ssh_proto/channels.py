@@ -168,7 +168,11 @@ class ChannelTable:
         if reason is not None:
             raise ChannelOpenError(m.OPEN_RESOURCE_SHORTAGE, reason)
         ch = self._allocate(channel_type, ChannelState.OPENING, window, max_packet)
-        self._send(m.ChannelOpen(channel_type, ch.local_id, ch.local_window, ch.local_max_packet, data).encode())
+        try:
+            self._send(m.ChannelOpen(channel_type, ch.local_id, ch.local_window, ch.local_max_packet, data).encode())
+        except LocalError:  # e.g. before authentication (T11, our side): nothing was opened
+            self._free(ch)
+            raise
         return ch.local_id
 
     def accept(self, local_id: int, data: bytes = b"") -> None:
@@ -232,9 +236,9 @@ class ChannelTable:
         ch = self._channels.get(local_id)
         if ch is None or ch.state is not ChannelState.OPEN or ch.sent_close:
             raise LocalError(f"channel {local_id} is not open")
+        self._send(m.ChannelRequest(ch.remote_id, request_type, want_reply, data).encode())
         if want_reply:
             ch.requests_out += 1
-        self._send(m.ChannelRequest(ch.remote_id, request_type, want_reply, data).encode())
 
     def reply_request(self, local_id: int, token: int, success: bool) -> None:
         ch = self._channels.get(local_id)

@@ -380,9 +380,9 @@ class Connection:
             self.transport.send(m.RequestSuccess(data).encode() if ok else m.RequestFailure().encode())
 
     def send_global_request(self, name: str, data: bytes = b"", want_reply: bool = True) -> None:
+        self.transport.send(m.GlobalRequest(name, want_reply, data).encode())
         if want_reply:
             self._global_requests_out += 1
-        self.transport.send(m.GlobalRequest(name, want_reply, data).encode())
 
     # ---- channels ---------------------------------------------------------------------------
     def open_channel(self, channel_type: str, data: bytes = b"", *, window: int | None = None,

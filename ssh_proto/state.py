@@ -1,11 +1,20 @@
 """Which messages each party may send when: the tables, and the one object that applies them.
 
-Everything that decides whether a message is acceptable lives in this file: which message
-numbers each party may send in each phase of a connection, during its key exchange,
-where EXT_INFO may go, and what may answer an outstanding user-auth request
-(docs/security.md T11, the defence against the state-confusion bugs of paramiko
-CVE-2018-7750 / CVE-2018-1000805 and Erlang/OTP CVE-2025-32433). The layers keep only the
-state the tables are indexed by; none of them decides on its own.
+Everything that decides whether a message *number* is acceptable at this point of a
+connection lives in this file: what each party may send in each phase, during its key
+exchange (and in which direction, and NEWKEYS only after the method's message), where
+EXT_INFO may go, and what may answer an outstanding user-auth request (docs/security.md
+T11, the defence against the state-confusion bugs of paramiko CVE-2018-7750 /
+CVE-2018-1000805 and Erlang/OTP CVE-2025-32433). The layers keep only the state the
+tables are indexed by (the auth step, say); none of them decides on its own.
+
+What the table cannot see stays with the layer that can, after the table let the number
+through: a message's content (the service a SERVICE_REQUEST names, a user name, T12); a
+reply matched to a request by count (global requests, RFC 4254 §4; channel requests) and
+messages that name a channel (T20, T19: ``channels.py``); strict kex's "the peer's KEXINIT
+is its packet 0" (T1), checked by sequence number in ``transport.py`` because strictness is
+learnt from that very KEXINIT; and the limits that refuse what the protocol would allow (a
+server's key exchanges before authentication, L10).
 
 This file does not know which role we are playing, as h11's ``_state.py``: a
 :class:`ConnectionState` holds the state of *each* party, and the same table judges what
@@ -312,7 +321,7 @@ class ConnectionState:
         party = self.parties[sender]
         if msg_type in party.queueable:
             return
-        if msg_type not in _upper_layer_allowed(sender, party.phase) or msg_type in KEX_MESSAGES:
+        if msg_type not in _upper_layer_allowed(sender, party.phase):  # (kex messages never are)
             raise LocalError(f"{message_name(msg_type)} not allowed from the {sender.value} "
                              f"in phase {party.phase.value}")
         self._transition(party, msg_type)

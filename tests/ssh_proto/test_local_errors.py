@@ -58,7 +58,9 @@ def test_a_message_off_our_own_table_is_a_local_error_and_is_not_sent():
     pair = handshaken_pair()
     with pytest.raises(LocalError):
         pair.client.open_channel("session")  # before USERAUTH_SUCCESS (T11, our side)
-    assert pair.client.data_to_send() == b""
+    with pytest.raises(LocalError):
+        pair.client.send_global_request("keepalive@openssh.com")
+    assert pair.client.data_to_send() == b"" and len(pair.client.channels) == 0  # nothing sent, nothing held
     pair.authenticate()
     _still_works(pair)
 
