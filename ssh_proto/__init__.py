@@ -13,7 +13,7 @@ import importlib
 
 from .errors import (AgentError, AuthError, CertificateError, ChannelError, ChannelOpenError, ConnectionLost,
                      DisconnectError, DisconnectReason, HostKeyNotVerifiable, KeyExchangeError, KeyFormatError,
-                     LimitExceeded, MACError, ProtocolError, SSHError)
+                     LimitExceeded, LocalError, MACError, ProtocolError, SSHError)
 
 # The rest of the public API is imported on first use (PEP 562), so that a program that
 # only connects as a client does not load the server, the agent and their classes.
@@ -27,8 +27,8 @@ _LAZY = {
     "Accept": ".trio_io.server", "Challenge": ".trio_io.server", "Partial": ".trio_io.server",
     "SSHListener": ".trio_io.server", "SSHServer": ".trio_io.server", "SSHServerConnection": ".trio_io.server",
     "policy_from_certificate": ".trio_io.server", "serve": ".trio_io.server", "serve_stream": ".trio_io.server",
-    "PtyInfo": ".trio_io.session", "RunResult": ".trio_io.session", "ServerSession": ".trio_io.session",
-    "SessionPolicy": ".trio_io.session", "SSHProcess": ".trio_io.session",
+    "PtyInfo": ".session_rules", "RunResult": ".trio_io.session", "ServerSession": ".trio_io.session",
+    "SessionPolicy": ".session_rules", "SSHProcess": ".trio_io.session",
     "AgentClient": ".trio_io.agent", "InProcessAgent": ".trio_io.agent",
     "RelayPreamble": ".trio_io.preamble", "PreambleError": ".preamble",
     "ListenerProfile": ".limits", "Penalties": ".limits",
@@ -36,7 +36,8 @@ _LAZY = {
 
 __all__ = sorted([*_LAZY, "AgentError", "AuthError", "CertificateError", "ChannelError", "ChannelOpenError",
                   "ConnectionLost", "DisconnectError", "DisconnectReason", "HostKeyNotVerifiable",
-                  "KeyExchangeError", "KeyFormatError", "LimitExceeded", "MACError", "ProtocolError", "SSHError"])
+                  "KeyExchangeError", "KeyFormatError", "LimitExceeded", "LocalError", "MACError", "ProtocolError",
+                  "SSHError"])
 
 
 def __getattr__(name: str):

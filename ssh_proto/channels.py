@@ -39,7 +39,7 @@ from typing import Callable
 
 from . import events as ev
 from . import messages as m
-from .errors import ChannelOpenError, ProtocolError
+from .errors import ChannelOpenError, LocalError, ProtocolError
 from .packets import MAX_PAYLOAD_SIZE
 
 MAX_WINDOW = 0xFFFFFFFF
@@ -90,10 +90,10 @@ class ChannelTable:
                  max_sessions: int | None = None, window_budget: int = DEFAULT_WINDOW_BUDGET,
                  pending_session_window: int | None = None):
         if not 0 < max_packet <= MAX_MAX_PACKET or not 0 < window <= MAX_WINDOW:
-            raise ValueError("bad window or max_packet")
+            raise LocalError("bad window or max_packet")
         if window_budget < min(window, max_packet) or (pending_session_window is not None
                                                        and pending_session_window <= 0):
-            raise ValueError("bad window budget or pending session window")
+            raise LocalError("bad window budget or pending session window")
         self._send = send
         self.window = window
         self.max_packet = max_packet
@@ -168,7 +168,11 @@ class ChannelTable:
         if reason is not None:
             raise ChannelOpenError(m.OPEN_RESOURCE_SHORTAGE, reason)
         ch = self._allocate(channel_type, ChannelState.OPENING, window, max_packet)
-        self._send(m.ChannelOpen(channel_type, ch.local_id, ch.local_window, ch.local_max_packet, data).encode())
+        try:
+            self._send(m.ChannelOpen(channel_type, ch.local_id, ch.local_window, ch.local_max_packet, data).encode())
+        except LocalError:  # e.g. before authentication (T11, our side): nothing was opened
+            self._free(ch)
+            raise
         return ch.local_id
 
     def accept(self, local_id: int, data: bytes = b"") -> None:
@@ -193,7 +197,7 @@ class ChannelTable:
         """Send as much of ``data`` as the peer's window allows; returns the bytes sent."""
         ch = self._channels.get(local_id)
         if ch is None or ch.state is not ChannelState.OPEN or ch.sent_eof or ch.sent_close:
-            raise ProtocolError("channel is not open for sending")  # caller bug
+            raise LocalError(f"channel {local_id} is not open for sending")
         total = min(len(data), ch.remote_window)
         step = ch.remote_max_packet
         pos = 0
@@ -231,10 +235,10 @@ class ChannelTable:
     def send_request(self, local_id: int, request_type: str, data: bytes = b"", want_reply: bool = False) -> None:
         ch = self._channels.get(local_id)
         if ch is None or ch.state is not ChannelState.OPEN or ch.sent_close:
-            raise RuntimeError("channel is not open")
+            raise LocalError(f"channel {local_id} is not open")
+        self._send(m.ChannelRequest(ch.remote_id, request_type, want_reply, data).encode())
         if want_reply:
             ch.requests_out += 1
-        self._send(m.ChannelRequest(ch.remote_id, request_type, want_reply, data).encode())
 
     def reply_request(self, local_id: int, token: int, success: bool) -> None:
         ch = self._channels.get(local_id)
@@ -245,7 +249,7 @@ class ChannelTable:
                 entry[1] = success
                 break
         else:
-            raise RuntimeError("unknown request token")
+            raise LocalError("unknown channel request token")
         while ch.replies and ch.replies[0][1] is not None:
             _, ok = ch.replies.popleft()
             if not ch.sent_close:
@@ -295,7 +299,7 @@ class ChannelTable:
     def _get_state(self, local_id: int, state: ChannelState) -> Channel:
         ch = self._channels.get(local_id)
         if ch is None or ch.state is not state:
-            raise RuntimeError(f"channel {local_id} is not {state.value}")
+            raise LocalError(f"channel {local_id} is not {state.value}")
         return ch
 
     def receive(self, payload: bytes) -> ev.Event | None:
@@ -365,7 +369,7 @@ class ChannelTable:
         if ch.state is not ChannelState.OPENING:
             raise ProtocolError("open failure for a channel that is not opening")
         self._free(ch)
-        return ev.ChannelOpenFailed(ch.local_id, msg.code, msg.description)
+        return ev.ChannelOpenFailed(ch.local_id, msg.reason, msg.description)
 
     def _on_window_adjust(self, payload: bytes) -> ev.Event | None:
         msg = m.ChannelWindowAdjust.decode(payload)

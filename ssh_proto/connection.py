@@ -3,12 +3,21 @@
 :class:`Connection` is the object the I/O layer drives, in the style of h11: feed it bytes
 (:meth:`receive_data`), send what :meth:`data_to_send` returns, and handle what
 :meth:`next_event` gives back (classes in :mod:`.events`). It moves through the phases of
-:mod:`.state` (key exchange → service → auth → open) and checks every upper-layer message
-against that table before acting on it.
+:mod:`.state` (key exchange → service → auth → open); its transport checks every message
+either side sends against that table, so what reaches this class is on it.
 
 A client starts user authentication itself once the handshake is done (SERVICE_REQUEST
-"ssh-userauth"); the I/O layer then drives :attr:`Connection.client_auth`. A server answers
-authentication events through :attr:`Connection.server_auth`.
+"ssh-userauth"); the I/O layer then sends its requests (:meth:`Connection.auth_password`,
+:meth:`~Connection.auth_publickey`, ...). A server answers authentication events with
+:meth:`~Connection.auth_accept`, :meth:`~Connection.auth_reject`, ... Channels are opened,
+fed and closed with the channel methods (:meth:`~Connection.open_channel`,
+:meth:`~Connection.send_data`, ...), which take the channel's local id from the events.
+
+The facade is the only door (as h11's ``Connection``): the I/O layer (``trio_io``) calls
+nothing but this class's public methods and properties. The layers behind it
+(:attr:`transport`, :attr:`channels`, :attr:`client_auth`, :attr:`server_auth`) stay
+attributes for tests that play a misbehaving peer; ``tests/ssh_proto/test_facade.py`` keeps
+``trio_io`` off them. Misusing the facade raises :class:`~ssh_proto.errors.LocalError`.
 
 Output a peer does not read (docs/security.md L6). Before authentication the peer owes us
 nothing but a login, so a server stops reading while more than
@@ -30,8 +39,8 @@ from . import messages as m
 from .auth import SERVICE_USERAUTH, ClientAuth, ServerAuth
 from .channels import (DEFAULT_MAX_CHANNELS, DEFAULT_MAX_PACKET, DEFAULT_WINDOW, DEFAULT_WINDOW_BUDGET,
                        PENDING_SESSION_WINDOW, ChannelTable)
-from .errors import ConnectionLost, DisconnectError, DisconnectReason, ProtocolError
-from .state import Phase, Role, check_phase
+from .errors import ConnectionLost, DisconnectError, DisconnectReason, LocalError, ProtocolError
+from .state import Phase, Role
 from .transport import Algorithms, Transport
 
 MAX_PENDING_GLOBAL_REPLIES = 64
@@ -39,6 +48,7 @@ MAX_UNSENT_BEFORE_AUTH = 64 * 1024    # L6: a server stops reading past this muc
 MAX_UNSENT_CONTROL = 1024 * 1024      # L6: unread replies (no window bounds them) that end a connection
 MAX_KEX_BEFORE_AUTH = 1               # L10: the first key exchange only; re-exchange after login
 DEFAULT_MAX_REMOTE_FORWARDS = 64      # L3: tcpip-forward listeners per connection (server)
+ALL_AUTH_METHODS = ("publickey", "password", "keyboard-interactive")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -62,7 +72,9 @@ class ConnectionOptions:
     window_budget: int = DEFAULT_WINDOW_BUDGET
     max_unsent_control: int = MAX_UNSENT_CONTROL
     # server only
-    auth_methods: tuple[str, ...] = ("publickey", "password", "keyboard-interactive")
+    #: The user-auth methods offered. None: for ``serve``/``SSHListener``, the methods the
+    #: SSHServer implements (docs/security.md T12b); for a bare Connection, all three.
+    auth_methods: tuple[str, ...] | None = None
     max_auth_attempts: int = 6
     banner: str | None = None
     max_remote_forwards: int = DEFAULT_MAX_REMOTE_FORWARDS
@@ -84,7 +96,7 @@ class Connection:
                                    rekey_seconds=options.rekey_seconds, **kw)
         if role is Role.SERVER:
             self.transport.max_kex = options.max_kex_before_auth
-        self.phase = Phase.KEX_INITIAL
+        self._handshake_seen = False
         self.username = username
         self.client_auth: ClientAuth | None = None
         self.server_auth: ServerAuth | None = None
@@ -125,12 +137,12 @@ class Connection:
         """
         # Held payloads do not count: they leave only once a key exchange ends, which
         # needs more input (pausing for them would deadlock).
-        return (self.role is Role.SERVER and self.phase is not Phase.OPEN
+        return (self.role is Role.SERVER and not self.authenticated
                 and self.transport.unsent_output + in_flight > self.options.max_unsent_before_auth)
 
     def next_event(self) -> ev.Event | None:
         while not self._events:
-            if self.phase is Phase.KEX_INITIAL:
+            if not self._handshake_seen:
                 if not self.transport.handshake_complete:
                     return None
                 self._handshake_done()
@@ -156,12 +168,19 @@ class Connection:
         return self.transport.session_id
 
     @property
+    def phase(self) -> Phase:
+        """Our own phase in the table of :mod:`.state` (the peer's may differ for a moment)."""
+        return self.transport.state.phase(self.role)
+
+    @property
     def authenticated(self) -> bool:
-        return self.phase is Phase.OPEN
+        """USERAUTH_SUCCESS went out (server), or came in answering our request (client)."""
+        auth = self.client_auth if self.role is Role.CLIENT else self.server_auth
+        return auth is not None and auth.authenticated
 
     # ---- phases ---------------------------------------------------------------------------
     def _handshake_done(self) -> None:
-        self.phase = Phase.SERVICE
+        self._handshake_seen = True
         self._events.append(ev.HandshakeComplete())
         if self.role is Role.CLIENT:
             self.transport.send(m.ServiceRequest(SERVICE_USERAUTH).encode())
@@ -170,8 +189,7 @@ class Connection:
             self.client_auth = ClientAuth(self.transport.send, self.session_id, self.username or "")
 
     def _dispatch(self, payload: bytes) -> ev.Event | None:
-        t = payload[0]
-        check_phase(t, sender=self.role.peer, phase=self.phase)
+        t = payload[0]  # the transport's table let it through (docs/security.md T11)
         if t >= m.MSG_GLOBAL_REQUEST:
             if t >= m.MSG_CHANNEL_OPEN:
                 if t == m.MSG_CHANNEL_OPEN:
@@ -186,7 +204,6 @@ class Connection:
             msg = m.ServiceAccept.decode(payload)
             if msg.service != SERVICE_USERAUTH:
                 raise ProtocolError("server accepted a service we did not ask for")
-            self.phase = Phase.AUTH
             return ev.ServiceAccepted()
         raise ProtocolError(f"unexpected message {t}")
 
@@ -195,15 +212,15 @@ class Connection:
         if msg.service != SERVICE_USERAUTH:
             raise ProtocolError(f"service {msg.service!r} not available", DisconnectReason.SERVICE_NOT_AVAILABLE)
         o = self.options
-        self.server_auth = ServerAuth(self.transport.send, self.session_id, methods=o.auth_methods,
+        methods = o.auth_methods if o.auth_methods is not None else ALL_AUTH_METHODS
+        self.server_auth = ServerAuth(self.transport.send, self.session_id, methods=methods,
                                       max_attempts=o.max_auth_attempts, banner=o.banner)
         self.transport.send(m.ServiceAccept(SERVICE_USERAUTH).encode())
-        self.phase = Phase.AUTH
         return None
 
     def _on_auth(self, payload: bytes) -> ev.Event | None:
         if self.role is Role.SERVER:
-            if self.phase is Phase.OPEN:
+            if self.authenticated:
                 return None  # RFC 4252 §5.1: requests after success are ignored
             return self.server_auth.receive(payload)
         event = self.client_auth.receive(payload)
@@ -212,14 +229,111 @@ class Connection:
         return event
 
     def _enter_open(self) -> None:
-        self.phase = Phase.OPEN  # the transport itself starts delayed compression (T18)
+        # the table moved both parties to OPEN at USERAUTH_SUCCESS; the transport itself
+        # starts delayed compression (T18)
         self.transport.max_kex = None  # re-exchange as often as the rekey limits want (T8)
 
-    # ---- server auth answers (thin wrappers keeping phase in step) ----------------------------
+    # ---- transport facts -------------------------------------------------------------------
+    @property
+    def pending_output(self) -> int:
+        """Bytes produced and not yet collected, what a running key exchange holds included (T8)."""
+        return self.transport.pending_output
+
+    def check_rekey_timer(self) -> None:
+        """Call now and then (the I/O layer: every minute): a re-exchange once ``rekey_seconds`` passed."""
+        self.transport.check_rekey_timer()
+
+    @property
+    def negotiated(self):
+        """The algorithms of the last key exchange (:class:`~ssh_proto.transport.Negotiated`), or None."""
+        return self.transport.negotiated
+
+    @property
+    def peer_version(self) -> bytes | None:
+        return self.transport.peer_version
+
+    @property
+    def host_key(self):
+        """Client: the server's verified host key or certificate (after the handshake)."""
+        return self.transport.host_key
+
+    @property
+    def session_signature(self) -> bytes | None:
+        """Client: the server's signature over the first exchange hash (for session-bind@openssh.com)."""
+        return self.transport.session_signature
+
+    @property
+    def peer_extensions(self) -> dict[str, bytes]:
+        """What the peer's EXT_INFO messages said (RFC 8308), e.g. ``server-sig-algs``."""
+        return dict(self.transport.peer_ext_info)
+
+    # ---- client authentication (RFC 4252) ---------------------------------------------------
+    def _client_auth(self) -> ClientAuth:
+        if self.client_auth is None:
+            raise LocalError("authentication requests start after the handshake, on a client")
+        return self.client_auth
+
+    def auth_none(self) -> None:
+        self._client_auth().request_none()
+
+    def auth_publickey_data(self, key, algorithm: str) -> bytes:
+        """The bytes a publickey request for ``key`` under ``algorithm`` signs (RFC 4252 §7)."""
+        return self._client_auth().signed_data(key, algorithm)
+
+    def auth_publickey(self, key, algorithm: str, signature: bytes) -> None:
+        """Send a signed publickey request; ``signature`` is over :meth:`auth_publickey_data`."""
+        self._client_auth().request_publickey(key, algorithm, signature)
+
+    def auth_password(self, password: str) -> None:
+        self._client_auth().request_password(password)
+
+    def auth_kbdint(self, submethods: str = "") -> None:
+        self._client_auth().request_kbdint(submethods)
+
+    def auth_respond(self, responses) -> None:
+        """Answer the keyboard-interactive prompts of the last AuthInfoRequest."""
+        self._client_auth().respond(tuple(responses))
+
+    # ---- server authentication answers ----------------------------------------------------------
+    def _server_auth(self) -> ServerAuth:
+        if self.server_auth is None:
+            raise LocalError("no authentication is running on this connection")
+        return self.server_auth
+
+    @property
+    def auth_pending(self) -> bool:
+        """Server: an authentication event awaits the application's answer."""
+        return self.server_auth is not None and self.server_auth.decision_pending
+
+    @property
+    def auth_requests(self) -> int:
+        """Server: USERAUTH_REQUESTs received so far."""
+        return self.server_auth.requests if self.server_auth is not None else 0
+
     def auth_accept(self) -> None:
-        self.server_auth.accept()
+        """Let the user in: USERAUTH_SUCCESS (an AuthSucceeded event follows)."""
+        self._server_auth().accept()
         self._enter_open()
         self._events.append(ev.AuthSucceeded(self.server_auth.username))
+
+    def auth_reject(self) -> None:
+        self._server_auth().reject()
+
+    def auth_partial(self, methods: tuple[str, ...] | None = None) -> None:
+        """This method passed; ``methods`` (default: the offered ones) must still succeed."""
+        self._server_auth().partial(methods)
+
+    def auth_pk_ok(self) -> None:
+        """Answer a key query (AuthPublicKeyQuery): the client may sign with that key."""
+        self._server_auth().pk_ok()
+
+    def auth_challenge(self, name: str, instruction: str, prompts: tuple[tuple[str, bool], ...]) -> None:
+        """A keyboard-interactive round; the answers come as AuthKbdIntResponse."""
+        self._server_auth().challenge(name, instruction, prompts)
+
+    def auth_banner(self, message: str) -> None:
+        """Send USERAUTH_BANNER (RFC 4252 §5.4): text the client shows, any time before success."""
+        self._server_auth().send_banner(message)
 
     # ---- global requests (RFC 4254 §4) ---------------------------------------------------------
     def _on_global(self, payload: bytes) -> ev.Event | None:
@@ -256,7 +370,7 @@ class Connection:
                 entry[1], entry[2] = success, data
                 break
         else:
-            raise RuntimeError("unknown global request token")
+            raise LocalError("unknown global request token")
         self._flush_global_replies()
 
     def _flush_global_replies(self) -> None:
@@ -266,11 +380,58 @@ class Connection:
             self.transport.send(m.RequestSuccess(data).encode() if ok else m.RequestFailure().encode())
 
     def send_global_request(self, name: str, data: bytes = b"", want_reply: bool = True) -> None:
+        self.transport.send(m.GlobalRequest(name, want_reply, data).encode())
         if want_reply:
             self._global_requests_out += 1
-        self.transport.send(m.GlobalRequest(name, want_reply, data).encode())
 
     # ---- channels ---------------------------------------------------------------------------
+    def open_channel(self, channel_type: str, data: bytes = b"", *, window: int | None = None,
+                     max_packet: int | None = None) -> int:
+        """Send CHANNEL_OPEN; returns the channel's local id. The answer comes as
+        ChannelOpenConfirmed or ChannelOpenFailed; ChannelOpenError past our own limits (L4)."""
+        return self.channels.open(channel_type, data, window=window, max_packet=max_packet)
+
+    def accept_channel(self, channel_id: int, data: bytes = b"") -> None:
+        """Confirm a channel the peer opened (a ChannelOpenRequest)."""
+        self.channels.accept(channel_id, data)
+
+    def reject_channel(self, channel_id: int, reason: int, description: str = "") -> None:
+        """Refuse a channel the peer opened, with an RFC 4254 §5.1 reason code."""
+        self.channels.reject(channel_id, reason, description)
+
+    def send_capacity(self, channel_id: int) -> int:
+        """Bytes :meth:`send_data` would send now (the peer's window; 0 once we sent EOF or CLOSE)."""
+        return self.channels.send_capacity(channel_id)
+
+    def send_data(self, channel_id: int, data, data_type: int = 0) -> int:
+        """Send as much of ``data`` as the peer's window allows (``data_type`` 1: stderr);
+        returns the bytes sent. LocalError on a channel that is not open for sending."""
+        return self.channels.send_data(channel_id, data, data_type)
+
+    def send_eof(self, channel_id: int) -> None:
+        self.channels.send_eof(channel_id)
+
+    def close_channel(self, channel_id: int) -> None:
+        """Send CLOSE (once); a ChannelCloseReceived event follows the peer's."""
+        self.channels.close(channel_id)
+
+    def send_channel_request(self, channel_id: int, request_type: str, data: bytes = b"",
+                             want_reply: bool = False) -> None:
+        """A channel request; with ``want_reply`` the answer comes as ChannelRequestReplied."""
+        self.channels.send_request(channel_id, request_type, data, want_reply)
+
+    def reply_channel_request(self, channel_id: int, token: int, success: bool) -> None:
+        """Answer a ChannelRequestReceived (replies go out in arrival order, RFC 4254 §5.4)."""
+        self.channels.reply_request(channel_id, token, success)
+
+    def data_consumed(self, channel_id: int, n: int) -> None:
+        """The application took ``n`` bytes of the channel's data: its window may grow (T19)."""
+        self.channels.consumed(channel_id, n)
+
+    def grow_window(self, channel_id: int, target: int | None = None) -> int:
+        """Raise the window we advertise towards ``target`` (default: the full window, L4)."""
+        return self.channels.grow_window(channel_id, target)
+
     def _on_channel_open(self, payload: bytes) -> ev.Event | None:
         event = self.channels.receive(payload)
         if (isinstance(event, ev.ChannelOpenRequest) and event.channel_type == "session"

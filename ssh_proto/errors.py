@@ -1,8 +1,20 @@
 """Errors raised by ssh_proto.
 
-Every protocol violation raises :class:`ProtocolError` (or a subclass) carrying the
-SSH_MSG_DISCONNECT reason code (RFC 4253 §11.1) the connection should close with.
-Decoders raise nothing else on malformed input.
+Two kinds, kept apart as h11 keeps its RemoteProtocolError and LocalProtocolError:
+
+* :class:`ProtocolError` (or a subclass): the *peer* broke the protocol. It carries the
+  SSH_MSG_DISCONNECT reason code (RFC 4253 §11.1) the connection closes with; decoders
+  raise nothing else on malformed input.
+* :class:`LocalError`: *our* side used the API wrongly — sent on a channel that is not
+  open, answered an authentication decision that is not pending, sent a message the
+  table of :mod:`.state` does not allow us in the current phase, passed a window the
+  protocol cannot carry. It is never a ProtocolError, so the I/O layer never answers it
+  by disconnecting the peer with a "protocol error" that is ours; it is a bug in the
+  caller, raised to the caller.
+
+The key, certificate and cipher helpers (``keys``, ``certs``, ``ciphers``) raise
+:class:`ValueError` for a bad argument, as the standard library does; they are not the
+connection API.
 """
 from __future__ import annotations
 
@@ -47,6 +59,16 @@ class ProtocolError(SSHError):
         self.description = description
         if reason is not None:
             self.reason = DisconnectReason(reason)
+
+
+class LocalError(SSHError):
+    """This side called the API wrongly (a bug in the caller, not the peer's doing).
+
+    For example: sending data on a channel that is not open, replying to a request
+    token that does not exist, ``accept()`` with no authentication decision pending, or
+    sending a message number the table in :mod:`ssh_proto.state` does not allow us now
+    (docs/security.md T11 applies to our own sends too). Never a :class:`ProtocolError`.
+    """
 
 
 class MACError(ProtocolError):
@@ -108,11 +130,19 @@ class CertificateError(SSHError):
 
 class ChannelOpenError(SSHError):
     """A channel could not be opened (RFC 4254 §5.1): the peer refused it, or one of our own
-    limits did (resource shortage, docs/security.md L4)."""
+    limits did (resource shortage, docs/security.md L4).
 
-    def __init__(self, code: int, description: str = ""):
-        super().__init__(f"channel open failed ({code}): {description}")
-        self.code = code
+    ``reason`` is the RFC 4254 §5.1 reason code (``messages.OPEN_ADMINISTRATIVELY_PROHIBITED``,
+    ``OPEN_CONNECT_FAILED``, ``OPEN_UNKNOWN_CHANNEL_TYPE``, ``OPEN_RESOURCE_SHORTAGE``) and
+    ``description`` the peer's text. A server application refuses a channel with a reason
+    of its choosing by raising it from ``SSHServer.direct_tcpip`` or ``channel_open``::
+
+        raise ChannelOpenError(OPEN_ADMINISTRATIVELY_PROHIBITED, "unknown node 'db9'")
+    """
+
+    def __init__(self, reason: int, description: str = ""):
+        super().__init__(f"channel open failed ({reason}): {description}")
+        self.reason = reason
         self.description = description
 
 

@@ -151,7 +151,7 @@ class ChannelOpenConfirmed(Event):
 @_dc
 class ChannelOpenFailed(Event):
     channel_id: int
-    code: int
+    reason: int  # RFC 4254 §5.1 reason code
     description: str
 
 

@@ -324,7 +324,7 @@ class ChannelOpenConfirmation:
     """RFC 4254 §5.1."""
 
 
-@message(MSG_CHANNEL_OPEN_FAILURE, "recipient:u32", "code:u32", "description:text", "language:string")
+@message(MSG_CHANNEL_OPEN_FAILURE, "recipient:u32", "reason:u32", "description:text", "language:string")
 class ChannelOpenFailure:
     """RFC 4254 §5.1."""
 

@@ -2,10 +2,16 @@
 
 :class:`Transport` owns the version exchange, the binary packet streams in both directions,
 algorithm negotiation, key exchange and re-exchange, strict key exchange (OpenSSH
-PROTOCOL §1.9, rule T1), and EXT_INFO placement. It does no I/O: feed it bytes with
+PROTOCOL §1.9, rule T1), and EXT_INFO. It does no I/O: feed it bytes with
 :meth:`receive_data`, collect bytes to send with :meth:`data_to_send`, and pull the
 payloads meant for the layers above (service, user auth, connection) with
-:meth:`next_payload`. Message gating by phase uses the one table in :mod:`.state`.
+:meth:`next_payload`.
+
+It decides nothing about which message may come when: every packet it reads, every
+payload handed to :meth:`send` and every key-exchange message it writes is checked by
+:attr:`state`, a :class:`~ssh_proto.state.ConnectionState` (the one table of
+docs/security.md T11: phases, key-exchange steps and direction, NEWKEYS, EXT_INFO's
+place). The handlers below run only for what the table let through.
 
 Outgoing upper-layer payloads given to :meth:`send` while a key exchange is running are held
 until it completes (RFC 4253 §7.1: after KEXINIT only messages 1-49 may be sent).
@@ -29,10 +35,10 @@ from typing import Callable
 from . import kex as kexmod
 from . import messages as m
 from .ciphers import CIPHERS, DEFAULT_CIPHERS, DEFAULT_MACS, MACS, cipher_needs_mac
-from .errors import DisconnectError, DisconnectReason, HostKeyNotVerifiable, KeyExchangeError, ProtocolError
+from .errors import DisconnectError, DisconnectReason, HostKeyNotVerifiable, KeyExchangeError, LocalError, ProtocolError
 from .keys import DEFAULT_SIGNATURE_ALGORITHMS, Certificate, PrivateKey, PublicKey, algorithm_matches_key, parse_public_blob
 from .packets import PacketReader, PacketWriter
-from .state import Role, check_kex, is_known
+from .state import HANDLE, KEX_METHOD_MESSAGES, UNIMPLEMENTED, ConnectionState, Role
 
 SOFTWARE_VERSION = "Jumpgate_0.1"
 MAX_VERSION_LINE = 255          # RFC 4253 §4.2, CR LF included
@@ -110,7 +116,6 @@ class _KexState:
     theirs: bytes | None = None      # peer's KEXINIT payload
     negotiated: Negotiated | None = None
     method: object | None = None     # KexClient / KexServer
-    ignore_next: bool = False        # peer's wrong first_kex_packet_follows guess
     result: kexmod.KexResult | None = None
     sent_newkeys: bool = False
     got_newkeys: bool = False
@@ -141,9 +146,9 @@ class Transport:
         self._clock = clock
         self._rng = rng
         if role is Role.SERVER and not host_keys:
-            raise ValueError("a server needs at least one host key")
+            raise LocalError("a server needs at least one host key")
         if role is Role.CLIENT and verify_host_key is None:
-            raise ValueError("a client needs a verify_host_key policy (use accept_any_host_key to disable checks)")
+            raise LocalError("a client needs a verify_host_key policy (use accept_any_host_key to disable checks)")
         self.local_version = f"SSH-2.0-{version}".encode()
         self.peer_version: bytes | None = None
         self._inbuf = bytearray()  # only during the version exchange
@@ -166,7 +171,8 @@ class Transport:
         self._compression_started = False  # delayed compression began (after auth)
         self.peer_ext_info: dict[str, bytes] = {}
         self.peer_wants_ext_info = False
-        self._expect_ext_info = False
+        self.state = ConnectionState()
+        self._us, self._them = self.state.parties[role], self.state.parties[role.peer]
         self._keys_time = clock()
         self.closed = False
         self.kex_count = 0
@@ -220,7 +226,9 @@ class Transport:
     def send(self, payload: bytes) -> None:
         """Queue an upper-layer message (held while a key exchange is running)."""
         if self.closed:
-            raise ProtocolError("connection closed")
+            raise LocalError("the connection is closed")
+        if payload[0] not in self._us.queueable:
+            self.state.queue(self.role, payload[0])  # LocalError if off the table (T11)
         if self._kex is not None or self.peer_version is None:
             self._held.append(payload)
             if payload[0] not in _DATA_MESSAGES:
@@ -325,21 +333,15 @@ class Transport:
 
     def _dispatch(self, payload: bytes) -> None:
         msg_type = payload[0]
-        if self._kex is not None and self._kex.ignore_next and 30 <= msg_type <= 49:
-            self._kex.ignore_next = False
-            return
-        initial = not self._first_kex_done
-        if initial or (self._kex is not None and self._kex.theirs is not None and not self._kex.got_newkeys):
-            check_kex(msg_type, initial=initial, strict=self.strict_kex)
-        elif not is_known(msg_type):
-            self.send(m.Unimplemented(self._reader.seq_of_last).encode())
-            return
-        if msg_type != m.MSG_EXT_INFO:
-            self._expect_ext_info = False  # RFC 8308 §2.4: only as the very next packet
+        verdict = HANDLE if msg_type in self._them.accepted else self.state.receive(self.role.peer, msg_type)
+        if verdict is not HANDLE:
+            if verdict is UNIMPLEMENTED:
+                self.send(m.Unimplemented(self._reader.seq_of_last).encode())
+            return  # or a wrongly guessed kex packet, ignored (RFC 4253 §7)
         handler = _TRANSPORT_HANDLERS.get(msg_type)
         if handler is not None:
             handler(self, payload)
-        elif 30 <= msg_type <= 49:
+        elif msg_type in KEX_METHOD_MESSAGES:
             self._on_kex_message(payload)
         else:
             self._payloads.append(payload)
@@ -362,16 +364,9 @@ class Transport:
         m.Unimplemented.decode(payload)
 
     def _on_ext_info(self, payload: bytes) -> None:
-        if not self._expect_ext_info:
-            raise ProtocolError("EXT_INFO out of place")
-        self._expect_ext_info = False
+        """The table placed it (RFC 8308 §2.4, rule T9); a second one adds to the first."""
         msg = m.ExtInfo.decode(payload)
         self.peer_ext_info.update(dict(msg.extensions))
-
-    def allow_ext_info_before_auth_success(self) -> None:
-        """RFC 8308 §2.4: a server may send a second EXT_INFO just before USERAUTH_SUCCESS."""
-        if self.role is Role.CLIENT and self.peer_wants_ext_info:
-            self._expect_ext_info = True
 
     # ---- key exchange (RFC 4253 §7) ------------------------------------------------------
     def _make_kexinit(self) -> m.KexInit:
@@ -409,7 +404,8 @@ class Transport:
         self._emit_kex(ours)
 
     def _emit_kex(self, payload: bytes) -> None:
-        """Kex messages bypass the hold queue."""
+        """Kex messages (and our EXT_INFO) bypass the hold queue; the table still checks them."""
+        self.state.emit(self.role, payload[0])
         packet = self._writer.write(payload)
         self._out.append(packet)
         self._control_out += len(packet)
@@ -421,8 +417,6 @@ class Transport:
             raise ProtocolError("too many key exchanges before authentication")
         if self._kex is None:
             self._start_kex()
-        elif self._kex.theirs is not None:
-            raise ProtocolError("duplicate KEXINIT")
         kx = self._kex
         kx.theirs = payload
         first = not self._first_kex_done
@@ -434,7 +428,8 @@ class Transport:
         if msg.first_kex_packet_follows:
             guess_ok = (msg.kex_algorithms[:1] == (kx.negotiated.kex,) and
                         msg.server_host_key_algorithms[:1] == (kx.negotiated.host_key,))
-            kx.ignore_next = not guess_ok
+            if not guess_ok:
+                self.state.skip_guess(self.role.peer)
         method = kexmod.KEX_METHODS[kx.negotiated.kex]
         if self.role is Role.CLIENT:
             kx.method = method.client()
@@ -452,6 +447,9 @@ class Transport:
             # would disagree about resetting sequence numbers (OpenSSH kex.c).
             self.strict_kex = STRICT_KEX_CLIENT in msg.kex_algorithms and STRICT_KEX_SERVER in ours
             self.peer_wants_ext_info = EXT_INFO_CLIENT in msg.kex_algorithms
+        client, server = (ours, msg.kex_algorithms) if self.role is Role.CLIENT else (msg.kex_algorithms, ours)
+        self.state.negotiated(strict=self.strict_kex, client_ext_info=EXT_INFO_CLIENT in client,
+                              server_ext_info=EXT_INFO_SERVER in server)
         # T1a: under strict kex the peer's KEXINIT must have been its packet number 0
         # (sequence numbers are not reset before the first NEWKEYS, so any IGNORE or
         # DEBUG sent first shows here).
@@ -485,18 +483,14 @@ class Transport:
         return kexmod.ExchangeInputs(self.peer_version, self.local_version, kx.theirs, kx.ours)
 
     def _on_kex_message(self, payload: bytes) -> None:
+        """The method's message: the table let only the client's INIT to a server and the
+        server's REPLY to a client through, once per exchange, after the sender's KEXINIT."""
         kx = self._kex
-        if kx is None or kx.theirs is None or kx.method is None or kx.result is not None:
-            raise ProtocolError("unexpected key exchange message")
         if self.role is Role.CLIENT:
-            if payload[0] != m.MSG_KEX_REPLY:
-                raise ProtocolError("unexpected key exchange message")
             kx.result = kx.method.process_reply(payload, self._exchange_inputs())
             self._check_server_host_key(kx)
             self._send_newkeys()
         else:
-            if payload[0] != m.MSG_KEX_INIT:
-                raise ProtocolError("unexpected key exchange message")
             key, cert = self._pick_host_key(kx.negotiated.host_key)
             blob = (cert or key.public_key).blob
             sig_alg = _plain_signature_algorithm(kx.negotiated.host_key)
@@ -567,16 +561,12 @@ class Transport:
         return m.ExtInfo((("server-sig-algs", ",".join(SERVER_SIG_ALGS).encode()),)).encode()
 
     def _on_newkeys(self, payload: bytes) -> None:
+        """The table let it through only after the sender's method message, which we had
+        answered with our own NEWKEYS already: this completes the exchange."""
         m.NewKeys.decode(payload)
         kx = self._kex
-        if kx is None or kx.result is None or kx.got_newkeys:
-            raise ProtocolError("unexpected NEWKEYS")
-        if self.role is Role.SERVER and not kx.sent_newkeys:
-            raise ProtocolError("unexpected NEWKEYS")
         kx.got_newkeys = True
         self._install_keys(self._reader, kx.negotiated, outgoing=False)
-        if not self._first_kex_done:
-            self._expect_ext_info = True  # we offered ext-info-c/-s in our first KEXINIT
         self._maybe_finish_kex()
 
     def _derive(self, cipher: str, mac: str | None, letters: bytes) -> tuple[bytes, bytes, bytes | None]:

@@ -128,9 +128,14 @@ class RawClient:
         await self.read_events((ev.GlobalRequestReplied,), 1)
 
     def queue(self, payload: bytes, count: int = 1) -> None:
-        """Protect and queue ``payload`` (any message number) ``count`` times."""
+        """Protect and queue ``payload`` (any message number) ``count`` times.
+
+        Written straight to the packet writer, past our own core's table (which refuses to
+        send what is off it, docs/security.md T11): an attacker sends what it likes.
+        """
+        transport = self.core.transport
         for _ in range(count):
-            self.core.transport.send(payload)
+            transport._out.append(transport._writer.write(payload))
 
     async def send_queued(self) -> bool:
         """Put everything queued on the wire; blocks as long as the server does not read.

@@ -45,7 +45,7 @@ from typing import Any, Union
 
 import msgpack
 
-from ssh_proto.errors import ProtocolError
+from ..errors import ChannelProtocolError
 
 __all__ = [
     "MAX_FRAME", "VERSION", "SUBSYSTEM", "WATCH_SUBSYSTEM",
@@ -87,8 +87,9 @@ E_PROTOCOL = "protocol_error"
 E_UNAVAILABLE = "unavailable"
 
 
-class ApiProtocolError(ProtocolError):
-    """A frame or message broke the API protocol (the stream must be closed)."""
+class ApiProtocolError(ChannelProtocolError):
+    """A frame or message broke the API protocol (the stream must be closed, not the SSH
+    connection: this is not an ssh_proto.ProtocolError)."""
 
 
 class FrameTooLarge(ApiProtocolError):

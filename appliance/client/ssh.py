@@ -38,13 +38,14 @@ from pathlib import Path
 import trio
 
 import ssh_proto
-from ssh_proto.errors import (AuthError, ChannelError, ChannelOpenError, HostKeyNotVerifiable, KeyFormatError,
-                              ProtocolError, SSHError)
+from ssh_proto.errors import AuthError, ChannelError, ChannelOpenError, HostKeyNotVerifiable, KeyFormatError, SSHError
 from ssh_proto.keys import Certificate, PrivateKey, load_private_key, load_public_file
+from ssh_proto.messages import OPEN_ADMINISTRATIVELY_PROHIBITED
 from ssh_proto.known_hosts import MARKER_CERT_AUTHORITY, KnownHosts
 
 from ..addresses import NODE_PORT, PROXY_PORT, WEB_PORT, AddressError, parse_endpoint
 from ..api.protocol import MAX_FRAME, ApiProtocolError
+from ..errors import ChannelProtocolError
 from ..inventory import NodeRecord
 from ..timestamps import format_time
 from ..proxy.routing import NODES_SUBSYSTEM, decode_list_response, encode_list_request
@@ -64,8 +65,8 @@ class ConnectError(Exception):
     """Reaching the proxy or a node failed; ``str()`` is one line for the user."""
 
 
-class ScpProtocolError(ProtocolError):
-    """The remote scp broke the protocol (or ended it with a fatal error)."""
+class ScpProtocolError(ChannelProtocolError):
+    """The remote scp broke the protocol (or ended it with a fatal error); not an SSH error."""
 
 
 # ------------------------------------------------------------------------------ credentials
@@ -223,12 +224,16 @@ async def open_node_channel(proxy: ssh_proto.SSHClientConnection, node: str, por
         with trio.fail_after(CONNECT_TIMEOUT):
             return await proxy.open_direct_tcpip(node, port)
     except ChannelOpenError as exc:
-        reason = exc.description.removeprefix("connect failed: ") or "refused by the proxy"
-        if not reason.startswith("unknown node"):
-            reason = f"cannot reach node {node!r}: {reason}"
-        raise ConnectError(reason) from None
+        raise ConnectError(_node_refusal(node, exc)) from None
     except trio.TooSlowError:
         raise ConnectError(f"the proxy did not connect to node {node!r} within {CONNECT_TIMEOUT:g}s") from None
+
+
+def _node_refusal(node: str, exc: ChannelOpenError) -> str:
+    """The proxy's refusal as one line: by its RFC 4254 §5.1 reason, in the proxy's words."""
+    if exc.reason == OPEN_ADMINISTRATIVELY_PROHIBITED and exc.description:
+        return exc.description  # the proxy will not route there ("unknown node 'x' in cluster 'y'")
+    return f"cannot reach node {node!r}: {exc.description or 'refused by the proxy'}"
 
 
 @contextlib.asynccontextmanager

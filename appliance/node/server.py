@@ -7,7 +7,9 @@ RFC 4254 connection protocol):
   CAs (:attr:`NodeIdentity.user_cas`), validated with
   :func:`ssh_proto.certs.validate_user_certificate` for principal = the requested login and
   source address = the peer (docs/security.md C5-C14). Plain keys, passwords and
-  keyboard-interactive are refused. The login must be an existing OS account; a node not
+  keyboard-interactive are refused and not offered; a refused certificate gets a banner
+  saying why in words its holder can act on (:mod:`appliance.login_hints`), never a word
+  about the host's accounts. The login must be an existing OS account; a node not
   running as root accepts only its own account. The certificate's permissions become the
   connection's :class:`ssh_proto.SessionPolicy` (docs/security.md C14: pty, port and agent forwarding,
   force-command).
@@ -54,6 +56,7 @@ from ssh_proto.errors import AgentError, CertificateError
 from ssh_proto.keys import Certificate, PrivateKey, PublicKey
 from ssh_proto.trio_io.agent import forward_agent_to_unix_socket
 
+from .. import login_hints
 from ..addresses import NODE_PORT
 from ..auth.ca import generation_of
 from ..cluster_view import ClusterView
@@ -121,6 +124,7 @@ class NodeServer(ssh_proto.SSHServer):
         self._allow_users = frozenset(allow_users) if allow_users is not None else None
         self._login: _Login | None = None
         self._refused: set[tuple[str, bytes]] = set()   # audit each refused (login, key) once
+        self._hints: set[str] = set()                    # banners sent on this connection
         self._agent_sock: str | None = None
         self._agent_lock = trio.Lock()
         self.conn: ssh_proto.SSHServerConnection | None = None
@@ -176,15 +180,18 @@ class NodeServer(ssh_proto.SSHServer):
             # Not audited: clients routinely offer their plain keys before the certificate.
             log.info("refused a plain key for %s from %s: a user certificate is required", username,
                      self.endpoints.remote_ip)
+            self._hint(login_hints.PLAIN_KEY, unless_hinted=True)
             return None
         try:
             perms = validate_user_certificate(key, principal=username, trusted_cas=self.identity.user_cas,
                                               source_address=self.endpoints.remote_ip)
         except CertificateError as exc:
+            self._hint(login_hints.certificate_hint(key, trusted_cas=self.identity.user_cas, login=username))
             await self._refuse(username, key, str(exc))
             return None
         user, generation = _user_of(perms.key_id), generation_of(key)
         if self._view is not None and self._view.revoked(user, generation):
+            self._hint(login_hints.REVOKED)
             await self._refuse(username, key, f"the certificate was revoked ({user} was deleted or reset)")
             return None
         reason, account = await self._check_account(username)
@@ -193,6 +200,15 @@ class NodeServer(ssh_proto.SSHServer):
             return None
         return _Login(user, perms.key_id, perms.serial, account, ssh_proto.policy_from_certificate(perms),
                       generation)
+
+    def _hint(self, text: str | None, *, unless_hinted: bool = False) -> None:
+        """Tell the user why, in a banner (appliance.login_hints; once per text and connection)."""
+        conn = self.conn
+        if text is None or text in self._hints or (unless_hinted and self._hints) or conn is None:
+            return
+        self._hints.add(text)
+        if not conn.closed.is_set():
+            conn.send_banner(text + "\r\n")
 
     async def _check_account(self, username: str) -> tuple[str, proc.LoginAccount | None]:
         if self._allow_users is not None and username not in self._allow_users:

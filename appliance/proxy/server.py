@@ -11,12 +11,15 @@ relays ``direct-tcpip`` channels (RFC 4254 §7.2) to *registered* nodes only:
   user named by its key id ``user:<name>`` (``ssh -J alice@proxy``, what ``jumpgate ssh``
   sends). Which OS account is used on the node is decided later, by the node, from the
   username of the inner connection; the proxy only needs to know who is knocking.
-  Plain keys, passwords and keyboard-interactive are refused.
+  Plain keys, passwords and keyboard-interactive are refused and only ``publickey`` is
+  offered; a refused certificate gets a banner saying why (:mod:`appliance.login_hints`).
 * **Forwarding**: ``direct-tcpip`` to a node name, ``name.CLUSTER`` or a registered node
   address (rules in :mod:`appliance.proxy.routing`); the connection goes to the node's
-  registered address, never to an address the client chose. An unknown target fails the
-  channel open with "unknown node ..." (an OSError whose text ssh_proto puts in the
-  CHANNEL_OPEN_FAILURE description). A certificate without ``permit-port-forwarding``
+  registered address, never to an address the client chose. A refusal is a
+  :class:`ssh_proto.ChannelOpenError`, whose RFC 4254 §5.1 reason and words reach the client
+  as they are: an unknown target is ADMINISTRATIVELY_PROHIBITED ("unknown node ..."), a
+  node that cannot be reached (or a directory that cannot be asked) CONNECT_FAILED. A
+  certificate without ``permit-port-forwarding``
   may still jump: reaching a node through the proxy is not port forwarding for the user,
   and the node enforces the certificate's permissions on what happens there.
   To a Jumpgate node (kind ``node``, not an agentless OpenSSH one) the proxy first sends its
@@ -43,7 +46,6 @@ a renewed host certificate is served without restarting the listener.
 """
 from __future__ import annotations
 
-import errno
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -55,16 +57,18 @@ import ssh_proto
 from ssh_proto.certs import CertPermissions, validate_user_certificate
 from ssh_proto.errors import CertificateError
 from ssh_proto.keys import Certificate, PrivateKey, PublicKey
+from ssh_proto.messages import OPEN_ADMINISTRATIVELY_PROHIBITED, OPEN_CONNECT_FAILED
 
 from ..addresses import PROXY_PORT
 from ..api.protocol import E_INTERNAL, ApiProtocolError, FrameDecoder, parse_request
+from .. import login_hints
 from ..auth.ca import generation_of
 from ..cluster_view import ClusterView
 from ..limits import PROXY_OPTIONS, PROXY_PROFILE
 from ..relay import relay_line
 from . import routing
 
-__all__ = ["PROXY_PORT", "NodeUnreachable", "ProxyIdentity", "ProxyServer", "proxy_server_factory", "serve_proxy"]
+__all__ = ["PROXY_PORT", "ProxyIdentity", "ProxyServer", "proxy_server_factory", "serve_proxy"]
 
 log = logging.getLogger("jumpgate.proxy")
 
@@ -90,17 +94,6 @@ class ProxyIdentity:
 
     host_key: PrivateKey
     host_cert: Certificate | None
-
-
-class NodeUnreachable(OSError):
-    """A direct-tcpip target the proxy will not or cannot connect to.
-
-    ssh_proto answers a channel open whose handler raised OSError with
-    OPEN_CONNECT_FAILED and "connect failed: <strerror>", so this text reaches the client.
-    """
-
-    def __init__(self, message: str):
-        super().__init__(errno.EHOSTUNREACH, message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +147,7 @@ class ProxyServer(ssh_proto.SSHServer):
         self.login: str = ""              # the SSH username given at the proxy
         self.peer_address: tuple | None = None  # (ip, port) of the client
         self._refused: set[tuple[str, bytes]] = set()
+        self._hints: set[str] = set()     # banners sent on this connection
         self._generation = 0
         self._unregister: Callable[[], None] | None = None
 
@@ -202,6 +196,7 @@ class ProxyServer(ssh_proto.SSHServer):
     async def _check_key(self, username: str, key) -> CertPermissions | None:
         """The certificate's permissions when ``key`` admits ``username`` here, else None."""
         if not isinstance(key, Certificate):
+            self._hint(login_hints.PLAIN_KEY, unless_hinted=True)
             return await self._refuse(username, key, "a user certificate is required at the proxy")
         # Validate against the username when it is a login, else against any listed
         # login: the certificate's own rules (CA, validity, type, source) must hold anyway.
@@ -210,14 +205,26 @@ class ProxyServer(ssh_proto.SSHServer):
             perms = validate_user_certificate(key, principal=principal, trusted_cas=self.config.user_cas,
                                               source_address=self.peer_ip)
         except CertificateError as exc:
+            self._hint(login_hints.certificate_hint(key, trusted_cas=self.config.user_cas))
             return await self._refuse(username, key, str(exc))
         if username not in key.principals and username != _user_of(key):
+            self._hint(login_hints.proxy_name_hint(username, key))
             return await self._refuse(username, key, f"{username!r} is neither a login of the certificate "
                                                      "nor its user")
         user = _user_of(key)
         if self.config.view is not None and user is not None and self.config.view.revoked(user, generation_of(key)):
+            self._hint(login_hints.REVOKED)
             return await self._refuse(username, key, f"the certificate was revoked ({user} was deleted or reset)")
         return perms
+
+    def _hint(self, text: str | None, *, unless_hinted: bool = False) -> None:
+        """Tell the user why, in a banner (appliance.login_hints; once per text and connection)."""
+        conn = getattr(self, "conn", None)
+        if text is None or text in self._hints or (unless_hinted and self._hints) or conn is None:
+            return
+        self._hints.add(text)
+        if not conn.closed.is_set():
+            conn.send_banner(text + "\r\n")
 
     async def _refuse(self, username: str, key, reason: str) -> None:
         log.info("proxy: refused %s as %s from %s: %s", getattr(key, "key_id", "key"), username, self.peer_ip,
@@ -238,10 +245,11 @@ class ProxyServer(ssh_proto.SSHServer):
         except Exception as exc:  # the directory's backend (auth API) failed: refuse this channel only
             log.warning("proxy: node directory unavailable: %r", exc)
             await self._emit("port", False, target=f"{host}:{port}", reason="node directory unavailable")
-            raise NodeUnreachable("the node directory is unavailable; try again") from None
+            raise ssh_proto.ChannelOpenError(OPEN_CONNECT_FAILED, "the node directory is unavailable; try again") from None
         if node is None:
             await self._emit("port", False, target=f"{host}:{port}", reason="unknown node")
-            raise NodeUnreachable(f"unknown node {host!r} in cluster {self.config.cluster!r}")
+            raise ssh_proto.ChannelOpenError(OPEN_ADMINISTRATIVELY_PROHIBITED,
+                                             f"unknown node {host!r} in cluster {self.config.cluster!r}")
         endpoint = node.endpoint
         addr = f"{endpoint[0]}:{endpoint[1]}"
         try:
@@ -252,7 +260,7 @@ class ProxyServer(ssh_proto.SSHServer):
             reason = (f"no answer within {CONNECT_TIMEOUT:g}s" if isinstance(exc, trio.TooSlowError)
                       else getattr(exc, "strerror", None) or "the connection broke")
             await self._emit("port", False, target=f"{host}:{port}", node=target, addr=addr, reason=reason)
-            raise NodeUnreachable(f"node {host!r} at {addr} is unreachable: {reason}") from None
+            raise ssh_proto.ChannelOpenError(OPEN_CONNECT_FAILED, f"node {host!r} at {addr} is unreachable: {reason}") from None
         await self._emit("port", True, target=f"{host}:{port}", node=target, addr=addr,
                          origin=f"{orig_host}:{orig_port}")
         return self._tracked(stream, node.name)

@@ -113,7 +113,7 @@ class SSHChannel(trio.abc.HalfCloseableStream):
         if self.request_handler is not None:
             ok = await self.request_handler(event)
         if event.want_reply:
-            self.conn.core.channels.reply_request(self.channel_id, event.token, bool(ok))
+            self.conn.core.reply_channel_request(self.channel_id, event.token, bool(ok))
             self.conn._kick()
 
     def _on_request_reply(self, success: bool) -> None:
@@ -121,7 +121,7 @@ class SSHChannel(trio.abc.HalfCloseableStream):
             self._replies.popleft().send_nowait(success)
 
     def _consumed(self, n: int) -> None:
-        self.conn.core.channels.consumed(self.channel_id, n)
+        self.conn.core.data_consumed(self.channel_id, n)
         self.conn._kick()
 
     # ---- receiving ----------------------------------------------------------------------------
@@ -156,14 +156,14 @@ class SSHChannel(trio.abc.HalfCloseableStream):
         """Send all of ``data`` as the peer's window allows."""
         async with self._send_lock:
             mv = memoryview(data)
-            channels = self.conn.core.channels
+            core = self.conn.core
             while mv:
                 self._check_sendable()
-                if channels.send_capacity(self.channel_id) == 0:
+                if core.send_capacity(self.channel_id) == 0:
                     self._window = trio.Event()
                     await self._window.wait()
                     continue
-                n = channels.send_data(self.channel_id, mv, data_type)
+                n = core.send_data(self.channel_id, mv, data_type)
                 mv = mv[n:]
                 await self.conn.flush()
 
@@ -179,7 +179,7 @@ class SSHChannel(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("EOF already sent")
 
     async def wait_send_all_might_not_block(self) -> None:
-        while self.conn.core.channels.send_capacity(self.channel_id) == 0 and not self.closed.is_set():
+        while self.conn.core.send_capacity(self.channel_id) == 0 and not self.closed.is_set():
             self._window = trio.Event()
             await self._window.wait()
 
@@ -188,13 +188,13 @@ class SSHChannel(trio.abc.HalfCloseableStream):
             if self._eof_sent or self.closed.is_set():
                 return
             self._eof_sent = True
-            self.conn.core.channels.send_eof(self.channel_id)
+            self.conn.core.send_eof(self.channel_id)
             await self.conn.flush()
 
     async def aclose(self) -> None:
         """Close the channel (sends CLOSE; the peer's CLOSE completes it)."""
         if not self.conn.closed.is_set():
-            self.conn.core.channels.close(self.channel_id)
+            self.conn.core.close_channel(self.channel_id)
             self.conn._kick()
         self._eof_sent = True
         await trio.lowlevel.checkpoint()
@@ -208,12 +208,12 @@ class SSHChannel(trio.abc.HalfCloseableStream):
         if self.closed.is_set():
             raise ChannelError("channel closed")
         if not want_reply:
-            self.conn.core.channels.send_request(self.channel_id, request_type, data, False)
+            self.conn.core.send_channel_request(self.channel_id, request_type, data, False)
             await self.conn.flush()
             return True
         send, recv = trio.open_memory_channel(1)
         self._replies.append(send)
-        self.conn.core.channels.send_request(self.channel_id, request_type, data, True)
+        self.conn.core.send_channel_request(self.channel_id, request_type, data, True)
         await self.conn.flush()
         try:
             return await recv.receive()

@@ -3,10 +3,10 @@
 ``connect`` opens a TCP stream (or takes one), runs the handshake with the host-key policy
 (known_hosts by default, with ``@cert-authority`` support; ``known_hosts=None`` disables
 checking), authenticates, and yields a connection whose tasks live in a nursery that the
-``async with`` block owns. Authentication tries, in order: public keys (certificate first
-when a key has one; agent keys too), then keyboard-interactive and password when the
-caller gave a password or a prompt handler. Partial success moves on to the methods the
-server still asks for (e.g. certificate, then a one-time code).
+``async with`` block owns. What authentication tries, in which order and with which
+signature algorithm, is :class:`ssh_proto.auth_plan.AuthPlan`'s decision (sans-IO); this
+module carries it out: it signs (an agent's signature is awaited), asks the
+keyboard-interactive handler, and feeds the plan the server's answers.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import trio
 
 from .. import events as ev
 from .. import messages as m
+from ..auth_plan import AuthPlan, GiveUp, TryKbdInt, TryPassword, TryPublicKey, kbdint_answers
 from ..connection import Connection, ConnectionOptions
-from ..auth import SERVICE_CONNECTION, signed_data
 from ..errors import AgentError, AuthError
 from ..keys import Certificate, PrivateKey, PublicKey, load_identity
 from ..known_hosts import KnownHosts
@@ -164,99 +164,92 @@ class SSHClientConnection(SSHConnection):
 
     async def _on_channel_open(self, event: ev.ChannelOpenRequest) -> None:
         from .forwarding import accept_agent_channel, accept_forwarded_tcpip
-        channels = self.core.channels
         if event.channel_type == "forwarded-tcpip":
             await accept_forwarded_tcpip(self, event)
         elif event.channel_type == "auth-agent@openssh.com" and self._agent_forwarding_requested and self.agent:
             await accept_agent_channel(self, event)
         else:
             # rule T21: refuse what we never asked for (x11, agent without request, ...)
-            channels.reject(event.channel_id, m.OPEN_ADMINISTRATIVELY_PROHIBITED, "not requested")
+            self.core.reject_channel(event.channel_id, m.OPEN_ADMINISTRATIVELY_PROHIBITED, "not requested")
         self._kick()
 
 
 async def _authenticate(conn: SSHClientConnection, identities: list[Identity], password: str | None,
                         kbdint_handler: KbdIntHandler | None) -> None:
-    auth = conn.core.client_auth
-    events = conn.auth_events
-
-    async def answer() -> ev.Event:
-        await conn.flush()
-        while True:
-            try:
-                event = await events.receive()
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                raise conn._lost_error() from None
-            if not isinstance(event, (ev.AuthBanner, ev.ServiceAccepted)):
-                return event
-
-    if identities or password is not None or kbdint_handler is not None:
-        # Start with what we have instead of a "none" probe: the first failure tells us
-        # the server's methods anyway, and the connection is one round trip faster.
-        result: ev.Event = ev.AuthResult(False, ("publickey", "keyboard-interactive", "password"))
-    else:
-        auth.request_none()
-        result = await answer()
-    tried_password = tried_kbdint = False
-    pending = list(identities)
-    while not result.success:
-        methods = set(result.methods)
-        if "publickey" in methods and pending:
-            ident = pending.pop(0)
-            alg = ident.algorithms[0]
-            server_algs = conn.core.transport.peer_ext_info.get("server-sig-algs")
-            if server_algs is not None and ident.public.key_type in ("ssh-rsa", "ssh-rsa-cert-v01@openssh.com"):
-                offered = server_algs.decode().split(",")
-                for a in ident.algorithms:
-                    if a.removesuffix("-cert-v01@openssh.com") in offered:
-                        alg = a
-                        break
-            # Sign here, so that an agent's asynchronous sign can be awaited (then hand over the blob).
-            data = signed_data(conn.session_id, auth.username, SERVICE_CONNECTION, alg, ident.public.blob)
-            try:
-                signature = ident.sign(data, alg.removesuffix("-cert-v01@openssh.com"))
-                if inspect.isawaitable(signature):
-                    signature = await signature
-            except AgentError:
-                continue  # the agent refused this key: try the next one
-            auth.request_publickey(ident.public, alg, lambda _data, _alg, blob=signature: blob)
-        elif "password" in methods and password is not None and not tried_password and kbdint_handler is None:
-            tried_password = True
-            auth.request_password(password)
-        elif "keyboard-interactive" in methods and not tried_kbdint and (kbdint_handler or password is not None):
-            tried_kbdint = True
-            auth.request_kbdint()
-            result = await answer()
-            while isinstance(result, ev.AuthInfoRequest):
-                answers = await _kbdint_answers(result, kbdint_handler, password)
-                auth.respond(tuple(answers))
-                result = await answer()
-            if not result.success and result.partial:
-                tried_kbdint = False  # a later round may ask again
-            continue
-        elif "password" in methods and password is not None and not tried_password:
-            tried_password = True
-            auth.request_password(password)
+    """Carry out what :class:`~ssh_proto.auth_plan.AuthPlan` decides, until success or AuthError."""
+    core = conn.core
+    plan = AuthPlan([ident.public for ident in identities], password=password is not None,
+                    kbdint_handler=kbdint_handler is not None)
+    last: ev.AuthResult | None = None
+    attempt = plan.next(None)
+    while not isinstance(attempt, GiveUp):
+        if isinstance(attempt, TryPublicKey):
+            ident = identities[attempt.index]
+            signature = await _sign(ident, core.auth_publickey_data(ident.public, attempt.algorithm), attempt.algorithm)
+            if signature is None:  # the agent refused this key: the next one, on the same answer
+                attempt = _next_attempt(plan, last, core)
+                continue
+            core.auth_publickey(ident.public, attempt.algorithm, signature)
+        elif isinstance(attempt, TryPassword):
+            core.auth_password(password)
+        elif isinstance(attempt, TryKbdInt):
+            core.auth_kbdint()
         else:
-            raise AuthError(f"authentication failed (server offers: {', '.join(result.methods) or 'nothing'})")
-        result = await answer()
-        if not isinstance(result, ev.AuthResult):
+            core.auth_none()
+        last = await _auth_answer(conn, kbdint_handler, password)
+        if last.success:
+            return
+        attempt = _next_attempt(plan, last, core)
+    raise AuthError(f"authentication failed (server offers: {', '.join(attempt.methods) or 'nothing'})")
+
+
+def _next_attempt(plan: AuthPlan, last: ev.AuthResult | None, core: Connection):
+    if last is None:
+        return plan.next(None)
+    return plan.next(last.methods, partial=last.partial, server_sig_algs=core.peer_extensions.get("server-sig-algs"))
+
+
+async def _sign(ident: Identity, data: bytes, algorithm: str) -> bytes | None:
+    """Sign here, so that an agent's asynchronous sign can be awaited; None if it refuses."""
+    try:
+        signature = ident.sign(data, algorithm.removesuffix("-cert-v01@openssh.com"))
+        if inspect.isawaitable(signature):
+            signature = await signature
+    except AgentError:
+        return None
+    return signature
+
+
+async def _auth_answer(conn: SSHClientConnection, kbdint_handler: KbdIntHandler | None,
+                       password: str | None) -> ev.AuthResult:
+    """The server's answer to our request, keyboard-interactive rounds answered on the way."""
+    while True:
+        event = await _next_auth_event(conn)
+        if isinstance(event, ev.AuthResult):
+            return event
+        if not isinstance(event, ev.AuthInfoRequest):
             raise AuthError("unexpected authentication reply")
+        conn.core.auth_respond(await _kbdint_answers(event, kbdint_handler, password))
+
+
+async def _next_auth_event(conn: SSHClientConnection) -> ev.Event:
+    await conn.flush()
+    while True:
+        try:
+            event = await conn.auth_events.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise conn._lost_error() from None
+        if not isinstance(event, (ev.AuthBanner, ev.ServiceAccepted)):
+            return event
 
 
 async def _kbdint_answers(req: ev.AuthInfoRequest, handler: KbdIntHandler | None, password: str | None) -> Sequence[str]:
-    if not req.prompts:
-        return ()
-    if handler is not None:
-        answers = list(await handler(req.name, req.instruction, req.prompts))
-        if len(answers) != len(req.prompts):
-            raise AuthError("keyboard-interactive handler returned the wrong number of answers")
-        return answers
-    if len(req.prompts) == 1 and password is not None and "password" in req.prompts[0][0].lower():
-        return [password]
-    # A prompt we cannot answer: send empty answers so the server fails this round
-    # and the next method can be tried.
-    return [""] * len(req.prompts)
+    if handler is None or not req.prompts:
+        return kbdint_answers(req.prompts, password)
+    answers = list(await handler(req.name, req.instruction, req.prompts))
+    if len(answers) != len(req.prompts):
+        raise AuthError("keyboard-interactive handler returned the wrong number of answers")
+    return answers
 
 
 @contextlib.asynccontextmanager
@@ -311,11 +304,11 @@ async def _bind_agent_session(agent, conn: SSHClientConnection) -> None:
     """Bind the agent to this session before it signs for us (session-bind@openssh.com),
     so an agent that enforces bindings can refuse signatures for other hosts. Agents
     that do not know the extension refuse it; OpenSSH carries on then, and so do we."""
-    transport = conn.core.transport
+    core = conn.core
     bind = getattr(agent, "bind_session", None)
-    if bind is None or transport.session_signature is None:
+    if bind is None or core.session_signature is None:
         return
     try:
-        await bind(transport.host_key, conn.session_id, transport.session_signature, is_forwarding=False)
+        await bind(core.host_key, conn.session_id, core.session_signature, is_forwarding=False)
     except AgentError:
         pass

@@ -99,7 +99,7 @@ class SSHConnection:
             await self._drained.wait()
 
     def _queued_bytes(self) -> int:
-        return self._queued + self.core.transport.pending_output
+        return self._queued + self.core.pending_output
 
     async def _writer(self) -> None:
         self._writer_running = True
@@ -158,7 +158,7 @@ class SSHConnection:
     async def _timers(self) -> None:
         while True:
             await trio.sleep(KEEPALIVE_CHECK)
-            self.core.transport.check_rekey_timer()
+            self.core.check_rekey_timer()
             self._kick()
 
     async def _finish(self, error: BaseException | None) -> None:
@@ -260,7 +260,7 @@ class SSHConnection:
             if ch is not None:
                 await ch._on_request(event)
             elif event.want_reply:
-                self.core.channels.reply_request(event.channel_id, event.token, False)
+                self.core.reply_channel_request(event.channel_id, event.token, False)
             return
         if t is ev.ChannelRequestReplied:
             ch = self._channels.get(event.channel_id)
@@ -277,7 +277,7 @@ class SSHConnection:
                 # the opener gave up (cancelled): close what the peer just opened for it
                 if t is ev.ChannelOpenConfirmed:
                     self._channels.pop(event.channel_id, None)
-                    self.core.channels.close(event.channel_id)
+                    self.core.close_channel(event.channel_id)
             return
         if t is ev.ChannelOpenRefused:
             self._log_refusal(f"{event.channel_type} channel refused: {event.description}")
@@ -307,7 +307,7 @@ class SSHConnection:
                            max_packet: int | None = None, channel_factory=SSHChannel) -> SSHChannel:
         """Open a channel of any type; raises ChannelOpenError if the peer refuses."""
         self._check_open()
-        local_id = self.core.channels.open(channel_type, data, window=window, max_packet=max_packet)
+        local_id = self.core.open_channel(channel_type, data, window=window, max_packet=max_packet)
         # Registered before the confirmation arrives: the peer may send data right behind it,
         # in the same read, and the reader dispatches that before this task runs again.
         channel = channel_factory(self, local_id, channel_type)
@@ -321,7 +321,7 @@ class SSHConnection:
             except trio.EndOfChannel:
                 raise self._lost_error() from None
             if isinstance(event, ev.ChannelOpenFailed):
-                raise ChannelOpenError(event.code, event.description)
+                raise ChannelOpenError(event.reason, event.description)
         except BaseException:
             self._channels.pop(local_id, None)
             recv.close()  # a late confirmation then closes the channel (see _dispatch)
@@ -360,11 +360,11 @@ class SSHConnection:
 
     @property
     def negotiated(self):
-        return self.core.transport.negotiated
+        return self.core.negotiated
 
     @property
     def peer_version(self) -> str:
-        v = self.core.transport.peer_version
+        v = self.core.peer_version
         return v.decode("ascii", "replace") if v else ""
 
 

@@ -128,21 +128,21 @@ async def request_remote_forward(conn: "SSHClientConnection", listen_host: str, 
 
 
 async def accept_forwarded_tcpip(conn: "SSHClientConnection", event: ev.ChannelOpenRequest) -> None:
-    channels = conn.core.channels
+    core = conn.core
     req = m.DirectTcpip.decode(event.data)
     dest = conn._remote_forwards.get((req.host, req.port))
     if dest is None:
         # rule T21: "server requests forwarding for unknown listen_port"
-        channels.reject(event.channel_id, m.OPEN_ADMINISTRATIVELY_PROHIBITED, "unknown listen port")
+        core.reject_channel(event.channel_id, m.OPEN_ADMINISTRATIVELY_PROHIBITED, "unknown listen port")
         return
     try:
         stream = await trio.open_tcp_stream(*dest)
     except OSError as exc:
-        channels.reject(event.channel_id, m.OPEN_CONNECT_FAILED, f"connect failed: {exc.strerror or exc}")
+        core.reject_channel(event.channel_id, m.OPEN_CONNECT_FAILED, f"connect failed: {exc.strerror or exc}")
         return
     channel = SSHChannel(conn, event.channel_id, "forwarded-tcpip")
     conn.register_channel(channel)
-    channels.accept(event.channel_id)
+    core.accept_channel(event.channel_id)
     conn.nursery.start_soon(relay, channel, stream)
 
 
@@ -151,7 +151,7 @@ async def accept_agent_channel(conn: "SSHClientConnection", event: ev.ChannelOpe
     m.Empty.decode(event.data)
     channel = SSHChannel(conn, event.channel_id, event.channel_type)
     conn.register_channel(channel)
-    conn.core.channels.accept(event.channel_id)
+    conn.core.accept_channel(event.channel_id)
     conn.nursery.start_soon(conn.agent.serve_channel, channel)
 
 

@@ -3,7 +3,9 @@
 One :class:`SSHServer` instance serves one connection (``server_factory()`` makes it).
 Its ``auth_*`` methods decide authentication — return ``True``/:class:`Accept` to let the
 user in, :class:`Partial` to require another method as well (certificate *and then* a
-one-time code), ``False`` to refuse, or a :class:`Challenge` for keyboard-interactive.
+one-time code), ``False`` to refuse, or a :class:`Challenge` for keyboard-interactive. The
+methods offered are the ones it implements, and a key query's default answer is
+side-effect free (see :class:`SSHServer`).
 After authentication, ``session`` runs each shell/exec/subsystem, ``direct_tcpip`` and
 ``tcpip_forward`` decide port forwarding, and ``channel_open`` / ``global_request`` take
 application-defined types. Anything not overridden is refused.
@@ -34,7 +36,7 @@ from .. import events as ev
 from .. import messages as m
 from ..certs import CertPermissions
 from ..connection import Connection, ConnectionOptions
-from ..errors import DisconnectReason, LimitExceeded, ProtocolError, SSHError
+from ..errors import ChannelOpenError, DisconnectReason, LimitExceeded, ProtocolError, SSHError
 from ..keys import Certificate, PrivateKey, PublicKey
 from ..limits import Admission, ListenerProfile, Outcome, Startup
 from ..preamble import PreambleError
@@ -43,7 +45,8 @@ from .accept import accept_loop
 from .channel import SSHChannel
 from .connection import SSHConnection
 from .preamble import PreambleStream, RelayPreamble
-from .session import ServerSession, SessionPolicy
+from ..session_rules import SessionPolicy
+from .session import ServerSession
 
 log = logging.getLogger("ssh_proto.server")
 
@@ -99,7 +102,43 @@ def merge_policies(a: SessionPolicy | None, b: SessionPolicy | None) -> SessionP
 
 
 class SSHServer:
-    """Base class for a server application; override what you support."""
+    """Base class for a server application; override what you support.
+
+    **Which methods are offered.** Unless ``ConnectionOptions.auth_methods`` names them,
+    the server offers exactly the methods this class implements (docs/security.md T12b):
+    ``publickey`` when it overrides :meth:`auth_publickey`, ``password`` for
+    :meth:`auth_password`, ``keyboard-interactive`` for :meth:`auth_kbdint`. A client is then
+    never asked for a password that cannot succeed, and OpenSSH says at once
+    ``Permission denied (publickey)``. (``none`` is never listed; :meth:`auth_none` decides it.)
+
+    **Key queries.** Clients ask whether a key would do before they sign with it (OpenSSH
+    and asyncssh both do). :meth:`auth_publickey_acceptable` answers such a query — with no
+    signature yet, so it must not log anyone in, audit a login or change any state. Its
+    default is side-effect free and optimistic (docs/security.md T12a): yes whenever
+    :meth:`auth_publickey` is implemented, so the client signs and the real decision is
+    :meth:`auth_publickey`'s, made once, on a key whose signature has been verified. A server
+    that knows its keys answers the query exactly with a rule of its own that has no side
+    effects, and keeps its side effects for :meth:`auth_publickey`::
+
+        class KeyServer(ssh_proto.SSHServer):
+            def __init__(self, authorized: dict[str, set[bytes]]):
+                self.authorized = authorized
+
+            def _allowed(self, username, key) -> bool:   # pure: safe for a query
+                return key.blob in self.authorized.get(username, ())
+
+            async def auth_publickey_acceptable(self, username, key):
+                return self._allowed(username, key)       # PK_OK or FAILURE, nothing else
+
+            async def auth_publickey(self, username, key):  # the key has signed
+                if not self._allowed(username, key):
+                    return False
+                audit.info("login %s %s", username, key.fingerprint())
+                return True
+
+    An exact answer spares a client with many keys (or an agent that asks its user before
+    each signature) the signatures that would fail anyway.
+    """
 
     conn: "SSHServerConnection"
     #: Like sshd's GatewayPorts: False binds remote forwards to loopback whatever address
@@ -117,11 +156,19 @@ class SSHServer:
         return False
 
     async def auth_publickey_acceptable(self, username: str, key: PublicKey | Certificate) -> bool:
-        """Answer a key query (no signature yet). Default: the full check with a dry run."""
-        return False
+        """Answer a key query (no signature yet): True sends PK_OK, False a failure.
+
+        Must have no side effects (see the class docstring). Default: True exactly when
+        this class implements :meth:`auth_publickey`, which then decides once the key has
+        signed; the algorithm and key format were checked already (docs/security.md C7).
+        """
+        return implements(self, "auth_publickey")
 
     async def auth_publickey(self, username: str, key: PublicKey | Certificate):
-        """``key`` signed the session (verified). Certificates need validating here."""
+        """``key`` signed the session (verified). Certificates need validating here.
+
+        Called once per signed request, never for a query: the place for side effects
+        (audit, per-connection state)."""
         return False
 
     async def auth_password(self, username: str, password: str):
@@ -146,7 +193,10 @@ class SSHServer:
         return True
 
     async def direct_tcpip(self, host: str, port: int, orig_host: str, orig_port: int) -> trio.abc.Stream | None:
-        """Return a connected stream to relay to, or None to refuse (ssh -L)."""
+        """Return a connected stream to relay to (ssh -L), or refuse: None refuses with
+        ADMINISTRATIVELY_PROHIBITED, an OSError with CONNECT_FAILED and its text, and
+        ``raise ChannelOpenError(reason, description)`` with the RFC 4254 §5.1 reason and the
+        words of your choosing, which the client receives as they are."""
         return None
 
     async def tcpip_forward(self, address: str, port: int) -> bool:
@@ -154,11 +204,35 @@ class SSHServer:
         return False
 
     async def channel_open(self, channel_type: str, data: bytes):
-        """An application channel type: return ``async def handler(channel)`` or None."""
+        """An application channel type: return ``async def handler(channel)``, None (refused
+        as UNKNOWN_CHANNEL_TYPE), or raise ChannelOpenError(reason, description)."""
         return None
 
     async def global_request(self, name: str, data: bytes) -> bool | bytes:
         return False
+
+
+#: SSHServer method -> the user-auth method it implements (RFC 4252 §5 names).
+AUTH_METHOD_HOOKS = (("auth_publickey", "publickey"), ("auth_password", "password"),
+                     ("auth_kbdint", "keyboard-interactive"))
+
+
+def implements(server: SSHServer, hook: str) -> bool:
+    """Does ``server``'s class (or the instance itself) override ``SSHServer.<hook>``?"""
+    own = getattr(type(server), hook, None)
+    return hook in vars(server) or (own is not None and own is not getattr(SSHServer, hook))
+
+
+def implemented_auth_methods(server: SSHServer) -> tuple[str, ...]:
+    """The methods ``server`` can let a user in by (docs/security.md T12b), in offer order."""
+    return tuple(method for hook, method in AUTH_METHOD_HOOKS if implements(server, hook))
+
+
+def options_for(server: SSHServer, options: ConnectionOptions) -> ConnectionOptions:
+    """``options`` with ``auth_methods`` filled in from ``server`` when they name none."""
+    if options.auth_methods is not None:
+        return options
+    return dataclasses.replace(options, auth_methods=implemented_auth_methods(server))
 
 
 class SSHServerConnection(SSHConnection):
@@ -177,6 +251,12 @@ class SSHServerConnection(SSHConnection):
         self.agent_forwarding = False  # set when a session asked for it
         self.remote_forwards: dict[tuple[str, int], object] = {}
 
+    def send_banner(self, message: str) -> None:
+        """Show ``message`` to the user (USERAUTH_BANNER, RFC 4252 §5.4): OpenSSH prints it
+        on stderr. Only before authentication succeeds (a LocalError after)."""
+        self.core.auth_banner(message)
+        self._kick()
+
     def _input_seen(self) -> None:
         startup = self._gate.startup if self._gate is not None else None
         if startup is not None and startup.pending:
@@ -189,24 +269,24 @@ class SSHServerConnection(SSHConnection):
 
     # ---- authentication ------------------------------------------------------------------
     async def _decide(self, event, outcome) -> None:
-        auth = self.core.server_auth
+        core = self.core
         if isinstance(outcome, Challenge):
-            auth.challenge(outcome.name, outcome.instruction, outcome.prompts)
+            core.auth_challenge(outcome.name, outcome.instruction, outcome.prompts)
             return
         if outcome is True or isinstance(outcome, Accept):
             self.policy = merge_policies(self.policy, getattr(outcome, "policy", None))
             if self._gate is not None:  # L2: LimitExceeded goes to the reader, a DISCONNECT
                 self._gate.authenticated(getattr(outcome, "account", None) or event.username, self.peer_address)
-            self.core.auth_accept()
+            core.auth_accept()
             return
         if isinstance(outcome, Partial):
             self.policy = merge_policies(self.policy, outcome.policy)
-            auth.partial(outcome.methods)
+            core.auth_partial(outcome.methods)
             return
         if not isinstance(event, ev.AuthNone):
             # like sshd: the "none" probe every client starts with is answered at once
             await self._failure_delay(event.username)
-        auth.reject()
+        core.auth_reject()
 
     async def _failure_delay(self, username: str) -> None:
         """T13: every failure takes at least a per-user constant time (5 ms + 0..4.2 ms)."""
@@ -225,7 +305,7 @@ class SSHServerConnection(SSHConnection):
         except Exception:
             # an application bug is a refusal, never an open door nor a dead connection
             log.exception("authentication handler failed")
-            if self.core.server_auth._pending is not None:
+            if self.core.auth_pending:
                 await self._decide(event, False)
 
     async def _ask_application(self, event) -> None:
@@ -235,7 +315,7 @@ class SSHServerConnection(SSHConnection):
         elif isinstance(event, ev.AuthPublicKeyQuery):
             ok = await s.auth_publickey_acceptable(event.username, event.key)
             if ok:
-                self.core.server_auth.pk_ok()
+                self.core.auth_pk_ok()
                 return
             outcome = False
         elif isinstance(event, ev.AuthPublicKey):
@@ -255,7 +335,7 @@ class SSHServerConnection(SSHConnection):
 
     # ---- channels ------------------------------------------------------------------------
     async def _on_channel_open(self, event: ev.ChannelOpenRequest) -> None:
-        channels = self.core.channels
+        core = self.core
         t = event.channel_type
         try:
             if t == "session":
@@ -263,13 +343,17 @@ class SSHServerConnection(SSHConnection):
             elif t == "direct-tcpip":
                 await self._open_direct_tcpip(event)
             else:
-                handler = await self.server.channel_open(t, event.data)
+                try:
+                    handler = await self.server.channel_open(t, event.data)
+                except ChannelOpenError as exc:
+                    core.reject_channel(event.channel_id, exc.reason, exc.description)
+                    return
                 if handler is None:
-                    channels.reject(event.channel_id, m.OPEN_UNKNOWN_CHANNEL_TYPE, f"unknown channel type {t}")
+                    core.reject_channel(event.channel_id, m.OPEN_UNKNOWN_CHANNEL_TYPE, f"unknown channel type {t}")
                 else:
                     channel = SSHChannel(self, event.channel_id, t)
                     self.register_channel(channel)
-                    channels.accept(event.channel_id)
+                    core.accept_channel(event.channel_id)
                     self.nursery.start_soon(_run_channel, handler, channel)
         finally:
             self._kick()
@@ -277,12 +361,12 @@ class SSHServerConnection(SSHConnection):
     def _open_session(self, event: ev.ChannelOpenRequest) -> None:
         m.Empty.decode(event.data)
         if not self.server.session_allowed():
-            self.core.channels.reject(event.channel_id, m.OPEN_ADMINISTRATIVELY_PROHIBITED, "sessions not allowed")
+            self.core.reject_channel(event.channel_id, m.OPEN_ADMINISTRATIVELY_PROHIBITED, "sessions not allowed")
             return
         session = ServerSession(self, event.channel_id, "session", policy=self.policy or SessionPolicy(),
                                 username=self.username, start=self._start_session)
         self.register_channel(session)
-        self.core.channels.accept(event.channel_id)
+        self.core.accept_channel(event.channel_id)
 
     async def _start_session(self, session: ServerSession):
         if session.agent_forwarding:
@@ -292,21 +376,24 @@ class SSHServerConnection(SSHConnection):
     async def _open_direct_tcpip(self, event: ev.ChannelOpenRequest) -> None:
         from .forwarding import relay
         req = m.DirectTcpip.decode(event.data)
-        channels = self.core.channels
+        core = self.core
         if self.policy is not None and not self.policy.permit_port_forwarding:
-            channels.reject(event.channel_id, m.OPEN_ADMINISTRATIVELY_PROHIBITED, "port forwarding not permitted")
+            core.reject_channel(event.channel_id, m.OPEN_ADMINISTRATIVELY_PROHIBITED, "port forwarding not permitted")
             return
         try:
             stream = await self.server.direct_tcpip(req.host, req.port, req.originator, req.originator_port)
+        except ChannelOpenError as exc:  # the application's own reason and words
+            core.reject_channel(event.channel_id, exc.reason, exc.description)
+            return
         except OSError as exc:
-            channels.reject(event.channel_id, m.OPEN_CONNECT_FAILED, f"connect failed: {exc.strerror or exc}")
+            core.reject_channel(event.channel_id, m.OPEN_CONNECT_FAILED, f"connect failed: {exc.strerror or exc}")
             return
         if stream is None:
-            channels.reject(event.channel_id, m.OPEN_ADMINISTRATIVELY_PROHIBITED, "forwarding refused")
+            core.reject_channel(event.channel_id, m.OPEN_ADMINISTRATIVELY_PROHIBITED, "forwarding refused")
             return
         channel = SSHChannel(self, event.channel_id, "direct-tcpip")
         self.register_channel(channel)
-        channels.accept(event.channel_id)
+        core.accept_channel(event.channel_id)
         self.nursery.start_soon(relay, channel, stream)
 
     async def _on_global_request(self, event: ev.GlobalRequestReceived) -> None:
@@ -428,8 +515,7 @@ def _outcome(conn: "SSHServerConnection", grace_exceeded: bool, crashed: bool) -
         return Outcome.NOT_COUNTED   # refused by us; a relay line we did not believe (L11)
     if grace_exceeded:
         return Outcome.GRACE_EXCEEDED
-    auth = conn.core.server_auth
-    return Outcome.AUTHFAIL if auth is not None and auth.requests else Outcome.NOAUTH
+    return Outcome.AUTHFAIL if conn.core.auth_requests else Outcome.NOAUTH
 
 
 async def serve_stream(stream: trio.abc.Stream, server_factory: Callable[[], SSHServer], *,
@@ -448,7 +534,7 @@ async def serve_stream(stream: trio.abc.Stream, server_factory: Callable[[], SSH
     """
     gate = _gate if _gate is not None else _Gate(admission)
     server = server_factory()
-    core = Connection(Role.SERVER, options, host_keys=tuple(host_keys))
+    core = Connection(Role.SERVER, options_for(server, options), host_keys=tuple(host_keys))
     if preamble is not None:
         def relayed(address: tuple) -> None:
             conn.peer_address = address

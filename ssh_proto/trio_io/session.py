@@ -4,12 +4,13 @@ Client: :class:`SSHProcess` wraps a "session" channel after ``exec``/``shell``/`
 it exposes the channel as a stream for stdin/stdout, ``receive_stderr``, ``resize``,
 ``signal`` and ``wait`` (exit status). :class:`RunResult` is what ``conn.run`` returns.
 
-Server: :class:`ServerSession` collects the requests that precede a shell/exec/subsystem
-(pty-req, env, auth-agent-req@openssh.com), enforces the connection's permissions (a
-certificate's permit-pty / force-command, docs/security.md C14), then hands itself to the
-application's ``session`` handler. While it runs, window-change, signal and break requests
-reach the callbacks the application set. When the handler returns, exit-status (or
-exit-signal), EOF and CLOSE are sent.
+Server: :class:`ServerSession` carries out what :class:`ssh_proto.session_rules.SessionRequests`
+decides from each request's bytes (the rules — permit-pty, force-command, pty limits, the
+env filter, a non-UTF-8 exec refused — are sans-IO, docs/security.md C14): it replies,
+gives the session its full window and hands itself to the application's ``session``
+handler when the program starts, and passes window-change, signal and break to the
+callbacks the application set. When the handler returns, exit-status (or exit-signal),
+EOF and CLOSE are sent.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ import trio
 
 from .. import events as ev
 from .. import messages as m
-from ..errors import ChannelError, ProtocolError
+from ..errors import ChannelError
+from ..session_rules import ACCEPTED, STARTED, Break, PtyInfo, Resize, SessionPolicy, SessionRequests, Signal
 from .channel import SSHChannel
 
 if TYPE_CHECKING:
@@ -29,18 +31,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ssh_proto.server")
 
-MAX_ENV = 64
+__all__ = ["PtyInfo", "RunResult", "SSHProcess", "ServerSession", "SessionPolicy"]  # the first and last: session_rules
+
 MAX_EARLY_REQUESTS = 16
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class PtyInfo:
-    term: str
-    cols: int
-    rows: int
-    width: int = 0
-    height: int = 0
-    modes: bytes = b""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -145,17 +138,6 @@ class SSHProcess(SSHChannel):
         return RunResult(self.exit_status, b"".join(out), b"".join(err), self.exit_signal)
 
 
-@dataclasses.dataclass(slots=True)
-class SessionPolicy:
-    """What a session may do, from server policy merged with a certificate's options."""
-
-    permit_pty: bool = True
-    permit_agent_forwarding: bool = True
-    permit_port_forwarding: bool = True
-    permit_x11_forwarding: bool = False
-    force_command: str | None = None
-
-
 class ServerSession(SSHChannel):
     """Server side of a session channel, handed to ``SSHServer.session``.
 
@@ -171,40 +153,44 @@ class ServerSession(SSHChannel):
                  policy: SessionPolicy, username: str, start: Callable[["ServerSession"], Awaitable[None]],
                  accept_env: Callable[[str, str], bool] | None = None):
         super().__init__(conn, channel_id, channel_type)
-        self.policy = policy
+        self.requests = SessionRequests(policy, accept_env)
         self.username = username
-        self.kind: str | None = None
-        self.command: str | None = None
-        self.original_command: str | None = None
-        self.subsystem: str | None = None
-        self.pty: PtyInfo | None = None
-        self.env: dict[str, str] = {}
-        self.agent_forwarding = False
         self.on_resize: Callable[[int, int], object] | None = None
         self._on_signal: Callable[[str], object] | None = None
         self._on_break: Callable[[int], object] | None = None
         self._early: list[tuple[str, object]] = []  # signal/break before the handler set its callback
         self._start = start
-        self._accept_env = accept_env or (lambda name, value: name == "TERM" or name == "LANG" or name.startswith("LC_"))
         self._exited = False
         self.request_handler = self._handle_request
 
+    # What the requests established (read by the application's handler).
+    policy = property(lambda self: self.requests.policy)
+    kind = property(lambda self: self.requests.kind)
+    command = property(lambda self: self.requests.command)
+    original_command = property(lambda self: self.requests.original_command)
+    subsystem = property(lambda self: self.requests.subsystem)
+    pty = property(lambda self: self.requests.pty)
+    env = property(lambda self: self.requests.env)
+    agent_forwarding = property(lambda self: self.requests.agent_forwarding)
+
     async def _handle_request(self, req: ev.ChannelRequestReceived) -> bool:
-        t = req.request_type
-        if self.kind is None:
-            handler = _PRE_START.get(t)
-            if handler is not None:
-                return await handler(self, req.data)
-        elif t == "window-change":
-            w = m.WindowChange.decode(req.data)
-            if self.pty is not None:
-                self.pty = dataclasses.replace(self.pty, cols=w.cols, rows=w.rows, width=w.width, height=w.height)
-            return self._callback(self.on_resize, w.cols, w.rows) or self.on_resize is None
-        elif t == "signal":
-            return self._early_or_call("signal", self._on_signal, m.SignalRequest.decode(req.data).signal)
-        elif t == "break":
-            return self._early_or_call("break", self._on_break, m.BreakRequest.decode(req.data).length_ms)
-        return False
+        outcome = self.requests.receive(req.request_type, req.data)
+        if outcome is STARTED:
+            self._begin()
+            return True
+        if isinstance(outcome, Resize):
+            return self._callback(self.on_resize, outcome.cols, outcome.rows) or self.on_resize is None
+        if isinstance(outcome, Signal):
+            return self._early_or_call("signal", self._on_signal, outcome.name)
+        if isinstance(outcome, Break):
+            return self._early_or_call("break", self._on_break, outcome.length_ms)
+        return outcome is ACCEPTED
+
+    def _begin(self) -> None:
+        # The session runs now: its full window (it had a small one while pending, rule L4).
+        if self.conn.core.grow_window(self.channel_id):
+            self.conn._kick()
+        self.conn.nursery.start_soon(self._run)
 
     # A signal or break may arrive right after the exec reply, before the application's
     # handler has had a chance to set its callback: keep (a few of) them for it.
@@ -256,55 +242,6 @@ class ServerSession(SSHChannel):
             return False
         return True
 
-    async def _on_pty(self, data: bytes) -> bool:
-        req = m.PtyRequest.decode(data)
-        if not self.policy.permit_pty or self.pty is not None or len(req.modes) > 1024:
-            return False
-        if req.cols > 10000 or req.rows > 10000:
-            return False
-        self.pty = PtyInfo(req.term, req.cols, req.rows, req.width, req.height, req.modes)
-        return True
-
-    async def _on_env(self, data: bytes) -> bool:
-        req = m.EnvRequest.decode(data)
-        if len(self.env) >= MAX_ENV or not self._accept_env(req.name, req.value):
-            return False
-        self.env[req.name] = req.value
-        return True
-
-    async def _on_agent(self, data: bytes) -> bool:
-        m.Empty.decode(data)
-        if not self.policy.permit_agent_forwarding:
-            return False
-        self.agent_forwarding = True
-        return True
-
-    async def _on_x11(self, data: bytes) -> bool:
-        return False
-
-    async def _on_start(self, kind: str, data: bytes) -> bool:
-        if kind == "exec":
-            raw = m.ExecRequest.decode(data).command
-            try:
-                self.original_command = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise ProtocolError("exec command is not UTF-8") from None
-        elif kind == "subsystem":
-            self.subsystem = m.SubsystemRequest.decode(data).name
-        else:
-            m.Empty.decode(data)
-        self.kind = kind
-        # The session runs now: its full window (it had a small one while pending, rule L4).
-        if self.conn.core.channels.grow_window(self.channel_id):
-            self.conn._kick()
-        if self.policy.force_command is not None:
-            # docs/security.md C14: force-command replaces exec, shell and subsystem
-            self.kind, self.command, self.subsystem = "exec", self.policy.force_command, None
-        else:
-            self.command = self.original_command
-        self.conn.nursery.start_soon(self._run)
-        return True
-
     async def _run(self) -> None:
         status = None
         try:
@@ -336,26 +273,3 @@ class ServerSession(SSHChannel):
         except (ChannelError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         await self.aclose()
-
-
-async def _exec(s: ServerSession, data: bytes) -> bool:
-    return await s._on_start("exec", data)
-
-
-async def _shell(s: ServerSession, data: bytes) -> bool:
-    return await s._on_start("shell", data)
-
-
-async def _subsystem(s: ServerSession, data: bytes) -> bool:
-    return await s._on_start("subsystem", data)
-
-
-_PRE_START = {
-    "pty-req": ServerSession._on_pty,
-    "env": ServerSession._on_env,
-    "auth-agent-req@openssh.com": ServerSession._on_agent,
-    "x11-req": ServerSession._on_x11,
-    "exec": _exec,
-    "shell": _shell,
-    "subsystem": _subsystem,
-}

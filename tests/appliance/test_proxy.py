@@ -30,6 +30,7 @@ from appliance.proxy.routing import NODES_SUBSYSTEM, NodeDirectory
 from appliance.inventory import NodeRecord
 from appliance.proxy.routing import NodeListError, decode_list_response, find_node, node_from_wire, node_target
 from appliance.relay import relay_line
+from ssh_proto import messages as m
 from ssh_proto.errors import AuthError, ChannelOpenError
 from ssh_proto.keys import PrivateKey
 
@@ -78,6 +79,25 @@ async def test_registered_but_dead_node_fails_with_unreachable(cluster, profile,
         async with connect_node(profile, "dead", login.name):
             pass
     assert cluster.events("port", success=False, service="proxy")[-1]["node"] == "dead"
+
+
+async def test_a_refused_channel_open_carries_its_reason_code_and_the_proxys_words(cluster, profile):
+    """RFC 4254 §5.1: an unknown node is the proxy's refusal (ADMINISTRATIVELY_PROHIBITED), a
+    node it cannot reach a failed connect (CONNECT_FAILED); the description is the proxy's
+    own sentence, not an OSError's text to be parsed."""
+    with trio.socket.socket() as s:
+        await s.bind((LOOPBACK, 0))
+        closed_port = s.getsockname()[1]
+    cluster.register("dead", f"{LOOPBACK}:{closed_port}")
+    async with connect_proxy(cluster.credentials(profile)) as proxy:
+        with pytest.raises(ChannelOpenError) as unknown:
+            await proxy.open_direct_tcpip("nosuch", 3022)
+        with pytest.raises(ChannelOpenError) as dead:
+            await proxy.open_direct_tcpip("dead", 3022)
+    assert unknown.value.reason == m.OPEN_ADMINISTRATIVELY_PROHIBITED
+    assert unknown.value.description == f"unknown node 'nosuch' in cluster '{CLUSTER}'"
+    assert dead.value.reason == m.OPEN_CONNECT_FAILED
+    assert dead.value.description.startswith(f"node 'dead' at {LOOPBACK}:{closed_port} is unreachable: ")
 
 
 async def test_t21_direct_tcpip_never_reaches_an_unregistered_port(cluster, profile, nursery):

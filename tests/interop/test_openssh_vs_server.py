@@ -17,6 +17,7 @@ import select
 import signal
 import struct
 import subprocess
+import tempfile
 import termios
 import time
 from collections.abc import Iterator
@@ -251,6 +252,32 @@ def test_exec_stdin_stdout_stderr_and_exit_status(world: World, ssh_keys: KeyFac
     assert done.returncode == 42
     assert done.stdout == b"HELLO\n"
     assert done.stderr == b"to-stderr\n"
+
+
+def test_non_utf8_exec_command_is_refused_and_the_connection_stays(world: World, ssh_keys: KeyFactory) -> None:
+    """OpenSSH sends the command's bytes as they are (RFC 4254 §6.5: a string, not text). We
+    refuse that exec request (CHANNEL_FAILURE) and nothing more: over one master connection
+    (ControlMaster), the next command runs, and the server saw one connection, still up."""
+    identity, command = ssh_keys.user_key(), os.fsdecode(b"echo \xff\xfe")
+    alone = run_ssh(command, target=world.main, identity=identity)
+    assert alone.returncode == SSH_FAILED and b"exec request failed on channel 0" in alone.stderr, alone.stderr
+    connections: list[ssh_proto.SSHServerConnection] = []
+    config = ours.ServerConfig(world.host_keys.pairs(), authorized_keys=frozenset(
+        {ours.public_key_of(identity.public_line).blob}), connections=connections)
+    port = world.loop.serve(config).port
+    target = ours.endpoint(port, world.host_keys.write_known_hosts(world.workdir, port)[0])
+    mux = ["-S", str(Path(tempfile.mkdtemp(prefix="jgt-cm-", dir="/tmp")) / "m")]  # sun_path is short
+    # -f: the master goes to the background once authenticated, so it is ready when this returns
+    master = run_ssh([], target=target, identity=identity, options=["-M", "-f", "-N", *mux])
+    assert master.returncode == 0, master.stderr.decode()
+    try:
+        bad = run_ssh(command, target=target, identity=identity, options=mux)
+        good = run_ssh("echo still connected", target=target, identity=identity, options=mux)
+        assert bad.returncode == SSH_FAILED and bad.stdout == b""
+        assert (good.returncode, good.stdout) == (0, b"still connected\n"), good.stderr
+        assert len(connections) == 1 and not connections[0].closed.is_set() and connections[0].error is None
+    finally:
+        run_ssh([], target=target, identity=identity, options=[*mux, "-O", "exit"])
 
 
 def test_exit_status_of_killed_command_is_signal(world: World, ssh_keys: KeyFactory) -> None:

@@ -19,9 +19,12 @@ Typical use::
 
     pair = authenticated_pair()
     cid = pair.open_session()
-    pair.client.channels.send_data(cid, b"hello")
+    pair.client.send_data(cid, b"hello")
     pair.pump()
     assert pair.data_received(Role.SERVER, pair.server_id(cid)) == b"hello"
+
+The scripts here drive both sides through the :class:`~ssh_proto.connection.Connection`
+facade, as the Trio layer does; only the fault injection reaches behind it, on purpose.
 """
 from __future__ import annotations
 
@@ -216,7 +219,7 @@ class Pair:
         taken = {id(e) for e in mine}
         events[:] = [e for e in events if id(e) not in taken]
         for e in mine:
-            self.side(role).channels.consumed(channel_id, len(e.data))
+            self.side(role).data_consumed(channel_id, len(e.data))
         return b"".join(e.data for e in mine)
 
     # ---- common scripts ----------------------------------------------------------------
@@ -224,7 +227,7 @@ class Pair:
         """Run password authentication to success (the server's app accepts it)."""
         self.pump()
         assert self.take(C, ev.ServiceAccepted), "no SERVICE_ACCEPT"
-        self.client.client_auth.request_password(password)
+        self.client.auth_password(password)
         self.pump()
         (req,) = self.take(S, ev.AuthPassword)
         assert (req.username, req.password) == (username, password)
@@ -235,11 +238,11 @@ class Pair:
 
     def open_session(self, channel_type: str = "session", data: bytes = b"", **kw) -> int:
         """Client opens a channel, server accepts it; returns the client's channel id."""
-        cid = self.client.channels.open(channel_type, data, **kw)
+        cid = self.client.open_channel(channel_type, data, **kw)
         self.pump()
         (req,) = self.take(S, ev.ChannelOpenRequest)
         assert req.channel_type == channel_type
-        self.server.channels.accept(req.channel_id)
+        self.server.accept_channel(req.channel_id)
         self.pump()
         (ok,) = self.take(C, ev.ChannelOpenConfirmed)
         assert ok.channel_id == cid

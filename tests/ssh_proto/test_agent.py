@@ -749,7 +749,7 @@ async def test_rule_t21_agent_channel_refused_when_client_did_not_request_forwar
         try:
             await session.conn.open_channel("auth-agent@openssh.com")  # the server tries anyway
         except ChannelOpenError as exc:
-            outcome["refused"] = exc.code
+            outcome["refused"] = exc.reason
         return 0
 
     AgentServer.on_session = rogue

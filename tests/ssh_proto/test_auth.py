@@ -16,7 +16,8 @@ from ssh_proto import events as ev
 from ssh_proto import messages as m
 from ssh_proto.auth import SERVICE_CONNECTION, signed_data
 from ssh_proto.connection import ConnectionOptions
-from ssh_proto.errors import DisconnectError, DisconnectReason, ProtocolError
+from ssh_proto.errors import DisconnectError, DisconnectReason, LocalError, ProtocolError
+from ssh_proto.state import AuthStep, check_auth
 from ssh_proto.wire import Writer, encode_string
 
 
@@ -97,7 +98,7 @@ def test_publickey_query_then_pk_ok():
     pair.pump()
     (ok,) = pair.take(C, ev.AuthPkOk)
     assert (ok.algorithm, ok.key_blob) == ("ssh-ed25519", key.public_key.blob)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(LocalError):
         pair.server.auth_accept()  # nothing pending any more: a query never authenticates
 
 
@@ -168,7 +169,7 @@ def test_T12_username_change_between_requests_is_an_error():
 
 def test_T12_service_other_than_ssh_connection_is_refused():
     pair = _ready()
-    pair.client.client_auth._pending = "none"  # so the client's state machine expects an answer
+    pair.client.client_auth.step = AuthStep.REQUEST  # so the client's state machine expects an answer
     pair.client.transport.send(m.UserauthRequest(USERNAME, "ssh-sftp", "none", b"").encode())
     err = pair.expect_error(S)
     assert err.reason == DisconnectReason.SERVICE_NOT_AVAILABLE
@@ -212,7 +213,8 @@ def test_T12_requests_for_methods_not_offered_count_as_failures():
 
 def test_T12_password_change_request_is_refused_and_counted():
     pair = _ready()
-    pair.client.client_auth._request("password", m.PasswordMethod(True, "old", encode_string("new")).encode())
+    pair.client.client_auth._request("password", m.PasswordMethod(True, "old", encode_string("new")).encode(),
+                                     AuthStep.REQUEST)
     assert not _result(pair).success
     assert not pair.take(S, ev.AuthPassword)
     assert pair.server.server_auth.failures == 1
@@ -222,7 +224,7 @@ def test_T12_new_request_while_the_application_decides_is_an_error():
     pair = _ready()
     pair.client.client_auth.request_password("one")
     pair.pump()
-    pair.client.client_auth._pending = None  # a client that does not wait for the answer
+    pair.client.client_auth.step = AuthStep.IDLE  # a client that does not wait for the answer
     pair.client.client_auth.request_password("two")
     pair.expect_error(S)
 
@@ -236,7 +238,7 @@ def test_T12_client_may_abandon_a_keyboard_interactive_challenge():
     pair.server.server_auth.challenge("", "", (("Password: ", False),))
     pair.pump()
     pair.take(C, ev.AuthInfoRequest)
-    pair.client.client_auth._pending = None  # give up on the prompt
+    # give up on the prompt: a new request is allowed in the challenge step (RFC 4256 §3.3)
     pair.client.client_auth.request_password(PASSWORD)
     pair.pump()
     (req,) = pair.take(S, ev.AuthPassword)
@@ -248,8 +250,7 @@ def test_T12_client_may_abandon_a_keyboard_interactive_challenge():
 def test_T12_abandoned_challenges_count_towards_the_limit():
     pair = _ready(server_options=ConnectionOptions(max_auth_attempts=2))
     for attempt in range(3):
-        pair.client.client_auth._pending = None
-        pair.client.client_auth.request_kbdint()
+        pair.client.client_auth.request_kbdint()  # abandons the challenge (RFC 4256 §3.3)
         if attempt == 2:
             break  # the second abandoned challenge reaches the limit
         pair.pump()
@@ -262,7 +263,7 @@ def test_T12_abandoned_challenges_count_towards_the_limit():
 
 def test_T12_info_response_without_a_challenge_is_an_error():
     pair = _ready()
-    pair.client.client_auth._pending = "keyboard-interactive-info"
+    pair.client.client_auth.step = AuthStep.CHALLENGE
     pair.client.client_auth.respond(("x",))
     pair.expect_error(S)
 
@@ -413,7 +414,7 @@ def test_trailing_bytes_after_publickey_query_are_an_error():
     key = user_key()
     pair = _ready()
     pair.client.client_auth._request("publickey", m.PublickeyMethod(False, "ssh-ed25519", key.public_key.blob,
-                                                                     b"junk").encode())
+                                                                     b"junk").encode(), AuthStep.QUERY)
     pair.expect_error(S)
 
 
@@ -436,6 +437,53 @@ def test_client_refuses_pk_ok_answering_a_signed_request():
     pair.client.client_auth.request_publickey(key.public_key, "ssh-ed25519", key.sign)
     pair.pump()
     pair.take(S, ev.AuthPublicKey)
-    pair.server.server_auth._pending = None
     pair.inject(S, m.UserauthPkOk("ssh-ed25519", key.public_key.blob).encode())
     pair.expect_error(C)
+
+
+# ---- the auth steps' table (ssh_proto/state.py AUTH_ALLOWED), stated independently -------------------
+
+#: (step, sender) -> the USERAUTH numbers that party may send in that step (RFC 4252 §5-§7, RFC 4256 §3).
+EXPECTED_AUTH_TABLE = {
+    (AuthStep.IDLE, C): {50},                    # a request
+    (AuthStep.IDLE, S): {53},                    # a banner only
+    (AuthStep.REQUEST, C): set(),                # one request at a time
+    (AuthStep.REQUEST, S): {51, 52, 53},         # FAILURE, SUCCESS, BANNER
+    (AuthStep.QUERY, C): set(),
+    (AuthStep.QUERY, S): {51, 53, 60},           # FAILURE, BANNER, PK_OK (never SUCCESS)
+    (AuthStep.KBDINT, C): set(),
+    (AuthStep.KBDINT, S): {51, 52, 53, 60},      # ... INFO_REQUEST
+    (AuthStep.CHALLENGE, C): {50, 61},           # INFO_RESPONSE, or a new request abandoning it
+    (AuthStep.CHALLENGE, S): {53},
+}
+
+
+@pytest.mark.parametrize("step", list(AuthStep), ids=lambda s: s.value)
+@pytest.mark.parametrize("sender", [C, S], ids=lambda r: r.value)
+def test_T12_auth_steps_accept_exactly_the_literal_expectation(step, sender):
+    for n in range(50, 80):
+        if n in EXPECTED_AUTH_TABLE[(step, sender)]:
+            check_auth(step, sender, n, local=False)
+        else:
+            with pytest.raises(ProtocolError):
+                check_auth(step, sender, n, local=False)
+            with pytest.raises(LocalError):
+                check_auth(step, sender, n, local=True)
+
+
+def test_T12_success_answering_a_query_is_refused_by_the_client():
+    key = user_key()
+    pair = _ready()
+    pair.client.client_auth.query_publickey(key.public_key, "ssh-ed25519")
+    pair.pump()
+    pair.take(S, ev.AuthPublicKeyQuery)
+    pair.inject(S, m.UserauthSuccess().encode())
+    err = pair.expect_error(C)
+    assert "query" in err.description and not pair.client.authenticated
+
+
+def test_T12_our_second_request_while_one_is_outstanding_is_a_local_error():
+    pair = _ready()
+    pair.client.client_auth.request_password("one")
+    with pytest.raises(LocalError):
+        pair.client.client_auth.request_password("two")

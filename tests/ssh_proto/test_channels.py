@@ -266,7 +266,7 @@ def test_T20_channel_cap_refuses_opens_with_resource_shortage():
     pair.pump()
     assert [e.channel_id for e in pair.take(C, ev.ChannelOpenConfirmed)] == ids[:2]
     (failed,) = pair.take(C, ev.ChannelOpenFailed)
-    assert (failed.channel_id, failed.code) == (ids[2], m.OPEN_RESOURCE_SHORTAGE)
+    assert (failed.channel_id, failed.reason) == (ids[2], m.OPEN_RESOURCE_SHORTAGE)
 
 
 def test_T20_own_channel_cap():
@@ -274,7 +274,7 @@ def test_T20_own_channel_cap():
     pair.client.channels.open("session")
     with pytest.raises(ChannelOpenError) as info:
         pair.client.channels.open("session")
-    assert info.value.code == m.OPEN_RESOURCE_SHORTAGE and "limit 1" in info.value.description
+    assert info.value.reason == m.OPEN_RESOURCE_SHORTAGE and "limit 1" in info.value.description
 
 
 def test_T20_open_with_zero_max_packet_is_an_error():

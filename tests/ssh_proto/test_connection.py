@@ -5,6 +5,8 @@ arbitrary bytes into Connection.receive_data.
 """
 from __future__ import annotations
 
+import copy
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,8 +16,8 @@ from pairs import (C, S, all_message_classes, authenticated_pair, handshaken_pai
 from ssh_proto import events as ev
 from ssh_proto import messages as m
 from ssh_proto.connection import Connection
-from ssh_proto.errors import DisconnectError, DisconnectReason, ProtocolError
-from ssh_proto.state import ALLOWED, KEX_MESSAGES, TRANSPORT_GENERIC, Phase, Role, check_phase
+from ssh_proto.errors import DisconnectError, DisconnectReason, LocalError, ProtocolError
+from ssh_proto.state import KEX_MESSAGES, KEX_METHOD_MESSAGES, ConnectionState, KexStep, Phase, Role, Verdict
 from ssh_proto.transport import accept_any_host_key
 
 #: A well-formed payload for each connection-protocol number (the gate, not the decoder, must refuse it).
@@ -70,26 +72,159 @@ def pair_with_receiver_in(receiver: Role, phase: Phase):
 
 
 # ---- T11 the table ----------------------------------------------------------------------------
+#
+# The expectation is written out here, independently of ssh_proto/state.py, from RFC 4253
+# §7.1 and §11, RFC 4252 §5-§7, RFC 4254 and RFC 8308 §2.4: a number listed here is
+# accepted from that sender in that phase (outside its key exchange), everything else in
+# 1-127 is refused, 128-255 get UNIMPLEMENTED.
 
-@pytest.mark.parametrize("phase", [Phase.SERVICE, Phase.AUTH, Phase.OPEN])
-@pytest.mark.parametrize("sender", [Role.CLIENT, Role.SERVER])
-def test_T11_check_phase_is_exactly_the_table(phase, sender):
-    for n in range(1, 128):
-        allowed = n in ALLOWED[(phase, sender)] or n in TRANSPORT_GENERIC or n == m.MSG_KEXINIT
-        if allowed:
-            check_phase(n, sender=sender, phase=phase)
+GENERIC_LITERAL = {1, 2, 3, 4}           # DISCONNECT, IGNORE, UNIMPLEMENTED, DEBUG
+CONNECTION_LITERAL = set(range(80, 101))  # GLOBAL_REQUEST .. CHANNEL_FAILURE
+EXPECTED_PHASE_TABLE = {
+    (Phase.SERVICE, C): {5, 20},                      # SERVICE_REQUEST, KEXINIT
+    (Phase.SERVICE, S): {6, 20},                      # SERVICE_ACCEPT, KEXINIT
+    (Phase.AUTH, C): {50, 61, 20},                    # USERAUTH_REQUEST, INFO_RESPONSE, KEXINIT
+    (Phase.AUTH, S): {51, 52, 53, 60, 20},            # FAILURE, SUCCESS, BANNER, PK_OK/INFO_REQUEST, KEXINIT
+    (Phase.OPEN, C): CONNECTION_LITERAL | {50, 20},   # USERAUTH_REQUEST after success is ignored (§5.1)
+    (Phase.OPEN, S): CONNECTION_LITERAL | {20},
+}
+#: (kex step, sender) -> accepted while that party's own key exchange runs (plus GENERIC_LITERAL,
+#: outside a strict initial exchange).
+EXPECTED_KEX_TABLE = {
+    (KexStep.KEXINIT, C): {20}, (KexStep.KEXINIT, S): {20},
+    (KexStep.METHOD, C): {30}, (KexStep.METHOD, S): {31},   # the client sends INIT, the server REPLY
+    (KexStep.GUESS, C): set(range(30, 50)), (KexStep.GUESS, S): set(range(30, 50)),
+    (KexStep.NEWKEYS, C): {21}, (KexStep.NEWKEYS, S): {21},
+}
+
+# The messages that put a party in each phase, fed to a fresh ConnectionState for both parties
+# (it does not know which one is "us").
+_TO_PHASE = {
+    Phase.KEX_INITIAL: [],
+    Phase.SERVICE: [(C, 20), (S, 20), (C, 30), (S, 31), (S, 21), (C, 21)],
+}
+_TO_PHASE[Phase.AUTH] = _TO_PHASE[Phase.SERVICE] + [(C, 5), (S, 6)]
+_TO_PHASE[Phase.OPEN] = _TO_PHASE[Phase.AUTH] + [(C, 50), (S, 52)]
+
+
+def _state_in(phase: Phase, *, ext_info: bool = False) -> ConnectionState:
+    state = ConnectionState()
+    state.negotiated(strict=True, client_ext_info=ext_info, server_ext_info=ext_info)
+    for sender, n in _TO_PHASE[phase]:
+        state.receive(sender, n)
+    assert state.phase(C) is phase and state.phase(S) is phase
+    return state
+
+
+@pytest.mark.parametrize("phase", [Phase.SERVICE, Phase.AUTH, Phase.OPEN], ids=lambda p: p.value)
+@pytest.mark.parametrize("sender", [C, S], ids=lambda r: r.value)
+def test_T11_the_table_accepts_exactly_the_literal_expectation(phase, sender):
+    for n in range(1, 256):
+        state = _state_in(phase)
+        if n in EXPECTED_PHASE_TABLE[(phase, sender)] | GENERIC_LITERAL:
+            assert state.receive(sender, n) is Verdict.HANDLE, n
+        elif n >= 128:
+            assert state.receive(sender, n) is Verdict.UNIMPLEMENTED, n
         else:
             with pytest.raises(ProtocolError):
-                check_phase(n, sender=sender, phase=phase)
+                state.receive(sender, n)
+
+
+@pytest.mark.parametrize("phase", [Phase.SERVICE, Phase.AUTH, Phase.OPEN], ids=lambda p: p.value)
+@pytest.mark.parametrize("sender", [C, S], ids=lambda r: r.value)
+def test_T11_our_own_messages_are_checked_against_the_same_table(phase, sender):
+    """What we hand the transport (held during a key exchange, not sent) must be on the
+    phase's table too: off it, a LocalError, never a message on the wire."""
+    for n in range(1, 256):
+        state = _state_in(phase)
+        if n in (EXPECTED_PHASE_TABLE[(phase, sender)] - {20}) | GENERIC_LITERAL:
+            state.queue(sender, n)
+        else:
+            with pytest.raises(LocalError):
+                state.queue(sender, n)
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["not-strict", "strict"])
+@pytest.mark.parametrize("sender", [C, S], ids=lambda r: r.value)
+def test_T11_key_exchange_steps_accept_exactly_the_literal_expectation(sender, strict):
+    """RFC 4253 §7.1: from its KEXINIT to its NEWKEYS a party sends only the exchange's
+    messages, in order; strict kex (T1) leaves only DISCONNECT besides them at first."""
+    steps = {KexStep.KEXINIT: [], KexStep.METHOD: [20], KexStep.NEWKEYS: [20, 30 if sender is C else 31]}
+    for step, before in steps.items():
+        for n in range(1, 256):
+            state = ConnectionState()
+            state.negotiated(strict=strict, client_ext_info=False, server_ext_info=False)
+            for msg in before:
+                state.receive(sender, msg)
+            assert state.kex_step(sender) is step
+            generic = {1} if strict else GENERIC_LITERAL
+            if n in EXPECTED_KEX_TABLE[(step, sender)] | generic:
+                state.receive(sender, n)
+            else:
+                with pytest.raises(ProtocolError):
+                    state.receive(sender, n)
+
+
+def test_T11_the_phases_move_as_the_rfcs_say():
+    """Each party's phase moves on its own messages, and both on the server's USERAUTH_SUCCESS."""
+    state = ConnectionState()
+    expected = [  # (sender, message) -> (client phase, server phase) after it
+        ((C, 20), ("kex-initial", "kex-initial")), ((S, 20), ("kex-initial", "kex-initial")),
+        ((C, 30), ("kex-initial", "kex-initial")), ((S, 31), ("kex-initial", "kex-initial")),
+        ((S, 21), ("kex-initial", "service")), ((C, 21), ("service", "service")),
+        ((C, 5), ("auth", "service")), ((S, 6), ("auth", "auth")),
+        ((C, 50), ("auth", "auth")), ((S, 51), ("auth", "auth")), ((C, 50), ("auth", "auth")),
+        ((S, 52), ("open", "open")),
+        ((C, 20), ("open", "open")), ((C, 30), ("open", "open")), ((C, 21), ("open", "open")),
+    ]
+    for (sender, n), (client, server) in expected:
+        state.receive(sender, n)
+        assert (state.phase(C).value, state.phase(S).value) == (client, server), (sender, n)
+
+
+def test_T11_a_re_exchange_holds_off_everything_but_its_own_messages_until_newkeys():
+    state = _state_in(Phase.OPEN)
+    state.receive(C, 94)                 # data before its KEXINIT is fine (T8)
+    state.receive(C, 20)
+    with pytest.raises(ProtocolError, match="key exchange"):
+        _copy_receive(state, C, 94)
+    with pytest.raises(ProtocolError, match="KEXINIT"):
+        _copy_receive(state, C, 20)      # a second KEXINIT
+    with pytest.raises(ProtocolError):
+        _copy_receive(state, C, 31)      # the server's message, from the client
+    with pytest.raises(ProtocolError, match="NEWKEYS"):
+        _copy_receive(state, C, 21)      # NEWKEYS before the method's message
+    state.receive(S, 94)                 # the other party is not in its exchange yet
+    state.receive(C, 30)
+    state.receive(C, 21)
+    state.receive(C, 94)
+
+
+def _copy_receive(state: ConnectionState, sender: Role, n: int):
+    return copy.deepcopy(state).receive(sender, n)
+
+
+def test_T11_a_wrong_guess_skips_one_kex_method_packet():
+    state = ConnectionState()
+    state.receive(C, 20)
+    state.skip_guess(C)
+    assert state.receive(C, 30) is Verdict.SKIP
+    assert state.receive(C, 30) is Verdict.HANDLE
+    assert state.kex_step(C) is KexStep.NEWKEYS
+
+
+def test_T11_named_constants_of_the_kex_ranges():
+    assert KEX_METHOD_MESSAGES == frozenset(range(30, 50))
+    assert KEX_MESSAGES == KEX_METHOD_MESSAGES | {20, 21}
 
 
 def test_T11_table_keeps_connection_messages_out_of_every_phase_before_auth():
     for phase in (Phase.SERVICE, Phase.AUTH):
         for sender in Role:
-            assert not ALLOWED[(phase, sender)] & set(range(80, 128))
-    assert m.MSG_USERAUTH_SUCCESS not in ALLOWED[(Phase.AUTH, Role.CLIENT)]
-    assert m.MSG_USERAUTH_REQUEST not in ALLOWED[(Phase.AUTH, Role.SERVER)]
-    assert not any(ALLOWED[key] & KEX_MESSAGES for key in ALLOWED)
+            state = _state_in(phase)
+            for n in range(80, 128):
+                with pytest.raises(ProtocolError):
+                    copy.deepcopy(state).receive(sender, n)
 
 
 @pytest.mark.parametrize("n", range(80, 101))
@@ -113,16 +248,19 @@ def test_T11_connection_message_from_server_before_auth_success_disconnects(n):
 
 @pytest.mark.parametrize("receiver", [Role.SERVER, Role.CLIENT], ids=lambda r: r.value)
 def test_T11_every_message_off_the_table_disconnects(receiver):
-    """Driven from state.ALLOWED: every known number the peer may not send, phase by phase.
+    """Over real pairs, from the literal table: every known number the peer may not send.
 
     Each number is tried in one phase, round robin (the table itself is checked in full
-    by test_T11_check_phase_is_exactly_the_table); 80-100 are tried in every phase above.
+    by test_T11_the_table_accepts_exactly_the_literal_expectation); 80-100 are tried in
+    every phase above. EXT_INFO's places are T9's tests.
     """
     sender, phases = receiver.peer, (Phase.SERVICE, Phase.AUTH, Phase.OPEN)
     tried = {phase: 0 for phase in phases}
     for n in range(1, 128):
+        if n == 7:
+            continue
         for phase in phases[n % 3:] + phases[:n % 3]:
-            if n not in ALLOWED[(phase, sender)] and n not in TRANSPORT_GENERIC and n != m.MSG_KEXINIT:
+            if n not in EXPECTED_PHASE_TABLE[(phase, sender)] | GENERIC_LITERAL:
                 break
         else:
             continue  # allowed in every phase
@@ -131,6 +269,16 @@ def test_T11_every_message_off_the_table_disconnects(receiver):
         pair.expect_error(receiver)
         tried[phase] += 1
     assert sum(tried.values()) > 100 and min(tried.values()) > 25
+
+
+def test_T11_our_connection_message_before_authentication_is_a_local_error():
+    """A bug on our side (here: a global request before USERAUTH_SUCCESS) is refused before
+    it reaches the wire, and is not a ProtocolError: it never disconnects the peer."""
+    pair = handshaken_pair()
+    with pytest.raises(LocalError) as info:
+        pair.client.send_global_request("keepalive@openssh.com")
+    assert not isinstance(info.value, ProtocolError)
+    pair.authenticate()
 
 
 def test_T11_userauth_success_sent_by_the_client_disconnects():
@@ -143,10 +291,11 @@ def test_T11_userauth_success_sent_by_the_client_disconnects():
 
 
 def test_T11_service_request_for_another_service_is_refused():
-    pair = _to_client_newkeys(drain=False)
+    pair = _to_client_newkeys(drain=False)  # the client has not queued its own SERVICE_REQUEST
     pair.inject(C, m.ServiceRequest("ssh-connection").encode())
-    err = pair.expect_error(S)
-    assert err.reason == DisconnectReason.SERVICE_NOT_AVAILABLE
+    with pytest.raises(ProtocolError) as info:
+        pair.transfer(C)
+    assert pair.failed is S and info.value.reason == DisconnectReason.SERVICE_NOT_AVAILABLE
 
 
 def test_T11_second_service_request_disconnects():
@@ -210,7 +359,7 @@ def test_global_request_without_want_reply_gets_no_reply():
     pair.pump()
     (req,) = pair.take(S, ev.GlobalRequestReceived)
     assert (req.want_reply, req.token) == (False, -1)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(LocalError):
         pair.server.reply_global_request(req.token, True)
 
 
@@ -253,7 +402,7 @@ def test_no_more_sessions_then_session_open_is_refused():
     pair.pump()
     assert not pair.take(S, ev.ChannelOpenRequest)
     (failed,) = pair.take(C, ev.ChannelOpenFailed)
-    assert (failed.channel_id, failed.code) == (cid, m.OPEN_ADMINISTRATIVELY_PROHIBITED)
+    assert (failed.channel_id, failed.reason) == (cid, m.OPEN_ADMINISTRATIVELY_PROHIBITED)
     # Other channel types, and the session already open, still work.
     pair.open_session("direct-tcpip", m.DirectTcpip("localhost", 22, "127.0.0.1", 5555).encode())
     pair.client.channels.send_data(first, b"still here")

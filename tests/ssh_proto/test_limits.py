@@ -48,7 +48,7 @@ def test_L4_channels_are_counted_when_opened_not_when_started():
     (refused,) = pair.take(S, ev.ChannelOpenRefused)
     assert refused.channel_type == "direct-tcpip" and "limit 3" in refused.description
     (failed,) = pair.take(C, ev.ChannelOpenFailed)
-    assert failed.channel_id == cid and failed.code == m.OPEN_RESOURCE_SHORTAGE
+    assert failed.channel_id == cid and failed.reason == m.OPEN_RESOURCE_SHORTAGE
     assert "too many channels" in failed.description
 
 
@@ -155,7 +155,7 @@ def test_L4_our_own_open_past_a_limit_is_a_typed_error():
     pair.client.channels.open("session")             # 40,000 of window
     with pytest.raises(ChannelOpenError) as info:
         pair.client.channels.open("session")
-    assert info.value.code == m.OPEN_RESOURCE_SHORTAGE and "window budget" in info.value.description
+    assert info.value.reason == m.OPEN_RESOURCE_SHORTAGE and "window budget" in info.value.description
 
 
 # ---- L6: pre-authentication output and none -----------------------------------------------------

@@ -177,7 +177,7 @@ async def test_L4_a_thousand_sessions_opened_and_never_started_pin_at_most_the_w
     # of the 1,024 channels a connection may hold: 512 sessions of 32 KiB fill the 16 MiB
     windows = [attacker.core.channels.send_capacity(cid) for cid in confirmed]
     assert windows == [32768] * 512 and sum(windows) == budget
-    assert {(f.code, f.description) for f in failed} == {
+    assert {(f.reason, f.description) for f in failed} == {
         (m.OPEN_RESOURCE_SHORTAGE, f"receive window budget of this connection exhausted ({budget} bytes)")}
     # fill every window the server gave, and never start a session
     for cid, window in zip(confirmed, windows):

@@ -13,14 +13,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pairs import (C, S, FakeClock, authenticated_pair, algorithms, handshaken_pair, host_key, insert_before,
-                   make_pair, record_packets, transport_without)
+from pairs import (PASSWORD, C, S, FakeClock, authenticated_pair, algorithms, handshaken_pair, host_key,
+                   insert_before, make_pair, record_packets, transport_without)
 from ssh_proto import events as ev
 from ssh_proto import messages as m
 from ssh_proto.ciphers import CIPHERS, MACS, cipher_needs_mac
 from ssh_proto.connection import Connection, ConnectionOptions
 from ssh_proto.errors import (ConnectionLost, DisconnectError, DisconnectReason, HostKeyNotVerifiable,
-                              KeyExchangeError, MACError, ProtocolError)
+                              KeyExchangeError, LocalError, MACError, ProtocolError)
 from ssh_proto.kex import KEX_METHODS
 from ssh_proto.keys import PrivateKey
 from ssh_proto.state import Role
@@ -206,7 +206,8 @@ def test_wrong_first_kex_packet_guess_is_ignored():
         def _start_kex(self) -> None:
             super()._start_kex()
             if not self._first_kex_done:
-                self._emit_kex(bytes([m.MSG_KEX_INIT]) + b"a guess the server must ignore")
+                # written raw: our own transport never guesses, so its table has no room for it
+                self._out.append(self._writer.write(bytes([m.MSG_KEX_INIT]) + b"a guess the server must ignore"))
 
     pair = authenticated_pair(client_transport=Guessing)
     assert pair.server.transport.negotiated.kex != "x-unknown@example.com"
@@ -561,9 +562,76 @@ def test_T9_ext_info_after_authentication_is_an_error(side):
 
 
 def test_T9_ext_info_before_service_accept_but_not_first_is_an_error():
-    pair = handshaken_pair()  # the server's EXT_INFO already came first
+    pair = make_pair()
+    pair.transfer(C)
+    pair.transfer(S)
+    pair.transfer(C)
+    pair.transfer(S)  # REPLY, NEWKEYS and the server's EXT_INFO: the client's kex is complete
+    assert pair.client.transport.handshake_complete and not pair.take(C, ev.ServiceAccepted)
+    pair.inject(S, _ext_info())
+    err = pair.expect_error(C)
+    assert "EXT_INFO" in err.description
+
+
+def _in_auth_with_password_pending(**kw):
+    """The client's password request waits for the server's decision (AUTH, both parties)."""
+    pair = handshaken_pair(**kw)
+    assert pair.take(C, ev.ServiceAccepted)
+    pair.client.client_auth.request_password(PASSWORD)
+    pair.pump()
+    assert pair.take(S, ev.AuthPassword)
+    return pair
+
+
+def test_T9_second_ext_info_right_before_userauth_success_is_accepted():
+    """RFC 8308 §2.4: "a client that sent ext-info-c MUST accept a server's EXT_INFO at both
+    opportunities" — the second is immediately before USERAUTH_SUCCESS."""
+    pair = _in_auth_with_password_pending()
+    pair.inject(S, m.ExtInfo((("x-second@example.com", b"2"),)).encode())
+    pair.server.auth_accept()
+    pair.pump()
+    (result,) = pair.take(C, ev.AuthResult)
+    assert result.success and pair.client.authenticated
+    assert pair.client.transport.peer_ext_info["x-second@example.com"] == b"2"
+    assert "server-sig-algs" in pair.client.transport.peer_ext_info  # the first one's extensions stay
+
+
+def test_T9_second_ext_info_not_followed_by_userauth_success_is_an_error():
+    pair = _in_auth_with_password_pending()
+    pair.inject(S, _ext_info())
+    pair.server.server_auth.reject()  # USERAUTH_FAILURE right behind it: not the RFC's place
+    err = pair.expect_error(C)
+    assert "USERAUTH_FAILURE" in err.description and "EXT_INFO" in err.description
+
+
+def test_T9_third_ext_info_is_an_error():
+    pair = _in_auth_with_password_pending()
+    pair.inject(S, _ext_info())
     pair.inject(S, _ext_info())
     pair.expect_error(C)
+
+
+def test_T9_second_ext_info_is_an_error_when_the_client_did_not_offer_ext_info_c():
+    pair = _in_auth_with_password_pending(client_transport=transport_without(EXT_INFO_CLIENT))
+    pair.inject(S, _ext_info())
+    pair.server.auth_accept()
+    err = pair.expect_error(C)
+    assert "EXT_INFO" in err.description
+
+
+def test_T9_ext_info_from_the_client_in_auth_is_an_error():
+    """The second opportunity is the server's alone."""
+    pair = _in_auth_with_password_pending()
+    pair.inject(C, _ext_info())
+    err = pair.expect_error(S)
+    assert "EXT_INFO" in err.description
+
+
+def test_T9_our_server_never_sends_ext_info_outside_the_kex():
+    """Our own sends are checked by the same table: EXT_INFO is not an upper-layer message."""
+    pair = _in_auth_with_password_pending()
+    with pytest.raises(LocalError):
+        pair.server.transport.send(_ext_info())
 
 
 def test_T9_second_ext_info_after_newkeys_is_an_error():

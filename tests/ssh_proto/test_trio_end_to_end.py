@@ -8,6 +8,7 @@ import pytest
 import trio
 
 import ssh_proto
+from ssh_proto import messages as m
 from ssh_proto.keys import PrivateKey
 from ssh_proto.known_hosts import KnownHosts
 from ssh_proto.trio_io.forwarding import open_listeners
@@ -67,7 +68,14 @@ class Server(ssh_proto.SSHServer):
         return 1
 
     async def direct_tcpip(self, host, port, orig_host, orig_port):
+        if host == "refused.example":
+            raise ssh_proto.ChannelOpenError(m.OPEN_ADMINISTRATIVELY_PROHIBITED, f"no route to {host} here")
         return await trio.open_tcp_stream(host, port)
+
+    async def channel_open(self, channel_type, data):
+        if channel_type == "x-busy@example.com":
+            raise ssh_proto.ChannelOpenError(m.OPEN_RESOURCE_SHORTAGE, "come back later")
+        return None
 
     async def tcpip_forward(self, address, port):
         return True
@@ -93,6 +101,32 @@ async def test_exec_stdin_stdout_exit_status(server):
         assert result.exit_status == 0 and result.stdout == b"x" * 300_000
         result = await conn.run("stderr")
         assert (result.exit_status, result.stdout, result.stderr) == (42, b"", b"oops\n")
+
+
+async def test_a_non_utf8_exec_command_is_refused_and_the_connection_stays(server):
+    """messages.py: an exec command need not be UTF-8; refusing it is that request's business."""
+    async with client(server.port) as conn:
+        with pytest.raises(ssh_proto.ChannelError, match="exec request refused"):
+            await conn.run(b"cat \xff\xfe")
+        result = await conn.run("cat", input=b"still connected")
+        assert (result.exit_status, result.stdout) == (0, b"still connected")
+
+
+async def test_a_server_application_refuses_a_channel_with_its_own_reason_code(server):
+    """Raising ChannelOpenError(reason, description) from direct_tcpip or channel_open reaches
+    the client as that RFC 4254 §5.1 reason and those words."""
+    async with client(server.port) as conn:
+        with pytest.raises(ssh_proto.ChannelOpenError) as forward:
+            await conn.open_direct_tcpip("refused.example", 80)
+        with pytest.raises(ssh_proto.ChannelOpenError) as custom:
+            await conn.open_channel("x-busy@example.com")
+        with pytest.raises(ssh_proto.ChannelOpenError) as unknown:
+            await conn.open_channel("x-unknown@example.com")
+        assert (await conn.run("cat", input=b"on")).stdout == b"on"
+    assert (forward.value.reason, forward.value.description) == (m.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                                                                 "no route to refused.example here")
+    assert (custom.value.reason, custom.value.description) == (m.OPEN_RESOURCE_SHORTAGE, "come back later")
+    assert unknown.value.reason == m.OPEN_UNKNOWN_CHANNEL_TYPE
 
 
 async def test_many_sessions_on_one_connection(server):
@@ -286,7 +320,7 @@ async def test_unknown_channel_type_is_refused(server):
     async with client(server.port) as conn:
         with pytest.raises(ssh_proto.ChannelOpenError) as info:
             await conn.open_channel("x-unknown@example.com")
-        assert info.value.code == 3
+        assert info.value.reason == 3
 
 
 async def test_abrupt_disconnect_leaves_server_serving(server):
