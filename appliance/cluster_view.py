@@ -10,7 +10,8 @@ asks (docs/security.md R1-R4):
 * ``proxy_registered(name, host_key)`` — a relay line counts only from a proxy still
   registered with that host key.
 * ``nodes`` (proxies only) — the inventory, so the proxy routes to a node that just joined and
-  stops routing to one just removed at once.
+  stops routing to one just removed at once; ``has_inventory`` says whether the server sends
+  it (a snapshot came with it), ``inventory_version`` counts its changes (a cache key).
 
 It also holds :class:`LiveSessions`: the authenticated connections (and, at a proxy, the
 streams to nodes) that a revocation must end. Each is registered with a ``close(reason)``
@@ -85,6 +86,7 @@ class ClusterView:
         self._proxies: dict[str, bytes] | None = None
         self.nodes: dict[str, Mapping[str, Any]] = {}
         self._inventory = False  # whether the server sends us the nodes (proxies only)
+        self.inventory_version = 0
         self.live = LiveSessions()
         self.ready = trio.Event()
         self._node_listeners: list[Callable[[], None]] = []
@@ -99,6 +101,11 @@ class ClusterView:
             return True  # no view yet: best effort
         registered = self._proxies.get(name)
         return registered is not None and hmac.compare_digest(registered, host_key)
+
+    @property
+    def has_inventory(self) -> bool:
+        """Whether ``nodes`` is the inventory (a snapshot with nodes was applied)."""
+        return self._inventory
 
     def on_nodes_changed(self, listener: Callable[[], None]) -> None:
         """``listener()`` after every change to the inventory (a proxy's directory refresh)."""
@@ -154,6 +161,7 @@ class ClusterView:
         self._nodes_changed()
 
     def _nodes_changed(self) -> None:
+        self.inventory_version += 1
         for listener in self._node_listeners:
             listener()
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -202,17 +202,27 @@ async def _next_request(channel: trio.abc.ReceiveStream, decoder: FrameDecoder) 
         decoder.feed(data)
 
 
-async def serve_api_channel(channel: trio.abc.Stream, identity: Caller, service: AuthService) -> None:
+#: Calls after which the answer waits until the change is pushed to the proxies (``sync``
+#: of :func:`serve_api_channel`): the inventory an admin changed is routed as it says.
+SYNCED_METHODS = frozenset({"add_node", "update_node", "remove_node", "delete_user", "reset_user", "join"})
+
+
+async def serve_api_channel(channel: trio.abc.Stream, identity: Caller, service: AuthService, *,
+                            sync: Callable[[], Awaitable[object]] | None = None) -> None:
     """Serve requests from ``identity`` on ``channel`` until it ends.
 
     ``channel`` is the session channel on which the client requested the
     ``jumpgate-api`` subsystem. Returns when the peer closes the channel, breaks the
-    protocol (after a last ``protocol_error`` response) or goes away.
+    protocol (after a last ``protocol_error`` response) or goes away. With ``sync`` (the
+    change feed's :meth:`~appliance.auth.watch.ChangeFeed.sync`), a call in
+    :data:`SYNCED_METHODS` is answered once its change has been pushed.
     """
     decoder = FrameDecoder.for_requests()
     try:
         while (req := await _next_request(channel, decoder)) is not None:
             reply = await handle_request(service, identity, req)
+            if sync is not None and req.method in SYNCED_METHODS:
+                await sync()
             try:
                 await channel.send_all(reply)
             except (trio.BrokenResourceError, trio.ClosedResourceError):

@@ -226,7 +226,8 @@ class AuthSSHServer(ssh_proto.SSHServer):
         if session.kind != "subsystem" or session.subsystem != SUBSYSTEM:
             await session.send_stderr(f"this server only offers the {SUBSYSTEM} subsystem\r\n".encode())
             return 1
-        await serve_api_channel(session, self.caller, self.service)
+        await serve_api_channel(session, self.caller, self.service,
+                                sync=self.feed.sync if self.feed is not None else None)
         return 0
 
 

@@ -12,9 +12,16 @@ Theory of operation:
   generation), a node or proxy joined, added, updated or removed. Another process writing the
   same database — ``jumpgate ctl`` on the auth host — is seen the same way, and so would a
   second auth server on a shared database.
-* :class:`ChangeFeed` polls the feed every :data:`POLL_INTERVAL` seconds and turns each change
-  into a push built from the *current* state, so pushes are idempotent: applying one twice, or
-  one the snapshot already contained, changes nothing.
+* :class:`ChangeFeed` reads the feed when storage in this process says it wrote a change
+  (:meth:`Storage.on_change <appliance.storage.base.Storage.on_change>`), when another process
+  asks it to (:meth:`ChangeFeed.serve_sync`, the ``auth/feed.sock`` socket that ``jumpgate ctl``
+  knocks on after a change), and at the latest every :data:`POLL_INTERVAL` seconds; it turns
+  each change into a push built from the *current* state, so pushes are idempotent: applying
+  one twice, or one the snapshot already contained, changes nothing.
+* :meth:`ChangeFeed.sync` is the barrier a writer waits on: every change committed before the
+  call has been read and handed to every watcher's stream (``send_all`` returned) when it
+  returns. ``ctl nodes add`` and ``ctl nodes rm`` return only after it, so the proxies route
+  to the node, or refuse it, from the moment the command returns (issue 14 item 6).
 * A watcher subscribes first, then receives a snapshot, then every push after it, in order.
   Its queue is bounded (:data:`SUBSCRIBER_QUEUE`): a watcher that falls that far behind is
   dropped (its channel closes) and reconnects for a fresh snapshot; it never slows the feed
@@ -39,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -49,7 +57,8 @@ from ..api.protocol import Push, encode_push
 from ..storage.base import ChangeRecord, NodeRecord, Storage
 from .ca import BACKDATE_SECONDS
 
-__all__ = ["POLL_INTERVAL", "REVOCATION_HORIZON", "SUBSCRIBER_QUEUE", "ChangeFeed", "node_map"]
+__all__ = ["POLL_INTERVAL", "REVOCATION_HORIZON", "SUBSCRIBER_QUEUE", "SYNC_SOCKET", "ChangeFeed", "node_map",
+           "request_sync"]
 
 log = logging.getLogger("jumpgate.auth.watch")
 
@@ -63,6 +72,11 @@ REVOCATION_HORIZON = 30 * 3600 + BACKDATE_SECONDS + 3600
 CHANGE_RETENTION = 86400.0
 PURGE_INTERVAL = 3600.0
 BATCH = 500
+#: The longest a writer waits at :meth:`ChangeFeed.sync` for slow watchers (a watcher that
+#: falls behind must not stall an admin command; it resyncs on its own).
+SYNC_TIMEOUT = 2.0
+#: The socket in the auth data dir that another process knocks on after writing a change.
+SYNC_SOCKET = "feed.sock"
 
 
 def node_map(node: NodeRecord) -> dict[str, Any]:
@@ -73,17 +87,29 @@ def node_map(node: NodeRecord) -> dict[str, Any]:
 class _Subscriber:
     def __init__(self, caller: str) -> None:
         self.caller = caller  # the watcher's caller kind: node or proxy
-        self.send, self.receive = trio.open_memory_channel[Push](SUBSCRIBER_QUEUE)
+        self.send, self.receive = trio.open_memory_channel[tuple[int, Push]](SUBSCRIBER_QUEUE)
         self.overflowed = False
+        self.sent_id = 0          # every change up to this id is on the watcher's stream
+        self._progress = trio.Event()
 
-    def offer(self, push: Push) -> None:
+    def offer(self, change_id: int, push: Push) -> None:
         if self.overflowed:
             return
         try:
-            self.send.send_nowait(push)
+            self.send.send_nowait((change_id, push))
         except trio.WouldBlock:
             self.overflowed = True  # too far behind: it must resync from a snapshot
             self.send.close()
+            self.sent(change_id)
+
+    def sent(self, change_id: int) -> None:
+        self.sent_id = max(self.sent_id, change_id)
+        self._progress.set()
+        self._progress = trio.Event()
+
+    async def wait_sent(self, change_id: int) -> None:
+        while self.sent_id < change_id and not self.overflowed:
+            await self._progress.wait()
 
 
 class ChangeFeed:
@@ -102,13 +128,22 @@ class ChangeFeed:
         self._subscribers: set[_Subscriber] = set()
         self._last_id = 0
         self._last_purge = -math.inf
+        self._lock = trio.Lock()     # one reader of the feed at a time: pushes stay in order
+        self._wake = trio.Event()
+        storage.on_change(self.wake)
+
+    def wake(self) -> None:
+        """A change was written: read the feed now rather than at the next tick."""
+        self._wake.set()
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Follow the feed until cancelled (``await nursery.start(feed.run)``)."""
         self._last_id = await self.storage.last_change_id()
         task_status.started()
         while True:
-            await trio.sleep(self._poll_interval)
+            with trio.move_on_after(self._poll_interval):
+                await self._wake.wait()
+            self._wake = trio.Event()
             try:
                 await self.poll()
             except Exception:  # a storage hiccup: logged, the next poll tries again
@@ -116,16 +151,29 @@ class ChangeFeed:
 
     async def poll(self) -> int:
         """Push every change since the last poll; returns how many were read."""
-        changes = await self.storage.list_changes(self._last_id, BATCH)
-        for change in changes:
-            for push in await self._pushes(change):
-                self._publish(push)
-            self._last_id = change.id
-        now = self._clock()
-        if now - self._last_purge >= PURGE_INTERVAL:
-            self._last_purge = now
-            await self.storage.purge_changes(now - CHANGE_RETENTION)
-        return len(changes)
+        async with self._lock:
+            changes = await self.storage.list_changes(self._last_id, BATCH)
+            for change in changes:
+                for push in await self._pushes(change):
+                    self._publish(change.id, push)
+                self._last_id = change.id
+            now = self._clock()
+            if now - self._last_purge >= PURGE_INTERVAL:
+                self._last_purge = now
+                await self.storage.purge_changes(now - CHANGE_RETENTION)
+            return len(changes)
+
+    async def sync(self, timeout: float = SYNC_TIMEOUT) -> bool:
+        """Push every change committed before this call and wait (at most ``timeout``) until
+        each watcher's stream has taken it; False if a watcher was still behind then."""
+        while await self.poll() == BATCH:
+            pass
+        target = self._last_id
+        with trio.move_on_after(timeout):
+            for subscriber in tuple(self._subscribers):
+                await subscriber.wait_sent(target)
+            return True
+        return False
 
     async def _pushes(self, change: ChangeRecord) -> list[Push]:
         if change.kind == "user":
@@ -137,10 +185,12 @@ class ChangeFeed:
             return [Push("node", {"name": change.name, "node": node_map(node) if node is not None else None})]
         return []
 
-    def _publish(self, push: Push) -> None:
+    def _publish(self, change_id: int, push: Push) -> None:
         for subscriber in tuple(self._subscribers):
             if _visible(push, subscriber.caller):
-                subscriber.offer(push)
+                subscriber.offer(change_id, push)
+            else:
+                subscriber.sent(change_id)  # nothing of it is for this watcher
 
     @contextlib.contextmanager
     def subscribe(self, caller: str):
@@ -167,13 +217,74 @@ class ChangeFeed:
         too far behind (then the stream just ends: the watcher reconnects)."""
         with self.subscribe(caller) as subscriber:  # before the snapshot: nothing falls between
             try:
-                await stream.send_all(encode_push(await self.snapshot(caller)))
-                async for push in subscriber.receive:
+                async with self._lock:  # the snapshot holds every change read so far
+                    snapshot, upto = await self.snapshot(caller), self._last_id
+                await stream.send_all(encode_push(snapshot))
+                subscriber.sent(upto)
+                async for change_id, push in subscriber.receive:
                     await stream.send_all(encode_push(push))
+                    subscriber.sent(change_id)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
             if subscriber.overflowed:
                 log.warning("a %s watcher fell %d changes behind: dropped, it will resync", caller, SUBSCRIBER_QUEUE)
+
+
+    async def serve_sync(self, path: str | os.PathLike[str], *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Serve the sync socket at ``path`` until cancelled: each connection is answered
+        ``ok`` after :meth:`sync` (another process wrote a change and waits for it to be
+        pushed: :func:`request_sync`). The socket lives in the auth data dir (mode 0700), so
+        only the cluster's administrator can knock; a knock only makes the feed read now."""
+        path = os.fspath(path)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # left by a process that was killed
+        sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+        try:
+            await sock.bind(path)
+            os.chmod(path, 0o600)
+            sock.listen(16)
+        except OSError as exc:  # e.g. a path longer than sun_path: writers fall back to the tick
+            sock.close()
+            log.warning("the change feed's sync socket %s cannot be served (%s): another process's "
+                        "changes are pushed within %gs", path, exc, self._poll_interval)
+            task_status.started()
+            await trio.sleep_forever()
+        listener = trio.SocketListener(sock)
+        task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                await trio.serve_listeners(self._answer_sync, [listener], handler_nursery=nursery)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    async def _answer_sync(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            try:
+                await self.sync()
+                await stream.send_all(b"ok\n")
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            except Exception:
+                log.exception("a sync request failed")
+
+
+async def request_sync(path: str | os.PathLike[str], timeout: float = SYNC_TIMEOUT + 1.0) -> bool:
+    """Ask the running auth service's feed (its sync socket ``path``) to push what this
+    process just wrote, and wait until it has; False if no auth service answers (none running:
+    there is nobody to push to) or it does not answer within ``timeout``."""
+    with trio.move_on_after(timeout):
+        try:
+            stream = await trio.open_unix_socket(os.fspath(path))
+        except OSError:
+            return False
+        async with stream:
+            answer = b""
+            with contextlib.suppress(trio.BrokenResourceError, OSError):
+                while data := await stream.receive_some(16):
+                    answer += data
+            return answer.startswith(b"ok")
+    return False
 
 
 def _visible(push: Push, caller: str) -> bool:

@@ -73,7 +73,9 @@ async def _backend(args) -> AsyncIterator[_Backend]:
 
 @contextlib.asynccontextmanager
 async def _local(args) -> AsyncIterator[_Backend]:
+    from ..api.server import SYNCED_METHODS
     from ..auth.service import AuthService, AuthServiceError, to_wire
+    from ..auth.watch import SYNC_SOCKET, request_sync
     from ..storage.sqlite import SQLiteStorage
 
     try:
@@ -97,9 +99,13 @@ async def _local(args) -> AsyncIterator[_Backend]:
 
     async def call(method: str, **params: Any) -> Any:
         try:
-            return to_wire(await getattr(service, method)(**params))
+            result = to_wire(await getattr(service, method)(**params))
         except AuthServiceError as exc:
             raise CliError(exc.message) from None
+        if method in SYNCED_METHODS:
+            # the running auth service pushes it to the proxies before we say it is done
+            await request_sync(cfg.data_dir / "auth" / SYNC_SOCKET)
+        return result
 
     try:
         yield _Backend(call, data_dir=cfg.data_dir, host=host, web_port=int(ports["web"]), actor=actor,

@@ -169,7 +169,7 @@ async def _start_auth(nursery: trio.Nursery, cfg: Config, data_dir: Path):
     from ssh_proto.keys import PrivateKey, load_private_key, write_private_key
     from ..auth.server import serve_auth
     from ..auth.service import AuthService, AuthServiceError
-    from ..auth.watch import ChangeFeed
+    from ..auth.watch import SYNC_SOCKET, ChangeFeed
     from ..storage.sqlite import SQLiteStorage
 
     auth_dir = prepare_data_dir(data_dir / "auth")
@@ -198,6 +198,8 @@ async def _start_auth(nursery: trio.Nursery, cfg: Config, data_dir: Path):
     cert, _ = parse_public_line(result.cert)
     feed = ChangeFeed(storage)
     await nursery.start(supervised, "auth", feed.run)
+    # `jumpgate ctl` on this host writes the database itself, then knocks here (issue 14 item 6)
+    await nursery.start(supervised, "auth", functools.partial(feed.serve_sync, auth_dir / SYNC_SOCKET))
     try:
         await nursery.start(supervised, "auth", functools.partial(serve_auth, auth_service, auth_service.ca, (key, cert),
                                                                   cfg.listen_addr, cfg.ports["auth"], feed=feed))
@@ -340,7 +342,7 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
     await nursery.start(supervised, "proxy" if "proxy" in cfg.services else "web", pool.run)
     await _first_view(view)
     if "proxy" in cfg.services:
-        directory = NodeDirectory(lambda: pool.list_nodes(labels={}))
+        directory = NodeDirectory(lambda: pool.list_nodes(labels={}), lookup=_node_lookup(pool), view=view)
         view.on_nodes_changed(directory.invalidate)
 
         def provider() -> ProxyIdentity:
@@ -369,6 +371,20 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
             raise CliError(f"web: cannot listen on port {cfg.ports['web']}: {exc.strerror or exc}") from None
         log.info("web serving HTTPS on %s:%d (certificate pin %s)", cfg.listen_addr, cfg.ports["web"], tls.pin)
     return member.cluster
+
+
+def _node_lookup(pool):
+    """The auth server's answer about one name (the directory asks before refusing it)."""
+    from ..api.client import ApiError
+
+    async def lookup(name: str):
+        try:
+            return await pool.get_node(name=name)
+        except ApiError as exc:
+            if exc.code in ("not_found", "bad_request"):
+                return None
+            raise
+    return lookup
 
 
 def web_public_addr(cfg: Config) -> str | None:

@@ -12,10 +12,10 @@ is fed by a ``fetch`` coroutine the caller supplies, in production the auth API'
   asks for web1:22 while the node listens on 3022. For an address, the node registered at
   that exact ``addr`` wins; else the only node on that host; two nodes on one host and
   neither on the requested port is ambiguous and refused.
-* **The directory.** :class:`NodeDirectory` caches the node list for ``ttl`` seconds and
-  refreshes early (at most once per ``min_refresh``) when a target is not found, so a node
-  that just joined is reachable at once while a stream of unknown names cannot hammer the
-  auth server.
+* **The directory.** :class:`NodeDirectory` reads the inventory the auth server pushes
+  (:class:`~appliance.cluster_view.ClusterView`), and asks the auth server once more about a
+  target it does not know before refusing it, so a node that was just added is reachable, and
+  one just removed is not, from the moment ``jumpgate ctl`` returns (rule T22).
 * **The node list for ``jumpgate ls``** travels on the ``jumpgate-nodes`` SSH subsystem of
   the proxy in the frames of :mod:`appliance.api.protocol`: the client sends one request
   ``list_nodes {"labels": {k: v}}`` and EOF, the proxy answers one response
@@ -37,7 +37,8 @@ import trio
 from ..api.protocol import (E_BAD_REQUEST, ApiProtocolError, ErrorResponse, FrameDecoder, Request, Response,
                             encode_error, encode_request, encode_response)
 from ..inventory import MAX_LABEL_TEXT, NodeRecord, NodeRecordError, labels_match
-from ..names import strip_cluster
+from ..cluster_view import ClusterView
+from ..names import is_node_name, strip_cluster
 
 __all__ = [
     "NODES_SUBSYSTEM", "MAX_LABEL_FILTERS",
@@ -98,12 +99,27 @@ def find_node(nodes: Iterable[NodeRecord], host: str, port: int) -> NodeRecord |
     return _by_name(nodes, host) or _by_address(nodes, host, port)
 
 
+Lookup = Callable[[str], Awaitable["Mapping[str, Any] | None"]]
+
+
 class NodeDirectory:
     """The proxy's view of the registered nodes: ``resolve`` and ``list_nodes`` callbacks.
 
-    ``fetch()`` returns every node as :meth:`NodeRecord.to_wire` maps (the auth API's
-    ``list_nodes``). The list is cached ``ttl`` seconds; an unknown target
-    triggers an early refresh at most once per ``min_refresh`` seconds.
+    Where the nodes come from, best first:
+
+    * ``view`` (a :class:`~appliance.cluster_view.ClusterView` fed by the auth server's push
+      stream): once it holds the inventory, lookups and lists read it, with no request to the
+      auth server, and an add or a remove counts from the moment its push is applied.
+    * ``fetch()``, every node as :meth:`NodeRecord.to_wire` maps (the auth API's
+      ``list_nodes``): before the view has its first snapshot, or without a view, the list is
+      cached ``ttl`` seconds and :meth:`invalidate` drops it.
+
+    A target found in neither is looked up once more before the answer is "unknown node": a
+    name with ``lookup(name)`` (the auth API's ``get_node``: one row, however large the
+    inventory), else — or without ``lookup`` — with a fresh ``fetch()`` (at most once per
+    ``min_refresh`` seconds, so a stream of unknown addresses cannot make the proxy pull the
+    whole inventory again and again). So a node added a moment ago is reachable even if its
+    push is still on the way (issue 14 item 6).
 
     >>> async def fetch():
     ...     return [{"name": "web1", "addr": "10.0.0.5:3022", "labels": {"env": "dev"}}]
@@ -112,15 +128,19 @@ class NodeDirectory:
     ('10.0.0.5', 3022)
     """
 
-    def __init__(self, fetch: Callable[[], Awaitable[Iterable[Mapping[str, Any]]]], *, ttl: float = 5.0,
-                 min_refresh: float = 1.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, fetch: Callable[[], Awaitable[Iterable[Mapping[str, Any]]]], *, lookup: Lookup | None = None,
+                 view: ClusterView | None = None, ttl: float = 5.0, min_refresh: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic):
         self._fetch = fetch
+        self._lookup = lookup
+        self._view = view
         self._ttl = ttl
         self._min_refresh = min_refresh
         self._clock = clock
         self._nodes: tuple[NodeRecord, ...] = ()
         self._fetched_at = -math.inf
         self._lock = trio.Lock()
+        self._from_view: tuple[int, tuple[NodeRecord, ...]] = (-1, ())
 
     async def _refresh(self, older_than: float) -> tuple[NodeRecord, ...]:
         async with self._lock:  # one fetch at a time; waiters reuse its answer
@@ -130,8 +150,19 @@ class NodeDirectory:
                 self._fetched_at = self._clock()
             return self._nodes
 
+    def _view_nodes(self) -> tuple[NodeRecord, ...] | None:
+        view = self._view
+        if view is None or not view.has_inventory:
+            return None
+        version, nodes = self._from_view
+        if version != view.inventory_version:  # parsed once per change, not per lookup
+            nodes = tuple(node_from_wire(n) for n in view.nodes.values() if n.get("kind") != "proxy")
+            self._from_view = (view.inventory_version, nodes)
+        return nodes
+
     async def nodes(self) -> tuple[NodeRecord, ...]:
-        return await self._refresh(self._ttl)
+        pushed = self._view_nodes()
+        return pushed if pushed is not None else await self._refresh(self._ttl)
 
     def invalidate(self) -> None:
         """The inventory changed (the auth server's push stream said so): the next lookup
@@ -141,15 +172,22 @@ class NodeDirectory:
     async def resolve(self, host: str, port: int) -> NodeRecord | None:
         """The node to connect to for ``host``/``port`` (see the module rules), or None
         (also for a node without an address the proxy can dial)."""
-        node = find_node(await self.nodes(), host, port)
-        if node is None:
-            node = find_node(await self._refresh(self._min_refresh), host, port)
+        node = find_node(await self.nodes(), host, port) or await self._look_again(host, port)
         return node if node is not None and node.endpoint is not None else None
 
+    async def _look_again(self, host: str, port: int) -> NodeRecord | None:
+        """A target the directory does not know: ask the auth server once before refusing."""
+        if self._lookup is not None and is_node_name(host.lower()):
+            found = await self._lookup(host.lower())
+            node = node_from_wire(found) if found is not None else None
+            return node if node is not None and node.kind != "proxy" else None
+        return find_node(await self._refresh(self._min_refresh), host, port)
+
     async def list_nodes(self, labels: Mapping[str, str]) -> list[dict[str, Any]]:
-        """For `jumpgate ls`: a list at most ``min_refresh`` old, so a node that just
-        joined shows up at once (routing keeps using the ``ttl`` cache)."""
-        nodes = await self._refresh(self._min_refresh)
+        """For `jumpgate ls`: the pushed inventory, or a list at most ``min_refresh`` old, so a
+        node that just joined shows up at once."""
+        pushed = self._view_nodes()
+        nodes = pushed if pushed is not None else await self._refresh(self._min_refresh)
         return [n.to_wire() for n in nodes if labels_match(n.labels, labels)]
 
 

@@ -31,7 +31,7 @@ protocol. Rules every implementation follows:
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -156,6 +156,9 @@ class Storage(Protocol):
     """What the auth service needs from a database. All methods are atomic."""
 
     async def aclose(self) -> None: ...
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` (in the event loop, not blocking) after each committed
+        transaction of this object that wrote a row of the change feed."""
 
     # -- users -------------------------------------------------------------------------
     async def get_user(self, name: str) -> UserRecord | None: ...

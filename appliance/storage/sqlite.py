@@ -276,6 +276,8 @@ class SQLiteStorage:
         self.path = os.fspath(path)
         self._clock = clock
         self._lock = trio.Lock()
+        self._wrote_change = False
+        self._change_listeners: list[Callable[[], None]] = []
         try:
             self._conn: sqlite3.Connection | None = _connect(self.path)
             self._migrate()
@@ -345,11 +347,17 @@ class SQLiteStorage:
             with self._tx() as db:
                 return fn(db)
         async with self._lock:
+            self._wrote_change = False
             try:
                 # Not cancellable: the transaction finishes (or rolls back) in the thread.
-                return await trio.to_thread.run_sync(in_thread)
+                result = await trio.to_thread.run_sync(in_thread)
             except sqlite3.Error as exc:
                 raise StorageError(f"database error: {exc}") from None
+            wrote, self._wrote_change = self._wrote_change, False
+        if wrote:  # committed: the change feed may read it now
+            for listener in self._change_listeners:
+                listener()
+        return result
 
     # -- users -----------------------------------------------------------------------
     async def get_user(self, name: str) -> UserRecord | None:
@@ -425,6 +433,10 @@ class SQLiteStorage:
     def _changed(self, db: sqlite3.Connection, kind: str, name: str) -> None:
         """One row of the change feed, in the transaction of the change itself."""
         db.execute("INSERT INTO changes (time, kind, name) VALUES (?, ?, ?)", (self._clock(), kind, name))
+        self._wrote_change = True
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        self._change_listeners.append(listener)
 
     async def get_generation(self, name: str) -> int:
         row = await self._run(lambda db: db.execute(

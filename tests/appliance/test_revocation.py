@@ -30,6 +30,7 @@ from appliance.auth.ca import GENERATION_EXTENSION, generation_of
 from appliance.auth.server import serve_auth
 from appliance.auth.service import AuthService
 from appliance.auth.watch import POLL_INTERVAL, ChangeFeed
+from appliance.cli.start import _node_lookup
 from appliance.cluster_view import ClusterView
 from appliance.node.server import NodeIdentity, serve_node
 from appliance.proxy.routing import NodeDirectory
@@ -136,7 +137,7 @@ async def cluster(nursery, tmp_path, login) -> Cluster:
 
     proxy_key, proxy_cert = await _joined(service, "proxy", "proxy1", f"{LOOPBACK}:3023")
     proxy_view, proxy_pool = await _pool(nursery, auth_addr, (proxy_key, proxy_cert), host_ca)
-    directory = NodeDirectory(lambda: proxy_pool.list_nodes(labels={}))
+    directory = NodeDirectory(lambda: proxy_pool.list_nodes(labels={}), lookup=_node_lookup(proxy_pool), view=proxy_view)
     proxy_view.on_nodes_changed(directory.invalidate)
     proxy = await nursery.start(partial(serve_proxy, ProxyIdentity(proxy_key, proxy_cert), [user_ca], CLUSTER,
                                         directory.resolve, directory.list_nodes, LOOPBACK, 0, view=proxy_view))

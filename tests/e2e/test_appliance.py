@@ -432,6 +432,35 @@ def test_sshd_node_scp_with_jumpgate_scp(alice: Client, sshnode: openssh.SshdHan
     assert (os_user.home / "to_sshd.txt").read_text() == "to the OpenSSH node\n"
 
 
+def test_r4_ctl_nodes_add_then_ssh_at_once_never_misses_and_rm_refuses_at_once(
+        alice: Client, cluster: Cluster, ssh_config: Path, sshnode: openssh.SshdHandle, os_user) -> None:
+    """Issue 14 item 6, as the user met it: `ctl nodes add` and then, at once, `jumpgate ssh`
+    and OpenSSH `ssh -J` (each once missed 2 times in 5); `ctl nodes rm` and then, at once, a
+    refusal (it was routed for ~4 s). Ten rounds, no sleep anywhere: ctl returns only once
+    the proxy has the change (docs/security.md R4)."""
+    config = ssh_config.with_name("config_r4")
+    config.write_text(alice.run("config").check().stdout)  # names sshnode, for its known_hosts line
+    jump = f"alice@{LOOPBACK}:{cluster.ports['proxy']}"
+    addr = f"{LOOPBACK}:{sshnode.port}"
+    try:
+        for round_ in range(10):
+            cluster.ctl("nodes", "rm", "sshnode")
+            refused = alice.run("ssh", f"{os_user.name}@sshnode", "true")
+            assert refused.returncode != 0 and "unknown node" in refused.stderr, (round_, refused.stderr)
+            cluster.ctl("nodes", "add", "--name", "sshnode", "--addr", addr, "--labels", "env=legacy")
+            reached = alice.run("ssh", f"{os_user.name}@sshnode", "echo $((40 + 2))")
+            assert (reached.returncode, reached.stdout) == (0, "42\n"), (round_, reached.stderr)
+            if round_ % 2:  # OpenSSH's -J on every other round: each add is followed by one ssh
+                continue
+            cluster.ctl("nodes", "rm", "sshnode")
+            cluster.ctl("nodes", "add", "--name", "sshnode", "--addr", addr, "--labels", "env=legacy")
+            done = run_openssh([SSH, *openssh_opts(config), "-J", jump, f"{os_user.name}@sshnode", "echo jumped"])
+            assert (done.returncode, done.stdout) == (0, "jumped\n"), (round_, done.stderr)
+    finally:  # the module's other tests expect sshnode registered as before
+        if "sshnode" not in _node_rows(alice.run("ls").check().stdout):
+            cluster.ctl("nodes", "add", "--name", "sshnode", "--addr", addr, "--labels", "env=legacy")
+
+
 # --------------------------------------------------------------------------- ctl away from the auth host
 
 
