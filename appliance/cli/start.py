@@ -327,7 +327,7 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
     from ..api.pool import ApiPool
     from ..cluster_view import ClusterView
     from ..membership import MembershipHolder, heartbeat_loop
-    from ..proxy.routing import NodeDirectory
+    from ..proxy.routing import NodeDirectory, Routes
     from ..proxy.server import ProxyIdentity, serve_proxy
     from ..web.server import serve_web
     from ..web.tls import TLSSetupError, ensure_web_tls
@@ -342,7 +342,8 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
     await nursery.start(supervised, "proxy" if "proxy" in cfg.services else "web", pool.run)
     await _first_view(view)
     if "proxy" in cfg.services:
-        directory = NodeDirectory(lambda: pool.list_nodes(labels={}), lookup=_node_lookup(pool), view=view)
+        directory = NodeDirectory(lambda: pool.list_nodes(labels={}), cluster=member.cluster,
+                                  lookup=_node_lookup(pool), view=view)
         view.on_nodes_changed(directory.invalidate)
 
         def provider() -> ProxyIdentity:
@@ -350,8 +351,8 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
 
         try:
             await nursery.start(supervised, "proxy", functools.partial(
-                serve_proxy, provider, [member.user_ca], member.cluster, directory.resolve, directory.list_nodes,
-                cfg.listen_addr, cfg.ports["proxy"], audit=await _audit_sink(nursery, pool, "proxy"), view=view))
+                serve_proxy, provider, [member.user_ca], Routes(directory), cfg.listen_addr, cfg.ports["proxy"],
+                audit=await _audit_sink(nursery, pool, "proxy"), view=view))
         except OSError as exc:
             raise CliError(f"proxy: cannot listen on port {cfg.ports['proxy']}: {exc.strerror or exc}") from None
         await nursery.start(supervised, "proxy", functools.partial(

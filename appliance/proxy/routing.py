@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -42,7 +43,7 @@ from ..names import is_node_name, strip_cluster
 
 __all__ = [
     "NODES_SUBSYSTEM", "MAX_LABEL_FILTERS",
-    "NodeDirectory", "NodeListError",
+    "NodeDirectory", "NodeKey", "NodeListError", "Route", "Routes", "routable",
     "node_from_wire", "node_target",
     "encode_list_request", "decode_list_request", "encode_list_response", "encode_list_error",
     "decode_list_response",
@@ -53,6 +54,33 @@ LIST_METHOD = "list_nodes"
 #: A label filter holds at most this many pairs, each string at most MAX_LABEL_TEXT long.
 MAX_LABEL_FILTERS = 32
 MAX_NODES = 10000        # nodes in one list answer
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class NodeKey:
+    """A node as the proxy routes to it: its cluster and its name in that cluster (the key of
+    the tunnel registry, :mod:`appliance.proxy.dialing`). A leaf cluster's ``db1`` and the
+    proxy's own ``db1`` are two nodes."""
+
+    cluster: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.name}.{self.cluster}" if self.cluster else self.name
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a requested target goes: the node's key and its inventory record."""
+
+    key: NodeKey
+    node: NodeRecord
+
+
+def routable(node: NodeRecord) -> bool:
+    """A node the proxy can try to reach: one with an address, or one that reaches the proxy
+    by tunnel (it has no address; the dialer finds its tunnel, or says it is not connected)."""
+    return node.endpoint is not None or node.tunnel
 
 
 class NodeListError(ApiProtocolError):
@@ -128,9 +156,10 @@ class NodeDirectory:
     ('10.0.0.5', 3022)
     """
 
-    def __init__(self, fetch: Callable[[], Awaitable[Iterable[Mapping[str, Any]]]], *, lookup: Lookup | None = None,
-                 view: ClusterView | None = None, ttl: float = 5.0, min_refresh: float = 1.0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(self, fetch: Callable[[], Awaitable[Iterable[Mapping[str, Any]]]], *, cluster: str = "",
+                 lookup: Lookup | None = None, view: ClusterView | None = None, ttl: float = 5.0,
+                 min_refresh: float = 1.0, clock: Callable[[], float] = time.monotonic):
+        self.cluster = cluster
         self._fetch = fetch
         self._lookup = lookup
         self._view = view
@@ -171,9 +200,9 @@ class NodeDirectory:
 
     async def resolve(self, host: str, port: int) -> NodeRecord | None:
         """The node to connect to for ``host``/``port`` (see the module rules), or None
-        (also for a node without an address the proxy can dial)."""
+        (also for a node the proxy has no way to reach: :func:`routable`)."""
         node = find_node(await self.nodes(), host, port) or await self._look_again(host, port)
-        return node if node is not None and node.endpoint is not None else None
+        return node if node is not None and routable(node) else None
 
     async def _look_again(self, host: str, port: int) -> NodeRecord | None:
         """A target the directory does not know: ask the auth server once before refusing."""
@@ -189,6 +218,49 @@ class NodeDirectory:
         pushed = self._view_nodes()
         nodes = pushed if pushed is not None else await self._refresh(self._min_refresh)
         return [n.to_wire() for n in nodes if labels_match(n.labels, labels)]
+
+
+class Routes:
+    """The node directories of the clusters this proxy routes to, keyed by cluster name: its
+    own cluster (``local``) today; a trusted leaf cluster's directory is :meth:`add`-ed when it
+    links to this one (issue 15). ``resolve(host, port)`` takes the host as the client sent it:
+    ``name.CLUSTER`` goes to that cluster's directory (the longest cluster suffix wins, case-
+    insensitively), anything else to the local one.
+
+    >>> async def fetch():
+    ...     return [{"name": "web1", "addr": "10.0.0.5:3022"}]
+    >>> routes = Routes(NodeDirectory(fetch, cluster="acme"))
+    >>> str(trio.run(routes.resolve, "WEB1.acme", 22).key)
+    'web1.acme'
+    """
+
+    def __init__(self, local: NodeDirectory):
+        self.local = local
+        self._directories: dict[str, NodeDirectory] = {local.cluster.casefold(): local}
+
+    def add(self, directory: NodeDirectory) -> None:
+        self._directories[directory.cluster.casefold()] = directory
+
+    def remove(self, cluster: str) -> None:
+        if cluster.casefold() != self.local.cluster.casefold():
+            self._directories.pop(cluster.casefold(), None)
+
+    def split(self, host: str) -> tuple[NodeDirectory, str]:
+        """The directory ``host`` names and the name within it."""
+        for cluster in sorted(self._directories, key=len, reverse=True):
+            if cluster:
+                name = strip_cluster(host, cluster)
+                if name != host:
+                    return self._directories[cluster], name
+        return self.local, host
+
+    async def resolve(self, host: str, port: int) -> Route | None:
+        directory, name = self.split(host)
+        node = await directory.resolve(name, port)
+        return Route(NodeKey(directory.cluster, node.name), node) if node is not None else None
+
+    async def list_nodes(self, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        return await self.local.list_nodes(labels)
 
 
 # ------------------------------------------------------------------ the jumpgate-nodes subsystem

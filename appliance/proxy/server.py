@@ -14,8 +14,10 @@ relays ``direct-tcpip`` channels (RFC 4254 §7.2) to *registered* nodes only:
   Plain keys, passwords and keyboard-interactive are refused and only ``publickey`` is
   offered; a refused certificate gets a banner saying why (:mod:`appliance.login_hints`).
 * **Forwarding**: ``direct-tcpip`` to a node name, ``name.CLUSTER`` or a registered node
-  address (rules in :mod:`appliance.proxy.routing`); the connection goes to the node's
-  registered address, never to an address the client chose. A refusal is a
+  address (rules in :mod:`appliance.proxy.routing`, which names the node by cluster and
+  name); the node is reached through the ``dial(key, node)`` seam of
+  :mod:`appliance.proxy.dialing` — its registered address, or its tunnel — never an address
+  the client chose. A refusal is a
   :class:`ssh_proto.ChannelOpenError`, whose RFC 4254 §5.1 reason and words reach the client
   as they are: an unknown target is ADMINISTRATIVELY_PROHIBITED ("unknown node ..."), a
   node that cannot be reached (or a directory that cannot be asked) CONNECT_FAILED. A
@@ -24,7 +26,7 @@ relays ``direct-tcpip`` channels (RFC 4254 §7.2) to *registered* nodes only:
   and the node enforces the certificate's permissions on what happens there.
   To a Jumpgate node (kind ``node``, not an agentless OpenSSH one) the proxy first sends its
   signed line naming the client's address (:mod:`appliance.relay`), so the node sees
-  whom it serves.
+  whom it serves; its relay address is the dialer's (the proxy's end as the node sees it).
   ``tcpip-forward`` (``ssh -R`` at the proxy) and agent forwarding are refused.
 * **Sessions**: no shell or exec (a one-line hint is sent on stderr, exit status 1); the
   ``jumpgate-nodes`` subsystem answers one node-list request (``jumpgate ls``), read-only,
@@ -48,6 +50,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,12 +70,12 @@ from ..cluster_view import ClusterView
 from ..limits import PROXY_OPTIONS, PROXY_PROFILE
 from ..relay import relay_line
 from . import routing
+from .dialing import CONNECT_TIMEOUT, DialError, Dialled, Dialer, ProxyDialer
 
 __all__ = ["PROXY_PORT", "ProxyIdentity", "ProxyServer", "proxy_server_factory", "serve_proxy"]
 
 log = logging.getLogger("jumpgate.proxy")
 
-CONNECT_TIMEOUT = 10.0          # proxy -> node TCP connect
 LIST_REQUEST_TIMEOUT = 30.0     # a jumpgate-nodes client must send its request within this
 MAX_LIST_REQUEST = 64 * 1024
 NO_SHELL_HINT = (b"jumpgate proxy: there is no shell here. Reach a node with `jumpgate ssh [login@]NODE`, "
@@ -83,7 +86,7 @@ NO_SHELL_HINT = (b"jumpgate proxy: there is no shell here. Reach a node with `ju
 PROXY_POLICY = ssh_proto.SessionPolicy(permit_pty=True, permit_agent_forwarding=False,
                                        permit_port_forwarding=True, permit_x11_forwarding=False)
 
-Resolve = Callable[[str, int], Awaitable["routing.NodeRecord | None"]]
+Resolve = Callable[[str, int], Awaitable["routing.Route | None"]]
 ListNodes = Callable[[Mapping[str, str]], Awaitable[Sequence[Mapping[str, Any]]]]
 AuditSink = Callable[[dict], Awaitable[None]]
 
@@ -105,12 +108,13 @@ class _ProxyConfig:
     audit: AuditSink | None
     identity: Callable[[], ProxyIdentity] | None = None  # signs relay lines to nodes
     view: ClusterView | None = None                       # revocation (the push stream)
+    dialer: Dialer = dataclasses.field(default_factory=ProxyDialer)  # how a node is reached
 
 
 class _TrackedStream(trio.abc.HalfCloseableStream):
     """A stream to a node that leaves the live registry when it is closed."""
 
-    def __init__(self, stream: trio.SocketStream, unregister: Callable[[], None]):
+    def __init__(self, stream: trio.abc.HalfCloseableStream, unregister: Callable[[], None]):
         self.stream = stream
         self._unregister = unregister
 
@@ -239,33 +243,37 @@ class ProxyServer(ssh_proto.SSHServer):
 
     # ---- forwarding to nodes -----------------------------------------------------------------
     async def direct_tcpip(self, host: str, port: int, orig_host: str, orig_port: int) -> trio.abc.Stream:
-        target = routing.node_target(host, self.config.cluster)
         try:
-            node = await self.config.resolve(target, port)
+            route = await self.config.resolve(host, port)
         except Exception as exc:  # the directory's backend (auth API) failed: refuse this channel only
             log.warning("proxy: node directory unavailable: %r", exc)
             await self._emit("port", False, target=f"{host}:{port}", reason="node directory unavailable")
             raise ssh_proto.ChannelOpenError(OPEN_CONNECT_FAILED, "the node directory is unavailable; try again") from None
-        if node is None:
+        if route is None:
             await self._emit("port", False, target=f"{host}:{port}", reason="unknown node")
             raise ssh_proto.ChannelOpenError(OPEN_ADMINISTRATIVELY_PROHIBITED,
                                              f"unknown node {host!r} in cluster {self.config.cluster!r}")
-        endpoint = node.endpoint
-        addr = f"{endpoint[0]}:{endpoint[1]}"
+        node, where = route.node, {"node": route.key.name, "node_cluster": route.key.cluster}
+        try:
+            dialled = await self.config.dialer.dial(route.key, node)
+        except DialError as exc:
+            await self._emit("port", False, target=f"{host}:{port}", addr=node.shown_addr, reason=str(exc), **where)
+            raise ssh_proto.ChannelOpenError(OPEN_CONNECT_FAILED,
+                                             f"node {host!r} at {node.shown_addr} is unreachable: {exc}") from None
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
-                stream = await trio.open_tcp_stream(*endpoint)
-                await self._send_relay_line(stream, node)
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError) as exc:
+                await self._send_relay_line(dialled, node)
+        except (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             reason = (f"no answer within {CONNECT_TIMEOUT:g}s" if isinstance(exc, trio.TooSlowError)
                       else getattr(exc, "strerror", None) or "the connection broke")
-            await self._emit("port", False, target=f"{host}:{port}", node=target, addr=addr, reason=reason)
-            raise ssh_proto.ChannelOpenError(OPEN_CONNECT_FAILED, f"node {host!r} at {addr} is unreachable: {reason}") from None
-        await self._emit("port", True, target=f"{host}:{port}", node=target, addr=addr,
-                         origin=f"{orig_host}:{orig_port}")
-        return self._tracked(stream, node.name)
+            await self._emit("port", False, target=f"{host}:{port}", addr=dialled.via, reason=reason, **where)
+            raise ssh_proto.ChannelOpenError(OPEN_CONNECT_FAILED,
+                                             f"node {host!r} at {dialled.via} is unreachable: {reason}") from None
+        await self._emit("port", True, target=f"{host}:{port}", addr=dialled.via,
+                         origin=f"{orig_host}:{orig_port}", **where)
+        return self._tracked(dialled.stream, node.name)
 
-    def _tracked(self, stream: trio.SocketStream, node: str) -> trio.abc.HalfCloseableStream:
+    def _tracked(self, stream: trio.abc.HalfCloseableStream, node: str) -> trio.abc.HalfCloseableStream:
         """A stream that is cut when the node is removed or the user revoked (docs/security.md R4)."""
         view = self.config.view
         if view is None:
@@ -281,19 +289,20 @@ class ProxyServer(ssh_proto.SSHServer):
         unregister = view.live.add(cut, user=self.user, generation=self._generation, node=node)
         return _TrackedStream(stream, unregister)
 
-    async def _send_relay_line(self, stream: trio.SocketStream, node: routing.NodeRecord) -> None:
-        """Tell a Jumpgate node whom it serves (agentless OpenSSH nodes get plain SSH)."""
+    async def _send_relay_line(self, dialled: Dialled, node: routing.NodeRecord) -> None:
+        """Tell a Jumpgate node whom it serves (agentless OpenSSH nodes get plain SSH); the
+        relay address is the dialer's (the node checks it against the peer it sees)."""
         if node.kind != "node" or self.config.identity is None or self.peer_address is None:
             return
         identity = self.config.identity()
         if identity.host_cert is None:
             return
         try:
-            await stream.send_all(relay_line(client=self.peer_address, relay=stream.socket.getsockname(),
-                                             node=node.name, host_key=identity.host_key,
-                                             host_cert=identity.host_cert))
+            await dialled.stream.send_all(relay_line(client=self.peer_address, relay=dialled.relay,
+                                                     node=node.name, host_key=identity.host_key,
+                                                     host_cert=identity.host_cert))
         except BaseException:
-            await trio.aclose_forcefully(stream)
+            await trio.aclose_forcefully(dialled.stream)
             raise
 
     # ---- sessions: only the node list ------------------------------------------------------
@@ -347,14 +356,14 @@ async def _read_list_request(session: ssh_proto.ServerSession) -> tuple[int, dic
             return request
 
 
-def proxy_server_factory(user_cas: Sequence[PublicKey], cluster: str, resolve: Resolve, list_nodes: ListNodes,
-                         *, audit: AuditSink | None = None,
+def proxy_server_factory(user_cas: Sequence[PublicKey], routes: routing.Routes, *, audit: AuditSink | None = None,
                          identity: Callable[[], ProxyIdentity] | None = None,
-                         view: ClusterView | None = None) -> Callable[[], ProxyServer]:
+                         view: ClusterView | None = None, dialer: Dialer | None = None) -> Callable[[], ProxyServer]:
     """A per-connection factory for ``ssh_proto.serve`` / ``serve_stream``; ``identity``
     (the proxy's host key and certificate) signs the relay lines sent to nodes; ``view``
-    enforces revocation."""
-    config = _ProxyConfig(tuple(user_cas), cluster, resolve, list_nodes, audit, identity, view)
+    enforces revocation; ``dialer`` reaches nodes (:class:`~appliance.proxy.dialing.ProxyDialer`)."""
+    config = _ProxyConfig(tuple(user_cas), routes.local.cluster, routes.resolve, routes.list_nodes, audit, identity,
+                          view, dialer if dialer is not None else ProxyDialer())
     return lambda: ProxyServer(config)
 
 
@@ -366,28 +375,26 @@ def _host_keys(identity: ProxyIdentity) -> tuple[tuple[PrivateKey, Certificate |
 
 
 async def serve_proxy(identity: ProxyIdentity | Callable[[], ProxyIdentity], user_cas: Sequence[PublicKey],
-                      cluster: str, resolve: Resolve, list_nodes: ListNodes, host: str | None = "0.0.0.0",
-                      port: int = PROXY_PORT, *, audit: AuditSink | None = None,
-                      view: ClusterView | None = None,
+                      routes: routing.Routes, host: str | None = "0.0.0.0", port: int = PROXY_PORT, *,
+                      audit: AuditSink | None = None, view: ClusterView | None = None, dialer: Dialer | None = None,
                       profile: ssh_proto.ListenerProfile = PROXY_PROFILE,
                       options: ssh_proto.ConnectionOptions = PROXY_OPTIONS,
                       task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve the proxy service until cancelled.
 
     ``identity`` is a :class:`ProxyIdentity` or a callable returning the current one.
-    ``resolve(host, port)`` maps a requested target (``.CLUSTER`` already stripped) to the
-    registered :class:`~appliance.proxy.routing.NodeRecord` or None; ``list_nodes(labels)`` returns node maps. A
-    :class:`~appliance.proxy.routing.NodeDirectory` provides both::
+    ``routes`` (:class:`~appliance.proxy.routing.Routes`) maps a requested target to a node
+    of a cluster and lists nodes; ``dialer`` reaches the node (default: a
+    :class:`~appliance.proxy.dialing.ProxyDialer` with an empty tunnel registry)::
 
-        directory = NodeDirectory(lambda: api.list_nodes(labels={}))
-        listener = await nursery.start(serve_proxy, identity, [user_ca], "prod",
-                                       directory.resolve, directory.list_nodes, "0.0.0.0", 3023)
+        directory = NodeDirectory(lambda: api.list_nodes(labels={}), cluster="prod", view=view)
+        listener = await nursery.start(serve_proxy, identity, [user_ca], Routes(directory), "0.0.0.0", 3023)
 
     ``listener.port`` is the bound port (pass 0 for any free one). ``profile`` and
     ``options`` are the limits (:mod:`appliance.limits`).
     """
     provider = identity if callable(identity) else (lambda: identity)
-    factory = proxy_server_factory(user_cas, cluster, resolve, list_nodes, audit=audit, identity=provider, view=view)
+    factory = proxy_server_factory(user_cas, routes, audit=audit, identity=provider, view=view, dialer=dialer)
     # the host keys are read at each connection: a renewed certificate applies at once
     listener = ssh_proto.SSHListener(factory, host_keys=lambda: _host_keys(provider()), profile=profile,
                                      options=options)

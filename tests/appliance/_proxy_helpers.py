@@ -36,7 +36,7 @@ from appliance.client.profile import ClientPaths, Profile
 from appliance.client.ssh import Credentials, load_credentials
 from appliance.client.trust import known_hosts_patterns
 from appliance.node.server import NodeIdentity, serve_node
-from appliance.proxy.routing import NodeDirectory
+from appliance.proxy.routing import NodeDirectory, Routes
 from appliance.proxy.server import ProxyIdentity, serve_proxy
 from ssh_proto.certs import DEFAULT_USER_EXTENSIONS, sign_certificate
 from ssh_proto.keys import CERT_TYPE_HOST, CERT_TYPE_USER, Certificate, PrivateKey
@@ -132,11 +132,10 @@ async def start_cluster(nursery: trio.Nursery, directory: Path, login: str, **no
                                                               **node_options))
     cluster.node_port, cluster.node_listener = node.port, node
     cluster.register(NODE, f"{LOOPBACK}:{node.port}", env="test")
-    directory_ = NodeDirectory(cluster.fetch_nodes, ttl=0.0, min_refresh=0.0)
+    directory_ = NodeDirectory(cluster.fetch_nodes, cluster=CLUSTER, ttl=0.0, min_refresh=0.0)
     proxy_identity = ProxyIdentity(*host_identity(cluster.host_ca, "proxy", PROXY, (LOOPBACK, "localhost")))
     proxy = await nursery.start(lambda task_status: serve_proxy(
-        proxy_identity, [cluster.user_ca.public_key], CLUSTER, directory_.resolve, directory_.list_nodes,
-        LOOPBACK, 0, audit=cluster.audit, task_status=task_status))
+        proxy_identity, [cluster.user_ca.public_key], Routes(directory_), LOOPBACK, 0, audit=cluster.audit, task_status=task_status))
     cluster.proxy_port, cluster.proxy_listener = proxy.port, proxy
     return cluster
 

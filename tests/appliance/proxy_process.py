@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import trio  # noqa: E402
 
+from appliance.proxy.routing import NodeDirectory, Routes  # noqa: E402
 from appliance.proxy.server import ProxyIdentity, serve_proxy  # noqa: E402
 from ssh_proto.certs import DEFAULT_USER_EXTENSIONS, sign_certificate  # noqa: E402
 from ssh_proto.keys import CERT_TYPE_HOST, CERT_TYPE_USER, PrivateKey, write_private_key, write_public_file  # noqa: E402
@@ -42,15 +43,13 @@ def _certificates(directory: Path) -> tuple[ProxyIdentity, PrivateKey]:
 async def main(directory: Path) -> None:
     identity, user_ca = _certificates(directory)
 
-    async def resolve(host, port):
-        return None
-
-    async def list_nodes(labels):
+    async def fetch():
         return []
 
+    routes = Routes(NodeDirectory(fetch, cluster="testcl"))
     async with trio.open_nursery() as nursery:
         listener = await nursery.start(lambda task_status: serve_proxy(
-            identity, [user_ca.public_key], "testcl", resolve, list_nodes, "127.0.0.1", 0, task_status=task_status))
+            identity, [user_ca.public_key], routes, "127.0.0.1", 0, task_status=task_status))
         print(listener.port, flush=True)
 
 

@@ -33,7 +33,7 @@ from appliance.auth.watch import POLL_INTERVAL, ChangeFeed
 from appliance.cli.start import _node_lookup
 from appliance.cluster_view import ClusterView
 from appliance.node.server import NodeIdentity, serve_node
-from appliance.proxy.routing import NodeDirectory
+from appliance.proxy.routing import NodeDirectory, Routes
 from appliance.proxy.server import ProxyIdentity, serve_proxy
 from appliance.storage import SQLiteStorage
 from ssh_proto.keys import Certificate, PrivateKey
@@ -137,10 +137,11 @@ async def cluster(nursery, tmp_path, login) -> Cluster:
 
     proxy_key, proxy_cert = await _joined(service, "proxy", "proxy1", f"{LOOPBACK}:3023")
     proxy_view, proxy_pool = await _pool(nursery, auth_addr, (proxy_key, proxy_cert), host_ca)
-    directory = NodeDirectory(lambda: proxy_pool.list_nodes(labels={}), lookup=_node_lookup(proxy_pool), view=proxy_view)
+    directory = NodeDirectory(lambda: proxy_pool.list_nodes(labels={}), cluster=CLUSTER, lookup=_node_lookup(proxy_pool),
+                              view=proxy_view)
     proxy_view.on_nodes_changed(directory.invalidate)
-    proxy = await nursery.start(partial(serve_proxy, ProxyIdentity(proxy_key, proxy_cert), [user_ca], CLUSTER,
-                                        directory.resolve, directory.list_nodes, LOOPBACK, 0, view=proxy_view))
+    proxy = await nursery.start(partial(serve_proxy, ProxyIdentity(proxy_key, proxy_cert), [user_ca],
+                                        Routes(directory), LOOPBACK, 0, view=proxy_view))
     with trio.fail_after(SAFETY):  # the node hears of the proxy's join within a poll interval
         await node_view.ready.wait()
         await node_view.wait_for(lambda: node_view.proxy_registered("proxy1", proxy_key.public_key.blob))
