@@ -31,6 +31,7 @@ protocol. Rules every implementation follows:
 """
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -114,14 +115,30 @@ class TokenRecord:
 
 @dataclass(frozen=True, slots=True)
 class CARecord:
-    """One certificate authority: ``kind`` "user" or "host". The private key is an
-    OpenSSH PEM; it never leaves the auth service."""
+    """One certificate authority, keyed by ``(cluster, kind, id)``: ``kind`` "user" or
+    "host"; ``id`` names the key within its cluster and kind (:func:`ca_id`, the SHA-256 of
+    the public key blob, when left empty). The private key is an OpenSSH PEM and never leaves
+    the auth service; it is empty for a CA this cluster only trusts (a trusted root's user
+    CA held by a leaf). Several CAs of one cluster and kind may be stored (a rotation: the
+    next key beside the current one); every one is trusted, and ``active`` marks the one
+    the cluster signs with — at most one per cluster and kind."""
 
     kind: str
     cluster: str
     private_key: bytes = field(repr=False)
     public_key: bytes = b""
     created: float = 0.0
+    id: str = ""
+    active: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.id:
+            object.__setattr__(self, "id", ca_id(self.public_key))
+
+
+def ca_id(public_key: bytes) -> str:
+    """The id of a CA key: the SHA-256 of its public key blob, in hex (stable across moves)."""
+    return hashlib.sha256(public_key).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,9 +257,18 @@ class Storage(Protocol):
         address the proxy dials is not among them: only a join sets it."""
 
     # -- certificate authorities -------------------------------------------------------
-    async def get_ca(self, kind: str) -> CARecord | None: ...
+    async def get_ca(self, kind: str, cluster: str | None = None) -> CARecord | None:
+        """The active CA of ``kind``: of ``cluster``, or without it this cluster's own (the
+        active one holding a private key: the one it signs with)."""
+    async def list_cas(self, kind: str | None = None, cluster: str | None = None) -> list[CARecord]:
+        """Every stored CA (of ``kind``, of ``cluster``): what certificates are checked against."""
     async def insert_ca(self, ca: CARecord) -> CARecord:
-        """Store ``ca`` unless one of that kind exists; return the stored one."""
+        """Store ``ca``. An active one is stored unless its cluster already has an active CA
+        of that kind (two first starts agree on one), an inactive one unless its id is taken;
+        return the stored record that won."""
+    async def activate_ca(self, cluster: str, kind: str, ca_id: str) -> bool:
+        """Make that stored CA the active one of its cluster and kind (the others stay
+        trusted); False if there is no such CA."""
 
     # -- audit log ---------------------------------------------------------------------
     async def append_audit(self, event: AuditEvent) -> int:

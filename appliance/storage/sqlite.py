@@ -11,7 +11,8 @@ WAL journaling and a busy timeout let readers and that second writer wait, not f
 The file holds the CA private keys, TOTP seeds and password hashes: it is created with
 ``os.open(..., 0o600)`` before SQLite touches it (SQLite gives its ``-wal``/``-shm``
 files the database file's mode), and a parent directory we create gets mode 0700.
-Lists and label maps are stored as msgpack blobs. ``":memory:"`` gives a private
+Lists and label maps are stored as msgpack blobs. CAs are rows keyed by ``(cluster, kind,
+id)`` (v5); a partial unique index allows one ``active`` CA per cluster and kind. ``":memory:"`` gives a private
 in-memory database (tests).
 
 Schema versions. A new database gets the latest schema (:data:`_SCHEMA`). An older one is
@@ -37,6 +38,7 @@ from ..audit import AuditEvent
 from .base import (
     CARecord,
     ChangeRecord,
+    ca_id,
     InviteRecord,
     LoginAttempt,
     NodeRecord,
@@ -47,7 +49,7 @@ from .base import (
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT_MS = 5000
 MAX_AUDIT_LIMIT = 10_000
 
@@ -98,12 +100,16 @@ CREATE TABLE nodes (
     created REAL NOT NULL
 );
 CREATE TABLE cas (
-    kind TEXT PRIMARY KEY,
     cluster TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL,
     private_key BLOB NOT NULL,
     public_key BLOB NOT NULL,
-    created REAL NOT NULL
+    active INTEGER NOT NULL,
+    created REAL NOT NULL,
+    PRIMARY KEY (cluster, kind, id)
 );
+CREATE UNIQUE INDEX cas_one_active ON cas(cluster, kind) WHERE active = 1;
 CREATE TABLE user_generations (
     name TEXT PRIMARY KEY,
     generation INTEGER NOT NULL,
@@ -163,11 +169,29 @@ def _v4_audit_events_by_time(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX audit_events_by_time ON audit_events(time)")
 
 
+def _v5_cas_by_cluster_kind_and_id(db: sqlite3.Connection) -> None:
+    """v5: CAs keyed by cluster, kind and id (issue 15: a leaf cluster holds its root's user CA;
+    a rotation keeps the next key beside the current one). Each CA of the one-per-kind table
+    becomes the active CA of its cluster and kind, its id the SHA-256 of its public key, its
+    key bytes copied as they are."""
+    old = db.execute("SELECT kind, cluster, private_key, public_key, created FROM cas").fetchall()
+    db.execute("CREATE TABLE cas_v5 (cluster TEXT NOT NULL, kind TEXT NOT NULL, id TEXT NOT NULL, "
+               "private_key BLOB NOT NULL, public_key BLOB NOT NULL, active INTEGER NOT NULL, "
+               "created REAL NOT NULL, PRIMARY KEY (cluster, kind, id))")
+    db.executemany("INSERT INTO cas_v5 VALUES (?,?,?,?,?,1,?)",
+                   [(cluster, kind, ca_id(public), private, public, created)
+                    for kind, cluster, private, public, created in old])
+    db.execute("DROP TABLE cas")
+    db.execute("ALTER TABLE cas_v5 RENAME TO cas")
+    db.execute("CREATE UNIQUE INDEX cas_one_active ON cas(cluster, kind) WHERE active = 1")
+
+
 #: version -> the step that upgrades a database of version - 1 to it.
 _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     2: _v2_tokens_bind_name_and_addresses,
     3: _v3_revocation,
     4: _v4_audit_events_by_time,
+    5: _v5_cas_by_cluster_kind_and_id,
 }
 
 _USER_COLUMNS = ("name, logins, roles, password_hash, totp_secret, last_totp_counter, "
@@ -176,6 +200,7 @@ _INVITE_COLUMNS = "token_hash, user, totp_secret, created, expires, used"
 _TOKEN_COLUMNS = "id, token_hash, kind, created, expires, used, used_by, node_name, addresses"
 _NODE_COLUMNS = "name, kind, addr, labels, last_seen, tunnel, addresses, host_key, created"
 _AUDIT_COLUMNS = "id, time, event, code, user, success, fields"
+_CA_COLUMNS = "cluster, kind, id, private_key, public_key, active, created"
 
 
 # ------------------------------------------------------------------------------ encoding
@@ -190,6 +215,11 @@ def _unpack(blob: bytes) -> Any:
         return msgpack.unpackb(blob, raw=False, use_list=False)
     except (ValueError, msgpack.UnpackException) as exc:
         raise StorageError(f"corrupt msgpack column: {type(exc).__name__}") from None
+
+
+def _ca(row: Sequence[Any]) -> CARecord:
+    cluster, kind, id_, private_key, public_key, active, created = row
+    return CARecord(kind, cluster, private_key, public_key, created, id_, bool(active))
 
 
 def _user(row: Sequence[Any]) -> UserRecord:
@@ -604,19 +634,41 @@ class SQLiteStorage:
         return cur.rowcount == 1
 
     # -- certificate authorities -----------------------------------------------------
-    async def get_ca(self, kind: str) -> CARecord | None:
+    async def get_ca(self, kind: str, cluster: str | None = None) -> CARecord | None:
+        where, args = ("cluster = ?", (kind, cluster)) if cluster is not None else ("private_key != x''", (kind,))
         row = await self._run(lambda db: db.execute(
-            "SELECT kind, cluster, private_key, public_key, created FROM cas WHERE kind = ?",
-            (kind,)).fetchone())
-        return None if row is None else CARecord(*row)
+            f"SELECT {_CA_COLUMNS} FROM cas WHERE kind = ? AND active = 1 AND {where} "
+            "ORDER BY created, cluster LIMIT 1", args).fetchone())
+        return None if row is None else _ca(row)
+
+    async def list_cas(self, kind: str | None = None, cluster: str | None = None) -> list[CARecord]:
+        rows = await self._run(lambda db: db.execute(
+            f"SELECT {_CA_COLUMNS} FROM cas WHERE (? IS NULL OR kind = ?) AND (? IS NULL OR cluster = ?) "
+            "ORDER BY cluster, kind, active DESC, created, id", (kind, kind, cluster, cluster)).fetchall())
+        return [_ca(row) for row in rows]
 
     async def insert_ca(self, ca: CARecord) -> CARecord:
         def insert(db: sqlite3.Connection) -> tuple[Any, ...]:
-            db.execute("INSERT OR IGNORE INTO cas VALUES (?,?,?,?,?)",
-                       (ca.kind, ca.cluster, ca.private_key, ca.public_key, ca.created))
-            return db.execute("SELECT kind, cluster, private_key, public_key, created "
-                              "FROM cas WHERE kind = ?", (ca.kind,)).fetchone()
-        return CARecord(*await self._run(insert))
+            # the partial unique index makes a second active CA of a cluster and kind an
+            # ignored insert: the database decides the race of two first starts
+            db.execute(f"INSERT OR IGNORE INTO cas ({_CA_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
+                       (ca.cluster, ca.kind, ca.id, ca.private_key, ca.public_key, int(ca.active), ca.created))
+            if ca.active:
+                return db.execute(f"SELECT {_CA_COLUMNS} FROM cas WHERE cluster = ? AND kind = ? AND active = 1",
+                                  (ca.cluster, ca.kind)).fetchone()
+            return db.execute(f"SELECT {_CA_COLUMNS} FROM cas WHERE cluster = ? AND kind = ? AND id = ?",
+                              (ca.cluster, ca.kind, ca.id)).fetchone()
+        return _ca(await self._run(insert))
+
+    async def activate_ca(self, cluster: str, kind: str, ca_id: str) -> bool:
+        def activate(db: sqlite3.Connection) -> bool:
+            if db.execute("SELECT 1 FROM cas WHERE cluster = ? AND kind = ? AND id = ?",
+                          (cluster, kind, ca_id)).fetchone() is None:
+                return False
+            db.execute("UPDATE cas SET active = 0 WHERE cluster = ? AND kind = ? AND active = 1", (cluster, kind))
+            db.execute("UPDATE cas SET active = 1 WHERE cluster = ? AND kind = ? AND id = ?", (cluster, kind, ca_id))
+            return True
+        return await self._run(activate)
 
     # -- audit log -------------------------------------------------------------------
     async def append_audit(self, event: AuditEvent) -> int:

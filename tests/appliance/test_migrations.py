@@ -20,7 +20,7 @@ import pytest
 
 from appliance.auth.service import AuthService
 from appliance.storage import sqlite as sqlite_storage
-from appliance.storage.base import StorageError
+from appliance.storage.base import StorageError, ca_id
 from appliance.storage.sqlite import SCHEMA_VERSION, SQLiteStorage
 from ssh_proto.keys import PrivateKey, parse_public_line
 
@@ -197,5 +197,56 @@ async def test_upgraded_cluster_renews_and_rejoins_its_joined_node_but_refuses_a
         with pytest.raises(AuthServiceError, match="taken"):
             await service.join((await service.create_token("node")).token, "node", "node1", thief.public_key.blob)
         assert (await storage.get_node("node1")).host_key == load_membership(data, "node").host_key.public_key.blob
+    finally:
+        await storage.aclose()
+
+
+async def test_v5_cas_are_keyed_by_cluster_kind_and_id_with_the_keys_byte_identical(old_data_dir):
+    """Issue 15: one CA per kind becomes the active CA of (cluster, kind, id); nothing of the
+    key changes, and the cluster signs with the same keys."""
+    data, facts = old_data_dir
+    db = data / "auth" / "jumpgate.db"
+    before = {kind: (cluster, private, public, created) for kind, cluster, private, public, created in
+              rows(db, "SELECT kind, cluster, private_key, public_key, created FROM cas")}
+    storage = SQLiteStorage(db)
+    try:
+        after = await storage.list_cas()
+        assert sorted((ca.cluster, ca.kind) for ca in after) == [(facts["cluster"], "host"), (facts["cluster"], "user")]
+        for ca in after:
+            assert (ca.cluster, ca.private_key, ca.public_key, ca.created) == before[ca.kind]
+            assert ca.active and ca.id == ca_id(ca.public_key)
+            assert await storage.get_ca(ca.kind) == ca == await storage.get_ca(ca.kind, facts["cluster"])
+        service = await AuthService.create(storage, facts["cluster"])
+        assert service.ca.user_ca_public.blob == before["user"][2] and not service.ca.new_kinds
+    finally:
+        await storage.aclose()
+
+
+async def test_certificates_issued_before_the_v5_upgrade_are_still_accepted(old_data_dir):
+    """A user certificate signed with the old release's user CA (read from the old file, as
+    0.1.0 signed) and the joined node's host certificate written by 0.1.0 both pass the real
+    certificate checks against the CAs the upgraded cluster trusts and serves."""
+    from ssh_proto.certs import sign_certificate, validate_host_certificate, validate_user_certificate
+    from ssh_proto.keys import CERT_TYPE_USER, load_private_key
+    data, facts = old_data_dir
+    db = data / "auth" / "jumpgate.db"
+    [(old_user_ca_pem,)] = rows(db, "SELECT private_key FROM cas WHERE kind = 'user'")
+    now = int(time.time())
+    user_key = PrivateKey.generate("ssh-ed25519")
+    issued_before = sign_certificate(load_private_key(old_user_ca_pem), user_key.public_key,
+                                     cert_type=CERT_TYPE_USER, key_id="user:alice", principals=["alice"],
+                                     valid_after=now - 60, valid_before=now + 3600)
+    storage = SQLiteStorage(db)
+    try:
+        service = await AuthService.create(storage, facts["cluster"])
+        trusted_users = [parse_public_line(service.ca.user_ca_line())[0]]
+        validate_user_certificate(issued_before, principal="alice", trusted_cas=trusted_users)
+        node_cert, _ = parse_public_line((data / "node" / "host_key-cert.pub").read_text())
+        validate_host_certificate(node_cert, hostname=facts["nodes"][0], trusted_cas=[service.ca.host_ca_public],
+                                  now=node_cert.valid_after + 1)
+        # and what the upgraded cluster signs now is checked against the same stored CA
+        fresh = await service.sign_user_cert("alice", user_key.public_key.blob)
+        validate_user_certificate(parse_public_line(fresh.cert)[0], principal="alice",
+                                  trusted_cas=[ca_key for ca_key in trusted_users])
     finally:
         await storage.aclose()

@@ -13,7 +13,7 @@ import trio
 import trio.testing
 
 from appliance.audit import make_event
-from appliance.storage import (CARecord, InviteRecord, LoginAttempt, NodeRecord, SQLiteStorage, Storage,
+from appliance.storage import (CARecord, ca_id, InviteRecord, LoginAttempt, NodeRecord, SQLiteStorage, Storage,
                                StorageError, TokenRecord, UserRecord)
 
 NOW = 1_700_000_000.0
@@ -468,3 +468,21 @@ async def test_change_feed_is_written_in_the_changes_own_transaction_and_seen_by
     assert await watcher.purge_changes(NOW + 1) == len(changes) - 1  # the newest stays: ids move on
     await watcher.aclose()
     await writer.aclose()
+
+
+async def test_cas_keyed_by_cluster_kind_and_id_one_active_all_listed(db):
+    """Issue 15's records: a leaf holds its root's user CA (no private key), and a rotation
+    keeps a second CA of one kind beside the active one; only the active one with a key signs."""
+    own = await db.insert_ca(CARecord("user", "leaf", b"PEM1", b"PUB1", NOW))
+    root = await db.insert_ca(CARecord("user", "root", b"", b"ROOTPUB", NOW))  # trusted, never signed with
+    assert own.id == ca_id(b"PUB1") and root.active
+    assert await db.get_ca("user") == own and await db.get_ca("user", "root") == root
+    second = CARecord("user", "leaf", b"PEM2", b"PUB2", NOW + 1, active=False)
+    assert await db.insert_ca(second) == second
+    assert await db.insert_ca(CARecord("user", "leaf", b"PEM3", b"PUB3", NOW)) == own   # one active per kind
+    assert [ca.public_key for ca in await db.list_cas("user", "leaf")] == [b"PUB1", b"PUB2"]
+    assert await db.activate_ca("leaf", "user", second.id)
+    assert (await db.get_ca("user")).public_key == b"PUB2"
+    assert {ca.public_key: ca.active for ca in await db.list_cas("user")} == {b"PUB1": False, b"PUB2": True,
+                                                                            b"ROOTPUB": True}
+    assert not await db.activate_ca("leaf", "user", "no-such-id")
