@@ -28,6 +28,7 @@ from appliance.auth.service import AuthService, AuthServiceError
 from appliance.cli.main import build_parser
 from appliance.config import ConfigError, load_config
 from appliance.limits import PROXY_PROFILE
+from appliance.proxy.routing import NodeDirectory, Routes
 from appliance.proxy.server import ProxyIdentity, serve_proxy
 from appliance.storage import SQLiteStorage, Storage, StorageError
 from ssh_proto.certs import DEFAULT_USER_EXTENSIONS, sign_certificate
@@ -129,8 +130,8 @@ async def test_a_flood_of_refused_ssh_logins_with_huge_claims_writes_a_bounded_n
             # penalties off: they would cut the flood short (docs/security.md L9); what is tested
             # here is that every refusal that does get through is audited within a bound
             proxy = await nursery.start(functools.partial(
-                serve_proxy, ProxyIdentity(host_key, host_cert), [service.ca.user_ca_public], CLUSTER,
-                nothing, nothing, "127.0.0.1", 0, audit=forwarder.emit,
+                serve_proxy, ProxyIdentity(host_key, host_cert), [service.ca.user_ca_public],
+                Routes(NodeDirectory(nothing, cluster=CLUSTER)), "127.0.0.1", 0, audit=forwarder.emit,
                 profile=dataclasses.replace(PROXY_PROFILE, penalties=None)))
             for _ in range(15):
                 keys = [attacker_certificate("user:" + "K" * 60_000) for _ in range(2)]
