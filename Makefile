@@ -28,7 +28,8 @@ system-deps:
 PYZ_SOURCES := pyproject.toml build/build_pyz.sh build/fast_main.py \
 	$(shell find appliance ssh_proto web_static -type f ! -path '*/__pycache__/*' ! -name '*.pyc' 2>/dev/null)
 
-dist/jumpgate.pyz: $(VENV)/.installed $(PYZ_SOURCES)
+# The venv is only the tool that builds (order-only): reinstalling it changes nothing inside the pyz.
+dist/jumpgate.pyz: $(PYZ_SOURCES) | $(VENV)/.installed
 	PY=$(PY) bash build/build_pyz.sh
 
 pyz: dist/jumpgate.pyz
