@@ -127,6 +127,7 @@ class Connection:
             raise
 
     def data_to_send(self) -> bytes:
+        """The bytes to write to the peer now (empty when there are none); call after every input."""
         return self.transport.data_to_send()
 
     def reading_paused(self, in_flight: int = 0) -> bool:
@@ -141,6 +142,7 @@ class Connection:
                 and self.transport.unsent_output + in_flight > self.options.max_unsent_before_auth)
 
     def next_event(self) -> ev.Event | None:
+        """The next :mod:`~ssh_proto.events` event, or None until more bytes are received."""
         while not self._events:
             if not self._handshake_seen:
                 if not self.transport.handshake_complete:
@@ -156,6 +158,7 @@ class Connection:
         return self._events.popleft()
 
     def disconnect(self, reason: int = DisconnectReason.BY_APPLICATION, description: str = "") -> None:
+        """Queue SSH_MSG_DISCONNECT with ``reason`` and close: nothing is sent or received after it."""
         self.transport.disconnect(reason, description)
         self.closed = True
 
@@ -165,6 +168,7 @@ class Connection:
 
     @property
     def session_id(self) -> bytes | None:
+        """The session identifier (the first key exchange's hash); None before it."""
         return self.transport.session_id
 
     @property
@@ -250,6 +254,7 @@ class Connection:
 
     @property
     def peer_version(self) -> bytes | None:
+        """The peer's version line (``SSH-2.0-...``) without CR LF; None before it arrives."""
         return self.transport.peer_version
 
     @property
@@ -274,6 +279,7 @@ class Connection:
         return self.client_auth
 
     def auth_none(self) -> None:
+        """Client: try the ``none`` method (the server answers with the methods it accepts)."""
         self._client_auth().request_none()
 
     def auth_publickey_data(self, key, algorithm: str) -> bytes:
@@ -285,9 +291,11 @@ class Connection:
         self._client_auth().request_publickey(key, algorithm, signature)
 
     def auth_password(self, password: str) -> None:
+        """Client: try ``password`` authentication with ``password``."""
         self._client_auth().request_password(password)
 
     def auth_kbdint(self, submethods: str = "") -> None:
+        """Client: start keyboard-interactive authentication (RFC 4256), asking for ``submethods``."""
         self._client_auth().request_kbdint(submethods)
 
     def auth_respond(self, responses) -> None:
@@ -317,6 +325,7 @@ class Connection:
         self._events.append(ev.AuthSucceeded(self.server_auth.username))
 
     def auth_reject(self) -> None:
+        """Server: refuse the pending authentication request (SSH_MSG_USERAUTH_FAILURE)."""
         self._server_auth().reject()
 
     def auth_partial(self, methods: tuple[str, ...] | None = None) -> None:
@@ -365,6 +374,8 @@ class Connection:
         return token
 
     def reply_global_request(self, token: int, success: bool, data: bytes = b"") -> None:
+        """Answer the global request ``token`` names; replies go out in the order the requests came
+        (RFC 4254 §4)."""
         for entry in self._global_replies:
             if entry[0] == token:
                 entry[1], entry[2] = success, data
@@ -380,6 +391,7 @@ class Connection:
             self.transport.send(m.RequestSuccess(data).encode() if ok else m.RequestFailure().encode())
 
     def send_global_request(self, name: str, data: bytes = b"", want_reply: bool = True) -> None:
+        """Send SSH_MSG_GLOBAL_REQUEST ``name``; with ``want_reply`` its answer comes as an event."""
         self.transport.send(m.GlobalRequest(name, want_reply, data).encode())
         if want_reply:
             self._global_requests_out += 1
@@ -409,6 +421,7 @@ class Connection:
         return self.channels.send_data(channel_id, data, data_type)
 
     def send_eof(self, channel_id: int) -> None:
+        """Send SSH_MSG_CHANNEL_EOF on ``channel_id``: we send no more data on it."""
         self.channels.send_eof(channel_id)
 
     def close_channel(self, channel_id: int) -> None:
