@@ -149,13 +149,14 @@ class CertificateAuthority:
         return self._key.to_openssh(passphrase, comment=self._comment(comment))
 
     # -- issuing ------------------------------------------------------------------------
-    def issue_user(self, public_key: PublicKey, key_id: str, principals: Sequence[str], *,
+    def issue_user(self, public_key: PublicKey | Certificate, key_id: str, principals: Sequence[str], *,
                    ttl: float | None = None, now: float | None = None,
                    valid_after: int | None = None, valid_before: int | None = None,
                    extensions: Mapping[str, bytes | str] = DEFAULT_USER_EXTENSIONS,
                    critical_options: Mapping[str, bytes | str] = _NO_OPTIONS,
                    serial: int | None = None) -> Certificate:
-        """A user certificate for ``public_key``: it may log in as any of ``principals``.
+        """A user certificate for ``public_key`` (a certificate is refused): it may log in as
+        any of ``principals``.
 
         Validity is ``ttl`` seconds from ``now`` (default: the clock), backdated by
         :attr:`backdate`; or exactly ``valid_after``/``valid_before`` (Unix seconds) when
@@ -168,7 +169,7 @@ class CertificateAuthority:
         return self._issue(CERT_TYPE_USER, public_key, key_id, principals, ttl, now, valid_after,
                            valid_before, extensions, critical_options, serial)
 
-    def issue_host(self, public_key: PublicKey, key_id: str, principals: Sequence[str], *,
+    def issue_host(self, public_key: PublicKey | Certificate, key_id: str, principals: Sequence[str], *,
                    ttl: float | None = None, now: float | None = None,
                    valid_after: int | None = None, valid_before: int | None = None,
                    extensions: Mapping[str, bytes | str] = _NO_OPTIONS,
@@ -198,7 +199,7 @@ class CertificateAuthority:
             raise CAError("a certificate needs a ttl or both valid_after and valid_before")
         return int(valid_after), int(valid_before)
 
-    def _issue(self, cert_type: int, public_key: PublicKey, key_id: str, principals: Sequence[str],
+    def _issue(self, cert_type: int, public_key: PublicKey | Certificate, key_id: str, principals: Sequence[str],
                ttl: float | None, now: float | None, valid_after: int | None, valid_before: int | None,
                extensions: Mapping[str, bytes | str], critical_options: Mapping[str, bytes | str],
                serial: int | None) -> Certificate:

@@ -190,7 +190,7 @@ class Connection:
             self.transport.send(m.ServiceRequest(SERVICE_USERAUTH).encode())
             # Requests may follow SERVICE_REQUEST without waiting for SERVICE_ACCEPT (the
             # server handles messages in order): one round trip less per connection.
-            self.client_auth = ClientAuth(self.transport.send, self.session_id, self.username or "")
+            self.client_auth = ClientAuth(self.transport.send, self._established_session_id(), self.username or "")
 
     def _dispatch(self, payload: bytes) -> ev.Event | None:
         t = payload[0]  # the transport's table let it through (docs/security.md T11)
@@ -203,7 +203,8 @@ class Connection:
         if t >= m.MSG_USERAUTH_REQUEST:
             return self._on_auth(payload)
         if t == m.MSG_SERVICE_REQUEST:
-            return self._on_service_request(payload)
+            self._on_service_request(payload)
+            return None
         if t == m.MSG_SERVICE_ACCEPT:
             msg = m.ServiceAccept.decode(payload)
             if msg.service != SERVICE_USERAUTH:
@@ -211,13 +212,19 @@ class Connection:
             return ev.ServiceAccepted()
         raise ProtocolError(f"unexpected message {t}")
 
+    def _established_session_id(self) -> bytes:
+        session_id = self.session_id
+        if session_id is None:  # the table admits auth only after the first key exchange
+            raise AssertionError("no session id before the first key exchange")
+        return session_id
+
     def _on_service_request(self, payload: bytes) -> None:
         msg = m.ServiceRequest.decode(payload)
         if msg.service != SERVICE_USERAUTH:
             raise ProtocolError(f"service {msg.service!r} not available", DisconnectReason.SERVICE_NOT_AVAILABLE)
         o = self.options
         methods = o.auth_methods if o.auth_methods is not None else ALL_AUTH_METHODS
-        self.server_auth = ServerAuth(self.transport.send, self.session_id, methods=methods,
+        self.server_auth = ServerAuth(self.transport.send, self._established_session_id(), methods=methods,
                                       max_attempts=o.max_auth_attempts, banner=o.banner)
         self.transport.send(m.ServiceAccept(SERVICE_USERAUTH).encode())
         return None
@@ -226,8 +233,8 @@ class Connection:
         if self.role is Role.SERVER:
             if self.authenticated:
                 return None  # RFC 4252 §5.1: requests after success are ignored
-            return self.server_auth.receive(payload)
-        event = self.client_auth.receive(payload)
+            return self._server_auth().receive(payload)
+        event = self._client_auth().receive(payload)
         if isinstance(event, ev.AuthResult) and event.success:
             self._enter_open()
         return event
@@ -320,9 +327,10 @@ class Connection:
 
     def auth_accept(self) -> None:
         """Let the user in: USERAUTH_SUCCESS (an AuthSucceeded event follows)."""
-        self._server_auth().accept()
+        auth = self._server_auth()
+        auth.accept()
         self._enter_open()
-        self._events.append(ev.AuthSucceeded(self.server_auth.username))
+        self._events.append(ev.AuthSucceeded(auth.username or ""))
 
     def auth_reject(self) -> None:
         """Server: refuse the pending authentication request (SSH_MSG_USERAUTH_FAILURE)."""

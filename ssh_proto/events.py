@@ -22,7 +22,7 @@ _E = TypeVar("_E", bound=Event)
 
 @dataclass_transform(frozen_default=True)
 def _dc(cls: type[_E]) -> type[_E]:
-    return record(cls, base=Event)  # type: ignore[return-value]
+    return record(cls, base=Event)
 
 
 @dataclass_transform(frozen_default=True)
@@ -30,7 +30,7 @@ def _secret(*hidden: str) -> Callable[[type[_E]], type[_E]]:
     """Like _dc, with fields kept out of repr (passwords, keyboard-interactive answers)."""
     def wrap(cls: type[_E]) -> type[_E]:
         annotations = cls.__dict__.get("__annotations__", {})
-        return record(cls, base=Event, names=tuple(annotations), hidden=frozenset(hidden))  # type: ignore[return-value]
+        return record(cls, base=Event, names=tuple(annotations), hidden=frozenset(hidden))
     return wrap
 
 

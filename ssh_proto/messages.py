@@ -187,7 +187,7 @@ def message(number: int | None) -> Callable[[type[_M]], type[_M]]:
         new = record(cls, base=Message, names=tuple(name for name, _ in spec))
         new.number = number  # type: ignore[attr-defined]
         new._fields = spec  # type: ignore[attr-defined]
-        return new  # type: ignore[return-value]
+        return new
 
     return wrap
 

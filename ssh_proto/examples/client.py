@@ -29,4 +29,5 @@ async def main(host: str, port: int, username: str, key: str, known_hosts: str) 
 
 
 if __name__ == "__main__":
-    trio.run(main, sys.argv[1], int(sys.argv[2]), *sys.argv[3:6])
+    host, port, user, key, known_hosts = sys.argv[1:6]
+    trio.run(main, host, int(port), user, key, known_hosts)
