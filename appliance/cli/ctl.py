@@ -7,6 +7,7 @@ an admin certificate beside the key). Either way every change is an audit event.
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -199,6 +200,21 @@ def _table(rows: list[list[str]], header: list[str]) -> None:
         print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def print_json(value: Any) -> None:
+    """``--format json``: the API's own wire form (bytes as base64), one document."""
+    print(json.dumps(value, indent=2, sort_keys=True, default=_json_value))
+
+
+def _as_json(args) -> bool:
+    return getattr(args, "format", "text") == "json"
+
+
 def _labels(text: str) -> dict[str, str]:
     """``--labels key=value,...``; a bad one is a one-line error."""
     try:
@@ -236,6 +252,8 @@ async def _users_add(backend: _Backend, args) -> None:
 
 async def _users_ls(backend: _Backend, args) -> None:
     users = await backend.call("list_users")
+    if _as_json(args):
+        return print_json(users)
     _table([[u["name"], ",".join(u["logins"]), ",".join(u["roles"]) or "-", u["status"]] for u in users],
            ["USER", "LOGINS", "ROLES", "STATUS"])
 
@@ -253,6 +271,9 @@ async def _users_reset(backend: _Backend, args) -> None:
 # ---------------------------------------------------------------------------- tokens
 
 async def _tokens_add(backend: _Backend, args) -> None:
+    if args.labels and args.kind != "node":
+        raise CliError("--labels is for node tokens (a proxy has no labels)")
+    _labels(args.labels or "")  # a bad label is refused before a token is made
     addresses = [a for item in getattr(args, "addr", None) or () for a in _split(item)]
     name = getattr(args, "name", "") or ""
     created = await backend.call("create_token", kind=args.kind, ttl_seconds=_ttl(args.ttl, 1800), name=name,
@@ -266,10 +287,21 @@ async def _tokens_add(backend: _Backend, args) -> None:
     if created.get("name") and await _registered(backend, created["name"]):
         print(f"{created['name']!r} is registered: only the host holding its key can re-join with this token "
               f"(a new host needs `jumpgate ctl nodes rm {created['name']}` first)")
-    nodename = f" --nodename {created['name']}" if created.get("name") and args.kind == "node" else ""
     print("On the new host:")
-    auth_server = format_endpoint(backend.host, backend.auth_port)
-    print(f"    jumpgate start --services {services} --auth-server {auth_server}{nodename} --token {created['token']}")
+    print(f"    {_join_command(backend, args, created, services)}")
+    if args.kind == "node" and not args.labels:
+        print("(add --labels key=value,... to label the node; `jumpgate ls` filters by them)")
+
+
+def _join_command(backend: _Backend, args, created: dict, services: str) -> str:
+    """The `start` line for the new host: the flags the token binds, and the labels asked for."""
+    words = ["jumpgate", "start", "--services", services,
+             "--auth-server", format_endpoint(backend.host, backend.auth_port)]
+    if created.get("name") and args.kind == "node":
+        words += ["--nodename", created["name"]]
+    if args.labels:
+        words += ["--labels", format_labels(_labels(args.labels))]
+    return " ".join(words + ["--token", created["token"]])
 
 
 async def _registered(backend: _Backend, name: str) -> bool:
@@ -279,14 +311,16 @@ async def _registered(backend: _Backend, name: str) -> bool:
 
 async def _tokens_ls(backend: _Backend, args) -> None:
     tokens = await backend.call("list_tokens")
+    if _as_json(args):
+        return print_json(tokens)
     _table([[t["id"], t["kind"], t["status"], _when(t["expires"]), t.get("name") or "-",
              ",".join(t.get("addresses") or ()) or "-", t.get("used_by") or "-"] for t in tokens],
            ["ID", "TYPE", "STATUS", "EXPIRES", "NAME", "ADDRESSES", "USED BY"])
 
 
 async def _tokens_rm(backend: _Backend, args) -> None:
-    await backend.call("delete_token", token_id=args.token_id, actor=backend.actor)
-    print(f"token {args.token_id} removed")
+    removed = await backend.call("delete_token", token_id=args.token_id, actor=backend.actor)
+    print(f"token {removed or args.token_id} removed")  # its id: a token value is not echoed
 
 
 # ---------------------------------------------------------------------------- nodes
@@ -307,7 +341,10 @@ async def _nodes_update(backend: _Backend, args) -> None:
 
 async def _nodes_ls(backend: _Backend, args) -> None:
     from ..inventory import NodeRecord
-    nodes = [NodeRecord.from_wire(n) for n in await backend.call("list_nodes", labels={})]
+    listed = await backend.call("list_nodes", labels={})
+    if _as_json(args):
+        return print_json(listed)
+    nodes = [NodeRecord.from_wire(n) for n in listed]
     _table([[n.name, n.shown_addr, n.kind, format_labels(n.labels), _when(n.last_seen)] for n in nodes],
            ["NAME", "ADDRESS", "KIND", "LABELS", "LAST SEEN"])
 

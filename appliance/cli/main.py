@@ -48,6 +48,12 @@ def _add_start(sub) -> None:
     p.set_defaults(func="appliance.cli.start:start")
 
 
+def _format(parser) -> argparse.ArgumentParser:
+    """``--format text|json`` on a ctl listing (json: the API's wire form, for scripts)."""
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    return parser
+
+
 def _add_ctl(sub) -> None:
     p = sub.add_parser("ctl", help="administer the cluster")
     p.add_argument("--config", help="TOML configuration file (as for start)")
@@ -62,7 +68,7 @@ def _add_ctl(sub) -> None:
     a.add_argument("name")
     a.add_argument("--logins", required=True, help="comma list of OS logins the user may use")
     a.add_argument("--roles", default="", help="comma list of the user's roles (admin)")
-    users.add_parser("ls", help="list users")
+    _format(users.add_parser("ls", help="list users"))
     r = users.add_parser("rm", help="remove a user")
     r.add_argument("name")
     r = users.add_parser("reset", help="reset a user's password and second factor; prints a new invite")
@@ -77,9 +83,11 @@ def _add_ctl(sub) -> None:
                    help="an address (IP or DNS name) the host may be certified for and dialled at "
                         "(the address it joins from counts too, unless another host holds it); "
                         "repeat or comma list")
-    tokens.add_parser("ls", help="list tokens")
-    r = tokens.add_parser("rm", help="remove a token")
-    r.add_argument("token_id")
+    a.add_argument("--labels", default="", help="labels for the node, key=value,...: put into the printed "
+                   "`jumpgate start` command (the node's own --labels are what it advertises)")
+    _format(tokens.add_parser("ls", help="list tokens"))
+    r = tokens.add_parser("rm", help="remove a token (by its ID, or the token as printed)")
+    r.add_argument("token_id", metavar="TOKEN_OR_ID")
 
     nodes = ctl.add_parser("nodes", help="node inventory").add_subparsers(dest="action", required=True)
     a = nodes.add_parser("add", help="register an agentless (OpenSSH) node (a registered name is refused)")
@@ -90,7 +98,7 @@ def _add_ctl(sub) -> None:
     a.add_argument("--name", required=True)
     a.add_argument("--addr", help="HOST:PORT of its sshd (default: unchanged)")
     a.add_argument("--labels", help="key=value,...: replaces all its labels (\"\" removes them; default: unchanged)")
-    nodes.add_parser("ls", help="list nodes")
+    _format(nodes.add_parser("ls", help="list nodes"))
     r = nodes.add_parser("rm", help="remove a node")
     r.add_argument("name")
 

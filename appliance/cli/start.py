@@ -207,6 +207,24 @@ async def _start_auth(nursery: trio.Nursery, cfg: Config, data_dir: Path):
     return auth_service
 
 
+# ---------------------------------------------------------------------------------- listeners
+
+async def bind_listeners(service: str, host: str, port: int) -> list[trio.SocketListener]:
+    """Bind a service's port *before* anything that cannot be undone (docs/security.md J10):
+    a node or proxy that joined and then found its port taken would have spent its
+    single-use token for nothing. The failure names the port and says the token is unused."""
+    try:
+        return await trio.open_tcp_listeners(port, host=host or None)
+    except OSError as exc:
+        raise CliError(f"{service}: cannot listen on {format_endpoint(host or '0.0.0.0', port)}: "
+                       f"{exc.strerror or exc} (nothing was joined: a join token is still unused)") from None
+
+
+async def _close_all(listeners: list[trio.SocketListener]) -> None:
+    for listener in listeners:
+        await listener.aclose()
+
+
 # ---------------------------------------------------------------------------------- identities
 
 async def _membership(cfg: Config, data_dir: Path, kind: str, name: str, auth_addr: str, host: str,
@@ -291,7 +309,12 @@ async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_a
     from ..node.server import NodeIdentity, serve_node
 
     addr = format_endpoint(host, cfg.ports["node"])
-    member = await _membership(cfg, data_dir, "node", cfg.node_name, auth_addr, host, addr, auth_service)
+    listeners = await bind_listeners("node", cfg.listen_addr, cfg.ports["node"])
+    try:
+        member = await _membership(cfg, data_dir, "node", cfg.node_name, auth_addr, host, addr, auth_service)
+    except BaseException:
+        await _close_all(listeners)
+        raise
     holder = MembershipHolder(member)
     view = ClusterView()
     pool = ApiPool(holder.api_factory(auth_addr), view=view)
@@ -303,12 +326,9 @@ async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_a
         return NodeIdentity(ident.host_key, ident.host_cert, (ident.user_ca,), ident.cluster, ident.name,
                             host_cas=(ident.host_ca,))
 
-    try:
-        await nursery.start(supervised, "node", functools.partial(
-            serve_node, provider, cfg.listen_addr, cfg.ports["node"], audit=await _audit_sink(nursery, pool, "node"),
-            session_nofile=session_nofile, view=view))
-    except OSError as exc:
-        raise CliError(f"node: cannot listen on port {cfg.ports['node']}: {exc.strerror or exc}") from None
+    await nursery.start(supervised, "node", functools.partial(
+        serve_node, provider, cfg.listen_addr, cfg.ports["node"], audit=await _audit_sink(nursery, pool, "node"),
+        session_nofile=session_nofile, view=view, listeners=listeners))
     labels = LabelSet(cfg.labels, {name: CommandLabel(list(c.command), c.period)
                                    for name, c in cfg.command_labels.items()})
     await nursery.start(supervised, "node", labels.run)
@@ -333,7 +353,14 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
     name = f"{cfg.node_name}-proxy"  # node and proxy names share one inventory
     # users reach the proxy by the host's public name (in its certificate's principals)
     proxy_addr = format_endpoint(cfg.host_name, cfg.ports["proxy"])
-    member = await _membership(cfg, data_dir, "proxy", name, auth_addr, host, proxy_addr, auth_service)
+    reserved = {service: await bind_listeners(service, cfg.listen_addr, cfg.ports[service])
+                for service in ("proxy", "web") if service in cfg.services}
+    try:
+        member = await _membership(cfg, data_dir, "proxy", name, auth_addr, host, proxy_addr, auth_service)
+    except BaseException:
+        for listeners in reserved.values():
+            await _close_all(listeners)
+        raise
     holder = MembershipHolder(member)
     view = ClusterView()
     pool = ApiPool(holder.api_factory(auth_addr), view=view)
@@ -346,12 +373,10 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
         def provider() -> ProxyIdentity:
             return ProxyIdentity(holder.current.host_key, holder.current.host_cert)
 
-        try:
-            await nursery.start(supervised, "proxy", functools.partial(
-                serve_proxy, provider, [member.user_ca], member.cluster, directory.resolve, directory.list_nodes,
-                cfg.listen_addr, cfg.ports["proxy"], audit=await _audit_sink(nursery, pool, "proxy"), view=view))
-        except OSError as exc:
-            raise CliError(f"proxy: cannot listen on port {cfg.ports['proxy']}: {exc.strerror or exc}") from None
+        await nursery.start(supervised, "proxy", functools.partial(
+            serve_proxy, provider, [member.user_ca], member.cluster, directory.resolve, directory.list_nodes,
+            cfg.listen_addr, cfg.ports["proxy"], audit=await _audit_sink(nursery, pool, "proxy"), view=view,
+            listeners=reserved["proxy"]))
         await nursery.start(supervised, "proxy", functools.partial(
             heartbeat_loop, holder.api_factory(auth_addr), member.name, proxy_addr, lambda: {}, holder=holder))
         log.info("proxy serving SSH on %s:%d", cfg.listen_addr, cfg.ports["proxy"])
@@ -361,12 +386,9 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
                                  cert_path=cfg.web_cert or None, key_path=cfg.web_key or None)
         except TLSSetupError as exc:
             raise CliError(f"web: {exc}") from None
-        try:
-            await nursery.start(supervised, "web", functools.partial(
-                serve_web, pool, tls.cert_path, tls.key_path, cfg.listen_addr, cfg.ports["web"],
-                proxy_ssh_addr=proxy_addr, public_addr=web_public_addr(cfg)))
-        except OSError as exc:
-            raise CliError(f"web: cannot listen on port {cfg.ports['web']}: {exc.strerror or exc}") from None
+        await nursery.start(supervised, "web", functools.partial(
+            serve_web, pool, tls.cert_path, tls.key_path, cfg.listen_addr, cfg.ports["web"],
+            proxy_ssh_addr=proxy_addr, public_addr=web_public_addr(cfg), listeners=reserved["web"]))
         log.info("web serving HTTPS on %s:%d (certificate pin %s)", cfg.listen_addr, cfg.ports["web"], tls.pin)
     return member.cluster
 

@@ -46,7 +46,7 @@ import logging
 import os
 import time
 import uuid
-from typing import Awaitable, Callable, Collection
+from typing import Awaitable, Callable, Collection, Sequence
 
 import trio
 
@@ -463,8 +463,9 @@ async def serve_node(identity_provider: Callable[[], NodeIdentity], host: str | 
                      session_nofile: int | None = None,
                      profile: ssh_proto.ListenerProfile = NODE_PROFILE,
                      options: ssh_proto.ConnectionOptions = NODE_OPTIONS,
+                     listeners: Sequence[trio.SocketListener] | None = None,
                      task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Serve the node service until cancelled.
+    """Serve the node service until cancelled (on ``listeners`` when bound beforehand).
 
     ``listener = await nursery.start(serve_node, identity_provider, "0.0.0.0", 3022)``;
     ``listener.port`` is the bound port (pass port 0 for any free one). ``view`` (kept current
@@ -479,4 +480,4 @@ async def serve_node(identity_provider: Callable[[], NodeIdentity], host: str | 
     listener = ssh_proto.SSHListener(factory, host_keys=lambda: host_keys_of(identity_provider()),
                                      preamble=ssh_proto.RelayPreamble(RELAY_PREFIX, _logged(verifier.check)),
                                      profile=profile, options=options)
-    await listener.serve(host, port, task_status=task_status)
+    await listener.serve(host, port, listeners=listeners, task_status=task_status)

@@ -371,6 +371,7 @@ async def serve_proxy(identity: ProxyIdentity | Callable[[], ProxyIdentity], use
                       view: ClusterView | None = None,
                       profile: ssh_proto.ListenerProfile = PROXY_PROFILE,
                       options: ssh_proto.ConnectionOptions = PROXY_OPTIONS,
+                      listeners: Sequence[trio.SocketListener] | None = None,
                       task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve the proxy service until cancelled.
 
@@ -391,4 +392,4 @@ async def serve_proxy(identity: ProxyIdentity | Callable[[], ProxyIdentity], use
     # the host keys are read at each connection: a renewed certificate applies at once
     listener = ssh_proto.SSHListener(factory, host_keys=lambda: _host_keys(provider()), profile=profile,
                                      options=options)
-    await listener.serve(host, port, task_status=task_status)
+    await listener.serve(host, port, listeners=listeners, task_status=task_status)

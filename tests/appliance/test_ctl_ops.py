@@ -1,0 +1,90 @@
+"""``jumpgate ctl`` for operators, on the auth host (the local backend), as an admin types it:
+tokens, ``status``, ``--format json``, the audit command and bots (issue 14 items 8, 13, 16, 17)."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import trio
+
+from _auth_helpers import CLUSTER
+from appliance.auth.service import AuthService
+from appliance.cli.main import main
+from appliance.storage import SQLiteStorage
+
+
+@pytest.fixture
+def data_dir(tmp_path) -> Path:
+    """A cluster's data dir as `jumpgate start` leaves it (the database and cluster.json)."""
+    data = tmp_path / "data"
+
+    async def make() -> None:
+        storage = SQLiteStorage(data / "auth" / "jumpgate.db")
+        await AuthService.create(storage, CLUSTER)
+        await storage.aclose()
+
+    trio.run(make)
+    (data / "auth" / "cluster.json").write_text(json.dumps({"cluster": CLUSTER, "host": "127.0.0.1"}))
+    return data
+
+
+def ctl(data_dir: Path, capsys, *args: str) -> tuple[int, str, str]:
+    status = main(["ctl", "--data-dir", str(data_dir), *args])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def ctl_json(data_dir: Path, capsys, *args: str):
+    status, out, err = ctl(data_dir, capsys, *args, "--format", "json")
+    assert status == 0, err
+    return json.loads(out)
+
+
+def _printed_token(out: str) -> str:
+    return re.search(r"--token (\S+)", out).group(1)
+
+
+# --------------------------------------------------------------------------- tokens (item 13)
+
+def test_tokens_rm_accepts_the_token_it_printed_and_never_echoes_it(data_dir, capsys):
+    status, out, _ = ctl(data_dir, capsys, "tokens", "add", "--type", "node")
+    token = _printed_token(out)
+    (listed,) = ctl_json(data_dir, capsys, "tokens", "ls")
+    status, out, err = ctl(data_dir, capsys, "tokens", "rm", token)
+    assert status == 0, err
+    assert out.strip() == f"token {listed['id']} removed"
+    assert ctl_json(data_dir, capsys, "tokens", "ls") == []
+    status, _, err = ctl(data_dir, capsys, "tokens", "rm", token)
+    assert status == 1 and token.split(".")[0] not in err and "no token" in err
+    events = ctl_json(data_dir, capsys, "audit", "--type", "token.delete")
+    assert [e["fields"]["token_id"] for e in events] == [listed["id"]]
+    assert token.split(".")[0] not in json.dumps(ctl_json(data_dir, capsys, "audit"))
+
+
+def test_tokens_rm_accepts_the_id_from_tokens_ls(data_dir, capsys):
+    ctl(data_dir, capsys, "tokens", "add", "--type", "proxy")
+    (listed,) = ctl_json(data_dir, capsys, "tokens", "ls")
+    status, out, _ = ctl(data_dir, capsys, "tokens", "rm", listed["id"])
+    assert status == 0 and out.strip() == f"token {listed['id']} removed"
+    status, _, err = ctl(data_dir, capsys, "tokens", "rm", listed["id"])
+    assert status == 1 and f"no token '{listed['id']}'" in err
+
+
+def test_the_printed_join_command_carries_the_labels_and_name_asked_for(data_dir, capsys):
+    status, out, _ = ctl(data_dir, capsys, "tokens", "add", "--type", "node", "--name", "db1",
+                         "--labels", "team=db,env=dev")
+    assert status == 0
+    line = next(l.strip() for l in out.splitlines() if l.strip().startswith("jumpgate start"))
+    assert re.fullmatch(r"jumpgate start --services node --auth-server 127\.0\.0\.1:3025 --nodename db1 "
+                        r"--labels env=dev,team=db --token \S+", line), line
+    status, out, _ = ctl(data_dir, capsys, "tokens", "add", "--type", "node")
+    assert "--labels" not in next(l for l in out.splitlines() if "jumpgate start" in l)
+    assert "add --labels key=value" in out
+
+
+def test_tokens_add_refuses_a_bad_label_before_making_a_token(data_dir, capsys):
+    status, _, err = ctl(data_dir, capsys, "tokens", "add", "--type", "node", "--labels", "bad")
+    assert status == 1 and err.startswith("jumpgate: --labels: bad label")
+    assert ctl_json(data_dir, capsys, "tokens", "ls") == []
