@@ -62,7 +62,7 @@ ALLOWED: Mapping[str, frozenset[str]] = {
         "create_user", "list_users", "get_user", "delete_user", "reset_user",
         "create_token", "list_tokens", "delete_token",
         "add_node", "update_node", "remove_node",
-        "sign_user_cert", "sign_host_cert", "export_ca", "list_audit",
+        "sign_user_cert", "sign_host_cert", "export_ca", "list_audit", "cluster_status",
     },
     "node": frozenset({"heartbeat", "emit_audit", "cluster_info", "renew_host_cert"}),
     # the proxy's membership also serves the web service (signup and login pages)

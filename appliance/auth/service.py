@@ -44,8 +44,8 @@ from .audit_log import DEFAULT_REFUSALS_PER_SOURCE, DEFAULT_RETENTION_DAYS, Audi
 from .ca import CAError, ClusterCA
 from .checks import ERROR_CODES, AuthServiceError, bad_request, check_dns_name
 from .hosts import HOST_CERT_TTL, TOKEN_TTL, Hosts
-from .results import (CertResult, ClusterInfo, CreatedToken, HeartbeatResult, Invite, InviteInfo, JoinResult,
-                      LoginResult, TokenInfo, UserInfo, to_wire)
+from .results import (CertResult, ClusterInfo, ClusterStatus, CreatedToken, HeartbeatResult, HostStatus, Invite,
+                      InviteInfo, JoinResult, LoginResult, TokenInfo, UserInfo, to_wire)
 from .timing import FailureDelay
 
 __all__ = [
@@ -55,6 +55,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("jumpgate.auth")
+
+#: A node or proxy that heartbeat this recently is "online" in ``ctl status`` (3 heartbeats).
+ONLINE_SECONDS = 90.0
 
 
 async def _cluster_name_warning(storage: Storage, cluster: str) -> str:
@@ -205,6 +208,19 @@ class AuthService:
     async def cluster_info(self) -> ClusterInfo:
         return ClusterInfo(self.cluster, self.ca.host_ca_known_hosts_line(),
                            self.ca.user_ca_line(), self.ca.pin_for_host_ca())
+
+    async def cluster_status(self) -> ClusterStatus:
+        """``ctl status``: the cluster's name, its CAs' fingerprints and the host CA's pin (what
+        join tokens carry), the version and storage schema of this auth service, and every
+        joined node and proxy with its last heartbeat."""
+        from .. import __version__
+        now = self._clock()
+        hosts = tuple(HostStatus(n.name, n.kind, n.last_seen,
+                                 "online" if now - n.last_seen <= ONLINE_SECONDS else "offline")
+                      for n in await self.storage.list_nodes() if n.kind in ("node", "proxy"))
+        return ClusterStatus(self.cluster, __version__, int(getattr(self.storage, "schema_version", 0) or 0),
+                             self.ca.user_ca_public.fingerprint(), self.ca.host_ca_public.fingerprint(),
+                             self.ca.pin_for_host_ca(), hosts)
 
     # -- audit -----------------------------------------------------------------------
     async def emit_audit(self, event: Mapping[str, Any], *, emitter: str = "") -> int:

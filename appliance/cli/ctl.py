@@ -439,6 +439,64 @@ async def _events(backend: _Backend, args) -> None:
         print(f"{_when(e['time'])} {e['code']} {e['event']}{ok} user={e.get('user') or '-'} {fields}".rstrip())
 
 
+# ---------------------------------------------------------------------------- status
+
+async def _status(backend: _Backend, args) -> None:
+    """``tctl status``: the cluster, its CAs and pins, versions, services and hosts."""
+    from .main import VERSION
+    status = await backend.call("cluster_status")
+    try:
+        web_pin = backend.web_pin(args)
+    except CliError:
+        web_pin = ""
+    report = {**status, "ctl_version": VERSION, "web_pin": web_pin,
+              "services": await _local_services(backend) if backend.data_dir is not None else None}
+    if _as_json(args):
+        return print_json(report)
+    print(f"Cluster:      {status['cluster']}")
+    print(f"Version:      jumpgate {status['version']} (auth service; storage schema {status['schema_version']}), "
+          f"ctl {VERSION}")
+    print(f"User CA:      {status['user_ca_fingerprint']}")
+    print(f"Host CA:      {status['host_ca_fingerprint']}")
+    print(f"CA pin:       {status['host_ca_pin']}   (the host CA's; join tokens carry it)")
+    print(f"Web pin:      {web_pin or 'unknown here (pass --web-pin)'}   (jumpgate login --ca-pin)")
+    if report["services"] is not None:
+        print("Services:     " + ", ".join(f"{s['name']} {s['addr']} {s['state']}" for s in report["services"]))
+    hosts = status["hosts"]
+    print("Hosts:        " + (", ".join(f"{h['name']} ({h['kind']}) {h['state']}, last seen {_when(h['last_seen'])}"
+                                        for h in hosts) or "none joined"))
+
+
+async def _local_services(backend: _Backend) -> list[dict]:
+    """The services `start` recorded in the data dir, each probed on its port (a TCP connect)."""
+    state = _cluster_state(backend.data_dir)
+    services = state.get("services") or []
+    ports = dict(state.get("ports") or {})
+    host = state.get("listen_addr") or "127.0.0.1"
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1"
+    found = [{"name": name, "addr": format_endpoint(host, int(ports[name])), "port": int(ports[name])}
+             for name in services if name in ports]
+    if state.get("diag_addr"):
+        found.append({"name": "diag", "addr": state["diag_addr"],
+                      "port": int(parse_endpoint(state["diag_addr"], 0)[1])})
+    for service in found:
+        service["state"] = "up" if await _answers(service["addr"]) else "down"
+    return found
+
+
+async def _answers(addr: str) -> bool:
+    host, port = parse_endpoint(addr, 0)
+    with trio.move_on_after(2):
+        try:
+            stream = await trio.open_tcp_stream(host, port)
+        except OSError:
+            return False
+        await stream.aclose()
+        return True
+    return False
+
+
 _HANDLERS = {
     ("users", "add"): _users_add, ("users", "ls"): _users_ls, ("users", "rm"): _users_rm,
     ("users", "reset"): _users_reset,
@@ -447,4 +505,5 @@ _HANDLERS = {
     ("nodes", "rm"): _nodes_rm,
     ("auth", "export"): _auth_export, ("auth", "sign"): _auth_sign,
     ("events", None): _events,
+    ("status", None): _status,
 }

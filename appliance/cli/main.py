@@ -42,6 +42,9 @@ def _add_start(sub) -> None:
     p.add_argument("--audit-retention-days", type=int, metavar="DAYS",
                    help="days the auth service keeps audit events; older ones are pruned hourly "
                         "(default 365; 0 keeps every event)")
+    p.add_argument("--diag-addr", metavar="HOST:PORT",
+                   help="serve /healthz, /readyz and /metrics (Prometheus) over plain HTTP there, e.g. "
+                        "127.0.0.1:3081 (default: off; a port alone is on loopback)")
     from ..addresses import DEFAULT_PORTS
     for service, port in DEFAULT_PORTS.items():
         p.add_argument(f"--{service}-port", type=_port, metavar="PORT", help=f"{service} port (default {port})")
@@ -116,6 +119,8 @@ def _add_ctl(sub) -> None:
     s.add_argument("--pubkey", help="public key file to certify (user)")
     s.add_argument("--principals", help="extra principals (host): addresses (IPs or DNS names), comma list")
     s.add_argument("--ttl", default="", help="validity, e.g. 1h (user default 1h, host default 30d)")
+
+    _format(ctl.add_parser("status", help="the cluster: name, CA fingerprints and pins, versions, services"))
 
     ev = ctl.add_parser("events", help="recent audit events")
     ev.add_argument("--limit", type=int, default=50)

@@ -86,6 +86,7 @@ def start(args) -> int:
             cluster_name=args.cluster_name, public_addr=args.public_addr, listen_addr=args.listen_addr,
             auth_server=args.auth_server, token=args.token, node_name=args.nodename,
             labels=args.labels, audit_retention_days=args.audit_retention_days,
+            diag_addr=getattr(args, "diag_addr", None),
             port_overrides={name: getattr(args, f"{name}_port") for name in DEFAULT_PORTS
                             if getattr(args, f"{name}_port") is not None})
     except ConfigError as exc:
@@ -185,7 +186,9 @@ async def _start_auth(nursery: trio.Nursery, cfg: Config, data_dir: Path):
     await nursery.start(supervised, "auth", auth_service.run)  # the audit log's writer and retention, rehashes
     # what `jumpgate ctl` on this host needs to know about the running cluster
     (auth_dir / "cluster.json").write_text(json.dumps({
-        "cluster": auth_service.cluster, "host": cfg.host_name, "ports": cfg.ports}) + "\n")
+        "cluster": auth_service.cluster, "host": cfg.host_name, "ports": cfg.ports,
+        "services": list(cfg.services), "listen_addr": cfg.listen_addr, "diag_addr": cfg.diag_addr,
+        "pid": os.getpid(), "started": time.time()}) + "\n")
     key_path = auth_dir / "host_key"
     if key_path.exists():
         key = load_private_key(str(key_path))

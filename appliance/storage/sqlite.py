@@ -282,6 +282,11 @@ class SQLiteStorage:
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot open database {self.path}: {exc}") from None
 
+    @property
+    def schema_version(self) -> int:
+        """The schema this database has (an older one was upgraded at open)."""
+        return SCHEMA_VERSION
+
     async def __aenter__(self) -> SQLiteStorage:
         return self
 

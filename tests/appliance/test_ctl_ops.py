@@ -88,3 +88,35 @@ def test_tokens_add_refuses_a_bad_label_before_making_a_token(data_dir, capsys):
     status, _, err = ctl(data_dir, capsys, "tokens", "add", "--type", "node", "--labels", "bad")
     assert status == 1 and err.startswith("jumpgate: --labels: bad label")
     assert ctl_json(data_dir, capsys, "tokens", "ls") == []
+
+
+# --------------------------------------------------------------------------- status (item 8)
+
+def test_ctl_status_shows_cluster_cas_pins_and_versions(data_dir, capsys):
+    from appliance import __version__
+    status, out, err = ctl(data_dir, capsys, "status")
+    assert status == 0, err
+    report = ctl_json(data_dir, capsys, "status")
+    assert report["cluster"] == CLUSTER and report["version"] == __version__
+    assert report["host_ca_pin"].startswith("sha256:") and report["user_ca_fingerprint"].startswith("SHA256:")
+    assert f"Cluster:      {CLUSTER}" in out and report["host_ca_pin"] in out and report["host_ca_fingerprint"] in out
+    # the pin a join token carries is the one status prints
+    _, token_out, _ = ctl(data_dir, capsys, "tokens", "add", "--type", "node")
+    assert _printed_token(token_out).split(".", 1)[1] == report["host_ca_pin"].removeprefix("sha256:")
+    assert report["hosts"] == [] and "none joined" in out
+
+
+def test_ctl_status_shows_the_web_pin_login_takes_and_probes_services(data_dir, capsys, tmp_path):
+    from appliance.web.tls import ensure_web_tls
+    tls = ensure_web_tls(data_dir, hostname="127.0.0.1", addresses=["127.0.0.1"])
+    import socket
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        state = json.loads((data_dir / "auth" / "cluster.json").read_text())
+        state.update(services=["auth", "web"], ports={"auth": port, "web": 1}, listen_addr="0.0.0.0")
+        (data_dir / "auth" / "cluster.json").write_text(json.dumps(state))
+        report = ctl_json(data_dir, capsys, "status")
+    assert report["web_pin"] == tls.pin
+    assert [(s["name"], s["state"]) for s in report["services"]] == [("auth", "up"), ("web", "down")]
