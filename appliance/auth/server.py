@@ -28,7 +28,8 @@ Everything else (plain keys, other certificates, keyboard-interactive) is refuse
 every refusal after a signature or a password is an ``auth`` audit event. After
 authentication there is no pty, shell, exec, port or agent forwarding: only the
 ``jumpgate-api`` subsystem, at most 4 channels per connection, counted when opened,
-and for nodes and proxies the ``jumpgate-watch`` push stream (:mod:`appliance.auth.watch`).
+and for nodes and proxies the ``jumpgate-watch`` push stream (:mod:`appliance.auth.watch`), which
+for an admin carries the audit log (``ctl audit --follow``).
 
 Limits (:mod:`appliance.limits`, docs/security.md § Limits): the listener admits by
 ``AUTH_PROFILE`` (per-source startups, rate and penalties; at most 64 connections per
@@ -220,8 +221,8 @@ class AuthSSHServer(ssh_proto.SSHServer):
         if self.caller is None:  # cannot happen after auth; fail closed all the same
             return 1
         watch = session.kind == "subsystem" and session.subsystem == WATCH_SUBSYSTEM
-        if watch and self.feed is not None and self.caller.kind in _HOST_CALLERS:
-            await self.feed.serve(session, self.caller.kind)
+        if watch and self.feed is not None and self.caller.kind in (*_HOST_CALLERS, "admin"):
+            await self.feed.serve(session, self.caller.kind)  # an admin's is the audit log (ctl audit --follow)
             return 0
         if session.kind != "subsystem" or session.subsystem != SUBSYSTEM:
             await session.send_stderr(f"this server only offers the {SUBSYSTEM} subsystem\r\n".encode())

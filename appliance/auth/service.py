@@ -29,6 +29,7 @@ is the background work.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -42,7 +43,7 @@ from . import krl, passwords
 from .accounts import LOCK_SECONDS, MAX_FAILED_LOGINS, USER_CERT_TTL, Accounts
 from .audit_log import DEFAULT_REFUSALS_PER_SOURCE, DEFAULT_RETENTION_DAYS, AuditLog
 from .ca import CAError, ClusterCA
-from .checks import ERROR_CODES, AuthServiceError, bad_request, check_dns_name
+from .checks import ERROR_CODES, AuthServiceError, bad_request, check_dns_name, check_list
 from .hosts import HOST_CERT_TTL, TOKEN_TTL, Hosts
 from .results import (CertResult, ClusterInfo, ClusterStatus, CreatedToken, HeartbeatResult, HostStatus, Invite,
                       InviteInfo, JoinResult, LoginResult, TokenInfo, UserInfo, to_wire)
@@ -233,11 +234,31 @@ class AuthService:
             raise bad_request(str(exc)) from None
         return await self.audit_log.append(record)
 
-    async def list_audit(self, limit: int = 100, before_id: int | None = None) -> list[AuditEvent]:
-        """Newest first; page with ``before_id`` = the last id seen."""
+    async def list_audit(self, limit: int = 100, before_id: int | None = None, types: Sequence[str] = (),
+                         user: str = "", since: float = 0.0) -> list[AuditEvent]:
+        """Newest first; page with ``before_id`` = the last id seen. ``types`` are event names
+        (``user.login``) or a family (``user.*``); ``user`` the user an event is about;
+        ``since`` an epoch time (``ctl audit --type/--user/--since``)."""
         if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= 10_000:
             raise bad_request("limit must be 1..10000")
         if before_id is not None and (isinstance(before_id, bool) or not isinstance(before_id, int)):
             raise bad_request("before_id must be an integer")
+        types = check_audit_types(types)
+        if not isinstance(user, str) or len(user) > 64:
+            raise bad_request("user must be a user name")
+        if isinstance(since, bool) or not isinstance(since, (int, float)) or not math.isfinite(since):
+            raise bad_request("since must be an epoch time")
         await self.audit_log.flush()  # the refusals still queued are part of the answer
-        return list(await self.storage.list_audit(limit, before_id))
+        return list(await self.storage.list_audit(limit, before_id, events=types, user=user, since=float(since)))
+
+
+def check_audit_types(types: Any) -> tuple[str, ...]:
+    """Event names of :data:`appliance.audit.EVENT_CODES`, or a family ``area.*`` of them."""
+    from ..audit import EVENT_CODES
+    families = {name.split(".")[0] + ".*" for name in EVENT_CODES if "." in name}
+    types = check_list(types, lambda t, w: t if isinstance(t, str) else "", "event type", 32)
+    unknown = [t for t in types if t not in EVENT_CODES and t not in families]
+    if unknown:
+        raise bad_request(f"unknown event type {unknown[0][:40]!r} (e.g. user.login, user.*, "
+                          f"node.join; all: {', '.join(sorted(EVENT_CODES))})")
+    return types

@@ -43,8 +43,10 @@ class _Backend:
     """``await backend.call(method, **params)`` → wire-form result (dicts and lists)."""
 
     def __init__(self, call, *, data_dir: Path | None, host: str, web_port: int, actor: str,
-                 auth_port: int = AUTH_PORT):
+                 auth_port: int = AUTH_PORT, watch=None):
         self.call = call
+        #: ``await backend.watch(on_push)``: follow the push stream (an admin's: the audit log).
+        self.watch = watch
         self.data_dir = data_dir
         self.host = host
         self.web_port = web_port
@@ -102,9 +104,19 @@ async def _local(args) -> AsyncIterator[_Backend]:
         except AuthServiceError as exc:
             raise CliError(exc.message) from None
 
+    async def watch(on_push) -> None:
+        # The same database the running auth service writes: follow it with a ChangeFeed of
+        # our own, which reads storage as the service's does (and bounds us the same way).
+        from ..auth.watch import ChangeFeed, running
+        async with running(ChangeFeed(storage)) as feed:
+            with feed.subscribe("admin") as subscriber:
+                on_push(await feed.snapshot("admin"))
+                async for push in subscriber.receive:
+                    on_push(push)
+
     try:
         yield _Backend(call, data_dir=cfg.data_dir, host=host, web_port=int(ports["web"]), actor=actor,
-                       auth_port=int(ports["auth"]))
+                       auth_port=int(ports["auth"]), watch=watch)
     finally:
         try:
             await service.audit_log.flush()  # refusals are queued (docs/security.md U3)
@@ -164,8 +176,13 @@ async def _remote(args) -> AsyncIterator[_Backend]:
                     return await api.call(method, **params)
                 except ApiError as exc:
                     raise CliError(exc.message) from None
+            async def watch(on_push) -> None:
+                try:
+                    await api.watch(on_push)
+                except ApiError as exc:
+                    raise CliError(exc.message) from None
             yield _Backend(call, data_dir=None, host=web_host, web_port=int(web_port), actor="",
-                           auth_port=auth_port)
+                           auth_port=auth_port, watch=watch)
     except (OSError, SSHError) as exc:
         raise CliError(f"cannot reach the auth server {args.auth_server}: {exc}") from None
 
@@ -431,12 +448,108 @@ async def _sign_user(backend: _Backend, args) -> None:
         print(result["cert"].strip())
 
 
-async def _events(backend: _Backend, args) -> None:
-    events = await backend.call("list_audit", limit=args.limit)
-    for e in reversed(events):
-        fields = " ".join(f"{k}={v}" for k, v in sorted((e.get("fields") or {}).items()))
-        ok = "" if e.get("success", True) else " FAILED"
-        print(f"{_when(e['time'])} {e['code']} {e['event']}{ok} user={e.get('user') or '-'} {fields}".rstrip())
+# ---------------------------------------------------------------------------- audit
+
+#: Pushes a follower holds before printing them; one that cannot keep up is cut, not buffered.
+FOLLOW_QUEUE = 1024
+
+
+class _FellBehind(Exception):
+    pass
+
+
+def _audit_filters(args) -> dict[str, Any]:
+    from .account import parse_ttl
+    filters: dict[str, Any] = {"types": _split(args.type or ""), "user": args.user or "", "since": 0.0}
+    if args.since:
+        filters["since"] = _parse_since(args.since, parse_ttl)
+    return filters
+
+
+def _parse_since(text: str, parse_ttl) -> float:
+    """``--since``: a duration back from now (``90m``, ``2h``, ``7d``) or a UTC date/time
+    (``2026-12-01``, ``2026-12-01T10:00``)."""
+    import calendar
+    import time as _time
+    from datetime import datetime
+    try:
+        return _time.time() - parse_ttl(text)
+    except CliError:
+        pass
+    try:
+        return float(calendar.timegm(datetime.fromisoformat(text).timetuple()))
+    except ValueError:
+        raise CliError(f"--since {text!r}: give a duration (30m, 2h, 7d) or a UTC time "
+                       "(2026-12-01 or 2026-12-01T10:00)") from None
+
+
+def _matches(event: dict, filters: dict[str, Any]) -> bool:
+    types, user = filters["types"], filters["user"]
+    if types and not any(event["event"] == t or (t.endswith(".*") and event["event"].startswith(t[:-1]))
+                         for t in types):
+        return False
+    return (not user or event.get("user") == user) and event["time"] >= filters["since"]
+
+
+def _event_line(e: dict) -> str:
+    fields = " ".join(f"{k}={v}" for k, v in sorted((e.get("fields") or {}).items()))
+    ok = "" if e.get("success", True) else " FAILED"
+    return f"{_when(e['time'])} {e['code']} {e['event']}{ok} user={e.get('user') or '-'} {fields}".rstrip()
+
+
+async def _audit(backend: _Backend, args) -> None:
+    """``ctl audit`` (``ctl events``): the newest ``--limit`` events matching the filters,
+    oldest first; ``--follow`` then prints each new one as it is recorded."""
+    filters = _audit_filters(args)
+    if not args.follow:
+        events = list(reversed(await backend.call("list_audit", limit=args.limit, **filters)))
+        if _as_json(args):
+            return print_json(events)
+        for e in events:
+            print(_event_line(e))
+        return
+    await _follow(backend, args, filters)
+
+
+async def _follow(backend: _Backend, args, filters: dict[str, Any]) -> None:
+    """Subscribe first, then list the backlog, then print pushes newer than it: nothing falls
+    between. JSON is one event per line here (JSON Lines), for a stream."""
+    send, receive = trio.open_memory_channel[Any](FOLLOW_QUEUE)
+
+    def on_push(push) -> None:
+        try:
+            send.send_nowait(push)
+        except trio.WouldBlock:
+            raise _FellBehind() from None
+
+    def show(event: dict) -> None:
+        print(json.dumps(event, sort_keys=True, default=_json_value) if _as_json(args) else _event_line(event),
+              flush=True)
+
+    async def watch() -> None:
+        try:
+            await backend.watch(on_push)
+        finally:
+            send.close()
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            first = await receive.receive()  # the snapshot: we are subscribed
+            assert first.kind == "snapshot"
+            backlog = list(reversed(await backend.call("list_audit", limit=args.limit, **filters)))
+            last = max([e["id"] for e in backlog], default=0)
+            for event in backlog:
+                show(event)
+            async for push in receive:
+                if push.kind == "audit" and push.data["id"] > last and _matches(push.data, filters):
+                    last = push.data["id"]
+                    show(dict(push.data))
+    except* _FellBehind:
+        raise CliError("the audit stream was cut: this follower fell behind; run `ctl audit --follow` "
+                       "again (with --since to fill the gap)") from None
+    raise CliError("the audit stream ended (the auth server was stopped or cut this follower for "
+                   "falling behind); run `ctl audit --follow` again")
 
 
 # ---------------------------------------------------------------------------- status
@@ -504,6 +617,6 @@ _HANDLERS = {
     ("nodes", "add"): _nodes_add, ("nodes", "update"): _nodes_update, ("nodes", "ls"): _nodes_ls,
     ("nodes", "rm"): _nodes_rm,
     ("auth", "export"): _auth_export, ("auth", "sign"): _auth_sign,
-    ("events", None): _events,
+    ("events", None): _audit, ("audit", None): _audit,
     ("status", None): _status,
 }

@@ -122,8 +122,16 @@ def _add_ctl(sub) -> None:
 
     _format(ctl.add_parser("status", help="the cluster: name, CA fingerprints and pins, versions, services"))
 
-    ev = ctl.add_parser("events", help="recent audit events")
-    ev.add_argument("--limit", type=int, default=50)
+    ev = _format(ctl.add_parser("audit", aliases=["events"], help="the audit log: filter, follow",
+                                description="The newest --limit audit events (oldest first), filtered; "
+                                            "--follow then prints each new one as it is recorded."))
+    ev.add_argument("--type", help="event types, comma list: user.login, or a family: user.* (see appliance/audit.py)")
+    ev.add_argument("--user", help="only events about this user (or bot)")
+    ev.add_argument("--since", help="only events since: a duration back (30m, 2h, 7d) or a UTC time (2026-12-01T10:00)")
+    ev.add_argument("--limit", type=int, default=50, help="at most this many past events (default 50)")
+    ev.add_argument("--follow", "-f", action="store_true",
+                    help="keep printing new events as they come (the auth server's push stream); "
+                         "--format json prints one JSON object a line")
     p.set_defaults(func="appliance.cli.ctl:ctl")
 
 

@@ -251,6 +251,13 @@ class Storage(Protocol):
         """Delete at most ``limit`` of the oldest events whose time is before ``before``;
         return how many. The only way an event leaves the log (retention); ids are never
         reused."""
-    async def list_audit(self, limit: int = 100, before_id: int | None = None,
+    async def list_audit(self, limit: int = 100, before_id: int | None = None, *,
+                         events: Sequence[str] = (), user: str = "", since: float = 0.0,
                          ) -> Sequence[AuditEvent]:
-        """The newest ``limit`` events (with id < ``before_id`` if given), newest first."""
+        """The newest ``limit`` events (with id < ``before_id`` if given), newest first; only
+        those named in ``events`` (``"user.*"``: every ``user.`` event) when given, of ``user``
+        when given, at or after ``since`` when given."""
+    async def audit_after(self, after_id: int, limit: int = 1000) -> Sequence[AuditEvent]:
+        """Events with id > ``after_id``, oldest first (what a follower has not seen)."""
+    async def last_audit_id(self) -> int:
+        """The newest event's id (0 for an empty log)."""

@@ -631,14 +631,40 @@ class SQLiteStorage:
             "WHERE time < ? ORDER BY time LIMIT ?)", (before, max(0, int(limit)))))
         return cur.rowcount
 
-    async def list_audit(self, limit: int = 100, before_id: int | None = None,
+    async def list_audit(self, limit: int = 100, before_id: int | None = None, *,
+                         events: Sequence[str] = (), user: str = "", since: float = 0.0,
                          ) -> list[AuditEvent]:
         limit = max(0, min(int(limit), MAX_AUDIT_LIMIT))
         bound = 2**63 - 1 if before_id is None else int(before_id)
+        where, params = ["id < ?"], [bound]
+        if events:
+            exact = [e for e in events if not e.endswith(".*")]
+            prefixes = [e[:-1].replace("%", "").replace("_", "\\_") + "%" for e in events if e.endswith(".*")]
+            terms = ([f"event IN ({','.join('?' * len(exact))})"] if exact else []) + \
+                ["event LIKE ? ESCAPE '\\'"] * len(prefixes)
+            where.append("(" + " OR ".join(terms) + ")")
+            params += exact + prefixes
+        if user:
+            where.append("user = ?")
+            params.append(user)
+        if since:
+            where.append("time >= ?")
+            params.append(float(since))
         rows = await self._run(lambda db: db.execute(
-            f"SELECT {_AUDIT_COLUMNS} FROM audit_events WHERE id < ? ORDER BY id DESC LIMIT ?",
-            (bound, limit)).fetchall())
+            f"SELECT {_AUDIT_COLUMNS} FROM audit_events WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
+            (*params, limit)).fetchall())
         return [_audit(row) for row in rows]
+
+    async def audit_after(self, after_id: int, limit: int = 1000) -> list[AuditEvent]:
+        limit = max(0, min(int(limit), MAX_AUDIT_LIMIT))
+        rows = await self._run(lambda db: db.execute(
+            f"SELECT {_AUDIT_COLUMNS} FROM audit_events WHERE id > ? ORDER BY id LIMIT ?",
+            (int(after_id), limit)).fetchall())
+        return [_audit(row) for row in rows]
+
+    async def last_audit_id(self) -> int:
+        row = await self._run(lambda db: db.execute("SELECT MAX(id) FROM audit_events").fetchone())
+        return int(row[0] or 0)
 
 
 def _insert_invite(db: sqlite3.Connection, invite: InviteRecord) -> None:

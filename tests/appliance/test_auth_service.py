@@ -945,4 +945,4 @@ async def test_the_facade_offers_every_api_method_as_its_half_defines_it(env):
             assert owner == [type(env.service).__dict__[method].part], method
             assert inspect.signature(bound) == inspect.signature(getattr(half[owner[0]], method))
         else:   # what the halves share: the CAs and the audit log
-            assert method in {"cluster_info", "export_ca", "emit_audit", "list_audit"}, method
+            assert method in {"cluster_info", "cluster_status", "export_ca", "emit_audit", "list_audit"}, method

@@ -120,3 +120,43 @@ def test_ctl_status_shows_the_web_pin_login_takes_and_probes_services(data_dir, 
         report = ctl_json(data_dir, capsys, "status")
     assert report["web_pin"] == tls.pin
     assert [(s["name"], s["state"]) for s in report["services"]] == [("auth", "up"), ("web", "down")]
+
+
+# --------------------------------------------------------------------------- audit (item 17)
+
+def test_ctl_audit_filters_by_type_family_user_and_since(data_dir, capsys):
+    ctl(data_dir, capsys, "users", "add", "alice", "--logins", "alice")
+    ctl(data_dir, capsys, "users", "add", "bob", "--logins", "bob")
+    ctl(data_dir, capsys, "tokens", "add", "--type", "node")
+    assert [e["user"] for e in ctl_json(data_dir, capsys, "audit", "--type", "user.create")] == ["alice", "bob"]
+    assert {e["event"] for e in ctl_json(data_dir, capsys, "audit", "--type", "user.*,token.*")} == \
+        {"user.create", "token.create"}
+    assert [e["event"] for e in ctl_json(data_dir, capsys, "audit", "--user", "bob")] == ["user.create"]
+    assert ctl_json(data_dir, capsys, "audit", "--since", "2099-01-01") == []
+    assert len(ctl_json(data_dir, capsys, "audit", "--since", "1h")) >= 4   # ca.create x2, users, token
+    status, _, err = ctl(data_dir, capsys, "audit", "--type", "user.logn")
+    assert status == 1 and "unknown event type 'user.logn'" in err
+    status, _, err = ctl(data_dir, capsys, "audit", "--since", "yesterday")
+    assert status == 1 and "--since 'yesterday'" in err
+
+
+def test_ctl_events_is_kept_as_an_alias_of_audit(data_dir, capsys):
+    ctl(data_dir, capsys, "users", "add", "alice", "--logins", "alice")
+    status, events_out, _ = ctl(data_dir, capsys, "events", "--limit", "5")
+    status2, audit_out, _ = ctl(data_dir, capsys, "audit", "--limit", "5")
+    assert status == status2 == 0 and events_out == audit_out and "user.create" in audit_out
+    assert ctl_json(data_dir, capsys, "events", "--type", "user.create")[0]["user"] == "alice"
+
+
+def test_every_ctl_listing_takes_format_json(data_dir, capsys):
+    ctl(data_dir, capsys, "users", "add", "alice", "--logins", "alice,root", "--roles", "admin")
+    ctl(data_dir, capsys, "nodes", "add", "--name", "web1", "--addr", "10.0.0.7:22", "--labels", "env=prod")
+    ctl(data_dir, capsys, "tokens", "add", "--type", "node", "--name", "db1")
+    (user,) = ctl_json(data_dir, capsys, "users", "ls")
+    assert user["name"] == "alice" and user["logins"] == ["alice", "root"] and user["roles"] == ["admin"]
+    (node,) = ctl_json(data_dir, capsys, "nodes", "ls")
+    assert node["name"] == "web1" and node["labels"] == {"env": "prod"}
+    (token,) = ctl_json(data_dir, capsys, "tokens", "ls")
+    assert token["name"] == "db1" and "token" not in token and "token_hash" not in token
+    assert isinstance(ctl_json(data_dir, capsys, "audit"), list)
+    assert ctl_json(data_dir, capsys, "status")["cluster"] == CLUSTER

@@ -4,8 +4,12 @@ pyz as separate processes."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import select
 import socket
+import subprocess
+import time
 from pathlib import Path
 
 from _cluster import LOOPBACK, Cluster, Jumpgate, free_ports, start_daemon
@@ -59,3 +63,44 @@ def test_tokens_rm_takes_the_printed_token_or_its_id(cluster: Cluster) -> None:
     assert cluster.ctl("tokens", "rm", other_id).stdout.strip() == f"token {other_id} removed"
     again = cluster.ctl("tokens", "rm", other, check=False)
     assert again.returncode == 1 and other.split(".")[0] not in again.stderr, again.stderr
+
+
+class _Lines:
+    """The stdout lines of a running process, read with a deadline (select on the pipe)."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        self.buffer = b""
+
+    def next(self, timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            ready, _, _ = select.select([self.proc.stdout], [], [], max(0.0, left))
+            if not ready:
+                raise AssertionError(f"no line within {timeout}s; so far {self.buffer!r}")
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            if not chunk:
+                raise AssertionError(f"the process ended: {self.proc.wait()} {self.proc.stderr.read()!r}")
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode()
+
+
+def test_u5_ctl_audit_follow_prints_each_new_event_as_it_is_recorded(jg: Jumpgate, cluster: Cluster) -> None:
+    argv = jg.argv("ctl", "--data-dir", str(cluster.data_dir), "audit", "--follow", "--format", "json",
+                   "--type", "token.create", "--limit", "1")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=jg.env())
+    try:
+        lines = _Lines(proc)
+        backlog = json.loads(lines.next())
+        assert backlog["event"] == "token.create"
+        cluster.ctl("users", "add", "followed", "--logins", "followed")      # not a token.create: skipped
+        cluster.ctl("tokens", "add", "--type", "proxy", "--name", "followme")
+        new = json.loads(lines.next())
+        assert new["event"] == "token.create" and new["fields"]["node"] == "followme" and new["id"] > backlog["id"]
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()
