@@ -147,6 +147,28 @@ class ClusterInfo(_Wire):
 
 
 @dataclass(frozen=True, slots=True)
+class BotInfo(_Wire):
+    """A bot as ``ctl bots ls`` lists it."""
+
+    name: str
+    logins: tuple[str, ...]
+    roles: tuple[str, ...]
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedBot(_Wire):
+    """``ctl bots add``: the bot and its single-use bot token ``<secret>.<host CA pin>``."""
+
+    name: str
+    logins: tuple[str, ...]
+    roles: tuple[str, ...]
+    token: str
+    token_id: str
+    expires: float
+
+
+@dataclass(frozen=True, slots=True)
 class HostStatus(_Wire):
     """A joined node or proxy as ``ctl status`` shows it: ``state`` is "online" when it
     heartbeat within :data:`~appliance.auth.service.ONLINE_SECONDS`."""

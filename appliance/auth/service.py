@@ -12,7 +12,8 @@ whether a user name exists).
 
 * :class:`~.accounts.Accounts` — users, invites, signup, login and user certificates;
 * :class:`~.hosts.Hosts` — join tokens, joining, heartbeats, the node inventory and host
-  certificates.
+  certificates;
+* :class:`~.bots.Bots` — automation identities, their bot tokens and certificates.
 
 What the two share stays here: the cluster's CAs and their exports, the audit log, and the
 argument checks of :mod:`.checks`. The API dispatcher calls the service's methods by name
@@ -41,6 +42,8 @@ from ..audit import AuditEvent, AuditEventError
 from ..storage.base import Storage
 from . import krl, passwords
 from .accounts import LOCK_SECONDS, MAX_FAILED_LOGINS, USER_CERT_TTL, Accounts
+from .accounts import _check_user_roles as check_user_roles
+from .bots import Bots
 from .audit_log import DEFAULT_REFUSALS_PER_SOURCE, DEFAULT_RETENTION_DAYS, AuditLog
 from .ca import CAError, ClusterCA
 from .checks import ERROR_CODES, AuthServiceError, bad_request, check_dns_name, check_list
@@ -128,6 +131,14 @@ class AuthService:
     remove_node = _Delegate("hosts")
     sign_host_cert = _Delegate("hosts")
     sign_auth_cert = _Delegate("hosts")
+    # -- bots (appliance/auth/bots.py) ------------------------------------------------
+    create_bot = _Delegate("bots")
+    add_bot_token = _Delegate("bots")
+    list_bots = _Delegate("bots")
+    delete_bot = _Delegate("bots")
+    sign_bot_cert = _Delegate("bots")
+    bot_join = _Delegate("bots")
+    renew_bot_cert = _Delegate("bots")
 
     def __init__(self, storage: Storage, ca: ClusterCA, *,
                  clock: Callable[[], float] = time.time,
@@ -145,6 +156,7 @@ class AuthService:
                                   refusals_per_source=audit_refusals_per_source)
         self.users = Accounts(storage, ca, self.audit_log, clock=clock, hasher=hasher, failure_delay=failure_delay)
         self.hosts = Hosts(storage, ca, self.audit_log, clock=clock)
+        self.bots = Bots(storage, ca, self.audit_log, clock=clock, check_roles=check_user_roles)
 
     @classmethod
     async def create(cls, storage: Storage, cluster: str, *,

@@ -285,6 +285,39 @@ async def _users_reset(backend: _Backend, args) -> None:
     _print_invite(backend, args, invite)
 
 
+# ---------------------------------------------------------------------------- bots
+
+async def _bots_add(backend: _Backend, args) -> None:
+    if args.token_only:
+        created = await backend.call("add_bot_token", name=args.name, token_ttl=_ttl(args.ttl, 3600),
+                                     actor=backend.actor)
+    else:
+        if not args.logins:
+            raise CliError("bots add needs --logins (the OS logins its certificates name)")
+        created = await backend.call("create_bot", name=args.name, logins=_split(args.logins),
+                                     roles=_split(args.roles), token_ttl=_ttl(args.ttl, 3600), actor=backend.actor)
+        print(f"Bot {created['name']!r} (logins {','.join(created['logins'])}) added: no password, no second factor.")
+    print(f"Bot token, valid until {_when(created['expires'])}, single use (ID {created['token_id']}):")
+    print(f"    {created['token']}")
+    print("On the automation host (keeps a renewed certificate in the directory):")
+    print(f"    jumpgate bot start --auth-server {format_endpoint(backend.host, backend.auth_port)} "
+          f"--token {created['token']} --out /var/lib/jumpgate-bot/{created['name']}")
+    print(f"or certificates for a key of its own: jumpgate ctl auth sign --bot {created['name']} --pubkey KEY.pub")
+
+
+async def _bots_ls(backend: _Backend, args) -> None:
+    bots = await backend.call("list_bots")
+    if _as_json(args):
+        return print_json(bots)
+    _table([[b["name"], ",".join(b["logins"]), ",".join(b["roles"]) or "-", _when(b["created"])] for b in bots],
+           ["BOT", "LOGINS", "ROLES", "CREATED"])
+
+
+async def _bots_rm(backend: _Backend, args) -> None:
+    await backend.call("delete_bot", name=args.name, actor=backend.actor)
+    print(f"bot {args.name!r} removed: its certificates stop working and its sessions end within seconds")
+
+
 # ---------------------------------------------------------------------------- tokens
 
 async def _tokens_add(backend: _Backend, args) -> None:
@@ -432,17 +465,20 @@ async def _sign_host(backend: _Backend, args) -> None:
 async def _sign_user(backend: _Backend, args) -> None:
     from ssh_proto import KeyFormatError
     from ssh_proto.keys import load_public_file
+    bot = getattr(args, "bot", None)
+    flag, name = ("--bot", bot) if bot else ("--user", args.user)
     if not args.pubkey:
-        raise CliError("--user needs --pubkey FILE")
+        raise CliError(f"{flag} needs --pubkey FILE")
     try:
         key, _ = load_public_file(args.pubkey)
     except (OSError, KeyFormatError) as exc:
         raise CliError(f"cannot read {args.pubkey}: {exc}") from None
-    result = await backend.call("sign_user_cert", name=args.user, public_key_blob=key.blob,
+    method = "sign_bot_cert" if bot else "sign_user_cert"
+    result = await backend.call(method, name=name, public_key_blob=key.blob,
                                 ttl=_ttl(args.ttl, AUTH_SIGN_USER_TTL), actor=backend.actor)
     if args.out:
         Path(args.out).write_text(result["cert"].strip() + "\n")
-        print(f"certificate for {args.user} ({', '.join(result['principals'])}) written to {args.out}, "
+        print(f"certificate {result['key_id']} ({', '.join(result['principals'])}) written to {args.out}, "
               f"valid until {_when(result['expires'])}", file=sys.stderr)
     else:
         print(result["cert"].strip())
@@ -618,5 +654,6 @@ _HANDLERS = {
     ("nodes", "rm"): _nodes_rm,
     ("auth", "export"): _auth_export, ("auth", "sign"): _auth_sign,
     ("events", None): _audit, ("audit", None): _audit,
+    ("bots", "add"): _bots_add, ("bots", "ls"): _bots_ls, ("bots", "rm"): _bots_rm,
     ("status", None): _status,
 }
