@@ -104,3 +104,63 @@ def test_u5_ctl_audit_follow_prints_each_new_event_as_it_is_recorded(jg: Jumpgat
         proc.wait(10)
         proc.stdout.close()
         proc.stderr.close()
+
+
+SSH = "/usr/bin/ssh"
+
+
+def _openssh_via_proxy(key: Path, cert: Path, known_hosts: Path, proxy_port: int, user: str) -> list[str]:
+    common = ["-F", "/dev/null", "-o", "BatchMode=yes", "-o", "IdentityAgent=none", "-o", "IdentitiesOnly=yes",
+              "-i", str(key), "-o", f"CertificateFile={cert}", "-o", f"UserKnownHostsFile={known_hosts}",
+              "-o", "GlobalKnownHostsFile=/dev/null", "-o", "StrictHostKeyChecking=yes"]
+    hop = " ".join([SSH, *common, "-p", str(proxy_port), "-W", "%h:%p", f"{user}@{LOOPBACK}"])
+    return [SSH, *common, "-o", f"ProxyCommand={hop}"]
+
+
+def test_b3_a_bot_gets_a_certificate_with_its_token_uses_it_renews_it_and_is_cut_by_bots_rm(
+        jg: Jumpgate, cluster: Cluster, os_user, tmp_path: Path) -> None:
+    from _cluster import run_openssh
+    added = cluster.ctl("bots", "add", "ci", "--logins", os_user.name).stdout
+    token = re.search(r"jumpgate bot start .*--token (\S+)", added).group(1)
+    out = tmp_path / "bot"
+    first = jg.run("bot", "start", "--auth-server", cluster.auth, "--token", token, "--out", str(out),
+                   "--oneshot", "--ttl", "10m")
+    assert first.returncode == 0, first.stderr
+    assert token.split(".")[0] not in first.stderr + first.stdout
+    assert oct((out / "key").stat().st_mode & 0o777) == "0o600" and oct(out.stat().st_mode & 0o777) == "0o700"
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(cluster.ctl("auth", "export", "--type", "host").stdout)
+    argv = _openssh_via_proxy(out / "key", out / "key-cert.pub", known_hosts, cluster.ports["proxy"], "ci")
+    done = run_openssh([*argv, f"{os_user.name}@node1", "id -un"])
+    assert done.returncode == 0 and done.stdout == f"{os_user.name}\n", done.stderr
+    before = (out / "key-cert.pub").read_text()
+    renewed = jg.run("bot", "start", "--auth-server", cluster.auth, "--out", str(out), "--oneshot")   # no token
+    assert renewed.returncode == 0, renewed.stderr
+    assert (out / "key-cert.pub").read_text() != before
+    assert cluster.ctl("bots", "ls").stdout.split("\n")[1].split()[0] == "ci"
+    events = json.loads(cluster.ctl("audit", "--user", "ci", "--format", "json").stdout)
+    assert {e["event"] for e in events} >= {"bot.create", "bot.join", "cert.create"}
+    assert all(e["fields"].get("identity") == "bot" for e in events if e["event"] in ("bot.join", "cert.create"))
+    cluster.ctl("bots", "rm", "ci")
+    refused = jg.run("bot", "start", "--auth-server", cluster.auth, "--out", str(out), "--oneshot")
+    assert refused.returncode != 0 and len(refused.error_lines) == 1, refused.stderr
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:   # the proxy and node hear of the removal within a poll
+        done = run_openssh([*argv, f"{os_user.name}@node1", "true"])
+        if done.returncode != 0:
+            break
+        time.sleep(0.5)
+    assert done.returncode != 0
+
+
+def test_b1_the_readme_automation_example_works_as_written(cluster: Cluster, os_user, tmp_path: Path) -> None:
+    """README step 7: `ctl bots add ci --logins deploy` then `ctl auth sign --bot ci --pubkey ci.pub --ttl 1h`."""
+    from ssh_proto.keys import PrivateKey
+    key = PrivateKey.generate("ssh-ed25519")
+    pub = tmp_path / "ci.pub"
+    pub.write_text(key.public_key.to_line("ci") + "\n")
+    cluster.ctl("bots", "add", "ci2", "--logins", "deploy")
+    signed = cluster.ctl("auth", "sign", "--bot", "ci2", "--pubkey", str(pub), "--ttl", "1h")
+    assert signed.stdout.startswith("ssh-ed25519-cert-v01@openssh.com ")
+    user = cluster.ctl("auth", "sign", "--user", "ci2", "--pubkey", str(pub), check=False)
+    assert user.returncode == 1 and "--bot ci2" in user.stderr
