@@ -164,3 +164,30 @@ def test_b1_the_readme_automation_example_works_as_written(cluster: Cluster, os_
     assert signed.stdout.startswith("ssh-ed25519-cert-v01@openssh.com ")
     user = cluster.ctl("auth", "sign", "--user", "ci2", "--pubkey", str(pub), check=False)
     assert user.returncode == 1 and "--bot ci2" in user.stderr
+
+
+def test_d1_start_diag_addr_serves_healthz_readyz_and_metrics(jg: Jumpgate, cluster: Cluster, tmp_path: Path) -> None:
+    import sys
+    import urllib.error
+    import urllib.request
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "appliance"))
+    from test_diag import parse_exposition
+    diag_port, node_port = free_ports(2)
+    args = [*_node_args(cluster, cluster.node_token(name="diag1"), "diag1", tmp_path / "data", node_port),
+            "--diag-addr", str(diag_port)]
+    node, _ = start_daemon(jg, tmp_path / "node.log", args, ["node"])
+    try:
+        def get(path: str) -> tuple[int, str]:
+            try:
+                with urllib.request.urlopen(f"http://{LOOPBACK}:{diag_port}{path}", timeout=10) as reply:
+                    return reply.status, reply.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read().decode()
+        assert get("/healthz") == (200, "ok\n")
+        assert get("/readyz") == (200, "ready\n")
+        families = parse_exposition(get("/metrics")[1])
+        assert families["jumpgate_heartbeats_total"]["samples"]['{service="node"}'] >= 1
+        assert families["jumpgate_up"]["samples"]['{service="node"}'] == 1
+        assert families["jumpgate_tunnels"]["samples"]['{service="node"}'] == 0
+    finally:
+        node.stop()
