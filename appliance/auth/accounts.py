@@ -130,13 +130,16 @@ class Accounts:
 
     def _user_info(self, u: UserRecord) -> UserInfo:
         now = self._clock()
-        status = "invited" if not u.signed_up else "locked" if u.locked_until > now else "active"
+        status = "bot" if u.is_bot else "invited" if not u.signed_up else "locked" if u.locked_until > now else "active"
         return UserInfo(u.name, u.logins, u.roles, status, u.created, u.locked_until)
 
     async def list_users(self) -> list[UserInfo]:
         return [self._user_info(u) for u in await self.storage.list_users()]
 
     async def delete_user(self, name: str, *, actor: str = "") -> None:
+        existing = await self.storage.get_user(check_user_name(name))
+        if existing is not None and existing.is_bot:
+            raise bad_request(f"{name!r} is a bot: remove it with `jumpgate ctl bots rm {name}`")
         if not await self.storage.delete_user(check_user_name(name)):
             raise AuthServiceError("not_found", f"no user {name!r}")
         await self.audit_log.record("user.delete", user=name, actor=actor)
@@ -145,7 +148,11 @@ class Accounts:
         """Clear password, TOTP and lock; the user signs up again with a new invite."""
         name = check_user_name(name)
         secret, invite = self._new_invite(name, self._clock())
-        if not await self.storage.reset_user(name, invite):
+        if not await self.storage.reset_user(name, invite):   # a human's only: never a bot's (B1)
+            existing = await self.storage.get_user(name)
+            if existing is not None and existing.is_bot:
+                raise bad_request(f"{name!r} is a bot: it has no password to reset (a new token: "
+                                  f"`jumpgate ctl bots add {name} --token-only`)")
             raise AuthServiceError("not_found", f"no user {name!r}")
         await self.audit_log.record("user.reset", user=name, actor=actor)
         return Invite(name, secret, invite.expires)
@@ -304,7 +311,10 @@ class Accounts:
         key = parse_key(public_key_blob)
         record = await self.storage.get_user(check_user_name(name))
         if record is None:
-            raise AuthServiceError("not_found", f"no user {name!r}")
+            raise AuthServiceError("not_found", f"no user {name!r} (automation has its own identity: "
+                                   "`jumpgate ctl bots add`)")
+        if record.is_bot:
+            raise bad_request(f"{record.name!r} is a bot: sign with --bot {record.name}")
         now = self._clock()
         generation = await self.storage.get_generation(record.name)
         cert = self._sign_user(key, record, ttl, now, generation)

@@ -1,6 +1,7 @@
 """The cluster's two certificate authorities (OpenSSH certificates, PROTOCOL.certkeys).
 
-* The **user CA** signs user certificates: ``key_id = "user:<name>"``, principals = the
+* The **user CA** signs user certificates: ``key_id = "user:<name>"`` (``"bot:<name>"`` for a
+  bot), principals = the
   user's logins (never empty — an empty list means "anyone" to OpenSSH before 10.3,
   CVE-2024-7594), extensions = ``ssh-keygen``'s defaults plus
   ``jumpgate-roles@jumpgate`` (comma list) when the user has user roles (``admin``).
@@ -39,6 +40,8 @@ from ..storage.base import CARecord, Storage
 __all__ = [
     "BACKDATE_SECONDS",
     "HOST_KINDS",
+    "USER_IDENTITIES",
+    "holder_of",
     "GENERATION_EXTENSION",
     "ROLES_EXTENSION",
     "CAError",
@@ -54,6 +57,8 @@ ROLES_EXTENSION = "jumpgate-roles@jumpgate"
 #: The user's certificate generation when the certificate was issued (decimal): deleting or
 #: resetting the user bumps it, and proxies and nodes refuse older ones (docs/security.md R1).
 GENERATION_EXTENSION = "jumpgate-generation@jumpgate"
+#: Who a user certificate may be for: its key id is ``<identity>:<name>``.
+USER_IDENTITIES = frozenset({"user", "bot"})
 #: What a host certificate may be for: its key id is ``<kind>:<name>``.
 HOST_KINDS = frozenset({"node", "proxy", "auth"})
 BACKDATE_SECONDS = DEFAULT_BACKDATE
@@ -90,6 +95,13 @@ def _extension_text(cert: Certificate, name: str) -> str | None:
     except (ProtocolError, UnicodeDecodeError):
         return None
     return text
+
+
+def holder_of(key_id: str) -> tuple[str, str]:
+    """``(identity, name)`` of a user certificate's key id: ``("user", "alice")``,
+    ``("bot", "ci")``, or ``("", key_id)`` for one we did not issue."""
+    identity, sep, name = key_id.partition(":")
+    return (identity, name) if sep and identity in USER_IDENTITIES and name else ("", key_id)
 
 
 def roles_from_certificate(cert: Certificate) -> tuple[str, ...]:
@@ -199,15 +211,19 @@ class ClusterCA:
 
     # -- signing ---------------------------------------------------------------------
     def sign_user(self, public_key: PublicKey, user: str, logins: Sequence[str],
-                  roles: Sequence[str], ttl: float, now: float, generation: int = 0) -> Certificate:
+                  roles: Sequence[str], ttl: float, now: float, generation: int = 0,
+                  identity: str = "user") -> Certificate:
         """A user certificate whose principals are exactly ``logins`` (never empty), carrying
-        the user's current certificate ``generation``."""
+        the user's current certificate ``generation``; its key id is ``<identity>:<user>``
+        (``bot:ci`` for a bot: nodes, sshd logs and the audit log tell them apart)."""
+        if identity not in USER_IDENTITIES:
+            raise CAError(f"unknown identity kind {str(identity)[:16]!r}")
         principals = _check_principals(logins)
         extensions: dict[str, bytes | str] = dict(DEFAULT_USER_EXTENSIONS)
         if roles:
             extensions[ROLES_EXTENSION] = ",".join(roles)
         extensions[GENERATION_EXTENSION] = str(int(generation))
-        return self._user.issue_user(public_key, f"user:{user}", principals, ttl=ttl, now=now,
+        return self._user.issue_user(public_key, f"{identity}:{user}", principals, ttl=ttl, now=now,
                                      extensions=extensions)
 
     def sign_host(self, public_key: PublicKey, kind: str, name: str, principals: Sequence[str],

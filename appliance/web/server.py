@@ -37,7 +37,7 @@ import math
 import re
 import ssl
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -621,7 +621,7 @@ def _peer_ip(stream: trio.SocketStream) -> str:
 
 async def serve_web(service: Any, tls_cert_path: str, tls_key_path: str, host: str | None,
                     port: int, *, proxy_ssh_addr: str, public_addr: str | None = None,
-                    limits: WebLimits = WebLimits(),
+                    limits: WebLimits = WebLimits(), listeners: Sequence[trio.SocketListener] | None = None,
                     task_status: trio.TaskStatus[WebEndpoint] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the web service until cancelled.
 
@@ -641,7 +641,8 @@ async def serve_web(service: Any, tls_cert_path: str, tls_key_path: str, host: s
     pin = pin_of(load_certificate(tls_cert_path))
     app = WebApp(service, proxy_ssh_addr=proxy_ssh_addr, public_addr=public_addr, limits=limits)
     server = _Server(app, context, limits)
-    listeners = await trio.open_tcp_listeners(port, host=host or None)
+    if listeners is None:  # else bound beforehand by a caller that had to know the port was free
+        listeners = await trio.open_tcp_listeners(port, host=host or None)
     async with trio.open_nursery() as nursery:
         for listener in listeners:
             nursery.start_soon(server.accept_loop, listener, nursery)

@@ -639,9 +639,12 @@ class SSHListener:
         """The ``(PrivateKey, Certificate | None)`` pairs served now (a callable's current answer)."""
         return tuple(self._host_keys()) if callable(self._host_keys) else self._host_keys
 
-    async def serve(self, host: str | None, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Listen on ``host``:``port`` and serve until cancelled; ``nursery.start`` returns this listener."""
-        self.listeners = await trio.open_tcp_listeners(port, host=host)
+    async def serve(self, host: str | None, port: int, *, listeners: Sequence[trio.SocketListener] | None = None,
+                    task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Listen on ``host``:``port`` (or serve ``listeners`` bound beforehand: a caller that must
+        know the port is its own before it does something it cannot undo) until cancelled;
+        ``nursery.start`` returns this listener."""
+        self.listeners = list(listeners) if listeners is not None else await trio.open_tcp_listeners(port, host=host)
         async with trio.open_nursery() as nursery:
             for listener in self.listeners:
                 nursery.start_soon(self._accept_loop, listener, nursery)

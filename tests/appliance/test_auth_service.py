@@ -936,7 +936,7 @@ async def test_the_facade_offers_every_api_method_as_its_half_defines_it(env):
     import inspect
 
     from appliance.api.server import ALLOWED
-    half = {"users": env.service.users, "hosts": env.service.hosts}
+    half = {"users": env.service.users, "hosts": env.service.hosts, "bots": env.service.bots}
     for method in sorted(set().union(*ALLOWED.values())):
         bound = getattr(env.service, method)
         assert inspect.iscoroutinefunction(bound), method
@@ -945,4 +945,4 @@ async def test_the_facade_offers_every_api_method_as_its_half_defines_it(env):
             assert owner == [type(env.service).__dict__[method].part], method
             assert inspect.signature(bound) == inspect.signature(getattr(half[owner[0]], method))
         else:   # what the halves share: the CAs and the audit log
-            assert method in {"cluster_info", "export_ca", "emit_audit", "list_audit"}, method
+            assert method in {"cluster_info", "cluster_status", "export_ca", "emit_audit", "list_audit"}, method

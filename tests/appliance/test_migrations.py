@@ -199,3 +199,22 @@ async def test_upgraded_cluster_renews_and_rejoins_its_joined_node_but_refuses_a
         assert (await storage.get_node("node1")).host_key == load_membership(data, "node").host_key.public_key.blob
     finally:
         await storage.aclose()
+
+
+async def test_upgrade_makes_every_existing_user_a_human_and_a_bot_can_be_added(old_data_dir):
+    """v5 (docs/security.md B1): the users of the old release are humans, keep their password
+    and can still be reset; a bot added after the upgrade is a bot."""
+    from appliance.auth.service import AuthService
+    data, _ = old_data_dir
+    storage = SQLiteStorage(data / "auth" / "jumpgate.db")
+    try:
+        users = await storage.list_users()
+        assert users and all(u.kind == "human" for u in users)
+        assert any(u.signed_up for u in users)
+        cluster = (await storage.get_ca("user")).cluster
+        service = await AuthService.create(storage, cluster)
+        await service.create_bot("ci", ["deploy"])
+        assert (await storage.get_user("ci")).is_bot
+        assert (await service.reset_user(users[0].name)).user == users[0].name
+    finally:
+        await storage.aclose()
