@@ -10,6 +10,7 @@ five-failures lockout from its rules.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -151,7 +152,8 @@ def test_signup_with_wrong_code_is_refused_and_the_invite_still_works(cluster: C
     retry.check()
 
 
-def test_five_wrong_logins_lock_the_user(cluster: Cluster, new_client, os_user) -> None:
+def test_five_wrong_logins_lock_the_user_until_ctl_users_unlock_keeps_the_second_factor(
+        cluster: Cluster, new_client, os_user) -> None:
     client = new_client()
     result, authenticator = client.signup(cluster.add_user("locky", [os_user.name]))
     result.check()
@@ -161,12 +163,21 @@ def test_five_wrong_logins_lock_the_user(cluster: Cluster, new_client, os_user) 
                                  code=authenticator.peek())
             assert_one_line_error(wrong, "access denied")
     find_event(watch.new, "user.locked", failed=False, user="locky")
-    assert cluster.user_status("locky") == "locked"
+    status = cluster.user_status("locky")
+    assert re.fullmatch(r"locked until \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", status), status
     with EventWatch(cluster) as watch:
         refused = client.login("locky", authenticator)  # the right password and a fresh code
     assert_one_line_error(refused, "locked")
     find_event(watch.new, "user.login", failed=True, user="locky", reason="locked")
     assert not (client.home / "key-cert.pub").exists()
+    # issue 14 item 9: the admin lifts the lock; the enrolled authenticator still works
+    with EventWatch(cluster) as watch:
+        unlocked = cluster.ctl("users", "unlock", "locky").stdout
+        assert "unlocked" in unlocked and "second factor unchanged" in unlocked
+    assert "actor=ctl:" in find_event(watch.new, "user.unlock", failed=False, user="locky")
+    assert cluster.user_status("locky") == "active"
+    client.login("locky", authenticator).check()
+    assert (client.home / "key-cert.pub").exists()
 
 
 # --------------------------------------------------------------------------- invites and join tokens
