@@ -53,7 +53,7 @@ def assert_still_serving(cluster: Cluster, client: Client, login: str) -> None:
 
 def copy_home(client: Client, into: Path) -> Client:
     """A second machine of the same user: a copy of its ``$JUMPGATE_HOME`` (not its session daemon's files)."""
-    shutil.copytree(client.home, into, ignore=shutil.ignore_patterns("mux.*"))
+    shutil.copytree(client.home, into, symlinks=True, ignore=shutil.ignore_patterns("mux.*"))
     return Client(client.jg, into, client.cluster)
 
 
