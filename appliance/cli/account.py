@@ -1,4 +1,5 @@
-"""``jumpgate signup``, ``login``, ``status`` and ``logout``: the user's account on this machine.
+"""``jumpgate signup``, ``login`` and ``logout``: the user's profiles on this machine
+(``status`` is :mod:`.status`; where profiles live, :mod:`appliance.client.profiles`).
 
 Each function takes the argparse Namespace of its subcommand, returns the exit status
 and raises :class:`~appliance.cli.errors.CliError` for a failure. The attributes read
@@ -7,16 +8,23 @@ and raises :class:`~appliance.cli.errors.CliError` for a failure. The attributes
     signup  proxy: str | None   --proxy HOST:3080 (optional when TOKEN is the invite URL)
             token: str          positional: the invite token <secret>.<pin>, or its URL
                                 (the token carries the web certificate's pin: no --ca-pin)
-    login   proxy: str | None   --proxy HOST:3080 (default: the saved profile's)
-            user: str | None    --user NAME (default: the saved profile's)
+    login   proxy: str | None   --proxy HOST:3080 (default: the current profile's, else the
+                                only proxy this machine knows)
+            user: str | None    --user NAME (default: the current profile's)
             ttl: str | None     --ttl 8h / 30m / 1h30m / 3600 (default: the cluster's, 12 h)
-            ca_pin: str | None  --ca-pin sha256:... (default: the pin saved by signup/login)
-            insecure: bool      --insecure: skip the pin check (first login elsewhere)
-    status  (none)              exit 0 when logged in, 1 when not logged in or expired
-    logout  (none)
+            ca_pin: str | None  --ca-pin sha256:... (default: the pin kept for the proxy)
+            insecure: bool      --insecure: skip the pin check when none is kept (warns)
+    logout  proxy, user: str | None, all: bool   which profiles (default: the current one)
 
-Prompts (password, then the TOTP code) read one line each from stdin when it is not a
-terminal, in that order; signup asks the password twice, then the code.
+Flows forgive mistakes and check before they ask (issue 14 item 9): signup asks again after
+a short password, a mismatch or a wrong code (:data:`ATTEMPTS` times; the invite is used only
+by a signup that succeeds); login first pings the proxy (address, pin, the cluster's TTL
+limits), then asks for the password and the code. A login as a user whose profile here holds
+a valid certificate switches to it without asking. No flow writes outside its own profile
+(docs/security.md F3).
+
+Prompts read one line each from stdin when it is not a terminal, in the order asked (a retry
+reads the next lines).
 """
 from __future__ import annotations
 
@@ -204,7 +212,7 @@ def _save_signed_up(store: ProfileStore, proxy: str, user: str, cluster: str, pi
     else:
         profile = Profile(proxy=proxy, user=user, cluster=cluster, web_pin=pin, paths=paths)
     _save(profile)
-    current = _checked(store.current) if store.current_paths() is not None else None
+    current = _current_or_none(store)
     if current is None or current.paths.home == paths.home or not current.logged_in():
         _checked(store.switch, paths)
 
