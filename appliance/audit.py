@@ -29,6 +29,7 @@ user.signup             T1005I    T1005W    auth (invite completed)
 bot.create              T1006I              auth (an automation identity)
 bot.delete              T1007I              auth
 bot.join                T1008I    T1008W    auth (a bot token exchanged for a certificate)
+user.unlock             T1009I              auth (an admin lifted a lockout; password + TOTP kept)
 session.start           T2000I    T2000W    node / proxy
 session.end             T2004I              node / proxy
 exec                    T3002I    T3002E    node (a command; E = could not run)
@@ -95,6 +96,7 @@ EVENT_CODES: Mapping[str, tuple[str, str | None]] = types.MappingProxyType({
     "bot.create": ("T1006I", None),
     "bot.delete": ("T1007I", None),
     "bot.join": ("T1008I", "T1008W"),
+    "user.unlock": ("T1009I", None),
     "session.start": ("T2000I", "T2000W"),
     "session.end": ("T2004I", None),
     "exec": ("T3002I", "T3002E"),

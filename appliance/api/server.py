@@ -59,7 +59,7 @@ _READ_ONLY = frozenset({"cluster_info", "list_nodes", "get_node"})
 ALLOWED: Mapping[str, frozenset[str]] = {
     # jumpgate ctl with an admin certificate
     "admin": _READ_ONLY | {
-        "create_user", "list_users", "get_user", "delete_user", "reset_user",
+        "create_user", "list_users", "get_user", "delete_user", "reset_user", "unlock_user",
         "create_token", "list_tokens", "delete_token",
         "add_node", "update_node", "remove_node",
         "sign_user_cert", "sign_host_cert", "export_ca", "list_audit", "cluster_status",

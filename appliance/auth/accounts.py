@@ -157,6 +157,20 @@ class Accounts:
         await self.audit_log.record("user.reset", user=name, actor=actor)
         return Invite(name, secret, invite.expires)
 
+    async def unlock_user(self, name: str, *, actor: str = "") -> UserInfo:
+        """Lift a lockout (A5) and clear the failure count, keeping password and TOTP: the
+        user logs in again at once, with no new invite. Audited with the lock it lifted.
+        Returns the user as it was before (its ``locked_until`` says whether it was locked)."""
+        name = check_user_name(name)
+        record = await self.storage.get_user(name)
+        if record is None or not await self.storage.unlock_user(name):
+            raise AuthServiceError("not_found", f"no user {name!r}")
+        before = self._user_info(record)
+        await self.audit_log.record("user.unlock", user=name, actor=actor,
+                                    locked_until=record.locked_until if before.status == "locked" else 0,
+                                    failures=record.failed_logins)
+        return before
+
     # -- invites and signup ----------------------------------------------------------
     async def _find_invite(self, token: Any, client_ip: str) -> InviteRecord:
         """The invite a token names; a refused one (unknown, used, expired) is audited."""

@@ -112,6 +112,7 @@ class AuthService:
     list_users = _Delegate("users")
     delete_user = _Delegate("users")
     reset_user = _Delegate("users")
+    unlock_user = _Delegate("users")
     get_invite = _Delegate("users")
     complete_signup = _Delegate("users")
     login = _Delegate("users")

@@ -137,17 +137,25 @@ def _cluster_state(data_dir: Path) -> dict:
 @contextlib.asynccontextmanager
 async def _remote(args) -> AsyncIterator[_Backend]:
     from ssh_proto import SSHError
-    from ssh_proto.keys import load_identity
+    from ssh_proto.keys import Certificate, load_public_file
     from ..api.client import ApiClient, ApiError
+    from ..client.keyfile import UnprotectedKeyError, load_private_key_file
 
     if not args.identity:
         raise CliError("--auth-server needs --identity KEYFILE (with KEYFILE-cert.pub, an admin certificate)")
+    identity = os.path.expanduser(args.identity)
     try:
-        key, cert = load_identity(os.path.expanduser(args.identity))
+        key = load_private_key_file(identity)  # refused when others can read it, as OpenSSH does
+        cert, _ = load_public_file(f"{identity}-cert.pub")
+    except FileNotFoundError as exc:
+        raise CliError(f"cannot load {exc.filename}: no such file (the certificate goes beside the key, "
+                       f"as {args.identity}-cert.pub)") from None
+    except UnprotectedKeyError as exc:
+        raise CliError(str(exc)) from None
     except (OSError, SSHError) as exc:
         raise CliError(f"cannot load {args.identity}: {exc}") from None
-    if cert is None:
-        raise CliError(f"no certificate {args.identity}-cert.pub beside the key")
+    if not isinstance(cert, Certificate) or cert.public_key != key.public_key:
+        raise CliError(f"{args.identity}-cert.pub is not a certificate for the key {args.identity}")
     try:
         host, auth_port = parse_endpoint(args.auth_server, AUTH_PORT, "--auth-server")
     except AddressError as exc:
@@ -267,12 +275,28 @@ async def _users_add(backend: _Backend, args) -> None:
     _print_invite(backend, args, invite)
 
 
+def _user_status(user: dict) -> str:
+    """``locked until 2026-12-02 10:30:00 UTC`` for a locked user (``ctl users unlock`` lifts it)."""
+    if user["status"] == "locked" and user.get("locked_until"):
+        return f"locked until {_when(user['locked_until'])}"
+    return user["status"]
+
+
 async def _users_ls(backend: _Backend, args) -> None:
     users = await backend.call("list_users")
     if _as_json(args):
         return print_json(users)
-    _table([[u["name"], ",".join(u["logins"]), ",".join(u["roles"]) or "-", u["status"]] for u in users],
+    _table([[u["name"], ",".join(u["logins"]), ",".join(u["roles"]) or "-", _user_status(u)] for u in users],
            ["USER", "LOGINS", "ROLES", "STATUS"])
+
+
+async def _users_unlock(backend: _Backend, args) -> None:
+    before = await backend.call("unlock_user", name=args.name, actor=backend.actor)
+    if before["status"] == "locked":
+        print(f"user {args.name!r} unlocked (it was locked until {_when(before['locked_until'])}); "
+              "password and second factor unchanged")
+    else:
+        print(f"user {args.name!r} was not locked; its count of failed logins is reset")
 
 
 async def _users_rm(backend: _Backend, args) -> None:
@@ -649,6 +673,7 @@ async def _answers(addr: str) -> bool:
 _HANDLERS = {
     ("users", "add"): _users_add, ("users", "ls"): _users_ls, ("users", "rm"): _users_rm,
     ("users", "reset"): _users_reset,
+    ("users", "unlock"): _users_unlock,
     ("tokens", "add"): _tokens_add, ("tokens", "ls"): _tokens_ls, ("tokens", "rm"): _tokens_rm,
     ("nodes", "add"): _nodes_add, ("nodes", "update"): _nodes_update, ("nodes", "ls"): _nodes_ls,
     ("nodes", "rm"): _nodes_rm,

@@ -76,6 +76,9 @@ def _add_ctl(sub) -> None:
     r.add_argument("name")
     r = users.add_parser("reset", help="reset a user's password and second factor; prints a new invite")
     r.add_argument("name")
+    r = users.add_parser("unlock", help="lift a user's lockout after failed logins (password and second "
+                                        "factor kept)")
+    r.add_argument("name")
 
     bots = ctl.add_parser("bots", help="automation identities (no password, no second factor)"
                           ).add_subparsers(dest="action", required=True)
@@ -171,21 +174,27 @@ def _add_signup(sub) -> None:
 
 
 def _add_login(sub) -> None:
-    p = sub.add_parser("login", help="log in: get a short-lived certificate")
+    p = sub.add_parser("login", help="log in: get a short-lived certificate (or switch to a profile that has one)")
     p.add_argument("--proxy", help="HOST:PORT of the web service (default: from the profile)")
     p.add_argument("--user", help="user name (default: from the profile)")
     p.add_argument("--ttl", help="certificate validity, e.g. 8h (default 12h, max 30h)")
     p.add_argument("--ca-pin", help="pin of the web certificate (sha256:...) for a first login")
-    p.add_argument("--insecure", action="store_true", help="do not verify the web certificate")
+    p.add_argument("--insecure", action="store_true", help="do not verify the web certificate (warns; a pin kept for the proxy wins)")
     p.set_defaults(func="appliance.cli.account:login")
 
 
 def _add_logout(sub) -> None:
-    sub.add_parser("logout", help="remove the certificate and key").set_defaults(func="appliance.cli.account:logout")
+    p = sub.add_parser("logout", help="remove the current profile's certificate and key (other profiles and "
+                                      "the proxies' pins stay)")
+    p.add_argument("--proxy", help="log out the profile(s) of this proxy instead of the current one")
+    p.add_argument("--user", help="log out the profile(s) of this user instead of the current one")
+    p.add_argument("--all", action="store_true", help="log out every profile")
+    p.set_defaults(func="appliance.cli.account:logout")
 
 
 def _add_status(sub) -> None:
-    sub.add_parser("status", help="show the current login").set_defaults(func="appliance.cli.account:status")
+    sub.add_parser("status", help="show the profiles (the current one marked >), their certificates checked"
+                   ).set_defaults(func="appliance.cli.status:status")
 
 
 def _add_ls(sub) -> None:

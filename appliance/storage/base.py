@@ -182,6 +182,9 @@ class Storage(Protocol):
     async def reset_user(self, name: str, invite: InviteRecord) -> bool:
         """Clear password, TOTP, failures and lock; replace the user's invites by ``invite``;
         bump the certificate generation. False for no such human (a bot is never reset)."""
+    async def unlock_user(self, name: str) -> bool:
+        """Lift the lock and clear the failure count (password and TOTP kept); False if there
+        is no such user. Not a change of the user's certificates: no change-feed row."""
     async def reserve_login_attempt(self, name: str, now: float, *, max_failures: int,
                                     lock_seconds: float) -> LoginAttempt:
         """Compare-and-set, before the password is checked: if the user is signed up, not

@@ -431,6 +431,11 @@ class SQLiteStorage:
             return True
         return await self._run(reset)
 
+    async def unlock_user(self, name: str) -> bool:
+        cur = await self._run(lambda db: db.execute(
+            "UPDATE users SET failed_logins = 0, locked_until = 0 WHERE name = ?", (name,)))
+        return cur.rowcount == 1
+
     def _revoke_user_certs(self, db: sqlite3.Connection, name: str) -> None:
         """Every certificate issued to ``name`` so far stops being valid: a new generation."""
         db.execute("INSERT INTO user_generations (name, generation, changed) VALUES (?, 1, ?) "

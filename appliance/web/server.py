@@ -7,7 +7,9 @@ Routes (the only unauthenticated endpoints of the cluster)::
     POST /v1/signup            {token, password, otp_code} -> {ok: true}
     POST /v1/login             {user, password, otp_code, public_key, ttl}
                                -> {cert, logins, expires, host_ca, user_ca, cluster, proxy_ssh}
-    GET  /v1/ping              {cluster, version}
+    GET  /v1/ping              {cluster, version, cert_ttl: {default, min, max}}
+                               (``jumpgate login`` checks the address, the pin and --ttl
+                               with it before it asks for a password)
 
 Every business rule lives in the *service* (an ``AuthService`` in process, an ``ApiClient``
 to the auth service in production: same method names). This module only speaks HTTP, checks
@@ -50,6 +52,7 @@ from ssh_proto.keys import PublicKey, parse_public_line
 from appliance.accounting import accounting_key
 from appliance.addresses import WEB_PORT, AddressError, parse_endpoint
 from appliance.api.client import ApiError
+from appliance.auth.accounts import USER_CERT_TTL, USER_CERT_TTL_MAX, USER_CERT_TTL_MIN
 from appliance.auth.service import AuthServiceError
 
 from . import pages
@@ -363,7 +366,8 @@ class WebApp:
         return str(_plain(await self._service.cluster_info())["cluster"])
 
     async def _ping(self, request: WebRequest, params: dict[str, str]) -> WebResponse:
-        return _json(200, {"cluster": await self._cluster(), "version": _version()}, "ping")
+        limits = {"default": USER_CERT_TTL, "min": USER_CERT_TTL_MIN, "max": USER_CERT_TTL_MAX}
+        return _json(200, {"cluster": await self._cluster(), "version": _version(), "cert_ttl": limits}, "ping")
 
     async def _invite(self, token: str, client_ip: str) -> dict[str, Any]:
         invite = _plain(await self._service.get_invite(token=token, client_ip=client_ip))
