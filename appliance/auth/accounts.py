@@ -37,13 +37,15 @@ from .checks import (AuthServiceError, bad_request, check_list, check_ttl, check
 from .results import CertResult, Invite, InviteInfo, LoginResult, UserInfo, cert_result
 from .timing import FailureDelay
 
-__all__ = ["INVITE_TTL", "KNOWN_USER_ROLES", "LOCK_SECONDS", "MAX_FAILED_LOGINS", "USER_CERT_TTL",
+__all__ = ["INVITE_TTL", "KNOWN_USER_ROLES", "LOCK_SECONDS", "MAX_FAILED_LOGINS", "MAX_SIGNUP_ATTEMPTS", "USER_CERT_TTL",
            "USER_CERT_TTL_MAX", "USER_CERT_TTL_MIN", "Accounts"]
 
 log = logging.getLogger("jumpgate.auth")
 
 INVITE_TTL = 3600
 MAX_FAILED_LOGINS = 5
+#: Signup attempts (one-time code checks) one invite allows, the good one included (A8).
+MAX_SIGNUP_ATTEMPTS = 5
 LOCK_SECONDS = 30 * 60
 USER_CERT_TTL = 12 * 3600
 USER_CERT_TTL_MIN = 60
@@ -211,6 +213,15 @@ class Accounts:
                               client_ip=client_ip)
             raise AuthServiceError("weak_password", str(exc)) from None
         now = self._clock()
+        # Count the attempt before the code is checked (A8, as logins do, A5): concurrent
+        # guesses cannot outrun the count, and the last one allowed spends the invite.
+        if not await self.storage.reserve_invite_attempt(invite.token_hash, now,
+                                                         max_attempts=MAX_SIGNUP_ATTEMPTS):
+            await self._find_invite(token, client_ip)  # says "already_used" or "expired" if so
+            await self.audit_log.record("user.signup", user=invite.user, success=False,
+                                        reason="too many attempts", client_ip=client_ip)
+            raise AuthServiceError("expired", f"this invite is spent: {MAX_SIGNUP_ATTEMPTS} attempts "
+                                   "were made with it (ask an admin for a new one)")
         counter = totp.verify(invite.totp_secret, otp_code, now=now)
         if counter is None:
             await self.audit_log.record("user.signup", user=invite.user, success=False, reason="wrong code",

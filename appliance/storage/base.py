@@ -103,6 +103,7 @@ class InviteRecord:
     created: float
     expires: float
     used: float | None = None
+    attempts: int = 0  # signup attempts made with it (A8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +185,7 @@ class Storage(Protocol):
         bump the certificate generation. False for no such human (a bot is never reset)."""
     async def unlock_user(self, name: str) -> bool:
         """Lift the lock and clear the failure count (password and TOTP kept); False if there
-        is no such user. Not a change of the user's certificates: no change-feed row."""
+        is no such human (a bot has no lock: it never logs in with a password, B1). Not a change of the user's certificates: no change-feed row."""
     async def reserve_login_attempt(self, name: str, now: float, *, max_failures: int,
                                     lock_seconds: float) -> LoginAttempt:
         """Compare-and-set, before the password is checked: if the user is signed up, not
@@ -225,6 +226,10 @@ class Storage(Protocol):
 
     # -- invites -----------------------------------------------------------------------
     async def get_invite(self, token_hash: str) -> InviteRecord | None: ...
+    async def reserve_invite_attempt(self, token_hash: str, now: float, *, max_attempts: int) -> bool:
+        """Compare-and-set, before the one-time code is checked: if the invite is unused, not
+        expired at ``now`` and has had fewer than ``max_attempts`` attempts, count one and
+        return True; else False (docs/security.md A8)."""
     async def complete_signup(self, token_hash: str, password_hash: str, totp_counter: int,
                               now: float) -> bool:
         """Compare-and-set: if the invite is unused and not expired at ``now``, mark it

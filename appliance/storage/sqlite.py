@@ -47,7 +47,7 @@ from .base import (
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 BUSY_TIMEOUT_MS = 5000
 MAX_AUDIT_LIMIT = 10_000
 
@@ -73,7 +73,8 @@ CREATE TABLE invites (
     totp_secret TEXT NOT NULL,
     created REAL NOT NULL,
     expires REAL NOT NULL,
-    used REAL
+    used REAL,
+    attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX invites_by_user ON invites(user);
 CREATE TABLE tokens (
@@ -171,17 +172,24 @@ def _v5_bots(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE users ADD COLUMN kind TEXT NOT NULL DEFAULT 'human'")
 
 
+def _v6_invite_attempts(db: sqlite3.Connection) -> None:
+    """v6: an invite counts the signup attempts made with it, so its one-time code cannot be
+    guessed (docs/security.md A8). Invites of an older release start with none used."""
+    db.execute("ALTER TABLE invites ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
+
+
 #: version -> the step that upgrades a database of version - 1 to it.
 _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     2: _v2_tokens_bind_name_and_addresses,
     3: _v3_revocation,
     4: _v4_audit_events_by_time,
     5: _v5_bots,
+    6: _v6_invite_attempts,
 }
 
 _USER_COLUMNS = ("name, logins, roles, password_hash, totp_secret, last_totp_counter, "
                  "failed_logins, locked_until, created, kind")
-_INVITE_COLUMNS = "token_hash, user, totp_secret, created, expires, used"
+_INVITE_COLUMNS = "token_hash, user, totp_secret, created, expires, used, attempts"
 _TOKEN_COLUMNS = "id, token_hash, kind, created, expires, used, used_by, node_name, addresses"
 _NODE_COLUMNS = "name, kind, addr, labels, last_seen, tunnel, addresses, host_key, created"
 _AUDIT_COLUMNS = "id, time, event, code, user, success, fields"
@@ -433,7 +441,7 @@ class SQLiteStorage:
 
     async def unlock_user(self, name: str) -> bool:
         cur = await self._run(lambda db: db.execute(
-            "UPDATE users SET failed_logins = 0, locked_until = 0 WHERE name = ?", (name,)))
+            "UPDATE users SET failed_logins = 0, locked_until = 0 WHERE name = ? AND kind = 'human'", (name,)))
         return cur.rowcount == 1
 
     def _revoke_user_certs(self, db: sqlite3.Connection, name: str) -> None:
@@ -528,6 +536,12 @@ class SQLiteStorage:
             f"SELECT {_INVITE_COLUMNS} FROM invites WHERE token_hash = ?",
             (token_hash,)).fetchone())
         return None if row is None else InviteRecord(*row)
+
+    async def reserve_invite_attempt(self, token_hash: str, now: float, *, max_attempts: int) -> bool:
+        one = ("UPDATE invites SET attempts = attempts + 1 WHERE token_hash = ? AND used IS NULL "
+               "AND expires > ? AND attempts < ?")
+        cur = await self._run(lambda db: db.execute(one, (token_hash, now, max_attempts)))
+        return cur.rowcount == 1
 
     async def complete_signup(self, token_hash: str, password_hash: str, totp_counter: int,
                               now: float) -> bool:
@@ -684,6 +698,6 @@ class SQLiteStorage:
 
 
 def _insert_invite(db: sqlite3.Connection, invite: InviteRecord) -> None:
-    db.execute(f"INSERT INTO invites ({_INVITE_COLUMNS}) VALUES (?,?,?,?,?,?)",
+    db.execute(f"INSERT INTO invites ({_INVITE_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
                (invite.token_hash, invite.user, invite.totp_secret, invite.created,
-                invite.expires, invite.used))
+                invite.expires, invite.used, invite.attempts))

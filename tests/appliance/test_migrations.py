@@ -218,3 +218,18 @@ async def test_upgrade_makes_every_existing_user_a_human_and_a_bot_can_be_added(
         assert (await service.reset_user(users[0].name)).user == users[0].name
     finally:
         await storage.aclose()
+
+
+async def test_upgrade_gives_old_invites_an_attempt_count_of_zero(old_data_dir):
+    data, facts = old_data_dir
+    db = data / "auth" / "jumpgate.db"
+    before = rows(db, "SELECT token_hash, user, totp_secret, created, expires, used FROM invites ORDER BY token_hash")
+    [bobs] = [r for r in before if r[1] == "bob"]  # bob's is open; alice's was used
+    storage = SQLiteStorage(db)
+    try:
+        invite = await storage.get_invite(bobs[0])
+        assert (invite.user, invite.totp_secret, invite.used, invite.attempts) == ("bob", bobs[2], None, 0)
+    finally:
+        await storage.aclose()
+    assert rows(db, "SELECT token_hash, user, totp_secret, created, expires, used, attempts FROM invites "
+                    "ORDER BY token_hash") == [(*row, 0) for row in before]
