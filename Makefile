@@ -4,12 +4,12 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PYTEST_WORKERS ?= 2
 
-.PHONY: test test-fast venv system-deps pyz demo bench clean
+.PHONY: test test-fast typecheck docs venv system-deps pyz demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,build]'
+	$(PY) -m pip install -q -e '.[test,build,docs]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -28,7 +28,8 @@ system-deps:
 PYZ_SOURCES := pyproject.toml build/build_pyz.sh build/fast_main.py \
 	$(shell find appliance ssh_proto web_static -type f ! -path '*/__pycache__/*' ! -name '*.pyc' 2>/dev/null)
 
-dist/jumpgate.pyz: $(VENV)/.installed $(PYZ_SOURCES)
+# The venv is only the tool that builds (order-only): reinstalling it changes nothing inside the pyz.
+dist/jumpgate.pyz: $(PYZ_SOURCES) | $(VENV)/.installed
 	PY=$(PY) bash build/build_pyz.sh
 
 pyz: dist/jumpgate.pyz
@@ -38,9 +39,24 @@ demo: pyz
 	./dist/jumpgate.pyz start
 
 # Everything: the tests, the doctests of ssh_proto/ and appliance/ (pyproject.toml's testpaths
-# and --doctest-modules), real OpenSSH (interop) and the built pyz as processes (e2e).
+# and --doctest-modules), mypy on ssh_proto (tests/test_typecheck.py), real OpenSSH (interop)
+# and the built pyz as processes (e2e).
 test: venv system-deps
 	$(PY) -m pytest -n $(PYTEST_WORKERS) -q tests ssh_proto appliance
+
+# ssh_proto passes mypy (pyproject.toml's [tool.mypy]); `make test` runs it as tests/test_typecheck.py.
+typecheck: venv
+	$(PY) -m mypy
+
+# ssh_proto's API reference, from its docstrings, in build/docs/ (ignored by git). Every
+# module is named: pdoc follows ssh_proto's __all__, which lists names, not submodules (the
+# subpackages have none, so their modules come with them).
+DOC_MODULES = ssh_proto ssh_proto.trio_io ssh_proto.examples \
+	$(subst /,.,$(basename $(filter-out %/__init__.py %/_record.py,$(wildcard ssh_proto/*.py))))
+
+docs: venv
+	rm -rf build/docs
+	$(PY) -m pdoc --docformat restructuredtext -o build/docs $(DOC_MODULES)
 
 # The inner loop: the same without the interop and e2e tests (no OpenSSH, no pyz build).
 test-fast: venv
@@ -53,4 +69,4 @@ bench: venv system-deps
 	$(PY) tests/bench/bench_appliance.py
 
 clean:
-	rm -rf $(VENV) dist build/_work build/_wheels .pytest_cache
+	rm -rf $(VENV) dist build/_work build/_wheels build/docs .pytest_cache .mypy_cache

@@ -41,6 +41,7 @@ PROXY_PORT = 3023    # the proxy's SSH server: users' first hop
 TUNNEL_PORT = 3024   # reserved for reverse tunnels from nodes
 AUTH_PORT = 3025     # the auth service: the CA and the cluster API over SSH
 WEB_PORT = 3080      # the web service: HTTPS invite, signup and login
+DIAG_PORT = 3081     # the diagnostics endpoint (off unless --diag-addr): /healthz, /readyz, /metrics
 #: The port of each service ``jumpgate start`` runs, by the name of its ``--NAME-port`` flag.
 DEFAULT_PORTS = {"node": NODE_PORT, "proxy": PROXY_PORT, "tunnel": TUNNEL_PORT, "auth": AUTH_PORT,
                  "web": WEB_PORT}

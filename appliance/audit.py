@@ -26,6 +26,10 @@ user.create             T1002I              auth
 user.reset              T1003I              auth (password + TOTP cleared, new invite)
 user.delete             T1004I              auth
 user.signup             T1005I    T1005W    auth (invite completed)
+bot.create              T1006I              auth (an automation identity)
+bot.delete              T1007I              auth
+bot.join                T1008I    T1008W    auth (a bot token exchanged for a certificate)
+user.unlock             T1009I              auth (an admin lifted a lockout; password + TOTP kept)
 session.start           T2000I    T2000W    node / proxy
 session.end             T2004I              node / proxy
 exec                    T3002I    T3002E    node (a command; E = could not run)
@@ -89,6 +93,10 @@ EVENT_CODES: Mapping[str, tuple[str, str | None]] = types.MappingProxyType({
     "user.reset": ("T1003I", None),
     "user.delete": ("T1004I", None),
     "user.signup": ("T1005I", "T1005W"),
+    "bot.create": ("T1006I", None),
+    "bot.delete": ("T1007I", None),
+    "bot.join": ("T1008I", "T1008W"),
+    "user.unlock": ("T1009I", None),
     "session.start": ("T2000I", "T2000W"),
     "session.end": ("T2004I", None),
     "exec": ("T3002I", "T3002E"),

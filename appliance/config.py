@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from . import inventory, names
-from .addresses import AUTH_PORT, DEFAULT_PORTS, AddressError, format_endpoint, parse_endpoint, parse_host, parse_port
+from .addresses import AUTH_PORT, DEFAULT_PORTS, DIAG_PORT, AddressError, format_endpoint, parse_endpoint, parse_host, parse_port
 from .audit import DEFAULT_REFUSALS_PER_SOURCE, DEFAULT_RETENTION_DAYS
 
 __all__ = ["ALL_SERVICES", "SETTINGS", "CommandLabelConfig", "Config", "ConfigError", "default_config_text",
@@ -81,6 +81,7 @@ class Config:
     web_key: str = ""
     audit_retention_days: int = DEFAULT_RETENTION_DAYS
     audit_refusals_per_source: int = DEFAULT_REFUSALS_PER_SOURCE
+    diag_addr: str = ""
 
     @property
     def host_name(self) -> str:
@@ -135,6 +136,17 @@ def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
 def _auth_server(value: Any) -> str:
     try:
         return format_endpoint(*parse_endpoint(_text(value), AUTH_PORT))
+    except AddressError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _diag_addr(value: Any) -> str:
+    """``HOST:PORT`` (or a port alone: loopback) of the diagnostics endpoint."""
+    text = _text(value)
+    if text.isdigit():
+        text = f"127.0.0.1:{text}"
+    try:
+        return format_endpoint(*parse_endpoint(text, DIAG_PORT, "diag address"))
     except AddressError as exc:
         raise ValueError(str(exc)) from None
 
@@ -253,6 +265,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("audit.refusals_per_source", "audit_refusals_per_source", _whole(1),
             "refusals from one client written in full a minute; the rest are counted in one "
             "audit.coalesced event", default=DEFAULT_REFUSALS_PER_SOURCE),
+    Setting("diag.addr", "diag_addr", _optional(_diag_addr),
+            "HOST:PORT of the diagnostics endpoint, plain HTTP: /healthz, /readyz, /metrics (off when unset; "
+            "keep it on loopback or a private network)", example="127.0.0.1:3081", flag="--diag-addr"),
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
 _ALIASES = {"roles": "services"}

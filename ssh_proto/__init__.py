@@ -8,8 +8,14 @@ Client::
     async with ssh_proto.connect("host", username="alice", client_keys=["~/.ssh/id_ed25519"]) as conn:
         result = await conn.run("uname -a")
         print(result.exit_status, result.stdout)
+
+Public means the names in ``__all__`` (here and in each module); while ``__version__`` is
+0.x a release may break them, with an entry in ``ssh_proto/CHANGELOG.md``.
 """
+from __future__ import annotations
+
 import importlib
+from typing import TYPE_CHECKING
 
 from .errors import (AgentError, AuthError, CertificateError, ChannelError, ChannelOpenError, ConnectionLost,
                      DisconnectError, DisconnectReason, HostKeyNotVerifiable, KeyExchangeError, KeyFormatError,
@@ -32,9 +38,33 @@ _LAZY = {
     "AgentClient": ".trio_io.agent", "InProcessAgent": ".trio_io.agent",
     "RelayPreamble": ".trio_io.preamble", "PreambleError": ".preamble",
     "ListenerProfile": ".limits", "Penalties": ".limits",
+    "CertificateAuthority": ".ca",
 }
 
-__all__ = sorted([*_LAZY, "AgentError", "AuthError", "CertificateError", "ChannelError", "ChannelOpenError",
+if TYPE_CHECKING:  # what __getattr__ loads, for type checkers and IDEs (a test keeps it equal to _LAZY)
+    from .ca import CertificateAuthority
+    from .connection import Connection, ConnectionOptions
+    from .keys import (Certificate, PrivateKey, PublicKey, load_identity, load_private_key, parse_public_blob,
+                       parse_public_line)
+    from .known_hosts import KnownHosts
+    from .limits import ListenerProfile, Penalties
+    from .preamble import PreambleError
+    from .session_rules import PtyInfo, SessionPolicy
+    from .state import Role
+    from .transport import Algorithms
+    from .trio_io.agent import AgentClient, InProcessAgent
+    from .trio_io.channel import SSHChannel
+    from .trio_io.client import Identity, SSHClientConnection, connect
+    from .trio_io.connection import SSHConnection
+    from .trio_io.preamble import RelayPreamble
+    from .trio_io.server import (Accept, Challenge, Partial, SSHListener, SSHServer, SSHServerConnection,
+                                 policy_from_certificate, serve, serve_stream)
+    from .trio_io.session import RunResult, ServerSession, SSHProcess
+
+#: The library's version (the ``jumpgate`` distribution's).
+__version__ = "0.1.0"
+
+__all__ = sorted([*_LAZY, "__version__", "AgentError", "AuthError", "CertificateError", "ChannelError", "ChannelOpenError",
                   "ConnectionLost", "DisconnectError", "DisconnectReason", "HostKeyNotVerifiable",
                   "KeyExchangeError", "KeyFormatError", "LimitExceeded", "LocalError", "MACError", "ProtocolError",
                   "SSHError"])

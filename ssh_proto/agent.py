@@ -190,6 +190,7 @@ class FrameDecoder:
         self._buffer = bytearray()
 
     def feed(self, data: bytes) -> None:
+        """Add received bytes; an oversized frame is refused as soon as its length arrives."""
         self._buffer += data
         if len(self._buffer) >= 4:
             # checked on arrival, so an oversized frame is refused before its body comes
@@ -210,6 +211,7 @@ class FrameDecoder:
 
     @property
     def buffered(self) -> int:
+        """Bytes received and not yet returned as a message."""
         return len(self._buffer)
 
 
@@ -362,6 +364,7 @@ class SignRequest:
     flags: int = 0
 
     def encode(self) -> bytes:
+        """The message's bytes (without the length frame)."""
         return (Writer().byte(self.TYPE).string(self.key_blob).string(self.data)
                 .uint32(self.flags).getvalue())
 
@@ -384,6 +387,7 @@ class AddIdentity:
     confirm: bool = False
 
     def encode(self) -> bytes:
+        """The message's bytes (without the length frame)."""
         constraints = Writer()
         if self.lifetime is not None:
             constraints.byte(SSH_AGENT_CONSTRAIN_LIFETIME).uint32(self.lifetime)
@@ -422,6 +426,7 @@ class RemoveIdentity:
     key_blob: bytes
 
     def encode(self) -> bytes:
+        """The message's bytes (without the length frame)."""
         return Writer().byte(self.TYPE).string(self.key_blob).getvalue()
 
     @classmethod
@@ -448,6 +453,7 @@ class Extension:
     contents: bytes = b""
 
     def encode(self) -> bytes:
+        """The message's bytes (without the length frame)."""
         return Writer().byte(self.TYPE).string(self.name).raw(self.contents).getvalue()
 
 
@@ -465,6 +471,7 @@ class SessionBind:
     is_forwarding: bool
 
     def encode(self) -> bytes:
+        """The message's bytes (without the length frame)."""
         contents = (Writer().string(self.host_key.blob).string(self.session_id)
                     .string(self.signature).boolean(self.is_forwarding).getvalue())
         return Extension(SESSION_BIND, contents).encode()
@@ -565,6 +572,7 @@ class IdentitiesAnswer:
     identities: tuple[AgentIdentity, ...] = ()
 
     def encode(self) -> bytes:
+        """The message's bytes (without the length frame)."""
         w = Writer().byte(self.TYPE).uint32(len(self.identities))
         for ident in self.identities:
             w.string(ident.key_blob).string(ident.comment)
@@ -587,6 +595,7 @@ class SignResponse:
     signature: bytes
 
     def encode(self) -> bytes:
+        """The message's bytes (without the length frame)."""
         return Writer().byte(self.TYPE).string(self.signature).getvalue()
 
     @classmethod
@@ -670,6 +679,7 @@ class SessionBindings:
 
     @property
     def last(self) -> SessionBinding | None:
+        """The most recent binding, or None."""
         return self._bound[-1] if self._bound else None
 
     def bind(self, request: SessionBind) -> bool:
@@ -785,9 +795,11 @@ class KeyStore:
         self._entries[public.blob] = _Entry(public, key, comment, expires)
 
     def remove(self, key: PublicKey | Certificate) -> bool:
+        """Forget ``key``; False when it was not held."""
         return self._entries.pop(key.blob, None) is not None
 
     def remove_all(self) -> None:
+        """Forget every key."""
         self._entries.clear()
 
     def identities(self) -> list[tuple[PublicKey | Certificate, str]]:
@@ -866,9 +878,11 @@ class AgentConnection:
         self._frames = FrameDecoder()
 
     def handle(self, message: bytes) -> bytes:
+        """Answer one agent request (unframed) with one reply (unframed)."""
         return self.store.handle(message, self.bindings)
 
     def receive_data(self, data: bytes) -> bytes:
+        """Feed bytes from the client; returns the framed replies to the complete requests."""
         self._frames.feed(data)
         replies: list[bytes] = []
         while (message := self._frames.next_message()) is not None:

@@ -61,7 +61,7 @@ class _Pending:
 
     method: str              # "none", "publickey", "password" or "keyboard-interactive"
     algorithm: str = ""
-    key: object = None
+    key: PublicKey | Certificate | None = None
 
 
 class ServerAuth:
@@ -127,15 +127,15 @@ class ServerAuth:
         if req.method == "publickey":
             return self._on_publickey(req)
         if req.method == "password":
-            body = m.PasswordMethod.decode(req.data)
-            if body.change:
+            password = m.PasswordMethod.decode(req.data)
+            if password.change:
                 self._fail()  # password change is not supported
                 return None
             self._pending = _Pending("password")
-            return ev.AuthPassword(req.username, body.password)
-        body = m.KbdIntMethod.decode(req.data)  # the only other method offerable
+            return ev.AuthPassword(req.username, password.password)
+        kbdint = m.KbdIntMethod.decode(req.data)  # the only other method offerable
         self._pending = _Pending("keyboard-interactive")
-        return ev.AuthKbdInt(req.username, body.submethods)
+        return ev.AuthKbdInt(req.username, kbdint.submethods)
 
     def _send_banner_once(self) -> None:
         if self._banner is not None:
@@ -191,7 +191,7 @@ class ServerAuth:
             raise ProtocolError("wrong number of keyboard-interactive responses")
         self.step = after
         self._pending = _Pending("keyboard-interactive")
-        return ev.AuthKbdIntResponse(self.username, msg.responses)
+        return ev.AuthKbdIntResponse(self.username or "", msg.responses)
 
     # ---- the application's answers -------------------------------------------------------
     def _answer(self, payload: bytes) -> _Pending:
@@ -215,7 +215,7 @@ class ServerAuth:
         if methods is not None:
             self.methods = methods
         p = self._answer(m.UserauthFailure(self.methods, True).encode())
-        if p.method == "publickey":
+        if p.method == "publickey" and p.key is not None:  # a publickey request always names its key
             self.used_keys.add(p.key.blob)
         self.completed.append(p.method)
 
@@ -312,10 +312,10 @@ class ClientAuth:
             self.authenticated = True
             return ev.AuthResult(True)
         if t == m.MSG_USERAUTH_FAILURE:
-            msg = m.UserauthFailure.decode(payload)
-            return ev.AuthResult(False, msg.methods, msg.partial_success)
+            failure = m.UserauthFailure.decode(payload)
+            return ev.AuthResult(False, failure.methods, failure.partial_success)
         if before is AuthStep.QUERY:
-            msg = m.UserauthPkOk.decode(payload)
-            return ev.AuthPkOk(msg.algorithm, msg.key_blob)
-        msg = m.UserauthInfoRequest.decode(payload)  # 60 after keyboard-interactive
-        return ev.AuthInfoRequest(msg.name, msg.instruction, m.decode_prompts(msg.prompts))
+            pk_ok = m.UserauthPkOk.decode(payload)
+            return ev.AuthPkOk(pk_ok.algorithm, pk_ok.key_blob)
+        info = m.UserauthInfoRequest.decode(payload)  # 60 after keyboard-interactive
+        return ev.AuthInfoRequest(info.name, info.instruction, m.decode_prompts(info.prompts))

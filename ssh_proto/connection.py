@@ -127,6 +127,7 @@ class Connection:
             raise
 
     def data_to_send(self) -> bytes:
+        """The bytes to write to the peer now (empty when there are none); call after every input."""
         return self.transport.data_to_send()
 
     def reading_paused(self, in_flight: int = 0) -> bool:
@@ -141,6 +142,7 @@ class Connection:
                 and self.transport.unsent_output + in_flight > self.options.max_unsent_before_auth)
 
     def next_event(self) -> ev.Event | None:
+        """The next :mod:`~ssh_proto.events` event, or None until more bytes are received."""
         while not self._events:
             if not self._handshake_seen:
                 if not self.transport.handshake_complete:
@@ -156,6 +158,7 @@ class Connection:
         return self._events.popleft()
 
     def disconnect(self, reason: int = DisconnectReason.BY_APPLICATION, description: str = "") -> None:
+        """Queue SSH_MSG_DISCONNECT with ``reason`` and close: nothing is sent or received after it."""
         self.transport.disconnect(reason, description)
         self.closed = True
 
@@ -165,6 +168,7 @@ class Connection:
 
     @property
     def session_id(self) -> bytes | None:
+        """The session identifier (the first key exchange's hash); None before it."""
         return self.transport.session_id
 
     @property
@@ -186,7 +190,7 @@ class Connection:
             self.transport.send(m.ServiceRequest(SERVICE_USERAUTH).encode())
             # Requests may follow SERVICE_REQUEST without waiting for SERVICE_ACCEPT (the
             # server handles messages in order): one round trip less per connection.
-            self.client_auth = ClientAuth(self.transport.send, self.session_id, self.username or "")
+            self.client_auth = ClientAuth(self.transport.send, self._established_session_id(), self.username or "")
 
     def _dispatch(self, payload: bytes) -> ev.Event | None:
         t = payload[0]  # the transport's table let it through (docs/security.md T11)
@@ -199,7 +203,8 @@ class Connection:
         if t >= m.MSG_USERAUTH_REQUEST:
             return self._on_auth(payload)
         if t == m.MSG_SERVICE_REQUEST:
-            return self._on_service_request(payload)
+            self._on_service_request(payload)
+            return None
         if t == m.MSG_SERVICE_ACCEPT:
             msg = m.ServiceAccept.decode(payload)
             if msg.service != SERVICE_USERAUTH:
@@ -207,13 +212,19 @@ class Connection:
             return ev.ServiceAccepted()
         raise ProtocolError(f"unexpected message {t}")
 
+    def _established_session_id(self) -> bytes:
+        session_id = self.session_id
+        if session_id is None:  # the table admits auth only after the first key exchange
+            raise AssertionError("no session id before the first key exchange")
+        return session_id
+
     def _on_service_request(self, payload: bytes) -> None:
         msg = m.ServiceRequest.decode(payload)
         if msg.service != SERVICE_USERAUTH:
             raise ProtocolError(f"service {msg.service!r} not available", DisconnectReason.SERVICE_NOT_AVAILABLE)
         o = self.options
         methods = o.auth_methods if o.auth_methods is not None else ALL_AUTH_METHODS
-        self.server_auth = ServerAuth(self.transport.send, self.session_id, methods=methods,
+        self.server_auth = ServerAuth(self.transport.send, self._established_session_id(), methods=methods,
                                       max_attempts=o.max_auth_attempts, banner=o.banner)
         self.transport.send(m.ServiceAccept(SERVICE_USERAUTH).encode())
         return None
@@ -222,8 +233,8 @@ class Connection:
         if self.role is Role.SERVER:
             if self.authenticated:
                 return None  # RFC 4252 §5.1: requests after success are ignored
-            return self.server_auth.receive(payload)
-        event = self.client_auth.receive(payload)
+            return self._server_auth().receive(payload)
+        event = self._client_auth().receive(payload)
         if isinstance(event, ev.AuthResult) and event.success:
             self._enter_open()
         return event
@@ -250,6 +261,7 @@ class Connection:
 
     @property
     def peer_version(self) -> bytes | None:
+        """The peer's version line (``SSH-2.0-...``) without CR LF; None before it arrives."""
         return self.transport.peer_version
 
     @property
@@ -274,6 +286,7 @@ class Connection:
         return self.client_auth
 
     def auth_none(self) -> None:
+        """Client: try the ``none`` method (the server answers with the methods it accepts)."""
         self._client_auth().request_none()
 
     def auth_publickey_data(self, key, algorithm: str) -> bytes:
@@ -285,9 +298,11 @@ class Connection:
         self._client_auth().request_publickey(key, algorithm, signature)
 
     def auth_password(self, password: str) -> None:
+        """Client: try ``password`` authentication with ``password``."""
         self._client_auth().request_password(password)
 
     def auth_kbdint(self, submethods: str = "") -> None:
+        """Client: start keyboard-interactive authentication (RFC 4256), asking for ``submethods``."""
         self._client_auth().request_kbdint(submethods)
 
     def auth_respond(self, responses) -> None:
@@ -312,11 +327,13 @@ class Connection:
 
     def auth_accept(self) -> None:
         """Let the user in: USERAUTH_SUCCESS (an AuthSucceeded event follows)."""
-        self._server_auth().accept()
+        auth = self._server_auth()
+        auth.accept()
         self._enter_open()
-        self._events.append(ev.AuthSucceeded(self.server_auth.username))
+        self._events.append(ev.AuthSucceeded(auth.username or ""))
 
     def auth_reject(self) -> None:
+        """Server: refuse the pending authentication request (SSH_MSG_USERAUTH_FAILURE)."""
         self._server_auth().reject()
 
     def auth_partial(self, methods: tuple[str, ...] | None = None) -> None:
@@ -365,6 +382,8 @@ class Connection:
         return token
 
     def reply_global_request(self, token: int, success: bool, data: bytes = b"") -> None:
+        """Answer the global request ``token`` names; replies go out in the order the requests came
+        (RFC 4254 §4)."""
         for entry in self._global_replies:
             if entry[0] == token:
                 entry[1], entry[2] = success, data
@@ -380,6 +399,7 @@ class Connection:
             self.transport.send(m.RequestSuccess(data).encode() if ok else m.RequestFailure().encode())
 
     def send_global_request(self, name: str, data: bytes = b"", want_reply: bool = True) -> None:
+        """Send SSH_MSG_GLOBAL_REQUEST ``name``; with ``want_reply`` its answer comes as an event."""
         self.transport.send(m.GlobalRequest(name, want_reply, data).encode())
         if want_reply:
             self._global_requests_out += 1
@@ -409,6 +429,7 @@ class Connection:
         return self.channels.send_data(channel_id, data, data_type)
 
     def send_eof(self, channel_id: int) -> None:
+        """Send SSH_MSG_CHANNEL_EOF on ``channel_id``: we send no more data on it."""
         self.channels.send_eof(channel_id)
 
     def close_channel(self, channel_id: int) -> None:

@@ -5,20 +5,30 @@ data and calls into the application.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar, dataclass_transform
+
 from ._record import Record, record
 
 
 class Event(Record):
+    """Base of every event: a frozen record whose fields are its class's annotations."""
+
     __slots__ = ()
 
 
-def _dc(cls):
+_E = TypeVar("_E", bound=Event)
+
+
+@dataclass_transform(frozen_default=True)
+def _dc(cls: type[_E]) -> type[_E]:
     return record(cls, base=Event)
 
 
-def _secret(*hidden: str):
+@dataclass_transform(frozen_default=True)
+def _secret(*hidden: str) -> Callable[[type[_E]], type[_E]]:
     """Like _dc, with fields kept out of repr (passwords, keyboard-interactive answers)."""
-    def wrap(cls):
+    def wrap(cls: type[_E]) -> type[_E]:
         annotations = cls.__dict__.get("__annotations__", {})
         return record(cls, base=Event, names=tuple(annotations), hidden=frozenset(hidden))
     return wrap

@@ -133,6 +133,7 @@ class ExchangeInputs:
     server_kexinit: bytes
 
     def hash_prefix(self) -> bytes:
+        """The exchange hash's common fields (versions, KEXINITs, host key), each an SSH string."""
         return b"".join(
             encode_string(part)
             for part in (
@@ -356,9 +357,11 @@ class KexMethod(abc.ABC):
     hash_name: str
 
     def client(self, private_key: bytes | None = None) -> KexClient:
+        """The client's side of one exchange (``private_key`` fixes the ephemeral key, for tests)."""
         return KexClient(self, self._client_share(private_key))
 
     def server(self, private_key: bytes | None = None) -> KexServer:
+        """The server's side of one exchange (``private_key`` fixes the ephemeral key, for tests)."""
         return KexServer(self, private_key)
 
     @abc.abstractmethod

@@ -356,6 +356,7 @@ class RSAPublicKey(PublicKey):
 
     @property
     def signature_algorithms(self) -> tuple[str, ...]:
+        """RSA keys sign with SHA-2 only (RFC 8332); never SHA-1 ``ssh-rsa``."""
         return ("rsa-sha2-512", "rsa-sha2-256")
 
     def _verify_raw(self, alg: str, sig: bytes, data: bytes) -> bool:
@@ -752,6 +753,7 @@ class PrivateKey:
 
     @property
     def key_type(self) -> str:
+        """The key's type name, e.g. ``ssh-ed25519``."""
         return self.public_key.key_type
 
     def sign(self, data: bytes, algorithm: str | None = None) -> bytes:

@@ -193,6 +193,7 @@ class KnownHosts:
 
     @property
     def entries(self) -> tuple[KnownHostEntry, ...]:
+        """The parsed lines, in file order."""
         return tuple(self._entries)
 
     def add(self, host: str, port: int, key: PublicKey, hashed: bool = False) -> str:

@@ -215,14 +215,14 @@ class Admission:
         key = self.source_key(address)
         tracked = key is not None and not self._is_exempt(address)
         source = self._source(key, now) if key is not None else None
-        if tracked:
+        if tracked and source is not None:  # tracked: it has a key, so a source
             self._check_source(source, now)
         held = len(source.startups) if source is not None else 0
         self._check_listener(held, tracked)
-        if tracked and self.profile.per_source_rate is not None:
+        if tracked and source is not None and self.profile.per_source_rate is not None:
             source.tokens -= 1
         startup = Startup(self, key, address, now)
-        if source is not None:
+        if source is not None and key is not None:
             source.startups.append(startup)
             self._busy[key] = source
         self.startups += 1
@@ -281,11 +281,12 @@ class Admission:
             return
         startup.released = True
         self.startups -= 1
-        source = self._busy.get(startup.key) if startup.key is not None else None
-        if source is not None:
+        key = startup.key
+        source = self._busy.get(key) if key is not None else None
+        if source is not None and key is not None:
             source.startups.remove(startup)
             if not source.startups:
-                del self._busy[startup.key]
+                del self._busy[key]
 
     def _authenticated(self, startup: Startup, account: str) -> None:
         self._release(startup)
@@ -317,7 +318,7 @@ class Admission:
     def _penalise(self, startup: Startup, outcome: Outcome) -> None:
         penalties = self.profile.penalties
         seconds = _penalty_of(penalties, outcome)
-        if not seconds or startup.key is None or self._is_exempt(startup.address):
+        if not seconds or penalties is None or startup.key is None or self._is_exempt(startup.address):
             return
         now = self._clock()
         source = self._source(startup.key, now)

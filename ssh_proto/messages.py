@@ -7,14 +7,22 @@ CHANNEL_OPEN by channel type, CHANNEL_REQUEST and GLOBAL_REQUEST by request name
 that tail as raw ``data`` bytes; the layer that understands the name decodes it with the
 body classes at the end of this module, through the same codec.
 
-Field types: ``byte``, ``bool``, ``u32``, ``u64``, ``string`` (bytes), ``text`` (UTF-8
-str), ``name`` (ASCII str), ``names`` (name-list), ``mpint``, ``cookie`` (16 raw bytes),
-``rest`` (all remaining bytes), ``texts`` (u32 count then that many UTF-8 strings).
+A message's fields are annotated with the wire types below, each a Python type a checker
+sees (``U32`` is an ``int``, ``Text`` a ``str``) carrying its encoding as ``Annotated``
+metadata: ``Byte``, ``Bool``, ``U32``, ``U64``, ``String`` (bytes), ``Text`` (UTF-8 str),
+``Name`` (ASCII str), ``Names`` (name-list), ``Mpint``, ``Cookie`` (16 raw bytes), ``Rest``
+(all remaining bytes), ``Texts`` (u32 count then that many UTF-8 strings).
+
+>>> ChannelData(recipient=3, data=b"hi").encode()
+b'^\\x00\\x00\\x00\\x03\\x00\\x00\\x00\\x02hi'
+>>> ChannelData.decode(_) == ChannelData(3, b"hi")
+True
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Annotated, ClassVar, TypeVar, dataclass_transform
 
 from ._record import Record, record
 
@@ -61,6 +69,23 @@ OPEN_UNKNOWN_CHANNEL_TYPE = 3
 OPEN_RESOURCE_SHORTAGE = 4
 
 EXTENDED_DATA_STDERR = 1
+
+# The wire types of message fields (RFC 4251 §5): the Python type, and the codec's name for it.
+Byte = Annotated[int, "byte"]
+Bool = Annotated[bool, "bool"]
+U32 = Annotated[int, "u32"]
+U64 = Annotated[int, "u64"]
+String = Annotated[bytes, "string"]
+Text = Annotated[str, "text"]
+Name = Annotated[str, "name"]
+Names = Annotated[tuple[str, ...], "names"]
+Mpint = Annotated[int, "mpint"]
+Cookie = Annotated[bytes, "cookie"]
+Rest = Annotated[bytes, "rest"]
+Texts = Annotated[tuple[str, ...], "texts"]
+# Annotations are strings here (``from __future__ import annotations``): read them by name.
+_WIRE_TYPES = {alias: globals()[alias].__metadata__[0] for alias in
+               ("Byte", "Bool", "U32", "U64", "String", "Text", "Name", "Names", "Mpint", "Cookie", "Rest", "Texts")}
 
 _MAX_TEXTS = 64  # keyboard-interactive responses; OpenSSH caps prompts at 100
 
@@ -130,13 +155,16 @@ class Message(Record):
     _fields: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     def encode(self) -> bytes:
+        """The payload: the message number (if any), then each field in wire order."""
         parts = [bytes((self.number,))] if self.number is not None else []
         for name, kind in self._fields:
             parts.append(_write_field(kind, getattr(self, name)))
         return b"".join(parts)
 
     @classmethod
-    def decode(cls, payload: bytes):
+    def decode(cls: type[_M], payload: bytes) -> _M:
+        """Parse ``payload`` (with the message number, if the class has one); trailing bytes
+        and malformed fields raise ProtocolError."""
         r = Reader(payload)
         if cls.number is not None and r.byte() != cls.number:
             raise ProtocolError(f"expected message {cls.number}")
@@ -145,14 +173,20 @@ class Message(Record):
         return cls(*values)
 
 
-def message(number: int | None, *fields: str):
-    """Class decorator: ``@message(94, "recipient:u32", "data:string")``."""
+_M = TypeVar("_M", bound=Message)
 
-    def wrap(cls):
-        spec = tuple(tuple(f.split(":")) for f in fields)
+
+@dataclass_transform(frozen_default=True)
+def message(number: int | None) -> Callable[[type[_M]], type[_M]]:
+    """Class decorator: ``@message(94)`` over ``class ChannelData(Message)`` whose annotated
+    fields (``recipient: U32``, ``data: String``) are its wire layout, in order."""
+
+    def wrap(cls: type[_M]) -> type[_M]:
+        annotations = cls.__dict__.get("__annotations__", {})
+        spec = tuple((name, _WIRE_TYPES[annotation]) for name, annotation in annotations.items())
         new = record(cls, base=Message, names=tuple(name for name, _ in spec))
-        new.number = number
-        new._fields = spec
+        new.number = number  # type: ignore[attr-defined]
+        new._fields = spec  # type: ignore[attr-defined]
         return new
 
     return wrap
@@ -160,48 +194,73 @@ def message(number: int | None, *fields: str):
 
 # --- RFC 4253 transport ----------------------------------------------------------------
 
-@message(MSG_DISCONNECT, "reason:u32", "description:text", "language:string")
-class Disconnect:
+@message(MSG_DISCONNECT)
+class Disconnect(Message):
     """RFC 4253 §11.1."""
 
+    reason: U32
+    description: Text
+    language: String
 
-@message(MSG_IGNORE, "data:string")
-class Ignore:
+
+@message(MSG_IGNORE)
+class Ignore(Message):
     """RFC 4253 §11.2."""
 
+    data: String
 
-@message(MSG_UNIMPLEMENTED, "seq:u32")
-class Unimplemented:
+
+@message(MSG_UNIMPLEMENTED)
+class Unimplemented(Message):
     """RFC 4253 §11.4."""
 
+    seq: U32
 
-@message(MSG_DEBUG, "always_display:bool", "text:text", "language:string")
-class Debug:
+
+@message(MSG_DEBUG)
+class Debug(Message):
     """RFC 4253 §11.3."""
 
+    always_display: Bool
+    text: Text
+    language: String
 
-@message(MSG_SERVICE_REQUEST, "service:name")
-class ServiceRequest:
+
+@message(MSG_SERVICE_REQUEST)
+class ServiceRequest(Message):
     """RFC 4253 §10."""
 
+    service: Name
 
-@message(MSG_SERVICE_ACCEPT, "service:name")
-class ServiceAccept:
+
+@message(MSG_SERVICE_ACCEPT)
+class ServiceAccept(Message):
     """RFC 4253 §10."""
 
+    service: Name
 
-@message(MSG_KEXINIT, "cookie:cookie", "kex_algorithms:names", "server_host_key_algorithms:names",
-         "encryption_client_to_server:names", "encryption_server_to_client:names",
-         "mac_client_to_server:names", "mac_server_to_client:names",
-         "compression_client_to_server:names", "compression_server_to_client:names",
-         "languages_client_to_server:names", "languages_server_to_client:names",
-         "first_kex_packet_follows:bool", "reserved:u32")
-class KexInit:
+
+@message(MSG_KEXINIT)
+class KexInit(Message):
     """RFC 4253 §7.1."""
+
+    cookie: Cookie
+    kex_algorithms: Names
+    server_host_key_algorithms: Names
+    encryption_client_to_server: Names
+    encryption_server_to_client: Names
+    mac_client_to_server: Names
+    mac_server_to_client: Names
+    compression_client_to_server: Names
+    compression_server_to_client: Names
+    languages_client_to_server: Names
+    languages_server_to_client: Names
+    first_kex_packet_follows: Bool
+    reserved: U32
 
 
 @message(MSG_NEWKEYS)
-class NewKeys:
+class NewKeys(Message):
     """RFC 4253 §7.3."""
 
 
@@ -233,54 +292,87 @@ class ExtInfo:
 
 # --- RFC 4252 / 4256 user authentication --------------------------------------------------
 
-@message(MSG_USERAUTH_REQUEST, "username:text", "service:name", "method:name", "data:rest")
-class UserauthRequest:
+@message(MSG_USERAUTH_REQUEST)
+class UserauthRequest(Message):
     """RFC 4252 §5; ``data`` is decoded by method with the *Method bodies below."""
 
+    username: Text
+    service: Name
+    method: Name
+    data: Rest
 
-@message(MSG_USERAUTH_FAILURE, "methods:names", "partial_success:bool")
-class UserauthFailure:
+
+@message(MSG_USERAUTH_FAILURE)
+class UserauthFailure(Message):
     """RFC 4252 §5.1."""
+
+    methods: Names
+    partial_success: Bool
 
 
 @message(MSG_USERAUTH_SUCCESS)
-class UserauthSuccess:
+class UserauthSuccess(Message):
     """RFC 4252 §5.1."""
 
 
-@message(MSG_USERAUTH_BANNER, "message:text", "language:string")
-class UserauthBanner:
+@message(MSG_USERAUTH_BANNER)
+class UserauthBanner(Message):
     """RFC 4252 §5.4."""
 
+    message: Text
+    language: String
 
-@message(MSG_USERAUTH_PK_OK, "algorithm:name", "key_blob:string")
-class UserauthPkOk:
+
+@message(MSG_USERAUTH_PK_OK)
+class UserauthPkOk(Message):
     """RFC 4252 §7."""
 
+    algorithm: Name
+    key_blob: String
 
-@message(MSG_USERAUTH_PK_OK, "name:text", "instruction:text", "language:string", "prompts:rest")
-class UserauthInfoRequest:
+
+@message(MSG_USERAUTH_PK_OK)
+class UserauthInfoRequest(Message):
     """RFC 4256 §3.2; ``prompts`` is decoded with :func:`decode_prompts`."""
 
+    name: Text
+    instruction: Text
+    language: String
+    prompts: Rest
 
-@message(MSG_USERAUTH_INFO_RESPONSE, "responses:texts")
-class UserauthInfoResponse:
+
+@message(MSG_USERAUTH_INFO_RESPONSE)
+class UserauthInfoResponse(Message):
     """RFC 4256 §3.4."""
 
+    responses: Texts
 
-@message(None, "has_signature:bool", "algorithm:name", "key_blob:string", "signature:rest")
-class PublickeyMethod:
+
+@message(None)
+class PublickeyMethod(Message):
     """RFC 4252 §7 body; ``signature`` is b'' or one SSH string holding the signature."""
 
+    has_signature: Bool
+    algorithm: Name
+    key_blob: String
+    signature: Rest
 
-@message(None, "change:bool", "password:text", "new_password:rest")
-class PasswordMethod:
+
+@message(None)
+class PasswordMethod(Message):
     """RFC 4252 §8 body (password changes are refused, so new_password must be empty)."""
 
+    change: Bool
+    password: Text
+    new_password: Rest
 
-@message(None, "language:string", "submethods:text")
-class KbdIntMethod:
+
+@message(None)
+class KbdIntMethod(Message):
     """RFC 4256 §3.1 body."""
+
+    language: String
+    submethods: Text
 
 
 def decode_prompts(data: bytes) -> tuple[tuple[str, bool], ...]:
@@ -299,143 +391,232 @@ def encode_prompts(prompts) -> bytes:
 
 # --- RFC 4254 connection protocol --------------------------------------------------------
 
-@message(MSG_GLOBAL_REQUEST, "name:name", "want_reply:bool", "data:rest")
-class GlobalRequest:
+@message(MSG_GLOBAL_REQUEST)
+class GlobalRequest(Message):
     """RFC 4254 §4."""
 
+    name: Name
+    want_reply: Bool
+    data: Rest
 
-@message(MSG_REQUEST_SUCCESS, "data:rest")
-class RequestSuccess:
+
+@message(MSG_REQUEST_SUCCESS)
+class RequestSuccess(Message):
     """RFC 4254 §4."""
+
+    data: Rest
 
 
 @message(MSG_REQUEST_FAILURE)
-class RequestFailure:
+class RequestFailure(Message):
     """RFC 4254 §4."""
 
 
-@message(MSG_CHANNEL_OPEN, "channel_type:name", "sender:u32", "window:u32", "max_packet:u32", "data:rest")
-class ChannelOpen:
+@message(MSG_CHANNEL_OPEN)
+class ChannelOpen(Message):
     """RFC 4254 §5.1."""
 
+    channel_type: Name
+    sender: U32
+    window: U32
+    max_packet: U32
+    data: Rest
 
-@message(MSG_CHANNEL_OPEN_CONFIRMATION, "recipient:u32", "sender:u32", "window:u32", "max_packet:u32", "data:rest")
-class ChannelOpenConfirmation:
+
+@message(MSG_CHANNEL_OPEN_CONFIRMATION)
+class ChannelOpenConfirmation(Message):
     """RFC 4254 §5.1."""
 
+    recipient: U32
+    sender: U32
+    window: U32
+    max_packet: U32
+    data: Rest
 
-@message(MSG_CHANNEL_OPEN_FAILURE, "recipient:u32", "reason:u32", "description:text", "language:string")
-class ChannelOpenFailure:
+
+@message(MSG_CHANNEL_OPEN_FAILURE)
+class ChannelOpenFailure(Message):
     """RFC 4254 §5.1."""
 
+    recipient: U32
+    reason: U32
+    description: Text
+    language: String
 
-@message(MSG_CHANNEL_WINDOW_ADJUST, "recipient:u32", "increment:u32")
-class ChannelWindowAdjust:
+
+@message(MSG_CHANNEL_WINDOW_ADJUST)
+class ChannelWindowAdjust(Message):
     """RFC 4254 §5.2."""
 
+    recipient: U32
+    increment: U32
 
-@message(MSG_CHANNEL_DATA, "recipient:u32", "data:string")
-class ChannelData:
+
+@message(MSG_CHANNEL_DATA)
+class ChannelData(Message):
     """RFC 4254 §5.2."""
 
+    recipient: U32
+    data: String
 
-@message(MSG_CHANNEL_EXTENDED_DATA, "recipient:u32", "data_type:u32", "data:string")
-class ChannelExtendedData:
+
+@message(MSG_CHANNEL_EXTENDED_DATA)
+class ChannelExtendedData(Message):
     """RFC 4254 §5.2."""
 
+    recipient: U32
+    data_type: U32
+    data: String
 
-@message(MSG_CHANNEL_EOF, "recipient:u32")
-class ChannelEof:
+
+@message(MSG_CHANNEL_EOF)
+class ChannelEof(Message):
     """RFC 4254 §5.3."""
 
+    recipient: U32
 
-@message(MSG_CHANNEL_CLOSE, "recipient:u32")
-class ChannelClose:
+
+@message(MSG_CHANNEL_CLOSE)
+class ChannelClose(Message):
     """RFC 4254 §5.3."""
 
+    recipient: U32
 
-@message(MSG_CHANNEL_REQUEST, "recipient:u32", "request_type:name", "want_reply:bool", "data:rest")
-class ChannelRequest:
+
+@message(MSG_CHANNEL_REQUEST)
+class ChannelRequest(Message):
     """RFC 4254 §5.4."""
 
+    recipient: U32
+    request_type: Name
+    want_reply: Bool
+    data: Rest
 
-@message(MSG_CHANNEL_SUCCESS, "recipient:u32")
-class ChannelSuccess:
+
+@message(MSG_CHANNEL_SUCCESS)
+class ChannelSuccess(Message):
     """RFC 4254 §5.4."""
 
+    recipient: U32
 
-@message(MSG_CHANNEL_FAILURE, "recipient:u32")
-class ChannelFailure:
+
+@message(MSG_CHANNEL_FAILURE)
+class ChannelFailure(Message):
     """RFC 4254 §5.4."""
+
+    recipient: U32
 
 
 # --- bodies of typed requests and channel opens (RFC 4254 §6, §7; OpenSSH PROTOCOL) ------
 
-@message(None, "term:text", "cols:u32", "rows:u32", "width:u32", "height:u32", "modes:string")
-class PtyRequest:
+@message(None)
+class PtyRequest(Message):
     """RFC 4254 §6.2 "pty-req"."""
 
-
-@message(None, "name:text", "value:text")
-class EnvRequest:
-    """RFC 4254 §6.4 "env"."""
-
-
-@message(None, "command:string")
-class ExecRequest:
-    """RFC 4254 §6.5 "exec" (the command is bytes: it need not be UTF-8)."""
-
-
-@message(None, "name:name")
-class SubsystemRequest:
-    """RFC 4254 §6.5 "subsystem"."""
-
-
-@message(None, "cols:u32", "rows:u32", "width:u32", "height:u32")
-class WindowChange:
-    """RFC 4254 §6.7 "window-change"."""
-
-
-@message(None, "signal:name")
-class SignalRequest:
-    """RFC 4254 §6.9 "signal" (signal name without the SIG prefix)."""
-
-
-@message(None, "status:u32")
-class ExitStatus:
-    """RFC 4254 §6.10 "exit-status"."""
-
-
-@message(None, "signal:name", "core_dumped:bool", "message:text", "language:string")
-class ExitSignal:
-    """RFC 4254 §6.10 "exit-signal"."""
-
-
-@message(None, "length_ms:u32")
-class BreakRequest:
-    """RFC 4335 "break"."""
-
-
-@message(None, "host:text", "port:u32", "originator:text", "originator_port:u32")
-class DirectTcpip:
-    """RFC 4254 §7.2 "direct-tcpip" open body (also "forwarded-tcpip": host/port = connected address)."""
-
-
-@message(None, "address:text", "port:u32")
-class TcpipForward:
-    """RFC 4254 §7.1 "tcpip-forward" / "cancel-tcpip-forward" body."""
-
-
-@message(None, "port:u32")
-class TcpipForwardReply:
-    """RFC 4254 §7.1 reply carrying the allocated port when port 0 was requested."""
-
-
-@message(None, "originator:text", "originator_port:u32")
-class X11Open:
-    """RFC 4254 §6.3.2 "x11" open body (refused, but decoded for a clean failure)."""
+    term: Text
+    cols: U32
+    rows: U32
+    width: U32
+    height: U32
+    modes: String
 
 
 @message(None)
-class Empty:
+class EnvRequest(Message):
+    """RFC 4254 §6.4 "env"."""
+
+    name: Text
+    value: Text
+
+
+@message(None)
+class ExecRequest(Message):
+    """RFC 4254 §6.5 "exec" (the command is bytes: it need not be UTF-8)."""
+
+    command: String
+
+
+@message(None)
+class SubsystemRequest(Message):
+    """RFC 4254 §6.5 "subsystem"."""
+
+    name: Name
+
+
+@message(None)
+class WindowChange(Message):
+    """RFC 4254 §6.7 "window-change"."""
+
+    cols: U32
+    rows: U32
+    width: U32
+    height: U32
+
+
+@message(None)
+class SignalRequest(Message):
+    """RFC 4254 §6.9 "signal" (signal name without the SIG prefix)."""
+
+    signal: Name
+
+
+@message(None)
+class ExitStatus(Message):
+    """RFC 4254 §6.10 "exit-status"."""
+
+    status: U32
+
+
+@message(None)
+class ExitSignal(Message):
+    """RFC 4254 §6.10 "exit-signal"."""
+
+    signal: Name
+    core_dumped: Bool
+    message: Text
+    language: String
+
+
+@message(None)
+class BreakRequest(Message):
+    """RFC 4335 "break"."""
+
+    length_ms: U32
+
+
+@message(None)
+class DirectTcpip(Message):
+    """RFC 4254 §7.2 "direct-tcpip" open body (also "forwarded-tcpip": host/port = connected address)."""
+
+    host: Text
+    port: U32
+    originator: Text
+    originator_port: U32
+
+
+@message(None)
+class TcpipForward(Message):
+    """RFC 4254 §7.1 "tcpip-forward" / "cancel-tcpip-forward" body."""
+
+    address: Text
+    port: U32
+
+
+@message(None)
+class TcpipForwardReply(Message):
+    """RFC 4254 §7.1 reply carrying the allocated port when port 0 was requested."""
+
+    port: U32
+
+
+@message(None)
+class X11Open(Message):
+    """RFC 4254 §6.3.2 "x11" open body (refused, but decoded for a clean failure)."""
+
+    originator: Text
+    originator_port: U32
+
+
+@message(None)
+class Empty(Message):
     """A request or open with no type-specific data."""

@@ -65,11 +65,14 @@ from .errors import LocalError, ProtocolError
 
 
 class Role(enum.Enum):
+    """Which end of the connection a party is: the tables are indexed by it."""
+
     CLIENT = "client"
     SERVER = "server"
 
     @property
     def peer(self) -> "Role":
+        """The other party's role."""
         return Role.SERVER if self is Role.CLIENT else Role.CLIENT
 
 

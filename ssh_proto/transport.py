@@ -115,10 +115,24 @@ class _KexState:
     ours_msg: m.KexInit              # ... and its fields (not decoded again from the bytes)
     theirs: bytes | None = None      # peer's KEXINIT payload
     negotiated: Negotiated | None = None
-    method: object | None = None     # KexClient / KexServer
+    method: kexmod.KexClient | kexmod.KexServer | None = None
     result: kexmod.KexResult | None = None
     sent_newkeys: bool = False
     got_newkeys: bool = False
+
+    # The state table orders the steps, so each is set before it is read; these say so to a
+    # type checker and fail loudly should the table ever let a step through out of order.
+    def chosen(self) -> Negotiated:
+        """The negotiated algorithms (set once both KEXINITs are in)."""
+        if self.negotiated is None:
+            raise AssertionError("key exchange not negotiated yet")
+        return self.negotiated
+
+    def outcome(self) -> kexmod.KexResult:
+        """The method's result (set once its messages are exchanged)."""
+        if self.result is None:
+            raise AssertionError("key exchange has no result yet")
+        return self.result
 
 
 class Transport:
@@ -133,7 +147,7 @@ class Transport:
 
     def __init__(self, role: Role, *, algorithms: Algorithms = Algorithms(),
                  host_keys: tuple[tuple[PrivateKey, Certificate | None], ...] = (),
-                 verify_host_key: Callable[[PublicKey | Certificate], None] | None = None,
+                 verify_host_key: Callable[[PublicKey | Certificate], object] | None = None,
                  rekey_bytes: int | None = None, rekey_seconds: float = DEFAULT_REKEY_SECONDS,
                  clock: Callable[[], float] = time.monotonic, rng: Callable[[int], bytes] = os.urandom,
                  version: str = SOFTWARE_VERSION):
@@ -417,7 +431,7 @@ class Transport:
             raise ProtocolError("too many key exchanges before authentication")
         if self._kex is None:
             self._start_kex()
-        kx = self._kex
+        kx = self._current_kex()
         kx.theirs = payload
         first = not self._first_kex_done
         if first and self.kex_count == 0:
@@ -432,13 +446,13 @@ class Transport:
                 self.state.skip_guess(self.role.peer)
         method = kexmod.KEX_METHODS[kx.negotiated.kex]
         if self.role is Role.CLIENT:
-            kx.method = method.client()
-            self._emit_kex(kx.method.init_message())
+            client = kx.method = method.client()
+            self._emit_kex(client.init_message())
         else:
             kx.method = method.server()
 
     def _note_first_kexinit(self, msg: m.KexInit) -> None:
-        ours = self._kex.ours_msg.kex_algorithms
+        ours = self._current_kex().ours_msg.kex_algorithms
         if self.role is Role.CLIENT:
             self.strict_kex = STRICT_KEX_SERVER in msg.kex_algorithms and STRICT_KEX_CLIENT in ours
             self.peer_wants_ext_info = EXT_INFO_SERVER in msg.kex_algorithms
@@ -471,13 +485,21 @@ class Transport:
         for name in (cipher_cs, cipher_sc):
             if name not in CIPHERS:
                 raise KeyExchangeError(f"unsupported cipher {name}")
-        for name in (mac_cs, mac_sc):
-            if name is not None and name not in MACS:
-                raise KeyExchangeError(f"unsupported MAC {name}")
+        for mac_name in (mac_cs, mac_sc):
+            if mac_name is not None and mac_name not in MACS:
+                raise KeyExchangeError(f"unsupported MAC {mac_name}")
         return Negotiated(kex, host_key, cipher_cs, cipher_sc, mac_cs, mac_sc, comp_cs, comp_sc)
 
+    def _current_kex(self) -> _KexState:
+        """The exchange in progress (the table admits key exchange messages only during one)."""
+        if self._kex is None:
+            raise AssertionError("no key exchange in progress")
+        return self._kex
+
     def _exchange_inputs(self) -> kexmod.ExchangeInputs:
-        kx = self._kex
+        kx = self._current_kex()
+        if self.peer_version is None or kx.theirs is None:
+            raise AssertionError("key exchange before both versions and KEXINITs")
         if self.role is Role.CLIENT:
             return kexmod.ExchangeInputs(self.local_version, self.peer_version, kx.ours, kx.theirs)
         return kexmod.ExchangeInputs(self.peer_version, self.local_version, kx.theirs, kx.ours)
@@ -485,19 +507,22 @@ class Transport:
     def _on_kex_message(self, payload: bytes) -> None:
         """The method's message: the table let only the client's INIT to a server and the
         server's REPLY to a client through, once per exchange, after the sender's KEXINIT."""
-        kx = self._kex
-        if self.role is Role.CLIENT:
-            kx.result = kx.method.process_reply(payload, self._exchange_inputs())
+        kx = self._current_kex()
+        method = kx.method
+        if isinstance(method, kexmod.KexClient):
+            kx.result = method.process_reply(payload, self._exchange_inputs())
             self._check_server_host_key(kx)
             self._send_newkeys()
-        else:
-            key, cert = self._pick_host_key(kx.negotiated.host_key)
+        elif isinstance(method, kexmod.KexServer):
+            key, cert = self._pick_host_key(kx.chosen().host_key)
             blob = (cert or key.public_key).blob
-            sig_alg = _plain_signature_algorithm(kx.negotiated.host_key)
-            reply, kx.result = kx.method.process_init(payload, self._exchange_inputs(), blob,
+            sig_alg = _plain_signature_algorithm(kx.chosen().host_key)
+            reply, kx.result = method.process_init(payload, self._exchange_inputs(), blob,
                                                       lambda h: key.sign(h, sig_alg))
             self._emit_kex(reply)
             self._send_newkeys()
+        else:
+            raise AssertionError("key exchange message before the method was chosen")
 
     def _pick_host_key(self, alg: str) -> tuple[PrivateKey, Certificate | None]:
         for key, cert in self._host_key_candidates():
@@ -506,11 +531,12 @@ class Transport:
         raise KeyExchangeError(f"no host key for {alg}")
 
     def _check_server_host_key(self, kx: _KexState) -> None:
-        alg = kx.negotiated.host_key
-        key = parse_public_blob(kx.result.host_key_blob)
+        alg = kx.chosen().host_key
+        result = kx.outcome()
+        key = parse_public_blob(result.host_key_blob)
         if not algorithm_matches_key(alg, key):
             raise KeyExchangeError("host key does not match the negotiated algorithm")
-        if not key.verify(kx.result.signature, kx.result.exchange_hash, algorithms=(_plain_signature_algorithm(alg),)):
+        if not key.verify(result.signature, result.exchange_hash, algorithms=(_plain_signature_algorithm(alg),)):
             raise KeyExchangeError("bad host key signature")
         if self.host_key is not None and key != self.host_key:
             # A re-exchange must present the same host key (OpenSSH "server host key changed").
@@ -518,13 +544,16 @@ class Transport:
         if self.host_key is None:
             self._run_host_key_policy(key)
             # kept for the agent's session-bind@openssh.com (PROTOCOL.agent)
-            self.session_signature = kx.result.signature
+            self.session_signature = result.signature
         self.host_key = key
 
     def _run_host_key_policy(self, key: PublicKey | Certificate) -> None:
         """Rule T16: a normal return (None, or True) is the one way to accept; all else rejects."""
+        verify = self._verify_host_key
+        if verify is None:  # a client without a policy trusts nothing
+            raise HostKeyNotVerifiable("host key not accepted by the verification policy")
         try:
-            verdict = self._verify_host_key(key)
+            verdict = verify(key)
         except HostKeyNotVerifiable:
             raise
         except Exception as exc:  # a policy bug must fail closed, as a typed error
@@ -533,12 +562,12 @@ class Transport:
             raise HostKeyNotVerifiable("host key not accepted by the verification policy")
 
     def _send_newkeys(self) -> None:
-        kx = self._kex
+        kx = self._current_kex()
         if self.session_id is None:
-            self.session_id = kx.result.exchange_hash
+            self.session_id = kx.outcome().exchange_hash
         self._emit_kex(m.NewKeys().encode())
         kx.sent_newkeys = True
-        self._install_keys(self._writer, kx.negotiated, outgoing=True)
+        self._install_keys(self._writer, kx.chosen(), outgoing=True)
         if self.role is Role.SERVER and not self._first_kex_done and self.peer_wants_ext_info:
             self._emit_kex(self._server_ext_info())
         self._maybe_finish_kex()
@@ -564,18 +593,20 @@ class Transport:
         """The table let it through only after the sender's method message, which we had
         answered with our own NEWKEYS already: this completes the exchange."""
         m.NewKeys.decode(payload)
-        kx = self._kex
+        kx = self._current_kex()
         kx.got_newkeys = True
-        self._install_keys(self._reader, kx.negotiated, outgoing=False)
+        self._install_keys(self._reader, kx.chosen(), outgoing=False)
         self._maybe_finish_kex()
 
     def _derive(self, cipher: str, mac: str | None, letters: bytes) -> tuple[bytes, bytes, bytes | None]:
-        kx = self._kex
-        res = kx.result
+        res = self._current_kex().outcome()
+        session_id = self.session_id
+        if session_id is None:
+            raise AssertionError("keys derived before the session id is set")
         info = CIPHERS[cipher]
 
         def key(letter: bytes, size: int) -> bytes:
-            return kexmod.derive_key(res.hash_name, res.shared_secret, res.exchange_hash, self.session_id, letter, size)
+            return kexmod.derive_key(res.hash_name, res.shared_secret, res.exchange_hash, session_id, letter, size)
 
         iv = key(letters[0:1], info.iv_size) if info.iv_size else b""
         enc = key(letters[1:2], info.key_size)
@@ -583,7 +614,7 @@ class Transport:
         return enc, iv, mac_key
 
     def _maybe_finish_kex(self) -> None:
-        kx = self._kex
+        kx = self._current_kex()
         if not (kx.sent_newkeys and kx.got_newkeys):
             return
         self.negotiated = kx.negotiated

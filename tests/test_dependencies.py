@@ -17,6 +17,8 @@ NOT_IMPORTED = {
     "pytest-timeout": "a pytest plugin (timeout in pyproject.toml)",
     "ssh-audit": "a command the interop tests run",
     "shiv": "the command build/build_pyz.sh runs",
+    "mypy": "a command tests/test_typecheck.py runs (make typecheck)",
+    "pdoc": "the command make docs runs",
 }
 
 

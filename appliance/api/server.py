@@ -12,11 +12,11 @@ Rules, in the order they are applied to each request:
 2. Parameters the server vouches for are never taken from the peer: ``actor`` (who
    asked, for the audit log), ``emitter`` (who reported an audit event), and for a
    ``join`` the ``token``, ``client_ip`` and ``session_id`` (what a re-join proof is
-   bound to, docs/security.md J2). The dispatcher fills them from the
+   bound to, docs/security.md J2), for a ``bot_join`` the ``token`` and ``client_ip``. The dispatcher fills them from the
    connection; a value the peer sent is replaced, never used (so a client that
    shares code with an in-process caller may leave ``actor`` in).
-3. A node or proxy acts on itself only: ``heartbeat`` and ``renew_host_cert`` take the
-   caller's own name (``name`` may be left out; any other name is denied).
+3. A node, proxy or bot acts on itself only: ``heartbeat``, ``renew_host_cert`` and
+   ``renew_bot_cert`` take the caller's own name (``name`` may be left out; any other name is denied).
 4. The call runs shielded from the peer going away (a join half done is worse than a
    reply nobody reads), bounded by :data:`REQUEST_TIMEOUT`.
 5. :class:`AuthServiceError` becomes an error response with its code and message; any
@@ -51,7 +51,7 @@ REQUEST_TIMEOUT = 60.0
 #: Who may be on the other end of an API channel (how the peer authenticated, in
 #: ``appliance/auth/server.py``). Not a user's roles: an ``admin`` caller is a user whose
 #: certificate and record carry the ``admin`` user role.
-CALLER_KINDS = ("admin", "node", "proxy", "joining", "user")
+CALLER_KINDS = ("admin", "node", "proxy", "joining", "user", "bot")
 
 _READ_ONLY = frozenset({"cluster_info", "list_nodes", "get_node"})
 #: Which AuthService methods each kind of caller may call. Keep it explicit: a new service method
@@ -59,26 +59,33 @@ _READ_ONLY = frozenset({"cluster_info", "list_nodes", "get_node"})
 ALLOWED: Mapping[str, frozenset[str]] = {
     # jumpgate ctl with an admin certificate
     "admin": _READ_ONLY | {
-        "create_user", "list_users", "get_user", "delete_user", "reset_user",
+        "create_user", "list_users", "get_user", "delete_user", "reset_user", "unlock_user",
         "create_token", "list_tokens", "delete_token",
         "add_node", "update_node", "remove_node",
-        "sign_user_cert", "sign_host_cert", "export_ca", "list_audit",
+        "sign_user_cert", "sign_host_cert", "export_ca", "list_audit", "cluster_status",
+        "create_bot", "add_bot_token", "list_bots", "delete_bot", "sign_bot_cert",
     },
     "node": frozenset({"heartbeat", "emit_audit", "cluster_info", "renew_host_cert"}),
     # the proxy's membership also serves the web service (signup and login pages)
     "proxy": _READ_ONLY | {"heartbeat", "emit_audit", "renew_host_cert",
                            "login", "get_invite", "complete_signup"},
-    "joining": frozenset({"join"}),
+    # a host with a join token, or a bot with its bot token (docs/security.md B3)
+    "joining": frozenset({"join", "bot_join"}),
     # a user certificate without the admin role: nothing until a feature needs it
     "user": frozenset(),
+    # a bot's certificate (key id bot:<name>): renew itself (B3)
+    "bot": frozenset({"renew_bot_cert", "cluster_info"}),
 }
 
 _ALL_METHODS = frozenset().union(*ALLOWED.values())
 #: Parameters only the dispatcher may set (rule 2).
 _SERVER_PARAMS = frozenset({"actor", "emitter"})
 _JOIN_SERVER_PARAMS = frozenset({"token", "client_ip", "session_id"})
-#: Methods a node or proxy may only apply to itself (rule 3).
-_SELF_ONLY = frozenset({"heartbeat", "renew_host_cert"})
+#: What the connection fills in for each method that takes it (rule 2).
+_CONNECTION_PARAMS = {"join": _JOIN_SERVER_PARAMS, "bot_join": frozenset({"token", "client_ip"}),
+                      "renew_bot_cert": frozenset({"client_ip"})}
+#: Methods a node, proxy or bot may only apply to itself (rule 3).
+_SELF_ONLY = frozenset({"heartbeat", "renew_host_cert", "renew_bot_cert"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +112,7 @@ class Caller:
     def actor(self) -> str:
         """How the audit log names this caller, e.g. ``user:alice`` or ``node:db1``."""
         prefix = "user" if self.kind in ("admin", "user") else self.kind
-        return f"{prefix}:{self.name}"
+        return f"{prefix}:{self.name}"   # a bot's is bot:<name>
 
 
 def _denied(message: str) -> AuthServiceError:
@@ -113,7 +120,7 @@ def _denied(message: str) -> AuthServiceError:
 
 
 def _bind_self(caller: Caller, method: str, params: dict[str, Any]) -> None:
-    if caller.kind not in ("node", "proxy") or method not in _SELF_ONLY:
+    if caller.kind not in ("node", "proxy", "bot") or method not in _SELF_ONLY:
         return
     name = params.setdefault("name", caller.name)
     if name != caller.name:
@@ -122,13 +129,12 @@ def _bind_self(caller: Caller, method: str, params: dict[str, Any]) -> None:
 
 def _server_params(caller: Caller, method: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """Rules 2 and 3: the parameters actually passed to the service."""
-    reserved = _SERVER_PARAMS | (_JOIN_SERVER_PARAMS if method == "join" else frozenset())
-    out = {k: v for k, v in params.items() if k not in reserved}
+    filled = _CONNECTION_PARAMS.get(method, frozenset())
+    out = {k: v for k, v in params.items() if k not in _SERVER_PARAMS | filled}
     _bind_self(caller, method, out)
-    if method == "join":
-        out["token"], out["client_ip"] = caller.join_token, caller.client_ip
-        out["session_id"] = caller.session_id
-    elif method == "emit_audit":
+    connection = {"token": caller.join_token, "client_ip": caller.client_ip, "session_id": caller.session_id}
+    out.update({name: connection[name] for name in filled})
+    if method == "emit_audit":
         out["emitter"] = caller.actor
     return out
 
@@ -142,7 +148,7 @@ def _bound_call(service: AuthService, method: str, params: dict[str, Any], calle
     try:
         signature.bind(**params)
     except TypeError:
-        hidden = _SERVER_PARAMS | (_JOIN_SERVER_PARAMS if method == "join" else frozenset())
+        hidden = _SERVER_PARAMS | _CONNECTION_PARAMS.get(method, frozenset())
         expected = ", ".join(n for n in signature.parameters if n not in hidden)
         raise AuthServiceError(E_BAD_REQUEST, f"{method} takes parameters ({expected})") from None
     return func(**params)

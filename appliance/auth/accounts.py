@@ -37,13 +37,15 @@ from .checks import (AuthServiceError, bad_request, check_list, check_ttl, check
 from .results import CertResult, Invite, InviteInfo, LoginResult, UserInfo, cert_result
 from .timing import FailureDelay
 
-__all__ = ["INVITE_TTL", "KNOWN_USER_ROLES", "LOCK_SECONDS", "MAX_FAILED_LOGINS", "USER_CERT_TTL",
+__all__ = ["INVITE_TTL", "KNOWN_USER_ROLES", "LOCK_SECONDS", "MAX_FAILED_LOGINS", "MAX_SIGNUP_ATTEMPTS", "USER_CERT_TTL",
            "USER_CERT_TTL_MAX", "USER_CERT_TTL_MIN", "Accounts"]
 
 log = logging.getLogger("jumpgate.auth")
 
 INVITE_TTL = 3600
 MAX_FAILED_LOGINS = 5
+#: Signup attempts (one-time code checks) one invite allows, the good one included (A8).
+MAX_SIGNUP_ATTEMPTS = 5
 LOCK_SECONDS = 30 * 60
 USER_CERT_TTL = 12 * 3600
 USER_CERT_TTL_MIN = 60
@@ -130,13 +132,16 @@ class Accounts:
 
     def _user_info(self, u: UserRecord) -> UserInfo:
         now = self._clock()
-        status = "invited" if not u.signed_up else "locked" if u.locked_until > now else "active"
+        status = "bot" if u.is_bot else "invited" if not u.signed_up else "locked" if u.locked_until > now else "active"
         return UserInfo(u.name, u.logins, u.roles, status, u.created, u.locked_until)
 
     async def list_users(self) -> list[UserInfo]:
         return [self._user_info(u) for u in await self.storage.list_users()]
 
     async def delete_user(self, name: str, *, actor: str = "") -> None:
+        existing = await self.storage.get_user(check_user_name(name))
+        if existing is not None and existing.is_bot:
+            raise bad_request(f"{name!r} is a bot: remove it with `jumpgate ctl bots rm {name}`")
         if not await self.storage.delete_user(check_user_name(name)):
             raise AuthServiceError("not_found", f"no user {name!r}")
         await self.audit_log.record("user.delete", user=name, actor=actor)
@@ -145,10 +150,28 @@ class Accounts:
         """Clear password, TOTP and lock; the user signs up again with a new invite."""
         name = check_user_name(name)
         secret, invite = self._new_invite(name, self._clock())
-        if not await self.storage.reset_user(name, invite):
+        if not await self.storage.reset_user(name, invite):   # a human's only: never a bot's (B1)
+            existing = await self.storage.get_user(name)
+            if existing is not None and existing.is_bot:
+                raise bad_request(f"{name!r} is a bot: it has no password to reset (a new token: "
+                                  f"`jumpgate ctl bots add {name} --token-only`)")
             raise AuthServiceError("not_found", f"no user {name!r}")
         await self.audit_log.record("user.reset", user=name, actor=actor)
         return Invite(name, secret, invite.expires)
+
+    async def unlock_user(self, name: str, *, actor: str = "") -> UserInfo:
+        """Lift a lockout (A5) and clear the failure count, keeping password and TOTP: the
+        user logs in again at once, with no new invite. Audited with the lock it lifted.
+        Returns the user as it was before (its ``locked_until`` says whether it was locked)."""
+        name = check_user_name(name)
+        record = await self.storage.get_user(name)
+        if record is None or not await self.storage.unlock_user(name):
+            raise AuthServiceError("not_found", f"no user {name!r}")
+        before = self._user_info(record)
+        await self.audit_log.record("user.unlock", user=name, actor=actor,
+                                    locked_until=record.locked_until if before.status == "locked" else 0,
+                                    failures=record.failed_logins)
+        return before
 
     # -- invites and signup ----------------------------------------------------------
     async def _find_invite(self, token: Any, client_ip: str) -> InviteRecord:
@@ -190,6 +213,15 @@ class Accounts:
                               client_ip=client_ip)
             raise AuthServiceError("weak_password", str(exc)) from None
         now = self._clock()
+        # Count the attempt before the code is checked (A8, as logins do, A5): concurrent
+        # guesses cannot outrun the count, and the last one allowed spends the invite.
+        if not await self.storage.reserve_invite_attempt(invite.token_hash, now,
+                                                         max_attempts=MAX_SIGNUP_ATTEMPTS):
+            await self._find_invite(token, client_ip)  # says "already_used" or "expired" if so
+            await self.audit_log.record("user.signup", user=invite.user, success=False,
+                                        reason="too many attempts", client_ip=client_ip)
+            raise AuthServiceError("expired", f"this invite is spent: {MAX_SIGNUP_ATTEMPTS} attempts "
+                                   "were made with it (ask an admin for a new one)")
         counter = totp.verify(invite.totp_secret, otp_code, now=now)
         if counter is None:
             await self.audit_log.record("user.signup", user=invite.user, success=False, reason="wrong code",
@@ -304,7 +336,10 @@ class Accounts:
         key = parse_key(public_key_blob)
         record = await self.storage.get_user(check_user_name(name))
         if record is None:
-            raise AuthServiceError("not_found", f"no user {name!r}")
+            raise AuthServiceError("not_found", f"no user {name!r} (automation has its own identity: "
+                                   "`jumpgate ctl bots add`)")
+        if record.is_bot:
+            raise bad_request(f"{record.name!r} is a bot: sign with --bot {record.name}")
         now = self._clock()
         generation = await self.storage.get_generation(record.name)
         cert = self._sign_user(key, record, ttl, now, generation)

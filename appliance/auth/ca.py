@@ -1,6 +1,7 @@
 """The cluster's two certificate authorities (OpenSSH certificates, PROTOCOL.certkeys).
 
-* The **user CA** signs user certificates: ``key_id = "user:<name>"``, principals = the
+* The **user CA** signs user certificates: ``key_id = "user:<name>"`` (``"bot:<name>"`` for a
+  bot), principals = the
   user's logins (never empty — an empty list means "anyone" to OpenSSH before 10.3,
   CVE-2024-7594), extensions = ``ssh-keygen``'s defaults plus
   ``jumpgate-roles@jumpgate`` (comma list) when the user has user roles (``admin``).
@@ -9,7 +10,9 @@
   the caller (name, name.CLUSTER, addresses, ...).
 
 Both are Ed25519 keys created on the first start and kept, OpenSSH-PEM encoded, in
-the auth service's storage. The private keys never leave this object: no method returns
+the auth service's storage; each is an :class:`ssh_proto.ca.CertificateAuthority` (kind
+and id = the cluster name), which does the signing: this module adds the cluster's key
+ids, principal syntax and extensions. The private keys never leave this object: no method returns
 them and ``repr`` shows fingerprints only. Certificates are backdated by one minute
 so that a node whose clock is slightly behind accepts them (as Teleport does).
 
@@ -23,13 +26,13 @@ import base64
 import hashlib
 import hmac
 import re
-import secrets
 import time
 from collections.abc import Callable, Iterable, Sequence
 
-from ssh_proto.certs import CERT_TYPE_HOST, CERT_TYPE_USER, DEFAULT_USER_EXTENSIONS, sign_certificate
+from ssh_proto.ca import DEFAULT_BACKDATE, CAError, CAKind, CertificateAuthority, load_authority
+from ssh_proto.certs import DEFAULT_USER_EXTENSIONS
 from ssh_proto.errors import KeyFormatError, ProtocolError
-from ssh_proto.keys import Certificate, PrivateKey, PublicKey, load_private_key, parse_public_blob
+from ssh_proto.keys import Certificate, PrivateKey, PublicKey, parse_public_blob
 from ssh_proto.wire import Reader
 
 from ..storage.base import CARecord, Storage
@@ -37,6 +40,8 @@ from ..storage.base import CARecord, Storage
 __all__ = [
     "BACKDATE_SECONDS",
     "HOST_KINDS",
+    "USER_IDENTITIES",
+    "holder_of",
     "GENERATION_EXTENSION",
     "ROLES_EXTENSION",
     "CAError",
@@ -52,17 +57,15 @@ ROLES_EXTENSION = "jumpgate-roles@jumpgate"
 #: The user's certificate generation when the certificate was issued (decimal): deleting or
 #: resetting the user bumps it, and proxies and nodes refuse older ones (docs/security.md R1).
 GENERATION_EXTENSION = "jumpgate-generation@jumpgate"
+#: Who a user certificate may be for: its key id is ``<identity>:<name>``.
+USER_IDENTITIES = frozenset({"user", "bot"})
 #: What a host certificate may be for: its key id is ``<kind>:<name>``.
 HOST_KINDS = frozenset({"node", "proxy", "auth"})
-BACKDATE_SECONDS = 60
-CA_KINDS = ("user", "host")
+BACKDATE_SECONDS = DEFAULT_BACKDATE
+CA_KINDS: tuple[CAKind, ...] = ("user", "host")
 # A principal or host pattern is one token of a known_hosts / principals list.
 _PRINCIPAL = re.compile(r"[A-Za-z0-9_.:%@\-]{1,255}")
 _PATTERN = re.compile(r"!?[A-Za-z0-9_.:*?\[\]\-]{1,255}")
-
-
-class CAError(ValueError):
-    """The CA refused to sign, or its stored keys are unusable (no key material inside)."""
 
 
 def pin_of(data: bytes) -> str:
@@ -92,6 +95,13 @@ def _extension_text(cert: Certificate, name: str) -> str | None:
     except (ProtocolError, UnicodeDecodeError):
         return None
     return text
+
+
+def holder_of(key_id: str) -> tuple[str, str]:
+    """``(identity, name)`` of a user certificate's key id: ``("user", "alice")``,
+    ``("bot", "ci")``, or ``("", key_id)`` for one we did not issue."""
+    identity, sep, name = key_id.partition(":")
+    return (identity, name) if sep and identity in USER_IDENTITIES and name else ("", key_id)
 
 
 def roles_from_certificate(cert: Certificate) -> tuple[str, ...]:
@@ -124,23 +134,11 @@ def _check_principals(principals: Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _validity(ttl: float, now: float) -> tuple[int, int]:
-    if not ttl > 0:
-        raise CAError("certificate lifetime must be positive")
-    return max(0, int(now) - BACKDATE_SECONDS), int(now + ttl)
-
-
-def _load(record: CARecord, cluster: str) -> PrivateKey:
+def _load(record: CARecord, kind: CAKind, cluster: str) -> CertificateAuthority:
     if record.cluster != cluster:
         raise CAError(f"the data directory belongs to cluster {record.cluster!r}, "
                       f"not {cluster!r}")
-    try:
-        key = load_private_key(record.private_key)
-    except KeyFormatError:
-        raise CAError(f"the stored {record.kind} CA key cannot be loaded") from None
-    if key.public_key.blob != record.public_key:
-        raise CAError(f"the stored {record.kind} CA key does not match its public key")
-    return key
+    return load_authority(record.private_key, kind, cluster, expected_public_key=record.public_key)
 
 
 class ClusterCA:
@@ -152,7 +150,7 @@ class ClusterCA:
 
     __slots__ = ("_host", "_user", "cluster", "new_kinds")
 
-    def __init__(self, cluster: str, user_ca: PrivateKey, host_ca: PrivateKey,
+    def __init__(self, cluster: str, user_ca: CertificateAuthority, host_ca: CertificateAuthority,
                  new_kinds: Sequence[str] = ()):
         self.cluster = cluster
         self._user = user_ca
@@ -164,7 +162,7 @@ class ClusterCA:
     async def load_or_create(cls, storage: Storage, cluster: str, *,
                              clock: Callable[[], float] = time.time) -> ClusterCA:
         """Load both CAs, creating whichever is missing (two racing starts agree on one)."""
-        keys: dict[str, PrivateKey] = {}
+        keys: dict[str, CertificateAuthority] = {}
         new: list[str] = []
         for kind in CA_KINDS:
             record = await storage.get_ca(kind)
@@ -175,12 +173,16 @@ class ClusterCA:
                     fresh.public_key.blob, clock()))
                 if record.public_key == fresh.public_key.blob:
                     new.append(kind)
-            keys[kind] = _load(record, cluster)
+            keys[kind] = _load(record, kind, cluster)
         return cls(cluster, keys["user"], keys["host"], new)
 
     def __repr__(self) -> str:
         return (f"<ClusterCA {self.cluster!r} user={self._user.public_key.fingerprint()} "
                 f"host={self._host.public_key.fingerprint()}>")
+
+    def authority(self, kind: CAKind) -> CertificateAuthority:
+        """The cluster's ``"user"`` or ``"host"`` :class:`~ssh_proto.ca.CertificateAuthority`."""
+        return self._user if kind == "user" else self._host
 
     # -- public halves ---------------------------------------------------------------
     @property
@@ -205,22 +207,24 @@ class ClusterCA:
             patterns = (patterns,)
         if not patterns or not all(isinstance(p, str) and _PATTERN.fullmatch(p) for p in patterns):
             raise CAError("host patterns must be non-empty known_hosts patterns")
-        key = self._host.public_key.to_line(f"jumpgate-host-ca@{self.cluster}")
-        return f"@cert-authority {','.join(patterns)} {key}"
+        return self._host.known_hosts_line(patterns, f"jumpgate-host-ca@{self.cluster}")
 
     # -- signing ---------------------------------------------------------------------
     def sign_user(self, public_key: PublicKey, user: str, logins: Sequence[str],
-                  roles: Sequence[str], ttl: float, now: float, generation: int = 0) -> Certificate:
+                  roles: Sequence[str], ttl: float, now: float, generation: int = 0,
+                  identity: str = "user") -> Certificate:
         """A user certificate whose principals are exactly ``logins`` (never empty), carrying
-        the user's current certificate ``generation``."""
+        the user's current certificate ``generation``; its key id is ``<identity>:<user>``
+        (``bot:ci`` for a bot: nodes, sshd logs and the audit log tell them apart)."""
+        if identity not in USER_IDENTITIES:
+            raise CAError(f"unknown identity kind {str(identity)[:16]!r}")
         principals = _check_principals(logins)
-        valid_after, valid_before = _validity(ttl, now)
         extensions: dict[str, bytes | str] = dict(DEFAULT_USER_EXTENSIONS)
         if roles:
             extensions[ROLES_EXTENSION] = ",".join(roles)
         extensions[GENERATION_EXTENSION] = str(int(generation))
-        return self._sign(self._user, public_key, CERT_TYPE_USER, f"user:{user}", principals,
-                          valid_after, valid_before, extensions)
+        return self._user.issue_user(public_key, f"{identity}:{user}", principals, ttl=ttl, now=now,
+                                     extensions=extensions)
 
     def sign_host(self, public_key: PublicKey, kind: str, name: str, principals: Sequence[str],
                   ttl: float, now: float) -> Certificate:
@@ -228,23 +232,7 @@ class ClusterCA:
         if kind not in HOST_KINDS:
             raise CAError(f"unknown host kind {str(kind)[:16]!r}")
         names = _check_principals(principals)
-        valid_after, valid_before = _validity(ttl, now)
-        return self._sign(self._host, public_key, CERT_TYPE_HOST, f"{kind}:{name}", names,
-                          valid_after, valid_before, {})
-
-    @staticmethod
-    def _sign(ca: PrivateKey, public_key: PublicKey, cert_type: int, key_id: str,
-              principals: tuple[str, ...], valid_after: int, valid_before: int,
-              extensions: dict[str, bytes | str]) -> Certificate:
-        if not isinstance(public_key, PublicKey):
-            raise CAError("only a plain public key can be certified, not a certificate")
-        try:
-            return sign_certificate(ca, public_key, cert_type=cert_type, key_id=key_id,
-                                    principals=principals, valid_after=valid_after,
-                                    valid_before=valid_before, extensions=extensions,
-                                    serial=secrets.randbits(63))
-        except (TypeError, ValueError) as exc:
-            raise CAError(f"cannot sign: {exc}") from None
+        return self._host.issue_host(public_key, f"{kind}:{name}", names, ttl=ttl, now=now)
 
 
 def parse_plain_public_key(blob: bytes) -> PublicKey:

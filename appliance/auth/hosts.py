@@ -111,11 +111,30 @@ class Hosts:
         await self.storage.purge_tokens(now - TOKEN_KEEP_SECONDS)
         return [self._token_info(t, now) for t in await self.storage.list_tokens()]
 
-    async def delete_token(self, token_id: str, *, actor: str = "") -> None:
-        if not isinstance(token_id, str) or not _TOKEN_ID.fullmatch(token_id) \
-                or not await self.storage.delete_token(token_id):
-            raise AuthServiceError("not_found", f"no token {str(token_id)[:20]!r}")
-        await self.audit_log.record("token.delete", token_id=token_id, actor=actor)
+    async def delete_token(self, token_id: str, *, actor: str = "") -> str:
+        """Remove a token named by its id (``ctl tokens ls``) or by the token itself, as
+        ``ctl tokens add`` printed it. A token value is looked up by its secret's digest and
+        never repeated in the error or the audit event (only its id is). Returns the id."""
+        value = token_id if isinstance(token_id, str) else ""
+        removed = ""
+        if _TOKEN_ID.fullmatch(value) and await self.storage.delete_token(value):
+            removed = value
+        else:
+            record = await self._token_by_value(value)
+            if record is not None and await self.storage.delete_token(record.id):
+                removed = record.id
+        if not removed:
+            shown = f" {value!r}" if _TOKEN_ID.fullmatch(value) else ""
+            raise AuthServiceError("not_found", f"no token{shown} (give its ID from `ctl tokens ls` "
+                                   "or the token as it was printed)")
+        await self.audit_log.record("token.delete", token_id=removed, actor=actor)
+        return removed
+
+    async def _token_by_value(self, value: Any) -> TokenRecord | None:
+        try:
+            return await self.storage.get_token(secret_hash(value, "join token"))
+        except AuthServiceError:
+            return None
 
     async def validate_token(self, token: str, kind: str | None = None) -> TokenInfo:
         """Check a join token without using it (the API's ``-join`` password auth)."""

@@ -146,6 +146,52 @@ class ClusterInfo(_Wire):
     host_ca_pin: str
 
 
+@dataclass(frozen=True, slots=True)
+class BotInfo(_Wire):
+    """A bot as ``ctl bots ls`` lists it."""
+
+    name: str
+    logins: tuple[str, ...]
+    roles: tuple[str, ...]
+    created: float
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedBot(_Wire):
+    """``ctl bots add``: the bot and its single-use bot token ``<secret>.<host CA pin>``."""
+
+    name: str
+    logins: tuple[str, ...]
+    roles: tuple[str, ...]
+    token: str
+    token_id: str
+    expires: float
+
+
+@dataclass(frozen=True, slots=True)
+class HostStatus(_Wire):
+    """A joined node or proxy as ``ctl status`` shows it: ``state`` is "online" when it
+    heartbeat within :data:`~appliance.auth.service.ONLINE_SECONDS`."""
+
+    name: str
+    kind: str
+    last_seen: float
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatus(_Wire):
+    """``ctl status`` (as ``tctl status``): the cluster, its CAs, versions and hosts."""
+
+    cluster: str
+    version: str
+    schema_version: int
+    user_ca_fingerprint: str
+    host_ca_fingerprint: str
+    host_ca_pin: str
+    hosts: tuple[HostStatus, ...]
+
+
 def cert_result(cert: Certificate) -> CertResult:
     return CertResult(cert.to_line(), cert.key_id, cert.principals, float(cert.valid_before),
                       cert.serial)

@@ -18,7 +18,9 @@ Who gets in (each accepted method yields one :class:`~appliance.api.server.Calle
   ``admin`` role in ``jumpgate-roles@jumpgate``, ``<u>`` still an admin in storage, and the
   certificate of ``<u>``'s current generation (a reset or deleted user's are revoked).
   The API is not an OS login, so the principal checked is the certificate's own.
-* **Joining nodes** — password auth as user ``-join`` with a join token's secret. The
+* **Bots** — publickey with a user certificate whose key id is ``bot:<u>``, valid, of ``<u>``'s
+  current generation, ``<u>`` still a bot: it may renew itself only (docs/security.md B3).
+* **Joining nodes** (and bots with a bot token) — password auth as user ``-join`` with a join token's secret. The
   token is looked up, not used: the ``join`` call uses it, so that a failed join can
   say why (``already_used``, ``expired``) and audit it. A token that does not exist
   is refused here. The caller carries the connection's session identifier, which a
@@ -28,7 +30,8 @@ Everything else (plain keys, other certificates, keyboard-interactive) is refuse
 every refusal after a signature or a password is an ``auth`` audit event. After
 authentication there is no pty, shell, exec, port or agent forwarding: only the
 ``jumpgate-api`` subsystem, at most 4 channels per connection, counted when opened,
-and for nodes and proxies the ``jumpgate-watch`` push stream (:mod:`appliance.auth.watch`).
+and for nodes and proxies the ``jumpgate-watch`` push stream (:mod:`appliance.auth.watch`), which
+for an admin carries the audit log (``ctl audit --follow``).
 
 Limits (:mod:`appliance.limits`, docs/security.md § Limits): the listener admits by
 ``AUTH_PROFILE`` (per-source startups, rate and penalties; at most 64 connections per
@@ -142,6 +145,8 @@ class AuthSSHServer(ssh_proto.SSHServer):
             raise _Refused("a plain key (the auth API takes certificates only)")
         if key.cert_type == CERT_TYPE_HOST:
             return await self._host_caller(username, key)
+        if key.cert_type == CERT_TYPE_USER and key.key_id.startswith("bot:"):
+            return await self._bot_caller(username, key)
         if key.cert_type == CERT_TYPE_USER:
             return await self._admin_caller(username, key)
         raise _Refused("unknown certificate type", key.key_id)
@@ -187,6 +192,24 @@ class AuthSSHServer(ssh_proto.SSHServer):
             raise _Refused(f"the certificate of {username} was revoked (the user was reset)", cert.key_id)
         return Caller("admin", username, self.client_ip)
 
+    async def _bot_caller(self, username: str, cert: Certificate) -> Caller:
+        """A bot renewing itself (docs/security.md B3): its own unexpired ``bot:<name>``
+        certificate of its current generation, and ``<name>`` still a bot."""
+        if cert.key_id != f"bot:{username}":
+            raise _Refused(f"bot certificate key id is not bot:{username}", cert.key_id)
+        try:
+            principal = cert.principals[0] if cert.principals else ""
+            validate_user_certificate(cert, principal=principal, trusted_cas=[self.ca.user_ca_public],
+                                      now=self.clock(), source_address=self.client_ip or None)
+        except CertificateError as exc:
+            raise _Refused(str(exc), cert.key_id) from None
+        record = await self.service.storage.get_user(username)
+        if record is None or not record.is_bot:
+            raise _Refused(f"no bot {username} (removed?)", cert.key_id)
+        if generation_of(cert) < await self.service.storage.get_generation(username):
+            raise _Refused(f"the certificate of bot {username} was revoked", cert.key_id)
+        return Caller("bot", username, self.client_ip)
+
     async def _caller_for_token(self, username: str, password: str) -> Caller:
         if username != JOIN_USER:
             raise _Refused("password authentication is only for joining nodes")
@@ -220,8 +243,8 @@ class AuthSSHServer(ssh_proto.SSHServer):
         if self.caller is None:  # cannot happen after auth; fail closed all the same
             return 1
         watch = session.kind == "subsystem" and session.subsystem == WATCH_SUBSYSTEM
-        if watch and self.feed is not None and self.caller.kind in _HOST_CALLERS:
-            await self.feed.serve(session, self.caller.kind)
+        if watch and self.feed is not None and self.caller.kind in (*_HOST_CALLERS, "admin"):
+            await self.feed.serve(session, self.caller.kind)  # an admin's is the audit log (ctl audit --follow)
             return 0
         if session.kind != "subsystem" or session.subsystem != SUBSYSTEM:
             await session.send_stderr(f"this server only offers the {SUBSYSTEM} subsystem\r\n".encode())

@@ -12,7 +12,8 @@ whether a user name exists).
 
 * :class:`~.accounts.Accounts` — users, invites, signup, login and user certificates;
 * :class:`~.hosts.Hosts` — join tokens, joining, heartbeats, the node inventory and host
-  certificates.
+  certificates;
+* :class:`~.bots.Bots` — automation identities, their bot tokens and certificates.
 
 What the two share stays here: the cluster's CAs and their exports, the audit log, and the
 argument checks of :mod:`.checks`. The API dispatcher calls the service's methods by name
@@ -29,6 +30,7 @@ is the background work.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -40,12 +42,14 @@ from ..audit import AuditEvent, AuditEventError
 from ..storage.base import Storage
 from . import krl, passwords
 from .accounts import LOCK_SECONDS, MAX_FAILED_LOGINS, USER_CERT_TTL, Accounts
+from .accounts import _check_user_roles as check_user_roles
+from .bots import Bots
 from .audit_log import DEFAULT_REFUSALS_PER_SOURCE, DEFAULT_RETENTION_DAYS, AuditLog
 from .ca import CAError, ClusterCA
-from .checks import ERROR_CODES, AuthServiceError, bad_request, check_dns_name
+from .checks import ERROR_CODES, AuthServiceError, bad_request, check_dns_name, check_list
 from .hosts import HOST_CERT_TTL, TOKEN_TTL, Hosts
-from .results import (CertResult, ClusterInfo, CreatedToken, HeartbeatResult, Invite, InviteInfo, JoinResult,
-                      LoginResult, TokenInfo, UserInfo, to_wire)
+from .results import (CertResult, ClusterInfo, ClusterStatus, CreatedToken, HeartbeatResult, HostStatus, Invite,
+                      InviteInfo, JoinResult, LoginResult, TokenInfo, UserInfo, to_wire)
 from .timing import FailureDelay
 
 __all__ = [
@@ -55,6 +59,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("jumpgate.auth")
+
+#: A node or proxy that heartbeat this recently is "online" in ``ctl status`` (3 heartbeats).
+ONLINE_SECONDS = 90.0
 
 
 async def _cluster_name_warning(storage: Storage, cluster: str) -> str:
@@ -105,6 +112,7 @@ class AuthService:
     list_users = _Delegate("users")
     delete_user = _Delegate("users")
     reset_user = _Delegate("users")
+    unlock_user = _Delegate("users")
     get_invite = _Delegate("users")
     complete_signup = _Delegate("users")
     login = _Delegate("users")
@@ -124,6 +132,14 @@ class AuthService:
     remove_node = _Delegate("hosts")
     sign_host_cert = _Delegate("hosts")
     sign_auth_cert = _Delegate("hosts")
+    # -- bots (appliance/auth/bots.py) ------------------------------------------------
+    create_bot = _Delegate("bots")
+    add_bot_token = _Delegate("bots")
+    list_bots = _Delegate("bots")
+    delete_bot = _Delegate("bots")
+    sign_bot_cert = _Delegate("bots")
+    bot_join = _Delegate("bots")
+    renew_bot_cert = _Delegate("bots")
 
     def __init__(self, storage: Storage, ca: ClusterCA, *,
                  clock: Callable[[], float] = time.time,
@@ -141,6 +157,7 @@ class AuthService:
                                   refusals_per_source=audit_refusals_per_source)
         self.users = Accounts(storage, ca, self.audit_log, clock=clock, hasher=hasher, failure_delay=failure_delay)
         self.hosts = Hosts(storage, ca, self.audit_log, clock=clock)
+        self.bots = Bots(storage, ca, self.audit_log, clock=clock, check_roles=check_user_roles)
 
     @classmethod
     async def create(cls, storage: Storage, cluster: str, *,
@@ -206,6 +223,19 @@ class AuthService:
         return ClusterInfo(self.cluster, self.ca.host_ca_known_hosts_line(),
                            self.ca.user_ca_line(), self.ca.pin_for_host_ca())
 
+    async def cluster_status(self) -> ClusterStatus:
+        """``ctl status``: the cluster's name, its CAs' fingerprints and the host CA's pin (what
+        join tokens carry), the version and storage schema of this auth service, and every
+        joined node and proxy with its last heartbeat."""
+        from .. import __version__
+        now = self._clock()
+        hosts = tuple(HostStatus(n.name, n.kind, n.last_seen,
+                                 "online" if now - n.last_seen <= ONLINE_SECONDS else "offline")
+                      for n in await self.storage.list_nodes() if n.kind in ("node", "proxy"))
+        return ClusterStatus(self.cluster, __version__, int(getattr(self.storage, "schema_version", 0) or 0),
+                             self.ca.user_ca_public.fingerprint(), self.ca.host_ca_public.fingerprint(),
+                             self.ca.pin_for_host_ca(), hosts)
+
     # -- audit -----------------------------------------------------------------------
     async def emit_audit(self, event: Mapping[str, Any], *, emitter: str = "") -> int:
         """Record an event reported by a node or proxy (session.start, exec, ...): a success
@@ -217,11 +247,31 @@ class AuthService:
             raise bad_request(str(exc)) from None
         return await self.audit_log.append(record)
 
-    async def list_audit(self, limit: int = 100, before_id: int | None = None) -> list[AuditEvent]:
-        """Newest first; page with ``before_id`` = the last id seen."""
+    async def list_audit(self, limit: int = 100, before_id: int | None = None, types: Sequence[str] = (),
+                         user: str = "", since: float = 0.0) -> list[AuditEvent]:
+        """Newest first; page with ``before_id`` = the last id seen. ``types`` are event names
+        (``user.login``) or a family (``user.*``); ``user`` the user an event is about;
+        ``since`` an epoch time (``ctl audit --type/--user/--since``)."""
         if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= 10_000:
             raise bad_request("limit must be 1..10000")
         if before_id is not None and (isinstance(before_id, bool) or not isinstance(before_id, int)):
             raise bad_request("before_id must be an integer")
+        types = check_audit_types(types)
+        if not isinstance(user, str) or len(user) > 64:
+            raise bad_request("user must be a user name")
+        if isinstance(since, bool) or not isinstance(since, (int, float)) or not math.isfinite(since):
+            raise bad_request("since must be an epoch time")
         await self.audit_log.flush()  # the refusals still queued are part of the answer
-        return list(await self.storage.list_audit(limit, before_id))
+        return list(await self.storage.list_audit(limit, before_id, events=types, user=user, since=float(since)))
+
+
+def check_audit_types(types: Any) -> tuple[str, ...]:
+    """Event names of :data:`appliance.audit.EVENT_CODES`, or a family ``area.*`` of them."""
+    from ..audit import EVENT_CODES
+    families = {name.split(".")[0] + ".*" for name in EVENT_CODES if "." in name}
+    types = check_list(types, lambda t, w: t if isinstance(t, str) else "", "event type", 32)
+    unknown = [t for t in types if t not in EVENT_CODES and t not in families]
+    if unknown:
+        raise bad_request(f"unknown event type {unknown[0][:40]!r} (e.g. user.login, user.*, "
+                          f"node.join; all: {', '.join(sorted(EVENT_CODES))})")
+    return types

@@ -26,9 +26,15 @@ Theory of operation:
   Its queue is bounded (:data:`SUBSCRIBER_QUEUE`): a watcher that falls that far behind is
   dropped (its channel closes) and reconnects for a fresh snapshot; it never slows the feed
   or the other watchers.
-* What each caller may see: every watcher gets users' certificate generations and the
-  registered proxies with their host keys (a node checks a relay line's proxy against them);
-  only proxies get the rest of the inventory.
+* What each caller may see: every node and proxy watcher gets users' certificate generations
+  and the registered proxies with their host keys (a node checks a relay line's proxy against
+  them); only proxies get the rest of the inventory. An **admin** watcher (``jumpgate ctl audit
+  --follow``) gets the audit log instead, and nothing else: each event appended to it, read
+  from storage by the same poll (events other processes append, ``ctl`` on the auth host, are
+  seen too). Nodes and proxies never get audit events.
+* A watcher that falls :data:`SUBSCRIBER_QUEUE` pushes behind is **cut**: its send is
+  cancelled and its channel closed at once, even while a send is blocked on a peer that does
+  not read (the SSH window is full); nothing more is kept for it.
 
 Pushes::
 
@@ -36,6 +42,8 @@ Pushes::
                "nodes": [node map]  (proxies only)}
     user      {"name": str, "generation": int, "exists": bool}
     node      {"name": str, "node": node map | None}    (None: removed)
+    audit     an audit event's wire map {"id", "event", "code", "time", "user", "success", "fields"}
+              (admins only; their snapshot is {"audit_last_id": int})
 
 A node map is ``{"name", "kind", "addr", "labels", "last_seen", "tunnel", "host_key"}``.
 Generations are sent for users whose generation changed within :data:`REVOCATION_HORIZON`:
@@ -86,9 +94,11 @@ def node_map(node: NodeRecord) -> dict[str, Any]:
 
 class _Subscriber:
     def __init__(self, caller: str) -> None:
-        self.caller = caller  # the watcher's caller kind: node or proxy
+        self.caller = caller  # the watcher's caller kind: node, proxy or admin
         self.send, self.receive = trio.open_memory_channel[tuple[int, Push]](SUBSCRIBER_QUEUE)
         self.overflowed = False
+        #: Cancelled when the subscriber overflows: cuts a send blocked on a peer that does not read.
+        self.scope = trio.CancelScope()
         self.sent_id = 0          # every change up to this id is on the watcher's stream
         self._progress = trio.Event()
 
@@ -100,6 +110,7 @@ class _Subscriber:
         except trio.WouldBlock:
             self.overflowed = True  # too far behind: it must resync from a snapshot
             self.send.close()
+            self.scope.cancel()
             self.sent(change_id)
 
     def sent(self, change_id: int) -> None:
@@ -127,6 +138,7 @@ class ChangeFeed:
         self._poll_interval = poll_interval
         self._subscribers: set[_Subscriber] = set()
         self._last_id = 0
+        self._last_audit_id = 0
         self._last_purge = -math.inf
         self._lock = trio.Lock()     # one reader of the feed at a time: pushes stay in order
         self._wake = trio.Event()
@@ -139,6 +151,7 @@ class ChangeFeed:
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Follow the feed until cancelled (``await nursery.start(feed.run)``)."""
         self._last_id = await self.storage.last_change_id()
+        self._last_audit_id = await self.storage.last_audit_id()
         task_status.started()
         while True:
             with trio.move_on_after(self._poll_interval):
@@ -157,11 +170,23 @@ class ChangeFeed:
                 for push in await self._pushes(change):
                     self._publish(change.id, push)
                 self._last_id = change.id
+            await self._poll_audit()
             now = self._clock()
             if now - self._last_purge >= PURGE_INTERVAL:
                 self._last_purge = now
                 await self.storage.purge_changes(now - CHANGE_RETENTION)
             return len(changes)
+
+    async def _poll_audit(self) -> None:
+        """Push the audit events appended since the last poll to admin watchers (with none,
+        just skip to the newest: a follower starts from its own backlog listing). Audit pushes
+        are no change of the feed's (id 0): :meth:`sync` never waits for them."""
+        if not any(s.caller == "admin" for s in self._subscribers):
+            self._last_audit_id = await self.storage.last_audit_id()
+            return
+        for event in await self.storage.audit_after(self._last_audit_id, BATCH):
+            self._publish(0, Push("audit", event.to_wire()))
+            self._last_audit_id = event.id
 
     async def sync(self, timeout: float = SYNC_TIMEOUT) -> bool:
         """Push every change committed before this call and wait (at most ``timeout``) until
@@ -203,6 +228,8 @@ class ChangeFeed:
             subscriber.send.close()
 
     async def snapshot(self, caller: str) -> Push:
+        if caller == "admin":
+            return Push("snapshot", {"audit_last_id": self._last_audit_id})
         nodes = await self.storage.list_nodes()
         data: dict[str, Any] = {
             "users": await self.storage.list_generations(self._clock() - REVOCATION_HORIZON),
@@ -216,16 +243,17 @@ class ChangeFeed:
         """Stream a snapshot and then the pushes to one watcher until it goes away or falls
         too far behind (then the stream just ends: the watcher reconnects)."""
         with self.subscribe(caller) as subscriber:  # before the snapshot: nothing falls between
-            try:
-                async with self._lock:  # the snapshot holds every change read so far
-                    snapshot, upto = await self.snapshot(caller), self._last_id
-                await stream.send_all(encode_push(snapshot))
-                subscriber.sent(upto)
-                async for change_id, push in subscriber.receive:
-                    await stream.send_all(encode_push(push))
-                    subscriber.sent(change_id)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return
+            with subscriber.scope:
+                try:
+                    async with self._lock:  # the snapshot holds every change read so far
+                        snapshot, upto = await self.snapshot(caller), self._last_id
+                    await stream.send_all(encode_push(snapshot))
+                    subscriber.sent(upto)
+                    async for change_id, push in subscriber.receive:
+                        await stream.send_all(encode_push(push))
+                        subscriber.sent(change_id)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return
             if subscriber.overflowed:
                 log.warning("a %s watcher fell %d changes behind: dropped, it will resync", caller, SUBSCRIBER_QUEUE)
 
@@ -288,9 +316,12 @@ async def request_sync(path: str | os.PathLike[str], timeout: float = SYNC_TIMEO
 
 
 def _visible(push: Push, caller: str) -> bool:
-    """Nodes learn about users and proxies only; a removed name is pushed to everyone.
-    ``caller`` is the watcher's caller kind (:data:`appliance.api.server.CALLER_KINDS`)."""
-    if caller == "proxy" or push.kind != "node":
+    """Admins see the audit log only, and only admins see it; nodes learn about users and
+    proxies only; a removed name is pushed to every node and proxy. ``caller`` is the
+    watcher's caller kind (:data:`appliance.api.server.CALLER_KINDS`)."""
+    if (caller == "admin") != (push.kind == "audit"):
+        return False
+    if caller in ("proxy", "admin") or push.kind != "node":
         return True
     node = push.data.get("node")
     return node is None or node.get("kind") == "proxy"

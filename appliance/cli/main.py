@@ -42,10 +42,19 @@ def _add_start(sub) -> None:
     p.add_argument("--audit-retention-days", type=int, metavar="DAYS",
                    help="days the auth service keeps audit events; older ones are pruned hourly "
                         "(default 365; 0 keeps every event)")
+    p.add_argument("--diag-addr", metavar="HOST:PORT",
+                   help="serve /healthz, /readyz and /metrics (Prometheus) over plain HTTP there, e.g. "
+                        "127.0.0.1:3081 (default: off; a port alone is on loopback)")
     from ..addresses import DEFAULT_PORTS
     for service, port in DEFAULT_PORTS.items():
         p.add_argument(f"--{service}-port", type=_port, metavar="PORT", help=f"{service} port (default {port})")
     p.set_defaults(func="appliance.cli.start:start")
+
+
+def _format(parser) -> argparse.ArgumentParser:
+    """``--format text|json`` on a ctl listing (json: the API's wire form, for scripts)."""
+    parser.add_argument("--format", choices=("text", "json"), default="text")
+    return parser
 
 
 def _add_ctl(sub) -> None:
@@ -62,10 +71,25 @@ def _add_ctl(sub) -> None:
     a.add_argument("name")
     a.add_argument("--logins", required=True, help="comma list of OS logins the user may use")
     a.add_argument("--roles", default="", help="comma list of the user's roles (admin)")
-    users.add_parser("ls", help="list users")
+    _format(users.add_parser("ls", help="list users"))
     r = users.add_parser("rm", help="remove a user")
     r.add_argument("name")
     r = users.add_parser("reset", help="reset a user's password and second factor; prints a new invite")
+    r.add_argument("name")
+    r = users.add_parser("unlock", help="lift a user's lockout after failed logins (password and second "
+                                        "factor kept)")
+    r.add_argument("name")
+
+    bots = ctl.add_parser("bots", help="automation identities (no password, no second factor)"
+                          ).add_subparsers(dest="action", required=True)
+    a = bots.add_parser("add", help="add a bot and print its bot token (or --token-only: a new token)")
+    a.add_argument("name")
+    a.add_argument("--logins", help="comma list of OS logins its certificates name")
+    a.add_argument("--roles", default="", help="comma list of its roles, as a user's (admin)")
+    a.add_argument("--ttl", default="1h", help="the bot token's validity, e.g. 1h (default 1h)")
+    a.add_argument("--token-only", action="store_true", help="a new bot token for an existing bot")
+    _format(bots.add_parser("ls", help="list bots"))
+    r = bots.add_parser("rm", help="remove a bot: its certificates and sessions end within seconds")
     r.add_argument("name")
 
     tokens = ctl.add_parser("tokens", help="join tokens").add_subparsers(dest="action", required=True)
@@ -77,9 +101,11 @@ def _add_ctl(sub) -> None:
                    help="an address (IP or DNS name) the host may be certified for and dialled at "
                         "(the address it joins from counts too, unless another host holds it); "
                         "repeat or comma list")
-    tokens.add_parser("ls", help="list tokens")
-    r = tokens.add_parser("rm", help="remove a token")
-    r.add_argument("token_id")
+    a.add_argument("--labels", default="", help="labels for the node, key=value,...: put into the printed "
+                   "`jumpgate start` command (the node's own --labels are what it advertises)")
+    _format(tokens.add_parser("ls", help="list tokens"))
+    r = tokens.add_parser("rm", help="remove a token (by its ID, or the token as printed)")
+    r.add_argument("token_id", metavar="TOKEN_OR_ID")
 
     nodes = ctl.add_parser("nodes", help="node inventory").add_subparsers(dest="action", required=True)
     a = nodes.add_parser("add", help="register an agentless (OpenSSH) node (a registered name is refused)")
@@ -90,7 +116,7 @@ def _add_ctl(sub) -> None:
     a.add_argument("--name", required=True)
     a.add_argument("--addr", help="HOST:PORT of its sshd (default: unchanged)")
     a.add_argument("--labels", help="key=value,...: replaces all its labels (\"\" removes them; default: unchanged)")
-    nodes.add_parser("ls", help="list nodes")
+    _format(nodes.add_parser("ls", help="list nodes"))
     r = nodes.add_parser("rm", help="remove a node")
     r.add_argument("name")
 
@@ -103,15 +129,41 @@ def _add_ctl(sub) -> None:
     s = auth.add_parser("sign", help="issue a host or user certificate")
     who = s.add_mutually_exclusive_group(required=True)
     who.add_argument("--host", help="host name: writes a host key and certificate for sshd into --out")
-    who.add_argument("--user", help="user name: certifies --pubkey")
+    who.add_argument("--user", help="user name (a person): certifies --pubkey")
+    who.add_argument("--bot", help="bot name (`ctl bots add`): certifies --pubkey as bot:NAME")
     s.add_argument("--out", help="output directory (host) or file (user, default stdout)")
-    s.add_argument("--pubkey", help="public key file to certify (user)")
+    s.add_argument("--pubkey", help="public key file to certify (user, bot)")
     s.add_argument("--principals", help="extra principals (host): addresses (IPs or DNS names), comma list")
-    s.add_argument("--ttl", default="", help="validity, e.g. 1h (user default 1h, host default 30d)")
+    s.add_argument("--ttl", default="", help="validity, e.g. 1h (user and bot default 1h, host default 30d)")
 
-    ev = ctl.add_parser("events", help="recent audit events")
-    ev.add_argument("--limit", type=int, default=50)
+    _format(ctl.add_parser("status", help="the cluster: name, CA fingerprints and pins, versions, services"))
+
+    ev = _format(ctl.add_parser("audit", aliases=["events"], help="the audit log: filter, follow",
+                                description="The newest --limit audit events (oldest first), filtered; "
+                                            "--follow then prints each new one as it is recorded."))
+    ev.add_argument("--type", help="event types, comma list: user.login, or a family: user.* (see appliance/audit.py)")
+    ev.add_argument("--user", help="only events about this user (or bot)")
+    ev.add_argument("--since", help="only events since: a duration back (30m, 2h, 7d) or a UTC time (2026-12-01T10:00)")
+    ev.add_argument("--limit", type=int, default=50, help="at most this many past events (default 50)")
+    ev.add_argument("--follow", "-f", action="store_true",
+                    help="keep printing new events as they come (the auth server's push stream); "
+                         "--format json prints one JSON object a line")
     p.set_defaults(func="appliance.cli.ctl:ctl")
+
+
+def _add_bot(sub) -> None:
+    p = sub.add_parser("bot", help="a bot's certificate agent (as Teleport's tbot)")
+    bot = p.add_subparsers(dest="bot_command", required=True)
+    s = bot.add_parser("start", help="exchange a bot token for a certificate, then keep it renewed",
+                       description="Writes KEY and KEY-cert.pub (0600) into --out; renews the certificate "
+                                   "when two thirds of it have passed. Later starts renew with the saved "
+                                   "certificate (no token needed while it is valid).")
+    s.add_argument("--auth-server", required=True, help="HOST:PORT of the auth service (3025)")
+    s.add_argument("--token", help="the bot token from `jumpgate ctl bots add` (first start)")
+    s.add_argument("--out", required=True, help="directory for the key, certificate and state (made 0700)")
+    s.add_argument("--ttl", default="1h", help="certificate validity, e.g. 1h (default 1h, max 24h)")
+    s.add_argument("--oneshot", action="store_true", help="get or renew one certificate, then exit")
+    p.set_defaults(func="appliance.cli.bot:bot")
 
 
 def _add_signup(sub) -> None:
@@ -122,21 +174,27 @@ def _add_signup(sub) -> None:
 
 
 def _add_login(sub) -> None:
-    p = sub.add_parser("login", help="log in: get a short-lived certificate")
+    p = sub.add_parser("login", help="log in: get a short-lived certificate (or switch to a profile that has one)")
     p.add_argument("--proxy", help="HOST:PORT of the web service (default: from the profile)")
     p.add_argument("--user", help="user name (default: from the profile)")
     p.add_argument("--ttl", help="certificate validity, e.g. 8h (default 12h, max 30h)")
     p.add_argument("--ca-pin", help="pin of the web certificate (sha256:...) for a first login")
-    p.add_argument("--insecure", action="store_true", help="do not verify the web certificate")
+    p.add_argument("--insecure", action="store_true", help="do not verify the web certificate (warns; a pin kept for the proxy wins)")
     p.set_defaults(func="appliance.cli.account:login")
 
 
 def _add_logout(sub) -> None:
-    sub.add_parser("logout", help="remove the certificate and key").set_defaults(func="appliance.cli.account:logout")
+    p = sub.add_parser("logout", help="remove the current profile's certificate and key (other profiles and "
+                                      "the proxies' pins stay)")
+    p.add_argument("--proxy", help="log out the profile(s) of this proxy instead of the current one")
+    p.add_argument("--user", help="log out the profile(s) of this user instead of the current one")
+    p.add_argument("--all", action="store_true", help="log out every profile")
+    p.set_defaults(func="appliance.cli.account:logout")
 
 
 def _add_status(sub) -> None:
-    sub.add_parser("status", help="show the current login").set_defaults(func="appliance.cli.account:status")
+    sub.add_parser("status", help="show the profiles (the current one marked >), their certificates checked"
+                   ).set_defaults(func="appliance.cli.status:status")
 
 
 def _add_ls(sub) -> None:
@@ -184,7 +242,7 @@ def _add_version(sub) -> None:
     sub.add_parser("version", help="print the version").set_defaults(func=None)
 
 
-COMMANDS = {"start": _add_start, "ctl": _add_ctl, "signup": _add_signup, "login": _add_login,
+COMMANDS = {"start": _add_start, "ctl": _add_ctl, "bot": _add_bot, "signup": _add_signup, "login": _add_login,
             "logout": _add_logout, "status": _add_status, "ls": _add_ls, "ssh": _add_ssh, "scp": _add_scp,
             "config": _add_config, "version": _add_version}
 QUIET_COMMANDS = ("ssh",)  # relay a session: no logging set-up unless --debug

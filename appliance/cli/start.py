@@ -86,6 +86,7 @@ def start(args) -> int:
             cluster_name=args.cluster_name, public_addr=args.public_addr, listen_addr=args.listen_addr,
             auth_server=args.auth_server, token=args.token, node_name=args.nodename,
             labels=args.labels, audit_retention_days=args.audit_retention_days,
+            diag_addr=getattr(args, "diag_addr", None),
             port_overrides={name: getattr(args, f"{name}_port") for name in DEFAULT_PORTS
                             if getattr(args, f"{name}_port") is not None})
     except ConfigError as exc:
@@ -143,29 +144,82 @@ def advertised_host(cfg: Config, auth_host: str) -> str:
     return local_address_towards(auth_host)
 
 
+class Diag:
+    """What the diagnostics endpoint reads (:mod:`appliance.diag`): this process's metrics, its
+    readiness checks and the listeners its services serve on. One per ``run_services``."""
+
+    def __init__(self, cfg: Config) -> None:
+        from ..diag import Metrics, Readiness
+        self.metrics, self.readiness = Metrics(), Readiness()
+        self.expected = [s for s in cfg.services if s != "tunnel"]
+        self.metrics.services = list(self.expected)
+        self.listeners: dict[str, object] = {}
+        self.metrics.gauge("up", lambda: {s: 1 for s in self.listeners})
+        self.metrics.gauge("connections", self._connections)
+        self.readiness.add("listeners", self._listeners_up)
+
+    def listening(self, service: str, listener: object) -> None:
+        self.listeners[service] = listener
+
+    def _connections(self) -> dict[str, float]:
+        counts = {}
+        for service, listener in self.listeners.items():
+            admission = getattr(listener, "admission", None)
+            if admission is not None:
+                counts[service] = admission.startups + admission.authenticated
+        return counts
+
+    async def _listeners_up(self) -> str:
+        missing = [s for s in self.expected if s not in self.listeners]
+        return f"not listening yet: {', '.join(missing)}" if missing else ""
+
+    def counted_sink(self, service: str, emit):
+        async def sink(event: dict) -> None:
+            self.metrics.observe_audit(service, event)
+            await emit(event)
+        return sink
+
+    def beat(self, service: str):
+        return lambda: self.metrics.count("heartbeats", service)
+
+
+async def _start_diag(nursery: trio.Nursery, cfg: Config, diag: Diag) -> None:
+    from ..addresses import parse_endpoint
+    from ..diag import serve_diag
+    host, port = parse_endpoint(cfg.diag_addr, 0)
+    listeners = await bind_listeners("diag", host, port)
+    bound = await nursery.start(supervised, "diag", functools.partial(
+        serve_diag, host, port, diag.metrics, diag.readiness, listeners=listeners))
+    log.info("diagnostics on http://%s/ (healthz, readyz, metrics)", format_endpoint(*bound))
+
+
 async def run_services(cfg: Config, session_nofile: int | None = None) -> None:
     """Every configured service, until one fails (ServiceFailed) or the program is cancelled.
     ``session_nofile`` is the soft descriptor limit node sessions get (None: the process's)."""
     data_dir = prepare_data_dir(cfg.data_dir)
+    diag = Diag(cfg)
     async with trio.open_nursery() as nursery:
+        if cfg.diag_addr:
+            await _start_diag(nursery, cfg, diag)
         auth_service = None
         if "auth" in cfg.services:
-            auth_service = await _start_auth(nursery, cfg, data_dir)
+            auth_service = await _start_auth(nursery, cfg, data_dir, diag)
             auth_addr = format_endpoint("127.0.0.1", cfg.ports["auth"])
         else:
             auth_addr = cfg.auth_server
         host = advertised_host(cfg, host_of(auth_addr))
         cluster = auth_service.cluster if auth_service is not None else ""
         if "node" in cfg.services:
-            cluster = await _start_node(nursery, cfg, data_dir, auth_addr, host, auth_service, session_nofile) or cluster
+            cluster = await _start_node(nursery, cfg, data_dir, auth_addr, host, auth_service, session_nofile,
+                                        diag) or cluster
         if "proxy" in cfg.services or "web" in cfg.services:
-            cluster = await _start_proxy_and_web(nursery, cfg, data_dir, auth_addr, host, auth_service) or cluster
+            cluster = await _start_proxy_and_web(nursery, cfg, data_dir, auth_addr, host, auth_service, diag) or cluster
         _print_banner(cfg, cluster)
 
 
 # ---------------------------------------------------------------------------------- auth
 
-async def _start_auth(nursery: trio.Nursery, cfg: Config, data_dir: Path):
+async def _start_auth(nursery: trio.Nursery, cfg: Config, data_dir: Path, diag: Diag):
     from ssh_proto.keys import PrivateKey, load_private_key, write_private_key
     from ..auth.server import serve_auth
     from ..auth.service import AuthService, AuthServiceError
@@ -185,7 +239,9 @@ async def _start_auth(nursery: trio.Nursery, cfg: Config, data_dir: Path):
     await nursery.start(supervised, "auth", auth_service.run)  # the audit log's writer and retention, rehashes
     # what `jumpgate ctl` on this host needs to know about the running cluster
     (auth_dir / "cluster.json").write_text(json.dumps({
-        "cluster": auth_service.cluster, "host": cfg.host_name, "ports": cfg.ports}) + "\n")
+        "cluster": auth_service.cluster, "host": cfg.host_name, "ports": cfg.ports,
+        "services": list(cfg.services), "listen_addr": cfg.listen_addr, "diag_addr": cfg.diag_addr,
+        "pid": os.getpid(), "started": time.time()}) + "\n")
     key_path = auth_dir / "host_key"
     if key_path.exists():
         key = load_private_key(str(key_path))
@@ -201,12 +257,41 @@ async def _start_auth(nursery: trio.Nursery, cfg: Config, data_dir: Path):
     # `jumpgate ctl` on this host writes the database itself, then knocks here (issue 14 item 6)
     await nursery.start(supervised, "auth", functools.partial(feed.serve_sync, auth_dir / SYNC_SOCKET))
     try:
-        await nursery.start(supervised, "auth", functools.partial(serve_auth, auth_service, auth_service.ca, (key, cert),
-                                                                  cfg.listen_addr, cfg.ports["auth"], feed=feed))
+        listener = await nursery.start(supervised, "auth", functools.partial(
+            serve_auth, auth_service, auth_service.ca, (key, cert), cfg.listen_addr, cfg.ports["auth"], feed=feed))
     except OSError as exc:
         raise CliError(f"auth: cannot listen on port {cfg.ports['auth']}: {exc.strerror or exc}") from None
+    diag.listening("auth", listener)
+
+    async def storage_answers() -> str:
+        await storage.last_change_id()
+        return ""
+
+    async def ca_loaded() -> str:
+        return "" if auth_service.ca.user_ca_public and auth_service.ca.host_ca_public else "no CA"
+
+    diag.readiness.add("storage", storage_answers)
+    diag.readiness.add("ca", ca_loaded)
     log.info("auth API listening on %s:%d (cluster %s)", cfg.listen_addr, cfg.ports["auth"], auth_service.cluster)
     return auth_service
+
+
+# ---------------------------------------------------------------------------------- listeners
+
+async def bind_listeners(service: str, host: str, port: int) -> list[trio.SocketListener]:
+    """Bind a service's port *before* anything that cannot be undone (docs/security.md J10):
+    a node or proxy that joined and then found its port taken would have spent its
+    single-use token for nothing. The failure names the port and says the token is unused."""
+    try:
+        return await trio.open_tcp_listeners(port, host=host or None)
+    except OSError as exc:
+        raise CliError(f"{service}: cannot listen on {format_endpoint(host or '0.0.0.0', port)}: "
+                       f"{exc.strerror or exc} (nothing was joined: a join token is still unused)") from None
+
+
+async def _close_all(listeners: list[trio.SocketListener]) -> None:
+    for listener in listeners:
+        await listener.aclose()
 
 
 # ---------------------------------------------------------------------------------- identities
@@ -285,7 +370,7 @@ async def _audit_sink(nursery: trio.Nursery, pool, service: str):
 # ---------------------------------------------------------------------------------- node
 
 async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_addr: str, host: str, auth_service,
-                      session_nofile: int | None = None) -> None:
+                      session_nofile: int | None = None, diag: Diag | None = None) -> None:
     from ..api.pool import ApiPool
     from ..membership import MembershipHolder, heartbeat_loop
     from ..node.labels import CommandLabel, LabelSet
@@ -293,7 +378,12 @@ async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_a
     from ..node.server import NodeIdentity, serve_node
 
     addr = format_endpoint(host, cfg.ports["node"])
-    member = await _membership(cfg, data_dir, "node", cfg.node_name, auth_addr, host, addr, auth_service)
+    listeners = await bind_listeners("node", cfg.listen_addr, cfg.ports["node"])
+    try:
+        member = await _membership(cfg, data_dir, "node", cfg.node_name, auth_addr, host, addr, auth_service)
+    except BaseException:
+        await _close_all(listeners)
+        raise
     holder = MembershipHolder(member)
     view = ClusterView()
     pool = ApiPool(holder.api_factory(auth_addr), view=view)
@@ -305,17 +395,18 @@ async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_a
         return NodeIdentity(ident.host_key, ident.host_cert, (ident.user_ca,), ident.cluster, ident.name,
                             host_cas=(ident.host_ca,))
 
-    try:
-        await nursery.start(supervised, "node", functools.partial(
-            serve_node, provider, cfg.listen_addr, cfg.ports["node"], audit=await _audit_sink(nursery, pool, "node"),
-            session_nofile=session_nofile, view=view))
-    except OSError as exc:
-        raise CliError(f"node: cannot listen on port {cfg.ports['node']}: {exc.strerror or exc}") from None
+    diag = diag or Diag(cfg)
+    listener = await nursery.start(supervised, "node", functools.partial(
+        serve_node, provider, cfg.listen_addr, cfg.ports["node"],
+        audit=diag.counted_sink("node", await _audit_sink(nursery, pool, "node")),
+        session_nofile=session_nofile, view=view, listeners=listeners))
+    diag.listening("node", listener)
     labels = LabelSet(cfg.labels, {name: CommandLabel(list(c.command), c.period)
                                    for name, c in cfg.command_labels.items()})
     await nursery.start(supervised, "node", labels.run)
     await nursery.start(supervised, "node", functools.partial(
-        heartbeat_loop, holder.api_factory(auth_addr), member.name, addr, labels.current, holder=holder))
+        heartbeat_loop, holder.api_factory(auth_addr), member.name, addr, labels.current, holder=holder,
+        on_beat=diag.beat("node")))
     log.info("node %s serving SSH on %s:%d", member.name, cfg.listen_addr, cfg.ports["node"])
     return member.cluster
 
@@ -323,7 +414,7 @@ async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_a
 # ---------------------------------------------------------------------------------- proxy + web
 
 async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_addr: str, host: str,
-                               auth_service) -> None:
+                               auth_service, diag: Diag | None = None) -> None:
     from ..api.pool import ApiPool
     from ..cluster_view import ClusterView
     from ..membership import MembershipHolder, heartbeat_loop
@@ -335,7 +426,15 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
     name = f"{cfg.node_name}-proxy"  # node and proxy names share one inventory
     # users reach the proxy by the host's public name (in its certificate's principals)
     proxy_addr = format_endpoint(cfg.host_name, cfg.ports["proxy"])
-    member = await _membership(cfg, data_dir, "proxy", name, auth_addr, host, proxy_addr, auth_service)
+    reserved = {service: await bind_listeners(service, cfg.listen_addr, cfg.ports[service])
+                for service in ("proxy", "web") if service in cfg.services}
+    try:
+        member = await _membership(cfg, data_dir, "proxy", name, auth_addr, host, proxy_addr, auth_service)
+    except BaseException:
+        for listeners in reserved.values():
+            await _close_all(listeners)
+        raise
+    diag = diag or Diag(cfg)
     holder = MembershipHolder(member)
     view = ClusterView()
     pool = ApiPool(holder.api_factory(auth_addr), view=view)
@@ -349,14 +448,14 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
         def provider() -> ProxyIdentity:
             return ProxyIdentity(holder.current.host_key, holder.current.host_cert)
 
-        try:
-            await nursery.start(supervised, "proxy", functools.partial(
-                serve_proxy, provider, [member.user_ca], Routes(directory), cfg.listen_addr, cfg.ports["proxy"],
-                audit=await _audit_sink(nursery, pool, "proxy"), view=view))
-        except OSError as exc:
-            raise CliError(f"proxy: cannot listen on port {cfg.ports['proxy']}: {exc.strerror or exc}") from None
+        listener = await nursery.start(supervised, "proxy", functools.partial(
+            serve_proxy, provider, [member.user_ca], Routes(directory), cfg.listen_addr, cfg.ports["proxy"],
+            audit=diag.counted_sink("proxy", await _audit_sink(nursery, pool, "proxy")),
+            view=view, listeners=reserved["proxy"]))
+        diag.listening("proxy", listener)
         await nursery.start(supervised, "proxy", functools.partial(
-            heartbeat_loop, holder.api_factory(auth_addr), member.name, proxy_addr, lambda: {}, holder=holder))
+            heartbeat_loop, holder.api_factory(auth_addr), member.name, proxy_addr, lambda: {}, holder=holder,
+            on_beat=diag.beat("proxy")))
         log.info("proxy serving SSH on %s:%d", cfg.listen_addr, cfg.ports["proxy"])
     if "web" in cfg.services:
         try:
@@ -364,12 +463,10 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
                                  cert_path=cfg.web_cert or None, key_path=cfg.web_key or None)
         except TLSSetupError as exc:
             raise CliError(f"web: {exc}") from None
-        try:
-            await nursery.start(supervised, "web", functools.partial(
-                serve_web, pool, tls.cert_path, tls.key_path, cfg.listen_addr, cfg.ports["web"],
-                proxy_ssh_addr=proxy_addr, public_addr=web_public_addr(cfg)))
-        except OSError as exc:
-            raise CliError(f"web: cannot listen on port {cfg.ports['web']}: {exc.strerror or exc}") from None
+        endpoint = await nursery.start(supervised, "web", functools.partial(
+            serve_web, pool, tls.cert_path, tls.key_path, cfg.listen_addr, cfg.ports["web"],
+            proxy_ssh_addr=proxy_addr, public_addr=web_public_addr(cfg), listeners=reserved["web"]))
+        diag.listening("web", endpoint)
         log.info("web serving HTTPS on %s:%d (certificate pin %s)", cfg.listen_addr, cfg.ports["web"], tls.pin)
     return member.cluster
 

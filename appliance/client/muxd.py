@@ -1,4 +1,7 @@
-"""The session daemon: one per profile, holding the proxy connection for thin ``jumpgate ssh`` clients.
+"""The session daemon: one per client home, for thin ``jumpgate ssh`` clients of its current profile.
+
+It reads the profile through ``current`` (:mod:`.profiles`) at each session, and a switch of
+profile (``jumpgate login``) stops it, so it never keeps serving the previous user.
 
 :mod:`.muxclient` starts it (fork, lock, socket) and then calls :func:`serve_forever`.
 :class:`MuxDaemon` accepts the thin clients on the profile's socket; for each session

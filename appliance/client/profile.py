@@ -1,8 +1,12 @@
-"""The client's state in ``~/.jumpgate`` (``$JUMPGATE_HOME`` overrides it).
+"""One profile's files: who the client is logged in as at one proxy, and its credentials.
 
-Files, all mode 0600 in a directory of mode 0700::
+A profile lives in a directory of its own (:mod:`.profiles` keeps one per proxy and user
+under ``~/.jumpgate``, ``$JUMPGATE_HOME`` overriding it, and points the top-level names
+below at the current one). Files, all mode 0600 in a directory of mode 0700::
 
-    profile.json    {"version": 1, proxy, user, cluster, web_pin, proxy_ssh, expires, logins}
+    profile.json    {"version": 1, proxy, user, cluster, web_pin, proxy_ssh, expires, logins,
+                    user_ca (optional: the cluster's user CA, which ``jumpgate status`` checks
+                    the certificate against)}
     key             the private key (ed25519, OpenSSH format), made fresh at every login
     key.pub         its public half
     key-cert.pub    the user certificate the cluster issued for it
@@ -11,7 +15,10 @@ Files, all mode 0600 in a directory of mode 0700::
 
 ``key`` and ``key-cert.pub`` follow OpenSSH's naming, so ``ssh -i ~/.jumpgate/key`` and
 :func:`ssh_proto.keys.load_identity` find the certificate on their own. Other commands
-(``jumpgate ssh``, ``jumpgate config``) use :class:`ClientPaths` for the paths.
+(``jumpgate ssh``, ``jumpgate config``) use :class:`ClientPaths` for the paths;
+:meth:`Profile.load` of the top-level directory answers with the current profile's own
+directory (``CURRENT_LINK`` resolved once), so that what it then writes lands there and a
+key and its certificate are never read from two different profiles.
 
 >>> paths = ClientPaths(Path("/home/alice/.jumpgate"))
 >>> str(paths.identity_path), str(paths.cert_path)
@@ -21,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,10 +41,12 @@ from ..files import write_atomic
 from .home import ENV_HOME, jumpgate_home
 from .trust import known_hosts_line
 
-__all__ = ["ENV_HOME", "ClientPaths", "Profile", "ProfileError", "jumpgate_home"]
+__all__ = ["CURRENT_LINK", "ENV_HOME", "ClientPaths", "Profile", "ProfileError", "jumpgate_home"]
 
 PROFILE_VERSION = 1
 _MAX_PROFILE = 64 * 1024
+#: In the top-level directory: a relative symlink to the current profile's directory.
+CURRENT_LINK = "current"
 
 
 class ProfileError(Exception):
@@ -73,10 +83,23 @@ class ClientPaths:
     def known_hosts_path(self) -> Path:
         return self.home / "known_hosts"
 
-    def ensure_home(self) -> None:
-        """Create the directory (0700), or tighten an existing one to 0700."""
+    def resolved(self) -> ClientPaths:
+        """The directory whose files these are: the current profile's when ``home`` is the
+        top-level directory of :mod:`.profiles` (its ``current`` link read once), else itself."""
+        link = self.home / CURRENT_LINK
         try:
-            self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+            target = os.readlink(link)
+        except OSError:  # no link (a profile directory, the old layout, or nobody current)
+            return self
+        return ClientPaths(self.home / target)
+
+    def ensure_home(self) -> None:
+        """Create the directory and any missing parent (each 0700), or tighten it to 0700."""
+        missing = [d for d in (self.home, *self.home.parents) if not d.exists()]
+        try:
+            for directory in reversed(missing):
+                directory.mkdir(mode=0o700, exist_ok=True)
+                directory.chmod(0o700)
             if self.home.stat().st_mode & 0o077:
                 self.home.chmod(0o700)
         except OSError as exc:
@@ -142,6 +165,10 @@ def _check_fields(raw: Any, path: Path) -> dict[str, Any]:
         raise ProfileError(f"{path}: 'logins' must be a list of strings")
     values["logins"] = tuple(values["logins"])
     values["expires"] = float(values["expires"])
+    user_ca = raw.get("user_ca", "")  # optional: profiles written before it was kept
+    if not isinstance(user_ca, str):
+        raise ProfileError(f"{path}: field 'user_ca' is of the wrong type")
+    values["user_ca"] = user_ca
     return values
 
 
@@ -160,6 +187,7 @@ class Profile:
     proxy_ssh: str = ""
     expires: float = 0.0
     logins: tuple[str, ...] = ()
+    user_ca: str = ""
     paths: ClientPaths = field(default_factory=ClientPaths.default, compare=False)
 
     @property
@@ -176,8 +204,13 @@ class Profile:
 
     @classmethod
     def load(cls, paths: ClientPaths | None = None) -> Profile | None:
-        """The saved profile, or None if there is none. A corrupt file raises ProfileError."""
-        paths = paths or ClientPaths.default()
+        """The saved profile, or None if there is none. A corrupt file raises ProfileError.
+        ``paths`` of the top-level directory give the current profile, with its own paths."""
+        return cls.read_at((paths or ClientPaths.default()).resolved())
+
+    @classmethod
+    def read_at(cls, paths: ClientPaths) -> Profile | None:
+        """The profile.json of exactly ``paths`` (no ``current`` link followed), or None."""
         path = paths.profile_path
         try:
             with open(path, "rb") as f:

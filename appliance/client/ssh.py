@@ -39,7 +39,7 @@ import trio
 
 import ssh_proto
 from ssh_proto.errors import AuthError, ChannelError, ChannelOpenError, HostKeyNotVerifiable, KeyFormatError, SSHError
-from ssh_proto.keys import Certificate, PrivateKey, load_private_key, load_public_file
+from ssh_proto.keys import Certificate, PrivateKey, load_public_file
 from ssh_proto.messages import OPEN_ADMINISTRATIVELY_PROHIBITED
 from ssh_proto.known_hosts import MARKER_CERT_AUTHORITY, KnownHosts
 
@@ -49,6 +49,7 @@ from ..errors import ChannelProtocolError
 from ..inventory import NodeRecord
 from ..timestamps import format_time
 from ..proxy.routing import NODES_SUBSYSTEM, decode_list_response, encode_list_request
+from .keyfile import UnprotectedKeyError, load_private_key_file
 from .trust import node_host_check, proxy_host_check
 
 __all__ = ["PROXY_PORT", "NODE_PORT", "ConnectError", "Credentials", "ScpProtocolError", "connect_node",
@@ -127,11 +128,13 @@ def load_credentials(profile) -> Credentials:
     if profile is None:
         raise ConnectError("not logged in; run `jumpgate login --proxy HOST:3080 --user NAME`")
     try:
-        key = load_private_key(profile.identity_path)
+        key = load_private_key_file(profile.identity_path)
         cert, _ = load_public_file(profile.cert_path)
         known_hosts = KnownHosts.load(profile.known_hosts_path)
     except FileNotFoundError:
         raise ConnectError(f"no key or certificate in {profile.identity_path.parent}; {LOGIN_HINT}") from None
+    except UnprotectedKeyError as exc:
+        raise ConnectError(str(exc)) from None
     except (OSError, KeyFormatError) as exc:
         raise ConnectError(f"cannot read your credentials: {exc}; {LOGIN_HINT}") from None
     if not isinstance(cert, Certificate) or cert.public_key != key.public_key:

@@ -46,7 +46,7 @@ import logging
 import os
 import time
 import uuid
-from typing import Awaitable, Callable, Collection
+from typing import Awaitable, Callable, Collection, Sequence
 
 import trio
 
@@ -58,7 +58,7 @@ from ssh_proto.trio_io.agent import forward_agent_to_unix_socket
 
 from .. import login_hints
 from ..addresses import NODE_PORT
-from ..auth.ca import generation_of
+from ..auth.ca import generation_of, holder_of
 from ..cluster_view import ClusterView
 from ..limits import NODE_OPTIONS, NODE_PROFILE
 from ..relay import RELAY_PREFIX, RelayedPeer, RelayVerifier
@@ -94,8 +94,8 @@ def host_keys_of(identity: NodeIdentity) -> tuple[tuple[PrivateKey, Certificate 
 
 
 def _user_of(key_id: str) -> str:
-    """The cluster user a certificate was issued to ("user:<name>" key ids), kept short."""
-    return key_id.removeprefix("user:")[:MAX_AUDIT_USER]
+    """The cluster user a certificate was issued to ("user:<name>", a bot's "bot:<name>"), kept short."""
+    return holder_of(key_id)[1][:MAX_AUDIT_USER]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -347,7 +347,8 @@ class NodeServer(ssh_proto.SSHServer):
         context = {"node": self.identity.name, "cluster": self.identity.cluster,
                    "client_ip": self.endpoints.remote_ip, "client_port": self.endpoints.remote_port}
         if login is not None:
-            context.update(login=login.account.name, key_id=_bounded(login.key_id))
+            context.update(login=login.account.name, key_id=_bounded(login.key_id),
+                           identity=holder_of(login.key_id)[0] or "user")  # "bot" for an automation identity
         if user is None:
             user = login.user if login is not None else ""
         record = {"event": event, "user": user, "success": success, "fields": {**context, **fields}}
@@ -463,8 +464,9 @@ async def serve_node(identity_provider: Callable[[], NodeIdentity], host: str | 
                      session_nofile: int | None = None,
                      profile: ssh_proto.ListenerProfile = NODE_PROFILE,
                      options: ssh_proto.ConnectionOptions = NODE_OPTIONS,
+                     listeners: Sequence[trio.SocketListener] | None = None,
                      task_status=trio.TASK_STATUS_IGNORED) -> None:
-    """Serve the node service until cancelled.
+    """Serve the node service until cancelled (on ``listeners`` when bound beforehand).
 
     ``listener = await nursery.start(serve_node, identity_provider, "0.0.0.0", 3022)``;
     ``listener.port`` is the bound port (pass port 0 for any free one). ``view`` (kept current
@@ -479,4 +481,4 @@ async def serve_node(identity_provider: Callable[[], NodeIdentity], host: str | 
     listener = ssh_proto.SSHListener(factory, host_keys=lambda: host_keys_of(identity_provider()),
                                      preamble=ssh_proto.RelayPreamble(RELAY_PREFIX, _logged(verifier.check)),
                                      profile=profile, options=options)
-    await listener.serve(host, port, task_status=task_status)
+    await listener.serve(host, port, listeners=listeners, task_status=task_status)

@@ -65,7 +65,7 @@ from ssh_proto.messages import OPEN_ADMINISTRATIVELY_PROHIBITED, OPEN_CONNECT_FA
 from ..addresses import PROXY_PORT
 from ..api.protocol import E_INTERNAL, ApiProtocolError, FrameDecoder, parse_request
 from .. import login_hints
-from ..auth.ca import generation_of
+from ..auth.ca import generation_of, holder_of
 from ..cluster_view import ClusterView
 from ..limits import PROXY_OPTIONS, PROXY_PROFILE
 from ..relay import relay_line
@@ -136,10 +136,9 @@ class _TrackedStream(trio.abc.HalfCloseableStream):
 
 
 def _user_of(cert: Certificate) -> str | None:
-    """The cluster user of a certificate whose key id is ``user:<name>``."""
-    if cert.key_id.startswith("user:") and len(cert.key_id) > 5:
-        return cert.key_id[5:]
-    return None
+    """The cluster user of a certificate whose key id is ``user:<name>`` (a bot's: ``bot:<name>``)."""
+    identity, name = holder_of(cert.key_id)
+    return name if identity else None
 
 
 class ProxyServer(ssh_proto.SSHServer):
@@ -180,7 +179,8 @@ class ProxyServer(ssh_proto.SSHServer):
             self._generation = generation_of(key)
             self._unregister = view.live.add(self._close_later(self.conn), user=self.user,
                                              generation=self._generation)
-        await self._emit("auth", True, key_id=perms.key_id, serial=str(perms.serial))
+        await self._emit("auth", True, key_id=perms.key_id, serial=str(perms.serial),
+                         identity=holder_of(perms.key_id)[0] or "user")
         return ssh_proto.Accept(PROXY_POLICY, account=self.user)  # per-user limit: the cluster user
 
     def _close_later(self, conn: ssh_proto.SSHServerConnection) -> Callable[[str], None]:
@@ -379,6 +379,7 @@ async def serve_proxy(identity: ProxyIdentity | Callable[[], ProxyIdentity], use
                       audit: AuditSink | None = None, view: ClusterView | None = None, dialer: Dialer | None = None,
                       profile: ssh_proto.ListenerProfile = PROXY_PROFILE,
                       options: ssh_proto.ConnectionOptions = PROXY_OPTIONS,
+                      listeners: Sequence[trio.SocketListener] | None = None,
                       task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve the proxy service until cancelled.
 
@@ -398,4 +399,4 @@ async def serve_proxy(identity: ProxyIdentity | Callable[[], ProxyIdentity], use
     # the host keys are read at each connection: a renewed certificate applies at once
     listener = ssh_proto.SSHListener(factory, host_keys=lambda: _host_keys(provider()), profile=profile,
                                      options=options)
-    await listener.serve(host, port, task_status=task_status)
+    await listener.serve(host, port, listeners=listeners, task_status=task_status)

@@ -49,6 +49,7 @@ __all__ = [
     "Storage",
     "StorageError",
     "TokenRecord",
+    "USER_KINDS",
     "UserRecord",
 ]
 
@@ -60,9 +61,14 @@ class StorageError(Exception):
     """The database failed or holds something we cannot read (message has no secrets)."""
 
 
+#: What a user is: a person (password + TOTP) or a bot (an automation identity that never has either).
+USER_KINDS = ("human", "bot")
+
+
 @dataclass(frozen=True, slots=True)
 class UserRecord:
-    """A Jumpgate user. ``password_hash``/``totp_secret`` are None until signup completes."""
+    """A Jumpgate user. ``password_hash``/``totp_secret`` are None until signup completes, and
+    always for a ``kind == "bot"`` (which no invite, reset or signup can change)."""
 
     name: str
     logins: tuple[str, ...]
@@ -73,10 +79,15 @@ class UserRecord:
     failed_logins: int = 0
     locked_until: float = 0.0
     created: float = 0.0
+    kind: str = "human"
 
     @property
     def signed_up(self) -> bool:
-        return self.password_hash is not None and self.totp_secret is not None
+        return self.kind == "human" and self.password_hash is not None and self.totp_secret is not None
+
+    @property
+    def is_bot(self) -> bool:
+        return self.kind == "bot"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +104,7 @@ class InviteRecord:
     created: float
     expires: float
     used: float | None = None
+    attempts: int = 0  # signup attempts made with it (A8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,14 +194,18 @@ class Storage(Protocol):
     async def list_users(self) -> list[UserRecord]: ...
     async def put_user(self, user: UserRecord) -> None:
         """Insert or replace a user (invites are kept)."""
-    async def create_user(self, user: UserRecord, invite: InviteRecord) -> bool:
-        """Insert a new user and its invite together; False if the name is taken."""
+    async def create_user(self, user: UserRecord, invite: InviteRecord | None) -> bool:
+        """Insert a new user and its invite together (a bot has none); False if the name is taken.
+        ``put_user`` never changes a user's ``kind``."""
     async def delete_user(self, name: str) -> bool:
         """Delete a user and its invites and bump its certificate generation (the generation
         outlives the user); False if there was no such user."""
     async def reset_user(self, name: str, invite: InviteRecord) -> bool:
         """Clear password, TOTP, failures and lock; replace the user's invites by ``invite``;
-        bump the certificate generation."""
+        bump the certificate generation. False for no such human (a bot is never reset)."""
+    async def unlock_user(self, name: str) -> bool:
+        """Lift the lock and clear the failure count (password and TOTP kept); False if there
+        is no such human (a bot has no lock: it never logs in with a password, B1). Not a change of the user's certificates: no change-feed row."""
     async def reserve_login_attempt(self, name: str, now: float, *, max_failures: int,
                                     lock_seconds: float) -> LoginAttempt:
         """Compare-and-set, before the password is checked: if the user is signed up, not
@@ -230,6 +246,10 @@ class Storage(Protocol):
 
     # -- invites -----------------------------------------------------------------------
     async def get_invite(self, token_hash: str) -> InviteRecord | None: ...
+    async def reserve_invite_attempt(self, token_hash: str, now: float, *, max_attempts: int) -> bool:
+        """Compare-and-set, before the one-time code is checked: if the invite is unused, not
+        expired at ``now`` and has had fewer than ``max_attempts`` attempts, count one and
+        return True; else False (docs/security.md A8)."""
     async def complete_signup(self, token_hash: str, password_hash: str, totp_counter: int,
                               now: float) -> bool:
         """Compare-and-set: if the invite is unused and not expired at ``now``, mark it
@@ -280,6 +300,13 @@ class Storage(Protocol):
         """Delete at most ``limit`` of the oldest events whose time is before ``before``;
         return how many. The only way an event leaves the log (retention); ids are never
         reused."""
-    async def list_audit(self, limit: int = 100, before_id: int | None = None,
+    async def list_audit(self, limit: int = 100, before_id: int | None = None, *,
+                         events: Sequence[str] = (), user: str = "", since: float = 0.0,
                          ) -> Sequence[AuditEvent]:
-        """The newest ``limit`` events (with id < ``before_id`` if given), newest first."""
+        """The newest ``limit`` events (with id < ``before_id`` if given), newest first; only
+        those named in ``events`` (``"user.*"``: every ``user.`` event) when given, of ``user``
+        when given, at or after ``since`` when given."""
+    async def audit_after(self, after_id: int, limit: int = 1000) -> Sequence[AuditEvent]:
+        """Events with id > ``after_id``, oldest first (what a follower has not seen)."""
+    async def last_audit_id(self) -> int:
+        """The newest event's id (0 for an empty log)."""

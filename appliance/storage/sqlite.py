@@ -49,7 +49,7 @@ from .base import (
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 7
 BUSY_TIMEOUT_MS = 5000
 MAX_AUDIT_LIMIT = 10_000
 
@@ -66,7 +66,8 @@ CREATE TABLE users (
     last_totp_counter INTEGER NOT NULL,
     failed_logins INTEGER NOT NULL,
     locked_until REAL NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'human'
 );
 CREATE TABLE invites (
     token_hash TEXT PRIMARY KEY,
@@ -74,7 +75,8 @@ CREATE TABLE invites (
     totp_secret TEXT NOT NULL,
     created REAL NOT NULL,
     expires REAL NOT NULL,
-    used REAL
+    used REAL,
+    attempts INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX invites_by_user ON invites(user);
 CREATE TABLE tokens (
@@ -169,20 +171,33 @@ def _v4_audit_events_by_time(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX audit_events_by_time ON audit_events(time)")
 
 
-def _v5_cas_by_cluster_kind_and_id(db: sqlite3.Connection) -> None:
-    """v5: CAs keyed by cluster, kind and id (issue 15: a leaf cluster holds its root's user CA;
+def _v5_bots(db: sqlite3.Connection) -> None:
+    """v5: a user is a human or a bot (an automation identity: no password, no second factor,
+    certificates from ``ctl auth sign --bot`` or a bot token; issue 14 item 16). Every user of an
+    older release is a human."""
+    db.execute("ALTER TABLE users ADD COLUMN kind TEXT NOT NULL DEFAULT 'human'")
+
+
+def _v6_invite_attempts(db: sqlite3.Connection) -> None:
+    """v6: an invite counts the signup attempts made with it, so its one-time code cannot be
+    guessed (docs/security.md A8). Invites of an older release start with none used."""
+    db.execute("ALTER TABLE invites ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
+
+
+def _v7_cas_by_cluster_kind_and_id(db: sqlite3.Connection) -> None:
+    """v7: CAs keyed by cluster, kind and id (issue 15: a leaf cluster holds its root's user CA;
     a rotation keeps the next key beside the current one). Each CA of the one-per-kind table
     becomes the active CA of its cluster and kind, its id the SHA-256 of its public key, its
     key bytes copied as they are."""
     old = db.execute("SELECT kind, cluster, private_key, public_key, created FROM cas").fetchall()
-    db.execute("CREATE TABLE cas_v5 (cluster TEXT NOT NULL, kind TEXT NOT NULL, id TEXT NOT NULL, "
+    db.execute("CREATE TABLE cas_v7 (cluster TEXT NOT NULL, kind TEXT NOT NULL, id TEXT NOT NULL, "
                "private_key BLOB NOT NULL, public_key BLOB NOT NULL, active INTEGER NOT NULL, "
                "created REAL NOT NULL, PRIMARY KEY (cluster, kind, id))")
-    db.executemany("INSERT INTO cas_v5 VALUES (?,?,?,?,?,1,?)",
+    db.executemany("INSERT INTO cas_v7 VALUES (?,?,?,?,?,1,?)",
                    [(cluster, kind, ca_id(public), private, public, created)
                     for kind, cluster, private, public, created in old])
     db.execute("DROP TABLE cas")
-    db.execute("ALTER TABLE cas_v5 RENAME TO cas")
+    db.execute("ALTER TABLE cas_v7 RENAME TO cas")
     db.execute("CREATE UNIQUE INDEX cas_one_active ON cas(cluster, kind) WHERE active = 1")
 
 
@@ -191,12 +206,14 @@ _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     2: _v2_tokens_bind_name_and_addresses,
     3: _v3_revocation,
     4: _v4_audit_events_by_time,
-    5: _v5_cas_by_cluster_kind_and_id,
+    5: _v5_bots,
+    6: _v6_invite_attempts,
+    7: _v7_cas_by_cluster_kind_and_id,
 }
 
 _USER_COLUMNS = ("name, logins, roles, password_hash, totp_secret, last_totp_counter, "
-                 "failed_logins, locked_until, created")
-_INVITE_COLUMNS = "token_hash, user, totp_secret, created, expires, used"
+                 "failed_logins, locked_until, created, kind")
+_INVITE_COLUMNS = "token_hash, user, totp_secret, created, expires, used, attempts"
 _TOKEN_COLUMNS = "id, token_hash, kind, created, expires, used, used_by, node_name, addresses"
 _NODE_COLUMNS = "name, kind, addr, labels, last_seen, tunnel, addresses, host_key, created"
 _AUDIT_COLUMNS = "id, time, event, code, user, success, fields"
@@ -224,7 +241,7 @@ def _ca(row: Sequence[Any]) -> CARecord:
 
 def _user(row: Sequence[Any]) -> UserRecord:
     return UserRecord(row[0], tuple(_unpack(row[1])), tuple(_unpack(row[2])), row[3], row[4],
-                      row[5], row[6], row[7], row[8])
+                      row[5], row[6], row[7], row[8], row[9])
 
 
 def _node(row: Sequence[Any]) -> NodeRecord:
@@ -313,6 +330,11 @@ class SQLiteStorage:
             self._migrate()
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot open database {self.path}: {exc}") from None
+
+    @property
+    def schema_version(self) -> int:
+        """The schema this database has (an older one was upgraded at open)."""
+        return SCHEMA_VERSION
 
     async def __aenter__(self) -> SQLiteStorage:
         return self
@@ -403,7 +425,7 @@ class SQLiteStorage:
     @staticmethod
     def _user_values(u: UserRecord) -> tuple[Any, ...]:
         return (u.name, _pack(list(u.logins)), _pack(list(u.roles)), u.password_hash,
-                u.totp_secret, u.last_totp_counter, u.failed_logins, u.locked_until, u.created)
+                u.totp_secret, u.last_totp_counter, u.failed_logins, u.locked_until, u.created, u.kind)
 
     async def put_user(self, user: UserRecord) -> None:
         values = self._user_values(user)
@@ -411,7 +433,7 @@ class SQLiteStorage:
         def put(db: sqlite3.Connection) -> None:
             # An UPSERT, not INSERT OR REPLACE: replacing would delete (cascade) the invites.
             db.execute(
-                f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?) "
+                f"INSERT INTO users ({_USER_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT(name) DO UPDATE SET logins=excluded.logins, roles=excluded.roles, "
                 "password_hash=excluded.password_hash, totp_secret=excluded.totp_secret, "
                 "last_totp_counter=excluded.last_totp_counter, "
@@ -420,15 +442,16 @@ class SQLiteStorage:
             self._changed(db, "user", user.name)
         await self._run(put)
 
-    async def create_user(self, user: UserRecord, invite: InviteRecord) -> bool:
+    async def create_user(self, user: UserRecord, invite: InviteRecord | None) -> bool:
         values = self._user_values(user)
 
         def create(db: sqlite3.Connection) -> bool:
             cur = db.execute(f"INSERT OR IGNORE INTO users ({_USER_COLUMNS}) "
-                             "VALUES (?,?,?,?,?,?,?,?,?)", values)
+                             "VALUES (?,?,?,?,?,?,?,?,?,?)", values)
             if cur.rowcount != 1:
                 return False
-            _insert_invite(db, invite)
+            if invite is not None:
+                _insert_invite(db, invite)
             return True
         return await self._run(create)
 
@@ -442,9 +465,10 @@ class SQLiteStorage:
 
     async def reset_user(self, name: str, invite: InviteRecord) -> bool:
         def reset(db: sqlite3.Connection) -> bool:
+            # a bot is never given an invite: it would become a password login (docs/security.md B1)
             cur = db.execute("UPDATE users SET password_hash = NULL, totp_secret = NULL, "
                              "last_totp_counter = -1, failed_logins = 0, locked_until = 0 "
-                             "WHERE name = ?", (name,))
+                             "WHERE name = ? AND kind = 'human'", (name,))
             if cur.rowcount != 1:
                 return False
             db.execute("DELETE FROM invites WHERE user = ?", (name,))
@@ -452,6 +476,11 @@ class SQLiteStorage:
             self._revoke_user_certs(db, name)
             return True
         return await self._run(reset)
+
+    async def unlock_user(self, name: str) -> bool:
+        cur = await self._run(lambda db: db.execute(
+            "UPDATE users SET failed_logins = 0, locked_until = 0 WHERE name = ? AND kind = 'human'", (name,)))
+        return cur.rowcount == 1
 
     def _revoke_user_certs(self, db: sqlite3.Connection, name: str) -> None:
         """Every certificate issued to ``name`` so far stops being valid: a new generation."""
@@ -518,7 +547,7 @@ class SQLiteStorage:
                 "UPDATE users SET "
                 "failed_logins = CASE WHEN failed_logins + 1 >= ? THEN 0 ELSE failed_logins + 1 END, "
                 "locked_until = CASE WHEN failed_logins + 1 >= ? THEN ? ELSE locked_until END "
-                "WHERE name = ? AND password_hash IS NOT NULL AND totp_secret IS NOT NULL "
+                "WHERE name = ? AND kind = 'human' AND password_hash IS NOT NULL AND totp_secret IS NOT NULL "
                 "AND locked_until <= ? AND failed_logins < ?",
                 (max_failures, max_failures, until, name, now, max_failures))
             row = db.execute(f"SELECT {_USER_COLUMNS} FROM users WHERE name = ?", (name,)).fetchone()
@@ -550,6 +579,12 @@ class SQLiteStorage:
             (token_hash,)).fetchone())
         return None if row is None else InviteRecord(*row)
 
+    async def reserve_invite_attempt(self, token_hash: str, now: float, *, max_attempts: int) -> bool:
+        one = ("UPDATE invites SET attempts = attempts + 1 WHERE token_hash = ? AND used IS NULL "
+               "AND expires > ? AND attempts < ?")
+        cur = await self._run(lambda db: db.execute(one, (token_hash, now, max_attempts)))
+        return cur.rowcount == 1
+
     async def complete_signup(self, token_hash: str, password_hash: str, totp_counter: int,
                               now: float) -> bool:
         def complete(db: sqlite3.Connection) -> bool:
@@ -560,7 +595,7 @@ class SQLiteStorage:
             db.execute("UPDATE invites SET used = ? WHERE token_hash = ?", (now, token_hash))
             db.execute("UPDATE users SET password_hash = ?, totp_secret = ?, "
                        "last_totp_counter = ?, failed_logins = 0, locked_until = 0 "
-                       "WHERE name = ?", (password_hash, row[1], totp_counter, row[0]))
+                       "WHERE name = ? AND kind = 'human'", (password_hash, row[1], totp_counter, row[0]))
             return True
         return await self._run(complete)
 
@@ -690,17 +725,43 @@ class SQLiteStorage:
             "WHERE time < ? ORDER BY time LIMIT ?)", (before, max(0, int(limit)))))
         return cur.rowcount
 
-    async def list_audit(self, limit: int = 100, before_id: int | None = None,
+    async def list_audit(self, limit: int = 100, before_id: int | None = None, *,
+                         events: Sequence[str] = (), user: str = "", since: float = 0.0,
                          ) -> list[AuditEvent]:
         limit = max(0, min(int(limit), MAX_AUDIT_LIMIT))
         bound = 2**63 - 1 if before_id is None else int(before_id)
+        where, params = ["id < ?"], [bound]
+        if events:
+            exact = [e for e in events if not e.endswith(".*")]
+            prefixes = [e[:-1].replace("%", "").replace("_", "\\_") + "%" for e in events if e.endswith(".*")]
+            terms = ([f"event IN ({','.join('?' * len(exact))})"] if exact else []) + \
+                ["event LIKE ? ESCAPE '\\'"] * len(prefixes)
+            where.append("(" + " OR ".join(terms) + ")")
+            params += exact + prefixes
+        if user:
+            where.append("user = ?")
+            params.append(user)
+        if since:
+            where.append("time >= ?")
+            params.append(float(since))
         rows = await self._run(lambda db: db.execute(
-            f"SELECT {_AUDIT_COLUMNS} FROM audit_events WHERE id < ? ORDER BY id DESC LIMIT ?",
-            (bound, limit)).fetchall())
+            f"SELECT {_AUDIT_COLUMNS} FROM audit_events WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
+            (*params, limit)).fetchall())
         return [_audit(row) for row in rows]
+
+    async def audit_after(self, after_id: int, limit: int = 1000) -> list[AuditEvent]:
+        limit = max(0, min(int(limit), MAX_AUDIT_LIMIT))
+        rows = await self._run(lambda db: db.execute(
+            f"SELECT {_AUDIT_COLUMNS} FROM audit_events WHERE id > ? ORDER BY id LIMIT ?",
+            (int(after_id), limit)).fetchall())
+        return [_audit(row) for row in rows]
+
+    async def last_audit_id(self) -> int:
+        row = await self._run(lambda db: db.execute("SELECT MAX(id) FROM audit_events").fetchone())
+        return int(row[0] or 0)
 
 
 def _insert_invite(db: sqlite3.Connection, invite: InviteRecord) -> None:
-    db.execute(f"INSERT INTO invites ({_INVITE_COLUMNS}) VALUES (?,?,?,?,?,?)",
+    db.execute(f"INSERT INTO invites ({_INVITE_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
                (invite.token_hash, invite.user, invite.totp_secret, invite.created,
-                invite.expires, invite.used))
+                invite.expires, invite.used, invite.attempts))

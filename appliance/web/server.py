@@ -7,7 +7,9 @@ Routes (the only unauthenticated endpoints of the cluster)::
     POST /v1/signup            {token, password, otp_code} -> {ok: true}
     POST /v1/login             {user, password, otp_code, public_key, ttl}
                                -> {cert, logins, expires, host_ca, user_ca, cluster, proxy_ssh}
-    GET  /v1/ping              {cluster, version}
+    GET  /v1/ping              {cluster, version, cert_ttl: {default, min, max}}
+                               (``jumpgate login`` checks the address, the pin and --ttl
+                               with it before it asks for a password)
 
 Every business rule lives in the *service* (an ``AuthService`` in process, an ``ApiClient``
 to the auth service in production: same method names). This module only speaks HTTP, checks
@@ -37,7 +39,7 @@ import math
 import re
 import ssl
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +52,7 @@ from ssh_proto.keys import PublicKey, parse_public_line
 from appliance.accounting import accounting_key
 from appliance.addresses import WEB_PORT, AddressError, parse_endpoint
 from appliance.api.client import ApiError
+from appliance.auth.accounts import USER_CERT_TTL, USER_CERT_TTL_MAX, USER_CERT_TTL_MIN
 from appliance.auth.service import AuthServiceError
 
 from . import pages
@@ -363,7 +366,8 @@ class WebApp:
         return str(_plain(await self._service.cluster_info())["cluster"])
 
     async def _ping(self, request: WebRequest, params: dict[str, str]) -> WebResponse:
-        return _json(200, {"cluster": await self._cluster(), "version": _version()}, "ping")
+        limits = {"default": USER_CERT_TTL, "min": USER_CERT_TTL_MIN, "max": USER_CERT_TTL_MAX}
+        return _json(200, {"cluster": await self._cluster(), "version": _version(), "cert_ttl": limits}, "ping")
 
     async def _invite(self, token: str, client_ip: str) -> dict[str, Any]:
         invite = _plain(await self._service.get_invite(token=token, client_ip=client_ip))
@@ -621,7 +625,7 @@ def _peer_ip(stream: trio.SocketStream) -> str:
 
 async def serve_web(service: Any, tls_cert_path: str, tls_key_path: str, host: str | None,
                     port: int, *, proxy_ssh_addr: str, public_addr: str | None = None,
-                    limits: WebLimits = WebLimits(),
+                    limits: WebLimits = WebLimits(), listeners: Sequence[trio.SocketListener] | None = None,
                     task_status: trio.TaskStatus[WebEndpoint] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the web service until cancelled.
 
@@ -641,7 +645,8 @@ async def serve_web(service: Any, tls_cert_path: str, tls_key_path: str, host: s
     pin = pin_of(load_certificate(tls_cert_path))
     app = WebApp(service, proxy_ssh_addr=proxy_ssh_addr, public_addr=public_addr, limits=limits)
     server = _Server(app, context, limits)
-    listeners = await trio.open_tcp_listeners(port, host=host or None)
+    if listeners is None:  # else bound beforehand by a caller that had to know the port was free
+        listeners = await trio.open_tcp_listeners(port, host=host or None)
     async with trio.open_nursery() as nursery:
         for listener in listeners:
             nursery.start_soon(server.accept_loop, listener, nursery)

@@ -211,6 +211,7 @@ class AgentClient(_Agent):
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the connection to the agent; idempotent."""
         stream, self._stream = self._stream, None
         if stream is not None:
             await trio.aclose_forcefully(stream)

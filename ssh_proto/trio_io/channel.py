@@ -143,9 +143,11 @@ class SSHChannel(trio.abc.HalfCloseableStream):
         return await self._receive(self._stdout, max_bytes)
 
     async def receive_stderr(self, max_bytes: int | None = None) -> bytes:
+        """Like :meth:`receive_some`, for the extended (stderr) data stream; b'' at EOF."""
         return await self._receive(self._stderr, max_bytes)
 
     async def read_all(self) -> bytes:
+        """Everything the peer sends until EOF (subject to the channel's window, not unbounded by itself)."""
         parts = []
         while data := await self.receive_some():
             parts.append(data)
@@ -168,6 +170,7 @@ class SSHChannel(trio.abc.HalfCloseableStream):
                 await self.conn.flush()
 
     async def send_stderr(self, data) -> None:
+        """Send ``data`` as extended data (stderr), respecting the peer's window."""
         await self.send_all(data, 1)
 
     def _check_sendable(self) -> None:
@@ -179,11 +182,13 @@ class SSHChannel(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("EOF already sent")
 
     async def wait_send_all_might_not_block(self) -> None:
+        """Wait until the peer's window has room (or the channel closed)."""
         while self.conn.core.send_capacity(self.channel_id) == 0 and not self.closed.is_set():
             self._window = trio.Event()
             await self._window.wait()
 
     async def send_eof(self) -> None:
+        """Tell the peer we send no more data (SSH_MSG_CHANNEL_EOF); idempotent."""
         async with self._send_lock:
             if self._eof_sent or self.closed.is_set():
                 return
@@ -200,6 +205,7 @@ class SSHChannel(trio.abc.HalfCloseableStream):
         await trio.lowlevel.checkpoint()
 
     async def wait_closed(self) -> None:
+        """Wait until both sides have closed the channel."""
         await self.closed.wait()
 
     # ---- requests --------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ class Identity:
 
     @property
     def algorithms(self) -> tuple[str, ...]:
+        """The signature algorithms this identity can sign with, best first."""
         return self.public.signature_algorithms
 
 
@@ -150,6 +151,7 @@ class SSHClientConnection(SSHConnection):
         return await request_remote_forward(self, listen_host, listen_port, dest_host, dest_port)
 
     async def cancel_remote_forward(self, listen_host: str, listen_port: int) -> None:
+        """Stop the server's listener that :meth:`forward_remote_port` opened (``cancel-tcpip-forward``)."""
         self._remote_forwards.pop((listen_host, listen_port), None)
         await self.global_request("cancel-tcpip-forward", m.TcpipForward(listen_host, listen_port).encode())
 

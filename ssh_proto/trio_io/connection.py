@@ -82,9 +82,12 @@ class SSHConnection:
 
     @property
     def nursery(self) -> trio.Nursery:
+        """The connection's nursery: its channels' tasks live here and end with it."""
         return self._nursery
 
     async def wait_handshake(self) -> None:
+        """Wait for the first key exchange (and, for a client, authentication) to finish; raise if the
+        connection was lost first."""
         await self._handshake.wait()
         if not self._handshake_ok:
             raise self._lost_error()
@@ -301,6 +304,7 @@ class SSHConnection:
 
     # ---- channels ----------------------------------------------------------------------------
     def register_channel(self, channel: SSHChannel) -> None:
+        """Route the events of ``channel.channel_id`` to ``channel`` (for application channel types)."""
         self._channels[channel.channel_id] = channel
 
     async def open_channel(self, channel_type: str, data: bytes = b"", *, window: int | None = None,
@@ -329,6 +333,8 @@ class SSHConnection:
         return channel
 
     async def global_request(self, name: str, data: bytes = b"", want_reply: bool = True) -> tuple[bool, bytes]:
+        """Send a global request; returns ``(success, reply data)`` (``(True, b'')`` at once without
+        ``want_reply``)."""
         self._check_open()
         if not want_reply:
             self.core.send_global_request(name, data, False)
@@ -356,14 +362,17 @@ class SSHConnection:
     # ---- info -------------------------------------------------------------------------------
     @property
     def session_id(self) -> bytes | None:
+        """The session identifier (the first key exchange's hash); None before it."""
         return self.core.session_id
 
     @property
     def negotiated(self):
+        """The algorithms the last key exchange chose (:class:`~ssh_proto.transport.Negotiated`)."""
         return self.core.negotiated
 
     @property
     def peer_version(self) -> str:
+        """The peer's version line, e.g. ``SSH-2.0-OpenSSH_10.0``."""
         v = self.core.peer_version
         return v.decode("ascii", "replace") if v else ""
 

@@ -60,6 +60,7 @@ class PreambleStream(trio.abc.HalfCloseableStream):
         self._refused: PreambleError | None = None
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Bytes after the relay's line; raises PreambleError when the line was refused."""
         if self._refused is not None:
             raise self._refused  # a refused line stays refused: nothing after it is read as SSH
         if self._pending is None:
@@ -90,16 +91,20 @@ class PreambleStream(trio.abc.HalfCloseableStream):
         return found.rest
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send to the underlying stream."""
         await self._stream.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
+        """As the underlying stream's."""
         await self._stream.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
+        """Half-close the underlying stream when it can."""
         if isinstance(self._stream, trio.abc.HalfCloseableStream):
             await self._stream.send_eof()
 
     async def aclose(self) -> None:
+        """Close the underlying stream."""
         await self._stream.aclose()
 
     @property

@@ -146,13 +146,16 @@ class SSHServer:
     gateway_ports: bool = False
 
     def connection_made(self, conn: "SSHServerConnection") -> None:
+        """Called once with the connection this instance serves (kept as ``self.conn``)."""
         self.conn = conn
 
     def connection_lost(self, error: BaseException | None) -> None:
+        """Called once when the connection ends; ``error`` is why, None for a clean close."""
         pass
 
     # authentication
     async def auth_none(self, username: str):
+        """Accept ``username`` with no credentials? Default: no. Implementing it offers the method."""
         return False
 
     async def auth_publickey_acceptable(self, username: str, key: PublicKey | Certificate) -> bool:
@@ -172,15 +175,20 @@ class SSHServer:
         return False
 
     async def auth_password(self, username: str, password: str):
+        """Check a password: return True / Accept / Partial / False. Implementing it offers ``password``."""
         return False
 
     async def auth_kbdint(self, username: str, submethods: str):
+        """Start keyboard-interactive: return a Challenge, or True / Partial / False. Implementing it
+        offers the method."""
         return False
 
     async def auth_kbdint_response(self, username: str, responses: Sequence[str]):
+        """Check the answers to the last Challenge: another Challenge, or True / Partial / False."""
         return False
 
     def auth_succeeded(self, username: str) -> None:
+        """Called once when ``username`` has authenticated (for audit); the default does nothing."""
         pass
 
     # connection protocol
@@ -190,6 +198,7 @@ class SSHServer:
         return 1
 
     def session_allowed(self) -> bool:
+        """May this connection open another session channel? Default: yes (limits still apply)."""
         return True
 
     async def direct_tcpip(self, host: str, port: int, orig_host: str, orig_port: int) -> trio.abc.Stream | None:
@@ -209,6 +218,7 @@ class SSHServer:
         return None
 
     async def global_request(self, name: str, data: bytes) -> bool | bytes:
+        """Answer an application global request: False refuses, True or reply bytes accept."""
         return False
 
 
@@ -621,14 +631,20 @@ class SSHListener:
 
     @property
     def port(self) -> int:
+        """The port the first listening socket is bound to (useful after listening on port 0)."""
         return self.listeners[0].socket.getsockname()[1]
 
     @property
     def host_keys(self) -> tuple:
+        """The ``(PrivateKey, Certificate | None)`` pairs served now (a callable's current answer)."""
         return tuple(self._host_keys()) if callable(self._host_keys) else self._host_keys
 
-    async def serve(self, host: str | None, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        self.listeners = await trio.open_tcp_listeners(port, host=host)
+    async def serve(self, host: str | None, port: int, *, listeners: Sequence[trio.SocketListener] | None = None,
+                    task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Listen on ``host``:``port`` (or serve ``listeners`` bound beforehand: a caller that must
+        know the port is its own before it does something it cannot undo) until cancelled;
+        ``nursery.start`` returns this listener."""
+        self.listeners = list(listeners) if listeners is not None else await trio.open_tcp_listeners(port, host=host)
         async with trio.open_nursery() as nursery:
             for listener in self.listeners:
                 nursery.start_soon(self._accept_loop, listener, nursery)

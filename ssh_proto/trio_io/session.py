@@ -73,36 +73,45 @@ class SSHProcess(SSHChannel):
         return False
 
     async def request_pty(self, term: str = "xterm", cols: int = 80, rows: int = 24, modes: bytes = b"\0") -> None:
+        """Ask for a pseudo-terminal (``pty-req``); ChannelError when refused."""
         ok = await self.send_request("pty-req", m.PtyRequest(term, cols, rows, 0, 0, modes).encode(), True)
         if not ok:
             raise ChannelError("pty request refused")
 
     async def set_env(self, name: str, value: str) -> bool:
+        """Ask to set an environment variable (``env``); False when refused (sshd's AcceptEnv)."""
         return await self.send_request("env", m.EnvRequest(name, value).encode(), True)
 
     async def request_agent_forwarding(self) -> bool:
+        """Ask the server to forward our agent (``auth-agent-req@openssh.com``); False when refused."""
         return await self.send_request("auth-agent-req@openssh.com", b"", True)
 
     async def exec(self, command: str | bytes) -> None:
+        """Run ``command`` (``exec``); ChannelError when refused."""
         cmd = command.encode() if isinstance(command, str) else command
         if not await self.send_request("exec", m.ExecRequest(cmd).encode(), True):
             raise ChannelError("exec request refused")
 
     async def shell(self) -> None:
+        """Start the user's shell (``shell``); ChannelError when refused."""
         if not await self.send_request("shell", b"", True):
             raise ChannelError("shell request refused")
 
     async def subsystem(self, name: str) -> None:
+        """The subsystem's name for a ``subsystem`` session (e.g. ``sftp``)."""
         if not await self.send_request("subsystem", m.SubsystemRequest(name).encode(), True):
             raise ChannelError(f"subsystem {name!r} refused")
 
     async def resize(self, cols: int, rows: int, width: int = 0, height: int = 0) -> None:
+        """Tell the server the terminal's new size (``window-change``; no reply)."""
         await self.send_request("window-change", m.WindowChange(cols, rows, width, height).encode(), False)
 
     async def signal(self, name: str) -> None:
+        """Send signal ``name`` (without SIG, e.g. ``INT``) to the remote process (no reply)."""
         await self.send_request("signal", m.SignalRequest(name).encode(), False)
 
     async def send_break(self, length_ms: int = 0) -> bool:
+        """Send a break of ``length_ms`` (RFC 4335); True when the server acted on it."""
         return await self.send_request("break", m.BreakRequest(length_ms).encode(), True)
 
     async def wait(self) -> int | None:
@@ -164,14 +173,22 @@ class ServerSession(SSHChannel):
         self.request_handler = self._handle_request
 
     # What the requests established (read by the application's handler).
-    policy = property(lambda self: self.requests.policy)
-    kind = property(lambda self: self.requests.kind)
-    command = property(lambda self: self.requests.command)
-    original_command = property(lambda self: self.requests.original_command)
-    subsystem = property(lambda self: self.requests.subsystem)
-    pty = property(lambda self: self.requests.pty)
-    env = property(lambda self: self.requests.env)
-    agent_forwarding = property(lambda self: self.requests.agent_forwarding)
+    policy = property(lambda self: self.requests.policy,
+                      doc='The SessionPolicy this session obeys (from the login: certificate, Accept).')
+    kind = property(lambda self: self.requests.kind,
+                    doc="``'shell'``, ``'exec'`` or ``'subsystem'`` once the client chose; None before.")
+    command = property(lambda self: self.requests.command,
+                       doc="The command to run (str): an ``exec`` request's, or the policy's force-command.")
+    original_command = property(lambda self: self.requests.original_command,
+                                doc='The command the client asked for, even when a force-command replaced it.')
+    subsystem = property(lambda self: self.requests.subsystem,
+                         doc="The subsystem's name for a ``subsystem`` session (e.g. ``sftp``).")
+    pty = property(lambda self: self.requests.pty,
+                   doc='The PtyInfo the client asked for, or None without a pty.')
+    env = property(lambda self: self.requests.env,
+                   doc='The environment variables accepted from ``env`` requests.')
+    agent_forwarding = property(lambda self: self.requests.agent_forwarding,
+                                doc='True when the client asked for agent forwarding and the policy allows it.')
 
     async def _handle_request(self, req: ev.ChannelRequestReceived) -> bool:
         outcome = self.requests.receive(req.request_type, req.data)
@@ -196,6 +213,7 @@ class ServerSession(SSHChannel):
     # handler has had a chance to set its callback: keep (a few of) them for it.
     @property
     def on_signal(self) -> Callable[[str], object] | None:
+        """Called with a signal name when the client sends ``signal``; None ignores them."""
         return self._on_signal
 
     @on_signal.setter
@@ -205,6 +223,7 @@ class ServerSession(SSHChannel):
 
     @property
     def on_break(self) -> Callable[[int], object] | None:
+        """Called with the length in ms when the client sends ``break``; None refuses them."""
         return self._on_break
 
     @on_break.setter
@@ -261,6 +280,7 @@ class ServerSession(SSHChannel):
         await self._finish("exit-status", m.ExitStatus(status & 0xFFFFFFFF).encode())
 
     async def exit_with_signal(self, signal: str, core_dumped: bool = False, message: str = "") -> None:
+        """End the session reporting that the command died of ``signal`` (``exit-signal``)."""
         await self._finish("exit-signal", m.ExitSignal(signal, core_dumped, message, b"").encode())
 
     async def _finish(self, request: str, data: bytes) -> None:

@@ -20,6 +20,7 @@ import trio
 from _auth_helpers import CLUSTER, PASSWORD, FakeClock, make_env, new_key, otp_secret, signup
 from appliance.auth import passwords, rejoin, totp
 from appliance.auth.ca import pin_matches, roles_from_certificate
+from appliance.auth.accounts import MAX_SIGNUP_ATTEMPTS
 from appliance.auth.service import (HOST_CERT_TTL, LOCK_SECONDS, AuthService, AuthServiceError, CertResult,
                                     to_wire)
 from appliance.storage import CARecord, SQLiteStorage, UserRecord
@@ -129,6 +130,58 @@ async def test_signup_totp_enrolment_confirmed_by_current_code(env):
     assert not (await env.storage.get_user("alice")).signed_up
     await env.service.complete_signup(invite.token, PASSWORD, env.code(seed))
     assert (await env.storage.get_user("alice")).signed_up
+
+
+async def test_a8_guessing_an_invites_code_spends_the_invite_after_five_attempts(env):
+    # The attack: someone holding an invite link (not the authenticator) guesses codes.
+    invite = await env.service.create_user("alice", ["alice"])
+    seed = otp_secret((await env.service.get_invite(invite.token)).otp_uri)
+    right = env.code(seed)
+    wrong = [f"{(int(right) + n) % 10**6:06d}" for n in range(1, MAX_SIGNUP_ATTEMPTS + 1)]
+    for guess in wrong[:MAX_SIGNUP_ATTEMPTS]:
+        await refused("access_denied", env.service.complete_signup(invite.token, PASSWORD, guess))
+    error = await refused("expired", env.service.complete_signup(invite.token, PASSWORD, right))
+    assert "attempts" in error.message and right not in error.message
+    assert not (await env.storage.get_user("alice")).signed_up
+    [last] = await env.service.list_audit(limit=1, types=["user.signup"])
+    assert not last.success and last.fields["reason"] == "too many attempts"
+    # a weak password is refused before the count: it spends nothing
+    fresh = await env.service.reset_user("alice")
+    seed = otp_secret((await env.service.get_invite(fresh.token)).otp_uri)
+    for _ in range(MAX_SIGNUP_ATTEMPTS + 2):
+        await refused("weak_password", env.service.complete_signup(fresh.token, "short", env.code(seed)))
+    await env.service.complete_signup(fresh.token, PASSWORD, env.code(seed))
+    assert (await env.storage.get_user("alice")).signed_up
+
+
+async def test_a8_forty_concurrent_guesses_check_at_most_five_codes(env, monkeypatch):
+    invite = await env.service.create_user("alice", ["alice"])
+    seed = otp_secret((await env.service.get_invite(invite.token)).otp_uri)
+    checked = []
+    real_verify = totp.verify
+
+    def counting_verify(*args, **kwargs):
+        checked.append(args[1])
+        return real_verify(*args, **kwargs)
+
+    monkeypatch.setattr(totp, "verify", counting_verify)
+    right = env.code(seed)
+    outcomes: list[str] = []
+
+    async def guess(n: int) -> None:
+        code = f"{(int(right) + 1 + n) % 10**6:06d}"
+        try:
+            await env.service.complete_signup(invite.token, PASSWORD, code)
+            outcomes.append("in")
+        except AuthServiceError as exc:
+            outcomes.append(exc.code)
+
+    async with trio.open_nursery() as nursery:
+        for n in range(40):
+            nursery.start_soon(guess, n)
+    assert len(checked) <= MAX_SIGNUP_ATTEMPTS and "in" not in outcomes
+    assert outcomes.count("expired") >= 40 - MAX_SIGNUP_ATTEMPTS
+    await refused("expired", env.service.complete_signup(invite.token, PASSWORD, right))
 
 
 async def test_signup_code_cannot_be_reused_for_login(env):
@@ -936,7 +989,7 @@ async def test_the_facade_offers_every_api_method_as_its_half_defines_it(env):
     import inspect
 
     from appliance.api.server import ALLOWED
-    half = {"users": env.service.users, "hosts": env.service.hosts}
+    half = {"users": env.service.users, "hosts": env.service.hosts, "bots": env.service.bots}
     for method in sorted(set().union(*ALLOWED.values())):
         bound = getattr(env.service, method)
         assert inspect.iscoroutinefunction(bound), method
@@ -945,4 +998,4 @@ async def test_the_facade_offers_every_api_method_as_its_half_defines_it(env):
             assert owner == [type(env.service).__dict__[method].part], method
             assert inspect.signature(bound) == inspect.signature(getattr(half[owner[0]], method))
         else:   # what the halves share: the CAs and the audit log
-            assert method in {"cluster_info", "export_ca", "emit_audit", "list_audit"}, method
+            assert method in {"cluster_info", "cluster_status", "export_ca", "emit_audit", "list_audit"}, method

@@ -192,5 +192,5 @@ def test_profile_file_never_holds_secrets(paths):
     Profile(proxy="p", user="u", web_pin="sha256:abc", paths=paths).save()
     record = json.loads(paths.profile_path.read_text())
     assert set(record) == {"version", "proxy", "user", "cluster", "web_pin", "proxy_ssh",
-                           "expires", "logins"}
+                           "expires", "logins", "user_ca"}  # user_ca: a public key
     assert os.listdir(paths.home) == ["profile.json"]

@@ -201,7 +201,7 @@ async def test_upgraded_cluster_renews_and_rejoins_its_joined_node_but_refuses_a
         await storage.aclose()
 
 
-async def test_v5_cas_are_keyed_by_cluster_kind_and_id_with_the_keys_byte_identical(old_data_dir):
+async def test_v7_cas_are_keyed_by_cluster_kind_and_id_with_the_keys_byte_identical(old_data_dir):
     """Issue 15: one CA per kind becomes the active CA of (cluster, kind, id); nothing of the
     key changes, and the cluster signs with the same keys."""
     data, facts = old_data_dir
@@ -222,7 +222,26 @@ async def test_v5_cas_are_keyed_by_cluster_kind_and_id_with_the_keys_byte_identi
         await storage.aclose()
 
 
-async def test_certificates_issued_before_the_v5_upgrade_are_still_accepted(old_data_dir):
+async def test_upgrade_makes_every_existing_user_a_human_and_a_bot_can_be_added(old_data_dir):
+    """v5 (docs/security.md B1): the users of the old release are humans, keep their password
+    and can still be reset; a bot added after the upgrade is a bot."""
+    from appliance.auth.service import AuthService
+    data, _ = old_data_dir
+    storage = SQLiteStorage(data / "auth" / "jumpgate.db")
+    try:
+        users = await storage.list_users()
+        assert users and all(u.kind == "human" for u in users)
+        assert any(u.signed_up for u in users)
+        cluster = (await storage.get_ca("user")).cluster
+        service = await AuthService.create(storage, cluster)
+        await service.create_bot("ci", ["deploy"])
+        assert (await storage.get_user("ci")).is_bot
+        assert (await service.reset_user(users[0].name)).user == users[0].name
+    finally:
+        await storage.aclose()
+
+
+async def test_certificates_issued_before_the_v7_upgrade_are_still_accepted(old_data_dir):
     """A user certificate signed with the old release's user CA (read from the old file, as
     0.1.0 signed) and the joined node's host certificate written by 0.1.0 both pass the real
     certificate checks against the CAs the upgraded cluster trusts and serves."""
@@ -250,3 +269,18 @@ async def test_certificates_issued_before_the_v5_upgrade_are_still_accepted(old_
                                   trusted_cas=[ca_key for ca_key in trusted_users])
     finally:
         await storage.aclose()
+
+
+async def test_upgrade_gives_old_invites_an_attempt_count_of_zero(old_data_dir):
+    data, facts = old_data_dir
+    db = data / "auth" / "jumpgate.db"
+    before = rows(db, "SELECT token_hash, user, totp_secret, created, expires, used FROM invites ORDER BY token_hash")
+    [bobs] = [r for r in before if r[1] == "bob"]  # bob's is open; alice's was used
+    storage = SQLiteStorage(db)
+    try:
+        invite = await storage.get_invite(bobs[0])
+        assert (invite.user, invite.totp_secret, invite.used, invite.attempts) == ("bob", bobs[2], None, 0)
+    finally:
+        await storage.aclose()
+    assert rows(db, "SELECT token_hash, user, totp_secret, created, expires, used, attempts FROM invites "
+                    "ORDER BY token_hash") == [(*row, 0) for row in before]

@@ -244,8 +244,9 @@ async def test_certificate_without_generation_is_generation_zero_and_revocable(c
     await service.create_user("erin", [cluster.login])
     key = PrivateKey.generate("ssh-ed25519")
     now = cluster.clock()
-    cert = service.ca._sign(service.ca._user, key.public_key, 1, "user:erin", (cluster.login,), int(now) - 60,
-                            int(now) + 3600, {"permit-pty": b""})
+    cert = service.ca.authority("user").issue_user(key.public_key, "user:erin", (cluster.login,),
+                                                   valid_after=int(now) - 60, valid_before=int(now) + 3600,
+                                                   extensions={"permit-pty": b""})
     assert GENERATION_EXTENSION not in cert.extensions and generation_of(cert) == 0
     async with cluster.direct((key, cert)) as conn:
         assert (await conn.run("true")).exit_status == 0

@@ -124,7 +124,8 @@ def test_split_addr_forms():
 async def test_ping_over_tls_with_the_pin(tmp_path):
     async with running_cluster(tmp_path) as cluster:
         answer = await request_json(cluster.addr, "GET", "/v1/ping", pin=cluster.web.pin)
-        assert answer == {"cluster": CLUSTER, "version": "0.1.0"}
+        assert answer == {"cluster": CLUSTER, "version": "0.1.0",  # cert_ttl: login checks --ttl first
+                          "cert_ttl": {"default": 12 * 3600, "min": 60, "max": 30 * 3600}}
 
 
 async def test_wrong_pin_is_refused_with_a_clear_error(tmp_path):

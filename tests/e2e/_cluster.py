@@ -347,10 +347,11 @@ class Cluster:
         return [line for line in self.events(limit) if event_time(line) >= int(since)]
 
     def user_status(self, name: str) -> str:
+        """The STATUS column of ``ctl users ls`` (``active``, ``locked until ...``)."""
         for line in self.ctl("users", "ls").stdout.splitlines()[1:]:
             fields = line.split()
             if fields and fields[0] == name:
-                return fields[-1]
+                return " ".join(fields[3:])
         raise AssertionError(f"user {name} not in ctl users ls")
 
     def log_tail(self, lines: int = 60) -> str:

@@ -118,25 +118,31 @@ def test_signup_and_login_with_totp_from_printed_uri(cluster: Cluster, new_clien
 
 def test_status_shows_user_logins_cluster_and_expiry(alice: Client, cluster: Cluster, os_user) -> None:
     result = alice.run("status").check()
-    fields = dict(re.findall(r"^([A-Za-z ]+):\s+(.*)$", result.stdout, re.MULTILINE))
+    fields = {k.strip(): v for k, v in re.findall(r"^[> ] ([A-Za-z ]+):\s+(.*)$", result.stdout, re.MULTILINE)}
     assert fields["User"] == "alice"
     assert fields["Logins"] == os_user.name
     assert fields["Cluster"] == cluster.name
     assert "Valid until" in fields, result.stdout
-    expiry = time.mktime(time.strptime(fields["Valid until"].rsplit(" ", 1)[0], "%Y-%m-%d %H:%M:%S"))
+    when, _, left = fields["Valid until"].partition(" (")
+    assert re.fullmatch(r"(11h 5\dm|12h) left\)", left), left  # the time remaining, too
+    expiry = time.mktime(time.strptime(when.rsplit(" ", 1)[0], "%Y-%m-%d %H:%M:%S"))
     assert 11 * 3600 < expiry - time.time() <= 12 * 3600 + 60  # the default TTL is 12 h
 
 
 def test_client_files_are_0600_in_a_0700_directory(alice: Client) -> None:
     assert stat.S_IMODE(alice.home.stat().st_mode) == 0o700
     files = sorted(p.name for p in alice.home.iterdir())
-    assert {"key", "key-cert.pub", "known_hosts", "profile.json"} <= set(files), files
-    for path in alice.home.iterdir():
+    assert {"key", "key-cert.pub", "known_hosts", "profile.json", "current", "profiles"} <= set(files), files
+    for path in [alice.home, *alice.home.rglob("*")]:
         mode = path.lstat().st_mode
         if stat.S_ISSOCK(mode):  # the session daemon's socket (login started it): its owner's alone
             assert stat.S_IMODE(mode) & 0o077 == 0, f"{path.name} is {oct(mode)}"
+        elif stat.S_ISLNK(mode):  # the top-level names and `current`: links into the current profile
+            assert path.parent == alice.home and path.resolve().is_relative_to(alice.home / "profiles"), path
+        elif stat.S_ISDIR(mode):
+            assert stat.S_IMODE(mode) == 0o700, f"{path} is {oct(mode)}"
         else:
-            assert stat.S_ISREG(mode) and stat.S_IMODE(mode) == 0o600, f"{path.name} is {oct(mode)}"
+            assert stat.S_ISREG(mode) and stat.S_IMODE(mode) == 0o600, f"{path} is {oct(mode)}"
 
 
 # --------------------------------------------------------------------------- jumpgate ls / ssh / scp

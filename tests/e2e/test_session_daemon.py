@@ -172,7 +172,7 @@ def accounts(jg: Jumpgate, cluster: Cluster, os_user: openssh.ThrowawayUser,
 
 def _copy_profile(template: Client, home: Path) -> Client:
     """The logged-in profile of ``template`` on another machine (no daemon state copied)."""
-    shutil.copytree(template.home, home, ignore=shutil.ignore_patterns("mux.*"))
+    shutil.copytree(template.home, home, symlinks=True, ignore=shutil.ignore_patterns("mux.*"))
     home.chmod(0o700)
     client = Client(template.jg, home, template.cluster)
     client.user, client.authenticator = template.user, template.authenticator
