@@ -12,7 +12,7 @@ The file holds the CA private keys, TOTP seeds and password hashes: it is create
 ``os.open(..., 0o600)`` before SQLite touches it (SQLite gives its ``-wal``/``-shm``
 files the database file's mode), and a parent directory we create gets mode 0700.
 Lists and label maps are stored as msgpack blobs. CAs are rows keyed by ``(cluster, kind,
-id)`` (v5); a partial unique index allows one ``active`` CA per cluster and kind. ``":memory:"`` gives a private
+id)`` (v7); a partial unique index allows one ``active`` CA per cluster and kind. ``":memory:"`` gives a private
 in-memory database (tests).
 
 Schema versions. A new database gets the latest schema (:data:`_SCHEMA`). An older one is

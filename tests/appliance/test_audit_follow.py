@@ -105,7 +105,8 @@ def _drain(subscriber) -> list:
     pushes = []
     while True:
         try:
-            pushes.append(subscriber.receive.receive_nowait())
+            _change_id, push = subscriber.receive.receive_nowait()
+            pushes.append(push)
         except (trio.WouldBlock, trio.EndOfChannel):
             return pushes
 
