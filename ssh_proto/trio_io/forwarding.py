@@ -25,7 +25,7 @@ from .accept import accept_loop
 from .channel import SSHChannel
 
 if TYPE_CHECKING:
-    from .client import SSHClientConnection
+    from .client import Agent, SSHClientConnection
     from .server import SSHServerConnection
 
 RELAY_CHUNK = 64 * 1024
@@ -146,13 +146,13 @@ async def accept_forwarded_tcpip(conn: "SSHClientConnection", event: ev.ChannelO
     conn.nursery.start_soon(relay, channel, stream)
 
 
-async def accept_agent_channel(conn: "SSHClientConnection", event: ev.ChannelOpenRequest) -> None:
-    """Serve our agent on an auth-agent@openssh.com channel the server opened."""
+async def accept_agent_channel(conn: "SSHClientConnection", event: ev.ChannelOpenRequest, agent: "Agent") -> None:
+    """Serve ``agent`` (the connection's) on an auth-agent@openssh.com channel the server opened."""
     m.Empty.decode(event.data)
     channel = SSHChannel(conn, event.channel_id, event.channel_type)
     conn.register_channel(channel)
     conn.core.accept_channel(event.channel_id)
-    conn.nursery.start_soon(conn.agent.serve_channel, channel)
+    conn.nursery.start_soon(agent.serve_channel, channel)
 
 
 async def handle_tcpip_forward_request(conn: "SSHServerConnection", event: ev.GlobalRequestReceived) -> tuple[bool, bytes]:
