@@ -92,8 +92,10 @@ async def relay(channel: SSHChannel, stream: trio.abc.Stream) -> None:
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, SSHError):
         pass
     finally:
-        await channel.aclose()
-        await trio.aclose_forcefully(stream)
+        try:
+            await channel.aclose()  # may raise Cancelled when the connection is going away...
+        finally:
+            await trio.aclose_forcefully(stream)  # ...the stream is closed all the same (L1: no fd leak)
 
 
 async def serve_local_forward(conn: "SSHClientConnection", listen_host: str, listen_port: int,

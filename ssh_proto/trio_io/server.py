@@ -415,10 +415,14 @@ class SSHServerConnection(SSHConnection):
         if stream is None:
             core.reject_channel(event.channel_id, m.OPEN_ADMINISTRATIVELY_PROHIBITED, "forwarding refused")
             return
-        channel = SSHChannel(self, event.channel_id, "direct-tcpip")
-        self.register_channel(channel)
-        core.accept_channel(event.channel_id)
-        self.nursery.start_soon(relay, channel, stream)
+        try:
+            channel = SSHChannel(self, event.channel_id, "direct-tcpip")
+            self.register_channel(channel)
+            core.accept_channel(event.channel_id)
+            self.nursery.start_soon(relay, channel, stream)
+        except BaseException:  # the connection went away meanwhile: the relay will not close it
+            await trio.aclose_forcefully(stream)
+            raise
 
     async def _on_global_request(self, event: ev.GlobalRequestReceived) -> None:
         from .forwarding import handle_tcpip_forward_request
