@@ -39,7 +39,9 @@ payload as their last output so no further copy is needed.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes, hmac
@@ -114,7 +116,7 @@ DEFAULT_COMPRESSION: tuple[str, ...] = ("none", "zlib@openssh.com")
 #: The cipher of the initial, unprotected state (RFC 4253 §6.3).
 NONE_CIPHER = CipherInfo("none", 0, 0, 8, False)
 
-_HASHES = {
+_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
     "hmac-sha2-256-etm@openssh.com": hashes.SHA256,
     "hmac-sha2-512-etm@openssh.com": hashes.SHA512,
     "hmac-sha2-256": hashes.SHA256,
@@ -164,6 +166,32 @@ def payload_length(plen: int, padlen: int) -> int:
     return n
 
 
+class Sealer(Protocol):
+    """What the packet layer needs of an outgoing direction's protection (see the module docs).
+
+    ``aad_length``: the length travels outside the encrypted, block-aligned part (AEAD, EtM).
+    """
+
+    block_size: int
+    aad_length: bool
+    mac_size: int
+
+    def seal(self, seq: int, plen: int, padlen: int, payload: bytes, padding: bytes) -> bytes: ...
+
+
+class Opener(Protocol):
+    """What the packet layer needs of an incoming direction's protection (see the module docs)."""
+
+    block_size: int
+    aad_length: bool
+    header_size: int
+    mac_size: int
+
+    def packet_length(self, buf: memoryview, pos: int, seq: int) -> int: ...
+
+    def open(self, mv: memoryview, pos: int, plen: int, seq: int) -> bytes: ...
+
+
 # ---- the "none" cipher -------------------------------------------------------------------
 
 
@@ -175,7 +203,7 @@ class NoneSealer:
     aad_length = False
     mac_size = 0
 
-    def seal(self, seq: int, plen: int, padlen: int, payload, padding: bytes) -> bytes:
+    def seal(self, seq: int, plen: int, padlen: int, payload: bytes, padding: bytes) -> bytes:
         return b"".join((_LEN_PAD.pack(plen, padlen), payload, padding))
 
 
@@ -186,7 +214,7 @@ class NoneOpener:
     header_size = 4
     mac_size = 0
 
-    def packet_length(self, buf, pos: int, seq: int) -> int:
+    def packet_length(self, buf: memoryview, pos: int, seq: int) -> int:
         return _U32.unpack_from(buf, pos)[0]
 
     def open(self, mv: memoryview, pos: int, plen: int, seq: int) -> bytes:
@@ -222,7 +250,7 @@ class _ChaChaBase:
 class ChaChaSealer(_ChaChaBase):
     __slots__ = ()
 
-    def seal(self, seq: int, plen: int, padlen: int, payload, padding: bytes) -> bytes:
+    def seal(self, seq: int, plen: int, padlen: int, payload: bytes, padding: bytes) -> bytes:
         nonce = _COUNTER0 + seq.to_bytes(8, "big")
         poly_key = self._poly_key(nonce)
         n = len(payload)
@@ -245,7 +273,7 @@ class ChaChaOpener(_ChaChaBase):
     __slots__ = ()
     header_size = 4
 
-    def packet_length(self, buf, pos: int, seq: int) -> int:
+    def packet_length(self, buf: memoryview, pos: int, seq: int) -> int:
         # Only the length is decrypted here; the tag is checked once the body is in.
         header = self._header
         header.reset_nonce(_COUNTER0 + seq.to_bytes(8, "big"))
@@ -286,7 +314,7 @@ class _GcmBase:
 class GcmSealer(_GcmBase):
     __slots__ = ()
 
-    def seal(self, seq: int, plen: int, padlen: int, payload, padding: bytes) -> bytes:
+    def seal(self, seq: int, plen: int, padlen: int, payload: bytes, padding: bytes) -> bytes:
         head = _LEN_PAD.pack(plen, padlen)
         body = b"".join((head, payload, padding))
         mv = memoryview(body)
@@ -299,7 +327,7 @@ class GcmOpener(_GcmBase):
     __slots__ = ()
     header_size = 4
 
-    def packet_length(self, buf, pos: int, seq: int) -> int:
+    def packet_length(self, buf: memoryview, pos: int, seq: int) -> int:
         return _U32.unpack_from(buf, pos)[0]
 
     def open(self, mv: memoryview, pos: int, plen: int, seq: int) -> bytes:
@@ -330,7 +358,7 @@ class _CtrBase:
 class CtrSealer(_CtrBase):
     __slots__ = ()
 
-    def seal(self, seq: int, plen: int, padlen: int, payload, padding: bytes) -> bytes:
+    def seal(self, seq: int, plen: int, padlen: int, payload: bytes, padding: bytes) -> bytes:
         head = _LEN_PAD.pack(plen, padlen)
         n = len(payload)
         size = 4 + plen
@@ -362,7 +390,7 @@ class CtrEtmOpener(_CtrBase):
     __slots__ = ()
     header_size = 4
 
-    def packet_length(self, buf, pos: int, seq: int) -> int:
+    def packet_length(self, buf: memoryview, pos: int, seq: int) -> int:
         return _U32.unpack_from(buf, pos)[0]
 
     def open(self, mv: memoryview, pos: int, plen: int, seq: int) -> bytes:
@@ -389,7 +417,7 @@ class CtrMteOpener(_CtrBase):
         super().__init__(key, iv, mac, mac_key, decrypt)
         self._first = b""
 
-    def packet_length(self, buf, pos: int, seq: int) -> int:
+    def packet_length(self, buf: memoryview, pos: int, seq: int) -> int:
         # The keystream advances here, so the packet layer asks only once per packet.
         self._first = first = self._ctx.update(buf[pos : pos + 16])
         return _U32.unpack_from(first)[0]
@@ -405,7 +433,7 @@ class CtrMteOpener(_CtrBase):
         return first[5:] + rest[: n - 11]
 
 
-def _check_mac(template: hmac.HMAC, seq: int, parts, received: memoryview) -> None:
+def _check_mac(template: hmac.HMAC, seq: int, parts: tuple[bytes | memoryview, ...], received: memoryview) -> None:
     mac = template.copy()
     mac.update(_U32.pack(seq))
     for part in parts:
@@ -424,7 +452,8 @@ def _check_sizes(info: CipherInfo, key: bytes, iv: bytes) -> None:
         raise ValueError(f"wrong key or IV size for {info.name}")
 
 
-def _mac_for(cipher: str, mac: str | None, mac_key: bytes | None) -> MacInfo:
+def _mac_for(cipher: str, mac: str | None, mac_key: bytes | None) -> tuple[MacInfo, bytes]:
+    """The MAC ``cipher`` needs and its key, both checked."""
     if mac is None or mac_key is None:
         raise ValueError(f"{cipher} needs a MAC")
     try:
@@ -433,10 +462,10 @@ def _mac_for(cipher: str, mac: str | None, mac_key: bytes | None) -> MacInfo:
         raise ValueError(f"unknown MAC {mac!r}") from None
     if len(mac_key) != info.key_size:
         raise ValueError(f"wrong key size for {mac}")
-    return info
+    return info, mac_key
 
 
-def make_sealer(cipher: str, mac: str | None, key: bytes, iv: bytes, mac_key: bytes | None):
+def make_sealer(cipher: str, mac: str | None, key: bytes, iv: bytes, mac_key: bytes | None) -> Sealer:
     """A sealer for outgoing packets.  ``mac`` is ignored for AEAD ciphers."""
     info = cipher_info(cipher)
     _check_sizes(info, key, iv)
@@ -446,10 +475,11 @@ def make_sealer(cipher: str, mac: str | None, key: bytes, iv: bytes, mac_key: by
         return ChaChaSealer(key)
     if info.aead:
         return GcmSealer(key, iv)
-    return CtrSealer(key, iv, _mac_for(cipher, mac, mac_key), mac_key, decrypt=False)
+    mac_info, checked_key = _mac_for(cipher, mac, mac_key)
+    return CtrSealer(key, iv, mac_info, checked_key, decrypt=False)
 
 
-def make_opener(cipher: str, mac: str | None, key: bytes, iv: bytes, mac_key: bytes | None):
+def make_opener(cipher: str, mac: str | None, key: bytes, iv: bytes, mac_key: bytes | None) -> Opener:
     """An opener for incoming packets.  ``mac`` is ignored for AEAD ciphers."""
     info = cipher_info(cipher)
     _check_sizes(info, key, iv)
@@ -459,6 +489,6 @@ def make_opener(cipher: str, mac: str | None, key: bytes, iv: bytes, mac_key: by
         return ChaChaOpener(key)
     if info.aead:
         return GcmOpener(key, iv)
-    mac_info = _mac_for(cipher, mac, mac_key)
+    mac_info, checked_key = _mac_for(cipher, mac, mac_key)
     opener = CtrEtmOpener if mac_info.etm else CtrMteOpener
-    return opener(key, iv, mac_info, mac_key, decrypt=True)
+    return opener(key, iv, mac_info, checked_key, decrypt=True)

@@ -113,8 +113,10 @@ class Connection:
         self.closed = False
 
     # ---- I/O ----------------------------------------------------------------------------
-    def receive_data(self, data: bytes) -> None:
-        """Feed bytes; raises ProtocolError (the caller then sends disconnect and closes)."""
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed bytes; raises ProtocolError (the caller then sends disconnect and closes).
+
+        ``data`` may be a buffer the caller reuses (as ``receive_some`` may return)."""
         if not data:
             self.closed = True
             raise ConnectionLost("connection closed by peer")

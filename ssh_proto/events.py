@@ -6,9 +6,12 @@ data and calls into the application.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar, dataclass_transform
+from typing import TYPE_CHECKING, TypeVar, dataclass_transform
 
 from ._record import Record, record
+
+if TYPE_CHECKING:
+    from .keys import Certificate, PublicKey
 
 
 class Event(Record):
@@ -56,7 +59,7 @@ class AuthPublicKeyQuery(Event):
     """Would this key be accepted? (no signature yet; answer with pk_ok or reject)."""
 
     username: str
-    key: object
+    key: PublicKey | Certificate
     algorithm: str
 
 
@@ -65,7 +68,7 @@ class AuthPublicKey(Event):
     """The client proved possession of ``key`` (signature already verified)."""
 
     username: str
-    key: object
+    key: PublicKey | Certificate
     algorithm: str
 
 

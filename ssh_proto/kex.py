@@ -52,6 +52,7 @@ import types
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -98,7 +99,15 @@ SSH_MSG_KEX_ECDH_REPLY = 31
 SSH_MSG_KEX_HYBRID_INIT = 30
 SSH_MSG_KEX_HYBRID_REPLY = 31
 
-_HASHES: Mapping[str, Callable[..., "hashlib._Hash"]] = types.MappingProxyType(
+class _Hasher(Protocol):
+    """What the exchange hash and key derivation use of a ``hashlib`` object."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+    def digest(self) -> bytes: ...
+
+
+_HASHES: Mapping[str, Callable[..., _Hasher]] = types.MappingProxyType(
     {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}
 )
 
@@ -108,7 +117,7 @@ _MLKEM768_CIPHERTEXT_LEN = 1088
 _MLKEM768_SEED_LEN = 64  # d || z, FIPS 203 §7.1
 
 
-def _hash_function(hash_name: str) -> Callable[..., "hashlib._Hash"]:
+def _hash_function(hash_name: str) -> Callable[..., _Hasher]:
     try:
         return _HASHES[hash_name]
     except KeyError:

@@ -36,7 +36,7 @@ import os
 import zlib
 from collections import deque
 
-from .ciphers import CipherInfo, cipher_info, make_opener, make_sealer
+from .ciphers import CipherInfo, Opener, cipher_info, make_opener, make_sealer
 from .errors import DisconnectReason, ProtocolError
 
 #: Largest ``packet_length`` accepted (OpenSSH PACKET_MAX_SIZE, rule T3).
@@ -363,7 +363,7 @@ class PacketReader(_Direction):
         self._win, self._pos = memoryview(b"".join(parts)), 0
         return True
 
-    def _read_length(self, opener) -> int:
+    def _read_length(self, opener: Opener) -> int:
         """Read and check ``packet_length`` before any of the body is waited for (T3, T4)."""
         plen = opener.packet_length(self._win, self._pos, self.seq)
         if plen < 5 or plen > MAX_PACKET_LENGTH:

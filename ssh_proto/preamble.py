@@ -53,7 +53,7 @@ class PreambleReader:
         self.max_length = max_length
         self._buffer = b""
 
-    def feed(self, data: bytes) -> Preamble | None:
+    def feed(self, data: bytes | bytearray) -> Preamble | None:
         """The split once it can be decided, else None (feed more)."""
         buffer = self._buffer + data
         self._buffer = b""

@@ -193,8 +193,10 @@ class Transport:
         self._start_kex()
 
     # ---- public I/O -----------------------------------------------------------------
-    def receive_data(self, data: bytes) -> None:
-        """Feed bytes from the peer; decoded payloads become available via next_payload()."""
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed bytes from the peer; decoded payloads become available via next_payload().
+
+        ``data`` may be a buffer the caller reuses: what is kept is copied."""
         if self.closed:
             return
         if self.peer_version is None:

@@ -65,7 +65,7 @@ _FAILURE = proto.Failure().encode()
 
 
 async def _receive_exactly(stream: trio.abc.ReceiveStream, n: int) -> bytes | None:
-    parts: list[bytes] = []
+    parts: list[bytes | bytearray] = []
     while n:
         chunk = await stream.receive_some(n)
         if not chunk:
@@ -383,7 +383,7 @@ class _AgentSocketDirectory:
 
     def __init__(self, parent: str, owner: tuple[int, int] | None):
         self.owner = owner
-        self._parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._parent_fd: int | None = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # None once closed
         self._fd: int | None = None
         try:
             self.name = self._make_directory()

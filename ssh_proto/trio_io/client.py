@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import inspect
 import os
-from typing import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from typing import AsyncIterator, Awaitable, Callable, Iterable, Protocol, Sequence
 
 import trio
 
@@ -42,12 +42,23 @@ class Identity:
     """A key that can sign, with the certificate to present for it (if any)."""
 
     public: PublicKey | Certificate
-    sign: Callable[[bytes, str], bytes]   # (data, signature algorithm) -> signature blob; may be async-wrapped
+    sign: Callable[[bytes, str], bytes | Awaitable[bytes]]   # (data, signature algorithm) -> signature blob
 
     @property
     def algorithms(self) -> tuple[str, ...]:
         """The signature algorithms this identity can sign with, best first."""
         return self.public.signature_algorithms
+
+
+class Agent(Protocol):
+    """What :func:`connect` needs of its ``agent``: the keys to try, and serving a forwarded
+    agent channel (:class:`~ssh_proto.trio_io.agent.AgentClient` and
+    :class:`~ssh_proto.trio_io.agent.InProcessAgent` are two). An agent that also has
+    ``bind_session`` is bound to each session before it signs."""
+
+    async def identities_for_auth(self) -> list[Identity]: ...
+
+    async def serve_channel(self, channel: SSHChannel) -> None: ...
 
 
 def identities_from(client_keys: Iterable) -> list[Identity]:
@@ -90,11 +101,11 @@ def host_key_policy(known_hosts, host: str, port: int):
 class SSHClientConnection(SSHConnection):
     """An authenticated client connection."""
 
-    def __init__(self, stream, core):
+    def __init__(self, stream: trio.abc.Stream, core: Connection):
         super().__init__(stream, core)
         self.on_event = self._on_event
-        self._remote_forwards: dict[tuple[str, int], Callable] = {}
-        self.agent = None  # an agent to serve on auth-agent@openssh.com channels (forwarding)
+        self._remote_forwards: dict[tuple[str, int], tuple[str, int]] = {}  # server's (address, port) -> our destination
+        self.agent: Agent | None = None  # an agent to serve on auth-agent@openssh.com channels (forwarding)
         self._agent_forwarding_requested = False
 
     # ---- sessions ---------------------------------------------------------------------
@@ -169,7 +180,7 @@ class SSHClientConnection(SSHConnection):
         if event.channel_type == "forwarded-tcpip":
             await accept_forwarded_tcpip(self, event)
         elif event.channel_type == "auth-agent@openssh.com" and self._agent_forwarding_requested and self.agent:
-            await accept_agent_channel(self, event)
+            await accept_agent_channel(self, event, self.agent)
         else:
             # rule T21: refuse what we never asked for (x11, agent without request, ...)
             self.core.reject_channel(event.channel_id, m.OPEN_ADMINISTRATIVELY_PROHIBITED, "not requested")
@@ -193,6 +204,8 @@ async def _authenticate(conn: SSHClientConnection, identities: list[Identity], p
                 continue
             core.auth_publickey(ident.public, attempt.algorithm, signature)
         elif isinstance(attempt, TryPassword):
+            # The plan was told password=(password is not None), and tries it only then.
+            assert password is not None
             core.auth_password(password)
         elif isinstance(attempt, TryKbdInt):
             core.auth_kbdint()
@@ -256,7 +269,7 @@ async def _kbdint_answers(req: ev.AuthInfoRequest, handler: KbdIntHandler | None
 
 @contextlib.asynccontextmanager
 async def connect(host: str, port: int = 22, *, username: str | None = None, client_keys: Iterable = (),
-                  known_hosts=_DEFAULT, agent=None, password: str | None = None,
+                  known_hosts=_DEFAULT, agent: Agent | None = None, password: str | None = None,
                   kbdint_handler: KbdIntHandler | None = None, options: ConnectionOptions = ConnectionOptions(),
                   stream: trio.abc.Stream | None = None, connect_timeout: float = 30.0,
                   host_key_alias: str | None = None) -> AsyncIterator[SSHClientConnection]:
@@ -264,9 +277,8 @@ async def connect(host: str, port: int = 22, *, username: str | None = None, cli
 
     ``known_hosts`` is a path (default ``~/.ssh/known_hosts``), a :class:`KnownHosts`, a
     callable ``verify(key)`` that raises to reject, or None to disable host checking.
-    ``agent`` is an :class:`~ssh_proto.agent.AgentClient` (or anything with ``identities()``
-    and ``sign()``) whose keys are tried after ``client_keys``; it is also what a forwarded
-    agent channel serves.
+    ``agent`` (an :class:`Agent`, such as :class:`~ssh_proto.trio_io.agent.AgentClient`) gives
+    the keys tried after ``client_keys``; it is also what a forwarded agent channel serves.
     """
     if username is None:
         username = os.environ.get("USER") or os.environ.get("LOGNAME") or "root"
@@ -302,7 +314,7 @@ async def connect(host: str, port: int = 22, *, username: str | None = None, cli
         raise error
 
 
-async def _bind_agent_session(agent, conn: SSHClientConnection) -> None:
+async def _bind_agent_session(agent: Agent, conn: SSHClientConnection) -> None:
     """Bind the agent to this session before it signs for us (session-bind@openssh.com),
     so an agent that enforces bindings can refuse signatures for other hosts. Agents
     that do not know the extension refuse it; OpenSSH carries on then, and so do we."""

@@ -16,7 +16,7 @@ Channel opens the core's limits refused are logged here (a few per connection).
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Awaitable, Callable, TypeVar, overload
 
 import trio
 
@@ -27,6 +27,11 @@ from ..errors import (ChannelOpenError, ConnectionLost, DisconnectError, Disconn
 from .channel import SSHChannel
 
 log = logging.getLogger("ssh_proto")
+
+#: The answers to our user-auth requests, which the client's authentication task reads.
+AuthAnswer = ev.AuthResult | ev.AuthPkOk | ev.AuthInfoRequest | ev.AuthBanner | ev.ServiceAccepted
+
+_Channel = TypeVar("_Channel", bound=SSHChannel)
 
 RECEIVE_SIZE = 256 * 1024
 #: Before authentication a read is small: the replies to one read are what a paused reader
@@ -49,15 +54,15 @@ class SSHConnection:
         self._sent = trio.Event()   # set (and replaced) each time the writer finishes a send_all
         self._queued = 0            # bytes the writer is putting on the wire right now
         self._channels: dict[int, SSHChannel] = {}
-        self._opening: dict[int, trio.MemorySendChannel] = {}
-        self._global_waiters: list[trio.MemorySendChannel] = []
+        self._opening: dict[int, trio.MemorySendChannel[ev.ChannelOpenConfirmed | ev.ChannelOpenFailed]] = {}
+        self._global_waiters: list[trio.MemorySendChannel[ev.GlobalRequestReplied]] = []
         self._handshake = trio.Event()
         self._handshake_ok = False
         self._writer_running = False
-        self._auth_events_send, self.auth_events = trio.open_memory_channel(16)
+        self._auth_events_send, self.auth_events = trio.open_memory_channel[AuthAnswer](16)
         self.closed = trio.Event()
         self.error: BaseException | None = None
-        self.on_event: Callable[[ev.Event], object] | None = None  # role-specific dispatch (async)
+        self.on_event: Callable[[ev.Event], Awaitable[None]] | None = None  # role-specific dispatch
         self.peer_address: tuple | None = None
         self.local_address: tuple | None = None
         self._refusals = 0
@@ -83,6 +88,9 @@ class SSHConnection:
     @property
     def nursery(self) -> trio.Nursery:
         """The connection's nursery: its channels' tasks live here and end with it."""
+        # Set before start_tasks returns, so before the reader dispatches the first event:
+        # every user of it runs in, or after, a task of this connection.
+        assert self._nursery is not None
         return self._nursery
 
     async def wait_handshake(self) -> None:
@@ -233,59 +241,51 @@ class SSHConnection:
 
     # ---- event dispatch ------------------------------------------------------------------
     async def _dispatch(self, event: ev.Event) -> None:
-        t = type(event)
-        if t is ev.ChannelDataReceived:
+        # An isinstance chain, channel data first: it is most of the events of a busy
+        # connection, and a `match` on class patterns costs twice as much per event.
+        if isinstance(event, ev.ChannelDataReceived):
             ch = self._channels.get(event.channel_id)
             if ch is not None:
                 ch._on_data(event.data, event.data_type)
             return
-        if t is ev.ChannelWindowAdjusted:
+        if isinstance(event, ev.ChannelWindowAdjusted):
             ch = self._channels.get(event.channel_id)
             if ch is not None:
                 ch._on_window()
             return
-        if t is ev.HandshakeComplete:
+        if isinstance(event, ev.HandshakeComplete):
             self._handshake_ok = True
             self._handshake.set()
             return
-        if t is ev.ChannelEofReceived:
+        if isinstance(event, ev.ChannelEofReceived):
             ch = self._channels.get(event.channel_id)
             if ch is not None:
                 ch._on_eof()
             return
-        if t is ev.ChannelCloseReceived:
+        if isinstance(event, ev.ChannelCloseReceived):
             ch = self._channels.pop(event.channel_id, None)
             if ch is not None:
                 ch._on_close()
             return
-        if t is ev.ChannelRequestReceived:
+        if isinstance(event, ev.ChannelRequestReceived):
             ch = self._channels.get(event.channel_id)
             if ch is not None:
                 await ch._on_request(event)
             elif event.want_reply:
                 self.core.reply_channel_request(event.channel_id, event.token, False)
             return
-        if t is ev.ChannelRequestReplied:
+        if isinstance(event, ev.ChannelRequestReplied):
             ch = self._channels.get(event.channel_id)
             if ch is not None:
                 ch._on_request_reply(event.success)
             return
-        if t in (ev.ChannelOpenConfirmed, ev.ChannelOpenFailed):
-            waiter = self._opening.pop(event.channel_id, None)
-            try:
-                if waiter is None:
-                    raise trio.BrokenResourceError
-                waiter.send_nowait(event)
-            except trio.BrokenResourceError:
-                # the opener gave up (cancelled): close what the peer just opened for it
-                if t is ev.ChannelOpenConfirmed:
-                    self._channels.pop(event.channel_id, None)
-                    self.core.close_channel(event.channel_id)
+        if isinstance(event, (ev.ChannelOpenConfirmed, ev.ChannelOpenFailed)):
+            self._on_open_answer(event)
             return
-        if t is ev.ChannelOpenRefused:
+        if isinstance(event, ev.ChannelOpenRefused):
             self._log_refusal(f"{event.channel_type} channel refused: {event.description}")
             return
-        if t is ev.GlobalRequestReplied:
+        if isinstance(event, ev.GlobalRequestReplied):
             if self._global_waiters:
                 self._global_waiters.pop(0).send_nowait(event)
             return
@@ -294,6 +294,18 @@ class SSHConnection:
             return
         if self.on_event is not None:
             await self.on_event(event)
+
+    def _on_open_answer(self, event: ev.ChannelOpenConfirmed | ev.ChannelOpenFailed) -> None:
+        waiter = self._opening.pop(event.channel_id, None)
+        try:
+            if waiter is None:
+                raise trio.BrokenResourceError
+            waiter.send_nowait(event)
+        except trio.BrokenResourceError:
+            # the opener gave up (cancelled): close what the peer just opened for it
+            if isinstance(event, ev.ChannelOpenConfirmed):
+                self._channels.pop(event.channel_id, None)
+                self.core.close_channel(event.channel_id)
 
     def _log_refusal(self, what: str) -> None:
         """One line per refusal a limit made, up to MAX_REFUSALS_LOGGED per connection."""
@@ -307,16 +319,29 @@ class SSHConnection:
         """Route the events of ``channel.channel_id`` to ``channel`` (for application channel types)."""
         self._channels[channel.channel_id] = channel
 
+    @overload
     async def open_channel(self, channel_type: str, data: bytes = b"", *, window: int | None = None,
-                           max_packet: int | None = None, channel_factory=SSHChannel) -> SSHChannel:
-        """Open a channel of any type; raises ChannelOpenError if the peer refuses."""
+                           max_packet: int | None = None) -> SSHChannel: ...
+
+    @overload
+    async def open_channel(self, channel_type: str, data: bytes = b"", *, window: int | None = None,
+                           max_packet: int | None = None,
+                           channel_factory: Callable[[SSHConnection, int, str], _Channel]) -> _Channel: ...
+
+    async def open_channel(self, channel_type: str, data: bytes = b"", *, window: int | None = None,
+                           max_packet: int | None = None,
+                           channel_factory: Callable[[SSHConnection, int, str], SSHChannel] = SSHChannel) -> SSHChannel:
+        """Open a channel of any type; raises ChannelOpenError if the peer refuses.
+
+        ``channel_factory(connection, channel_id, channel_type)`` makes the channel object (an
+        :class:`SSHChannel` subclass, say); the default is :class:`SSHChannel`."""
         self._check_open()
         local_id = self.core.open_channel(channel_type, data, window=window, max_packet=max_packet)
         # Registered before the confirmation arrives: the peer may send data right behind it,
         # in the same read, and the reader dispatches that before this task runs again.
         channel = channel_factory(self, local_id, channel_type)
         self.register_channel(channel)
-        send, recv = trio.open_memory_channel(1)
+        send, recv = trio.open_memory_channel[ev.ChannelOpenConfirmed | ev.ChannelOpenFailed](1)
         self._opening[local_id] = send
         try:
             await self.flush()
@@ -340,7 +365,7 @@ class SSHConnection:
             self.core.send_global_request(name, data, False)
             await self.flush()
             return True, b""
-        send, recv = trio.open_memory_channel(1)
+        send, recv = trio.open_memory_channel[ev.GlobalRequestReplied](1)
         self._global_waiters.append(send)
         self.core.send_global_request(name, data, True)
         await self.flush()

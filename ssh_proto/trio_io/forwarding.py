@@ -25,7 +25,7 @@ from .accept import accept_loop
 from .channel import SSHChannel
 
 if TYPE_CHECKING:
-    from .client import SSHClientConnection
+    from .client import Agent, SSHClientConnection
     from .server import SSHServerConnection
 
 RELAY_CHUNK = 64 * 1024
@@ -92,8 +92,10 @@ async def relay(channel: SSHChannel, stream: trio.abc.Stream) -> None:
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError, SSHError):
         pass
     finally:
-        await channel.aclose()
-        await trio.aclose_forcefully(stream)
+        try:
+            await channel.aclose()  # may raise Cancelled when the connection is going away...
+        finally:
+            await trio.aclose_forcefully(stream)  # ...the stream is closed all the same (L1: no fd leak)
 
 
 async def serve_local_forward(conn: "SSHClientConnection", listen_host: str, listen_port: int,
@@ -146,13 +148,13 @@ async def accept_forwarded_tcpip(conn: "SSHClientConnection", event: ev.ChannelO
     conn.nursery.start_soon(relay, channel, stream)
 
 
-async def accept_agent_channel(conn: "SSHClientConnection", event: ev.ChannelOpenRequest) -> None:
-    """Serve our agent on an auth-agent@openssh.com channel the server opened."""
+async def accept_agent_channel(conn: "SSHClientConnection", event: ev.ChannelOpenRequest, agent: "Agent") -> None:
+    """Serve ``agent`` (the connection's) on an auth-agent@openssh.com channel the server opened."""
     m.Empty.decode(event.data)
     channel = SSHChannel(conn, event.channel_id, event.channel_type)
     conn.register_channel(channel)
     conn.core.accept_channel(event.channel_id)
-    conn.nursery.start_soon(conn.agent.serve_channel, channel)
+    conn.nursery.start_soon(agent.serve_channel, channel)
 
 
 async def handle_tcpip_forward_request(conn: "SSHServerConnection", event: ev.GlobalRequestReceived) -> tuple[bool, bytes]:

@@ -59,7 +59,7 @@ class PreambleStream(trio.abc.HalfCloseableStream):
         self._pending: bytes | None = None  # None until the front of the input is decided
         self._refused: PreambleError | None = None
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         """Bytes after the relay's line; raises PreambleError when the line was refused."""
         if self._refused is not None:
             raise self._refused  # a refused line stays refused: nothing after it is read as SSH

@@ -50,6 +50,10 @@ from .session import ServerSession
 
 log = logging.getLogger("ssh_proto.server")
 
+#: The server-side authentication events: each is one request the application decides.
+AuthRequest = (ev.AuthNone | ev.AuthPublicKeyQuery | ev.AuthPublicKey | ev.AuthPassword | ev.AuthKbdInt
+               | ev.AuthKbdIntResponse)
+
 LOGIN_GRACE_TIME = 120.0
 REFUSAL_LOG_INTERVAL = 10.0   # connections refused at the door: one line per source per this
 
@@ -259,7 +263,7 @@ class SSHServerConnection(SSHConnection):
         self.authenticated = trio.Event()
         self._delay_secret = delay_secret
         self.agent_forwarding = False  # set when a session asked for it
-        self.remote_forwards: dict[tuple[str, int], object] = {}
+        self.remote_forwards: dict[tuple[str, int], trio.CancelScope] = {}  # (address, port) -> its listener
 
     def send_banner(self, message: str) -> None:
         """Show ``message`` to the user (USERAUTH_BANNER, RFC 4252 §5.4): OpenSSH prints it
@@ -273,12 +277,19 @@ class SSHServerConnection(SSHConnection):
             startup.seen()  # L8: a login in progress is not what a full listener evicts
 
     async def _on_event(self, event: ev.Event) -> None:
-        handler = _SERVER_EVENTS.get(type(event))
-        if handler is not None:
-            await handler(self, event)
+        match event:
+            case (ev.AuthNone() | ev.AuthPublicKeyQuery() | ev.AuthPublicKey() | ev.AuthPassword() | ev.AuthKbdInt()
+                  | ev.AuthKbdIntResponse()):
+                await self._on_auth_event(event)
+            case ev.AuthSucceeded():
+                await self._on_auth_succeeded(event)
+            case ev.ChannelOpenRequest():
+                await self._on_channel_open(event)
+            case ev.GlobalRequestReceived():
+                await self._on_global_request(event)
 
     # ---- authentication ------------------------------------------------------------------
-    async def _decide(self, event, outcome) -> None:
+    async def _decide(self, event: AuthRequest, outcome: object) -> None:
         core = self.core
         if isinstance(outcome, Challenge):
             core.auth_challenge(outcome.name, outcome.instruction, outcome.prompts)
@@ -306,7 +317,7 @@ class SSHServerConnection(SSHConnection):
         if elapsed < target:
             await trio.sleep(target - elapsed)
 
-    async def _on_auth_event(self, event) -> None:
+    async def _on_auth_event(self, event: AuthRequest) -> None:
         self._request_started = trio.current_time()
         try:
             await self._ask_application(event)
@@ -318,7 +329,7 @@ class SSHServerConnection(SSHConnection):
             if self.core.auth_pending:
                 await self._decide(event, False)
 
-    async def _ask_application(self, event) -> None:
+    async def _ask_application(self, event: AuthRequest) -> None:
         s = self.server
         if isinstance(event, ev.AuthNone):
             outcome = await s.auth_none(event.username)
@@ -373,12 +384,15 @@ class SSHServerConnection(SSHConnection):
         if not self.server.session_allowed():
             self.core.reject_channel(event.channel_id, m.OPEN_ADMINISTRATIVELY_PROHIBITED, "sessions not allowed")
             return
+        # The state table admits CHANNEL_OPEN only once USERAUTH_SUCCESS opened the connection
+        # (T11), and that queued AuthSucceeded, dispatched before this event, set the name.
+        assert self.username is not None
         session = ServerSession(self, event.channel_id, "session", policy=self.policy or SessionPolicy(),
                                 username=self.username, start=self._start_session)
         self.register_channel(session)
         self.core.accept_channel(event.channel_id)
 
-    async def _start_session(self, session: ServerSession):
+    async def _start_session(self, session: ServerSession) -> int | None:
         if session.agent_forwarding:
             self.agent_forwarding = True
         return await self.server.session(session)
@@ -401,10 +415,14 @@ class SSHServerConnection(SSHConnection):
         if stream is None:
             core.reject_channel(event.channel_id, m.OPEN_ADMINISTRATIVELY_PROHIBITED, "forwarding refused")
             return
-        channel = SSHChannel(self, event.channel_id, "direct-tcpip")
-        self.register_channel(channel)
-        core.accept_channel(event.channel_id)
-        self.nursery.start_soon(relay, channel, stream)
+        try:
+            channel = SSHChannel(self, event.channel_id, "direct-tcpip")
+            self.register_channel(channel)
+            core.accept_channel(event.channel_id)
+            self.nursery.start_soon(relay, channel, stream)
+        except BaseException:  # the connection went away meanwhile: the relay will not close it
+            await trio.aclose_forcefully(stream)
+            raise
 
     async def _on_global_request(self, event: ev.GlobalRequestReceived) -> None:
         from .forwarding import handle_tcpip_forward_request
@@ -426,19 +444,6 @@ async def _run_channel(handler, channel: SSHChannel) -> None:
         log.exception("channel handler for %s failed", channel.channel_type)
     finally:
         await channel.aclose()
-
-
-_SERVER_EVENTS: dict[type, Callable] = {
-    ev.AuthNone: SSHServerConnection._on_auth_event,
-    ev.AuthPublicKeyQuery: SSHServerConnection._on_auth_event,
-    ev.AuthPublicKey: SSHServerConnection._on_auth_event,
-    ev.AuthPassword: SSHServerConnection._on_auth_event,
-    ev.AuthKbdInt: SSHServerConnection._on_auth_event,
-    ev.AuthKbdIntResponse: SSHServerConnection._on_auth_event,
-    ev.AuthSucceeded: SSHServerConnection._on_auth_succeeded,
-    ev.ChannelOpenRequest: SSHServerConnection._on_channel_open,
-    ev.GlobalRequestReceived: SSHServerConnection._on_global_request,
-}
 
 
 class _RefusalLog:
@@ -474,7 +479,7 @@ class _Gate:
     """
 
     def __init__(self, admission: Admission | None, refusals: _RefusalLog | None = None,
-                 on_decided: Callable[[], None] | None = None):
+                 on_decided: Callable[[], object] | None = None):
         self.admission = admission
         self.startup: Startup | None = None
         self.wait_scope = trio.CancelScope()
@@ -620,7 +625,8 @@ class SSHListener:
         self.options = options
         self.login_grace_time = login_grace_time
         if max_startups is not None:
-            profile = dataclasses.replace(profile, max_startups=tuple(max_startups))
+            start, rate, full = max_startups  # any sequence of three, as ListenerProfile unpacks it
+            profile = dataclasses.replace(profile, max_startups=(start, rate, full))
         self.profile = profile
         self.admission = Admission(profile)
         self._refusals = _RefusalLog()

@@ -159,7 +159,7 @@ class ServerSession(SSHChannel):
     """
 
     def __init__(self, conn: "SSHConnection", channel_id: int, channel_type: str, *,
-                 policy: SessionPolicy, username: str, start: Callable[["ServerSession"], Awaitable[None]],
+                 policy: SessionPolicy, username: str, start: Callable[["ServerSession"], Awaitable[int | None]],
                  accept_env: Callable[[str, str], bool] | None = None):
         super().__init__(conn, channel_id, channel_type)
         self.requests = SessionRequests(policy, accept_env)
