@@ -269,8 +269,12 @@ class ProxyServer(ssh_proto.SSHServer):
             await self._emit("port", False, target=f"{host}:{port}", addr=dialled.via, reason=reason, **where)
             raise ssh_proto.ChannelOpenError(OPEN_CONNECT_FAILED,
                                              f"node {host!r} at {dialled.via} is unreachable: {reason}") from None
-        await self._emit("port", True, target=f"{host}:{port}", addr=dialled.via,
-                         origin=f"{orig_host}:{orig_port}", **where)
+        try:
+            await self._emit("port", True, target=f"{host}:{port}", addr=dialled.via,
+                             origin=f"{orig_host}:{orig_port}", **where)
+        except BaseException:  # cancelled: the connection went away; the stream is ours to close (L1)
+            await trio.aclose_forcefully(dialled.stream)
+            raise
         return self._tracked(dialled.stream, node.name)
 
     def _tracked(self, stream: trio.abc.HalfCloseableStream, node: str) -> trio.abc.HalfCloseableStream:
