@@ -21,6 +21,19 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: an argument it does not know is its own error, shown with its own
+    usage. (argparse hands a subcommand's unknown arguments up to the top-level parser, whose
+    usage tells the user nothing about the flags of the command they typed.) Nested
+    subcommands (``ctl users add``) get this class too: argparse's default is ``type(self)``."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
 def _add_start(sub) -> None:
     p = sub.add_parser("start", help="run the appliance services (auth, proxy, node, web)",
                        epilog="Every flag but --config and --print-config has a TOML setting: see docs/config.md.")
@@ -196,10 +209,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jumpgate", description="Jumpgate: SSH access with short-lived certificates.")
     parser.add_argument("--version", action="version", version=f"jumpgate {VERSION}")
     parser.add_argument("--debug", action="store_true", help="log debugging information to stderr")
-    sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND")  # not "command": ssh has one
+    sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND",  # not "command": ssh has one
+                                parser_class=_CommandParser)
     for name, add in COMMANDS.items():
         if only is None or name == only:
             add(sub)
+    for command in sub.choices.values():  # `jumpgate ssh --debug ...` as well as `jumpgate --debug ssh ...`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
