@@ -164,7 +164,16 @@ def _add_ssh(sub) -> None:
                        epilog="Sessions are handed to a per-user session daemon that keeps the proxy connection "
                               "(started on first use; log in ~/.jumpgate/mux.log). -L, -R, -N and "
                               "JUMPGATE_MUX=0 run in this process.")
-    p.add_argument("-p", "--port", type=int, help="node port")
+    p.add_argument("-p", "--port", type=_port, help="port of a node given by its address "
+                   "(a node given by name is reached at the port it registered)")
+    p.add_argument("-v", dest="verbose", action="count", default=0,
+                   help="verbose: print each step of the connection (certificate, proxy, host certificates) "
+                        "on stderr; runs the session in this process")
+    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTION",
+                   help="an OpenSSH option: ServerAliveInterval, ServerAliveCountMax, ConnectTimeout, "
+                        "StrictHostKeyChecking (others are refused by name)")
+    p.add_argument("-e", dest="escape_char", metavar="CHAR",
+                   help="escape character at the start of a line (default ~; none: no escapes)")
     p.add_argument("-L", dest="local_forwards", action="append", default=[], help="[bind:]port:host:hostport")
     p.add_argument("-R", dest="remote_forwards", action="append", default=[], help="[bind:]port:host:hostport")
     p.add_argument("-A", dest="forward_agent", action="store_true", help="forward the SSH agent")
@@ -181,7 +190,11 @@ def _add_scp(sub) -> None:
     p = sub.add_parser("scp", help="copy files to and from nodes ([login@]node:path)")
     p.add_argument("-r", dest="recursive", action="store_true", help="copy directories recursively")
     p.add_argument("-p", dest="preserve", action="store_true", help="preserve times and modes")
-    p.add_argument("-P", "--port", type=int, help="node port")
+    p.add_argument("-P", "--port", type=_port, help="port of a node given by its address")
+    p.add_argument("-q", dest="quiet", action="store_true", help="no progress meter")
+    p.add_argument("-v", dest="verbose", action="count", default=0, help="verbose: print each step of the connection")
+    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTION",
+                   help="an OpenSSH option (as for jumpgate ssh)")
     p.add_argument("sources", nargs="+")
     p.add_argument("destination")
     p.set_defaults(func="appliance.cli.remote:scp")

@@ -17,7 +17,9 @@ This module owns the client side of the proxy path and of the classic scp protoc
   the one asked for (CVE-2019-6111), and only one top-level entry is accepted.
 
 Every failure to connect becomes :class:`ConnectError`, one line that says what to do;
-the node and the proxy audit the refusals themselves.
+the node and the proxy audit the refusals themselves. Each step (the certificate used, the
+proxy, the hosts' certificates as checked, the node hop) is logged at DEBUG on the
+``jumpgate.client`` logger: what ``jumpgate ssh -v`` and ``--debug`` print.
 
 >>> remote_scp_command("t", "~/my dir", recursive=True)
 "scp -t -r -- ~/'my dir'"
@@ -27,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import getpass
+import logging
 import os
 import shlex
 import stat
@@ -39,7 +42,7 @@ import trio
 
 import ssh_proto
 from ssh_proto.errors import AuthError, ChannelError, ChannelOpenError, HostKeyNotVerifiable, KeyFormatError, SSHError
-from ssh_proto.keys import Certificate, PrivateKey, load_private_key, load_public_file
+from ssh_proto.keys import Certificate, PrivateKey, PublicKey, load_private_key, load_public_file
 from ssh_proto.messages import OPEN_ADMINISTRATIVELY_PROHIBITED
 from ssh_proto.known_hosts import MARKER_CERT_AUTHORITY, KnownHosts
 
@@ -49,11 +52,14 @@ from ..errors import ChannelProtocolError
 from ..inventory import NodeRecord
 from ..timestamps import format_time
 from ..proxy.routing import NODES_SUBSYSTEM, decode_list_response, encode_list_request
-from .trust import node_host_check, proxy_host_check
+from .options import ClientOptions
+from .trust import HostCheck, node_host_check, proxy_host_check
 
 __all__ = ["PROXY_PORT", "NODE_PORT", "ConnectError", "Credentials", "ScpProtocolError", "connect_node",
            "certificate_problem", "connect_over", "connect_proxy", "proxy_endpoint", "default_login", "list_nodes", "load_credentials", "open_node_channel",
-           "remote_scp_command", "resolve_target", "scp_download", "scp_upload"]
+           "remote_scp_command", "resolve_target", "scp_download", "scp_upload", "KeepAlive"]
+
+log = logging.getLogger("jumpgate.client")
 
 CONNECT_TIMEOUT = 15.0
 COPY_CHUNK = 256 * 1024
@@ -139,6 +145,8 @@ def load_credentials(profile) -> Credentials:
     if not any(e.marker == MARKER_CERT_AUTHORITY for e in known_hosts.entries):
         raise ConnectError(f"{profile.known_hosts_path} trusts no host CA; {LOGIN_HINT}")
     host, port = proxy_endpoint(profile)
+    log.debug("certificate %s: key id %r, serial %d, logins %s, valid until %s", profile.cert_path, cert.key_id,
+              cert.serial, ",".join(cert.principals) or "(none)", _when(cert.valid_before))
     return Credentials(key, cert, known_hosts, host, port, profile.user, profile.cluster)
 
 
@@ -158,10 +166,10 @@ def certificate_problem(creds: Credentials) -> str | None:
 
 # ------------------------------------------------------------------------------ connecting
 
-def _proxy_failure(exc: BaseException, creds: Credentials) -> ConnectError:
+def _proxy_failure(exc: BaseException, creds: Credentials, timeout: float = CONNECT_TIMEOUT) -> ConnectError:
     where = f"{creds.proxy_host}:{creds.proxy_port}"
     if isinstance(exc, trio.TooSlowError):
-        return ConnectError(f"the proxy at {where} did not answer within {CONNECT_TIMEOUT:g}s")
+        return ConnectError(f"the proxy at {where} did not answer within {timeout:g}s")
     if isinstance(exc, OSError):
         return ConnectError(f"cannot reach the proxy at {where}: {exc.strerror or exc}")
     if isinstance(exc, HostKeyNotVerifiable):
@@ -173,9 +181,10 @@ def _proxy_failure(exc: BaseException, creds: Credentials) -> ConnectError:
     return ConnectError(f"connection to the proxy at {where} failed: {exc}")
 
 
-def _node_failure(exc: BaseException, node: str, login: str, creds: Credentials) -> ConnectError:
+def _node_failure(exc: BaseException, node: str, login: str, creds: Credentials,
+                  timeout: float = CONNECT_TIMEOUT) -> ConnectError:
     if isinstance(exc, trio.TooSlowError):
-        return ConnectError(f"node {node!r} did not answer within {CONNECT_TIMEOUT:g}s")
+        return ConnectError(f"node {node!r} did not answer within {timeout:g}s")
     if isinstance(exc, HostKeyNotVerifiable):
         return ConnectError(f"node {node!r} is not certified by the cluster's host CA for that name ({exc})")
     if isinstance(exc, AuthError):
@@ -203,30 +212,56 @@ async def _connected(connecting: AsyncContextManager[ssh_proto.SSHClientConnecti
         raise failure(exc) from None
 
 
+def _logged_check(check: HostCheck, what: str) -> HostCheck:
+    """``check``, and a DEBUG line naming the host certificate it accepted."""
+    def verify(key: PublicKey | Certificate) -> None:
+        check(key)
+        if isinstance(key, Certificate):
+            log.debug("%s: host certificate %r (serial %d, for %s) signed by host CA %s, valid until %s: accepted",
+                      what, key.key_id, key.serial, ",".join(key.principals), key.signature_key.fingerprint(),
+                      _when(key.valid_before))
+    return verify
+
+
+def _log_connected(conn: ssh_proto.SSHClientConnection, what: str) -> None:
+    algorithms = conn.negotiated
+    if algorithms is not None:
+        log.debug("%s: %s, kex %s, host key %s, cipher %s", what, conn.peer_version or "?", algorithms.kex,
+                  algorithms.host_key, algorithms.cipher_cs)
+
+
 @contextlib.asynccontextmanager
-async def connect_proxy(creds: Credentials) -> AsyncIterator[ssh_proto.SSHClientConnection]:
+async def connect_proxy(creds: Credentials, *,
+                        connect_timeout: float = CONNECT_TIMEOUT) -> AsyncIterator[ssh_proto.SSHClientConnection]:
     """An authenticated connection to the proxy (username = the cluster user)."""
+    where = f"{creds.proxy_host}:{creds.proxy_port}"
+    log.debug("connecting to the proxy %s as %r (timeout %gs)", where, creds.user, connect_timeout)
+    check = _logged_check(proxy_host_check(creds.known_hosts, creds.proxy_host, creds.proxy_port), f"proxy {where}")
     connecting = ssh_proto.connect(creds.proxy_host, creds.proxy_port, username=creds.user,
-                                   client_keys=creds.client_keys,
-                                   known_hosts=proxy_host_check(creds.known_hosts, creds.proxy_host, creds.proxy_port),
-                                   connect_timeout=CONNECT_TIMEOUT)
-    async with _connected(connecting, lambda exc: _proxy_failure(exc, creds)) as conn:
+                                   client_keys=creds.client_keys, known_hosts=check, connect_timeout=connect_timeout)
+    async with _connected(connecting, lambda exc: _proxy_failure(exc, creds, connect_timeout)) as conn:
+        _log_connected(conn, f"authenticated to the proxy {where} with the certificate")
         yield conn
 
 
-async def open_node_channel(proxy: ssh_proto.SSHClientConnection, node: str, port: int) -> ssh_proto.SSHChannel:
+async def open_node_channel(proxy: ssh_proto.SSHClientConnection, node: str, port: int, *,
+                            connect_timeout: float = CONNECT_TIMEOUT) -> ssh_proto.SSHChannel:
     """A ``direct-tcpip`` channel through ``proxy`` to ``node``; ConnectError when the proxy refuses.
 
     A proxy connection that died raises its own error (SSHError, BrokenResourceError), so
     that a caller holding a long-lived proxy connection can tell it from a refusal.
     """
+    log.debug("asking the proxy for a channel to %r port %d", node, port)
     try:
-        with trio.fail_after(CONNECT_TIMEOUT):
-            return await proxy.open_direct_tcpip(node, port)
+        with trio.fail_after(connect_timeout):
+            channel = await proxy.open_direct_tcpip(node, port)
     except ChannelOpenError as exc:
+        log.debug("the proxy refused the channel: reason %d, %r", exc.reason, exc.description)
         raise ConnectError(_node_refusal(node, exc)) from None
     except trio.TooSlowError:
-        raise ConnectError(f"the proxy did not connect to node {node!r} within {CONNECT_TIMEOUT:g}s") from None
+        raise ConnectError(f"the proxy did not connect to node {node!r} within {connect_timeout:g}s") from None
+    log.debug("the proxy connected the channel to %r", node)
+    return channel
 
 
 def _node_refusal(node: str, exc: ChannelOpenError) -> str:
@@ -238,16 +273,19 @@ def _node_refusal(node: str, exc: ChannelOpenError) -> str:
 
 @contextlib.asynccontextmanager
 async def connect_over(channel: ssh_proto.SSHChannel, creds: Credentials, node: str, login: str,
-                       port: int = NODE_PORT) -> AsyncIterator[ssh_proto.SSHClientConnection]:
+                       port: int = NODE_PORT, *,
+                       connect_timeout: float = CONNECT_TIMEOUT) -> AsyncIterator[ssh_proto.SSHClientConnection]:
     """The SSH connection to ``node`` as ``login`` over ``channel`` (from :func:`open_node_channel`).
 
     The node's ``node:`` host certificate must name ``node`` (the name the user typed, J8). Failures to
     connect become :class:`ConnectError`; errors of the caller's block pass through.
     """
-    connecting = ssh_proto.connect(node, port, username=login, client_keys=creds.client_keys,
-                                   known_hosts=node_host_check(creds.known_hosts, creds.cluster, node, port),
-                                   stream=channel, connect_timeout=CONNECT_TIMEOUT)
-    async with _connected(connecting, lambda exc: _node_failure(exc, node, login, creds)) as conn:
+    log.debug("connecting to node %r as %r over that channel", node, login)
+    check = _logged_check(node_host_check(creds.known_hosts, creds.cluster, node, port), f"node {node!r}")
+    connecting = ssh_proto.connect(node, port, username=login, client_keys=creds.client_keys, known_hosts=check,
+                                   stream=channel, connect_timeout=connect_timeout)
+    async with _connected(connecting, lambda exc: _node_failure(exc, node, login, creds, connect_timeout)) as conn:
+        _log_connected(conn, f"authenticated to node {node!r} as {login!r}")
         conn.carrier = channel  # for session_lost_reason
         yield conn
 
@@ -267,7 +305,8 @@ def session_lost_reason(conn: ssh_proto.SSHClientConnection, channel: ssh_proto.
 
 @contextlib.asynccontextmanager
 async def connect_node(profile, node: str, login: str, *, port: int | None = None,
-                       creds: Credentials | None = None) -> AsyncIterator[ssh_proto.SSHClientConnection]:
+                       creds: Credentials | None = None,
+                       options: ClientOptions = ClientOptions()) -> AsyncIterator[ssh_proto.SSHClientConnection]:
     """An SSH connection to ``node`` as ``login``, through the profile's proxy.
 
     ``node`` is a node name, ``name.CLUSTER`` or a registered address; ``port`` (default
@@ -280,10 +319,49 @@ async def connect_node(profile, node: str, login: str, *, port: int | None = Non
     """
     creds = creds or load_credentials(profile)
     port = port or NODE_PORT
-    async with connect_proxy(creds) as proxy:
-        channel = await open_node_channel(proxy, node, port)
-        async with connect_over(channel, creds, node, login, port) as conn:
+    timeout = options.connect_timeout or CONNECT_TIMEOUT
+    async with connect_proxy(creds, connect_timeout=timeout) as proxy:
+        channel = await open_node_channel(proxy, node, port, connect_timeout=timeout)
+        async with connect_over(channel, creds, node, login, port, connect_timeout=timeout) as conn:
             yield conn
+
+
+class KeepAlive:
+    """OpenSSH's ServerAliveInterval / ServerAliveCountMax for one connection (to a node).
+
+    Every ``interval`` seconds a ``keepalive@openssh.com`` global request goes out (any
+    reply, success or failure, shows the peer alive: replies come in order, so one reply
+    answers every probe before it). When ``count_max`` probes in a row are unanswered the
+    peer is taken for dead: :meth:`run` closes the connection, which ends its sessions, and
+    :attr:`dead` tells the caller why they ended. A dead node behind a live proxy never
+    breaks the TCP connection, so without this a session would hang for good.
+    """
+
+    def __init__(self, conn: ssh_proto.SSHClientConnection, interval: float, count_max: int):
+        self.conn, self.interval, self.count_max = conn, interval, count_max
+        self.unanswered = 0
+        self.dead = False
+
+    async def run(self) -> None:
+        if self.interval <= 0:
+            return
+        async with trio.open_nursery() as probes:
+            while not self.conn.closed.is_set():
+                await trio.sleep(self.interval)
+                if self.unanswered >= self.count_max:  # (OpenSSH: sent count_max, the next interval cuts)
+                    self.dead = True
+                    log.debug("%d keepalives unanswered: closing the connection", self.unanswered)
+                    probes.cancel_scope.cancel()
+                    break
+                self.unanswered += 1
+                probes.start_soon(self._probe)
+        if self.dead:
+            await self.conn.aclose(description="keepalive timeout")
+
+    async def _probe(self) -> None:
+        with contextlib.suppress(SSHError, trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.conn.global_request("keepalive@openssh.com")
+            self.unanswered = 0
 
 
 async def list_nodes(creds: Credentials, labels: Mapping[str, str]) -> list[NodeRecord]:

@@ -135,14 +135,17 @@ class SSHClientConnection(SSHConnection):
         return await self.open_channel("direct-tcpip", data)
 
     async def forward_local_port(self, listen_host: str, listen_port: int, dest_host: str, dest_port: int,
-                                 *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+                                 *, on_open_failed=None, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Listen locally; relay each accepted connection to dest through the server (ssh -L).
 
         Runs until cancelled; ``await nursery.start(conn.forward_local_port, ...)`` returns
-        the bound port.
+        the bound port. When the server refuses a connection's channel, the local connection
+        is closed and ``on_open_failed(dest_host, dest_port, bound_port, ChannelOpenError)``
+        is called (default: an INFO log line), so that the refusal is not silent.
         """
         from .forwarding import serve_local_forward
-        await serve_local_forward(self, listen_host, listen_port, dest_host, dest_port, task_status=task_status)
+        await serve_local_forward(self, listen_host, listen_port, dest_host, dest_port,
+                                  on_open_failed=on_open_failed, task_status=task_status)
 
     async def forward_remote_port(self, listen_host: str, listen_port: int, dest_host: str, dest_port: int) -> int:
         """Ask the server to listen; relay its connections to dest from here (ssh -R). Returns the port."""
