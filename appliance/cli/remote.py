@@ -388,7 +388,8 @@ async def _scp_main(profile: Profile, creds: Credentials, plan, args) -> int:
     direction, login, node, sources, target = plan
     options = {"recursive": bool(args.recursive), "preserve": bool(getattr(args, "preserve", False))}
     ok = True
-    async with connect_node(profile, node, login, port=getattr(args, "port", None), creds=creds) as conn:
+    async with connect_node(profile, node, login, port=getattr(args, "port", None), creds=creds,
+                            options=client_options(args)) as conn:
         if direction == "upload":
             ok = await scp_upload(conn, sources, target, _scp_warn, **options)
         else:
@@ -399,9 +400,12 @@ async def _scp_main(profile: Profile, creds: Credentials, plan, args) -> int:
 
 def scp(args) -> int:
     """``jumpgate scp [-r] SRC... DST``: copy between this machine and a node (scp protocol)."""
+    client_options(args)
+    log_verbosely(args)
     profile, creds = _credentials()
     paths = [*args.sources, args.destination] if hasattr(args, "destination") else list(args.paths)
     plan = _scp_plan(paths, creds)
+    warn_ignored_port(plan[2], creds.cluster, getattr(args, "port", None), "-P")
     return _run(_scp_main, profile, creds, plan, args)
 
 

@@ -192,8 +192,15 @@ def _node_failure(exc: BaseException, node: str, login: str, creds: Credentials,
             return ConnectError(f"login {login!r} is not allowed by your certificate "
                                 f"(your logins: {', '.join(creds.logins)})")
         problem = certificate_problem(creds)
-        return ConnectError(problem or f"node {node!r} refused login {login!r} (no such account there?)")
+        told = [_printable(b.strip().removeprefix("jumpgate: ")) for b in exc.banners if b.strip()]
+        return ConnectError(problem or (f"node {node!r}: {told[0]}" if told else
+                                        f"node {node!r} refused login {login!r} (no such account there?)"))
     return ConnectError(f"connection to node {node!r} failed: {exc}")
+
+
+def _printable(text: str) -> str:
+    """A server's text made safe for the user's terminal (no escape sequences), as OpenSSH's strnvis."""
+    return "".join(c if c.isprintable() else "?" for c in text[:500])
 
 
 @contextlib.asynccontextmanager

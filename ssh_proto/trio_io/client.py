@@ -86,6 +86,9 @@ def host_key_policy(known_hosts, host: str, port: int):
     return verify
 
 
+MAX_BANNERS = 8            # USERAUTH_BANNERs kept for an AuthError (a server may send any number)
+MAX_BANNER_TEXT = 2000
+
 class SSHClientConnection(SSHConnection):
     """An authenticated client connection."""
 
@@ -94,6 +97,7 @@ class SSHClientConnection(SSHConnection):
         self.on_event = self._on_event
         self._remote_forwards: dict[tuple[str, int], Callable] = {}
         self.agent = None  # an agent to serve on auth-agent@openssh.com channels (forwarding)
+        self.auth_banners: list[str] = []  # USERAUTH_BANNER texts, kept (bounded) for AuthError
         self._agent_forwarding_requested = False
 
     # ---- sessions ---------------------------------------------------------------------
@@ -203,7 +207,8 @@ async def _authenticate(conn: SSHClientConnection, identities: list[Identity], p
         if last.success:
             return
         attempt = _next_attempt(plan, last, core)
-    raise AuthError(f"authentication failed (server offers: {', '.join(attempt.methods) or 'nothing'})")
+    raise AuthError(f"authentication failed (server offers: {', '.join(attempt.methods) or 'nothing'})",
+                    banners=tuple(conn.auth_banners))
 
 
 def _next_attempt(plan: AuthPlan, last: ev.AuthResult | None, core: Connection):
@@ -242,7 +247,10 @@ async def _next_auth_event(conn: SSHClientConnection) -> ev.Event:
             event = await conn.auth_events.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise conn._lost_error() from None
-        if not isinstance(event, (ev.AuthBanner, ev.ServiceAccepted)):
+        if isinstance(event, ev.AuthBanner):
+            if len(conn.auth_banners) < MAX_BANNERS:
+                conn.auth_banners.append(event.message[:MAX_BANNER_TEXT])
+        elif not isinstance(event, ev.ServiceAccepted):
             return event
 
 
