@@ -53,7 +53,8 @@ from ..client.localio import EXIT_FAILURE, exit_status, relay
 from ..client.options import ClientOptions, OptionError, parse_options
 from ..client.profile import Profile, ProfileError
 from ..client.ssh import (ConnectError, Credentials, KeepAlive, connect_node, default_login, list_nodes,
-                          load_credentials, resolve_target, scp_download, scp_upload, session_lost_reason)
+                          has_glob, load_credentials, resolve_target, scp_download, scp_upload,
+                          session_lost_reason)
 from ..client.terminal import raw_terminal, session_env, term_name, terminal_size
 from ..client.trust import cluster_wildcard_allowed, host_ca_of, known_hosts_patterns, safe_node_names
 from .. import inventory
@@ -377,16 +378,32 @@ def _scp_plan(paths: Sequence[str], creds: Credentials):
         if len(hosts) != 1:
             raise CliError("all remote sources must be on the same node, as the same login")
         login, node = hosts.pop()
-        if len(sources) > 1 and not Path(destination).is_dir():
-            raise CliError(f"{destination}: not a directory (several sources)")
+        if (len(sources) > 1 or any(has_glob(r[2]) for r in remote_sources)) and not Path(destination).is_dir():
+            raise CliError(f"{destination}: not a directory (several sources, or a wildcard)")
         return "download", login or default_login(creds), node, [r[2] for r in remote_sources], destination
     raise CliError("copy between this machine and one node: scp SRC... [login@]node:DST "
                    "or scp [login@]node:SRC... DST")
 
 
+def _progress(args):
+    """The meter factory for scp, when stdout is a terminal and -q was not given (as OpenSSH)."""
+    if getattr(args, "quiet", False) or not os.isatty(1):
+        return None
+    from ..client.progress import ProgressMeter
+
+    def write(line: str) -> None:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+    def meter(name: str, size: int) -> ProgressMeter:
+        return ProgressMeter(name, size, write, width=os.get_terminal_size(1).columns)
+    return meter
+
+
 async def _scp_main(profile: Profile, creds: Credentials, plan, args) -> int:
     direction, login, node, sources, target = plan
-    options = {"recursive": bool(args.recursive), "preserve": bool(getattr(args, "preserve", False))}
+    options = {"recursive": bool(args.recursive), "preserve": bool(getattr(args, "preserve", False)),
+               "progress": _progress(args)}
     ok = True
     async with connect_node(profile, node, login, port=getattr(args, "port", None), creds=creds,
                             options=client_options(args)) as conn:

@@ -14,7 +14,10 @@ This module owns the client side of the proxy path and of the classic scp protoc
   ``scp -t`` sink / ``scp -f`` source, run on the node over an exec channel), with ``-r``
   directories and ``-p`` times and modes. Downloads trust nothing the node sends: every
   name is one path component (never ``..`` or containing ``/``), the top-level name must be
-  the one asked for (CVE-2019-6111), and only one top-level entry is accepted.
+  the one asked for (CVE-2019-6111), and only one top-level entry is accepted — unless the
+  path has a glob (``*``, ``?``, ``[a-z]``), which the login's shell on the node expands as
+  OpenSSH's scp lets it: then each top-level name must match the last component's pattern
+  (as OpenSSH 8.0's fix checks), and several may come. A ``progress`` callback draws a meter.
 
 Every failure to connect becomes :class:`ConnectError`, one line that says what to do;
 the node and the proxy audit the refusals themselves. Each step (the certificate used, the
@@ -28,9 +31,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
 import getpass
 import logging
 import os
+import re
 import shlex
 import stat
 import time
@@ -398,27 +403,57 @@ async def _read_bounded(stream: trio.abc.ReceiveStream, limit: int) -> bytes:
 # ------------------------------------------------------------------------------ scp
 
 Warn = Callable[[str], None]
+Progress = Callable[[str, int], "ProgressMeter"]   # (file name, size) -> a meter for that file
+
+# What stays unquoted for the remote shell to expand: *, ? and a bracket of plain characters.
+# A backslash makes the next character literal (``\*``), as in the shell.
+_GLOB_TOKEN = re.compile(r"\\.|\*|\?|\[!?[A-Za-z0-9._-]+\]", re.DOTALL)
 
 
-def _quote_remote_path(path: str) -> str:
-    """Quote for the login's POSIX shell, keeping ``~`` expansion (no globbing, no injection)."""
+def has_glob(path: str) -> bool:
+    """Whether ``path`` has a wildcard the remote shell would expand (see :data:`_GLOB_TOKEN`)."""
+    return any(not m.group().startswith("\\") for m in _GLOB_TOKEN.finditer(path))
+
+
+def _quote_keeping_globs(text: str) -> str:
+    """Shell-quote ``text`` except its wildcards: ``/var/log/*.log`` -> ``/var/log/*.log``,
+    ``a b*`` -> ``'a b'*``; nothing else reaches the shell unquoted (no injection)."""
+    out, position = [], 0
+    for match in _GLOB_TOKEN.finditer(text):
+        literal = text[position:match.start()]
+        token = match.group()
+        if token.startswith("\\"):
+            literal, token = literal + token[1], ""
+        if literal:
+            out.append(shlex.quote(literal))
+        out.append(token)
+        position = match.end()
+    if position < len(text):
+        out.append(shlex.quote(text[position:]))
+    return "".join(out)
+
+
+def _quote_remote_path(path: str, glob: bool = False) -> str:
+    """Quote for the login's POSIX shell, keeping ``~`` expansion (and with ``glob``, wildcards)."""
+    quote = _quote_keeping_globs if glob else shlex.quote
     if not path:
         return "."
     if path == "~":
         return "~"
     if path.startswith("~/"):
         rest = path[2:]
-        return "~/" + shlex.quote(rest) if rest else "~/"
-    return shlex.quote(path)
+        return "~/" + quote(rest) if rest else "~/"
+    return quote(path)
 
 
 def remote_scp_command(mode: str, path: str, *, recursive: bool = False, preserve: bool = False,
-                       directory: bool = False) -> str:
-    """The command line of the remote end: ``scp -t`` (we upload) or ``scp -f`` (we download)."""
+                       directory: bool = False, glob: bool = False) -> str:
+    """The command line of the remote end: ``scp -t`` (we upload) or ``scp -f`` (we download;
+    ``glob``: the path's wildcards are left to the remote shell, as OpenSSH's scp does)."""
     if mode not in ("t", "f"):
         raise ValueError("mode is 't' (sink) or 'f' (source)")
     flags = ["-" + mode] + ["-r"] * recursive + ["-p"] * preserve + ["-d"] * directory
-    return " ".join(["scp", *flags, "--", _quote_remote_path(path)])
+    return " ".join(["scp", *flags, "--", _quote_remote_path(path, glob)])
 
 
 class _Incoming:
@@ -504,12 +539,14 @@ def _parse_times(line: str) -> tuple[int, int]:
 class _ScpPeer:
     """What both directions share: the channel, reading replies, counting errors."""
 
-    def __init__(self, proc: ssh_proto.SSHProcess, warn: Warn, *, recursive: bool, preserve: bool):
+    def __init__(self, proc: ssh_proto.SSHProcess, warn: Warn, *, recursive: bool, preserve: bool,
+                 progress: Progress | None = None):
         self.proc = proc
         self.incoming = _Incoming(proc)
         self.warn = warn
         self.recursive = recursive
         self.preserve = preserve
+        self.progress = progress
         self.ok = True
 
     def error(self, message: str) -> None:
@@ -579,15 +616,18 @@ class _Source(_ScpPeer):
             await self.send(f"C{stat.S_IMODE(st.st_mode):04o} {st.st_size} {name}\n")
             if not await self.ack():
                 return
-            problem = await self._send_contents(f, st.st_size)
+            meter = self.progress(name, st.st_size) if self.progress else None
+            problem = await self._send_contents(f, st.st_size, meter)
+            if meter is not None:
+                meter.finish()
         await self.send(f"\x01scp: {path}: {problem}\n" if problem else b"\0")
         if problem:
             self.error(f"{path}: {problem}")
         await self.ack()
 
-    async def _send_contents(self, f, size: int) -> str | None:
+    async def _send_contents(self, f, size: int, meter=None) -> str | None:
         """Send exactly ``size`` bytes (zero padding if the file shrank): the protocol needs them."""
-        problem = None
+        problem, total = None, size
         while size:
             try:
                 data = await trio.to_thread.run_sync(f.read, min(size, COPY_CHUNK))
@@ -598,6 +638,8 @@ class _Source(_ScpPeer):
                 data = bytes(min(size, COPY_CHUNK))
             await self.send(data)
             size -= len(data)
+            if meter is not None:
+                meter.update(total - size)
         return problem
 
     async def _send_dir(self, path: str, name: str, st: os.stat_result,
@@ -620,10 +662,12 @@ class _Source(_ScpPeer):
 class _Sink(_ScpPeer):
     """We receive files from ``scp -f`` on the node, into ``target``."""
 
-    def __init__(self, proc, warn, *, recursive: bool, preserve: bool, target: Path, expected: str | None):
-        super().__init__(proc, warn, recursive=recursive, preserve=preserve)
+    def __init__(self, proc, warn, *, recursive: bool, preserve: bool, target: Path, expected: str | None,
+                 glob: bool = False, progress: Progress | None = None):
+        super().__init__(proc, warn, recursive=recursive, preserve=preserve, progress=progress)
         self.target = target
         self.expected = expected        # the top-level name asked for (None: cannot tell, e.g. "~")
+        self.glob = glob                # expected is a pattern; several top-level entries may match
         self.dirs: list[tuple[Path, tuple[int, int] | None]] = []
         self.times: tuple[int, int] | None = None
         self.top_level_seen = False
@@ -667,14 +711,19 @@ class _Sink(_ScpPeer):
             raise ScpProtocolError("the remote scp sent '.' where a file name belongs")
         if self.dirs:
             return self.dirs[-1][0] / record.name
-        if self.top_level_seen:
+        if self.top_level_seen and not self.glob:
             raise ScpProtocolError("the remote scp sent more than what was asked for")
         self.top_level_seen = True
-        if self.expected is not None and record.name != self.expected:
+        if self.expected is not None and not self._expected(record.name):
             raise ScpProtocolError(f"the remote scp sent {record.name!r} when {self.expected!r} was asked for")
         if record.kind == "D" and not self.recursive:
             raise ScpProtocolError("the remote scp sent a directory without -r")
         return self.target / record.name if self.target.is_dir() else self.target
+
+    def _expected(self, name: str) -> bool:
+        if not self.glob:
+            return name == self.expected
+        return name != "." and fnmatch.fnmatchcase(name, _fnmatch_pattern(self.expected))
 
     async def _refuse(self, message: str) -> None:
         self.error(message)
@@ -699,10 +748,14 @@ class _Sink(_ScpPeer):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, record.mode & 0o777)
         except OSError as exc:
             return await self._refuse(f"{path}: {exc.strerror}")
-        problem = None
+        problem, received = None, 0
+        meter = self.progress(record.name, record.size) if self.progress else None
         with open(fd, "wb") as f:
             await self.send(b"\0")
             async for piece in self.incoming.chunks(record.size):
+                received += len(piece)
+                if meter is not None:
+                    meter.update(received)
                 if problem is None:
                     try:
                         await trio.to_thread.run_sync(f.write, piece)
@@ -710,6 +763,8 @@ class _Sink(_ScpPeer):
                         problem = exc.strerror  # keep reading: the bytes are on the wire anyway
             if problem is None and self.preserve:
                 os.fchmod(f.fileno(), record.mode)
+        if meter is not None:
+            meter.finish()
         if not await self.ack():  # the source's own verdict on what it sent
             return
         if problem:
@@ -756,14 +811,19 @@ async def _run_scp(conn: ssh_proto.SSHClientConnection, command: str, peer_facto
 
 
 async def scp_upload(conn: ssh_proto.SSHClientConnection, sources: Sequence[str], target: str, warn: Warn, *,
-                     recursive: bool = False, preserve: bool = False) -> bool:
+                     recursive: bool = False, preserve: bool = False, progress: Progress | None = None) -> bool:
     """Copy local ``sources`` to ``target`` on the node (``scp [-r] [-p] SRC... node:TARGET``).
 
     Problems are passed to ``warn`` (one line each); returns True when everything was copied.
     """
     command = remote_scp_command("t", target, recursive=recursive, preserve=preserve, directory=len(sources) > 1)
-    make = lambda proc: _Source(proc, warn, recursive=recursive, preserve=preserve)  # noqa: E731
+    make = lambda proc: _Source(proc, warn, recursive=recursive, preserve=preserve, progress=progress)  # noqa: E731
     return await _run_scp(conn, command, make, lambda peer: peer.run(sources))
+
+
+def _fnmatch_pattern(pattern: str) -> str:
+    """Our glob syntax as fnmatch's: a backslashed character becomes a one-character class."""
+    return _GLOB_TOKEN.sub(lambda m: f"[{m.group()[1]}]" if m.group().startswith("\\") else m.group(), pattern)
 
 
 def _expected_name(remote_path: str) -> str | None:
@@ -778,10 +838,15 @@ def _expected_name(remote_path: str) -> str | None:
 
 
 async def scp_download(conn: ssh_proto.SSHClientConnection, source: str, target: Path, warn: Warn, *,
-                       recursive: bool = False, preserve: bool = False) -> bool:
-    """Copy ``source`` on the node to local ``target`` (a directory, or the new file's name)."""
-    command = remote_scp_command("f", source, recursive=recursive, preserve=preserve)
+                       recursive: bool = False, preserve: bool = False, progress: Progress | None = None) -> bool:
+    """Copy ``source`` on the node to local ``target`` (a directory, or the new file's name).
+
+    Wildcards in ``source`` are expanded by the remote shell (``/var/log/*.log``); every name
+    that comes back must match the pattern of its last component.
+    """
+    glob = has_glob(source)
+    command = remote_scp_command("f", source, recursive=recursive, preserve=preserve, glob=glob)
     expected = _expected_name(source)
     make = lambda proc: _Sink(proc, warn, recursive=recursive, preserve=preserve,  # noqa: E731
-                              target=Path(target), expected=expected)
+                              target=Path(target), expected=expected, glob=glob, progress=progress)
     return await _run_scp(conn, command, make, lambda peer: peer.run())
