@@ -22,7 +22,6 @@ from ..client.escape import parse_escape_char
 from ..client.home import CERT_NAME, home_dir
 from ..client.mux import SessionRequest
 from ..client.options import ClientOptions, OptionError, parse_options
-from ..names import port_ignored_warning
 from ..client.terminal import session_env, term_name, terminal_size
 from .errors import CliError
 
@@ -83,9 +82,11 @@ def ssh(args) -> int:
     options, escape = _checked(args)
     home = home_dir()
     record = _profile_record(home)
-    warning = port_ignored_warning(args.target.rpartition("@")[2], str(record.get("cluster") or ""), args.port)
-    if warning:
-        print(f"jumpgate: warning: {warning}", file=sys.stderr)
+    if args.port:
+        from ..names import port_ignored_warning  # (only then: the thin client's start is counted in ms)
+        warning = port_ignored_warning(args.target.rpartition("@")[2], str(record.get("cluster") or ""), args.port)
+        if warning:
+            print(f"jumpgate: warning: {warning}", file=sys.stderr)
     args.port_warned = True
     if not _wants_in_process(args) and _logged_in(home, record):
         from ..client.muxclient import run_session

@@ -26,7 +26,6 @@ ClientOptions(server_alive_interval=5.0, server_alive_count_max=2, connect_timeo
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Iterable
 
@@ -42,21 +41,40 @@ class OptionError(ValueError):
     """An ``-o`` that is malformed, unknown here, or asks for what Jumpgate will not do; one line."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
 class ClientOptions:
-    """The ``-o`` settings of one ``jumpgate ssh``/``scp``, with OpenSSH's defaults."""
+    """The ``-o`` settings of one ``jumpgate ssh``/``scp``, with OpenSSH's defaults (immutable).
 
-    server_alive_interval: float = 0.0
-    server_alive_count_max: int = 3
-    connect_timeout: float | None = None   # None: the client's own default
+    A plain class, not a dataclass: the thin ``jumpgate ssh`` imports this module, and
+    ``dataclasses`` alone costs it milliseconds.
+    """
+
+    __slots__ = ("server_alive_interval", "server_alive_count_max", "connect_timeout")
+    _FIELDS = __slots__
+
+    def __init__(self, server_alive_interval: float = 0.0, server_alive_count_max: int = 3,
+                 connect_timeout: float | None = None):  # connect_timeout None: the client's own default
+        for name, value in zip(self._FIELDS, (server_alive_interval, server_alive_count_max, connect_timeout)):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name, value):
+        raise AttributeError("ClientOptions is immutable")
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ClientOptions) and self.to_wire() == other.to_wire()
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.to_wire().values()))
+
+    def __repr__(self) -> str:
+        return f"ClientOptions({', '.join(f'{k}={v!r}' for k, v in self.to_wire().items())})"
 
     def to_wire(self) -> dict:
-        return dataclasses.asdict(self)
+        return {name: getattr(self, name) for name in self._FIELDS}
 
     @classmethod
     def from_wire(cls, data: object) -> "ClientOptions":
         """From the session daemon's protocol; OptionError for anything off its types and ranges."""
-        if not isinstance(data, dict) or set(data) != {f.name for f in dataclasses.fields(cls)}:
+        if not isinstance(data, dict) or set(data) != set(cls._FIELDS):
             raise OptionError("options must be an object of the known settings")
         interval, count, timeout = data["server_alive_interval"], data["server_alive_count_max"], \
             data["connect_timeout"]
