@@ -9,6 +9,8 @@ refusal they send an SSH banner (USERAUTH_BANNER, which OpenSSH prints on stderr
 * the facts the certificate itself shows, checked in this order: it comes from a CA
   this cluster does not trust, it expired, it is not valid yet, it does not list the login;
 * that its user was deleted or reset (its generation is revoked, R1);
+* that the node does not run as root, so it cannot switch to the login asked for (it names
+  the one account it runs as; decided by the login's name alone, before any lookup);
 * for a plain key, that only Jumpgate certificates are accepted (once, and only when no
   certificate got a hint on the connection: OpenSSH offers a certificate's key after it).
 
@@ -23,7 +25,7 @@ from collections.abc import Iterable
 
 from ssh_proto.keys import Certificate, PublicKey
 
-__all__ = ["PLAIN_KEY", "REVOKED", "certificate_hint", "proxy_name_hint"]
+__all__ = ["PLAIN_KEY", "REVOKED", "certificate_hint", "not_root_hint", "proxy_name_hint"]
 
 LOGIN = "run `jumpgate login`"
 PLAIN_KEY = f"jumpgate: this server accepts Jumpgate certificates only; {LOGIN}"
@@ -52,6 +54,13 @@ def certificate_hint(cert: Certificate, *, trusted_cas: Iterable[PublicKey], log
         allowed = ", ".join(cert.principals) or "none"
         return f"jumpgate: your certificate does not allow the login {login!r} (it allows: {allowed})"
     return None
+
+
+def not_root_hint(own: str, login: str) -> str:
+    """A node that does not run as root cannot switch users: it can log in only its own account.
+    (Said whatever ``login`` is, before any lookup: it tells nothing of the host's accounts.)"""
+    return (f"jumpgate: this node does not run as root, so it cannot switch users: it can log in only its own "
+            f"account {own!r}, not {login!r}")
 
 
 def proxy_name_hint(username: str, cert: Certificate) -> str:

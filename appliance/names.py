@@ -111,3 +111,23 @@ def under_cluster(name: str, cluster: str) -> bool:
     """``name`` is the cluster name or below it (a node's ``NAME.CLUSTER``)."""
     name, cluster = name.lower(), cluster.lower()
     return name == cluster or name.endswith("." + cluster)
+
+
+def named_node(target: str, cluster: str) -> str | None:
+    """The node name ``target`` asks for (``db1``, ``db1.CLUSTER``, folded), None when it is
+    an address (an IP, or a host name of more than one label): the proxy routes a name to
+    the address the node registered, an address to the node registered there."""
+    name = strip_cluster(target.lower(), cluster)
+    return name if is_node_name(name) else None
+
+
+def port_ignored_warning(target: str, cluster: str, port: int | None, flag: str = "-p") -> str | None:
+    """Why ``flag PORT`` does nothing for ``target``, or None when it applies (no port, or an address).
+
+    A named node is reached at the port it registered (``ssh -J proxy root@web1`` asks for
+    port 22 while the node listens on 3022): ignoring the port is the rule, said aloud."""
+    name = named_node(target, cluster) if port else None
+    if name is None:
+        return None
+    return (f"{flag} {port} ignored: node {name!r} is reached at the address it registered "
+            f"({flag} applies to a node given by its address)")

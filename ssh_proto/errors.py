@@ -113,7 +113,15 @@ class ConnectionLost(DisconnectError):
 
 
 class AuthError(SSHError):
-    """User authentication failed (client side): no offered method was accepted."""
+    """User authentication failed (client side): no offered method was accepted.
+
+    ``banners`` are the USERAUTH_BANNER texts (RFC 4252 §5.4) the server sent before giving
+    up: often the reason, in words for the user (OpenSSH prints them on stderr).
+    """
+
+    def __init__(self, message: str = "", banners: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.banners = tuple(banners)
 
 
 class KeyFormatError(ProtocolError, ValueError):

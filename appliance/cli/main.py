@@ -21,6 +21,19 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: an argument it does not know is its own error, shown with its own
+    usage. (argparse hands a subcommand's unknown arguments up to the top-level parser, whose
+    usage tells the user nothing about the flags of the command they typed.) Nested
+    subcommands (``ctl users add``) get this class too: argparse's default is ``type(self)``."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
 def _add_start(sub) -> None:
     p = sub.add_parser("start", help="run the appliance services (auth, proxy, node, web)",
                        epilog="Every flag but --config and --print-config has a TOML setting: see docs/config.md.")
@@ -209,7 +222,16 @@ def _add_ssh(sub) -> None:
                        epilog="Sessions are handed to a per-user session daemon that keeps the proxy connection "
                               "(started on first use; log in ~/.jumpgate/mux.log). -L, -R, -N and "
                               "JUMPGATE_MUX=0 run in this process.")
-    p.add_argument("-p", "--port", type=int, help="node port")
+    p.add_argument("-p", "--port", type=_port, help="port of a node given by its address "
+                   "(a node given by name is reached at the port it registered)")
+    p.add_argument("-v", dest="verbose", action="count", default=0,
+                   help="verbose: print each step of the connection (certificate, proxy, host certificates) "
+                        "on stderr; runs the session in this process")
+    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTION",
+                   help="an OpenSSH option: ServerAliveInterval, ServerAliveCountMax, ConnectTimeout, "
+                        "StrictHostKeyChecking (others are refused by name)")
+    p.add_argument("-e", dest="escape_char", metavar="CHAR",
+                   help="escape character at the start of a line (default ~; none: no escapes)")
     p.add_argument("-L", dest="local_forwards", action="append", default=[], help="[bind:]port:host:hostport")
     p.add_argument("-R", dest="remote_forwards", action="append", default=[], help="[bind:]port:host:hostport")
     p.add_argument("-A", dest="forward_agent", action="store_true", help="forward the SSH agent")
@@ -226,7 +248,11 @@ def _add_scp(sub) -> None:
     p = sub.add_parser("scp", help="copy files to and from nodes ([login@]node:path)")
     p.add_argument("-r", dest="recursive", action="store_true", help="copy directories recursively")
     p.add_argument("-p", dest="preserve", action="store_true", help="preserve times and modes")
-    p.add_argument("-P", "--port", type=int, help="node port")
+    p.add_argument("-P", "--port", type=_port, help="port of a node given by its address")
+    p.add_argument("-q", dest="quiet", action="store_true", help="no progress meter")
+    p.add_argument("-v", dest="verbose", action="count", default=0, help="verbose: print each step of the connection")
+    p.add_argument("-o", dest="options", action="append", default=[], metavar="OPTION",
+                   help="an OpenSSH option (as for jumpgate ssh)")
     p.add_argument("sources", nargs="+")
     p.add_argument("destination")
     p.set_defaults(func="appliance.cli.remote:scp")
@@ -254,10 +280,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jumpgate", description="Jumpgate: SSH access with short-lived certificates.")
     parser.add_argument("--version", action="version", version=f"jumpgate {VERSION}")
     parser.add_argument("--debug", action="store_true", help="log debugging information to stderr")
-    sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND")  # not "command": ssh has one
+    sub = parser.add_subparsers(dest="subcommand", metavar="COMMAND",  # not "command": ssh has one
+                                parser_class=_CommandParser)
     for name, add in COMMANDS.items():
         if only is None or name == only:
             add(sub)
+    for command in sub.choices.values():  # `jumpgate ssh --debug ...` as well as `jumpgate --debug ssh ...`
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 

@@ -5,10 +5,16 @@ with ``trio.run`` and returns the process exit status; failures raise :class:`Cl
 (one line). Flags (as OpenSSH's where they exist)::
 
     jumpgate ls [key=value ...] [--format text|json]
-    jumpgate ssh [-p PORT] [-L [bind:]port:host:hostport]... [-R [bind:]port:host:hostport]...
-                 [-A] [-t | -T] [-N] [login@]NODE [command ...]
-    jumpgate scp [-r] [-P PORT] [-p(preserve)] SRC... DST      (remote paths: [login@]NODE:path)
+    jumpgate ssh [-v] [-p PORT] [-o Name=value]... [-L [bind:]port:host:hostport]...
+                 [-R [bind:]port:host:hostport]... [-A] [-t | -T] [-N] [login@]NODE [command ...]
+    jumpgate scp [-v] [-q] [-r] [-P PORT] [-p(preserve)] [-o Name=value]... SRC... DST
+                                                           (remote paths: [login@]NODE:path)
     jumpgate config [--offline]
+
+``-p``/``-P`` is the port of a node given by its address; a node given by name is reached
+at the address it registered, so the port is ignored there, with a warning. ``-o`` takes the
+OpenSSH options of :mod:`appliance.client.options`; ``-v`` prints, on stderr, each step of
+the connection (the ``jumpgate.client`` log at DEBUG: certificate, proxy, host certificates).
 
 ``jumpgate ssh`` exits with the remote command's exit status (255 when the connection
 fails or the command dies of a signal, as ssh does). Without a command and with a terminal
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import sys
@@ -41,14 +48,18 @@ import ssh_proto
 from ssh_proto.errors import AgentError, ChannelError, ChannelOpenError, SSHError
 
 from ..addresses import NODE_PORT
+from ..client.escape import EscapeFilter, parse_escape_char
 from ..client.localio import EXIT_FAILURE, exit_status, relay
+from ..client.options import ClientOptions, OptionError, parse_options
 from ..client.profile import Profile, ProfileError
-from ..client.ssh import (ConnectError, Credentials, connect_node, default_login, list_nodes, load_credentials,
-                          resolve_target, scp_download, scp_upload, session_lost_reason)
+from ..client.ssh import (ConnectError, Credentials, KeepAlive, connect_node, default_login, list_nodes,
+                          has_glob, load_credentials, resolve_target, scp_download, scp_upload,
+                          session_lost_reason)
 from ..client.terminal import raw_terminal, session_env, term_name, terminal_size
 from ..client.trust import cluster_wildcard_allowed, host_ca_of, known_hosts_patterns, safe_node_names
 from .. import inventory
 from ..inventory import NodeRecord
+from ..names import port_ignored_warning
 from .errors import CliError
 
 __all__ = ["config", "ls", "refresh_trusted_names", "render_ssh_config", "scp", "ssh", "trust_cluster_names"]
@@ -89,6 +100,41 @@ def _run(async_fn: Callable[..., Awaitable[int]], *args, exit_code: int = 1) -> 
         if isinstance(leaf, KeyboardInterrupt):
             raise leaf from None
         raise
+
+
+def client_options(args) -> ClientOptions:
+    """The ``-o`` settings of ``args``; CliError naming the first one refused."""
+    try:
+        return parse_options(getattr(args, "options", None) or ())
+    except OptionError as exc:
+        raise CliError(str(exc)) from None
+
+
+def escape_char(args) -> int | None:
+    """``-e`` (default ``~``; None for ``-e none``), or CliError."""
+    try:
+        return parse_escape_char(getattr(args, "escape_char", None))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def log_verbosely(args) -> None:
+    """``-v``: the client's DEBUG log (``jumpgate.client``) on stderr, as ``debug1:`` lines (with
+    ``--debug`` every logger already prints, with timestamps)."""
+    if not getattr(args, "verbose", 0) or getattr(args, "debug", False):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("debug1: %(message)s"))
+    logger = logging.getLogger("jumpgate.client")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+
+
+def warn_ignored_port(node: str, cluster: str, port: int | None, flag: str = "-p") -> None:
+    warning = port_ignored_warning(node, cluster, port, flag)
+    if warning:
+        print(f"jumpgate: warning: {warning}", file=sys.stderr)
 
 
 def split_login(target: str, creds: Credentials, login: str | None = None) -> tuple[str, str]:
@@ -142,8 +188,13 @@ async def _forward_window_changes(proc: ssh_proto.SSHProcess) -> None:
                 await proc.resize(cols, rows)
 
 
+def _timed_out(node: str) -> CliError:
+    return CliError(f"Timeout, node {node!r} not responding (ServerAliveInterval)", EXIT_FAILURE)
+
+
 async def run_session(conn: ssh_proto.SSHClientConnection, command: str | None, *, pty: bool,
-                      agent_forwarding: bool = False) -> int:
+                      agent_forwarding: bool = False, keepalive: KeepAlive | None = None, node: str = "",
+                      escape: int | None = None) -> int:
     """Relay stdin/stdout/stderr to a session on ``conn``; returns the remote exit status."""
     cols, rows = terminal_size()
     try:
@@ -152,9 +203,17 @@ async def run_session(conn: ssh_proto.SSHClientConnection, command: str | None, 
     except ChannelError as exc:
         raise CliError(f"the node refused the session: {exc}", EXIT_FAILURE) from None
     interactive = pty and os.isatty(0)
+    side_tasks = [partial(_forward_window_changes, proc)] if interactive else []
+    if keepalive is not None:
+        side_tasks.append(keepalive.run)
+    escapes = EscapeFilter(escape) if pty and escape is not None else None  # OpenSSH: only with a pty
     with raw_terminal(0, interactive):
-        await relay(proc, (0, 1, 2), [partial(_forward_window_changes, proc)] if interactive else [])
+        await relay(proc, (0, 1, 2), side_tasks, escapes=escapes, disconnect=conn.aclose)
+    if escapes is not None and escapes.disconnected:
+        raise CliError(f"Connection to {node} closed.", EXIT_FAILURE)
     status, signame = exit_status(proc)
+    if keepalive is not None and keepalive.dead and proc.exit_status is None:
+        raise _timed_out(node)
     if proc.exit_status is None and signame is None:
         reason = session_lost_reason(conn, getattr(conn, "carrier", None))
         if reason:
@@ -194,7 +253,8 @@ async def _start_forwards(conn: ssh_proto.SSHClientConnection, nursery: trio.Nur
                           remote: Sequence[tuple]) -> None:
     for bind, port, host, hostport in local:
         try:
-            await nursery.start(conn.forward_local_port, bind, port, host, hostport)
+            await nursery.start(partial(conn.forward_local_port, bind, port, host, hostport,
+                                        on_open_failed=_report_refused_forward))
         except OSError as exc:
             raise CliError(f"cannot listen on {bind}:{port}: {exc.strerror or exc}", EXIT_FAILURE) from None
     for bind, port, host, hostport in remote:
@@ -207,21 +267,39 @@ async def _start_forwards(conn: ssh_proto.SSHClientConnection, nursery: trio.Nur
             print(f"Allocated port {bound} for remote forward to {host}:{hostport}", file=sys.stderr)
 
 
+def _report_refused_forward(host: str, port: int, listen_port: int, exc: ChannelOpenError) -> None:
+    """A ``-L`` connection the far side would not carry: say which target and why (as ssh's
+    "channel 2: open failed: connect failed: Connection refused")."""
+    reason = _OPEN_REASONS.get(exc.reason, f"reason {exc.reason}")
+    print(f"jumpgate: -L {listen_port}: the node refused to connect to {host}:{port}: {reason}"
+          f"{': ' + exc.description if exc.description else ''}", file=sys.stderr)
+
+
+_OPEN_REASONS = {1: "administratively prohibited", 2: "connect failed", 3: "unknown channel type",
+                 4: "resource shortage"}  # RFC 4254 §5.1
+
+
 async def _ssh_main(profile: Profile, creds: Credentials, login: str, node: str, args, command: str | None,
                     pty: bool) -> int:
     local = [parse_forward(s, remote=False) for s in args.local_forwards or ()]
     remote = [parse_forward(s, remote=True) for s in args.remote_forwards or ()]
+    options = client_options(args)
     agent = _agent() if args.forward_agent else None
     try:
-        async with connect_node(profile, node, login, port=args.port, creds=creds) as conn:
+        async with connect_node(profile, node, login, port=args.port, creds=creds, options=options) as conn:
             conn.agent = agent  # served on auth-agent@openssh.com channels the node opens
+            keepalive = KeepAlive(conn, options.server_alive_interval, options.server_alive_count_max)
             async with trio.open_nursery() as nursery:
                 await _start_forwards(conn, nursery, local, remote)
                 if getattr(args, "no_command", False):
+                    nursery.start_soon(keepalive.run)
                     await conn.closed.wait()
+                    if keepalive.dead:
+                        raise _timed_out(node)
                     status = 0
                 else:
-                    status = await run_session(conn, command, pty=pty, agent_forwarding=agent is not None)
+                    status = await run_session(conn, command, pty=pty, agent_forwarding=agent is not None,
+                                               keepalive=keepalive, node=node, escape=escape_char(args))
                 nursery.cancel_scope.cancel()
     finally:
         if agent is not None:
@@ -238,8 +316,13 @@ def _agent() -> ssh_proto.AgentClient:
 
 def ssh(args) -> int:
     """``jumpgate ssh [options] [login@]node [command...]``; returns the remote exit status."""
+    client_options(args)  # a refused -o or -e before anything else
+    escape_char(args)
+    log_verbosely(args)
     profile, creds = _credentials()
     login, node = split_login(args.target, creds, getattr(args, "login", None))
+    if not getattr(args, "port_warned", False):
+        warn_ignored_port(node, creds.cluster, args.port)
     command = " ".join(args.command) if args.command else None  # joined with spaces, as ssh does
     if args.force_tty and args.no_tty:
         raise CliError("-t and -T contradict each other")
@@ -295,18 +378,35 @@ def _scp_plan(paths: Sequence[str], creds: Credentials):
         if len(hosts) != 1:
             raise CliError("all remote sources must be on the same node, as the same login")
         login, node = hosts.pop()
-        if len(sources) > 1 and not Path(destination).is_dir():
-            raise CliError(f"{destination}: not a directory (several sources)")
+        if (len(sources) > 1 or any(has_glob(r[2]) for r in remote_sources)) and not Path(destination).is_dir():
+            raise CliError(f"{destination}: not a directory (several sources, or a wildcard)")
         return "download", login or default_login(creds), node, [r[2] for r in remote_sources], destination
     raise CliError("copy between this machine and one node: scp SRC... [login@]node:DST "
                    "or scp [login@]node:SRC... DST")
 
 
+def _progress(args):
+    """The meter factory for scp, when stdout is a terminal and -q was not given (as OpenSSH)."""
+    if getattr(args, "quiet", False) or not os.isatty(1):
+        return None
+    from ..client.progress import ProgressMeter
+
+    def write(line: str) -> None:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+
+    def meter(name: str, size: int) -> ProgressMeter:
+        return ProgressMeter(name, size, write, width=os.get_terminal_size(1).columns)
+    return meter
+
+
 async def _scp_main(profile: Profile, creds: Credentials, plan, args) -> int:
     direction, login, node, sources, target = plan
-    options = {"recursive": bool(args.recursive), "preserve": bool(getattr(args, "preserve", False))}
+    options = {"recursive": bool(args.recursive), "preserve": bool(getattr(args, "preserve", False)),
+               "progress": _progress(args)}
     ok = True
-    async with connect_node(profile, node, login, port=getattr(args, "port", None), creds=creds) as conn:
+    async with connect_node(profile, node, login, port=getattr(args, "port", None), creds=creds,
+                            options=client_options(args)) as conn:
         if direction == "upload":
             ok = await scp_upload(conn, sources, target, _scp_warn, **options)
         else:
@@ -317,9 +417,12 @@ async def _scp_main(profile: Profile, creds: Credentials, plan, args) -> int:
 
 def scp(args) -> int:
     """``jumpgate scp [-r] SRC... DST``: copy between this machine and a node (scp protocol)."""
+    client_options(args)
+    log_verbosely(args)
     profile, creds = _credentials()
     paths = [*args.sources, args.destination] if hasattr(args, "destination") else list(args.paths)
     plan = _scp_plan(paths, creds)
+    warn_ignored_port(plan[2], creds.cluster, getattr(args, "port", None), "-P")
     return _run(_scp_main, profile, creds, plan, args)
 
 

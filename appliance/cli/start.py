@@ -492,6 +492,15 @@ def web_public_addr(cfg: Config) -> str | None:
     return format_endpoint(cfg.public_addr, cfg.ports["web"]) if cfg.public_addr else None
 
 
+def _first_logins(cfg: Config) -> str:
+    """The logins to suggest for the first user: ``alice,root``, unless this host's node runs as
+    another account, which can log in no one but itself (it cannot switch users)."""
+    if "node" in cfg.services and os.geteuid() != 0:
+        from ..node.process import own_account_name
+        return f"{own_account_name()}    # this node does not run as root: it can log in only its own account"
+    return "alice,root"
+
+
 def _print_banner(cfg: Config, cluster: str) -> None:
     """What is running, and (on the auth host) how to add the first user and more nodes."""
     services = ", ".join(cfg.services)
@@ -499,7 +508,7 @@ def _print_banner(cfg: Config, cluster: str) -> None:
     if "auth" in cfg.services:
         data = "" if cfg.data_dir == default_data_dir() else f" --data-dir {cfg.data_dir}"
         lines += ["", "Add the first user (an invite link, valid 1 h, is printed):",
-                  f"    jumpgate ctl{data} users add alice --logins alice,root",
+                  f"    jumpgate ctl{data} users add alice --logins {_first_logins(cfg)}",
                   "Add a node on another host:",
                   f"    jumpgate ctl{data} tokens add --type node",
                   f"    jumpgate start --services node --auth-server {format_endpoint(cfg.host_name, cfg.ports['auth'])}"

@@ -5,13 +5,16 @@ stdin/stdout/stderr (``cli/remote.py``), and the session daemon (``muxd.py``) re
 three descriptors a thin client handed it over its socket. :func:`relay` copies stdin to
 the channel (then EOF), the channel's data and extended data to stdout and stderr, and
 returns when the remote side has exited and both outputs are drained; extra tasks (window
-changes from SIGWINCH or from the thin client) run beside it and are cancelled with it.
+changes from SIGWINCH or from the thin client) run beside it and are cancelled with it. With
+an :class:`~.escape.EscapeFilter` the typed bytes go through it: ``~?`` is answered on the
+stderr descriptor, ``~.`` calls ``disconnect`` (closing the session's node connection).
 
 Trio's FdStream makes the *open file* non-blocking, and a terminal's open file is shared
 with the shell that started us: ``terminal.blocking_restored`` puts the flags back.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,6 +23,7 @@ import trio
 
 import ssh_proto
 
+from .escape import DISCONNECT, EscapeFilter, help_text
 from .terminal import blocking_restored
 
 __all__ = ["EXIT_FAILURE", "LocalFd", "exit_status", "relay"]
@@ -59,10 +63,23 @@ class LocalFd:
             await self.stream.aclose()
 
 
-async def _pump_input(stdin: LocalFd, proc: ssh_proto.SSHProcess) -> None:
+Disconnect = Callable[[], Awaitable[object]]
+
+
+async def _pump_input(stdin: LocalFd, proc: ssh_proto.SSHProcess, escapes: EscapeFilter | None = None,
+                      stderr: LocalFd | None = None, disconnect: Disconnect | None = None) -> None:
     try:
         while data := await stdin.read():
-            await proc.send_all(data)
+            if escapes is not None:
+                data, actions = escapes.feed(data)
+                for action in actions:
+                    if action == DISCONNECT:
+                        await (disconnect or proc.aclose)()
+                        return
+                    with contextlib.suppress(OSError, trio.BrokenResourceError):
+                        await stderr.write(help_text(escapes.char))
+            if data:
+                await proc.send_all(data)
         await proc.send_eof()
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass  # the session ended first: the rest of stdin has nowhere to go
@@ -78,7 +95,8 @@ async def _pump_output(receive: Callable[[], Awaitable[bytes]], out: LocalFd,
 
 
 async def relay(proc: ssh_proto.SSHProcess, fds: Sequence[int],
-                side_tasks: Sequence[Callable[[], Awaitable[object]]] = ()) -> None:
+                side_tasks: Sequence[Callable[[], Awaitable[object]]] = (), *,
+                escapes: EscapeFilter | None = None, disconnect: Disconnect | None = None) -> None:
     """Relay ``fds`` (stdin, stdout, stderr) to ``proc`` until it has exited and its output is written.
 
     Each fd's blocking flag is restored and our dups are closed before returning, so the
@@ -88,7 +106,7 @@ async def relay(proc: ssh_proto.SSHProcess, fds: Sequence[int],
         streams = [LocalFd(fd) for fd in fds]
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_pump_input, streams[0], proc)
+                nursery.start_soon(_pump_input, streams[0], proc, escapes, streams[2], disconnect)
                 for task in side_tasks:
                     nursery.start_soon(task)
                 async with trio.open_nursery() as outputs:

@@ -16,7 +16,10 @@ client -> daemon::
 
     {"op": "session", "version": 1, "target": "[login@]node", "login": str|null,
      "port": int|null, "command": str|null, "pty": bool, "term": str, "cols": int,
-     "rows": int, "env": {"LANG": ..., "LC_*": ...}, "agent": "/path/of/SSH_AUTH_SOCK"|null}
+     "rows": int, "env": {"LANG": ..., "LC_*": ...}, "agent": "/path/of/SSH_AUTH_SOCK"|null,
+     "options": {"server_alive_interval": float, "server_alive_count_max": int,
+                 "connect_timeout": float|null},           (-o, :mod:`.options`)
+     "escape": int|null}                                   (the escape character, -e; null: none)
         with SCM_RIGHTS ancillary data: exactly three descriptors, stdin, stdout, stderr
     {"op": "resize", "cols": int, "rows": int}          during a session (SIGWINCH)
     {"op": "stop", "version": 1}                          finish running sessions, then exit
@@ -47,10 +50,13 @@ import json
 import os
 import struct
 
+from .escape import DEFAULT_ESCAPE
+from .options import ClientOptions, OptionError
+
 __all__ = ["MAX_FRAME", "MUX_VERSION", "Connect", "FrameDecoder", "MuxProtocolError", "Resize", "SessionRequest",
            "Stop", "VersionMismatch", "encode_frame", "parse_request", "socket_path"]
 
-MUX_VERSION = 1
+MUX_VERSION = 2           # 2: options and escape (an older daemon answers "mismatch": in-process then)
 MAX_FRAME = 64 * 1024
 SOCKET_NAME = "mux.sock"
 LOCK_NAME = "mux.lock"
@@ -136,17 +142,23 @@ class SessionRequest:
 
     ``agent`` is the client's ``SSH_AUTH_SOCK`` (an absolute path) when it asked for agent
     forwarding: the daemon connects to that agent for the session's node connection.
+    ``options`` are the ``-o`` settings, ``escape`` the escape character (None: none).
     """
 
-    __slots__ = ("target", "login", "port", "command", "pty", "term", "cols", "rows", "env", "agent")
+    __slots__ = ("target", "login", "port", "command", "pty", "term", "cols", "rows", "env", "agent", "options",
+                 "escape")
 
     def __init__(self, *, target: str, login: str | None, port: int | None, command: str | None, pty: bool,
-                 term: str, cols: int, rows: int, env: dict[str, str], agent: str | None = None):
+                 term: str, cols: int, rows: int, env: dict[str, str], agent: str | None = None,
+                 options: ClientOptions = ClientOptions(), escape: int | None = DEFAULT_ESCAPE):
         self.target, self.login, self.port, self.command, self.pty = target, login, port, command, pty
         self.term, self.cols, self.rows, self.env, self.agent = term, cols, rows, env, agent
+        self.options, self.escape = options, escape
 
     def to_message(self) -> dict:
-        return {"op": "session", "version": MUX_VERSION, **{k: getattr(self, k) for k in self.__slots__}}
+        fields = {k: getattr(self, k) for k in self.__slots__}
+        fields["options"] = self.options.to_wire()
+        return {"op": "session", "version": MUX_VERSION, **fields}
 
 
 STOP_MESSAGE = {"op": "stop", "version": MUX_VERSION}
@@ -200,10 +212,17 @@ def parse_request(message: dict) -> SessionRequest | Resize | Stop | Connect:
     agent = _text(message, "agent", MAX_PATH, True)
     if agent is not None and not agent.startswith("/"):
         raise MuxProtocolError("agent must be an absolute path")
+    try:
+        options = ClientOptions.from_wire(message.get("options"))
+    except OptionError as exc:
+        raise MuxProtocolError(str(exc)) from None
+    escape = message.get("escape")
+    if escape is not None and (type(escape) is not int or not 0 <= escape < 0x80):
+        raise MuxProtocolError("escape must be an ASCII code or null")
     return SessionRequest(target=_text(message, "target", MAX_NAME), login=_text(message, "login", MAX_NAME, True),
                           port=port, command=_text(message, "command", MAX_COMMAND, True), pty=message["pty"],
                           term=_text(message, "term", MAX_NAME), cols=_size(message, "cols"),
-                          rows=_size(message, "rows"), env=dict(env), agent=agent)
+                          rows=_size(message, "rows"), env=dict(env), agent=agent, options=options, escape=escape)
 
 
 def _text(message: dict, key: str, limit: int, optional: bool = False) -> str | None:

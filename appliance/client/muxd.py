@@ -41,8 +41,9 @@ from .mux import (FD_COUNT, MUX_VERSION, Connect, FrameDecoder, MuxProtocolError
                   VersionMismatch, encode_frame, parse_request)
 from .muxclient import Claim, peer_uid
 from .profile import ClientPaths, Profile, ProfileError
-from .ssh import (ConnectError, Credentials, connect_over, connect_proxy, load_credentials,
-                  open_node_channel, resolve_target, session_lost_reason)
+from .escape import EscapeFilter
+from .ssh import (CONNECT_TIMEOUT, ConnectError, Credentials, KeepAlive, connect_over, connect_proxy,
+                  load_credentials, open_node_channel, resolve_target, session_lost_reason)
 
 __all__ = ["IDLE_TIMEOUT", "MuxDaemon", "serve_forever"]
 
@@ -250,23 +251,23 @@ class MuxDaemon:
             self._link = link
             return link
 
-    async def _open_node_channel(self, creds: Credentials, node: str, port: int):
+    async def _open_node_channel(self, creds: Credentials, node: str, port: int, timeout: float):
         """(link, channel) to the node; a dead proxy connection is replaced once."""
         for attempt in (1, 2):
             link = await self._proxy(creds)
             try:
-                return link, await open_node_channel(link.conn, node, port)
+                return link, await open_node_channel(link.conn, node, port, connect_timeout=timeout)
             except (SSHError, trio.BrokenResourceError, trio.ClosedResourceError):
                 link.retire()
                 if attempt == 2:
                     raise ConnectError("the proxy connection broke; try again") from None
 
     @contextlib.asynccontextmanager
-    async def _node(self, creds: Credentials, node: str, login: str,
-                    port: int) -> AsyncIterator[ssh_proto.SSHClientConnection]:
-        link, channel = await self._open_node_channel(creds, node, port)
+    async def _node(self, creds: Credentials, node: str, login: str, port: int,
+                    timeout: float = CONNECT_TIMEOUT) -> AsyncIterator[ssh_proto.SSHClientConnection]:
+        link, channel = await self._open_node_channel(creds, node, port, timeout)
         with link.in_use():
-            async with connect_over(channel, creds, node, login, port) as conn:
+            async with connect_over(channel, creds, node, login, port, connect_timeout=timeout) as conn:
                 yield conn
 
     # ---- one client -----------------------------------------------------------------------
@@ -341,7 +342,9 @@ class MuxDaemon:
             await _send(sock, {"event": "exit", "status": status, "signal": signame})
 
     async def _run(self, sock, decoder, request: SessionRequest, creds, login, node, fds):
-        async with self._node(creds, node, login, request.port or NODE_PORT) as conn:
+        options = request.options
+        async with self._node(creds, node, login, request.port or NODE_PORT,
+                              options.connect_timeout or CONNECT_TIMEOUT) as conn:
             conn.agent = ssh_proto.AgentClient(request.agent) if request.agent else None
             try:
                 try:
@@ -352,7 +355,15 @@ class MuxDaemon:
                     raise ConnectError(f"the node refused the session: {exc}") from None
                 log.info("session to %s as %s opened", node, login)
                 await _send(sock, {"event": "opened"})
-                await relay(proc, fds, [partial(_control, sock, decoder, proc)])
+                keepalive = KeepAlive(conn, options.server_alive_interval, options.server_alive_count_max)
+                # the escape is parsed here, where the terminal is read; ~. closes this session's node connection
+                escapes = EscapeFilter(request.escape) if request.pty and request.escape is not None else None
+                await relay(proc, fds, [partial(_control, sock, decoder, proc), keepalive.run], escapes=escapes,
+                            disconnect=conn.aclose)
+                if escapes is not None and escapes.disconnected:
+                    raise ConnectError(f"Connection to {node} closed.")
+                if keepalive.dead and proc.exit_status is None:
+                    raise ConnectError(f"Timeout, node {node!r} not responding (ServerAliveInterval)")
                 if proc.exit_status is None and proc.exit_signal is None:
                     reason = session_lost_reason(conn, getattr(conn, "carrier", None))
                     if reason:

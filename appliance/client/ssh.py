@@ -14,10 +14,15 @@ This module owns the client side of the proxy path and of the classic scp protoc
   ``scp -t`` sink / ``scp -f`` source, run on the node over an exec channel), with ``-r``
   directories and ``-p`` times and modes. Downloads trust nothing the node sends: every
   name is one path component (never ``..`` or containing ``/``), the top-level name must be
-  the one asked for (CVE-2019-6111), and only one top-level entry is accepted.
+  the one asked for (CVE-2019-6111), and only one top-level entry is accepted — unless the
+  path has a glob (``*``, ``?``, ``[a-z]``), which the login's shell on the node expands as
+  OpenSSH's scp lets it: then each top-level name must match the last component's pattern
+  (as OpenSSH 8.0's fix checks), and several may come. A ``progress`` callback draws a meter.
 
 Every failure to connect becomes :class:`ConnectError`, one line that says what to do;
-the node and the proxy audit the refusals themselves.
+the node and the proxy audit the refusals themselves. Each step (the certificate used, the
+proxy, the hosts' certificates as checked, the node hop) is logged at DEBUG on the
+``jumpgate.client`` logger: what ``jumpgate ssh -v`` and ``--debug`` print.
 
 >>> remote_scp_command("t", "~/my dir", recursive=True)
 "scp -t -r -- ~/'my dir'"
@@ -26,8 +31,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fnmatch
 import getpass
+import logging
 import os
+import re
 import shlex
 import stat
 import time
@@ -39,7 +47,7 @@ import trio
 
 import ssh_proto
 from ssh_proto.errors import AuthError, ChannelError, ChannelOpenError, HostKeyNotVerifiable, KeyFormatError, SSHError
-from ssh_proto.keys import Certificate, PrivateKey, load_public_file
+from ssh_proto.keys import Certificate, PrivateKey, PublicKey, load_public_file
 from ssh_proto.messages import OPEN_ADMINISTRATIVELY_PROHIBITED
 from ssh_proto.known_hosts import MARKER_CERT_AUTHORITY, KnownHosts
 
@@ -50,11 +58,14 @@ from ..inventory import NodeRecord
 from ..timestamps import format_time
 from ..proxy.routing import NODES_SUBSYSTEM, decode_list_response, encode_list_request
 from .keyfile import UnprotectedKeyError, load_private_key_file
-from .trust import node_host_check, proxy_host_check
+from .options import ClientOptions
+from .trust import HostCheck, node_host_check, proxy_host_check
 
 __all__ = ["PROXY_PORT", "NODE_PORT", "ConnectError", "Credentials", "ScpProtocolError", "connect_node",
            "certificate_problem", "connect_over", "connect_proxy", "proxy_endpoint", "default_login", "list_nodes", "load_credentials", "open_node_channel",
-           "remote_scp_command", "resolve_target", "scp_download", "scp_upload"]
+           "remote_scp_command", "resolve_target", "scp_download", "scp_upload", "KeepAlive"]
+
+log = logging.getLogger("jumpgate.client")
 
 CONNECT_TIMEOUT = 15.0
 COPY_CHUNK = 256 * 1024
@@ -142,6 +153,8 @@ def load_credentials(profile) -> Credentials:
     if not any(e.marker == MARKER_CERT_AUTHORITY for e in known_hosts.entries):
         raise ConnectError(f"{profile.known_hosts_path} trusts no host CA; {LOGIN_HINT}")
     host, port = proxy_endpoint(profile)
+    log.debug("certificate %s: key id %r, serial %d, logins %s, valid until %s", profile.cert_path, cert.key_id,
+              cert.serial, ",".join(cert.principals) or "(none)", _when(cert.valid_before))
     return Credentials(key, cert, known_hosts, host, port, profile.user, profile.cluster)
 
 
@@ -161,10 +174,10 @@ def certificate_problem(creds: Credentials) -> str | None:
 
 # ------------------------------------------------------------------------------ connecting
 
-def _proxy_failure(exc: BaseException, creds: Credentials) -> ConnectError:
+def _proxy_failure(exc: BaseException, creds: Credentials, timeout: float = CONNECT_TIMEOUT) -> ConnectError:
     where = f"{creds.proxy_host}:{creds.proxy_port}"
     if isinstance(exc, trio.TooSlowError):
-        return ConnectError(f"the proxy at {where} did not answer within {CONNECT_TIMEOUT:g}s")
+        return ConnectError(f"the proxy at {where} did not answer within {timeout:g}s")
     if isinstance(exc, OSError):
         return ConnectError(f"cannot reach the proxy at {where}: {exc.strerror or exc}")
     if isinstance(exc, HostKeyNotVerifiable):
@@ -176,9 +189,10 @@ def _proxy_failure(exc: BaseException, creds: Credentials) -> ConnectError:
     return ConnectError(f"connection to the proxy at {where} failed: {exc}")
 
 
-def _node_failure(exc: BaseException, node: str, login: str, creds: Credentials) -> ConnectError:
+def _node_failure(exc: BaseException, node: str, login: str, creds: Credentials,
+                  timeout: float = CONNECT_TIMEOUT) -> ConnectError:
     if isinstance(exc, trio.TooSlowError):
-        return ConnectError(f"node {node!r} did not answer within {CONNECT_TIMEOUT:g}s")
+        return ConnectError(f"node {node!r} did not answer within {timeout:g}s")
     if isinstance(exc, HostKeyNotVerifiable):
         return ConnectError(f"node {node!r} is not certified by the cluster's host CA for that name ({exc})")
     if isinstance(exc, AuthError):
@@ -186,8 +200,15 @@ def _node_failure(exc: BaseException, node: str, login: str, creds: Credentials)
             return ConnectError(f"login {login!r} is not allowed by your certificate "
                                 f"(your logins: {', '.join(creds.logins)})")
         problem = certificate_problem(creds)
-        return ConnectError(problem or f"node {node!r} refused login {login!r} (no such account there?)")
+        told = [_printable(b.strip().removeprefix("jumpgate: ")) for b in exc.banners if b.strip()]
+        return ConnectError(problem or (f"node {node!r}: {told[0]}" if told else
+                                        f"node {node!r} refused login {login!r} (no such account there?)"))
     return ConnectError(f"connection to node {node!r} failed: {exc}")
+
+
+def _printable(text: str) -> str:
+    """A server's text made safe for the user's terminal (no escape sequences), as OpenSSH's strnvis."""
+    return "".join(c if c.isprintable() else "?" for c in text[:500])
 
 
 @contextlib.asynccontextmanager
@@ -206,30 +227,56 @@ async def _connected(connecting: AsyncContextManager[ssh_proto.SSHClientConnecti
         raise failure(exc) from None
 
 
+def _logged_check(check: HostCheck, what: str) -> HostCheck:
+    """``check``, and a DEBUG line naming the host certificate it accepted."""
+    def verify(key: PublicKey | Certificate) -> None:
+        check(key)
+        if isinstance(key, Certificate):
+            log.debug("%s: host certificate %r (serial %d, for %s) signed by host CA %s, valid until %s: accepted",
+                      what, key.key_id, key.serial, ",".join(key.principals), key.signature_key.fingerprint(),
+                      _when(key.valid_before))
+    return verify
+
+
+def _log_connected(conn: ssh_proto.SSHClientConnection, what: str) -> None:
+    algorithms = conn.negotiated
+    if algorithms is not None:
+        log.debug("%s: %s, kex %s, host key %s, cipher %s", what, conn.peer_version or "?", algorithms.kex,
+                  algorithms.host_key, algorithms.cipher_cs)
+
+
 @contextlib.asynccontextmanager
-async def connect_proxy(creds: Credentials) -> AsyncIterator[ssh_proto.SSHClientConnection]:
+async def connect_proxy(creds: Credentials, *,
+                        connect_timeout: float = CONNECT_TIMEOUT) -> AsyncIterator[ssh_proto.SSHClientConnection]:
     """An authenticated connection to the proxy (username = the cluster user)."""
+    where = f"{creds.proxy_host}:{creds.proxy_port}"
+    log.debug("connecting to the proxy %s as %r (timeout %gs)", where, creds.user, connect_timeout)
+    check = _logged_check(proxy_host_check(creds.known_hosts, creds.proxy_host, creds.proxy_port), f"proxy {where}")
     connecting = ssh_proto.connect(creds.proxy_host, creds.proxy_port, username=creds.user,
-                                   client_keys=creds.client_keys,
-                                   known_hosts=proxy_host_check(creds.known_hosts, creds.proxy_host, creds.proxy_port),
-                                   connect_timeout=CONNECT_TIMEOUT)
-    async with _connected(connecting, lambda exc: _proxy_failure(exc, creds)) as conn:
+                                   client_keys=creds.client_keys, known_hosts=check, connect_timeout=connect_timeout)
+    async with _connected(connecting, lambda exc: _proxy_failure(exc, creds, connect_timeout)) as conn:
+        _log_connected(conn, f"authenticated to the proxy {where} with the certificate")
         yield conn
 
 
-async def open_node_channel(proxy: ssh_proto.SSHClientConnection, node: str, port: int) -> ssh_proto.SSHChannel:
+async def open_node_channel(proxy: ssh_proto.SSHClientConnection, node: str, port: int, *,
+                            connect_timeout: float = CONNECT_TIMEOUT) -> ssh_proto.SSHChannel:
     """A ``direct-tcpip`` channel through ``proxy`` to ``node``; ConnectError when the proxy refuses.
 
     A proxy connection that died raises its own error (SSHError, BrokenResourceError), so
     that a caller holding a long-lived proxy connection can tell it from a refusal.
     """
+    log.debug("asking the proxy for a channel to %r port %d", node, port)
     try:
-        with trio.fail_after(CONNECT_TIMEOUT):
-            return await proxy.open_direct_tcpip(node, port)
+        with trio.fail_after(connect_timeout):
+            channel = await proxy.open_direct_tcpip(node, port)
     except ChannelOpenError as exc:
+        log.debug("the proxy refused the channel: reason %d, %r", exc.reason, exc.description)
         raise ConnectError(_node_refusal(node, exc)) from None
     except trio.TooSlowError:
-        raise ConnectError(f"the proxy did not connect to node {node!r} within {CONNECT_TIMEOUT:g}s") from None
+        raise ConnectError(f"the proxy did not connect to node {node!r} within {connect_timeout:g}s") from None
+    log.debug("the proxy connected the channel to %r", node)
+    return channel
 
 
 def _node_refusal(node: str, exc: ChannelOpenError) -> str:
@@ -241,16 +288,19 @@ def _node_refusal(node: str, exc: ChannelOpenError) -> str:
 
 @contextlib.asynccontextmanager
 async def connect_over(channel: ssh_proto.SSHChannel, creds: Credentials, node: str, login: str,
-                       port: int = NODE_PORT) -> AsyncIterator[ssh_proto.SSHClientConnection]:
+                       port: int = NODE_PORT, *,
+                       connect_timeout: float = CONNECT_TIMEOUT) -> AsyncIterator[ssh_proto.SSHClientConnection]:
     """The SSH connection to ``node`` as ``login`` over ``channel`` (from :func:`open_node_channel`).
 
     The node's ``node:`` host certificate must name ``node`` (the name the user typed, J8). Failures to
     connect become :class:`ConnectError`; errors of the caller's block pass through.
     """
-    connecting = ssh_proto.connect(node, port, username=login, client_keys=creds.client_keys,
-                                   known_hosts=node_host_check(creds.known_hosts, creds.cluster, node, port),
-                                   stream=channel, connect_timeout=CONNECT_TIMEOUT)
-    async with _connected(connecting, lambda exc: _node_failure(exc, node, login, creds)) as conn:
+    log.debug("connecting to node %r as %r over that channel", node, login)
+    check = _logged_check(node_host_check(creds.known_hosts, creds.cluster, node, port), f"node {node!r}")
+    connecting = ssh_proto.connect(node, port, username=login, client_keys=creds.client_keys, known_hosts=check,
+                                   stream=channel, connect_timeout=connect_timeout)
+    async with _connected(connecting, lambda exc: _node_failure(exc, node, login, creds, connect_timeout)) as conn:
+        _log_connected(conn, f"authenticated to node {node!r} as {login!r}")
         conn.carrier = channel  # for session_lost_reason
         yield conn
 
@@ -270,7 +320,8 @@ def session_lost_reason(conn: ssh_proto.SSHClientConnection, channel: ssh_proto.
 
 @contextlib.asynccontextmanager
 async def connect_node(profile, node: str, login: str, *, port: int | None = None,
-                       creds: Credentials | None = None) -> AsyncIterator[ssh_proto.SSHClientConnection]:
+                       creds: Credentials | None = None,
+                       options: ClientOptions = ClientOptions()) -> AsyncIterator[ssh_proto.SSHClientConnection]:
     """An SSH connection to ``node`` as ``login``, through the profile's proxy.
 
     ``node`` is a node name, ``name.CLUSTER`` or a registered address; ``port`` (default
@@ -283,10 +334,49 @@ async def connect_node(profile, node: str, login: str, *, port: int | None = Non
     """
     creds = creds or load_credentials(profile)
     port = port or NODE_PORT
-    async with connect_proxy(creds) as proxy:
-        channel = await open_node_channel(proxy, node, port)
-        async with connect_over(channel, creds, node, login, port) as conn:
+    timeout = options.connect_timeout or CONNECT_TIMEOUT
+    async with connect_proxy(creds, connect_timeout=timeout) as proxy:
+        channel = await open_node_channel(proxy, node, port, connect_timeout=timeout)
+        async with connect_over(channel, creds, node, login, port, connect_timeout=timeout) as conn:
             yield conn
+
+
+class KeepAlive:
+    """OpenSSH's ServerAliveInterval / ServerAliveCountMax for one connection (to a node).
+
+    Every ``interval`` seconds a ``keepalive@openssh.com`` global request goes out (any
+    reply, success or failure, shows the peer alive: replies come in order, so one reply
+    answers every probe before it). When ``count_max`` probes in a row are unanswered the
+    peer is taken for dead: :meth:`run` closes the connection, which ends its sessions, and
+    :attr:`dead` tells the caller why they ended. A dead node behind a live proxy never
+    breaks the TCP connection, so without this a session would hang for good.
+    """
+
+    def __init__(self, conn: ssh_proto.SSHClientConnection, interval: float, count_max: int):
+        self.conn, self.interval, self.count_max = conn, interval, count_max
+        self.unanswered = 0
+        self.dead = False
+
+    async def run(self) -> None:
+        if self.interval <= 0:
+            return
+        async with trio.open_nursery() as probes:
+            while not self.conn.closed.is_set():
+                await trio.sleep(self.interval)
+                if self.unanswered >= self.count_max:  # (OpenSSH: sent count_max, the next interval cuts)
+                    self.dead = True
+                    log.debug("%d keepalives unanswered: closing the connection", self.unanswered)
+                    probes.cancel_scope.cancel()
+                    break
+                self.unanswered += 1
+                probes.start_soon(self._probe)
+        if self.dead:
+            await self.conn.aclose(description="keepalive timeout")
+
+    async def _probe(self) -> None:
+        with contextlib.suppress(SSHError, trio.BrokenResourceError, trio.ClosedResourceError):
+            await self.conn.global_request("keepalive@openssh.com")
+            self.unanswered = 0
 
 
 async def list_nodes(creds: Credentials, labels: Mapping[str, str]) -> list[NodeRecord]:
@@ -316,27 +406,57 @@ async def _read_bounded(stream: trio.abc.ReceiveStream, limit: int) -> bytes:
 # ------------------------------------------------------------------------------ scp
 
 Warn = Callable[[str], None]
+Progress = Callable[[str, int], "ProgressMeter"]   # (file name, size) -> a meter for that file
+
+# What stays unquoted for the remote shell to expand: *, ? and a bracket of plain characters.
+# A backslash makes the next character literal (``\*``), as in the shell.
+_GLOB_TOKEN = re.compile(r"\\.|\*|\?|\[!?[A-Za-z0-9._-]+\]", re.DOTALL)
 
 
-def _quote_remote_path(path: str) -> str:
-    """Quote for the login's POSIX shell, keeping ``~`` expansion (no globbing, no injection)."""
+def has_glob(path: str) -> bool:
+    """Whether ``path`` has a wildcard the remote shell would expand (see :data:`_GLOB_TOKEN`)."""
+    return any(not m.group().startswith("\\") for m in _GLOB_TOKEN.finditer(path))
+
+
+def _quote_keeping_globs(text: str) -> str:
+    """Shell-quote ``text`` except its wildcards: ``/var/log/*.log`` -> ``/var/log/*.log``,
+    ``a b*`` -> ``'a b'*``; nothing else reaches the shell unquoted (no injection)."""
+    out, position = [], 0
+    for match in _GLOB_TOKEN.finditer(text):
+        literal = text[position:match.start()]
+        token = match.group()
+        if token.startswith("\\"):
+            literal, token = literal + token[1], ""
+        if literal:
+            out.append(shlex.quote(literal))
+        out.append(token)
+        position = match.end()
+    if position < len(text):
+        out.append(shlex.quote(text[position:]))
+    return "".join(out)
+
+
+def _quote_remote_path(path: str, glob: bool = False) -> str:
+    """Quote for the login's POSIX shell, keeping ``~`` expansion (and with ``glob``, wildcards)."""
+    quote = _quote_keeping_globs if glob else shlex.quote
     if not path:
         return "."
     if path == "~":
         return "~"
     if path.startswith("~/"):
         rest = path[2:]
-        return "~/" + shlex.quote(rest) if rest else "~/"
-    return shlex.quote(path)
+        return "~/" + quote(rest) if rest else "~/"
+    return quote(path)
 
 
 def remote_scp_command(mode: str, path: str, *, recursive: bool = False, preserve: bool = False,
-                       directory: bool = False) -> str:
-    """The command line of the remote end: ``scp -t`` (we upload) or ``scp -f`` (we download)."""
+                       directory: bool = False, glob: bool = False) -> str:
+    """The command line of the remote end: ``scp -t`` (we upload) or ``scp -f`` (we download;
+    ``glob``: the path's wildcards are left to the remote shell, as OpenSSH's scp does)."""
     if mode not in ("t", "f"):
         raise ValueError("mode is 't' (sink) or 'f' (source)")
     flags = ["-" + mode] + ["-r"] * recursive + ["-p"] * preserve + ["-d"] * directory
-    return " ".join(["scp", *flags, "--", _quote_remote_path(path)])
+    return " ".join(["scp", *flags, "--", _quote_remote_path(path, glob)])
 
 
 class _Incoming:
@@ -422,12 +542,14 @@ def _parse_times(line: str) -> tuple[int, int]:
 class _ScpPeer:
     """What both directions share: the channel, reading replies, counting errors."""
 
-    def __init__(self, proc: ssh_proto.SSHProcess, warn: Warn, *, recursive: bool, preserve: bool):
+    def __init__(self, proc: ssh_proto.SSHProcess, warn: Warn, *, recursive: bool, preserve: bool,
+                 progress: Progress | None = None):
         self.proc = proc
         self.incoming = _Incoming(proc)
         self.warn = warn
         self.recursive = recursive
         self.preserve = preserve
+        self.progress = progress
         self.ok = True
 
     def error(self, message: str) -> None:
@@ -497,15 +619,18 @@ class _Source(_ScpPeer):
             await self.send(f"C{stat.S_IMODE(st.st_mode):04o} {st.st_size} {name}\n")
             if not await self.ack():
                 return
-            problem = await self._send_contents(f, st.st_size)
+            meter = self.progress(name, st.st_size) if self.progress else None
+            problem = await self._send_contents(f, st.st_size, meter)
+            if meter is not None:
+                meter.finish()
         await self.send(f"\x01scp: {path}: {problem}\n" if problem else b"\0")
         if problem:
             self.error(f"{path}: {problem}")
         await self.ack()
 
-    async def _send_contents(self, f, size: int) -> str | None:
+    async def _send_contents(self, f, size: int, meter=None) -> str | None:
         """Send exactly ``size`` bytes (zero padding if the file shrank): the protocol needs them."""
-        problem = None
+        problem, total = None, size
         while size:
             try:
                 data = await trio.to_thread.run_sync(f.read, min(size, COPY_CHUNK))
@@ -516,6 +641,8 @@ class _Source(_ScpPeer):
                 data = bytes(min(size, COPY_CHUNK))
             await self.send(data)
             size -= len(data)
+            if meter is not None:
+                meter.update(total - size)
         return problem
 
     async def _send_dir(self, path: str, name: str, st: os.stat_result,
@@ -538,10 +665,12 @@ class _Source(_ScpPeer):
 class _Sink(_ScpPeer):
     """We receive files from ``scp -f`` on the node, into ``target``."""
 
-    def __init__(self, proc, warn, *, recursive: bool, preserve: bool, target: Path, expected: str | None):
-        super().__init__(proc, warn, recursive=recursive, preserve=preserve)
+    def __init__(self, proc, warn, *, recursive: bool, preserve: bool, target: Path, expected: str | None,
+                 glob: bool = False, progress: Progress | None = None):
+        super().__init__(proc, warn, recursive=recursive, preserve=preserve, progress=progress)
         self.target = target
         self.expected = expected        # the top-level name asked for (None: cannot tell, e.g. "~")
+        self.glob = glob                # expected is a pattern; several top-level entries may match
         self.dirs: list[tuple[Path, tuple[int, int] | None]] = []
         self.times: tuple[int, int] | None = None
         self.top_level_seen = False
@@ -585,14 +714,19 @@ class _Sink(_ScpPeer):
             raise ScpProtocolError("the remote scp sent '.' where a file name belongs")
         if self.dirs:
             return self.dirs[-1][0] / record.name
-        if self.top_level_seen:
+        if self.top_level_seen and not self.glob:
             raise ScpProtocolError("the remote scp sent more than what was asked for")
         self.top_level_seen = True
-        if self.expected is not None and record.name != self.expected:
+        if self.expected is not None and not self._expected(record.name):
             raise ScpProtocolError(f"the remote scp sent {record.name!r} when {self.expected!r} was asked for")
         if record.kind == "D" and not self.recursive:
             raise ScpProtocolError("the remote scp sent a directory without -r")
         return self.target / record.name if self.target.is_dir() else self.target
+
+    def _expected(self, name: str) -> bool:
+        if not self.glob:
+            return name == self.expected
+        return name != "." and fnmatch.fnmatchcase(name, _fnmatch_pattern(self.expected))
 
     async def _refuse(self, message: str) -> None:
         self.error(message)
@@ -617,10 +751,14 @@ class _Sink(_ScpPeer):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, record.mode & 0o777)
         except OSError as exc:
             return await self._refuse(f"{path}: {exc.strerror}")
-        problem = None
+        problem, received = None, 0
+        meter = self.progress(record.name, record.size) if self.progress else None
         with open(fd, "wb") as f:
             await self.send(b"\0")
             async for piece in self.incoming.chunks(record.size):
+                received += len(piece)
+                if meter is not None:
+                    meter.update(received)
                 if problem is None:
                     try:
                         await trio.to_thread.run_sync(f.write, piece)
@@ -628,6 +766,8 @@ class _Sink(_ScpPeer):
                         problem = exc.strerror  # keep reading: the bytes are on the wire anyway
             if problem is None and self.preserve:
                 os.fchmod(f.fileno(), record.mode)
+        if meter is not None:
+            meter.finish()
         if not await self.ack():  # the source's own verdict on what it sent
             return
         if problem:
@@ -674,14 +814,19 @@ async def _run_scp(conn: ssh_proto.SSHClientConnection, command: str, peer_facto
 
 
 async def scp_upload(conn: ssh_proto.SSHClientConnection, sources: Sequence[str], target: str, warn: Warn, *,
-                     recursive: bool = False, preserve: bool = False) -> bool:
+                     recursive: bool = False, preserve: bool = False, progress: Progress | None = None) -> bool:
     """Copy local ``sources`` to ``target`` on the node (``scp [-r] [-p] SRC... node:TARGET``).
 
     Problems are passed to ``warn`` (one line each); returns True when everything was copied.
     """
     command = remote_scp_command("t", target, recursive=recursive, preserve=preserve, directory=len(sources) > 1)
-    make = lambda proc: _Source(proc, warn, recursive=recursive, preserve=preserve)  # noqa: E731
+    make = lambda proc: _Source(proc, warn, recursive=recursive, preserve=preserve, progress=progress)  # noqa: E731
     return await _run_scp(conn, command, make, lambda peer: peer.run(sources))
+
+
+def _fnmatch_pattern(pattern: str) -> str:
+    """Our glob syntax as fnmatch's: a backslashed character becomes a one-character class."""
+    return _GLOB_TOKEN.sub(lambda m: f"[{m.group()[1]}]" if m.group().startswith("\\") else m.group(), pattern)
 
 
 def _expected_name(remote_path: str) -> str | None:
@@ -696,10 +841,15 @@ def _expected_name(remote_path: str) -> str | None:
 
 
 async def scp_download(conn: ssh_proto.SSHClientConnection, source: str, target: Path, warn: Warn, *,
-                       recursive: bool = False, preserve: bool = False) -> bool:
-    """Copy ``source`` on the node to local ``target`` (a directory, or the new file's name)."""
-    command = remote_scp_command("f", source, recursive=recursive, preserve=preserve)
+                       recursive: bool = False, preserve: bool = False, progress: Progress | None = None) -> bool:
+    """Copy ``source`` on the node to local ``target`` (a directory, or the new file's name).
+
+    Wildcards in ``source`` are expanded by the remote shell (``/var/log/*.log``); every name
+    that comes back must match the pattern of its last component.
+    """
+    glob = has_glob(source)
+    command = remote_scp_command("f", source, recursive=recursive, preserve=preserve, glob=glob)
     expected = _expected_name(source)
     make = lambda proc: _Sink(proc, warn, recursive=recursive, preserve=preserve,  # noqa: E731
-                              target=Path(target), expected=expected)
+                              target=Path(target), expected=expected, glob=glob, progress=progress)
     return await _run_scp(conn, command, make, lambda peer: peer.run())

@@ -31,7 +31,7 @@ from ssh_proto.errors import CertificateError, HostKeyNotVerifiable
 from ssh_proto.keys import CERT_TYPE_HOST, Certificate, PublicKey
 from ssh_proto.known_hosts import MARKER_CERT_AUTHORITY, KnownHosts
 
-from ..names import is_dns_name, is_node_name, qualified, strip_cluster
+from ..names import is_dns_name, is_node_name, named_node, qualified
 
 __all__ = ["HostCheck", "cluster_wildcard_allowed", "host_ca_of", "known_hosts_line", "known_hosts_patterns",
            "node_host_check", "proxy_host_check", "safe_node_names"]
@@ -98,10 +98,7 @@ def proxy_host_check(known_hosts: KnownHosts, host: str, port: int) -> HostCheck
     return verify
 
 
-def _named(target: str, cluster: str) -> str | None:
-    """The node name ``target`` asks for (``db1``, ``db1.CLUSTER``), None for an address."""
-    name = strip_cluster(target.lower(), cluster)
-    return name if is_node_name(name) else None
+_named = named_node  # the node name ``target`` asks for, None for an address
 
 
 def node_host_check(known_hosts: KnownHosts, cluster: str, target: str, port: int) -> HostCheck:

@@ -113,6 +113,15 @@ def running_as_root() -> bool:
     return os.geteuid() == 0
 
 
+def own_account_name() -> str:
+    """The name of the account the node runs as (its uid's passwd entry, else the uid as text):
+    a node that is not root can log in only this account."""
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
 # ----------------------------------------------------------------------------- environment
 
 

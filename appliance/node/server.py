@@ -213,12 +213,16 @@ class NodeServer(ssh_proto.SSHServer):
     async def _check_account(self, username: str) -> tuple[str, proc.LoginAccount | None]:
         if self._allow_users is not None and username not in self._allow_users:
             return f"login {username!r} is not allowed on this node", None
+        if not proc.running_as_root():
+            # Decided by name before any lookup, so the answer says nothing of which accounts exist (T13).
+            own = proc.own_account_name()
+            if username != own:
+                self._hint(login_hints.not_root_hint(own, username))
+                return f"the node does not run as root: only its own account may log in, not {username!r}", None
         try:
             account = await trio.to_thread.run_sync(proc.lookup_account, username)
         except KeyError:
             return f"no OS account {username!r} on this node", None
-        if not proc.running_as_root() and account.uid != os.geteuid():
-            return f"the node does not run as root: only its own account may log in, not {username!r}", None
         return "", account
 
     async def _refuse(self, username: str, cert: Certificate, reason: str) -> None:

@@ -98,6 +98,9 @@ def host_key_policy(known_hosts, host: str, port: int):
     return verify
 
 
+MAX_BANNERS = 8            # USERAUTH_BANNERs kept for an AuthError (a server may send any number)
+MAX_BANNER_TEXT = 2000
+
 class SSHClientConnection(SSHConnection):
     """An authenticated client connection."""
 
@@ -106,6 +109,7 @@ class SSHClientConnection(SSHConnection):
         self.on_event = self._on_event
         self._remote_forwards: dict[tuple[str, int], tuple[str, int]] = {}  # server's (address, port) -> our destination
         self.agent: Agent | None = None  # an agent to serve on auth-agent@openssh.com channels (forwarding)
+        self.auth_banners: list[str] = []  # USERAUTH_BANNER texts, kept (bounded) for AuthError
         self._agent_forwarding_requested = False
 
     # ---- sessions ---------------------------------------------------------------------
@@ -147,14 +151,17 @@ class SSHClientConnection(SSHConnection):
         return await self.open_channel("direct-tcpip", data)
 
     async def forward_local_port(self, listen_host: str, listen_port: int, dest_host: str, dest_port: int,
-                                 *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+                                 *, on_open_failed=None, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Listen locally; relay each accepted connection to dest through the server (ssh -L).
 
         Runs until cancelled; ``await nursery.start(conn.forward_local_port, ...)`` returns
-        the bound port.
+        the bound port. When the server refuses a connection's channel, the local connection
+        is closed and ``on_open_failed(dest_host, dest_port, bound_port, ChannelOpenError)``
+        is called (default: an INFO log line), so that the refusal is not silent.
         """
         from .forwarding import serve_local_forward
-        await serve_local_forward(self, listen_host, listen_port, dest_host, dest_port, task_status=task_status)
+        await serve_local_forward(self, listen_host, listen_port, dest_host, dest_port,
+                                  on_open_failed=on_open_failed, task_status=task_status)
 
     async def forward_remote_port(self, listen_host: str, listen_port: int, dest_host: str, dest_port: int) -> int:
         """Ask the server to listen; relay its connections to dest from here (ssh -R). Returns the port."""
@@ -215,7 +222,8 @@ async def _authenticate(conn: SSHClientConnection, identities: list[Identity], p
         if last.success:
             return
         attempt = _next_attempt(plan, last, core)
-    raise AuthError(f"authentication failed (server offers: {', '.join(attempt.methods) or 'nothing'})")
+    raise AuthError(f"authentication failed (server offers: {', '.join(attempt.methods) or 'nothing'})",
+                    banners=tuple(conn.auth_banners))
 
 
 def _next_attempt(plan: AuthPlan, last: ev.AuthResult | None, core: Connection):
@@ -254,7 +262,10 @@ async def _next_auth_event(conn: SSHClientConnection) -> ev.Event:
             event = await conn.auth_events.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise conn._lost_error() from None
-        if not isinstance(event, (ev.AuthBanner, ev.ServiceAccepted)):
+        if isinstance(event, ev.AuthBanner):
+            if len(conn.auth_banners) < MAX_BANNERS:
+                conn.auth_banners.append(event.message[:MAX_BANNER_TEXT])
+        elif not isinstance(event, ev.ServiceAccepted):
             return event
 
 

@@ -98,10 +98,17 @@ async def relay(channel: SSHChannel, stream: trio.abc.Stream) -> None:
             await trio.aclose_forcefully(stream)  # ...the stream is closed all the same (L1: no fd leak)
 
 
+def _log_open_failed(dest_host: str, dest_port: int, listen_port: int, exc: ChannelOpenError) -> None:
+    log.info("forward: port %d: the server refused to connect to %s:%d (reason %d: %s)", listen_port, dest_host,
+             dest_port, exc.reason, exc.description)
+
+
 async def serve_local_forward(conn: "SSHClientConnection", listen_host: str, listen_port: int,
-                              dest_host: str, dest_port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+                              dest_host: str, dest_port: int, *, on_open_failed=None,
+                              task_status=trio.TASK_STATUS_IGNORED) -> None:
     listeners = await open_listeners(listen_host, listen_port)
     port = listeners[0].socket.getsockname()[1]
+    on_open_failed = on_open_failed or _log_open_failed
 
     async def handle(stream: trio.SocketStream) -> None:
         try:
@@ -110,7 +117,11 @@ async def serve_local_forward(conn: "SSHClientConnection", listen_host: str, lis
             orig_host, orig_port = "127.0.0.1", 0
         try:
             channel = await conn.open_direct_tcpip(dest_host, dest_port, orig_host, orig_port)
-        except (ChannelOpenError, SSHError):
+        except ChannelOpenError as exc:
+            await trio.aclose_forcefully(stream)
+            on_open_failed(dest_host, dest_port, port, exc)
+            return
+        except SSHError:
             await trio.aclose_forcefully(stream)
             return
         await relay(channel, stream)

@@ -211,7 +211,8 @@ def test_every_start_flag_is_a_setting_but_config_and_print_config():
     parser = build_parser("start")
     sub = next(a for a in parser._actions if a.dest == "subcommand").choices["start"]
     flags = {opt for a in sub._actions for opt in a.option_strings if opt.startswith("--")}
-    declared = {s.flag for s in SETTINGS if s.flag} | {"--roles", "--help", "--config", "--print-config"}
+    declared = {s.flag for s in SETTINGS if s.flag} | {"--roles", "--help", "--config", "--print-config",
+                                                       "--debug"}  # the top-level flag, taken after any command too
     assert flags == declared
 
 

@@ -459,7 +459,7 @@ async def test_version_mismatch_end_to_end_the_client_runs_the_session_itself(cl
     monkeypatch.setattr(mux, "MUX_VERSION", mux.MUX_VERSION + 1)  # the daemon (this process) is "another build"
     done = await _ssh(profile, f"{login.name}@{NODE}", "echo fallback; exit 7")
     assert (done.returncode, done.stdout, done.stderr) == (7, b"fallback\n", b"")
-    assert [m["version"] for m in running.messages] == [1]     # the client asked the daemon first...
+    assert [m["version"] for m in running.messages] == [mux.MUX_VERSION - 1]  # the client asked the daemon first...
     assert _log(caplog, "session to") == []                    # ...which did not serve it
     assert len(cluster.events("session.start")) == 1           # the client did, over its own proxy connection
     await _until(lambda: len(_proxy_logins(cluster)) == 2, "the daemon's and the client's proxy logins")

@@ -39,7 +39,9 @@ FIELDS = ("target", "login", "port", "command", "pty", "term", "cols", "rows", "
 def _session(**changes) -> dict:
     message = {"op": "session", "version": MUX_VERSION, "target": "alice@node1", "login": None, "port": None,
                "command": None, "pty": True, "term": "xterm-256color", "cols": 80, "rows": 24,
-               "env": {"LANG": "C.UTF-8", "LC_TIME": "en_GB.UTF-8"}}
+               "env": {"LANG": "C.UTF-8", "LC_TIME": "en_GB.UTF-8"},
+               "options": {"server_alive_interval": 0.0, "server_alive_count_max": 3, "connect_timeout": None},
+               "escape": 126}
     message.update(changes)
     return message
 
@@ -168,6 +170,15 @@ def test_valid_session_request():
     assert request.env == {"LANG": "C.UTF-8", "LC_TIME": "en_GB.UTF-8"}
     assert request.agent is None
     assert parse_request(_session(agent="/run/user/1000/agent.sock")).agent == "/run/user/1000/agent.sock"
+    assert request.escape == ord("~") and parse_request(_session(escape=None)).escape is None
+
+
+def test_session_request_carries_the_dash_o_options():
+    options = {"server_alive_interval": 5, "server_alive_count_max": 2, "connect_timeout": 4.5}
+    request = parse_request(_session(options=options))
+    assert (request.options.server_alive_interval, request.options.server_alive_count_max,
+            request.options.connect_timeout) == (5.0, 2, 4.5)
+    assert parse_request(request.to_message()).options == request.options
 
 
 def test_session_request_optional_fields_may_be_null_or_absent():
@@ -226,6 +237,12 @@ BAD_FIELDS = [
     ("term", ""), ("term", None), ("term", "x" * (MAX_NAME + 1)), ("term", "xterm\0"), ("term", 7),
     ("cols", -1), ("cols", MAX_SIZE + 1), ("cols", True), ("cols", 80.0), ("cols", "80"), ("cols", None),
     ("rows", -1), ("rows", MAX_SIZE + 1), ("rows", False), ("rows", 24.5), ("rows", "24"), ("rows", None),
+    ("escape", -1), ("escape", 128), ("escape", "~"), ("escape", True), ("escape", 126.0),
+    ("options", None), ("options", {}), ("options", {"server_alive_interval": 1, "server_alive_count_max": 0,
+                                                     "connect_timeout": None}),
+    ("options", {"server_alive_interval": -1, "server_alive_count_max": 3, "connect_timeout": None}),
+    ("options", {"server_alive_interval": 1, "server_alive_count_max": 3, "connect_timeout": 0}),
+    ("options", {"server_alive_interval": 1, "server_alive_count_max": 3, "connect_timeout": None, "x": 1}),
     ("command", ""), ("command", "c" * (MAX_COMMAND + 1)), ("command", "ls\0-la"), ("command", ["ls"]),
     ("env", None), ("env", []), ("env", "LANG=C"), ("env", {"PATH": "/tmp"}), ("env", {"LD_PRELOAD": "x.so"}),
     ("env", {"lang": "C"}), ("env", {"LANGUAGE": "de"}), ("env", {"XLC_ALL": "C"}), ("env", {"LANG": 1}),
