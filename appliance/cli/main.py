@@ -142,7 +142,10 @@ def _add_status(sub) -> None:
 def _add_ls(sub) -> None:
     p = sub.add_parser("ls", help="list nodes")
     p.add_argument("labels", nargs="*", help="filters key=value (also key=value,key=value): nodes carrying every pair")
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--all", action="store_true",
+                   help="also the nodes that missed 3 heartbeats (marked offline; hidden by default)")
+    p.add_argument("--format", choices=("text", "json", "names"), default="text",
+                   help="text: a table and a count (default); json: a list of maps; names: one name a line")
     p.set_defaults(func="appliance.cli.remote:ls")
 
 

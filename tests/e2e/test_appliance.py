@@ -143,9 +143,11 @@ def test_client_files_are_0600_in_a_0700_directory(alice: Client) -> None:
 
 
 def _node_rows(ls_output: str) -> dict[str, tuple[str, str]]:
-    """``jumpgate ls`` table -> {name: (address, labels)}."""
+    """``jumpgate ls`` table -> {name: (address, labels)} (the rows end at a blank line, before the count)."""
     rows = {}
-    for line in ls_output.splitlines()[2:]:
+    lines = ls_output.splitlines()
+    assert lines[-1].endswith(("node", "nodes")) or "offline not shown" in lines[-1], lines
+    for line in lines[2:lines.index("")]:
         fields = line.split()
         rows[fields[0]] = (fields[1], fields[2] if len(fields) > 2 else "")
     return rows
