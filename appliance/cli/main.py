@@ -162,7 +162,10 @@ def _add_ssh(sub) -> None:
     p.add_argument("-T", dest="no_tty", action="store_true", help="no pty")
     p.add_argument("-N", dest="no_command", action="store_true", help="no command: forwarding only")
     p.add_argument("-l", dest="login", help="login on the node (instead of login@)")
-    p.add_argument("target", help="[login@]node")
+    p.add_argument("--max-parallel", type=int, metavar="N",
+                   help="with a label selector: run on at most N nodes at a time (default 10, at most 64)")
+    p.add_argument("target", help="[login@]node, or [login@]key=value[,key=value...]: the command runs on every "
+                                  "matching node, each output line prefixed with the node's name")
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(func="appliance.cli.sshcmd:ssh")
 

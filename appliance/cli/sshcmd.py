@@ -7,7 +7,8 @@ connection, so the command costs an interpreter start rather than importing Trio
 SSH stack; with ``-A`` the daemon connects to the client's ``SSH_AUTH_SOCK``. Port
 forwarding (``-L``/``-R``/``-N``), ``-A`` without an agent, ``JUMPGATE_MUX=0`` and a
 profile without a valid certificate run in this process (:func:`appliance.cli.remote.ssh`),
-which also reports what is wrong.
+which also reports what is wrong. A target holding ``=`` is a label selector
+(:mod:`appliance.cli.fanout`): the command runs on every matching node.
 """
 from __future__ import annotations
 
@@ -56,6 +57,9 @@ def ssh(args) -> int:
     """``jumpgate ssh [options] [login@]node [command...]``; returns the remote exit status."""
     if args.force_tty and args.no_tty:
         raise CliError("-t and -T contradict each other")
+    if "=" in args.target:  # a label selector, not a node (cli/fanout.py): every match, or the one
+        from .fanout import ssh as ssh_selected
+        return ssh_selected(args, ssh)
     home = home_dir()
     if not _wants_in_process(args) and _logged_in(home):
         from ..client.muxclient import run_session
