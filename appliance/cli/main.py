@@ -39,6 +39,9 @@ def _add_start(sub) -> None:
     p.add_argument("--nodename", help="this node's name, one DNS label (default: host name); "
                    "fixed at the first join (the proxy is NODENAME-proxy)")
     p.add_argument("--labels", help="static node labels: key=value,...")
+    p.add_argument("--label-command", dest="label_commands", action="append", metavar="NAME[@PERIOD]=COMMAND",
+                   help="a label whose value is COMMAND's output (a shell command line), run every PERIOD "
+                        "(30s, 5m, 2h; default 60s); repeatable, e.g. --label-command kernel@1h='uname -r'")
     p.add_argument("--audit-retention-days", type=int, metavar="DAYS",
                    help="days the auth service keeps audit events; older ones are pruned hourly "
                         "(default 365; 0 keeps every event)")
