@@ -280,7 +280,7 @@ SETTINGS: tuple[Setting, ...] = (
             example={"env": "prod"}, flag="--labels"),
     Setting("node.commands", "command_labels", _command_labels,
             "labels whose value is a command's output, refreshed every period (seconds, or \"30s\", \"1m\", "
-            "\"2h\"; default 60 s); --label-command NAME[@PERIOD]=SHELL-COMMAND adds one",
+            "\"2h\"; default 60 s); the flag takes NAME[@PERIOD]=SHELL-COMMAND, repeated",
             example={"kernel": {"command": ["uname", "-r"], "period": "1h"}}, flag="--label-command"),
     Setting("web.cert", "web_cert", _text, "a PEM certificate chain for HTTPS instead of the self-signed one",
             example="/etc/jumpgate/tls.crt"),
