@@ -40,7 +40,7 @@ from .addresses import AUTH_PORT, DEFAULT_PORTS, DIAG_PORT, AddressError, format
 from .audit import DEFAULT_REFUSALS_PER_SOURCE, DEFAULT_RETENTION_DAYS
 
 __all__ = ["ALL_SERVICES", "SETTINGS", "CommandLabelConfig", "Config", "ConfigError", "default_config_text",
-           "default_data_dir", "load_config"]
+           "default_data_dir", "load_config", "parse_period"]
 
 #: The services ``jumpgate start`` runs (Teleport calls them roles; a user's roles are another thing).
 ALL_SERVICES = ("auth", "proxy", "node", "web")
@@ -181,18 +181,55 @@ def _labels(value: Any) -> dict[str, str]:
         raise ValueError(str(exc)) from None
 
 
+_PERIOD = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+
+
+def parse_period(value: Any) -> float:
+    """A command label's period: seconds (``60``, ``0.5``) or text (``"30s"``, ``"1m"``,
+    ``"2h"``, ``"1h30m"``, ``"90"``) -> seconds; ValueError if it is not a positive time."""
+    if isinstance(value, str):
+        found = _PERIOD.fullmatch(value.strip().lower())
+        if value.strip().isdigit():
+            value = int(value)
+        elif value.strip() and found:
+            hours, minutes, seconds = (int(g or 0) for g in found.groups())
+            value = (hours * 60 + minutes) * 60 + seconds
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise ValueError("period must be a positive number of seconds, or a time such as \"30s\", \"1m\", \"2h\"")
+    return float(value)
+
+
 def _command_label(value: Any) -> CommandLabelConfig:
     if not isinstance(value, Mapping):
-        raise ValueError('expected {command = ["prog", "arg", ...], period = SECONDS}')
+        raise ValueError('expected {command = ["prog", "arg", ...], period = "1m"}')
     unknown = sorted(set(value) - {"command", "period"})
     if unknown:
         raise ValueError(f"unknown key {unknown[0]!r} (a command label has command and period)")
-    command, period = value.get("command"), value.get("period", DEFAULT_LABEL_PERIOD)
+    command = value.get("command")
     if not isinstance(command, list) or not command or not all(isinstance(a, str) and a for a in command):
         raise ValueError("command must be a non-empty list of strings")
-    if isinstance(period, bool) or not isinstance(period, (int, float)) or not 0 < period < math.inf:
-        raise ValueError("period must be a positive number of seconds")
-    return CommandLabelConfig(tuple(command), float(period))
+    return CommandLabelConfig(tuple(command), parse_period(value.get("period", DEFAULT_LABEL_PERIOD)))
+
+
+def _label_command_flags(value: Any) -> dict[str, CommandLabelConfig]:
+    """``--label-command NAME[@PERIOD]=COMMAND`` (repeated): COMMAND is one shell command line
+    (``sh -c``), PERIOD as :func:`parse_period` (default 60 s). The period sits on the name's side
+    of the first ``=``, where a label name never has an ``@``, so any command line fits."""
+    out: dict[str, CommandLabelConfig] = {}
+    for item in value:
+        head, sep, command = item.partition("=")
+        name, at, period = head.partition("@")
+        if not sep or not name or not command.strip():
+            raise ValueError(f"{item[:64]!r}: expected NAME=COMMAND or NAME@PERIOD=COMMAND "
+                             "(e.g. kernel@1h='uname -r')")
+        if name in out:
+            raise ValueError(f"label {name!r} is given twice")
+        try:
+            inventory.check_label(name, "")
+            out[name] = CommandLabelConfig(("sh", "-c", command), parse_period(period) if at else DEFAULT_LABEL_PERIOD)
+        except ValueError as exc:
+            raise ValueError(f"label {name!r}: {exc}") from None
+    return out
 
 
 def _command_labels(value: Any) -> dict[str, CommandLabelConfig]:
@@ -254,8 +291,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("node.labels", "labels", _labels, "static labels, key = \"value\" (jumpgate ls key=value)",
             example={"env": "prod"}, flag="--labels"),
     Setting("node.commands", "command_labels", _command_labels,
-            "labels whose value is a command's output, refreshed every period seconds",
-            example={"kernel": {"command": ["uname", "-r"], "period": 60}}),
+            "labels whose value is a command's output, refreshed every period (seconds, or \"30s\", \"1m\", "
+            "\"2h\"; default 60 s); the flag takes NAME[@PERIOD]=SHELL-COMMAND, repeated",
+            example={"kernel": {"command": ["uname", "-r"], "period": "1h"}}, flag="--label-command"),
     Setting("web.cert", "web_cert", _text, "a PEM certificate chain for HTTPS instead of the self-signed one",
             example="/etc/jumpgate/tls.crt"),
     Setting("web.key", "web_key", _text, "its unencrypted PEM private key", example="/etc/jumpgate/tls.key"),
@@ -365,6 +403,11 @@ def _from_flags(overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
                 ports[name] = _checked(_BY_KEY[f"ports.{name}"], port, f"--{name}-port")
         elif key == "labels":
             labels = _checked(_flag("labels"), value, "--labels")
+        elif key == "command_labels":
+            try:
+                values[key] = _label_command_flags(value)
+            except ValueError as exc:
+                raise ConfigError(f"--label-command: {exc}") from None
         elif key in ("data_dir",):
             values[key] = Path(value)
         else:
@@ -386,17 +429,22 @@ def _check_ports(cfg: Config) -> None:
 
 def load_config(path: str | None = None, **overrides) -> Config:
     """Read ``path`` (if given) and apply non-empty ``overrides`` (from command-line flags:
-    Config's field names, ``port_overrides={"node": 4022}`` and ``labels``, merged over the
-    file's); ConfigError for anything the rules above refuse."""
+    Config's field names, ``port_overrides={"node": 4022}``, and ``labels`` and
+    ``command_labels`` (``--label-command`` words), merged over the file's); ConfigError for anything the rules above refuse."""
     values = _from_file(path) if path else {}
     flags, port_flags, label_flags = _from_flags(overrides)
     ports = dict(DEFAULT_PORTS)
     for key in list(values):
         if key.startswith("ports."):
             ports[key.removeprefix("ports.")] = values.pop(key)
+    values["command_labels"] = {**values.get("command_labels", {}), **flags.pop("command_labels", {})}
     values.update(flags)
     values["ports"] = {**ports, **port_flags}
     values["labels"] = {**values.get("labels", {}), **label_flags}
+    clash = sorted(values["labels"].keys() & values["command_labels"].keys())
+    if clash:
+        raise ConfigError(f"label {clash[0]!r} is both static (node.labels, --labels) and a command label "
+                          "(node.commands, --label-command): give it once")
     values["data_dir"] = Path(values.get("data_dir") or default_data_dir())
     cfg = Config(**values)
     if (cfg.web_cert == "") != (cfg.web_key == ""):

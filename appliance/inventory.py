@@ -13,6 +13,14 @@ at every step, so that a rule such as "how is a tunnelled node written" is answe
   :attr:`NodeRecord.endpoint`, and ``jumpgate ls`` shows :attr:`NodeRecord.shown_addr`.
 * ``addresses`` and ``host_key`` are what its host certificate was issued for; they stay
   with the auth service (:meth:`NodeRecord.to_wire`, the listing form, leaves them out).
+* ``offline`` is not stored: the auth service sets it when it lists nodes (:func:`is_offline`).
+
+**Liveness.** A joined node or proxy heartbeats every :data:`HEARTBEAT_INTERVAL` seconds; one
+that has missed :data:`MISSED_HEARTBEATS` in a row (nothing for three intervals) is *offline*:
+``jumpgate ls`` and ``jumpgate ssh LABEL=VALUE`` leave it out (``ls --all`` shows it, marked),
+until its next heartbeat brings it back. An agentless ``openssh`` node never heartbeats, so it
+is never offline for that. The auth service may also be told that a node went away at once
+(``mark_offline``: a dropped reverse tunnel), which its next heartbeat undoes.
 
 **Labels** are ``key=value`` pairs, and their rules are here too, for everyone who reads or
 writes one (``start --labels``, the TOML ``[node] labels``, command labels, ``ctl nodes add
@@ -28,6 +36,8 @@ writes one (``start --labels``, the TOML ``[node] labels``, command labels, ``ct
 * a filter matches a node that carries every one of its pairs (:func:`labels_match`).
 
 >>> web = NodeRecord("web1", "node", "10.0.0.5:3022", {"env": "dev"})
+>>> is_offline(web, now=60.0), is_offline(NodeRecord("db1", "node", last_seen=100.0), now=100.0 + 91)
+(False, True)
 >>> web.endpoint, web.shown_addr, NodeRecord("edge", "node", tunnel=True).shown_addr
 (('10.0.0.5', 3022), '10.0.0.5:3022', 'tunnel')
 >>> NodeRecord.from_wire(web.to_wire()) == web
@@ -49,11 +59,16 @@ from typing import Any
 
 from .addresses import AddressError, parse_endpoint
 
-__all__ = ["MAX_LABELS", "NODE_KINDS", "LabelError", "NodeRecord", "NodeRecordError", "check_label",
-           "check_labels", "format_labels", "labels_match", "parse_labels"]
+__all__ = ["HEARTBEAT_INTERVAL", "HEARTBEAT_KINDS", "MAX_LABELS", "MISSED_HEARTBEATS", "NODE_KINDS", "LabelError", "NodeRecord", "NodeRecordError", "check_label",
+           "check_labels", "format_labels", "is_offline", "labels_match", "parse_labels"]
 
 #: What a registered server may be.
 NODE_KINDS = ("node", "proxy", "openssh")
+#: What heartbeats: joined with a token (an agentless ``openssh`` node does not).
+HEARTBEAT_KINDS = ("node", "proxy")
+#: Seconds between a node's heartbeats, and how many it may miss before it counts as offline.
+HEARTBEAT_INTERVAL = 30.0
+MISSED_HEARTBEATS = 3
 MAX_NAME = 253            # a DNS name
 MAX_LABELS = 32
 MAX_LABEL_VALUE = 256
@@ -83,6 +98,7 @@ class NodeRecord:
     addresses: tuple[str, ...] = ()
     host_key: bytes | None = None
     created: float = 0.0
+    offline: bool = False
 
     @property
     def endpoint(self) -> tuple[str, int] | None:
@@ -101,7 +117,7 @@ class NodeRecord:
         """The listing form (the auth API's ``list_nodes``, ``jumpgate-nodes``, ``ls --format
         json``): no host key and no certified addresses."""
         return {"name": self.name, "kind": self.kind, "addr": self.addr, "labels": dict(self.labels),
-                "last_seen": self.last_seen, "tunnel": self.tunnel}
+                "last_seen": self.last_seen, "tunnel": self.tunnel, "offline": self.offline}
 
     @classmethod
     def from_wire(cls, data: Any) -> NodeRecord:
@@ -116,10 +132,16 @@ class NodeRecord:
         last_seen = data.get("last_seen") or 0.0
         if isinstance(last_seen, bool) or not isinstance(last_seen, (int, float)) or not math.isfinite(last_seen):
             raise NodeRecordError("node field 'last_seen' must be a number")
-        tunnel = data.get("tunnel", False)
-        if not isinstance(tunnel, bool):
-            raise NodeRecordError("node field 'tunnel' must be true or false")
-        return cls(name, kind, addr, _labels(data.get("labels") or {}), float(last_seen), tunnel)
+        tunnel, offline = data.get("tunnel", False), data.get("offline", False)
+        if not isinstance(tunnel, bool) or not isinstance(offline, bool):
+            raise NodeRecordError("node fields 'tunnel' and 'offline' must be true or false")
+        return cls(name, kind, addr, _labels(data.get("labels") or {}), float(last_seen), tunnel, offline=offline)
+
+
+def is_offline(node: NodeRecord, now: float, interval: float = HEARTBEAT_INTERVAL) -> bool:
+    """Whether ``node`` has missed :data:`MISSED_HEARTBEATS` heartbeats of ``interval`` seconds
+    by ``now`` (never for a node that does not heartbeat)."""
+    return node.kind in HEARTBEAT_KINDS and now - node.last_seen > MISSED_HEARTBEATS * interval
 
 
 def _text(value: Any, name: str, limit: int) -> str:

@@ -58,6 +58,7 @@ from .api.client import ApiClient, ApiError
 from .auth import rejoin
 from .auth.ca import pin_matches
 from .files import private_dir, write_atomic
+from .inventory import HEARTBEAT_INTERVAL
 from .timestamps import format_time
 
 __all__ = ["MembershipError", "Backoff", "Membership", "MembershipHolder", "heartbeat_loop", "host_key_for", "join",
@@ -377,7 +378,8 @@ async def _beat_until_error(api: ApiClient, name: str, addr: str, labels_provide
 
 
 async def heartbeat_loop(api_factory: ApiFactory, name: str, addr: str, labels_provider: Callable[[], Any], *,
-                         interval: float = 30.0, tunnel: bool = False, holder: MembershipHolder | None = None,
+                         interval: float = HEARTBEAT_INTERVAL, tunnel: bool = False,
+                         holder: MembershipHolder | None = None,
                          clock: Callable[[], float] = time.time, max_backoff: float = MAX_BACKOFF,
                          backoff: Backoff | None = None, on_beat: Callable[[], None] = lambda: None,
                          task_status=trio.TASK_STATUS_IGNORED) -> None:

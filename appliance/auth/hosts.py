@@ -16,6 +16,8 @@ Rules enforced here:
 * Node names are one lower-case DNS label (J1); the inventory record is
   :class:`appliance.inventory.NodeRecord`.
 * Every token, join, certificate and inventory change is an audit event.
+* Liveness (:mod:`appliance.inventory`): a joined node that missed 3 heartbeats is listed as
+  ``offline`` (``mark_offline`` says so at once), and is back at its next heartbeat.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from typing import Any
 from ssh_proto.keys import Certificate, PublicKey
 
 from .. import inventory, names
-from ..inventory import labels_match
+from ..inventory import HEARTBEAT_INTERVAL, is_offline, labels_match
 from ..storage.base import NodeRecord, Storage, TokenRecord
 from . import joining
 from .audit_log import AuditLog
@@ -58,12 +60,17 @@ _TOKEN_ID = re.compile(r"[0-9a-f]{1,64}")
 class Hosts:
     """The hosts half of :class:`~appliance.auth.service.AuthService` (see the module rules)."""
 
-    def __init__(self, storage: Storage, ca: ClusterCA, audit_log: AuditLog, *, clock: Callable[[], float]):
+    def __init__(self, storage: Storage, ca: ClusterCA, audit_log: AuditLog, *, clock: Callable[[], float],
+                 heartbeat_interval: float = HEARTBEAT_INTERVAL):
         self.storage = storage
         self.ca = ca
         self.cluster = ca.cluster
         self.audit_log = audit_log
         self._clock = clock
+        self.heartbeat_interval = heartbeat_interval
+        # Nodes known to be gone before their heartbeats stop (mark_offline). Not stored: after
+        # a restart of the auth service the missed heartbeats tell the same within 3 intervals.
+        self._gone: set[str] = set()
 
     # -- join tokens -----------------------------------------------------------------
     async def create_token(self, kind: str, ttl_seconds: float | None = TOKEN_TTL, *,
@@ -257,7 +264,17 @@ class Hosts:
         if node is None or not await self.storage.heartbeat_node(name, labels, bool(tunnel),
                                                                   self._clock()):
             raise AuthServiceError("not_found", f"no node {name!r}: join again with a new token")
+        self._gone.discard(node.name)
         return HeartbeatResult(node.addr)
+
+    def mark_offline(self, name: str) -> None:
+        """``name`` is gone now (its reverse tunnel dropped), not three heartbeats from now:
+        listed as offline until its next heartbeat. For the tunnel server to call."""
+        self._gone.add(lookup_name(name))
+
+    def _liveness(self, node: NodeRecord, now: float) -> NodeRecord:
+        offline = node.name in self._gone or is_offline(node, now, self.heartbeat_interval)
+        return dataclasses.replace(node, offline=True) if offline else node
 
     # -- the inventory ---------------------------------------------------------------
     async def add_node(self, name: str, addr: str, labels: Mapping[str, str] | None = None, *,
@@ -310,7 +327,8 @@ class Hosts:
                          include_proxies: bool = False) -> list[NodeRecord]:
         """Nodes (and proxies if asked) carrying every ``labels`` key=value."""
         wanted = check_labels(labels)
-        return [n for n in await self.storage.list_nodes()
+        now = self._clock()
+        return [self._liveness(n, now) for n in await self.storage.list_nodes()
                 if (include_proxies or n.kind != "proxy") and labels_match(n.labels, wanted)]
 
     async def remove_node(self, name: str, *, actor: str = "") -> None:

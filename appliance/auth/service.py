@@ -125,6 +125,7 @@ class AuthService:
     join = _Delegate("hosts")
     renew_host_cert = _Delegate("hosts")
     heartbeat = _Delegate("hosts")
+    mark_offline = _Delegate("hosts")
     add_node = _Delegate("hosts")
     update_node = _Delegate("hosts")
     get_node = _Delegate("hosts")

@@ -52,6 +52,9 @@ def _add_start(sub) -> None:
     p.add_argument("--nodename", help="this node's name, one DNS label (default: host name); "
                    "fixed at the first join (the proxy is NODENAME-proxy)")
     p.add_argument("--labels", help="static node labels: key=value,...")
+    p.add_argument("--label-command", dest="label_commands", action="append", metavar="NAME[@PERIOD]=COMMAND",
+                   help="a label whose value is COMMAND's output (a shell command line), run every PERIOD "
+                        "(30s, 5m, 2h; default 60s); repeatable, e.g. --label-command kernel@1h='uname -r'")
     p.add_argument("--audit-retention-days", type=int, metavar="DAYS",
                    help="days the auth service keeps audit events; older ones are pruned hourly "
                         "(default 365; 0 keeps every event)")
@@ -213,7 +216,10 @@ def _add_status(sub) -> None:
 def _add_ls(sub) -> None:
     p = sub.add_parser("ls", help="list nodes")
     p.add_argument("labels", nargs="*", help="filters key=value (also key=value,key=value): nodes carrying every pair")
-    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--all", action="store_true",
+                   help="also the nodes that missed 3 heartbeats (marked offline; hidden by default)")
+    p.add_argument("--format", choices=("text", "json", "names"), default="text",
+                   help="text: a table and a count (default); json: a list of maps; names: one name a line")
     p.set_defaults(func="appliance.cli.remote:ls")
 
 
@@ -239,7 +245,10 @@ def _add_ssh(sub) -> None:
     p.add_argument("-T", dest="no_tty", action="store_true", help="no pty")
     p.add_argument("-N", dest="no_command", action="store_true", help="no command: forwarding only")
     p.add_argument("-l", dest="login", help="login on the node (instead of login@)")
-    p.add_argument("target", help="[login@]node")
+    p.add_argument("--max-parallel", type=int, metavar="N",
+                   help="with a label selector: run on at most N nodes at a time (default 10, at most 64)")
+    p.add_argument("target", help="[login@]node, or [login@]key=value[,key=value...]: the command runs on every "
+                                  "matching node, each output line prefixed with the node's name")
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(func="appliance.cli.sshcmd:ssh")
 

@@ -4,9 +4,10 @@ Each command takes the argparse Namespace built in ``cli/main.py``, runs its Tri
 with ``trio.run`` and returns the process exit status; failures raise :class:`CliError`
 (one line). Flags (as OpenSSH's where they exist)::
 
-    jumpgate ls [key=value ...] [--format text|json]
+    jumpgate ls [key=value ...] [--all] [--format text|json|names]
     jumpgate ssh [-v] [-p PORT] [-o Name=value]... [-L [bind:]port:host:hostport]...
                  [-R [bind:]port:host:hostport]... [-A] [-t | -T] [-N] [login@]NODE [command ...]
+    jumpgate ssh [--max-parallel N] [login@]key=value[,key=value] command ...   (every match)
     jumpgate scp [-v] [-q] [-r] [-P PORT] [-p(preserve)] [-o Name=value]... SRC... DST
                                                            (remote paths: [login@]NODE:path)
     jumpgate config [--offline]
@@ -147,15 +148,26 @@ def split_login(target: str, creds: Credentials, login: str | None = None) -> tu
 
 # ------------------------------------------------------------------------------ ls
 
-def format_nodes(nodes: Sequence[NodeRecord]) -> str:
-    """A table: node name, address (or "tunnel"), labels."""
-    rows = [("Node Name", "Address", "Labels")]
+def _status(node: NodeRecord) -> str:
+    if node.kind not in inventory.HEARTBEAT_KINDS:
+        return "agentless"   # it never heartbeats: neither known online nor offline
+    return "offline" if node.offline else "online"
+
+
+def format_nodes(nodes: Sequence[NodeRecord], *, show_status: bool = False, hidden: int = 0) -> str:
+    """A table sorted by name: node name, address (or "tunnel"), labels (``show_status``: and
+    online/offline/agentless), then a count line (saying how many offline nodes it leaves out)."""
+    rows = [("Node Name", *(("Status",) if show_status else ()), "Address", "Labels")]
     for n in sorted(nodes, key=lambda n: n.name):
-        rows.append((n.name, n.shown_addr, inventory.format_labels(n.labels)))
-    widths = [max(len(r[i]) for r in rows) for i in range(2)]
-    lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]}".rstrip() for r in rows]
-    lines.insert(1, f"{'-' * widths[0]}  {'-' * widths[1]}  {'-' * 6}")
-    return "\n".join(lines)
+        rows.append((n.name, *((_status(n),) if show_status else ()), n.shown_addr,
+                     inventory.format_labels(n.labels)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join([*(f"{c:<{w}}" for c, w in zip(r, widths)), r[-1]]).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * 6)
+    count = f"{len(nodes)} node{'' if len(nodes) == 1 else 's'}"
+    if hidden:
+        count += f" ({hidden} offline not shown: jumpgate ls --all)"
+    return "\n".join([*lines, "", count])
 
 
 def parse_labels(items: Sequence[str]) -> dict[str, str]:
@@ -166,15 +178,26 @@ def parse_labels(items: Sequence[str]) -> dict[str, str]:
         raise CliError(f"label filter: {exc}") from None
 
 
+def select_nodes(nodes: Sequence[NodeRecord], *, include_offline: bool = False) -> list[NodeRecord]:
+    """What ``ls`` shows and ``ssh LABEL=VALUE`` runs on: sorted by name, offline nodes only if asked."""
+    return sorted((n for n in nodes if include_offline or not n.offline), key=lambda n: n.name)
+
+
 def ls(args) -> int:
-    """``jumpgate ls [key=value ...]``: the nodes of the cluster carrying those labels."""
+    """``jumpgate ls [key=value ...] [--all] [--format text|json|names]``: the nodes of the
+    cluster carrying every one of those labels."""
     labels = parse_labels(getattr(args, "labels", []) or [])
+    show_all = bool(getattr(args, "all", False))
     _, creds = _credentials()
-    nodes = _run(list_nodes, creds, labels)
-    if getattr(args, "format", "text") == "json":
+    listed = _run(list_nodes, creds, labels)
+    nodes = select_nodes(listed, include_offline=show_all)
+    how = getattr(args, "format", "text")
+    if how == "json":
         print(json.dumps([n.to_wire() for n in nodes], indent=2, sort_keys=True))
+    elif how == "names":
+        print("".join(f"{n.name}\n" for n in nodes), end="")
     else:
-        print(format_nodes(nodes))
+        print(format_nodes(nodes, show_status=show_all, hidden=len(listed) - len(nodes)))
     return 0
 
 

@@ -9,7 +9,8 @@ forwarding (``-L``/``-R``/``-N``), ``-A`` without an agent, ``-v`` and ``--debug
 they print is the connection's own), ``JUMPGATE_MUX=0`` and a profile without a valid
 certificate run in this process (:func:`appliance.cli.remote.ssh`), which also reports what
 is wrong. ``-o`` and ``-e`` are checked here, before anything starts, and travel with the
-session request.
+session request. A target holding ``=`` is a label selector (:mod:`appliance.cli.fanout`):
+the command runs on every matching node.
 """
 from __future__ import annotations
 
@@ -80,6 +81,9 @@ def ssh(args) -> int:
     if args.force_tty and args.no_tty:
         raise CliError("-t and -T contradict each other")
     options, escape = _checked(args)
+    if "=" in args.target:  # a label selector, not a node (cli/fanout.py): every match, or the one
+        from .fanout import ssh as ssh_selected
+        return ssh_selected(args, ssh)
     home = home_dir()
     record = _profile_record(home)
     if args.port:

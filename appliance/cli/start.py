@@ -85,7 +85,8 @@ def start(args) -> int:
             services=args.services,
             cluster_name=args.cluster_name, public_addr=args.public_addr, listen_addr=args.listen_addr,
             auth_server=args.auth_server, token=args.token, node_name=args.nodename,
-            labels=args.labels, audit_retention_days=args.audit_retention_days,
+            labels=args.labels, command_labels=getattr(args, "label_commands", None) or (),
+            audit_retention_days=args.audit_retention_days,
             diag_addr=getattr(args, "diag_addr", None),
             port_overrides={name: getattr(args, f"{name}_port") for name in DEFAULT_PORTS
                             if getattr(args, f"{name}_port") is not None})

@@ -11,7 +11,8 @@ keeps the output as the value:
   its first bytes kept), trimmed of surrounding whitespace, and a character a label value
   may not hold (a newline, a tab, ...) becomes a space;
 * a command has :data:`COMMAND_TIMEOUT` seconds; a timeout, a non-zero exit or a command
-  that cannot start gives the value ``"error: ..."`` — a broken label never stops the node.
+  that cannot start gives the value ``"<error: ...>"`` (``kernel=<error: exit status 1>`` in
+  ``jumpgate ls``), not the last good value — a broken label never stops the node.
 
 >>> labels = LabelSet({"env": "dev"}, {"kernel": CommandLabel(["uname", "-r"], period=3600)})
 >>> labels.current()
@@ -30,7 +31,7 @@ from typing import Mapping, Sequence
 
 import trio
 
-from ..inventory import MAX_LABELS, LabelError, check_label
+from ..inventory import MAX_LABEL_VALUE, MAX_LABELS, LabelError, check_label
 
 log = logging.getLogger("jumpgate.node.labels")
 
@@ -116,12 +117,12 @@ class LabelSet:
 
 async def run_label_command(argv: Sequence[str], *, timeout: float = COMMAND_TIMEOUT,
                             limit: int = OUTPUT_LIMIT) -> str:
-    """The value a command label gets from ``argv``: its output, or ``"error: ..."``."""
+    """The value a command label gets from ``argv``: its output, or ``"<error: ...>"``."""
     try:
         process = await trio.lowlevel.open_process(list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                                    stderr=subprocess.DEVNULL, start_new_session=True)
     except (OSError, subprocess.SubprocessError) as exc:
-        return f"error: cannot run {argv[0]}: {getattr(exc, 'strerror', None) or exc}"
+        return _error(f"cannot run {argv[0]}: {getattr(exc, 'strerror', None) or exc}")
     try:
         with trio.move_on_after(timeout) as scope:
             output, truncated = await _read_bounded(process.stdout, limit)
@@ -129,9 +130,9 @@ async def run_label_command(argv: Sequence[str], *, timeout: float = COMMAND_TIM
                 process.kill()  # it has said all we will keep; do not wait for the rest
             status = await process.wait()
         if scope.cancelled_caught:
-            return f"error: timed out after {timeout:g}s"
+            return _error(f"timed out after {timeout:g}s")
         if status != 0 and not truncated:
-            return f"error: exit status {status}" if status > 0 else f"error: killed by signal {-status}"
+            return _error(f"exit status {status}" if status > 0 else f"killed by signal {-status}")
         return _printable(output.decode("utf-8", "replace").strip())
     finally:
         with trio.CancelScope(shield=True):
@@ -139,6 +140,12 @@ async def run_label_command(argv: Sequence[str], *, timeout: float = COMMAND_TIM
                 process.kill()
                 await process.wait()
             await process.stdout.aclose()
+
+
+def _error(why: str) -> str:
+    """The value of a label whose command failed: ``<error: exit status 1>``, visibly not output
+    (and never the last good value, which would look current), within a label value's bounds."""
+    return _printable(f"<error: {why}"[:MAX_LABEL_VALUE - 1] + ">")
 
 
 def _printable(text: str) -> str:

@@ -24,7 +24,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -84,12 +84,17 @@ class ProxyCluster:
     node_port: int = 0
     node_listener: object = None   # the ssh_proto.SSHListener objects (their admission state)
     proxy_listener: object = None
+    #: Where the proxy's directory reads the inventory instead of ``nodes`` (e.g. a real auth
+    #: service's ``list_nodes``, as NodeRecords).
+    source: Callable[[], Awaitable[Sequence[object]]] | None = None
 
     def trusted_for(self) -> list[str]:
         """The known_hosts patterns ``jumpgate login`` writes for this cluster (J6)."""
         return known_hosts_patterns(CLUSTER, [(LOOPBACK, self.proxy_port)], ())
 
     async def fetch_nodes(self) -> list[dict]:
+        if self.source is not None:
+            return [n.to_wire() for n in await self.source()]
         return [dict(n) for n in self.nodes]
 
     def register(self, name: str, addr: str, kind: str = "node", *, tunnel: bool = False, **labels: str) -> None:

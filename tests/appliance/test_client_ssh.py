@@ -260,6 +260,13 @@ async def test_jumpgate_ssh_interactive_pty_raw_mode_window_change_and_restore(c
         os.close(slave)
 
 
+def _listed(done: subprocess.CompletedProcess) -> list[str]:
+    """The node names of a `jumpgate ls` table (its rows end at the blank line before the count)."""
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.decode().splitlines()
+    return [line.split()[0] for line in lines[2:lines.index("")]]
+
+
 async def test_jumpgate_ls_lists_and_filters_nodes(cluster, profile):
     cluster.register("web2", "", tunnel=True, env="prod")   # reachable by its tunnel only
     done = await jumpgate(profile, "ls")
@@ -268,8 +275,9 @@ async def test_jumpgate_ls_lists_and_filters_nodes(cluster, profile):
     assert lines[0].split() == ["Node", "Name", "Address", "Labels"]
     assert lines[2].split() == [NODE, f"{LOOPBACK}:{cluster.node_port}", "env=test"]
     assert lines[3].split() == ["web2", "tunnel", "env=prod"]
+    assert lines[4:] == ["", "2 nodes"]
     done = await jumpgate(profile, "ls", "env=prod")
-    assert [line.split()[0] for line in done.stdout.decode().splitlines()[2:]] == ["web2"]
+    assert _listed(done) == ["web2"]
 
 
 async def test_jumpgate_ls_takes_labels_as_teleport_and_start_write_them(cluster, profile):
@@ -279,7 +287,7 @@ async def test_jumpgate_ls_takes_labels_as_teleport_and_start_write_them(cluster
     for words in (["env=prod,role=web"], ["env=prod", "role=web"]):
         done = await jumpgate(profile, "ls", *words)
         assert done.returncode == 0, done.stderr
-        assert [line.split()[0] for line in done.stdout.decode().splitlines()[2:]] == ["web3"]
+        assert _listed(done) == ["web3"]
     done = await jumpgate(profile, "ls", "env=prod,env=dev")
     assert done.returncode != 0 and b"given twice" in done.stderr and b"Traceback" not in done.stderr
 

@@ -219,3 +219,50 @@ def test_every_start_flag_is_a_setting_but_config_and_print_config():
 def test_the_readme_points_at_the_reference():
     readme = (DOCS.parents[1] / "README.md").read_text()
     assert "docs/config.md" in readme and "see `appliance/config.py`" not in readme
+
+
+# ---------------------------------------------------------------- command labels (issue 15)
+
+@pytest.mark.parametrize("period, seconds", [(60, 60.0), (0.5, 0.5), ('"30s"', 30.0), ('"1m"', 60.0),
+                                             ('"2h"', 7200.0), ('"1h30m"', 5400.0), ('"90"', 90.0)])
+def test_a_command_labels_period_is_seconds_or_a_time_such_as_1m(tmp_path, period, seconds):
+    path = toml(tmp_path, f'[node.commands]\nkernel = {{command = ["uname", "-r"], period = {period}}}\n')
+    assert load_config(path).command_labels["kernel"].period == seconds
+
+
+@pytest.mark.parametrize("period", ['"1x"', '"m"', '""', "0", "-5", '"0s"', "true"])
+def test_a_bad_period_is_refused_when_the_file_is_read_naming_the_label(capsys, tmp_path, period):
+    path = toml(tmp_path, f'[node.commands]\nkernel = {{command = ["uname"], period = {period}}}\n')
+    status, err = start(capsys, "--config", path, "--data-dir", str(tmp_path / "data"))
+    assert status == 1 and f"{path}, line 1: node.commands: label 'kernel': period must be" in err
+
+
+def test_label_command_flags_run_a_shell_line_with_a_period_on_the_name_side(tmp_path):
+    cfg = load_config(None, data_dir=str(tmp_path), command_labels=[
+        "kernel=uname -r", "containers@30s=docker ps --format '{{.Names}}' | paste -sd,", "mail@2h=echo a@b=c"])
+    assert cfg.command_labels["kernel"].command == ("sh", "-c", "uname -r")
+    assert cfg.command_labels["kernel"].period == 60.0
+    assert cfg.command_labels["containers"].command[2] == "docker ps --format '{{.Names}}' | paste -sd,"
+    assert cfg.command_labels["containers"].period == 30.0
+    assert cfg.command_labels["mail"].command[2] == "echo a@b=c" and cfg.command_labels["mail"].period == 7200.0
+
+
+def test_label_command_flags_add_to_the_files_and_win_by_name(tmp_path):
+    path = toml(tmp_path, '[node.commands]\nkernel = {command = ["uname", "-r"]}\narch = {command = ["uname", "-m"]}\n')
+    cfg = load_config(path, data_dir=str(tmp_path), command_labels=["kernel@5m=uname -v"])
+    assert cfg.command_labels["kernel"].command == ("sh", "-c", "uname -v")
+    assert cfg.command_labels["arch"].command == ("uname", "-m")
+
+
+@pytest.mark.parametrize("flag, why", [("kernel", "expected NAME=COMMAND"), ("=uname", "expected NAME=COMMAND"),
+                                       ("kernel=", "expected NAME=COMMAND"), ("bad name=true", "invalid label name"),
+                                       ("kernel@soon=uname", "period must be")])
+def test_a_bad_label_command_flag_is_refused_naming_the_flag(capsys, tmp_path, flag, why):
+    status, err = start(capsys, "--label-command", flag, "--data-dir", str(tmp_path / "data"))
+    assert status == 1 and err.startswith("jumpgate: --label-command: ") and why in err, err
+
+
+def test_a_label_both_static_and_a_command_is_refused(capsys, tmp_path):
+    status, err = start(capsys, "--labels", "kernel=6.1", "--label-command", "kernel=uname -r",
+                        "--data-dir", str(tmp_path / "data"))
+    assert status == 1 and "label 'kernel' is both static" in err

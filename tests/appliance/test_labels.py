@@ -63,20 +63,20 @@ async def test_output_a_label_value_may_not_hold_becomes_spaces():
 async def test_a_command_that_hangs_times_out_with_an_error_value():
     with trio.fail_after(3):
         value = await run_label_command(["sleep", "30"], timeout=0.2)
-    assert value == "error: timed out after 0.2s"
+    assert value == "<error: timed out after 0.2s>"
 
 
 async def test_failures_become_error_values(nursery):
-    assert await run_label_command(["sh", "-c", "echo partial; exit 3"]) == "error: exit status 3"
-    assert (await run_label_command(["/nonexistent/labeller"])).startswith("error: cannot run /nonexistent/labeller")
-    assert await run_label_command(["sh", "-c", "kill -TERM $$"]) == "error: killed by signal 15"
+    assert await run_label_command(["sh", "-c", "echo partial; exit 3"]) == "<error: exit status 3>"
+    assert (await run_label_command(["/nonexistent/labeller"])).startswith("<error: cannot run /nonexistent/labeller")
+    assert await run_label_command(["sh", "-c", "kill -TERM $$"]) == "<error: killed by signal 15>"
 
 
 async def test_a_failing_label_leaves_the_others_working(nursery):
     labels = LabelSet({"env": "dev"}, {"bad": CommandLabel(["false"], period=60),
                                        "good": CommandLabel(["echo", "ok"], period=60)})
     await nursery.start(labels.run)
-    assert labels.current() == {"env": "dev", "bad": "error: exit status 1", "good": "ok"}
+    assert labels.current() == {"env": "dev", "bad": "<error: exit status 1>", "good": "ok"}
 
 
 @pytest.mark.parametrize("static, commands", [
@@ -101,3 +101,14 @@ def test_invalid_command_labels_are_refused(command, period):
 def test_command_label_keeps_an_immutable_argv():
     label = CommandLabel(["uname", "-r"], period=5)
     assert label.command == ("uname", "-r") and label.period == 5.0
+
+
+async def test_a_command_that_starts_failing_shows_the_error_not_its_last_good_value(tmp_path):
+    source = tmp_path / "value"
+    source.write_text("v1\n")
+    labels = LabelSet(commands={"app": CommandLabel(["cat", str(source)], period=60)})
+    assert await labels.refresh("app") == "v1"
+    source.unlink()
+    assert await labels.refresh("app") == "<error: exit status 1>" == labels.current()["app"]
+    source.write_text("v2\n")
+    assert await labels.refresh("app") == "v2"

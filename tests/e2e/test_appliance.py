@@ -45,6 +45,11 @@ def ssh_config(alice: Client, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+NODE2_LABEL_COMMANDS = ("--label-command", "greeting@1h=echo hello", "--label-command", "broken=exit 3",
+                        "--label-command", "names@30s=printf 'a\\nb\\n' | paste -sd,")
+NODE2_LABELS = "broken=<error: exit status 3>,env=dev,greeting=hello,names=a,b"
+
+
 @pytest.fixture(scope="module")
 def node2(jg: Jumpgate, cluster: Cluster, alice: Client,
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
@@ -54,7 +59,7 @@ def node2(jg: Jumpgate, cluster: Cluster, alice: Client,
     workdir = tmp_path_factory.mktemp("node2")
     args = ["--services", "node", "--auth-server", cluster.auth, "--token", token, "--nodename", "node2",
             "--labels", "env=dev", "--public-addr", LOOPBACK, "--listen-addr", LOOPBACK,
-            "--data-dir", str(workdir / "data")]
+            "--data-dir", str(workdir / "data"), *NODE2_LABEL_COMMANDS]
     daemon, _ = start_daemon(jg, workdir / "node2.log", args, ["node"])
     try:
         wait_listed(alice, "node2")
@@ -149,10 +154,12 @@ def test_client_files_are_0600_in_a_0700_directory(alice: Client) -> None:
 
 
 def _node_rows(ls_output: str) -> dict[str, tuple[str, str]]:
-    """``jumpgate ls`` table -> {name: (address, labels)}."""
+    """``jumpgate ls`` table -> {name: (address, labels)} (the rows end at a blank line, before the count)."""
     rows = {}
-    for line in ls_output.splitlines()[2:]:
-        fields = line.split()
+    lines = ls_output.splitlines()
+    assert lines[-1].endswith(("node", "nodes")) or "offline not shown" in lines[-1], lines
+    for line in lines[2:lines.index("")]:
+        fields = line.split(None, 2)   # labels last: a value may hold spaces
         rows[fields[0]] = (fields[1], fields[2] if len(fields) > 2 else "")
     return rows
 
@@ -169,6 +176,22 @@ def test_ls_filters_by_label(alice: Client, node2: Daemon) -> None:
     prod = _node_rows(alice.run("ls", "env=prod", "team=core").check().stdout)
     assert list(prod) == ["node1"]
     assert _node_rows(alice.run("ls", "env=nowhere").check().stdout) == {}
+
+
+def test_label_commands_given_to_start_show_in_ls_and_a_failing_one_as_an_error(alice: Client, node2: Daemon) -> None:
+    """Issue 15: `start --label-command NAME[@PERIOD]=COMMAND` on a node without a config file."""
+    assert _node_rows(alice.run("ls", "env=dev").check().stdout)["node2"][1] == NODE2_LABELS
+    assert alice.run("ls", "--format", "names", "greeting=hello").check().stdout == "node2\n"
+
+
+def test_ssh_with_a_label_selector_runs_the_command_on_the_matching_nodes(alice: Client, node2: Daemon,
+                                                                          os_user) -> None:
+    result = alice.run("ssh", "greeting=hello", "echo hi; id -un >&2; exit 2")
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == "node2: hi\n"
+    assert result.stderr == f"node2: {os_user.name}\njumpgate: 1 of 1 node failed:\n  node2: exit status 2\n"
+    result = alice.run("ssh", f"{os_user.name}@env=prod", "echo from-$(hostname)").check()
+    assert result.stdout.startswith("node1: from-") and result.stdout.count("\n") == 1
 
 
 def test_ssh_exec_relays_stdout_stderr_and_exit_status(alice: Client, os_user) -> None:
@@ -388,7 +411,7 @@ def test_openssh_sftp_batch_with_jumpgate_config(alice: Client, cluster: Cluster
 def test_second_node_joins_with_a_token_and_serves(alice: Client, cluster: Cluster, node2: Daemon,
                                                    os_user) -> None:
     rows = _node_rows(alice.run("ls").check().stdout)
-    assert rows["node2"][1] == "env=dev"
+    assert rows["node2"][1] == NODE2_LABELS
     result = alice.run("ssh", f"{os_user.name}@node2", "id -un; exit 5")
     assert result.returncode == 5, result.stderr
     assert result.stdout == f"{os_user.name}\n"
