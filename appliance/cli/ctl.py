@@ -117,7 +117,7 @@ async def _local(args) -> AsyncIterator[_Backend]:
         async with running(ChangeFeed(storage)) as feed:
             with feed.subscribe("admin") as subscriber:
                 on_push(await feed.snapshot("admin"))
-                async for push in subscriber.receive:
+                async for _change_id, push in subscriber.receive:
                     on_push(push)
 
     try:
