@@ -311,7 +311,10 @@ class WebApp:
     async def handle(self, request: WebRequest) -> WebResponse:
         route = "-"
         try:
-            wait = self._limiter.retry_after(accounting_key(request.client_ip))
+            # /v1/ping (what a login checks before it asks for secrets) reveals nothing and
+            # costs nothing: only the rest draws on the client's bucket (W1)
+            ping = request.method == "GET" and request.path.split("?", 1)[0] == "/v1/ping"
+            wait = 0.0 if ping else self._limiter.retry_after(accounting_key(request.client_ip))
             if wait:
                 raise HTTPError(429, "rate_limited", "too many requests; slow down",
                                 (("retry-after", str(math.ceil(wait))),))
