@@ -17,6 +17,7 @@ head of 8 KiB, no body, 10 s per request, one request per connection, 32 connect
 busy the cluster is, so it listens on loopback unless an address is given.
 
 >>> metrics = Metrics()
+>>> metrics.services = ["node"]  # the services this process runs (one sample each)
 >>> metrics.count("logins", "node")
 >>> "jumpgate_logins_total{service=\\"node\\"} 1" in metrics.exposition()
 True

@@ -19,6 +19,7 @@ NOT_IMPORTED = {
     "shiv": "the command build/build_pyz.sh runs",
     "mypy": "a command tests/test_typecheck.py runs (make typecheck)",
     "pdoc": "the command make docs runs",
+    "asciinema": "a command the recording tests run (the real player reads our asciicast export)",
 }
 
 
