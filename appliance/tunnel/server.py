@@ -134,6 +134,7 @@ class TunnelSSHServer(ssh_proto.SSHServer):
         self.joining = False
         self.tunnel: _Tunnel | None = None
         self.unregister: Callable[[], None] | None = None
+        self._refused_keys: set[bytes] = set()  # keys whose certificate was refused on this connection
 
     @property
     def _peer(self) -> str:
@@ -152,6 +153,10 @@ class TunnelSSHServer(ssh_proto.SSHServer):
             cert = self._check_node(username, key)
             self._register(username, cert)
         except _Refused as exc:
+            if isinstance(key, Certificate):
+                self._refused_keys.add(key.public_key.blob)
+            elif key.blob in self._refused_keys:
+                return False  # the client's retry of a refused certificate's bare key: logged already
             await self._refuse(username, key, str(exc))
             return False
         log.info("tunnel from node %s (%s) registered", username, self._peer)
@@ -277,10 +282,11 @@ async def serve_tunnel_stream(stream: trio.abc.Stream, service: TunnelService, *
 
 async def _ended(service: TunnelService, server: TunnelSSHServer) -> None:
     assert server.unregister is not None and server.node is not None
+    current = service.registry.get(NodeKey(service.cluster, server.node)) is server.tunnel
     server.unregister()
-    log.info("tunnel of node %s ended", server.node)
-    if service.on_down is None or service.registry.get(NodeKey(service.cluster, server.node)) is not None:
-        return  # a newer tunnel of the same node took its place
+    log.info("tunnel of node %s ended%s", server.node, "" if current else " (a newer one had replaced it)")
+    if service.on_down is None or not current:
+        return  # a newer tunnel of the same node took its place: the node is not gone
     with trio.CancelScope(shield=True), trio.move_on_after(5):
         try:
             await service.on_down(server.node)
