@@ -37,9 +37,9 @@ class Relay:
     ``freeze()`` stops forwarding on them without closing anything (a black hole), while new
     connections are relayed normally. ``connections`` counts the accepted ones."""
 
-    def __init__(self, target: tuple[str, int]):
+    def __init__(self, target: tuple[str, int], host: str = LOOPBACK):
         self.target = target
-        self.listener = socket.create_server((LOOPBACK, 0))
+        self.listener = socket.create_server((host, 0))
         self.port = self.listener.getsockname()[1]
         self.connections = 0
         self._pairs: list[tuple[socket.socket, socket.socket, threading.Event]] = []
