@@ -18,12 +18,15 @@ bounding the key exchanges it can make us compute; penalties are OpenSSH's. A no
 reached through the proxy, so its sources are the users the proxy vouches for, never the
 proxy (L11). The auth service's callers are nodes and proxies, many of them possibly behind
 one NAT: a larger per-source rate. The tunnel listener of the next issue (up to 10,000
-nodes, many behind one NAT) gets :data:`TUNNEL_PROFILE`: no per-source rules at all.
+nodes, many behind one NAT) gets :data:`TUNNEL_PROFILE`: no per-source rules at all; the
+same tunnels arriving over the web port (TLS, ALPN ``jumpgate-tunnel``) are counted by
+:class:`TunnelLimits` (docs/security.md W2), never by the web service's per-client caps.
 """
 from __future__ import annotations
 
 import logging
 import resource
+from dataclasses import dataclass
 
 import ssh_proto
 
@@ -64,6 +67,23 @@ AUTH_OPTIONS = ssh_proto.ConnectionOptions(auth_methods=("publickey", "password"
 TUNNEL_PROFILE = ssh_proto.ListenerProfile(
     max_startups=(512, 30, 2048), per_source_max_startups=None, per_source_rate=None, penalties=None,
     max_authenticated=12000, max_authenticated_per_user=2)
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelLimits:
+    """What the web listener (3080) lets tunnels that negotiated ALPN ``jumpgate-tunnel`` hold
+    (docs/security.md W2): their own pool, with no per-client cap (a site behind one NAT
+    address is thousands of nodes), sized as :data:`TUNNEL_PROFILE`.
+
+    ``max_tunnels``: open tunnel connections in total (``max_authenticated``);
+    ``max_pending``: those not through their SSH handshake yet (the profile's ``full`` startups);
+    ``handshake_timeout``: seconds from the end of the TLS handshake to the end of the SSH
+    handshake (the peer authenticated); a tunnel still handshaking then is cut.
+    """
+
+    max_tunnels: int = 12000
+    max_pending: int = 2048
+    handshake_timeout: float = 30.0
 
 
 def raise_nofile_limit() -> int:
