@@ -563,7 +563,7 @@ class _Server:
             finally:
                 self._handshakes.give_back(source)
             if self._tunnels is not None and stream.selected_alpn_protocol() == TUNNEL_ALPN:
-                await self._tunnels.serve(stream, peer)   # its own pool and deadline (W2)
+                await self._tunnels.serve(stream, peer, _local_address(tcp))   # its own pool and deadline (W2)
             else:
                 await self._http_connection(stream, peer[0], source)
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
@@ -632,6 +632,14 @@ def _peer_ip(stream: trio.SocketStream) -> str:
     except OSError:
         return "?"
     return address[0] if isinstance(address, tuple) else str(address)
+
+
+def _local_address(stream: trio.SocketStream) -> tuple[str, int]:
+    try:
+        address = stream.socket.getsockname()
+    except OSError:
+        return ("?", 0)
+    return (str(address[0]), int(address[1])) if isinstance(address, tuple) else (str(address), 0)
 
 
 def _peer_address(stream: trio.SocketStream) -> tuple[str, int]:

@@ -20,9 +20,10 @@ The rules this module keeps:
 * **The inner SSH is the trust** (docs/security.md W4). The outer TLS certificate is not
   what authenticates either side; the handler checks host certificates inside.
 
-The contract with the handler is Trio's ``nursery.start``::
+The contract with the handler is Trio's ``nursery.start``; ``peer`` is the client's address,
+``local`` the address it dialled (the TLS stream has no socket to ask)::
 
-    async def handler(stream: trio.abc.Stream, peer: tuple[str, int], *,
+    async def handler(stream: trio.abc.Stream, peer: tuple[str, int], local: tuple[str, int], *,
                       task_status=trio.TASK_STATUS_IGNORED) -> None:
         ...                                # the SSH handshake, host certificates both ways
         task_status.started()              # authenticated: the deadline stops here
@@ -46,7 +47,7 @@ __all__ = ["TunnelHandler", "TunnelHandoff"]
 
 log = logging.getLogger("jumpgate.web")
 
-#: ``await nursery.start(handler, stream, peer)``: see the module docstring.
+#: ``await nursery.start(handler, stream, peer, local)``: see the module docstring.
 TunnelHandler = Callable[..., Awaitable[Any]]
 
 _ALL = "*"   # the tunnel pool counts connections in total only
@@ -56,7 +57,7 @@ class TunnelHandoff:
     """Counts the tunnels the web listener hands to ``handler`` and enforces their deadline.
 
     >>> handoff = TunnelHandoff(serve_tunnel_stream, TunnelLimits())   # doctest: +SKIP
-    >>> await handoff.serve(tls_stream, ("192.0.2.7", 40022))         # doctest: +SKIP
+    >>> await handoff.serve(tls_stream, ("192.0.2.7", 40022), ("192.0.2.1", 3080))  # doctest: +SKIP
     """
 
     def __init__(self, handler: TunnelHandler, limits: TunnelLimits = TunnelLimits()) -> None:
@@ -67,7 +68,7 @@ class TunnelHandoff:
         self.cut = 0          # tunnels cut for not completing their SSH handshake in time
         self.refused = 0      # tunnels refused because a pool was full
 
-    async def serve(self, stream: trio.abc.Stream, peer: tuple[str, int]) -> None:
+    async def serve(self, stream: trio.abc.Stream, peer: tuple[str, int], local: tuple[str, int]) -> None:
         """Serve one tunnel until its handler returns; the caller closes ``stream`` afterwards."""
         if not self.open.take(_ALL):
             self._refuse(peer, f"{self.limits.max_tunnels} tunnels are open")
@@ -79,7 +80,7 @@ class TunnelHandoff:
             async with trio.open_nursery() as nursery:
                 try:
                     with trio.move_on_after(self.limits.handshake_timeout) as deadline:
-                        await nursery.start(self._handler, stream, peer)
+                        await nursery.start(self._handler, stream, peer, local)
                 finally:
                     self.pending.give_back(_ALL)
                 if deadline.cancelled_caught:

@@ -21,8 +21,8 @@ from _web_helpers import http_request, is_refused, open_tls, raw_exchange, runni
 
 
 def echo_handler(peers: list):
-    async def handler(stream: trio.abc.Stream, peer, *, task_status=trio.TASK_STATUS_IGNORED):
-        peers.append(peer)
+    async def handler(stream: trio.abc.Stream, peer, local, *, task_status=trio.TASK_STATUS_IGNORED):
+        peers.append((peer, local))
         task_status.started()
         try:
             while data := await stream.receive_some(4096):
@@ -32,7 +32,7 @@ def echo_handler(peers: list):
     return handler
 
 
-async def stalling_handler(stream, peer, *, task_status=trio.TASK_STATUS_IGNORED):
+async def stalling_handler(stream, peer, local, *, task_status=trio.TASK_STATUS_IGNORED):
     await trio.sleep_forever()   # never through its "SSH handshake": never calls started()
 
 
@@ -67,7 +67,8 @@ async def test_W2_a_connection_that_negotiates_jumpgate_tunnel_goes_to_the_tunne
             tunnel = await open_tunnel(cluster.web.port)
             assert await echoes(tunnel, b"SSH-2.0-not-http\r\n")   # h11 would have answered 400
             await tunnel.aclose()
-    assert [peer[0] for peer in peers] == ["127.0.0.1"] and peers[0][1] > 0
+    [(peer, local)] = peers
+    assert peer[0] == "127.0.0.1" and peer[1] > 0 and local == ("127.0.0.1", cluster.web.port)
 
 
 @pytest.mark.parametrize("alpn", [["http/1.1"], None, ["h2", "http/1.1"], ["spdy/1"]])
@@ -174,7 +175,7 @@ async def test_W4_ssh_runs_inside_the_tls_tunnel_and_its_handshake_stops_the_dea
     host_key = PrivateKey.generate()
     authenticated = trio.Event()
 
-    async def handler(stream, peer, *, task_status=trio.TASK_STATUS_IGNORED):
+    async def handler(stream, peer, local, *, task_status=trio.TASK_STATUS_IGNORED):
         def started() -> None:
             task_status.started()
             authenticated.set()
