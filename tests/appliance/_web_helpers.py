@@ -156,6 +156,31 @@ async def _receive(stream: trio.SSLStream) -> bytes:
         return b""
 
 
+def echo_tunnel_handler(peers: list):
+    """A tunnel handler for tests: "authenticated" at once, then echoes; records (peer, local)."""
+    async def handler(stream: trio.abc.Stream, peer, local, *, task_status=trio.TASK_STATUS_IGNORED):
+        peers.append((peer, local))
+        task_status.started()
+        try:
+            while data := await stream.receive_some(4096):
+                await stream.send_all(data)
+        except trio.BrokenResourceError:
+            pass
+    return handler
+
+
+async def echoes(stream: trio.abc.Stream, data: bytes) -> bool:
+    """Send ``data`` and read as much back: True when the echo matches."""
+    await stream.send_all(data)
+    received = b""
+    while len(received) < len(data):
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            break
+        received += chunk
+    return received == data
+
+
 def http_request(method: str, path: str, body: bytes = b"", *,
                  content_type: str = "application/json", extra: str = "") -> bytes:
     head = (f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"

@@ -17,19 +17,8 @@ from appliance.limits import TunnelLimits
 from appliance.web.server import WebLimits
 from appliance.web.tls import TUNNEL_ALPN
 
-from _web_helpers import http_request, is_refused, open_tls, raw_exchange, running_cluster
-
-
-def echo_handler(peers: list):
-    async def handler(stream: trio.abc.Stream, peer, local, *, task_status=trio.TASK_STATUS_IGNORED):
-        peers.append((peer, local))
-        task_status.started()
-        try:
-            while data := await stream.receive_some(4096):
-                await stream.send_all(data)
-        except trio.BrokenResourceError:
-            pass
-    return handler
+from _web_helpers import (echo_tunnel_handler as echo_handler, echoes, http_request, is_refused, open_tls,
+                          raw_exchange, running_cluster)
 
 
 async def stalling_handler(stream, peer, local, *, task_status=trio.TASK_STATUS_IGNORED):
@@ -40,17 +29,6 @@ async def open_tunnel(port: int) -> trio.SSLStream:
     stream = await open_tls(port, alpn=[TUNNEL_ALPN])
     assert stream.selected_alpn_protocol() == TUNNEL_ALPN
     return stream
-
-
-async def echoes(stream: trio.abc.Stream, data: bytes) -> bool:
-    await stream.send_all(data)
-    received = b""
-    while len(received) < len(data):
-        chunk = await stream.receive_some(4096)
-        if not chunk:
-            break
-        received += chunk
-    return received == data
 
 
 async def closed_by_server(stream: trio.abc.Stream) -> bool:
