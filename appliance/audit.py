@@ -41,6 +41,7 @@ node.join               T3200I    T3200W    auth (join token -> host certificate
 node.add                T3201I              auth (agentless OpenSSH node)
 node.remove             T3202I              auth
 node.update             T3203I              auth (an agentless node's address or labels)
+tunnel.connect          T3204I    T3204W    proxy (a node's reverse tunnel registered or refused)
 cert.create             TC000I    TC000W    auth (user or host certificate)
 ca.create               TCA01I              auth (first start)
 token.create            TJ000I              auth
@@ -108,6 +109,7 @@ EVENT_CODES: Mapping[str, tuple[str, str | None]] = types.MappingProxyType({
     "node.add": ("T3201I", None),
     "node.remove": ("T3202I", None),
     "node.update": ("T3203I", None),
+    "tunnel.connect": ("T3204I", "T3204W"),
     "cert.create": ("TC000I", "TC000W"),
     "ca.create": ("TCA01I", None),
     "token.create": ("TJ000I", None),
@@ -126,7 +128,7 @@ DEFAULT_REFUSALS_PER_SOURCE = 10
 
 #: The events a node or proxy may report through ``AuthService.emit_audit``.
 REMOTE_EVENTS = frozenset({"session.start", "session.end", "exec", "port", "sftp", "auth",
-                           "agent.forward"})
+                           "agent.forward", "tunnel.connect"})
 
 # Bounds on every event (a peer's and our own). A value over its bound is cut, never refused:
 # refusing an oversized event would leave the attempt that produced it unaudited.
@@ -137,7 +139,7 @@ MAX_LIST_LEN = 64
 MAX_USER_LEN = 256
 #: What a refused authentication says about who is trying (a user name, a login, a key id, a
 #: node name) is only a claim: no authentication backs it, and the client chose the text.
-CLAIM_EVENTS = frozenset({"auth", "user.login", "node.join"})
+CLAIM_EVENTS = frozenset({"auth", "user.login", "node.join", "tunnel.connect"})
 CLAIM_FIELDS = ("user", "login", "key_id", "node")
 #: A summary of coalesced refusals lists a sample of the names they claimed.
 _SUMMARY_CLAIMS = frozenset({"users"})

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from . import inventory, names
-from .addresses import AUTH_PORT, DEFAULT_PORTS, DIAG_PORT, AddressError, format_endpoint, parse_endpoint, parse_host, parse_port
+from .addresses import AUTH_PORT, DEFAULT_PORTS, TUNNEL_PORT, DIAG_PORT, AddressError, format_endpoint, parse_endpoint, parse_host, parse_port
 from .audit import DEFAULT_REFUSALS_PER_SOURCE, DEFAULT_RETENTION_DAYS
 
 __all__ = ["ALL_SERVICES", "SETTINGS", "CommandLabelConfig", "Config", "ConfigError", "default_config_text",
@@ -73,6 +73,7 @@ class Config:
     listen_addr: str = "0.0.0.0"
     auth_server: str = ""
     token: str = ""
+    tunnel_addr: str = ""
     ports: dict = dataclasses.field(default_factory=lambda: dict(DEFAULT_PORTS))
     node_name: str = ""
     labels: dict = dataclasses.field(default_factory=dict)
@@ -136,6 +137,13 @@ def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
 def _auth_server(value: Any) -> str:
     try:
         return format_endpoint(*parse_endpoint(_text(value), AUTH_PORT))
+    except AddressError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _tunnel_addr(value: Any) -> str:
+    try:
+        return format_endpoint(*parse_endpoint(_text(value), TUNNEL_PORT))
     except AddressError as exc:
         raise ValueError(str(exc)) from None
 
@@ -280,6 +288,10 @@ SETTINGS: tuple[Setting, ...] = (
             flag="--auth-server"),
     Setting("token", "token", _text, "the join token from `jumpgate ctl tokens add` (needed once)",
             example="SECRET.PIN", flag="--token"),
+    Setting("tunnel_addr", "tunnel_addr", _optional(_tunnel_addr),
+            "HOST[:PORT] of a proxy's tunnel port: the node dials it, listens on no port, and joins, heartbeats "
+            "and is reached through it (no --auth-server needed)", example="proxy.example.com:3024",
+            flag="--tunnel-addr"),
     *(Setting(f"ports.{name}", f"ports.{name}", _port, what, default=DEFAULT_PORTS[name], flag=f"--{name}-port")
       for name, what in (("node", "the node's SSH server"), ("proxy", "the proxy's SSH server: users' first hop"),
                          ("tunnel", "reserved for reverse tunnels from nodes"),
@@ -449,8 +461,11 @@ def load_config(path: str | None = None, **overrides) -> Config:
     cfg = Config(**values)
     if (cfg.web_cert == "") != (cfg.web_key == ""):
         raise ConfigError("web.cert and web.key go together: give both or neither")
-    if "auth" not in cfg.services and not cfg.auth_server:
-        raise ConfigError("services without auth need --auth-server HOST:3025 (and --token to join)")
+    if cfg.tunnel_addr and cfg.services != ("node",):
+        raise ConfigError("--tunnel-addr is for a node alone: start it with --roles node")
+    if "auth" not in cfg.services and not cfg.auth_server and not cfg.tunnel_addr:
+        raise ConfigError("services without auth need --auth-server HOST:3025 (and --token to join), "
+                          "or a node behind a firewall --tunnel-addr PROXY:3024")
     _check_ports(cfg)
     if not cfg.cluster_name:
         cfg = dataclasses.replace(cfg, cluster_name=socket.gethostname().split(".")[0])

@@ -67,6 +67,11 @@ AUTH_OPTIONS = ssh_proto.ConnectionOptions(auth_methods=("publickey", "password"
 TUNNEL_PROFILE = ssh_proto.ListenerProfile(
     max_startups=(512, 30, 2048), per_source_max_startups=None, per_source_rate=None, penalties=None,
     max_authenticated=12000, max_authenticated_per_user=2)
+#: Per tunnel: the proxy opens one channel per user connection to the node (sessions are not
+#: opened on a tunnel at all), the node a few API channels; a small window budget keeps an
+#: idle tunnel cheap and the channels' windows still let one scp run at full speed.
+TUNNEL_OPTIONS = ssh_proto.ConnectionOptions(auth_methods=("publickey", "password"), max_channels=256,
+                                             max_sessions=0, window_budget=64 * MiB, max_remote_forwards=0)
 
 
 @dataclass(frozen=True, slots=True)

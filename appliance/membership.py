@@ -35,6 +35,7 @@ wrote, so a data dir joined then keeps loading)::
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -226,11 +227,15 @@ def _membership_from_result(result: Any, key: PrivateKey, kind: str, name: str, 
 
 async def join(auth_addr: str, token: str, *, kind: str, name: str, addresses: Sequence[str] = (),
                labels: Mapping[str, str] | None = None, data_dir: str | os.PathLike[str], addr: str = "",
-               clock: Callable[[], float] = time.time, connect_timeout: float = 30.0) -> Membership:
+               clock: Callable[[], float] = time.time, connect_timeout: float = 30.0,
+               via: Callable[[str], AsyncContextManager[trio.abc.Stream]] | None = None) -> Membership:
     """Join the cluster as ``kind`` ("node" or "proxy") named ``name``; save and return the membership.
 
     ``addresses`` become certificate principals (besides name and name.CLUSTER);
     ``addr`` is where the proxy reaches us (host:port), "" if not known yet.
+    With ``via`` (a node joining through a proxy's tunnel port, :func:`appliance.tunnel.agent.join_stream`),
+    ``via(pin)`` gives the stream to the auth API and ``auth_addr`` is the name its certificate
+    must carry (``auth``).
     Raises :class:`ApiError` when the auth server refuses (``already_used``,
     ``expired``, ...), ``HostKeyNotVerifiable`` when the server does not match the
     token's pin, MembershipError for a malformed token or answer.
@@ -238,7 +243,10 @@ async def join(auth_addr: str, token: str, *, kind: str, name: str, addresses: S
     secret, pin = parse_token(token)
     directory = _kind_dir(data_dir, kind)
     key = await trio.to_thread.run_sync(host_key_for, directory)
-    async with ApiClient.connect_join(auth_addr, secret, pin, connect_timeout=connect_timeout) as api:
+    async with contextlib.AsyncExitStack() as stack:
+        stream = await stack.enter_async_context(via(pin)) if via is not None else None
+        api = await stack.enter_async_context(ApiClient.connect_join(auth_addr, secret, pin, stream=stream,
+                                                                     connect_timeout=connect_timeout))
         # Signed every time: it counts only when the name is taken, by this key (a re-join, J2).
         proof = rejoin.sign_proof(key, api.session_id, kind, name)
         result = await api.join(kind=kind, name=name, host_public_key_blob=key.public_key.blob,

@@ -159,30 +159,36 @@ class ApiClient(CallsByName):
     @contextlib.asynccontextmanager
     async def connect(cls, addr: str | tuple[str, int], *, identity: tuple[PrivateKey, Certificate],
                       username: str | None = None, known_hosts: Any = None, host_ca_key: PublicKey | None = None,
-                      ca_pin: str | None = None, connect_timeout: float = 30.0) -> AsyncIterator[ApiClient]:
+                      ca_pin: str | None = None, connect_timeout: float = 30.0,
+                      stream: trio.abc.Stream | None = None) -> AsyncIterator[ApiClient]:
         """Connect with a certificate: a node/proxy host certificate or an admin user one.
 
         ``username`` defaults to the name in the certificate's key id (``node:db1`` ->
-        ``db1``, ``user:alice`` -> ``alice``), which is what the server expects.
+        ``db1``, ``user:alice`` -> ``alice``), which is what the server expects. With
+        ``stream`` (a reverse tunnel's API channel, :mod:`appliance.tunnel`) the SSH connection
+        runs over it instead of a TCP connection to ``addr``, whose host is still the name the
+        server's certificate must name (``auth`` through a tunnel).
         """
         key, cert = identity
         host, port = parse_addr(addr)
         verify = _host_check(host, port, known_hosts, host_ca_key, ca_pin)
         username = username or cert.key_id.partition(":")[2]
         async with ssh_proto.connect(host, port, username=username, client_keys=[(key, cert)], known_hosts=verify,
-                                     connect_timeout=connect_timeout) as conn:
+                                     connect_timeout=connect_timeout, stream=stream) as conn:
             async with cls._open(conn) as api:
                 yield api
 
     @classmethod
     @contextlib.asynccontextmanager
     async def connect_join(cls, addr: str | tuple[str, int], token_secret: str, ca_pin: str, *,
-                           connect_timeout: float = 30.0) -> AsyncIterator[ApiClient]:
-        """Connect to join: password = the token's secret, server verified by the CA pin."""
+                           connect_timeout: float = 30.0,
+                           stream: trio.abc.Stream | None = None) -> AsyncIterator[ApiClient]:
+        """Connect to join: password = the token's secret, server verified by the CA pin
+        (over ``stream`` when given, as :meth:`connect`)."""
         host, port = parse_addr(addr)
         verify = verify_auth_server(host, ca_pin=ca_pin)
         async with ssh_proto.connect(host, port, username=JOIN_USER, password=token_secret, known_hosts=verify,
-                                     connect_timeout=connect_timeout) as conn:
+                                     connect_timeout=connect_timeout, stream=stream) as conn:
             async with cls._open(conn) as api:
                 yield api
 

@@ -68,7 +68,8 @@ ALLOWED: Mapping[str, frozenset[str]] = {
     "node": frozenset({"heartbeat", "emit_audit", "cluster_info", "renew_host_cert"}),
     # the proxy's membership also serves the web service (signup and login pages)
     "proxy": _READ_ONLY | {"heartbeat", "emit_audit", "renew_host_cert",
-                           "login", "get_invite", "complete_signup"},
+                           "login", "get_invite", "complete_signup",
+                           "mark_node_offline"},  # its tunnel to the node ended (docs/security.md N5)
     # a host with a join token, or a bot with its bot token (docs/security.md B3)
     "joining": frozenset({"join", "bot_join"}),
     # a user certificate without the admin role: nothing until a feature needs it

@@ -272,6 +272,15 @@ class Hosts:
         listed as offline until its next heartbeat. For the tunnel server to call."""
         self._gone.add(lookup_name(name))
 
+    async def mark_node_offline(self, name: str) -> None:
+        """The API form of :meth:`mark_offline`, which only a proxy may call (its tunnel to
+        ``name`` ended: docs/security.md N5). An unknown name is refused, nothing else changes."""
+        node = await self.storage.get_node(lookup_name(name))
+        if node is None or node.kind != "node":
+            raise AuthServiceError("not_found", f"no node {name!r}")
+        self.mark_offline(node.name)
+        log.info("node %s is offline: its tunnel ended", node.name)
+
     def _liveness(self, node: NodeRecord, now: float) -> NodeRecord:
         offline = node.name in self._gone or is_offline(node, now, self.heartbeat_interval)
         return dataclasses.replace(node, offline=True) if offline else node

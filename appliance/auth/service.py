@@ -126,6 +126,7 @@ class AuthService:
     renew_host_cert = _Delegate("hosts")
     heartbeat = _Delegate("hosts")
     mark_offline = _Delegate("hosts")
+    mark_node_offline = _Delegate("hosts")
     add_node = _Delegate("hosts")
     update_node = _Delegate("hosts")
     get_node = _Delegate("hosts")

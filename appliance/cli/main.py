@@ -49,6 +49,9 @@ def _add_start(sub) -> None:
     p.add_argument("--listen-addr", help="address to listen on (default 0.0.0.0)")
     p.add_argument("--auth-server", help="HOST:PORT of the auth service to join (services without auth)")
     p.add_argument("--token", help="join token from `jumpgate ctl tokens add`")
+    p.add_argument("--tunnel-addr", metavar="PROXY:PORT",
+                   help="a node behind a firewall: dial this proxy's tunnel port (3024), listen on no port, "
+                        "join and be reached through it (instead of --auth-server)")
     p.add_argument("--nodename", help="this node's name, one DNS label (default: host name); "
                    "fixed at the first join (the proxy is NODENAME-proxy)")
     p.add_argument("--labels", help="static node labels: key=value,...")

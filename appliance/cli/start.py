@@ -85,6 +85,7 @@ def start(args) -> int:
             services=args.services,
             cluster_name=args.cluster_name, public_addr=args.public_addr, listen_addr=args.listen_addr,
             auth_server=args.auth_server, token=args.token, node_name=args.nodename,
+            tunnel_addr=getattr(args, "tunnel_addr", None),
             labels=args.labels, command_labels=getattr(args, "label_commands", None) or (),
             audit_retention_days=args.audit_retention_days,
             diag_addr=getattr(args, "diag_addr", None),
@@ -298,7 +299,7 @@ async def _close_all(listeners: list[trio.SocketListener]) -> None:
 # ---------------------------------------------------------------------------------- identities
 
 async def _membership(cfg: Config, data_dir: Path, kind: str, name: str, auth_addr: str, host: str,
-                    addr: str, auth_service):
+                    addr: str, auth_service, via=None):
     """The saved membership of this node or proxy, or a new one by joining (locally or with --token).
 
     A saved membership keeps its name (docs/security.md J2): a different configured name is
@@ -325,8 +326,11 @@ async def _membership(cfg: Config, data_dir: Path, kind: str, name: str, auth_ad
         raise CliError(f"{kind}: not joined yet: pass --token from `jumpgate ctl tokens add --type {kind}`")
     try:
         return await join(auth_addr, token, kind=kind, name=name, addresses=_local_addresses(cfg, kind, host),
-                          labels=dict(cfg.labels), data_dir=data_dir, addr=addr)
-    except (ApiError, MembershipError, OSError) as exc:
+                          labels=dict(cfg.labels), data_dir=data_dir, addr=addr, via=via)
+    except (ApiError, MembershipError, OSError, trio.TooSlowError) as exc:
+        if via is not None:
+            raise CliError(f"{kind}: cannot join the cluster through the proxy at {cfg.tunnel_addr}: "
+                           f"{exc or 'no answer'}") from None
         raise CliError(f"{kind}: cannot join the cluster at {auth_addr}: {exc}") from None
     except Exception as exc:  # ssh_proto errors: a refused token, a pin mismatch, ...
         from ssh_proto import SSHError
@@ -378,6 +382,8 @@ async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_a
     from ..cluster_view import ClusterView
     from ..node.server import NodeIdentity, serve_node
 
+    if cfg.tunnel_addr:
+        return await _start_tunnelled_node(nursery, cfg, data_dir, session_nofile, diag)
     addr = format_endpoint(host, cfg.ports["node"])
     listeners = await bind_listeners("node", cfg.listen_addr, cfg.ports["node"])
     try:
@@ -412,6 +418,49 @@ async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_a
     return member.cluster
 
 
+async def _start_tunnelled_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, session_nofile: int | None,
+                                diag: Diag | None) -> str:
+    """A node behind a firewall (``--tunnel-addr``): no listening socket at all. It joins,
+    heartbeats, sends its audit events and follows the push stream through channels of its one
+    tunnel to the proxy, which reaches it back through the same connection (docs/security.md N1)."""
+    from ..addresses import TUNNEL_PORT, parse_endpoint
+    from ..api.pool import ApiPool
+    from ..cluster_view import ClusterView
+    from ..membership import MembershipHolder, heartbeat_loop
+    from ..node.labels import CommandLabel, LabelSet
+    from ..node.server import NodeIdentity, tunnelled_node
+    from ..tunnel.agent import AUTH_NAME, TunnelAgent, join_stream, tcp_connector
+
+    connect = tcp_connector(*parse_endpoint(cfg.tunnel_addr, TUNNEL_PORT))
+    member = await _membership(cfg, data_dir, "node", cfg.node_name, AUTH_NAME, "", "", None,
+                               via=lambda pin: join_stream(connect, pin))
+    holder = MembershipHolder(member)
+    view = ClusterView()
+
+    def provider() -> NodeIdentity:
+        ident = holder.current
+        return NodeIdentity(ident.host_key, ident.host_cert, (ident.user_ca,), ident.cluster, ident.name,
+                            host_cas=(ident.host_ca,))
+
+    diag = diag or Diag(cfg)
+    api_pool = ApiPool(lambda: agent.api_factory()(), view=view)
+    serve = tunnelled_node(provider, audit=diag.counted_sink("node", await _audit_sink(nursery, api_pool, "node")),
+                           view=view, session_nofile=session_nofile)
+    agent = TunnelAgent(connect, holder, serve)
+    await nursery.start(supervised, "node", agent.run)
+    await nursery.start(supervised, "node", api_pool.run)
+    await _first_view(view)
+    diag.listening("node", agent)
+    labels = LabelSet(cfg.labels, {name: CommandLabel(list(c.command), c.period)
+                                   for name, c in cfg.command_labels.items()})
+    await nursery.start(supervised, "node", labels.run)
+    await nursery.start(supervised, "node", functools.partial(
+        heartbeat_loop, agent.api_factory(), member.name, "", labels.current, holder=holder, tunnel=True,
+        on_beat=diag.beat("node")))
+    log.info("node %s reached through the tunnel to %s (listening on no port)", member.name, cfg.tunnel_addr)
+    return member.cluster
+
+
 # ---------------------------------------------------------------------------------- proxy + web
 
 async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_addr: str, host: str,
@@ -419,6 +468,7 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
     from ..api.pool import ApiPool
     from ..cluster_view import ClusterView
     from ..membership import MembershipHolder, heartbeat_loop
+    from ..proxy.dialing import ProxyDialer
     from ..proxy.routing import NodeDirectory, Routes
     from ..proxy.server import ProxyIdentity, serve_proxy
     from ..web.server import serve_web
@@ -428,7 +478,8 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
     # users reach the proxy by the host's public name (in its certificate's principals)
     proxy_addr = format_endpoint(cfg.host_name, cfg.ports["proxy"])
     reserved = {service: await bind_listeners(service, cfg.listen_addr, cfg.ports[service])
-                for service in ("proxy", "web") if service in cfg.services}
+                for service in ("proxy", "tunnel", "web") if service in cfg.services or
+                (service == "tunnel" and "proxy" in cfg.services)}
     try:
         member = await _membership(cfg, data_dir, "proxy", name, auth_addr, host, proxy_addr, auth_service)
     except BaseException:
@@ -449,10 +500,11 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
         def provider() -> ProxyIdentity:
             return ProxyIdentity(holder.current.host_key, holder.current.host_cert)
 
+        audit = diag.counted_sink("proxy", await _audit_sink(nursery, pool, "proxy"))
+        tunnels = await _start_tunnel_server(nursery, cfg, holder, pool, auth_addr, audit, reserved["tunnel"], diag)
         listener = await nursery.start(supervised, "proxy", functools.partial(
             serve_proxy, provider, [member.user_ca], Routes(directory), cfg.listen_addr, cfg.ports["proxy"],
-            audit=diag.counted_sink("proxy", await _audit_sink(nursery, pool, "proxy")),
-            view=view, listeners=reserved["proxy"]))
+            audit=audit, view=view, listeners=reserved["proxy"], dialer=ProxyDialer(tunnels.registry)))
         diag.listening("proxy", listener)
         await nursery.start(supervised, "proxy", functools.partial(
             heartbeat_loop, holder.api_factory(auth_addr), member.name, proxy_addr, lambda: {}, holder=holder,
@@ -470,6 +522,30 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
         diag.listening("web", endpoint)
         log.info("web serving HTTPS on %s:%d (certificate pin %s)", cfg.listen_addr, cfg.ports["web"], tls.pin)
     return member.cluster
+
+
+async def _start_tunnel_server(nursery: trio.Nursery, cfg: Config, holder, pool, auth_addr: str, audit,
+                               listeners: list[trio.SocketListener], diag: Diag):
+    """The proxy's tunnel port (3024): nodes behind firewalls dial in here; their API channels
+    are forwarded to ``auth_addr`` and a tunnel that ends marks its node offline at once."""
+    from ..addresses import parse_endpoint
+    from ..tunnel.server import TunnelService, serve_tunnel
+
+    auth_host, auth_port = parse_endpoint(auth_addr, cfg.ports["auth"])
+
+    async def open_auth() -> trio.abc.Stream:
+        with trio.fail_after(10):
+            return await trio.open_tcp_stream(auth_host, auth_port)
+
+    async def down(name: str) -> None:
+        await pool.mark_node_offline(name=name)
+
+    service = TunnelService(holder.current.cluster, lambda: (holder.current.host_key, holder.current.host_cert),
+                            lambda: holder.current.host_ca, open_auth, audit=audit, on_down=down)
+    await nursery.start(supervised, "proxy", functools.partial(serve_tunnel, service, listeners))
+    diag.listening("tunnel", service)
+    log.info("proxy accepting reverse tunnels on %s:%d", cfg.listen_addr, cfg.ports["tunnel"])
+    return service
 
 
 def _node_lookup(pool):

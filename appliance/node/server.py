@@ -54,6 +54,7 @@ import ssh_proto
 from ssh_proto.certs import validate_user_certificate
 from ssh_proto.errors import AgentError, CertificateError
 from ssh_proto.keys import Certificate, PrivateKey, PublicKey
+from ssh_proto.limits import Admission
 from ssh_proto.trio_io.agent import forward_agent_to_unix_socket
 
 from .. import login_hints
@@ -460,6 +461,33 @@ def node_server_factory(identity_provider: Callable[[], NodeIdentity], *, audit:
         return NodeServer(identity_provider(), audit=audit, allow_users=allow_users, view=view,
                           session_nofile=session_nofile)
     return factory
+
+
+def tunnelled_node(identity_provider: Callable[[], NodeIdentity], *, audit: AuditSink | None = None,
+                   view: ClusterView | None = None, session_nofile: int | None = None,
+                   profile: ssh_proto.ListenerProfile = NODE_PROFILE,
+                   options: ssh_proto.ConnectionOptions = NODE_OPTIONS):
+    """The node service for a node that listens on no port (a reverse tunnel,
+    :mod:`appliance.tunnel.agent`): ``await serve(stream, relay, proxy)`` serves one SSH
+    connection the proxy opened on the tunnel, exactly as the listener would serve a TCP one —
+    the same relay-line rules (the line must name ``relay``, the address the proxy says it
+    relays from, and be signed by ``proxy``, the proxy the tunnel authenticated) and the same
+    admission profile, counted over every tunnelled connection together."""
+    factory = node_server_factory(identity_provider, audit=audit, view=view, session_nofile=session_nofile)
+    verifier = RelayVerifier(lambda: identity_provider().name, lambda: identity_provider().host_cas,
+                             proxy_registered=view.proxy_registered if view is not None else None)
+    admission = Admission(profile)
+
+    async def serve(stream: trio.abc.Stream, relay: tuple[str, int], proxy: str) -> None:
+        def check(line: bytes, peer: tuple | None) -> tuple:
+            client = verifier.check(line, peer)
+            if client.via != proxy:
+                raise ssh_proto.PreambleError(f"relay line signed by {client.via}, not by {proxy}, the tunnel's proxy")
+            return client
+        await ssh_proto.serve_stream(stream, factory, host_keys=host_keys_of(identity_provider()), options=options,
+                                     peer_address=relay, preamble=ssh_proto.RelayPreamble(RELAY_PREFIX, _logged(check)),
+                                     admission=admission)
+    return serve
 
 
 async def serve_node(identity_provider: Callable[[], NodeIdentity], host: str | None = "0.0.0.0",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import logging
 import os
 from typing import AsyncIterator, Awaitable, Callable, Iterable, Protocol, Sequence
 
@@ -29,6 +30,8 @@ from ..state import Role
 from .channel import SSHChannel
 from .connection import SSHConnection
 from .session import RunResult, SSHProcess
+
+log = logging.getLogger("ssh_proto.client")
 
 DEFAULT_KNOWN_HOSTS = "~/.ssh/known_hosts"
 _DEFAULT = object()
@@ -111,6 +114,17 @@ class SSHClientConnection(SSHConnection):
         self.agent: Agent | None = None  # an agent to serve on auth-agent@openssh.com channels (forwarding)
         self.auth_banners: list[str] = []  # USERAUTH_BANNER texts, kept (bounded) for AuthError
         self._agent_forwarding_requested = False
+        self._accepted_types: dict[str, Callable[[SSHChannel, bytes], Awaitable[None]]] = {}
+
+    def accept_channels(self, channel_type: str, handler: Callable[[SSHChannel, bytes], Awaitable[None]]) -> None:
+        """Accept the channels of ``channel_type`` (an application's own type, such as a reverse
+        tunnel's) that the server opens: ``await handler(channel, open_data)`` runs in the
+        connection's nursery, and the channel is closed when it returns. Asking for a type is what
+        lets it in: every other server-opened channel stays refused (docs/security.md T21).
+
+        >>> conn.accept_channels("jumpgate-node@jumpgate", serve_one)      # doctest: +SKIP
+        """
+        self._accepted_types[channel_type] = handler
 
     # ---- sessions ---------------------------------------------------------------------
     async def open_session(self, command: str | bytes | None = None, *, subsystem: str | None = None,
@@ -188,10 +202,25 @@ class SSHClientConnection(SSHConnection):
             await accept_forwarded_tcpip(self, event)
         elif event.channel_type == "auth-agent@openssh.com" and self._agent_forwarding_requested and self.agent:
             await accept_agent_channel(self, event, self.agent)
+        elif event.channel_type in self._accepted_types:
+            channel = SSHChannel(self, event.channel_id, event.channel_type)
+            self.register_channel(channel)
+            self.core.accept_channel(event.channel_id)
+            self.nursery.start_soon(_run_accepted, self._accepted_types[event.channel_type], channel, event.data)
         else:
             # rule T21: refuse what we never asked for (x11, agent without request, ...)
             self.core.reject_channel(event.channel_id, m.OPEN_ADMINISTRATIVELY_PROHIBITED, "not requested")
         self._kick()
+
+
+async def _run_accepted(handler: Callable[[SSHChannel, bytes], Awaitable[None]], channel: SSHChannel,
+                        data: bytes) -> None:
+    try:
+        await handler(channel, data)
+    except Exception:
+        log.exception("handler of a %s channel failed", channel.channel_type)
+    finally:
+        await channel.aclose()
 
 
 async def _authenticate(conn: SSHClientConnection, identities: list[Identity], password: str | None,
