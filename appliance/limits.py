@@ -88,7 +88,9 @@ class TunnelLimits:
 
     max_tunnels: int = 12000
     max_pending: int = 2048
-    handshake_timeout: float = 30.0
+    #: a net under the tunnel server's own bounds, never tighter: its queue for a handshake
+    #: slot (60 s, appliance.tunnel.server.HANDSHAKE_QUEUE_TIME) plus its login grace (30 s)
+    handshake_timeout: float = 90.0
 
 
 def raise_nofile_limit() -> int:

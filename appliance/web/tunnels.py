@@ -20,7 +20,8 @@ The rules this module keeps:
 * **The inner SSH is the trust** (docs/security.md W4). The outer TLS certificate is not
   what authenticates either side; the handler checks host certificates inside.
 
-The contract with the handler is Trio's ``nursery.start``; ``peer`` is the client's address,
+The contract with the handler is that of Trio's ``nursery.start`` (but the handler runs in the
+web listener's task, and may return without starting: a tunnel its own limits refused); ``peer`` is the client's address,
 ``local`` the address it dialled (the TLS stream has no socket to ask)::
 
     async def handler(stream: trio.abc.Stream, peer: tuple[str, int], local: tuple[str, int], *,
@@ -35,6 +36,7 @@ from its first call (the web listener still closes it after the handler returns)
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -77,22 +79,41 @@ class TunnelHandoff:
             if not self.pending.take(_ALL):
                 self._refuse(peer, f"{self.limits.max_pending} tunnels are in their SSH handshake")
                 return
-            async with trio.open_nursery() as nursery:
-                try:
-                    with trio.move_on_after(self.limits.handshake_timeout) as deadline:
-                        await nursery.start(self._handler, stream, peer, local)
-                finally:
-                    self.pending.give_back(_ALL)
-                if deadline.cancelled_caught:
-                    self.cut += 1
-                    log.info("web: tunnel from %s did not complete its SSH handshake within %gs: cut",
-                             _where(peer), self.limits.handshake_timeout)
+            status = _Started(self.pending, trio.CancelScope(deadline=trio.current_time() + self.limits.handshake_timeout))
+            try:
+                with status.deadline:
+                    await self._handler(stream, peer, local, task_status=status)
+            finally:
+                status.release()
+            if status.deadline.cancelled_caught:
+                self.cut += 1
+                log.info("web: tunnel from %s did not complete its SSH handshake within %gs: cut",
+                         _where(peer), self.limits.handshake_timeout)
         finally:
             self.open.give_back(_ALL)
 
     def _refuse(self, peer: tuple[str, int], why: str) -> None:
         self.refused += 1
         log.warning("web: refused a tunnel from %s: %s", _where(peer), why)
+
+
+class _Started:
+    """The ``task_status`` a handler gets: ``started()`` ends the deadline and frees the pending
+    slot. As ``nursery.start``'s, except that a handler may also return without starting (a
+    tunnel its own limits refused) without that being an error."""
+
+    def __init__(self, pending: Slots, deadline: trio.CancelScope) -> None:
+        self._pending, self.deadline = pending, deadline
+        self._released = False
+
+    def started(self, value: object = None) -> None:
+        self.deadline.deadline = math.inf
+        self.release()
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._pending.give_back(_ALL)
 
 
 def _where(peer: tuple[str, int]) -> str:
