@@ -664,9 +664,16 @@ class SQLiteStorage:
     async def heartbeat_node(self, name: str, labels: Mapping[str, str],
                              tunnel: bool, now: float) -> bool:
         values = (_pack(dict(labels)), now, int(tunnel), name)
-        cur = await self._run(lambda db: db.execute(
-            "UPDATE nodes SET labels = ?, last_seen = ?, tunnel = ? WHERE name = ?", values))
-        return cur.rowcount == 1
+
+        def beat(db: sqlite3.Connection) -> bool:
+            row = db.execute("SELECT tunnel FROM nodes WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                return False
+            db.execute("UPDATE nodes SET labels = ?, last_seen = ?, tunnel = ? WHERE name = ?", values)
+            if bool(row[0]) != bool(tunnel):
+                self._changed(db, "node", name)  # how the proxy reaches it changed: pushed (ls shows it)
+            return True
+        return await self._run(beat)
 
     # -- certificate authorities -----------------------------------------------------
     async def get_ca(self, kind: str, cluster: str | None = None) -> CARecord | None:

@@ -13,8 +13,8 @@ server. Who gets in (docs/security.md N1, N4):
   reaches the node back through it. A second tunnel for a registered name with another host
   key is refused the same way, and nothing registered changes.
 * **A node joining through the proxy** — password as user ``-join``: such a connection may
-  open ``jumpgate-api@jumpgate`` channels only, which reach the auth API, where the join
-  token is checked end to end (the proxy never sees a token it could judge; the node verifies
+  open two ``jumpgate-api@jumpgate`` channels and lasts a minute; they reach the auth API, where
+  the join token is checked end to end (the proxy never sees a token it could judge; the node verifies
   the auth server by the token's CA pin through the channel).
 
 A registered node's tunnel also carries its API channels (join, heartbeat, audit, push
@@ -57,6 +57,8 @@ log = logging.getLogger("jumpgate.tunnel")
 MAX_HANDSHAKES = 64
 MAX_JOIN_PASSWORD = 256
 LOGIN_GRACE_TIME = 30.0
+JOIN_TIME = 60.0          # a -join connection is closed after this long: a join takes one call
+JOIN_CHANNELS = 2         # API channels a -join connection may open in all
 HANDSHAKE_QUEUE_TIME = 60.0  # a dialler waits at most this long for a handshake slot
 _NO_SESSIONS = ssh_proto.SessionPolicy(permit_pty=False, permit_agent_forwarding=False,
                                        permit_port_forwarding=False, permit_x11_forwarding=False)
@@ -134,6 +136,8 @@ class TunnelSSHServer(ssh_proto.SSHServer):
         self.joining = False
         self.tunnel: _Tunnel | None = None
         self.unregister: Callable[[], None] | None = None
+        self._refused_keys: set[bytes] = set()  # keys whose certificate was refused on this connection
+        self._join_channels = 0
 
     @property
     def _peer(self) -> str:
@@ -152,6 +156,10 @@ class TunnelSSHServer(ssh_proto.SSHServer):
             cert = self._check_node(username, key)
             self._register(username, cert)
         except _Refused as exc:
+            if isinstance(key, Certificate):
+                self._refused_keys.add(key.public_key.blob)
+            elif key.blob in self._refused_keys:
+                return False  # the client's retry of a refused certificate's bare key: logged already
             await self._refuse(username, key, str(exc))
             return False
         log.info("tunnel from node %s (%s) registered", username, self._peer)
@@ -196,6 +204,10 @@ class TunnelSSHServer(ssh_proto.SSHServer):
     async def channel_open(self, channel_type: str, data: bytes):
         if channel_type != API_CHANNEL or not (self.node or self.joining):
             return None
+        if self.joining:
+            self._join_channels += 1
+            if self._join_channels > JOIN_CHANNELS:
+                raise ChannelOpenError(1, "a joining host opens no more API channels")
         try:
             upstream = await self.service.open_auth()
         except OSError as exc:
@@ -223,6 +235,11 @@ async def _keepalive(conn: ssh_proto.SSHServerConnection, service: TunnelService
                         service.keepalive_timeout)
             await conn.aclose(description="keepalive timeout")
             return
+
+
+async def _end_join(conn: ssh_proto.SSHServerConnection) -> None:
+    await trio.sleep(JOIN_TIME)
+    await conn.aclose(description="a join takes less time than this")
 
 
 async def serve_tunnel_stream(stream: trio.abc.Stream, service: TunnelService, *, peer_address=None,
@@ -266,6 +283,8 @@ async def serve_tunnel_stream(stream: trio.abc.Stream, service: TunnelService, *
         server = server_box[0]
         if server.node is not None:
             server.conn.nursery.start_soon(_keepalive, server.conn, service, server.node)
+        elif server.joining:
+            server.conn.nursery.start_soon(_end_join, server.conn)
         task_status.started()
 
     try:
@@ -281,10 +300,11 @@ async def serve_tunnel_stream(stream: trio.abc.Stream, service: TunnelService, *
 
 async def _ended(service: TunnelService, server: TunnelSSHServer) -> None:
     assert server.unregister is not None and server.node is not None
+    current = service.registry.get(NodeKey(service.cluster, server.node)) is server.tunnel
     server.unregister()
-    log.info("tunnel of node %s ended", server.node)
-    if service.on_down is None or service.registry.get(NodeKey(service.cluster, server.node)) is not None:
-        return  # a newer tunnel of the same node took its place
+    log.info("tunnel of node %s ended%s", server.node, "" if current else " (a newer one had replaced it)")
+    if service.on_down is None or not current:
+        return  # a newer tunnel of the same node took its place: the node is not gone
     with trio.CancelScope(shield=True), trio.move_on_after(5):
         try:
             await service.on_down(server.node)
