@@ -298,7 +298,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("listen_addr", "listen_addr", _host, "the address every service listens on", default="0.0.0.0",
             flag="--listen-addr"),
     Setting("auth_server", "auth_server", _optional(_auth_server),
-            "HOST[:PORT] of the auth service to join, for services without auth", example="auth.example.com:3025",
+            "HOST[:PORT] of the auth service to join, for services without auth; for a node, a proxy's web "
+            "port (PROXY:3080) too: it then runs a reverse tunnel over TLS", example="auth.example.com:3025",
             flag="--auth-server"),
     Setting("token", "token", _text, "the join token from `jumpgate ctl tokens add` (needed once)",
             example="SECRET.PIN", flag="--token"),

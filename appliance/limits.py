@@ -18,12 +18,15 @@ bounding the key exchanges it can make us compute; penalties are OpenSSH's. A no
 reached through the proxy, so its sources are the users the proxy vouches for, never the
 proxy (L11). The auth service's callers are nodes and proxies, many of them possibly behind
 one NAT: a larger per-source rate. The tunnel listener of the next issue (up to 10,000
-nodes, many behind one NAT) gets :data:`TUNNEL_PROFILE`: no per-source rules at all.
+nodes, many behind one NAT) gets :data:`TUNNEL_PROFILE`: no per-source rules at all; the
+same tunnels arriving over the web port (TLS, ALPN ``jumpgate-tunnel``) are counted by
+:class:`TunnelLimits` (docs/security.md W2), never by the web service's per-client caps.
 """
 from __future__ import annotations
 
 import logging
 import resource
+from dataclasses import dataclass
 
 import ssh_proto
 
@@ -69,6 +72,25 @@ TUNNEL_PROFILE = ssh_proto.ListenerProfile(
 #: idle tunnel cheap and the channels' windows still let one scp run at full speed.
 TUNNEL_OPTIONS = ssh_proto.ConnectionOptions(auth_methods=("publickey", "password"), max_channels=256,
                                              max_sessions=0, window_budget=64 * MiB, max_remote_forwards=0)
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelLimits:
+    """What the web listener (3080) lets tunnels that negotiated ALPN ``jumpgate-tunnel`` hold
+    (docs/security.md W2): their own pool, with no per-client cap (a site behind one NAT
+    address is thousands of nodes), sized as :data:`TUNNEL_PROFILE`.
+
+    ``max_tunnels``: open tunnel connections in total (``max_authenticated``);
+    ``max_pending``: those not through their SSH handshake yet (the profile's ``full`` startups);
+    ``handshake_timeout``: seconds from the end of the TLS handshake to the end of the SSH
+    handshake (the peer authenticated); a tunnel still handshaking then is cut.
+    """
+
+    max_tunnels: int = 12000
+    max_pending: int = 2048
+    #: a net under the tunnel server's own bounds, never tighter: its queue for a handshake
+    #: slot (60 s, appliance.tunnel.server.HANDSHAKE_QUEUE_TIME) plus its login grace (30 s)
+    handshake_timeout: float = 90.0
 
 
 def raise_nofile_limit() -> int:

@@ -47,7 +47,8 @@ def _add_start(sub) -> None:
     p.add_argument("--cluster-name", help="cluster name (default: this host's name)")
     p.add_argument("--public-addr", help="name or address users and nodes reach this host by")
     p.add_argument("--listen-addr", help="address to listen on (default 0.0.0.0)")
-    p.add_argument("--auth-server", help="HOST:PORT of the auth service to join (services without auth)")
+    p.add_argument("--auth-server", help="HOST:PORT of the auth service to join (services without auth); "
+                   "a node may give a proxy's web port, PROXY:3080, and tunnel through it")
     p.add_argument("--token", help="join token from `jumpgate ctl tokens add`")
     p.add_argument("--tunnel-addr", metavar="PROXY:PORT",
                    help="a node behind a firewall: dial this proxy's tunnel port (3024), listen on no port, "

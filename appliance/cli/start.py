@@ -33,7 +33,7 @@ from pathlib import Path
 
 import trio
 
-from ..addresses import DEFAULT_PORTS, format_endpoint, host_of
+from ..addresses import AUTH_PORT, DEFAULT_PORTS, format_endpoint, host_of, parse_endpoint
 from ..config import Config, ConfigError, default_data_dir, load_config
 from ..limits import raise_nofile_limit
 from .errors import CliError
@@ -301,7 +301,7 @@ async def _close_all(listeners: list[trio.SocketListener]) -> None:
 # ---------------------------------------------------------------------------------- identities
 
 async def _membership(cfg: Config, data_dir: Path, kind: str, name: str, auth_addr: str, host: str,
-                    addr: str, auth_service, via=None):
+                    addr: str, auth_service, via=None, via_addr: str = ""):
     """The saved membership of this node or proxy, or a new one by joining (locally or with --token).
 
     A saved membership keeps its name (docs/security.md J2): a different configured name is
@@ -331,7 +331,7 @@ async def _membership(cfg: Config, data_dir: Path, kind: str, name: str, auth_ad
                           labels=dict(cfg.labels), data_dir=data_dir, addr=addr, via=via)
     except (ApiError, MembershipError, OSError, trio.TooSlowError) as exc:
         if via is not None:
-            raise CliError(f"{kind}: cannot join the cluster through the proxy at {cfg.tunnel_addr}: "
+            raise CliError(f"{kind}: cannot join the cluster through the proxy at {via_addr}: "
                            f"{exc or 'no answer'}") from None
         raise CliError(f"{kind}: cannot join the cluster at {auth_addr}: {exc}") from None
     except Exception as exc:  # ssh_proto errors: a refused token, a pin mismatch, ...
@@ -385,7 +385,15 @@ async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_a
     from ..node.server import NodeIdentity, serve_node
 
     if cfg.tunnel_addr:
-        return await _start_tunnelled_node(nursery, cfg, data_dir, session_nofile, diag)
+        from ..addresses import TUNNEL_PORT
+        from ..tunnel.transport import tcp_connector
+        connect = tcp_connector(*parse_endpoint(cfg.tunnel_addr, TUNNEL_PORT))
+        return await _start_tunnelled_node(nursery, cfg, data_dir, session_nofile, diag, connect, cfg.tunnel_addr)
+    if auth_service is None and await _speaks(cfg.auth_server) == "tls":
+        # --auth-server PROXY:3080: the web port of a proxy, the only address such a node needs
+        from ..tunnel.transport import tls_connector
+        connect = tls_connector(*parse_endpoint(cfg.auth_server, AUTH_PORT))
+        return await _start_tunnelled_node(nursery, cfg, data_dir, session_nofile, diag, connect, cfg.auth_server)
     addr = format_endpoint(host, cfg.ports["node"])
     listeners = await bind_listeners("node", cfg.listen_addr, cfg.ports["node"])
     try:
@@ -436,22 +444,32 @@ async def _start_recording(nursery: trio.Nursery, cfg: Config, data_dir: Path, p
     return hub, RecordingSettings(root, cfg.recording, record_input=cfg.recording_input, on_sealed=uploader.kick)
 
 
+async def _speaks(auth_server: str) -> str:
+    """``"ssh"`` (an auth port) or ``"tls"`` (a proxy's web port): who speaks first
+    (:func:`appliance.tunnel.transport.probe_auth_server`, through HTTPS_PROXY if set)."""
+    from ..tunnel.transport import probe_auth_server
+    try:
+        return await probe_auth_server(auth_server)
+    except OSError as exc:
+        raise CliError(f"node: cannot reach the auth server {auth_server}: {exc}") from None
+
+
 async def _start_tunnelled_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, session_nofile: int | None,
-                                diag: Diag | None) -> str:
-    """A node behind a firewall (``--tunnel-addr``): no listening socket at all. It joins,
+                                diag: Diag | None, connect, where: str) -> str:
+    """A node behind a firewall (``--tunnel-addr PROXY:3024``, or ``--auth-server PROXY:3080``:
+    ``connect`` dials the tunnel, TCP or TLS with ALPN): no listening socket at all. It joins,
     heartbeats, sends its audit events and follows the push stream through channels of its one
-    tunnel to the proxy, which reaches it back through the same connection (docs/security.md N1)."""
-    from ..addresses import TUNNEL_PORT, parse_endpoint
+    tunnel to the proxy at ``where``, which reaches it back through the same connection
+    (docs/security.md N1, W2)."""
     from ..api.pool import ApiPool
     from ..cluster_view import ClusterView
     from ..membership import MembershipHolder, heartbeat_loop
     from ..node.labels import CommandLabel, LabelSet
     from ..node.server import NodeIdentity, tunnelled_node
-    from ..tunnel.agent import AUTH_NAME, TunnelAgent, join_stream, tcp_connector
+    from ..tunnel.agent import AUTH_NAME, TunnelAgent, join_stream
 
-    connect = tcp_connector(*parse_endpoint(cfg.tunnel_addr, TUNNEL_PORT))
     member = await _membership(cfg, data_dir, "node", cfg.node_name, AUTH_NAME, "", "", None,
-                               via=lambda pin: join_stream(connect, pin))
+                               via=lambda pin: join_stream(connect, pin), via_addr=where)
     holder = MembershipHolder(member)
     view = ClusterView()
 
@@ -476,7 +494,7 @@ async def _start_tunnelled_node(nursery: trio.Nursery, cfg: Config, data_dir: Pa
     await nursery.start(supervised, "node", functools.partial(
         heartbeat_loop, agent.api_factory(), member.name, "", labels.current, holder=holder, tunnel=True,
         on_beat=diag.beat("node")))
-    log.info("node %s reached through the tunnel to %s (listening on no port)", member.name, cfg.tunnel_addr)
+    log.info("node %s reached through the tunnel to %s (listening on no port)", member.name, where)
     return member.cluster
 
 
@@ -511,6 +529,7 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
     pool = ApiPool(holder.api_factory(auth_addr), view=view)
     await nursery.start(supervised, "proxy" if "proxy" in cfg.services else "web", pool.run)
     await _first_view(view)
+    tunnels = None
     if "proxy" in cfg.services:
         directory = NodeDirectory(lambda: pool.list_nodes(labels={}), cluster=member.cluster,
                                   lookup=_node_lookup(pool), view=view)
@@ -537,17 +556,38 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
             raise CliError(f"web: {exc}") from None
         endpoint = await nursery.start(supervised, "web", functools.partial(
             serve_web, pool, tls.cert_path, tls.key_path, cfg.listen_addr, cfg.ports["web"],
-            proxy_ssh_addr=proxy_addr, public_addr=web_public_addr(cfg), listeners=reserved["web"]))
+            proxy_ssh_addr=proxy_addr, public_addr=web_public_addr(cfg), listeners=reserved["web"],
+            tunnel_handler=None if tunnels is None else _web_tunnel_handler(tunnels)))
         diag.listening("web", endpoint)
         log.info("web serving HTTPS on %s:%d (certificate pin %s)", cfg.listen_addr, cfg.ports["web"], tls.pin)
     return member.cluster
+
+
+def _web_tunnel_handler(service):
+    """The web listener's tunnel handler (ALPN ``jumpgate-tunnel`` on 3080, docs/security.md W2):
+    the tunnel server's ``serve_tunnel_stream`` over the TLS stream, a peer's SSH failure one log
+    line (as on the tunnel port), never a traceback."""
+    import ssh_proto
+    from ssh_proto.errors import SSHError
+
+    from ..tunnel.server import serve_tunnel_stream
+
+    async def handler(stream: trio.abc.Stream, peer: tuple[str, int], local: tuple[str, int], *,
+                      task_status=trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await serve_tunnel_stream(stream, service, peer_address=peer, local_address=local,
+                                      task_status=task_status)
+        except* SSHError as group:
+            log.info("tunnel connection over the web port ended: %s", group.exceptions[0])
+        except* ssh_proto.LimitExceeded:
+            pass
+    return handler
 
 
 async def _start_tunnel_server(nursery: trio.Nursery, cfg: Config, holder, pool, auth_addr: str, audit,
                                listeners: list[trio.SocketListener], diag: Diag):
     """The proxy's tunnel port (3024): nodes behind firewalls dial in here; their API channels
     are forwarded to ``auth_addr`` and a tunnel that ends marks its node offline at once."""
-    from ..addresses import parse_endpoint
     from ..tunnel.server import TunnelService, serve_tunnel
 
     auth_host, auth_port = parse_endpoint(auth_addr, cfg.ports["auth"])

@@ -243,12 +243,15 @@ async def _end_join(conn: ssh_proto.SSHServerConnection) -> None:
 
 
 async def serve_tunnel_stream(stream: trio.abc.Stream, service: TunnelService, *, peer_address=None,
-                              local_address: tuple[str, int] | None = None) -> None:
+                              local_address: tuple[str, int] | None = None,
+                              task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Serve one tunnel connection over ``stream`` until it ends (see the module docstring).
 
     ``peer_address`` is the dialler as seen here (admission and logs); ``local_address`` the
     address the node dialled, which relay lines through this tunnel name — both read from the
-    socket when ``stream`` is a TCP one and they are not given.
+    socket when ``stream`` is a TCP one and they are not given. Under ``nursery.start`` it is
+    started once the peer has authenticated (the web listener's hand-off deadline stops then:
+    :mod:`appliance.web.tunnels`).
     """
     sock = getattr(stream, "socket", None)
     if sock is not None:
@@ -282,6 +285,7 @@ async def serve_tunnel_stream(stream: trio.abc.Stream, service: TunnelService, *
             server.conn.nursery.start_soon(_keepalive, server.conn, service, server.node)
         elif server.joining:
             server.conn.nursery.start_soon(_end_join, server.conn)
+        task_status.started()
 
     try:
         await ssh_proto.serve_stream(stream, factory, host_keys=[service.identity()], options=service.options,

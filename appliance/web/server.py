@@ -18,12 +18,16 @@ the shape of requests and maps ``AuthServiceError`` codes to status codes.
 Theory of operation. :class:`WebApp` turns one parsed :class:`WebRequest` into one
 :class:`WebResponse` and never raises: failures become ``{"error": {"code", "message"}}``.
 :func:`serve_web` owns the sockets: it accepts TCP connections while fewer than
-``max_connections`` (and ``max_connections_per_ip``) are open, runs the TLS handshake
-under a deadline, then reads requests with h11 (headers bounded by h11's
+``max_handshakes`` (and ``max_handshakes_per_ip``) are in their TLS handshake, runs it
+under a deadline, and then dispatches by the ALPN protocol negotiated (docs/security.md W2):
+``jumpgate-tunnel`` goes to the registered tunnel handler, in the tunnel pool of
+:mod:`appliance.web.tunnels` and never in the web caps; anything else (``http/1.1``, or no
+ALPN) is HTTP, admitted while fewer than ``max_connections`` (and ``max_connections_per_ip``)
+are open, and read with h11 (headers bounded by h11's
 ``max_incomplete_event_size``, bodies by ``max_body``, each request by a deadline:
 RFC 9112 framing is h11's job). A token bucket per client (Teleport's defaults: 20
 requests a minute on average, bursts of 40) answers 429 before the service is called.
-The per-client connection cap and the token bucket count by the same key,
+The per-client caps and the token bucket count by the same key,
 :func:`appliance.accounting.accounting_key` (an IPv6 client by its /64: docs/security.md W1).
 
 Request bodies and paths hold passwords, TOTP codes and invite secrets: they are never
@@ -49,14 +53,16 @@ import trio
 from ssh_proto.errors import KeyFormatError
 from ssh_proto.keys import PublicKey, parse_public_line
 
-from appliance.accounting import accounting_key
+from appliance.accounting import Slots, accounting_key
 from appliance.addresses import WEB_PORT, AddressError, parse_endpoint
 from appliance.api.client import ApiError
 from appliance.auth.accounts import USER_CERT_TTL, USER_CERT_TTL_MAX, USER_CERT_TTL_MIN
 from appliance.auth.service import AuthServiceError
+from appliance.limits import TunnelLimits
 
 from . import pages
-from .tls import load_certificate, pin_of, server_ssl_context
+from .tls import HTTP_ALPN, TUNNEL_ALPN, load_certificate, pin_of, server_ssl_context
+from .tunnels import TunnelHandler, TunnelHandoff
 
 __all__ = [
     "HTTPError",
@@ -112,8 +118,12 @@ class WebLimits:
     handshake_timeout: float = 10.0
     request_timeout: float = 30.0     # first byte of a request to its last byte, and the reply
     service_timeout: float = 30.0
-    max_connections: int = 512
+    max_connections: int = 512        # HTTP connections (after the TLS handshake)
     max_connections_per_ip: int = 32
+    # In the TLS handshake, before the ALPN protocol tells HTTP from a tunnel: a NAT address
+    # in front of a fleet of nodes redialling at once must not meet the HTTP caps here.
+    max_handshakes: int = 1024
+    max_handshakes_per_ip: int = 256
     max_requests_per_connection: int = 100
     rate_per_minute: float = 20.0
     rate_burst: int = 40
@@ -517,12 +527,16 @@ def _bare_error(status: int, message: str) -> WebResponse:
 
 
 class _Server:
-    """Accepts connections, bounds them, and runs h11 over TLS for each."""
+    """Accepts connections, bounds them, runs the TLS handshake, and then h11 over TLS for
+    each HTTP connection or the tunnel hand-off for each tunnel (by ALPN)."""
 
-    def __init__(self, app: WebApp, ssl_context: ssl.SSLContext, limits: WebLimits) -> None:
+    def __init__(self, app: WebApp, ssl_context: ssl.SSLContext, limits: WebLimits,
+                 tunnels: TunnelHandoff | None = None) -> None:
         self._app, self._ssl_context, self._limits = app, ssl_context, limits
-        self._open = 0
-        self._open_by_source: dict[str, int] = {}   # accounting key -> open connections
+        self._tunnels = tunnels
+        # both count by accounting key (W1)
+        self._handshakes = Slots(limits.max_handshakes, limits.max_handshakes_per_ip)
+        self._http = Slots(limits.max_connections, limits.max_connections_per_ip)
 
     async def accept_loop(self, listener: trio.SocketListener,
                           nursery: trio.Nursery) -> None:
@@ -535,46 +549,43 @@ class _Server:
                 log.warning("web: accept failed (%s); retrying", errno.errorcode[exc.errno])
                 await trio.sleep(0.1)
                 continue
-            client_ip = _peer_ip(stream)
-            source = accounting_key(client_ip)
-            if not self._admit(source):
+            peer = _peer_address(stream)
+            source = accounting_key(peer[0])
+            if not self._handshakes.take(source):
                 await trio.aclose_forcefully(stream)
                 continue
-            nursery.start_soon(self._connection, stream, client_ip, source)
+            nursery.start_soon(self._connection, stream, peer, source)
 
-    def _admit(self, source: str) -> bool:
-        """Count a new connection from ``source`` (an accounting key, W1) if both caps allow."""
-        limits = self._limits
-        per_source = self._open_by_source.get(source, 0)
-        if self._open >= limits.max_connections or per_source >= limits.max_connections_per_ip:
-            return False
-        self._open += 1
-        self._open_by_source[source] = per_source + 1
-        return True
-
-    def _release(self, source: str) -> None:
-        self._open -= 1
-        left = self._open_by_source.pop(source) - 1
-        if left:
-            self._open_by_source[source] = left
-
-    async def _connection(self, tcp: trio.SocketStream, client_ip: str, source: str) -> None:
+    async def _connection(self, tcp: trio.SocketStream, peer: tuple[str, int], source: str) -> None:
         stream = trio.SSLStream(tcp, self._ssl_context, server_side=True,
                                 https_compatible=True)
         try:
-            with trio.fail_after(self._limits.handshake_timeout):
-                await stream.do_handshake()
-            await self._serve_requests(stream, client_ip)
-            with trio.move_on_after(_CLOSE_GRACE):
-                await stream.aclose()
+            try:
+                with trio.fail_after(self._limits.handshake_timeout):
+                    await stream.do_handshake()
+            finally:
+                self._handshakes.give_back(source)
+            if self._tunnels is not None and stream.selected_alpn_protocol() == TUNNEL_ALPN:
+                await self._tunnels.serve(stream, peer, _local_address(tcp))   # its own pool and deadline (W2)
+            else:
+                await self._http_connection(stream, peer[0], source)
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
             pass  # the client went away or was too slow: nothing to answer, nobody to tell
         except Exception:
             # A bug met by one connection must not take the whole web service down with it.
-            log.exception("web %s: connection failed", client_ip)
+            log.exception("web %s: connection failed", peer[0])
         finally:
-            self._release(source)
             await trio.aclose_forcefully(stream)
+
+    async def _http_connection(self, stream: trio.SSLStream, client_ip: str, source: str) -> None:
+        if not self._http.take(source):
+            return  # closed before a byte of HTTP is read, as at accept before there were two pools
+        try:
+            await self._serve_requests(stream, client_ip)
+            with trio.move_on_after(_CLOSE_GRACE):
+                await stream.aclose()
+        finally:
+            self._http.give_back(source)
 
     async def _serve_requests(self, stream: trio.SSLStream, client_ip: str) -> None:
         limits = self._limits
@@ -626,9 +637,28 @@ def _peer_ip(stream: trio.SocketStream) -> str:
     return address[0] if isinstance(address, tuple) else str(address)
 
 
+def _local_address(stream: trio.SocketStream) -> tuple[str, int]:
+    try:
+        address = stream.socket.getsockname()
+    except OSError:
+        return ("?", 0)
+    return (str(address[0]), int(address[1])) if isinstance(address, tuple) else (str(address), 0)
+
+
+def _peer_address(stream: trio.SocketStream) -> tuple[str, int]:
+    """(ip, port) of the client; the IP part as :func:`_peer_ip` (which tests may replace)."""
+    try:
+        address = stream.socket.getpeername()
+    except OSError:
+        address = None
+    port = address[1] if isinstance(address, tuple) else 0
+    return _peer_ip(stream), port
+
+
 async def serve_web(service: Any, tls_cert_path: str, tls_key_path: str, host: str | None,
                     port: int, *, proxy_ssh_addr: str, public_addr: str | None = None,
                     limits: WebLimits = WebLimits(), listeners: Sequence[trio.SocketListener] | None = None,
+                    tunnel_handler: TunnelHandler | None = None, tunnel_limits: TunnelLimits = TunnelLimits(),
                     task_status: trio.TaskStatus[WebEndpoint] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the web service until cancelled.
 
@@ -637,6 +667,11 @@ async def serve_web(service: Any, tls_cert_path: str, tls_key_path: str, host: s
     page tells users to pass to ``--proxy`` (default: the request's Host header). Port 0
     binds a free port; ``task_status.started`` gets a :class:`WebEndpoint`.
 
+    With ``tunnel_handler`` (the tunnel server's ``serve_tunnel_stream``) the listener also
+    offers ALPN ``jumpgate-tunnel`` and hands the connections that negotiate it to the
+    handler, counted by ``tunnel_limits`` (see :mod:`appliance.web.tunnels`); without one it
+    speaks HTTP/1.1 only.
+
     >>> async def main(service):                                          # doctest: +SKIP
     ...     async with trio.open_nursery() as nursery:
     ...         web = await nursery.start(functools.partial(
@@ -644,10 +679,12 @@ async def serve_web(service: Any, tls_cert_path: str, tls_key_path: str, host: s
     ...             proxy_ssh_addr="jump.example.com:3023"))
     ...         print("web on", web.port, "pin", web.pin)
     """
-    context = server_ssl_context(tls_cert_path, tls_key_path)
+    alpn = (HTTP_ALPN,) if tunnel_handler is None else (HTTP_ALPN, TUNNEL_ALPN)
+    context = server_ssl_context(tls_cert_path, tls_key_path, alpn)
     pin = pin_of(load_certificate(tls_cert_path))
     app = WebApp(service, proxy_ssh_addr=proxy_ssh_addr, public_addr=public_addr, limits=limits)
-    server = _Server(app, context, limits)
+    tunnels = None if tunnel_handler is None else TunnelHandoff(tunnel_handler, tunnel_limits)
+    server = _Server(app, context, limits, tunnels)
     if listeners is None:  # else bound beforehand by a caller that had to know the port was free
         listeners = await trio.open_tcp_listeners(port, host=host or None)
     async with trio.open_nursery() as nursery:

@@ -45,8 +45,10 @@ from ..files import write_atomic
 
 __all__ = [
     "CERT_FILE",
+    "HTTP_ALPN",
     "KEY_FILE",
     "PIN_PREFIX",
+    "TUNNEL_ALPN",
     "TLSSetupError",
     "WebTLS",
     "ensure_web_tls",
@@ -61,6 +63,9 @@ __all__ = [
 CERT_FILE = "web-tls.crt"
 KEY_FILE = "web-tls.key"
 PIN_PREFIX = "sha256:"
+#: The ALPN protocol id (RFC 7301) of a reverse tunnel over the web port: SSH inside TLS.
+TUNNEL_ALPN = "jumpgate-tunnel"
+HTTP_ALPN = "http/1.1"
 _PIN_B64_LEN = 43  # 32 bytes of SHA-256 in unpadded base64
 VALIDITY = datetime.timedelta(days=365)
 RENEW_BEFORE = datetime.timedelta(days=30)
@@ -265,12 +270,14 @@ def ensure_web_tls(data_dir: str | os.PathLike[str], *, hostname: str,
     return _ensure_self_signed(Path(data_dir), hostname, addresses, now)
 
 
-def server_ssl_context(cert_path: str | os.PathLike[str],
-                       key_path: str | os.PathLike[str]) -> ssl.SSLContext:
-    """A server context: TLS 1.2+, the certificate chain and key, HTTP/1.1 only."""
+def server_ssl_context(cert_path: str | os.PathLike[str], key_path: str | os.PathLike[str],
+                       alpn: Iterable[str] = (HTTP_ALPN,)) -> ssl.SSLContext:
+    """A server context: TLS 1.2+, the certificate chain and key, the ALPN protocols ``alpn``
+    (HTTP/1.1 only by default; the web service adds :data:`TUNNEL_ALPN` when it serves tunnels).
+    A client that offers none of them, or no ALPN at all, gets HTTP/1.1."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_alpn_protocols(["http/1.1"])
+    context.set_alpn_protocols(list(alpn))
     try:
         context.load_cert_chain(os.fspath(cert_path), os.fspath(key_path))
     except (OSError, ssl.SSLError) as exc:

@@ -16,6 +16,7 @@ import trio
 
 from appliance.auth.passwords import PasswordHasher
 from appliance.auth.service import AuthService
+from appliance.limits import TunnelLimits
 from appliance.storage.sqlite import SQLiteStorage
 from appliance.web.server import WebEndpoint, WebLimits, serve_web
 from appliance.web.tls import ensure_web_tls, invite_token
@@ -66,7 +67,8 @@ class Cluster:
 
 @asynccontextmanager
 async def running_cluster(tmp: Path, limits: WebLimits = WebLimits(),
-                          public_addr: str | None = None) -> AsyncIterator[Cluster]:
+                          public_addr: str | None = None, tunnel_handler=None,
+                          tunnel_limits: TunnelLimits = TunnelLimits()) -> AsyncIterator[Cluster]:
     clock = FakeClock()
     storage = SQLiteStorage(tmp / "auth.db", clock=clock)
     service = await AuthService.create(storage, CLUSTER, clock=clock, hasher=FAST_HASHER)
@@ -75,7 +77,8 @@ async def running_cluster(tmp: Path, limits: WebLimits = WebLimits(),
         async with trio.open_nursery() as nursery:
             web = await nursery.start(functools.partial(
                 serve_web, service, str(tls.cert_path), str(tls.key_path), "127.0.0.1", 0,
-                proxy_ssh_addr=PROXY_SSH, public_addr=public_addr, limits=limits))
+                proxy_ssh_addr=PROXY_SSH, public_addr=public_addr, limits=limits,
+                tunnel_handler=tunnel_handler, tunnel_limits=tunnel_limits))
             yield Cluster(service, web, clock, tmp)
             nursery.cancel_scope.cancel()
     finally:
@@ -98,9 +101,12 @@ def _insecure_context() -> ssl.SSLContext:
     return context
 
 
-async def open_tls(port: int) -> trio.SSLStream:
-    stream = await trio.open_ssl_over_tcp_stream("127.0.0.1", port,
-                                                 ssl_context=_insecure_context(),
+async def open_tls(port: int, alpn: list[str] | None = None) -> trio.SSLStream:
+    """A TLS connection to the web port, offering the ALPN protocols ``alpn`` (None: no ALPN)."""
+    context = _insecure_context()
+    if alpn is not None:
+        context.set_alpn_protocols(alpn)
+    stream = await trio.open_ssl_over_tcp_stream("127.0.0.1", port, ssl_context=context,
                                                  https_compatible=True)
     await stream.do_handshake()
     return stream
@@ -126,11 +132,53 @@ async def raw_exchange(port: int, data: bytes, *, timeout: float = 10) -> tuple[
     return int(lines[0].split()[1]), headers, body
 
 
+async def is_refused(port: int, *, timeout: float = 10) -> bool:
+    """True when a connection gets no HTTP answer at all: closed at accept, in its TLS
+    handshake, or right after it (the HTTP caps are counted once ALPN says HTTP)."""
+    with trio.fail_after(timeout):
+        try:
+            stream = await open_tls(port)
+        except (trio.BrokenResourceError, OSError):
+            return True
+        try:
+            await stream.send_all(http_request("GET", "/v1/ping"))
+            return await _receive(stream) == b""
+        except (trio.BrokenResourceError, OSError):
+            return True
+        finally:
+            await trio.aclose_forcefully(stream)
+
+
 async def _receive(stream: trio.SSLStream) -> bytes:
     try:
         return await stream.receive_some(65536)
     except trio.BrokenResourceError:
         return b""
+
+
+def echo_tunnel_handler(peers: list):
+    """A tunnel handler for tests: "authenticated" at once, then echoes; records (peer, local)."""
+    async def handler(stream: trio.abc.Stream, peer, local, *, task_status=trio.TASK_STATUS_IGNORED):
+        peers.append((peer, local))
+        task_status.started()
+        try:
+            while data := await stream.receive_some(4096):
+                await stream.send_all(data)
+        except trio.BrokenResourceError:
+            pass
+    return handler
+
+
+async def echoes(stream: trio.abc.Stream, data: bytes) -> bool:
+    """Send ``data`` and read as much back: True when the echo matches."""
+    await stream.send_all(data)
+    received = b""
+    while len(received) < len(data):
+        chunk = await stream.receive_some(4096)
+        if not chunk:
+            break
+        received += chunk
+    return received == data
 
 
 def http_request(method: str, path: str, body: bytes = b"", *,
