@@ -465,7 +465,7 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
         except TLSSetupError as exc:
             raise CliError(f"web: {exc}") from None
         endpoint = await nursery.start(supervised, "web", functools.partial(
-            serve_web, pool, tls.cert_path, tls.key_path, cfg.listen_addr, cfg.ports["web"],
+            serve_web, pool, tls.cert_path, tls.key_path, cfg.listen_addr, cfg.ports["web"], view=view,
             proxy_ssh_addr=proxy_addr, public_addr=web_public_addr(cfg), listeners=reserved["web"]))
         diag.listening("web", endpoint)
         log.info("web serving HTTPS on %s:%d (certificate pin %s)", cfg.listen_addr, cfg.ports["web"], tls.pin)
