@@ -147,6 +147,10 @@ async def test_w4_state_changing_requests_without_origin_or_from_another_origin_
             assert status == 403 and body["error"]["code"] == "permission_denied", origin
             status, headers, _ = await _web_login(cluster, otp_uri, origin=origin)
             assert status == 403 and "set-cookie" not in headers, origin
+        # The command-line client's endpoints send no Origin; a foreign one is refused there too.
+        status, _, _ = await _call(cluster.web.port, "POST", "/v1/signup",
+                                   {"token": "x", "password": PASSWORD, "otp_code": "1"}, origin="https://evil.example")
+        assert status == 403
         # The session survived every forged logout.
         assert (await _call(cluster.web.port, "GET", "/web/api/me", cookie=cookie))[0] == 200
 
