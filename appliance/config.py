@@ -82,6 +82,8 @@ class Config:
     audit_retention_days: int = DEFAULT_RETENTION_DAYS
     audit_refusals_per_source: int = DEFAULT_REFUSALS_PER_SOURCE
     diag_addr: str = ""
+    recording: str = "node"
+    recording_input: bool = False
 
     @property
     def host_name(self) -> str:
@@ -98,6 +100,18 @@ class Config:
 def _text(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError("expected a string")
+    return value
+
+
+def _recording_mode(value: Any) -> str:
+    if value not in ("node", "proxy", "off"):
+        raise ValueError('expected "node", "proxy" or "off"')
+    return value
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
     return value
 
 
@@ -303,6 +317,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("audit.refusals_per_source", "audit_refusals_per_source", _whole(1),
             "refusals from one client written in full a minute; the rest are counted in one "
             "audit.coalesced event", default=DEFAULT_REFUSALS_PER_SOURCE),
+    Setting("recording.mode", "recording", _recording_mode,
+            "who records sessions: \"node\" (every shell and exec, on the node: the default), \"proxy\" (not "
+            "built yet: nothing is recorded) or \"off\"", default="node"),
+    Setting("recording.input", "recording_input", _boolean,
+            "record what users type too (passwords typed at a prompt included: off by default)", default=False),
     Setting("diag.addr", "diag_addr", _optional(_diag_addr),
             "HOST:PORT of the diagnostics endpoint, plain HTTP: /healthz, /readyz, /metrics (off when unset; "
             "keep it on loopback or a private network)", example="127.0.0.1:3081", flag="--diag-addr"),

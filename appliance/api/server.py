@@ -54,6 +54,11 @@ REQUEST_TIMEOUT = 60.0
 CALLER_KINDS = ("admin", "node", "proxy", "joining", "user", "bot")
 
 _READ_ONLY = frozenset({"cluster_info", "list_nodes", "get_node"})
+#: Reading recordings: an admin sees every session, anyone else their own and those they joined
+#: (the dispatcher fills ``viewer``: docs/security.md S5).
+_SESSION_READS = frozenset({"list_sessions", "get_session", "read_recording_chunk", "search_sessions"})
+#: What a node reports of its own sessions (the dispatcher fills ``node`` with the caller's name).
+_SESSION_WRITES = frozenset({"session_started", "upload_recording_chunk", "finish_session"})
 #: Which AuthService methods each kind of caller may call. Keep it explicit: a new service method
 #: is reachable by nobody until it is added here.
 ALLOWED: Mapping[str, frozenset[str]] = {
@@ -64,22 +69,22 @@ ALLOWED: Mapping[str, frozenset[str]] = {
         "add_node", "update_node", "remove_node",
         "sign_user_cert", "sign_host_cert", "export_ca", "list_audit", "cluster_status",
         "create_bot", "add_bot_token", "list_bots", "delete_bot", "sign_bot_cert",
-    },
-    "node": frozenset({"heartbeat", "emit_audit", "cluster_info", "renew_host_cert"}),
+    } | _SESSION_READS,
+    "node": frozenset({"heartbeat", "emit_audit", "cluster_info", "renew_host_cert"}) | _SESSION_WRITES,
     # the proxy's membership also serves the web service (signup and login pages)
     "proxy": _READ_ONLY | {"heartbeat", "emit_audit", "renew_host_cert",
                            "login", "get_invite", "complete_signup"},
     # a host with a join token, or a bot with its bot token (docs/security.md B3)
     "joining": frozenset({"join", "bot_join"}),
-    # a user certificate without the admin role: nothing until a feature needs it
-    "user": frozenset(),
+    # a user certificate without the admin role: the recordings of their own sessions
+    "user": _SESSION_READS,
     # a bot's certificate (key id bot:<name>): renew itself (B3)
     "bot": frozenset({"renew_bot_cert", "cluster_info"}),
 }
 
 _ALL_METHODS = frozenset().union(*ALLOWED.values())
 #: Parameters only the dispatcher may set (rule 2).
-_SERVER_PARAMS = frozenset({"actor", "emitter"})
+_SERVER_PARAMS = frozenset({"actor", "emitter", "viewer"})
 _JOIN_SERVER_PARAMS = frozenset({"token", "client_ip", "session_id"})
 #: What the connection fills in for each method that takes it (rule 2).
 _CONNECTION_PARAMS = {"join": _JOIN_SERVER_PARAMS, "bot_join": frozenset({"token", "client_ip"}),
@@ -136,6 +141,11 @@ def _server_params(caller: Caller, method: str, params: Mapping[str, Any]) -> di
     out.update({name: connection[name] for name in filled})
     if method == "emit_audit":
         out["emitter"] = caller.actor
+    if method in _SESSION_READS:
+        out["viewer"] = "" if caller.kind == "admin" else caller.name
+    if method in _SESSION_WRITES:
+        out.pop("node", None)
+        out["node"] = caller.name
     return out
 
 

@@ -169,17 +169,21 @@ class AuthSSHServer(ssh_proto.SSHServer):
             raise _Refused(f"{username} is registered with another host key", cert.key_id)
         return Caller(kind, username, self.client_ip)
 
-    async def _admin_caller(self, username: str, cert: Certificate) -> Caller:
-        if cert.key_id != f"user:{username}":
-            raise _Refused(f"user certificate key id is not user:{username}", cert.key_id)
+    def _check_user_cert(self, cert: Certificate) -> None:
+        """A user certificate of this cluster's user CA, valid now and from this address. The
+        principal list must be valid (non-empty, checked by the validator), but no OS login is
+        at stake here: the identity is the key id, checked by the caller."""
         try:
-            # The principal list must be valid (non-empty, checked by the validator) but
-            # no OS login is at stake here: the identity is the key id.
             principal = cert.principals[0] if cert.principals else ""
             validate_user_certificate(cert, principal=principal, trusted_cas=[self.ca.user_ca_public],
                                       now=self.clock(), source_address=self.client_ip or None)
         except CertificateError as exc:
             raise _Refused(str(exc), cert.key_id) from None
+
+    async def _admin_caller(self, username: str, cert: Certificate) -> Caller:
+        if cert.key_id != f"user:{username}":
+            raise _Refused(f"user certificate key id is not user:{username}", cert.key_id)
+        self._check_user_cert(cert)
         if "admin" not in roles_from_certificate(cert):
             raise _Refused("the certificate does not carry the admin role", cert.key_id)
         try:
@@ -197,12 +201,7 @@ class AuthSSHServer(ssh_proto.SSHServer):
         certificate of its current generation, and ``<name>`` still a bot."""
         if cert.key_id != f"bot:{username}":
             raise _Refused(f"bot certificate key id is not bot:{username}", cert.key_id)
-        try:
-            principal = cert.principals[0] if cert.principals else ""
-            validate_user_certificate(cert, principal=principal, trusted_cas=[self.ca.user_ca_public],
-                                      now=self.clock(), source_address=self.client_ip or None)
-        except CertificateError as exc:
-            raise _Refused(str(exc), cert.key_id) from None
+        self._check_user_cert(cert)
         record = await self.service.storage.get_user(username)
         if record is None or not record.is_bot:
             raise _Refused(f"no bot {username} (removed?)", cert.key_id)

@@ -48,6 +48,8 @@ from .audit_log import DEFAULT_REFUSALS_PER_SOURCE, DEFAULT_RETENTION_DAYS, Audi
 from .ca import CAError, ClusterCA
 from .checks import ERROR_CODES, AuthServiceError, bad_request, check_dns_name, check_list
 from .hosts import HOST_CERT_TTL, TOKEN_TTL, Hosts
+from .sessions import Sessions
+from ..sessions.store import RecordingStore
 from .results import (CertResult, ClusterInfo, ClusterStatus, CreatedToken, HeartbeatResult, HostStatus, Invite,
                       InviteInfo, JoinResult, LoginResult, TokenInfo, UserInfo, to_wire)
 from .timing import FailureDelay
@@ -133,6 +135,14 @@ class AuthService:
     remove_node = _Delegate("hosts")
     sign_host_cert = _Delegate("hosts")
     sign_auth_cert = _Delegate("hosts")
+    # -- sessions (appliance/auth/sessions.py) ----------------------------------------
+    session_started = _Delegate("sessions")
+    upload_recording_chunk = _Delegate("sessions")
+    finish_session = _Delegate("sessions")
+    list_sessions = _Delegate("sessions")
+    get_session = _Delegate("sessions")
+    read_recording_chunk = _Delegate("sessions")
+    search_sessions = _Delegate("sessions")
     # -- bots (appliance/auth/bots.py) ------------------------------------------------
     create_bot = _Delegate("bots")
     add_bot_token = _Delegate("bots")
@@ -147,7 +157,7 @@ class AuthService:
                  hasher: passwords.PasswordHasher = passwords.DEFAULT_HASHER,
                  audit_retention_days: int = DEFAULT_RETENTION_DAYS,
                  audit_refusals_per_source: int = DEFAULT_REFUSALS_PER_SOURCE,
-                 failure_delay: FailureDelay | None = None):
+                 failure_delay: FailureDelay | None = None, recordings: RecordingStore | None = None):
         self.storage = storage
         self.ca = ca
         self.cluster = ca.cluster
@@ -159,6 +169,7 @@ class AuthService:
         self.users = Accounts(storage, ca, self.audit_log, clock=clock, hasher=hasher, failure_delay=failure_delay)
         self.hosts = Hosts(storage, ca, self.audit_log, clock=clock)
         self.bots = Bots(storage, ca, self.audit_log, clock=clock, check_roles=check_user_roles)
+        self.sessions = Sessions(storage, recordings, clock=clock)
 
     @classmethod
     async def create(cls, storage: Storage, cluster: str, *,
@@ -166,7 +177,8 @@ class AuthService:
                      hasher: passwords.PasswordHasher = passwords.DEFAULT_HASHER,
                      audit_retention_days: int = DEFAULT_RETENTION_DAYS,
                      audit_refusals_per_source: int = DEFAULT_REFUSALS_PER_SOURCE,
-                     failure_delay: FailureDelay | None = None) -> AuthService:
+                     failure_delay: FailureDelay | None = None,
+                     recordings: RecordingStore | None = None) -> AuthService:
         """Load (or on the first start create, and audit) the CAs of ``cluster``.
 
         A new cluster may not be named after a public suffix (J9); an existing one that is
@@ -182,7 +194,7 @@ class AuthService:
             service = cls(storage, ca, clock=clock, hasher=hasher,
                           audit_retention_days=audit_retention_days,
                           audit_refusals_per_source=audit_refusals_per_source,
-                          failure_delay=failure_delay)
+                          failure_delay=failure_delay, recordings=recordings)
         except ValueError as exc:
             raise bad_request(str(exc)) from None
         service.warnings = (warning,) if warning else ()
@@ -249,10 +261,11 @@ class AuthService:
         return await self.audit_log.append(record)
 
     async def list_audit(self, limit: int = 100, before_id: int | None = None, types: Sequence[str] = (),
-                         user: str = "", since: float = 0.0) -> list[AuditEvent]:
+                         user: str = "", since: float = 0.0, session: str = "", node: str = "") -> list[AuditEvent]:
         """Newest first; page with ``before_id`` = the last id seen. ``types`` are event names
         (``user.login``) or a family (``user.*``); ``user`` the user an event is about;
-        ``since`` an epoch time (``ctl audit --type/--user/--since``)."""
+        ``since`` an epoch time; ``session`` a session id, ``node`` a node name
+        (``ctl audit --type/--user/--since/--session/--node``)."""
         if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= 10_000:
             raise bad_request("limit must be 1..10000")
         if before_id is not None and (isinstance(before_id, bool) or not isinstance(before_id, int)):
@@ -262,8 +275,12 @@ class AuthService:
             raise bad_request("user must be a user name")
         if isinstance(since, bool) or not isinstance(since, (int, float)) or not math.isfinite(since):
             raise bad_request("since must be an epoch time")
+        for value, what in ((session, "session"), (node, "node")):
+            if not isinstance(value, str) or len(value) > 256:
+                raise bad_request(f"{what} must be a name")
         await self.audit_log.flush()  # the refusals still queued are part of the answer
-        return list(await self.storage.list_audit(limit, before_id, events=types, user=user, since=float(since)))
+        return list(await self.storage.list_audit(limit, before_id, events=types, user=user, since=float(since),
+                                                  session=session, node=node))
 
 
 def check_audit_types(types: Any) -> tuple[str, ...]:

@@ -93,8 +93,10 @@ async def _local(args) -> AsyncIterator[_Backend]:
     host = state.get("host") or cfg.host_name
     ports = {**cfg.ports, **state.get("ports", {})}
     storage = SQLiteStorage(db)
+    from ..sessions.store import FileRecordingStore
     try:
-        service = await AuthService.create(storage, cluster)
+        service = await AuthService.create(storage, cluster,
+                                           recordings=FileRecordingStore(cfg.data_dir / "auth" / "recordings"))
     except AuthServiceError as exc:
         await storage.aclose()
         raise CliError(exc.message) from None
@@ -117,7 +119,7 @@ async def _local(args) -> AsyncIterator[_Backend]:
         async with running(ChangeFeed(storage)) as feed:
             with feed.subscribe("admin") as subscriber:
                 on_push(await feed.snapshot("admin"))
-                async for push in subscriber.receive:
+                async for _change_id, push in subscriber.receive:
                     on_push(push)
 
     try:
@@ -526,7 +528,8 @@ class _FellBehind(Exception):
 
 def _audit_filters(args) -> dict[str, Any]:
     from .account import parse_ttl
-    filters: dict[str, Any] = {"types": _split(args.type or ""), "user": args.user or "", "since": 0.0}
+    filters: dict[str, Any] = {"types": _split(args.type or ""), "user": args.user or "", "since": 0.0,
+                               "session": getattr(args, "session", None) or "", "node": getattr(args, "node", None) or ""}
     if args.since:
         filters["since"] = _parse_since(args.since, parse_ttl)
     return filters
@@ -551,6 +554,10 @@ def _parse_since(text: str, parse_ttl) -> float:
 
 def _matches(event: dict, filters: dict[str, Any]) -> bool:
     types, user = filters["types"], filters["user"]
+    fields = event.get("fields") or {}
+    if any(filters.get(name) and fields.get(key) != filters[name]
+           for name, key in (("session", "session_id"), ("node", "node"))):
+        return False
     if types and not any(event["event"] == t or (t.endswith(".*") and event["event"].startswith(t[:-1]))
                          for t in types):
         return False
@@ -687,4 +694,11 @@ _HANDLERS = {
     ("events", None): _audit, ("audit", None): _audit,
     ("bots", "add"): _bots_add, ("bots", "ls"): _bots_ls, ("bots", "rm"): _bots_rm,
     ("status", None): _status,
+    ("sessions", "ls"): lambda backend, args: _recordings().sessions_ls(backend, args),
+    ("sessions", "search"): lambda backend, args: _recordings().sessions_search(backend, args),
 }
+
+
+def _recordings():
+    from . import recordings
+    return recordings

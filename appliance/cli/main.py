@@ -153,10 +153,14 @@ def _add_ctl(sub) -> None:
     s.add_argument("--ttl", default="", help="validity, e.g. 1h (user and bot default 1h, host default 30d)")
 
     _format(ctl.add_parser("status", help="the cluster: name, CA fingerprints and pins, versions, services"))
+    from .recordings import add_sessions_parser
+    add_sessions_parser(ctl, ctl=True)
 
     ev = _format(ctl.add_parser("audit", aliases=["events"], help="the audit log: filter, follow",
                                 description="The newest --limit audit events (oldest first), filtered; "
                                             "--follow then prints each new one as it is recorded."))
+    ev.add_argument("--session", help="only events of this session (its id: jumpgate sessions ls)")
+    ev.add_argument("--node", help="only events on this node")
     ev.add_argument("--type", help="event types, comma list: user.login, or a family: user.* (see appliance/audit.py)")
     ev.add_argument("--user", help="only events about this user (or bot)")
     ev.add_argument("--since", help="only events since: a duration back (30m, 2h, 7d) or a UTC time (2026-12-01T10:00)")
@@ -277,9 +281,19 @@ def _add_version(sub) -> None:
     sub.add_parser("version", help="print the version").set_defaults(func=None)
 
 
+def _add_sessions(sub) -> None:
+    from .recordings import add_sessions_parser
+    add_sessions_parser(sub)
+
+
+def _add_play(sub) -> None:
+    from .recordings import add_play_parser
+    add_play_parser(sub)
+
+
 COMMANDS = {"start": _add_start, "ctl": _add_ctl, "bot": _add_bot, "signup": _add_signup, "login": _add_login,
             "logout": _add_logout, "status": _add_status, "ls": _add_ls, "ssh": _add_ssh, "scp": _add_scp,
-            "config": _add_config, "version": _add_version}
+            "config": _add_config, "sessions": _add_sessions, "play": _add_play, "version": _add_version}
 QUIET_COMMANDS = ("ssh",)  # relay a session: no logging set-up unless --debug
 
 

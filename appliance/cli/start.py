@@ -227,12 +227,14 @@ async def _start_auth(nursery: trio.Nursery, cfg: Config, data_dir: Path, diag: 
     from ..auth.watch import SYNC_SOCKET, ChangeFeed
     from ..storage.sqlite import SQLiteStorage
 
+    from ..sessions.store import FileRecordingStore
     auth_dir = prepare_data_dir(data_dir / "auth")
     storage = SQLiteStorage(auth_dir / "jumpgate.db")
     try:
         auth_service = await AuthService.create(storage, cfg.cluster_name,
                                            audit_retention_days=cfg.audit_retention_days,
-                                           audit_refusals_per_source=cfg.audit_refusals_per_source)
+                                           audit_refusals_per_source=cfg.audit_refusals_per_source,
+                                           recordings=FileRecordingStore(auth_dir / "recordings"))
     except AuthServiceError as exc:
         raise CliError(f"auth: {exc.message}") from None
     for warning in auth_service.warnings:  # an installed cluster that breaks a newer rule (J9)
@@ -397,10 +399,11 @@ async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_a
                             host_cas=(ident.host_ca,))
 
     diag = diag or Diag(cfg)
+    hub, recording = await _start_recording(nursery, cfg, data_dir, pool)
     listener = await nursery.start(supervised, "node", functools.partial(
         serve_node, provider, cfg.listen_addr, cfg.ports["node"],
         audit=diag.counted_sink("node", await _audit_sink(nursery, pool, "node")),
-        session_nofile=session_nofile, view=view, listeners=listeners))
+        session_nofile=session_nofile, view=view, listeners=listeners, hub=hub, recording=recording))
     diag.listening("node", listener)
     labels = LabelSet(cfg.labels, {name: CommandLabel(list(c.command), c.period)
                                    for name, c in cfg.command_labels.items()})
@@ -410,6 +413,21 @@ async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_a
         on_beat=diag.beat("node")))
     log.info("node %s serving SSH on %s:%d", member.name, cfg.listen_addr, cfg.ports["node"])
     return member.cluster
+
+
+async def _start_recording(nursery: trio.Nursery, cfg: Config, data_dir: Path, pool):
+    """The node's session hub and, unless recording is off, its uploader: first it reports the
+    sessions a previous run lost (interrupted), then it uploads as sessions seal chunks."""
+    from ..sessions.hub import SessionHub
+    from ..sessions.settings import RecordingSettings
+    from ..sessions.uploader import Uploader
+    hub = SessionHub()
+    root = data_dir / "node" / "recordings"
+    uploader = Uploader(root, pool.call, live=hub)
+    await nursery.start(supervised, "node", uploader.run)
+    if cfg.recording != "node":
+        return hub, None
+    return hub, RecordingSettings(root, cfg.recording, record_input=cfg.recording_input, on_sealed=uploader.kick)
 
 
 # ---------------------------------------------------------------------------------- proxy + web

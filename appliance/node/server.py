@@ -46,7 +46,7 @@ import logging
 import os
 import time
 import uuid
-from typing import Awaitable, Callable, Collection, Sequence
+from typing import Awaitable, Callable, Collection, Protocol, Sequence
 
 import trio
 
@@ -62,6 +62,9 @@ from ..auth.ca import generation_of, holder_of
 from ..cluster_view import ClusterView
 from ..limits import NODE_OPTIONS, NODE_PROFILE
 from ..relay import RELAY_PREFIX, RelayedPeer, RelayVerifier
+from ..sessions.hub import LiveSession, Party, SessionHub
+from ..sessions.recorder import Recorder, RecordingFailed, RecordingUnavailable
+from ..sessions.settings import RecordingSettings
 from . import process as proc
 
 log = logging.getLogger("jumpgate.node")
@@ -115,8 +118,11 @@ class NodeServer(ssh_proto.SSHServer):
 
     def __init__(self, identity: NodeIdentity, *, audit: AuditSink | None = None,
                  allow_users: Collection[str] | None = None, view: ClusterView | None = None,
-                 session_nofile: int | None = None):
+                 session_nofile: int | None = None, hub: SessionHub | None = None,
+                 recording: RecordingSettings | None = None):
         self.identity = identity
+        self._hub = hub if hub is not None else SessionHub()
+        self._recording = recording
         self._audit = audit
         self._view = view
         self._unregister: Callable[[], None] | None = None
@@ -260,15 +266,23 @@ class NodeServer(ssh_proto.SSHServer):
         details = {"session_id": str(uuid.uuid4()), "kind": session.kind, "pty": session.pty is not None,
                    "command": _bounded(session.command) if session.kind != "subsystem" else None,
                    "subsystem": _bounded(session.subsystem)}
-        await self._emit("session.start", **details)
+        try:
+            recorder = await self._start_recording(session, login, details)
+        except RecordingUnavailable as exc:
+            return await self._recording_refused(session, details, exc)
+        await self._emit("session.start", **details, recorded=recorder is not None)
         started = time.monotonic()
         status, signame = 255, None
+        owner = Party(login.user, "owner", session)
         try:
-            if warning:
-                await session.send_stderr(warning.encode() + b"\r\n")
-            status, signame = await self._spawn_and_relay(session, spec, controls)
+            async with self._hub.open(details["session_id"], owner, recorder) as live:
+                controls.attach(_OwnerControls(live, owner))
+                if warning:
+                    await live.send_stderr(warning.encode() + b"\r\n")
+                status, signame = await self._run_live(session, live, spec)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(AUDIT_TIMEOUT):
+                await self._end_recording(recorder, status, signame)
                 await self._emit("session.end", **details, exit_status=status, exit_signal=signame,
                                  duration=round(time.monotonic() - started, 3))
         if signame is not None:
@@ -276,18 +290,77 @@ class NodeServer(ssh_proto.SSHServer):
             return None
         return status
 
-    async def _spawn_and_relay(self, session: ssh_proto.ServerSession, spec: proc.SpawnSpec,
-                               controls: _Controls) -> tuple[int | None, str | None]:
-        try:
-            running = await proc.SessionProcess.spawn(spec)
-        except proc.SpawnError as exc:
-            return await self._spawn_failed(session, exc), None
-        controls.attach(running)
-        return await running.relay(session)
+    def _records(self, session: ssh_proto.ServerSession) -> bool:
+        """Every shell and exec is recorded (sftp is a file transfer, audited, not recorded)."""
+        rec = self._recording
+        return (rec is not None and rec.mode == "node" and session.kind in ("shell", "exec")
+                and session.command != INTERNAL_SFTP)
 
-    async def _spawn_failed(self, session: ssh_proto.ServerSession, exc: proc.SpawnError) -> int:
+    async def _start_recording(self, session: ssh_proto.ServerSession, login: _Login,
+                               details: dict) -> Recorder | None:
+        if not self._records(session):
+            return None
+        pty = session.pty
+        header = {"session_id": details["session_id"], "user": login.user, "login": login.account.name,
+                  "node": self.identity.name, "cluster": self.identity.cluster, "kind": session.kind,
+                  "command": details["command"], "started": time.time(), "client_ip": self.endpoints.remote_ip,
+                  "term": pty.term if pty else None, "cols": pty.cols if pty else 80, "rows": pty.rows if pty else 24,
+                  "pty": pty is not None}
+        rec = self._recording
+        return await Recorder.create(rec.root, header, record_input=rec.record_input, on_sealed=rec.on_sealed,
+                                     min_free=rec.min_free)
+
+    async def _recording_refused(self, session: ssh_proto.ServerSession, details: dict,
+                                 exc: RecordingUnavailable) -> int:
+        """docs/security.md S4: a session that cannot be recorded is refused, and says why."""
+        log.warning("refused a session of %s: it cannot be recorded: %s", session.username, exc)
+        await self._emit("session.start", success=False, **details, reason=f"recording unavailable: {exc}")
+        await session.send_stderr(f"jumpgate: session refused: {exc}; sessions on this node are recorded "
+                                  f"and cannot run unrecorded\r\n".encode())
+        return 255
+
+    async def _run_live(self, session: ssh_proto.ServerSession, live: LiveSession,
+                        spec: proc.SpawnSpec) -> tuple[int | None, str | None]:
+        """The process relayed to the session, its parties served, its recording flushed."""
+        outcome: tuple[int | None, str | None] = (255, None)
+        try:
+            async with trio.open_nursery() as nursery:
+                if live.recorder is not None:
+                    nursery.start_soon(live.recorder.run)
+                nursery.start_soon(live.serve_party, live.owner)
+                try:
+                    running = await proc.SessionProcess.spawn(spec)
+                except proc.SpawnError as exc:
+                    outcome = (await self._spawn_failed(live, exc), None)
+                else:
+                    live.attach(running)
+                    outcome = await running.relay(live)
+                nursery.cancel_scope.cancel()
+            return outcome
+        except* RecordingFailed as group:
+            reason = str(group.exceptions[0])
+            log.error("ended session %s: its recording failed: %s", live.id, reason)
+            with trio.CancelScope(shield=True), trio.move_on_after(AUDIT_TIMEOUT):
+                await self._emit("session.end", success=True, session_id=live.id, reason=f"recording failed: {reason}")
+                try:
+                    await session.send_stderr(f"\r\njumpgate: session ended: {reason}; sessions on this node "
+                                              f"are recorded and cannot run unrecorded\r\n".encode())
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass
+        return 255, None
+
+    async def _end_recording(self, recorder: Recorder | None, status: int | None, signame: str | None) -> None:
+        if recorder is None:
+            return
+        try:
+            await recorder.close({"exit_status": status, "exit_signal": signame})
+        except RecordingFailed as exc:
+            recorder.abandon()  # the uploader recovers what is on disk, marked interrupted
+            log.error("the recording of a session could not be closed: %s", exc)
+
+    async def _spawn_failed(self, session: ssh_proto.ServerSession | LiveSession, exc: proc.SpawnError) -> int:
         """A session whose process cannot start: one line on the client's stderr, status 255."""
-        log.info("session for %s failed to start: %s", session.username, exc)
+        log.info("a session failed to start: %s", exc)
         await self._emit("exec", success=False, reason=_bounded(str(exc)))
         await session.send_stderr(f"jumpgate: {exc}\r\n".encode())
         return 255
@@ -375,11 +448,11 @@ class _Controls:
 
     def __init__(self, session: ssh_proto.ServerSession) -> None:
         self._session = session
-        self._process: proc.SessionProcess | None = None
+        self._process: _Target | None = None
         self._signals: list[str] = []
         session.on_resize, session.on_signal, session.on_break = self.resize, self.signal, self.send_break
 
-    def attach(self, process: proc.SessionProcess) -> None:
+    def attach(self, process: _Target) -> None:
         self._process = process
         pty = self._session.pty
         if pty is not None:
@@ -401,6 +474,29 @@ class _Controls:
     def send_break(self, length_ms: int) -> None:
         if self._process is not None:
             self._process.send_break(length_ms)
+
+
+class _Target(Protocol):
+    def resize(self, cols: int, rows: int, width: int = 0, height: int = 0) -> None: ...
+    def signal(self, name: str) -> bool: ...
+    def send_break(self, length_ms: int) -> None: ...
+
+
+class _OwnerControls:
+    """The owner's requests, sent to its session (which applies them to the process)."""
+
+    def __init__(self, live: LiveSession, owner: Party) -> None:
+        self._live, self._owner = live, owner
+
+    def resize(self, cols: int, rows: int, width: int = 0, height: int = 0) -> None:
+        self._live.resize(self._owner, cols, rows, width, height)
+
+    def signal(self, name: str) -> bool:
+        self._live.signal(self._owner, name)
+        return True
+
+    def send_break(self, length_ms: int) -> None:
+        self._live.send_break(self._owner, length_ms)
 
 
 _UNSUPPORTED = object()
@@ -449,16 +545,20 @@ def _logged(check: Callable[[bytes, tuple | None], tuple]) -> Callable[[bytes, t
 def node_server_factory(identity_provider: Callable[[], NodeIdentity], *, audit: AuditSink | None = None,
                         allow_users: Collection[str] | None = None,
                         view: ClusterView | None = None,
-                        session_nofile: int | None = None) -> Callable[[], NodeServer]:
+                        session_nofile: int | None = None, hub: SessionHub | None = None,
+                        recording: RecordingSettings | None = None) -> Callable[[], NodeServer]:
     """A per-connection factory for ``ssh_proto.serve``; the identity is read at each connection.
 
     ``allow_users``, when given, limits the logins accepted (on top of the certificate);
     ``view`` enforces revocation; ``session_nofile`` is the soft RLIMIT_NOFILE session
-    processes get (rule L5).
+    processes get (rule L5); ``hub`` holds the node's live sessions and ``recording`` says
+    where they are recorded (None: not recorded).
     """
+    hub = hub if hub is not None else SessionHub()
+
     def factory() -> NodeServer:
         return NodeServer(identity_provider(), audit=audit, allow_users=allow_users, view=view,
-                          session_nofile=session_nofile)
+                          session_nofile=session_nofile, hub=hub, recording=recording)
     return factory
 
 
@@ -466,6 +566,7 @@ async def serve_node(identity_provider: Callable[[], NodeIdentity], host: str | 
                      port: int = NODE_PORT, *, audit: AuditSink | None = None,
                      allow_users: Collection[str] | None = None, view: ClusterView | None = None,
                      session_nofile: int | None = None,
+                     hub: SessionHub | None = None, recording: RecordingSettings | None = None,
                      profile: ssh_proto.ListenerProfile = NODE_PROFILE,
                      options: ssh_proto.ConnectionOptions = NODE_OPTIONS,
                      listeners: Sequence[trio.SocketListener] | None = None,
@@ -478,7 +579,7 @@ async def serve_node(identity_provider: Callable[[], NodeIdentity], host: str | 
     ``options`` are the limits (:mod:`appliance.limits`).
     """
     factory = node_server_factory(identity_provider, audit=audit, allow_users=allow_users, view=view,
-                                  session_nofile=session_nofile)
+                                  session_nofile=session_nofile, hub=hub, recording=recording)
     verifier = RelayVerifier(lambda: identity_provider().name, lambda: identity_provider().host_cas,
                              proxy_registered=view.proxy_registered if view is not None else None)
     # the host keys are read at each connection: a renewed certificate applies at once

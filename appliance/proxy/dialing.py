@@ -27,6 +27,7 @@ A failure is one :class:`DialError` whose message is the reason the user reads
 from __future__ import annotations
 
 import hmac
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -83,9 +84,21 @@ class TCPDialer:
         except trio.TooSlowError:
             raise DialError(f"no answer within {self._timeout:g}s") from None
         except OSError as exc:
-            raise DialError(exc.strerror or "the connection failed") from None
+            raise DialError(_reason(exc)) from None
         relay = stream.socket.getsockname()
         return Dialled(stream, (str(relay[0]), int(relay[1])), f"{endpoint[0]}:{endpoint[1]}")
+
+
+def _reason(exc: OSError) -> str:
+    """What went wrong, in the OS's words: ``open_tcp_stream`` raises one OSError for all its
+    attempts, with each attempt's error in its cause ("Connection refused")."""
+    if exc.errno:
+        return os.strerror(exc.errno)
+    cause = exc.__cause__
+    for attempt in getattr(cause, "exceptions", (cause,)):
+        if isinstance(attempt, OSError) and attempt.errno:
+            return os.strerror(attempt.errno)
+    return exc.strerror or "the connection failed"
 
 
 class TunnelConnection(Protocol):

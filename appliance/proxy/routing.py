@@ -213,10 +213,11 @@ class NodeDirectory:
         return find_node(await self._refresh(self._min_refresh), host, port)
 
     async def list_nodes(self, labels: Mapping[str, str]) -> list[dict[str, Any]]:
-        """For `jumpgate ls`: the pushed inventory, or a list at most ``min_refresh`` old, so a
-        node that just joined shows up at once."""
-        pushed = self._view_nodes()
-        nodes = pushed if pushed is not None else await self._refresh(self._min_refresh)
+        """For `jumpgate ls`: the auth server's list, at most ``min_refresh`` old, so a node that
+        just joined shows up at once — and with what only the auth server knows: the labels and
+        liveness of its last heartbeat (heartbeats are not pushed; at 10,000 nodes they must not
+        be). Routing (:meth:`resolve`) reads the pushed inventory instead."""
+        nodes = await self._refresh(self._min_refresh)
         return [n.to_wire() for n in nodes if labels_match(n.labels, labels)]
 
 

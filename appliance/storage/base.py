@@ -46,6 +46,10 @@ __all__ = [
     "InviteRecord",
     "LoginAttempt",
     "NodeRecord",
+    "SESSION_STATES",
+    "SearchHit",
+    "SessionChunk",
+    "SessionRecord",
     "Storage",
     "StorageError",
     "TokenRecord",
@@ -180,6 +184,55 @@ class LoginAttempt:
     lock_until: float = 0.0
 
 
+#: A session is "active" (its node said it started), "ended" (its node said so) or
+#: "interrupted" (its node crashed or never came back: the recording may end early).
+SESSION_STATES = ("active", "ended", "interrupted")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """A recorded session's metadata (the recording itself is chunk files: :mod:`appliance.sessions.store`).
+
+    ``chunks`` is how many chunks the node said the recording has (-1 while it runs);
+    ``parties`` the users who were in it (its owner first)."""
+
+    id: str
+    user: str
+    login: str
+    node: str
+    kind: str
+    command: str | None
+    client_ip: str
+    started: float
+    state: str = "active"
+    ended: float | None = None
+    exit_status: int | None = None
+    exit_signal: str | None = None
+    chunks: int = -1
+    parties: tuple[str, ...] = ()
+    header: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionChunk:
+    """One uploaded chunk: its SHA-256 (checked at every read) and where it starts in time."""
+
+    session_id: str
+    index: int
+    sha256: str
+    size: int
+    start_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SearchHit:
+    """A line a session printed that matched a search, and when (ms since the session started)."""
+
+    session_id: str
+    offset_ms: int
+    line: str
+
+
 @runtime_checkable
 class Storage(Protocol):
     """What the auth service needs from a database. All methods are atomic."""
@@ -310,3 +363,18 @@ class Storage(Protocol):
         """Events with id > ``after_id``, oldest first (what a follower has not seen)."""
     async def last_audit_id(self) -> int:
         """The newest event's id (0 for an empty log)."""
+
+    # -- sessions (issue 16) -------------------------------------------------------------
+    async def put_session(self, session: SessionRecord) -> None:
+        """Insert or replace a session's metadata (its parties with it)."""
+    async def get_session(self, session_id: str) -> SessionRecord | None: ...
+    async def list_sessions(self, limit: int = 100, *, user: str = "", node: str = "", since: float = 0.0,
+                            states: Sequence[str] = (), party: str = "") -> list[SessionRecord]:
+        """Newest first; ``party``: only sessions that user owned or joined."""
+    async def add_session_chunk(self, chunk: SessionChunk, lines: Sequence[tuple[int, str]]) -> SessionChunk:
+        """Record an uploaded chunk and index its text lines ``(offset_ms, line)``; a chunk
+        already recorded is kept as it is (an upload retried after a lost answer) and returned."""
+    async def list_session_chunks(self, session_id: str) -> list[SessionChunk]: ...
+    async def search_sessions(self, text: str, limit: int = 100, *, user: str = "", since: float = 0.0,
+                              party: str = "") -> list[SearchHit]:
+        """Lines matching the full-text query ``text`` (newest sessions first)."""

@@ -42,6 +42,9 @@ from .base import (
     InviteRecord,
     LoginAttempt,
     NodeRecord,
+    SearchHit,
+    SessionChunk,
+    SessionRecord,
     StorageError,
     TokenRecord,
     UserRecord,
@@ -49,11 +52,35 @@ from .base import (
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 BUSY_TIMEOUT_MS = 5000
 MAX_AUDIT_LIMIT = 10_000
 
 _T = TypeVar("_T")
+
+#: v8: the session index (recordings are files; their metadata and text index are here) and the
+#: audit log's queryable columns.
+_V8_SESSIONS = (
+    "CREATE TABLE sessions (id TEXT PRIMARY KEY, user TEXT NOT NULL, login TEXT NOT NULL, node TEXT NOT NULL, "
+    "kind TEXT NOT NULL, command TEXT, client_ip TEXT NOT NULL, started REAL NOT NULL, ended REAL, "
+    "state TEXT NOT NULL, exit_status INTEGER, exit_signal TEXT, chunks INTEGER NOT NULL, "
+    "header BLOB NOT NULL)",
+    "CREATE INDEX sessions_by_started ON sessions(started)",
+    "CREATE TABLE session_parties (session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE, "
+    "user TEXT NOT NULL, PRIMARY KEY (session_id, user))",
+    "CREATE INDEX session_parties_by_user ON session_parties(user)",
+    "CREATE TABLE session_chunks (session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE, "
+    "idx INTEGER NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL, start_ms INTEGER NOT NULL, "
+    "PRIMARY KEY (session_id, idx))",
+    "CREATE VIRTUAL TABLE session_text USING fts5(line, session_id UNINDEXED, offset_ms UNINDEXED)",
+)
+_V8_AUDIT_INDEXES = (
+    "CREATE INDEX audit_events_by_session ON audit_events(session_id) WHERE session_id != ''",
+    "CREATE INDEX audit_events_by_node ON audit_events(node) WHERE node != ''",
+)
+_V8_STATEMENTS = _V8_SESSIONS + _V8_AUDIT_INDEXES
+#: The audit fields that are columns too (v8), so ``ctl audit --session/--node`` is a query.
+AUDIT_COLUMN_FIELDS = ("login", "node", "session_id", "client_ip")
 
 _SCHEMA = """
 CREATE TABLE schema_version (version INTEGER NOT NULL, created REAL NOT NULL);
@@ -137,10 +164,14 @@ CREATE TABLE audit_events (
     code TEXT NOT NULL,
     user TEXT NOT NULL,
     success INTEGER NOT NULL,
-    fields BLOB NOT NULL
+    fields BLOB NOT NULL,
+    login TEXT NOT NULL DEFAULT '',
+    node TEXT NOT NULL DEFAULT '',
+    session_id TEXT NOT NULL DEFAULT '',
+    client_ip TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX audit_events_by_time ON audit_events(time);
-"""
+""" + "".join(s + ";\n" for s in _V8_STATEMENTS)
 
 
 
@@ -201,6 +232,29 @@ def _v7_cas_by_cluster_kind_and_id(db: sqlite3.Connection) -> None:
     db.execute("CREATE UNIQUE INDEX cas_one_active ON cas(cluster, kind) WHERE active = 1")
 
 
+def _v8_sessions_and_audit_columns(db: sqlite3.Connection) -> None:
+    """v8 (issue 16): session metadata, chunk checksums and the full-text index of what sessions
+    printed; the audit fields login, node, session_id and client_ip become columns (filled from
+    each older event's fields), indexed for ``ctl audit --session/--node``."""
+    for column in AUDIT_COLUMN_FIELDS:
+        db.execute(f"ALTER TABLE audit_events ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
+    rows = db.execute("SELECT id, fields FROM audit_events").fetchall()
+    updates = []
+    for event_id, blob in rows:
+        fields = _unpack(blob)
+        values = _audit_columns(fields if isinstance(fields, Mapping) else {})
+        if any(values):
+            updates.append((*values, event_id))
+    db.executemany("UPDATE audit_events SET login = ?, node = ?, session_id = ?, client_ip = ? WHERE id = ?",
+                   updates)
+    for statement in _V8_STATEMENTS:
+        db.execute(statement)
+
+
+def _audit_columns(fields: Mapping[str, Any]) -> tuple[str, ...]:
+    return tuple(str(fields.get(name) or "")[:256] for name in AUDIT_COLUMN_FIELDS)
+
+
 #: version -> the step that upgrades a database of version - 1 to it.
 _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     2: _v2_tokens_bind_name_and_addresses,
@@ -209,6 +263,7 @@ _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     5: _v5_bots,
     6: _v6_invite_attempts,
     7: _v7_cas_by_cluster_kind_and_id,
+    8: _v8_sessions_and_audit_columns,
 }
 
 _USER_COLUMNS = ("name, logins, roles, password_hash, totp_secret, last_totp_counter, "
@@ -217,6 +272,8 @@ _INVITE_COLUMNS = "token_hash, user, totp_secret, created, expires, used, attemp
 _TOKEN_COLUMNS = "id, token_hash, kind, created, expires, used, used_by, node_name, addresses"
 _NODE_COLUMNS = "name, kind, addr, labels, last_seen, tunnel, addresses, host_key, created"
 _AUDIT_COLUMNS = "id, time, event, code, user, success, fields"
+_SESSION_COLUMNS = ("id, user, login, node, kind, command, client_ip, started, ended, state, exit_status, "
+                    "exit_signal, chunks, header")
 _CA_COLUMNS = "cluster, kind, id, private_key, public_key, active, created"
 
 
@@ -711,12 +768,13 @@ class SQLiteStorage:
         return event_id
 
     async def append_audit_batch(self, events: Sequence[AuditEvent]) -> list[int]:
-        rows = [(e.time, e.event, e.code, e.user, int(e.success), _pack(dict(e.fields)))
+        rows = [(e.time, e.event, e.code, e.user, int(e.success), _pack(dict(e.fields)), *_audit_columns(e.fields))
                 for e in events]
 
         def insert(db: sqlite3.Connection) -> list[int]:
-            return [int(db.execute("INSERT INTO audit_events (time, event, code, user, success, "
-                                   "fields) VALUES (?,?,?,?,?,?)", row).lastrowid) for row in rows]
+            return [int(db.execute("INSERT INTO audit_events (time, event, code, user, success, fields, "
+                                   "login, node, session_id, client_ip) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                                   row).lastrowid) for row in rows]
         return await self._run(insert) if rows else []
 
     async def prune_audit(self, before: float, limit: int) -> int:
@@ -727,7 +785,7 @@ class SQLiteStorage:
 
     async def list_audit(self, limit: int = 100, before_id: int | None = None, *,
                          events: Sequence[str] = (), user: str = "", since: float = 0.0,
-                         ) -> list[AuditEvent]:
+                         session: str = "", node: str = "") -> list[AuditEvent]:
         limit = max(0, min(int(limit), MAX_AUDIT_LIMIT))
         bound = 2**63 - 1 if before_id is None else int(before_id)
         where, params = ["id < ?"], [bound]
@@ -744,6 +802,10 @@ class SQLiteStorage:
         if since:
             where.append("time >= ?")
             params.append(float(since))
+        for column, value in (("session_id", session), ("node", node)):
+            if value:
+                where.append(f"{column} = ?")
+                params.append(value)
         rows = await self._run(lambda db: db.execute(
             f"SELECT {_AUDIT_COLUMNS} FROM audit_events WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?",
             (*params, limit)).fetchall())
@@ -759,6 +821,98 @@ class SQLiteStorage:
     async def last_audit_id(self) -> int:
         row = await self._run(lambda db: db.execute("SELECT MAX(id) FROM audit_events").fetchone())
         return int(row[0] or 0)
+
+
+    # -- sessions ---------------------------------------------------------------------
+    async def put_session(self, session: SessionRecord) -> None:
+        row = (session.id, session.user, session.login, session.node, session.kind, session.command,
+               session.client_ip, session.started, session.ended, session.state, session.exit_status,
+               session.exit_signal, session.chunks, _pack(dict(session.header)))
+
+        def put(db: sqlite3.Connection) -> None:
+            db.execute(f"INSERT INTO sessions ({_SESSION_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) "
+                       "ON CONFLICT(id) DO UPDATE SET ended = excluded.ended, state = excluded.state, "
+                       "exit_status = excluded.exit_status, exit_signal = excluded.exit_signal, "
+                       "chunks = excluded.chunks", row)
+            db.executemany("INSERT OR IGNORE INTO session_parties VALUES (?, ?)",
+                           [(session.id, party) for party in (session.user, *session.parties)])
+        await self._run(put)
+
+    def _sessions(self, db: sqlite3.Connection, where: str, params: Sequence[Any], limit: int) -> list[SessionRecord]:
+        rows = db.execute(f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE {where} ORDER BY started DESC LIMIT ?",
+                          (*params, limit)).fetchall()
+        out = []
+        for row in rows:
+            parties = tuple(p for (p,) in db.execute(
+                "SELECT user FROM session_parties WHERE session_id = ? AND user != ? ORDER BY user", (row[0], row[1])))
+            out.append(SessionRecord(*row[:8], state=row[9], ended=row[8], exit_status=row[10], exit_signal=row[11],
+                                     chunks=row[12], parties=parties, header=dict(_unpack(row[13]))))
+        return out
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        found = await self._run(lambda db: self._sessions(db, "id = ?", (session_id,), 1))
+        return found[0] if found else None
+
+    async def list_sessions(self, limit: int = 100, *, user: str = "", node: str = "", since: float = 0.0,
+                            states: Sequence[str] = (), party: str = "") -> list[SessionRecord]:
+        where, params = ["1"], []
+        for column, value in (("user", user), ("node", node)):
+            if value:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if since:
+            where.append("started >= ?")
+            params.append(float(since))
+        if states:
+            where.append(f"state IN ({','.join('?' * len(states))})")
+            params += list(states)
+        if party:
+            where.append("id IN (SELECT session_id FROM session_parties WHERE user = ?)")
+            params.append(party)
+        limit = max(0, min(int(limit), MAX_AUDIT_LIMIT))
+        return await self._run(lambda db: self._sessions(db, " AND ".join(where), params, limit))
+
+    async def add_session_chunk(self, chunk: SessionChunk, lines: Sequence[tuple[int, str]]) -> SessionChunk:
+        def add(db: sqlite3.Connection) -> SessionChunk:
+            row = db.execute("SELECT sha256, size, start_ms FROM session_chunks WHERE session_id = ? AND idx = ?",
+                             (chunk.session_id, chunk.index)).fetchone()
+            if row is not None:
+                return SessionChunk(chunk.session_id, chunk.index, *row)
+            db.execute("INSERT INTO session_chunks VALUES (?,?,?,?,?)",
+                       (chunk.session_id, chunk.index, chunk.sha256, chunk.size, chunk.start_ms))
+            db.executemany("INSERT INTO session_text (line, session_id, offset_ms) VALUES (?,?,?)",
+                           [(line, chunk.session_id, offset) for offset, line in lines])
+            return chunk
+        return await self._run(add)
+
+    async def list_session_chunks(self, session_id: str) -> list[SessionChunk]:
+        rows = await self._run(lambda db: db.execute(
+            "SELECT session_id, idx, sha256, size, start_ms FROM session_chunks WHERE session_id = ? ORDER BY idx",
+            (session_id,)).fetchall())
+        return [SessionChunk(*row) for row in rows]
+
+    async def search_sessions(self, text: str, limit: int = 100, *, user: str = "", since: float = 0.0,
+                              party: str = "") -> list[SearchHit]:
+        where, params = ["session_text MATCH ?"], [_fts_query(text)]
+        if user:
+            where.append("s.user = ?")
+            params.append(user)
+        if since:
+            where.append("s.started >= ?")
+            params.append(float(since))
+        if party:
+            where.append("s.id IN (SELECT session_id FROM session_parties WHERE user = ?)")
+            params.append(party)
+        limit = max(0, min(int(limit), MAX_AUDIT_LIMIT))
+        rows = await self._run(lambda db: db.execute(
+            "SELECT t.session_id, t.offset_ms, t.line FROM session_text t JOIN sessions s ON s.id = t.session_id "
+            f"WHERE {' AND '.join(where)} ORDER BY s.started DESC, t.offset_ms LIMIT ?", (*params, limit)).fetchall())
+        return [SearchHit(r[0], int(r[1]), r[2]) for r in rows]
+
+
+def _fts_query(text: str) -> str:
+    """The user's words as an FTS5 phrase (their quotes doubled): text, never query syntax."""
+    return '"' + text.replace('"', '""') + '"'
 
 
 def _insert_invite(db: sqlite3.Connection, invite: InviteRecord) -> None:

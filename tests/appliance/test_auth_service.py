@@ -989,7 +989,8 @@ async def test_the_facade_offers_every_api_method_as_its_half_defines_it(env):
     import inspect
 
     from appliance.api.server import ALLOWED
-    half = {"users": env.service.users, "hosts": env.service.hosts, "bots": env.service.bots}
+    half = {"users": env.service.users, "hosts": env.service.hosts, "bots": env.service.bots,
+            "sessions": env.service.sessions}
     for method in sorted(set().union(*ALLOWED.values())):
         bound = getattr(env.service, method)
         assert inspect.iscoroutinefunction(bound), method

@@ -18,7 +18,8 @@ def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> li
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     if not subs:
         return [path]
-    return [leaf for name, child in subs[0].choices.items() for leaf in _commands(child, path + (name,))]
+    return [leaf for name, child in subs[0].choices.items() if child.prog.endswith(f" {name}")  # not an alias
+            for leaf in _commands(child, path + (name,))]
 
 
 ALL_COMMANDS = _commands(build_parser())
@@ -36,6 +37,12 @@ def test_an_unknown_flag_after_a_command_prints_that_commands_usage(path, capsys
     err = capsys.readouterr().err
     assert err.startswith(f"usage: jumpgate {' '.join(path)} "), err
     assert f"jumpgate {' '.join(path)}: error:" in err
+
+
+def test_an_alias_prints_the_usage_of_the_command_it_names(capsys):
+    with pytest.raises(SystemExit):
+        main(["ctl", "events", "--no-such-flag"])  # `ctl events` is `ctl audit` (issue 14 item 17)
+    assert capsys.readouterr().err.startswith("usage: jumpgate ctl audit ")
 
 
 def test_an_unknown_flag_before_any_command_is_the_top_levels(capsys):

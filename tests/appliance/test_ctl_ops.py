@@ -7,33 +7,9 @@ import re
 from pathlib import Path
 
 import pytest
-import trio
 
 from _auth_helpers import CLUSTER
-from appliance.auth.service import AuthService
-from appliance.cli.main import main
-from appliance.storage import SQLiteStorage
-
-
-@pytest.fixture
-def data_dir(tmp_path) -> Path:
-    """A cluster's data dir as `jumpgate start` leaves it (the database and cluster.json)."""
-    data = tmp_path / "data"
-
-    async def make() -> None:
-        storage = SQLiteStorage(data / "auth" / "jumpgate.db")
-        await AuthService.create(storage, CLUSTER)
-        await storage.aclose()
-
-    trio.run(make)
-    (data / "auth" / "cluster.json").write_text(json.dumps({"cluster": CLUSTER, "host": "127.0.0.1"}))
-    return data
-
-
-def ctl(data_dir: Path, capsys, *args: str) -> tuple[int, str, str]:
-    status = main(["ctl", "--data-dir", str(data_dir), *args])
-    out, err = capsys.readouterr()
-    return status, out, err
+from _ctl_helpers import ctl, data_dir  # noqa: F401  (data_dir is a fixture)
 
 
 def ctl_json(data_dir: Path, capsys, *args: str):

@@ -71,7 +71,7 @@ async def test_failures_give_a_non_zero_status_and_a_summary(fleet, profile, log
     err = _lines(done.stderr)
     assert err[0] == "jumpgate: 3 of 3 nodes failed:"
     assert err[1:3] == ["  web1: exit status 3", "  web2: exit status 3"]
-    assert err[3] == "  web3: cannot reach node 'web3': node 'web3' at 127.0.0.1:1 is unreachable: the connection broke"
+    assert err[3] == "  web3: cannot reach node 'web3': node 'web3' at 127.0.0.1:1 is unreachable: Connection refused"
 
 
 async def test_offline_nodes_are_left_out_as_ls_leaves_them(fleet, profile, login):

@@ -284,3 +284,21 @@ async def test_upgrade_gives_old_invites_an_attempt_count_of_zero(old_data_dir):
         await storage.aclose()
     assert rows(db, "SELECT token_hash, user, totp_secret, created, expires, used, attempts FROM invites "
                     "ORDER BY token_hash") == [(*row, 0) for row in before]
+
+
+async def test_upgrade_to_v8_makes_audit_fields_columns_and_adds_the_session_index(old_data_dir):
+    data, _facts = old_data_dir
+    db = data / "auth" / "jumpgate.db"
+    storage = SQLiteStorage(db)
+    try:
+        events = await storage.list_audit(limit=10_000)
+        with_node = [e for e in events if e.fields.get("node")]
+        assert with_node, "the fixture has node events"
+        node = with_node[0].fields["node"]
+        by_node = await storage.list_audit(limit=10_000, node=node)
+        assert {e.id for e in by_node} == {e.id for e in events if e.fields.get("node") == node}
+        ips = rows(db, "SELECT client_ip, fields FROM audit_events WHERE client_ip != ''")
+        assert all(ip in fields.decode("latin-1") for ip, fields in ips)
+        assert await storage.list_sessions() == [] and await storage.search_sessions("anything") == []
+    finally:
+        await storage.aclose()

@@ -473,11 +473,23 @@ async def test_rate_limit_answers_429_with_retry_after(tmp_path):
     limits = WebLimits(rate_per_minute=6, rate_burst=3)
     async with running_cluster(tmp_path, limits=limits) as cluster:
         for _ in range(3):
-            await request_json(cluster.addr, "GET", "/v1/ping", pin=cluster.web.pin)
+            status, _, _ = await raw_exchange(cluster.web.port, http_request("GET", "/v1/invite/no-such-invite"))
+            assert status == 404
         status, headers, body = await raw_exchange(cluster.web.port,
-                                                   http_request("GET", "/v1/ping"))
+                                                   http_request("GET", "/v1/invite/no-such-invite"))
         assert status == 429 and int(headers["retry-after"]) >= 1
         assert json.loads(body)["error"]["code"] == "rate_limited"
+
+
+async def test_ping_does_not_draw_on_the_rate_limit(tmp_path):
+    """`jumpgate login` pings before it asks for secrets: that must not halve the logins (W1)."""
+    limits = WebLimits(rate_per_minute=6, rate_burst=3)
+    async with running_cluster(tmp_path, limits=limits) as cluster:
+        for _ in range(10):
+            status, _, _ = await raw_exchange(cluster.web.port, http_request("GET", "/v1/ping"))
+            assert status == 200
+        status, _, _ = await raw_exchange(cluster.web.port, http_request("GET", "/v1/invite/no-such-invite"))
+        assert status == 404  # the bucket is still full
 
 
 async def test_connections_per_client_are_bounded(tmp_path):
@@ -550,15 +562,15 @@ async def test_ipv6_clients_share_a_bucket_per_slash_64(tmp_path):
         app = WebApp(cluster.service, proxy_ssh_addr=PROXY_SSH,
                      limits=WebLimits(rate_per_minute=1, rate_burst=2))
 
-        def ping(ip: str) -> WebRequest:
-            return WebRequest("GET", "/v1/ping", {}, b"", ip)
+        def ping(ip: str) -> WebRequest:  # a counted request (an unknown invite: 404 until limited)
+            return WebRequest("GET", "/v1/invite/no-such-invite", {}, b"", ip)
 
-        assert (await app.handle(ping("2001:db8::1"))).status == 200
-        assert (await app.handle(ping("2001:db8::2"))).status == 200
+        assert (await app.handle(ping("2001:db8::1"))).status == 404
+        assert (await app.handle(ping("2001:db8::2"))).status == 404
         assert (await app.handle(ping("2001:db8::3"))).status == 429
-        assert (await app.handle(ping("2001:db8:0:1::1"))).status == 200
-        assert (await app.handle(ping("::ffff:10.0.0.1"))).status == 200
-        assert (await app.handle(ping("10.0.0.1"))).status == 200
+        assert (await app.handle(ping("2001:db8:0:1::1"))).status == 404
+        assert (await app.handle(ping("::ffff:10.0.0.1"))).status == 404
+        assert (await app.handle(ping("10.0.0.1"))).status == 404
         assert (await app.handle(ping("10.0.0.1"))).status == 429
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 
 import openssh
-from _cluster import Client, Cluster, EventWatch, Jumpgate, run_openssh
+from _cluster import AUDIT_DELAY, Client, Cluster, EventWatch, Jumpgate, run_openssh
 
 SSH = "/usr/bin/ssh"
 LINKED = ("profile.json", "key", "key.pub", "key-cert.pub", "known_hosts")
@@ -95,9 +96,15 @@ def test_a_second_user_on_a_single_profile_home_keeps_the_first_users_ssh_config
 
 
 def _session_of(watch: EventWatch, command: str) -> str:
-    line = watch.wait_for("session.start", failed=False, command=command.split()[0])
-    assert command in line, line
-    return line
+    """The session.start line of ``command`` (the audit line shows it unquoted, so a field
+    match would stop at its first word and find the previous test step's `echo` as well)."""
+    deadline = time.monotonic() + AUDIT_DELAY
+    while True:
+        lines = [line for line in watch.refresh() if " session.start " in line and f"command={command} " in line]
+        if lines:
+            return lines[-1]
+        assert time.monotonic() < deadline, watch.new
+        time.sleep(0.1)  # the node's events reach the auth role's log a moment later: a file to poll
 
 
 def test_status_refuses_a_garbage_certificate_and_ssh_a_key_others_can_read(
