@@ -14,12 +14,17 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# Debian's real OpenSSH is the interop peer; install it when missing.
+# Debian's real OpenSSH is the interop peer, and its chromium the browser of the web UI tests
+# (Playwright drives it: tests/e2e/test_web_ui.py; no browser download); install them when missing.
 system-deps:
 	@if [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null || ! command -v ssh-keygen >/dev/null || ! command -v rsync >/dev/null \
 	    || ! command -v sftp >/dev/null || [ ! -x /usr/lib/openssh/sftp-server ]; then \
 	  echo "installing openssh-client openssh-server rsync"; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openssh-client openssh-server rsync; \
+	fi
+	@if [ ! -x /usr/bin/chromium ]; then \
+	  echo "installing chromium"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium; \
 	fi
 	@mkdir -p /run/sshd
 

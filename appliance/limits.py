@@ -20,7 +20,7 @@ proxy (L11). The auth service's callers are nodes and proxies, many of them poss
 one NAT: a larger per-source rate. The tunnel listener of the next issue (up to 10,000
 nodes, many behind one NAT) gets :data:`TUNNEL_PROFILE`: no per-source rules at all; the
 same tunnels arriving over the web port (TLS, ALPN ``jumpgate-tunnel``) are counted by
-:class:`TunnelLimits` (docs/security.md W2), never by the web service's per-client caps.
+:class:`TunnelLimits` (docs/security.md W8), never by the web service's per-client caps.
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ TUNNEL_OPTIONS = ssh_proto.ConnectionOptions(auth_methods=("publickey", "passwor
 @dataclass(frozen=True, slots=True)
 class TunnelLimits:
     """What the web listener (3080) lets tunnels that negotiated ALPN ``jumpgate-tunnel`` hold
-    (docs/security.md W2): their own pool, with no per-client cap (a site behind one NAT
+    (docs/security.md W8): their own pool, with no per-client cap (a site behind one NAT
     address is thousands of nodes), sized as :data:`TUNNEL_PROFILE`.
 
     ``max_tunnels``: open tunnel connections in total (``max_authenticated``);

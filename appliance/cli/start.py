@@ -460,7 +460,7 @@ async def _start_tunnelled_node(nursery: trio.Nursery, cfg: Config, data_dir: Pa
     ``connect`` dials the tunnel, TCP or TLS with ALPN): no listening socket at all. It joins,
     heartbeats, sends its audit events and follows the push stream through channels of its one
     tunnel to the proxy at ``where``, which reaches it back through the same connection
-    (docs/security.md N1, W2)."""
+    (docs/security.md N1, W8)."""
     from ..api.pool import ApiPool
     from ..cluster_view import ClusterView
     from ..membership import MembershipHolder, heartbeat_loop
@@ -555,7 +555,7 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
         except TLSSetupError as exc:
             raise CliError(f"web: {exc}") from None
         endpoint = await nursery.start(supervised, "web", functools.partial(
-            serve_web, pool, tls.cert_path, tls.key_path, cfg.listen_addr, cfg.ports["web"],
+            serve_web, pool, tls.cert_path, tls.key_path, cfg.listen_addr, cfg.ports["web"], view=view,
             proxy_ssh_addr=proxy_addr, public_addr=web_public_addr(cfg), listeners=reserved["web"],
             tunnel_handler=None if tunnels is None else _web_tunnel_handler(tunnels)))
         diag.listening("web", endpoint)
@@ -564,7 +564,7 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
 
 
 def _web_tunnel_handler(service):
-    """The web listener's tunnel handler (ALPN ``jumpgate-tunnel`` on 3080, docs/security.md W2):
+    """The web listener's tunnel handler (ALPN ``jumpgate-tunnel`` on 3080, docs/security.md W8):
     the tunnel server's ``serve_tunnel_stream`` over the TLS stream, a peer's SSH failure one log
     line (as on the tunnel port), never a traceback."""
     import ssh_proto

@@ -5,7 +5,7 @@ the proxy's end (:func:`serve_tunnel_stream` over any stream, :func:`serve_tunne
 tunnel port), :mod:`~appliance.tunnel.agent` the node's (:class:`TunnelAgent`),
 :mod:`~appliance.tunnel.transport` how the node reaches the proxy (TCP to 3024, TLS with ALPN
 ``jumpgate-tunnel`` to 3080, through an HTTP proxy: :mod:`~appliance.tunnel.http_proxy`). The
-rules are docs/security.md § Reverse tunnels (N1-N5) and § Web (W2-W4).
+rules are docs/security.md § Reverse tunnels (N1-N5) and § Web (W8-W10).
 """
 from .agent import TunnelAgent, join_stream, tcp_connector, verify_proxy
 from .server import TunnelService, serve_tunnel, serve_tunnel_stream

@@ -1,7 +1,7 @@
 """An explicit HTTP proxy on the way out: ``HTTPS_PROXY``, ``NO_PROXY`` and the CONNECT exchange.
 
 Sites that allow only HTTPS out often force it through an HTTP proxy. A node reaches its
-proxy's web port through one the way curl does (docs/security.md W3):
+proxy's web port through one the way curl does (docs/security.md W9):
 
 * **Which proxy.** ``https_proxy``, else ``HTTPS_PROXY`` (curl's order; an empty value is
   unset): ``[http://][USER[:PASSWORD]@]HOST[:PORT]`` (port 3128, Squid's, when none is

@@ -7,11 +7,11 @@ SSH runs over. Three ways, for three kinds of firewall:
 * :func:`tcp_connector` — plain TCP to the proxy's tunnel port (``HOST:3024``);
 * :func:`tls_connector` — TLS to the proxy's web port (``HOST:3080``) with the ALPN protocol
   ``jumpgate-tunnel`` (RFC 7301): the web listener hands such a connection to the tunnel
-  server (docs/security.md W2). For sites that let only HTTPS out;
+  server (docs/security.md W8). For sites that let only HTTPS out;
 * the same through an explicit HTTP proxy when ``HTTPS_PROXY`` says so and ``NO_PROXY`` does
   not exempt the host (:mod:`appliance.tunnel.http_proxy`): CONNECT, then TLS inside it.
 
-**The inner SSH is the trust** (docs/security.md W4). The outer TLS is not verified: a
+**The inner SSH is the trust** (docs/security.md W10). The outer TLS is not verified: a
 node needs no pin of the web certificate, and nothing is sent outside the inner SSH but the
 CONNECT line (target and, when configured, the HTTP proxy's own credentials) and the TLS
 handshake. The SSH connection inside authenticates both ends by host certificates, so a
@@ -93,7 +93,7 @@ class ReplayStream(trio.abc.Stream):
 
 def tunnel_ssl_context() -> ssl.SSLContext:
     """The node's TLS client context: TLS 1.2+, ALPN ``jumpgate-tunnel``, and no certificate
-    check — the inner SSH authenticates the proxy (docs/security.md W4)."""
+    check — the inner SSH authenticates the proxy (docs/security.md W10)."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.check_hostname = False

@@ -1,57 +1,104 @@
-"""The HTML pages of the web service: the invite page and a plain error page.
+"""The HTML pages of the web service: signup (from an invite), login, the node list, errors.
 
-Pages are small, static and self-contained (no script, no external resource) so that the
-Content-Security-Policy in :data:`PAGE_HEADERS` can forbid everything but inline style.
-Every value shown is HTML-escaped here; callers pass plain text. The full browser signup
-UI is a later issue: for now the invite page tells the user which command to run.
+A page is a small server-made document that links the stylesheet and one ES module from
+``/web/static/`` (the ``web_static`` package): no inline script or style anywhere, so the
+Content-Security-Policy in :data:`PAGE_HEADERS` allows scripts, styles and connections to this
+origin only (docs/security.md W6). Every value shown is HTML-escaped here; callers pass plain
+text. Values a script needs go in ``data-`` attributes of ``<main>``.
 """
 from __future__ import annotations
 
 import html
 
+import segno
+
 from ..timestamps import format_time
 
-__all__ = ["PAGE_HEADERS", "error_page", "invite_page"]
+__all__ = ["PAGE_HEADERS", "error_page", "invite_page", "login_page", "nodes_page", "qr_svg"]
 
 # The invite URL holds a secret: never leak it through Referer, framing or a cache.
 PAGE_HEADERS = (
     ("content-security-policy",
-     "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; "
-     "base-uri 'none'; form-action 'none'"),
+     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
     ("x-frame-options", "DENY"),
+    ("cross-origin-opener-policy", "same-origin"),
 )
 
-_STYLE = ("body{font-family:system-ui,sans-serif;max-width:42rem;margin:3rem auto;"
-          "padding:0 1rem;color:#222}pre{background:#f3f3f3;padding:1rem;"
-          "white-space:pre-wrap;word-break:break-all}")
+e = html.escape
 
 
-def _document(title: str, body: str) -> bytes:
+def _document(title: str, body: str, *, script: str | None = None, data: str = "") -> bytes:
+    module = f'<script type="module" src="/web/static/{e(script)}"></script>' if script else ""
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1">'
             f'<meta name="referrer" content="no-referrer">'
-            f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
-            f"<body><main>{body}</main></body></html>\n").encode("utf-8")
+            f"<title>{e(title)}</title>"
+            f'<link rel="stylesheet" href="/web/static/app.css">{module}</head>'
+            f"<body><main{data}>{body}</main></body></html>\n").encode("utf-8")
 
 
 def _when(epoch: float) -> str:
     return format_time(epoch)
 
 
-def invite_page(*, user: str, cluster: str, expires: float, signup_command: str,
-                login_command: str) -> bytes:
-    """The page an invite URL opens: who is invited, and the command that finishes signup."""
-    e = html.escape
+def qr_svg(text: str) -> str:
+    """``text`` as an inline SVG QR code (segno; error correction M, as authenticator apps scan)."""
+    return segno.make(text, error="m").svg_inline(scale=4, border=2, title="TOTP enrolment QR code")
+
+
+def invite_page(*, user: str, cluster: str, expires: float, otp_uri: str,
+                signup_command: str, login_command: str) -> bytes:
+    """The page an invite URL opens: set a password, scan the code, confirm a code."""
     body = (f"<h1>Jumpgate: {e(cluster)}</h1>"
             f"<p>You are invited to sign up as <b>{e(user)}</b>. The invite works once and "
             f"is valid until {e(_when(expires))}.</p>"
-            f"<p>Finish signing up in a terminal. You will choose a password (at least 12 "
-            f"characters) and enrol an authenticator app with a QR code:</p>"
-            f"<pre>{e(signup_command)}</pre>"
-            f"<p>Then log in with:</p><pre>{e(login_command)}</pre>")
-    return _document(f"Jumpgate invite for {user}", body)
+            f'<form id="signup" novalidate>'
+            f'<label for="password">Password (12 characters or more)</label>'
+            f'<input id="password" type="password" autocomplete="new-password" minlength="12" required>'
+            f'<label for="password2">Password again</label>'
+            f'<input id="password2" type="password" autocomplete="new-password" required>'
+            f"<p>Scan this code with an authenticator app, then type the code it shows:</p>"
+            f'<figure class="qr">{qr_svg(otp_uri)}</figure>'
+            f'<details><summary>Cannot scan it?</summary><pre>{e(otp_uri)}</pre></details>'
+            f'<label for="otp_code">One-time code</label>'
+            f'<input id="otp_code" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9]{{6}}" required>'
+            f'<button type="submit">Sign up</button>'
+            f'<p id="message" role="status" aria-live="polite"></p></form>'
+            f"<h2>Or in a terminal</h2><pre>{e(signup_command)}</pre>"
+            f"<p>and then log in with:</p><pre>{e(login_command)}</pre>")
+    return _document(f"Jumpgate invite for {user}", body, script="signup.js")
+
+
+def login_page(cluster: str) -> bytes:
+    body = (f"<h1>Jumpgate: {e(cluster)}</h1>"
+            f'<form id="login" novalidate>'
+            f'<label for="user">User</label><input id="user" autocomplete="username" required>'
+            f'<label for="password">Password</label>'
+            f'<input id="password" type="password" autocomplete="current-password" required>'
+            f'<label for="otp_code">One-time code</label>'
+            f'<input id="otp_code" inputmode="numeric" autocomplete="one-time-code" required>'
+            f'<button type="submit">Log in</button>'
+            f'<p id="message" role="status" aria-live="polite"></p></form>')
+    return _document(f"Jumpgate: log in to {cluster}", body, script="login.js")
+
+
+def nodes_page(cluster: str) -> bytes:
+    body = (f'<header><h1>Jumpgate: {e(cluster)}</h1><span id="who"></span>'
+            f'<button id="logout" type="button">Log out</button></header>'
+            f'<div class="filters">'
+            f'<label for="search">Search</label>'
+            f'<input id="search" type="search" placeholder="name, address or label">'
+            f'<label for="selector">Labels</label>'
+            f'<input id="selector" placeholder="env=prod,team=db">'
+            f'</div>'
+            f'<p id="status" role="status" aria-live="polite">Connecting…</p>'
+            f'<table id="nodes"><caption>Nodes</caption><thead><tr><th scope="col">Name</th>'
+            f'<th scope="col">Address</th><th scope="col">Labels</th><th scope="col">State</th></tr>'
+            f'</thead><tbody></tbody></table>')
+    return _document(f"Jumpgate: nodes of {cluster}", body, script="nodes.js")
 
 
 def error_page(title: str, message: str) -> bytes:
     """A page for a failed request: a heading and one sentence."""
-    return _document(title, f"<h1>{html.escape(title)}</h1><p>{html.escape(message)}</p>")
+    return _document(title, f"<h1>{e(title)}</h1><p>{e(message)}</p>")

@@ -5,7 +5,7 @@ the ALPN protocol :data:`~appliance.web.tls.TUNNEL_ALPN` (``jumpgate-tunnel``, R
 web listener runs the TLS handshake as for any client; a connection that negotiated
 ``jumpgate-tunnel`` is handed, as the TLS stream, to the *tunnel handler* registered with
 :func:`~appliance.web.server.serve_web` (the tunnel server's ``serve_tunnel_stream``) instead
-of to h11 (docs/security.md W2).
+of to h11 (docs/security.md W8).
 
 The rules this module keeps:
 
@@ -17,7 +17,7 @@ The rules this module keeps:
   apply from the first byte, and this module bounds the tunnels not yet through their SSH
   handshake (``max_pending``) and how long that may take (``handshake_timeout``): a tunnel
   still handshaking then is cut.
-* **The inner SSH is the trust** (docs/security.md W4). The outer TLS certificate is not
+* **The inner SSH is the trust** (docs/security.md W10). The outer TLS certificate is not
   what authenticates either side; the handler checks host certificates inside.
 
 The contract with the handler is that of Trio's ``nursery.start`` (but the handler runs in the

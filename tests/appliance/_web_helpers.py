@@ -67,8 +67,9 @@ class Cluster:
 
 @asynccontextmanager
 async def running_cluster(tmp: Path, limits: WebLimits = WebLimits(),
-                          public_addr: str | None = None, tunnel_handler=None,
-                          tunnel_limits: TunnelLimits = TunnelLimits()) -> AsyncIterator[Cluster]:
+                          public_addr: str | None = None, **web_options) -> AsyncIterator[Cluster]:
+    """The auth service and the web role; ``web_options`` go to ``serve_web`` (its session
+    clock is the cluster's fake clock)."""
     clock = FakeClock()
     storage = SQLiteStorage(tmp / "auth.db", clock=clock)
     service = await AuthService.create(storage, CLUSTER, clock=clock, hasher=FAST_HASHER)
@@ -77,8 +78,8 @@ async def running_cluster(tmp: Path, limits: WebLimits = WebLimits(),
         async with trio.open_nursery() as nursery:
             web = await nursery.start(functools.partial(
                 serve_web, service, str(tls.cert_path), str(tls.key_path), "127.0.0.1", 0,
-                proxy_ssh_addr=PROXY_SSH, public_addr=public_addr, limits=limits,
-                tunnel_handler=tunnel_handler, tunnel_limits=tunnel_limits))
+                proxy_ssh_addr=PROXY_SSH, public_addr=public_addr, limits=limits, clock=clock,
+                **web_options))
             yield Cluster(service, web, clock, tmp)
             nursery.cancel_scope.cancel()
     finally:

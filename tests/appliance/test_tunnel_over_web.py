@@ -1,7 +1,7 @@
 """The reverse tunnel over the web port, end to end in one process: a real auth server, the
 proxy's real tunnel server (appliance/tunnel/server.py) registered as the web listener's
 tunnel handler, and a node that joins and holds its tunnel through TLS with ALPN
-``jumpgate-tunnel`` — directly and through an HTTP CONNECT proxy (docs/security.md W2-W4)."""
+``jumpgate-tunnel`` — directly and through an HTTP CONNECT proxy (docs/security.md W8-W10)."""
 from __future__ import annotations
 
 import functools

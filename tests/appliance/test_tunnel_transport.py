@@ -142,7 +142,7 @@ async def test_tls_connector_negotiates_the_tunnel_alpn_with_the_web_listener(we
 
 async def test_W4_the_tls_connector_needs_no_pin_of_the_web_certificate(web):
     """The web certificate is self-signed and the node was given no pin: it connects all the
-    same, because the inner SSH authenticates the proxy (docs/security.md W4)."""
+    same, because the inner SSH authenticates the proxy (docs/security.md W10)."""
     with trio.fail_after(10):
         stream = await tls_connector("localhost", web.web.port)()
         await stream.aclose()

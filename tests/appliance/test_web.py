@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives import serialization
 
 from appliance.client.http import ApiError, WebClientError, request, request_json, split_addr
-from appliance.web import server as web_server
+from appliance.web import transport as web_transport
 from appliance.web.server import RateLimiter, WebApp, WebLimits, WebRequest
 from appliance.web.tls import (KEY_FILE, TLSSetupError, ensure_web_tls,
                                load_certificate, pin_of)
@@ -392,7 +392,7 @@ async def test_keep_alive_serves_several_requests_on_one_connection(tmp_path):
 # ------------------------------------------------------------------- the invite page
 
 
-async def test_invite_page_names_the_user_and_the_signup_command(tmp_path):
+async def test_invite_page_names_the_user_the_signup_command_and_shows_the_totp_qr_code(tmp_path):
     async with running_cluster(tmp_path, public_addr="jump.example:3080") as cluster:
         token = await cluster.invite()
         status, headers, body = await raw_exchange(cluster.web.port,
@@ -401,8 +401,11 @@ async def test_invite_page_names_the_user_and_the_signup_command(tmp_path):
         assert status == 200 and headers["content-type"].startswith("text/html")
         assert "<b>alice</b>" in page
         assert f"jumpgate signup --proxy jump.example:3080 {token}" in page
-        assert "secret=" not in page  # the TOTP seed is only given to the signup client
+        # The seed is what GET /v1/invite/TOKEN gives the token's holder: here as an SVG QR
+        # code (and the URI, for an app that cannot scan), on a page no cache keeps.
+        assert '<svg' in page and 'class="qrline"' in page
         assert "default-src 'none'" in headers["content-security-policy"]
+        assert "'unsafe-inline'" not in headers["content-security-policy"]
         assert headers["referrer-policy"] == "no-referrer"
         assert headers["cache-control"] == "no-store"
 
@@ -507,7 +510,7 @@ async def test_connections_per_client_are_bounded(tmp_path):
 async def test_ipv6_clients_in_one_slash_64_share_the_connection_cap(tmp_path, monkeypatch):
     """W1: the attack is one host opening connections from many addresses of its /64."""
     peers = iter(["2001:db8::1", "2001:db8::2", "2001:db8::3:1", "2001:db8:0:1::1", "2001:db8:0:2::1"])
-    monkeypatch.setattr(web_server, "_peer_ip", lambda stream: next(peers))
+    monkeypatch.setattr(web_transport, "peer_ip", lambda stream: next(peers))
     limits = WebLimits(max_connections_per_ip=2)
     async with running_cluster(tmp_path, limits=limits) as cluster:
         held = [await open_tls(cluster.web.port) for _ in range(2)]

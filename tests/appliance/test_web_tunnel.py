@@ -1,4 +1,4 @@
-"""Tunnels on the web port: TLS with ALPN ``jumpgate-tunnel`` beside the web UI (docs/security.md W2).
+"""Tunnels on the web port: TLS with ALPN ``jumpgate-tunnel`` beside the web UI (docs/security.md W8).
 
 Real TLS on loopback, the real web listener, a test tunnel handler (an echo, one that stalls,
 and one that runs ssh_proto's real SSH server over the handed stream)."""

@@ -72,3 +72,12 @@ def test_make_rebuilds_the_pyz_only_when_a_source_changed(jg):
     for source in ("web_static/README.md", "ssh_proto/wire.py", "appliance/cli/main.py", "pyproject.toml"):
         assert "build_pyz.sh" in planned(source), source
     assert "build_pyz.sh" not in planned("tests/conftest.py", "README.md")
+
+
+def test_the_pyz_carries_the_web_uis_files_as_package_data(built: Path):
+    """appliance/web/static.py reads web_static with importlib.resources: the wheel, and so the
+    pyz, must carry it (tests/e2e/test_web_ui.py then loads the pages from the running pyz)."""
+    import zipfile
+    names = set(zipfile.ZipFile(built).namelist())
+    for name in ("__init__.py", "app.css", "common.js", "login.js", "nodes.js", "signup.js"):
+        assert f"site-packages/web_static/{name}" in names, name

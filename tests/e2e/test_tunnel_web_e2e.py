@@ -4,7 +4,7 @@ The node process is given the web port of the all-in-one cluster as its auth ser
 ``HTTPS_PROXY`` naming :class:`ConnectProxy`, an HTTP CONNECT proxy in this process that logs
 every target: the probe finds the web port silent (TLS), the node joins and holds its tunnel
 through the proxy with ALPN ``jumpgate-tunnel``, listens on no port (the kernel's tables say
-so) and ``jumpgate ssh`` reaches it (docs/security.md W2-W4)."""
+so) and ``jumpgate ssh`` reaches it (docs/security.md W8-W10)."""
 from __future__ import annotations
 
 import socket

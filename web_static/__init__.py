@@ -1,0 +1,1 @@
+"""The web UI's static files (HTML, CSS, JavaScript), package data read by appliance.web.static."""
