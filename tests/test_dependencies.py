@@ -19,6 +19,7 @@ NOT_IMPORTED = {
     "shiv": "the command build/build_pyz.sh runs",
     "mypy": "a command tests/test_typecheck.py runs (make typecheck)",
     "pdoc": "the command make docs runs",
+    "playwright": "imported by the browser test through pytest.importorskip (tests/e2e/test_web_ui.py)",
     "asciinema": "a command the recording tests run (the real player reads our asciicast export)",
 }
 

@@ -53,6 +53,8 @@ function render() {
   say(status, `${shown.length} of ${nodes.length} nodes`);
 }
 
+let leaving = false;  // logging out: the server's close of the socket is expected, not a reason to navigate
+
 function connect() {
   const socket = new WebSocket(`wss://${location.host}/web/ws/nodes`);
   socket.addEventListener("message", (event) => {
@@ -63,6 +65,7 @@ function connect() {
     }
   });
   socket.addEventListener("close", (event) => {
+    if (leaving) return;  // one navigation only: two would abort each other
     if (event.code === 4401) return location.assign("/web/login");
     say(status, "Connection lost; reconnecting…", "error");
     setTimeout(connect, 2000);
@@ -80,6 +83,7 @@ async function start() {
 search.addEventListener("input", render);
 selector.addEventListener("input", render);
 document.getElementById("logout").addEventListener("click", async () => {
+  leaving = true;
   try { await postJSON("/web/api/logout"); } finally { location.assign("/web/login"); }
 });
 start();
