@@ -429,7 +429,7 @@ class NodeServer(ssh_proto.SSHServer):
                 nursery.start_soon(_cancel_after, live.ended.wait(), nursery.cancel_scope)
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(AUDIT_TIMEOUT):
-                await live.depart(party)
+                live.leave(party)  # (serve_party has, unless it never ran)
                 await self._emit("session.leave", **fields, ended=live.ended.is_set())
         if not live.ended.is_set():
             return 0  # the joiner left (its channel is closed: nobody reads this)

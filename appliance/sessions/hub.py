@@ -46,6 +46,7 @@ MAX_PENDING_SIGNALS = 8
 RELAY_CHUNK = 64 * 1024
 #: Output kept for a party who joins later (replayed to it first): the current screen, mostly.
 SCROLLBACK = 64 * 1024
+NOTICE_TIMEOUT = 5.0  # a leave notice waits this long for the parties' windows
 
 
 class PartyChannel(Protocol):
@@ -140,13 +141,6 @@ class LiveSession:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self.leave(party)
 
-    async def depart(self, party: Party) -> None:
-        """A joiner leaves: it is no longer a party, and everyone left is told."""
-        if party in self.parties:
-            self.leave(party)
-        if self.parties and not self.ended.is_set():
-            await self.announce(_notice(party, joined=False))
-
     def finish(self, status: int | None, signame: str | None) -> None:
         """The process is over: joiners end with its outcome."""
         self.outcome = (status, signame)
@@ -155,13 +149,18 @@ class LiveSession:
     async def serve_party(self, party: Party) -> None:
         """Relay a party's input to the session until its channel closes; then it leaves.
         The owner's end of input (EOF) is the session's (an exec's stdin is closed)."""
+        left = False
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._leave_when_closed, party, nursery.cancel_scope)
                 await self._pump_input(party)
                 await trio.sleep_forever()  # EOF sent: stay a party until the channel closes
+            left = True  # its channel closed (not: the session is over and this was cancelled)
         finally:
             self.leave(party)
+            if left and self.parties:  # the others are told
+                with trio.CancelScope(shield=True), trio.move_on_after(NOTICE_TIMEOUT):
+                    await self.announce(_notice(party, joined=False))
 
     async def _leave_when_closed(self, party: Party, scope: trio.CancelScope) -> None:
         await party.channel.wait_closed()

@@ -225,3 +225,18 @@ async def test_s6_the_owner_leaving_ends_the_session_for_its_joiners(node):
             [left] = await node.audit.wait_for("session.leave")
             await node.audit.wait_for("session.end")
         assert left["ended"] is True
+
+
+async def test_s6_an_owner_whose_channel_alone_closes_leaves_the_session_to_its_peers(node):
+    async with node.connect("alice") as owner_conn, node.connect("root") as admin_conn:
+        owner = await _owner_shell(owner_conn)
+        sid = await _session_id(node)
+        peer = await _join(admin_conn, sid, "peer")
+        await peer.until(b"joined the session", stderr=True)
+        await owner.proc.aclose()                       # the channel, not the connection
+        await peer.until(b"alice (owner) left the session", stderr=True)
+        await peer.proc.send_all(b"echo still-$((40+2))\n")
+        await peer.until(b"still-42")
+        await peer.proc.send_all(b"exit 7\n")
+        with trio.fail_after(10):
+            assert await peer.proc.wait() == 7
