@@ -31,6 +31,8 @@ bot.delete              T1007I              auth
 bot.join                T1008I    T1008W    auth (a bot token exchanged for a certificate)
 user.unlock             T1009I              auth (an admin lifted a lockout; password + TOTP kept)
 session.start           T2000I    T2000W    node / proxy
+session.join            T2001I    T2001W    node (jumpgate join: a party attached, or refused)
+session.leave           T2003I              node (a party that joined left)
 session.end             T2004I              node / proxy
 exec                    T3002I    T3002E    node (a command; E = could not run)
 port                    T3003I    T3003W    node / proxy (port forwarding)
@@ -99,6 +101,8 @@ EVENT_CODES: Mapping[str, tuple[str, str | None]] = types.MappingProxyType({
     "bot.join": ("T1008I", "T1008W"),
     "user.unlock": ("T1009I", None),
     "session.start": ("T2000I", "T2000W"),
+    "session.join": ("T2001I", "T2001W"),
+    "session.leave": ("T2003I", None),
     "session.end": ("T2004I", None),
     "exec": ("T3002I", "T3002E"),
     "port": ("T3003I", "T3003W"),
@@ -127,7 +131,7 @@ DEFAULT_RETENTION_DAYS = 365
 DEFAULT_REFUSALS_PER_SOURCE = 10
 
 #: The events a node or proxy may report through ``AuthService.emit_audit``.
-REMOTE_EVENTS = frozenset({"session.start", "session.end", "exec", "port", "sftp", "auth",
+REMOTE_EVENTS = frozenset({"session.start", "session.join", "session.leave", "session.end", "exec", "port", "sftp", "auth",
                            "agent.forward", "tunnel.connect"})
 
 # Bounds on every event (a peer's and our own). A value over its bound is cut, never refused:

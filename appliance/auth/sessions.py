@@ -33,6 +33,8 @@ log = logging.getLogger("jumpgate.auth")
 #: (its node crashed and did not come back; if it does, it uploads what it holds).
 NODE_GONE_SECONDS = 600.0
 MAX_CHUNK = 1024 * 1024
+#: The users who joined one session that its end may name (they may then see its recording, S5).
+MAX_PARTIES = 256
 MAX_LINES_PER_CHUNK = 20_000
 
 
@@ -125,9 +127,13 @@ class Sessions:
             raise bad_request("end.chunks must be a count")
         status, signal = end.get("exit_status"), end.get("exit_signal")
         duration = _number(end.get("duration_ms", 0), "duration_ms") / 1000.0
+        parties = end.get("parties", [])
+        if not isinstance(parties, list) or len(parties) > MAX_PARTIES:
+            raise bad_request(f"end.parties must be a list of at most {MAX_PARTIES} users")
+        joined = tuple(dict.fromkeys(_text(p, "party", 256) for p in parties))
         from dataclasses import replace
         await self.storage.put_session(replace(
-            record, state="interrupted" if end.get("interrupted") else "ended", chunks=chunks,
+            record, parties=tuple(dict.fromkeys((*record.parties, *joined))), state="interrupted" if end.get("interrupted") else "ended", chunks=chunks,
             ended=record.started + duration,
             exit_status=status if isinstance(status, int) and not isinstance(status, bool) else None,
             exit_signal=signal if isinstance(signal, str) else None))

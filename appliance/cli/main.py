@@ -290,6 +290,11 @@ def _add_sessions(sub) -> None:
     add_sessions_parser(sub)
 
 
+def _add_join(sub) -> None:
+    from .joincmd import add_join_parser
+    add_join_parser(sub)
+
+
 def _add_play(sub) -> None:
     from .recordings import add_play_parser
     add_play_parser(sub)
@@ -297,8 +302,8 @@ def _add_play(sub) -> None:
 
 COMMANDS = {"start": _add_start, "ctl": _add_ctl, "bot": _add_bot, "signup": _add_signup, "login": _add_login,
             "logout": _add_logout, "status": _add_status, "ls": _add_ls, "ssh": _add_ssh, "scp": _add_scp,
-            "config": _add_config, "sessions": _add_sessions, "play": _add_play, "version": _add_version}
-QUIET_COMMANDS = ("ssh",)  # relay a session: no logging set-up unless --debug
+            "config": _add_config, "sessions": _add_sessions, "join": _add_join, "play": _add_play, "version": _add_version}
+QUIET_COMMANDS = ("ssh", "join")  # relay a session: no logging set-up unless --debug
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

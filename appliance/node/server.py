@@ -41,6 +41,7 @@ a renewed host certificate is presented without restarting the listener.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -59,10 +60,11 @@ from ssh_proto.trio_io.agent import forward_agent_to_unix_socket
 
 from .. import login_hints
 from ..addresses import NODE_PORT
-from ..auth.ca import generation_of, holder_of
+from ..auth.ca import generation_of, holder_of, roles_from_certificate
 from ..cluster_view import ClusterView
 from ..limits import NODE_OPTIONS, NODE_PROFILE
 from ..relay import RELAY_PREFIX, RelayedPeer, RelayVerifier
+from ..sessions import join
 from ..sessions.hub import LiveSession, Party, SessionHub
 from ..sessions.recorder import Recorder, RecordingFailed, RecordingUnavailable
 from ..sessions.settings import RecordingSettings
@@ -75,6 +77,7 @@ AGENT_SOCKET_DIR = "/tmp"    # forwarded agent sockets: a private 0700 directory
 AUDIT_TIMEOUT = 10.0         # the session.end event of a session cut short still gets this long
 MAX_AUDIT_USER = 256         # appliance.audit's bound on an event's user
 SFTP_SUBSYSTEM = "sftp"
+JOIN_REQUEST_TIMEOUT = 10.0  # a joiner's request frame must arrive within this
 INTERNAL_SFTP = "internal-sftp"  # force-command spelling sshd users know
 
 AuditSink = Callable[[dict], Awaitable[None]]
@@ -112,6 +115,7 @@ class _Login:
     account: proc.LoginAccount
     policy: ssh_proto.SessionPolicy
     generation: int = 0
+    roles: tuple[str, ...] = ()
 
 
 class NodeServer(ssh_proto.SSHServer):
@@ -206,7 +210,7 @@ class NodeServer(ssh_proto.SSHServer):
             await self._refuse(username, key, reason)
             return None
         return _Login(user, perms.key_id, perms.serial, account, ssh_proto.policy_from_certificate(perms),
-                      generation)
+                      generation, roles_from_certificate(key))
 
     def _hint(self, text: str | None, *, unless_hinted: bool = False) -> None:
         """Tell the user why, in a banner (appliance.login_hints; once per text and connection)."""
@@ -256,6 +260,8 @@ class NodeServer(ssh_proto.SSHServer):
 
     async def _run_session(self, session: ssh_proto.ServerSession, login: _Login) -> int | None:
         controls = _Controls(session)  # first: requests may follow the exec request at once
+        if session.kind == "subsystem" and session.subsystem == join.SUBSYSTEM:
+            return await self._join(session, login, controls)
         command = _session_command(session)
         if command is _UNSUPPORTED:
             await session.send_stderr(f"subsystem {session.subsystem!r} is not supported\r\n".encode())
@@ -276,11 +282,15 @@ class NodeServer(ssh_proto.SSHServer):
         status, signame = 255, None
         owner = Party(login.user, "owner", session)
         try:
-            async with self._hub.open(details["session_id"], owner, recorder) as live:
-                controls.attach(_OwnerControls(live, owner))
-                if warning:
-                    await live.send_stderr(warning.encode() + b"\r\n")
-                status, signame = await self._run_live(session, live, spec)
+            async with self._hub.open(details["session_id"], owner, recorder, login=login.account.name,
+                                      pty=session.pty is not None) as live:
+                try:
+                    controls.attach(_PartyControls(live, owner))
+                    if warning:
+                        await live.send_stderr(warning.encode() + b"\r\n")
+                    status, signame = await self._run_live(session, live, spec)
+                finally:
+                    live.finish(status, signame)  # joiners end with it
         finally:
             with trio.CancelScope(shield=True), trio.move_on_after(AUDIT_TIMEOUT):
                 await self._end_recording(recorder, status, signame)
@@ -392,6 +402,53 @@ class NodeServer(ssh_proto.SSHServer):
                 await self._emit("agent.forward")
             return self._agent_sock
 
+    # ---- joining a live session (jumpgate join; docs/security.md S6) -----------------------
+    async def _join(self, session: ssh_proto.ServerSession, login: _Login, controls: _Controls) -> int | None:
+        """Attach this channel to a live session as a party, until the session ends or it leaves."""
+        try:
+            request, rest = await _read_join_request(session)
+        except join.JoinError as exc:
+            return await self._join_refused(session, None, str(exc))
+        live = self._hub.get(request.session_id)
+        refusal = join.NOT_JOINABLE if live is None or live.ended.is_set() else join.join_refusal(
+            joiner=login.user, joiner_login=login.account.name, joiner_roles=login.roles,
+            permit_pty=login.policy.permit_pty, mode=request.mode, owner=live.owner.user,
+            session_login=live.login, session_pty=live.pty)
+        if refusal is not None:
+            return await self._join_refused(session, request, refusal)
+        party = Party(login.user, request.mode, session)
+        controls.attach(_PartyControls(live, party))
+        await live.admit(party)
+        fields = {"session_id": live.id, "mode": party.mode, "owner": live.owner.user}
+        await self._emit("session.join", **fields)
+        log.info("%s joined session %s as %s", login.user, live.id, party.mode)
+        try:
+            await live.type(party, rest)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_cancel_after, live.serve_party(party), nursery.cancel_scope)
+                nursery.start_soon(_cancel_after, live.ended.wait(), nursery.cancel_scope)
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(AUDIT_TIMEOUT):
+                live.leave(party)  # (serve_party has, unless it never ran)
+                await self._emit("session.leave", **fields, ended=live.ended.is_set())
+        if not live.ended.is_set():
+            return 0  # the joiner left (its channel is closed: nobody reads this)
+        status, signame = live.outcome
+        if signame is not None:
+            await session.exit_with_signal(signame)
+            return None
+        return status
+
+    async def _join_refused(self, session: ssh_proto.ServerSession, request: join.JoinRequest | None,
+                            reason: str) -> int:
+        log.info("refused a join by %s: %s", self._login.user if self._login else "?", reason)
+        await self._emit("session.join", success=False, reason=reason,
+                         session_id=_bounded(request.session_id) if request else None,
+                         mode=request.mode if request else None)
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await session.send_stderr(f"jumpgate: cannot join: {reason}\r\n".encode())
+        return 1
+
     # ---- port forwarding -------------------------------------------------------------------
     def _forwarding_permitted(self) -> bool:
         return self._login is not None and self._login.policy.permit_port_forwarding
@@ -483,8 +540,9 @@ class _Target(Protocol):
     def send_break(self, length_ms: int) -> None: ...
 
 
-class _OwnerControls:
-    """The owner's requests, sent to its session (which applies them to the process)."""
+class _PartyControls:
+    """A party's requests, sent to its session (which applies the owner's size, and signals
+    and breaks of the parties who may type)."""
 
     def __init__(self, live: LiveSession, owner: Party) -> None:
         self._live, self._owner = live, owner
@@ -498,6 +556,28 @@ class _OwnerControls:
 
     def send_break(self, length_ms: int) -> None:
         self._live.send_break(self._owner, length_ms)
+
+
+async def _read_join_request(session: ssh_proto.ServerSession) -> tuple[join.JoinRequest, bytes]:
+    """The join request frame off the channel, and the bytes that followed it (JoinError)."""
+    parser = join.RequestParser()
+    with trio.move_on_after(JOIN_REQUEST_TIMEOUT):
+        while True:
+            try:
+                data = await session.receive_some(join.MAX_REQUEST)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                data = b""
+            if not data:
+                raise parser.eof()
+            request = parser.feed(data)
+            if request is not None:
+                return request, parser.rest
+    raise join.JoinError(f"no join request within {JOIN_REQUEST_TIMEOUT:g}s")
+
+
+async def _cancel_after(awaitable, scope: trio.CancelScope) -> None:
+    await awaitable
+    scope.cancel()
 
 
 _UNSUPPORTED = object()

@@ -99,6 +99,7 @@ class Recorder:
         self._fd = -1
         self._lock = trio.Lock()
         self._closed = False
+        self._joined: set[str] = set()  # the users who joined (the end file lists them)
 
     @classmethod
     async def create(cls, root: Path, header: dict[str, Any], *, clock: Callable[[], float] = time.monotonic,
@@ -152,6 +153,8 @@ class Recorder:
         """A party joined or left (small: written with the next block)."""
         if not self._closed:
             self._pending.append(Frame(self._now_ms(), "j" if joined else "l", party))
+            if joined and party.get("mode") != "owner":
+                self._joined.add(str(party.get("user", "")))
 
     # ---- writing -------------------------------------------------------------------------
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -213,7 +216,7 @@ class Recorder:
         self._closed = True
         async with self._lock:
             await self._seal()
-            info = {**end, "chunks": self._chunk, "duration_ms": self._now_ms(), "interrupted": False}
+            info = {**end, "parties": sorted(self._joined), "chunks": self._chunk, "duration_ms": self._now_ms(), "interrupted": False}
             try:
                 await trio.to_thread.run_sync(write_private, self.directory / "end",
                                               msgpack.packb(info, use_bin_type=True))

@@ -105,3 +105,27 @@ def test_sigkill_of_the_node_loses_at_most_the_last_second_and_the_session_shows
         assert "interrupted" in played.stderr
     finally:
         cluster.stop()
+
+
+def test_s6_jumpgate_join_watches_a_live_session_to_its_end_and_is_audited(alice, cluster, os_user):
+    """The owner's other terminal joins as an observer (the default) through the proxy: it is
+    shown the screen so far, then the rest, and ends with the session; the log has the join."""
+    import threading
+    owner: dict = {}
+    command = "echo owner-start; sleep 4; echo owner-end"
+    thread = threading.Thread(target=lambda: owner.update(done=alice.run("ssh", f"{os_user.name}@node1", command)))
+    thread.start()
+    try:
+        found = poll(lambda: _sessions(cluster, "--active"), lambda f: any(s["command"] == command for s in f),
+                     timeout=UPLOAD_WAIT)
+        session = next(s for s in found if s["command"] == command)
+        time.sleep(0.5)  # owner-start is on the screen
+        joined = alice.run("join", session["id"], f"{os_user.name}@node1", timeout=30)
+    finally:
+        thread.join(30)
+    assert joined.returncode == 0, joined.stderr
+    assert "owner-start" in joined.stdout and "owner-end" in joined.stdout
+    assert "alice joined the session as observer" in joined.stderr
+    assert owner["done"].check().stdout == "owner-start\nowner-end\n"
+    lines = cluster.ctl("audit", "--session", session["id"]).stdout.splitlines()
+    assert any(" session.join " in line for line in lines) and any(" session.leave " in line for line in lines)
