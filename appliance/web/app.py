@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
+import trio_websocket
 
 from ssh_proto.errors import KeyFormatError
 from ssh_proto.keys import Certificate, PrivateKey, PublicKey, parse_public_line
@@ -108,6 +109,7 @@ class WebRequest:
     headers: Mapping[str, str]
     body: bytes
     client_ip: str
+    client_port: int = 0             # the browser's; the web terminal's relay line names it
 
 
 @dataclass(frozen=True, slots=True)
@@ -548,7 +550,7 @@ class WebApp:
 
         async def run(ws: Any) -> None:
             await self._hold(session, terminals.run(ws, session, node=node, login=login,
-                                                    client=(request.client_ip, 0), size=size), ws)
+                                                    client=(request.client_ip, request.client_port), size=size), ws)
         return WebUpgrade("ws-terminal", run)
 
     async def _hold(self, session: BrowserSession, work: Awaitable[None], ws: Any) -> None:
@@ -593,5 +595,7 @@ async def _discard_incoming(ws: Any, scope: trio.CancelScope) -> None:
     try:
         while True:
             await ws.get_message()
+    except trio_websocket.ConnectionClosed:
+        pass  # the browser left the page (1001): the push ends with it, no traceback
     finally:
         scope.cancel()
