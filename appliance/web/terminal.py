@@ -105,7 +105,7 @@ class Terminals:
     """Opens browser terminals on nodes through ``gate`` (see the module docstring).
 
     >>> terminals = Terminals(gate, host_ca=host_ca)                       # doctest: +SKIP
-    >>> await terminals.run(ws, session, node="web1", login="root", client=("10.0.0.9", 0))
+    >>> await terminals.run(ws, session, node="web1", login="root", client=("10.0.0.9", 5000))  # doctest: +SKIP
     """
 
     def __init__(self, gate: NodeGate, *, host_ca: PublicKey | Callable[[], PublicKey],
