@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PYTEST_WORKERS ?= 2
 
-.PHONY: test test-fast typecheck docs venv system-deps pyz demo bench clean
+.PHONY: test test-fast typecheck docs venv system-deps pyz vendor demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,10 +31,25 @@ system-deps:
 # One executable zipapp with every dependency inside (shiv), rebuilt only when a source
 # changed; dependency wheels are kept in build/_wheels so a rebuild needs no package index.
 PYZ_SOURCES := pyproject.toml build/build_pyz.sh build/fast_main.py \
-	$(shell find appliance ssh_proto web_static -type f ! -path '*/__pycache__/*' ! -name '*.pyc' 2>/dev/null)
+	$(shell find appliance ssh_proto web_static -type f ! -path '*/__pycache__/*' ! -path '*/node_modules/*' ! -name '*.pyc' 2>/dev/null)
+
+# xterm.js and its fit addon, from the npm registry at the versions web_static/package-lock.json pins:
+# `npm ci` into web_static/node_modules (ignored by git), then the built files into web_static/vendor/
+# (committed, so a pyz builds offline and without npm; this rule refreshes them when the lock changes).
+VENDOR = web_static/vendor
+$(VENDOR)/xterm.js: web_static/package.json web_static/package-lock.json
+	cd web_static && npm ci --no-audit --no-fund --ignore-scripts
+	mkdir -p $(VENDOR)
+	cp web_static/node_modules/@xterm/xterm/lib/xterm.js web_static/node_modules/@xterm/xterm/css/xterm.css \
+	   web_static/node_modules/@xterm/addon-fit/lib/addon-fit.js $(VENDOR)/
+	cp web_static/node_modules/@xterm/xterm/LICENSE $(VENDOR)/LICENSE.xterm
+	cp web_static/node_modules/@xterm/addon-fit/LICENSE $(VENDOR)/LICENSE.addon-fit
+	touch $@
+
+vendor: $(VENDOR)/xterm.js
 
 # The venv is only the tool that builds (order-only): reinstalling it changes nothing inside the pyz.
-dist/jumpgate.pyz: $(PYZ_SOURCES) | $(VENV)/.installed
+dist/jumpgate.pyz: $(PYZ_SOURCES) $(VENDOR)/xterm.js | $(VENV)/.installed
 	PY=$(PY) bash build/build_pyz.sh
 
 pyz: dist/jumpgate.pyz

@@ -1,4 +1,5 @@
-// The node list: a WebSocket sends the whole list at every change; filtering is local.
+// The node list: a WebSocket sends the whole list at every change; filtering is local. Each
+// online node links a terminal per login of the session (/web/terminal?node=N&login=L).
 import {postJSON, say} from "./common.js";
 
 const body = document.querySelector("#nodes tbody");
@@ -6,6 +7,7 @@ const status = document.getElementById("status");
 const search = document.getElementById("search");
 const selector = document.getElementById("selector");
 let nodes = [];
+let logins = [];
 
 function parseSelector(text) {
   const pairs = [];
@@ -47,6 +49,15 @@ function render() {
       labels.append(Object.assign(document.createElement("span"), {className: "label", textContent: `${k}=${v}`}));
     }
     cell(row, node.offline ? "offline" : (node.kind === "openssh" ? "agentless" : "online"));
+    const open = cell(row, "");
+    open.className = "logins";
+    for (const login of node.offline ? [] : logins) {
+      const link = document.createElement("a");
+      link.href = `/web/terminal?${new URLSearchParams({node: node.name, login})}`;
+      link.textContent = login;
+      link.setAttribute("aria-label", `terminal on ${node.name} as ${login}`);
+      open.append(link);
+    }
     return row;
   });
   body.replaceChildren(...rows);
@@ -77,6 +88,7 @@ async function start() {
   if (!response.ok) return location.assign("/web/login");
   const me = await response.json();
   document.getElementById("who").textContent = `${me.user} (${me.logins.join(", ")})`;
+  logins = me.logins;
   connect();
 }
 

@@ -529,7 +529,7 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
     pool = ApiPool(holder.api_factory(auth_addr), view=view)
     await nursery.start(supervised, "proxy" if "proxy" in cfg.services else "web", pool.run)
     await _first_view(view)
-    tunnels = None
+    tunnels = terminals = None
     if "proxy" in cfg.services:
         directory = NodeDirectory(lambda: pool.list_nodes(labels={}), cluster=member.cluster,
                                   lookup=_node_lookup(pool), view=view)
@@ -540,10 +540,13 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
 
         audit = diag.counted_sink("proxy", await _audit_sink(nursery, pool, "proxy"))
         tunnels = await _start_tunnel_server(nursery, cfg, holder, pool, auth_addr, audit, reserved["tunnel"], diag)
+        dialer = ProxyDialer(tunnels.registry)  # one seam for the SSH proxy and the web terminal
         listener = await nursery.start(supervised, "proxy", functools.partial(
             serve_proxy, provider, [member.user_ca], Routes(directory), cfg.listen_addr, cfg.ports["proxy"],
-            audit=audit, view=view, listeners=reserved["proxy"], dialer=ProxyDialer(tunnels.registry)))
+            audit=audit, view=view, listeners=reserved["proxy"], dialer=dialer))
         diag.listening("proxy", listener)
+        terminals = _web_terminals(Routes(directory), dialer, member.cluster, provider,
+                                   view, audit, holder)
         await nursery.start(supervised, "proxy", functools.partial(
             heartbeat_loop, holder.api_factory(auth_addr), member.name, proxy_addr, lambda: {}, holder=holder,
             on_beat=diag.beat("proxy")))
@@ -557,10 +560,20 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
         endpoint = await nursery.start(supervised, "web", functools.partial(
             serve_web, pool, tls.cert_path, tls.key_path, cfg.listen_addr, cfg.ports["web"], view=view,
             proxy_ssh_addr=proxy_addr, public_addr=web_public_addr(cfg), listeners=reserved["web"],
-            tunnel_handler=None if tunnels is None else _web_tunnel_handler(tunnels)))
+            tunnel_handler=None if tunnels is None else _web_tunnel_handler(tunnels), terminals=terminals))
         diag.listening("web", endpoint)
         log.info("web serving HTTPS on %s:%d (certificate pin %s)", cfg.listen_addr, cfg.ports["web"], tls.pin)
     return member.cluster
+
+
+def _web_terminals(routes, dialer, cluster: str, identity, view, audit, holder):
+    """The web terminal's way to nodes: the proxy's node gate in this process (its routes,
+    dialer, relay identity, revocation and audit), never SSH to ourselves (docs/security.md W11)."""
+    from ..proxy.gate import NodeGate
+    from ..web.terminal import Terminals
+
+    gate = NodeGate(routes.resolve, dialer, cluster=cluster, identity=identity, view=view, audit=audit)
+    return Terminals(gate, host_ca=lambda: holder.current.host_ca)
 
 
 def _web_tunnel_handler(service):

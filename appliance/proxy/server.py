@@ -17,7 +17,7 @@ relays ``direct-tcpip`` channels (RFC 4254 §7.2) to *registered* nodes only:
   address (rules in :mod:`appliance.proxy.routing`, which names the node by cluster and
   name); the node is reached through the ``dial(key, node)`` seam of
   :mod:`appliance.proxy.dialing` — its registered address, or its tunnel — never an address
-  the client chose. A refusal is a
+  the client chose (the steps are :class:`~appliance.proxy.gate.NodeGate`'s, which the web terminal shares). A refusal is a
   :class:`ssh_proto.ChannelOpenError`, whose RFC 4254 §5.1 reason and words reach the client
   as they are: an unknown target is ADMINISTRATIVELY_PROHIBITED ("unknown node ..."), a
   node that cannot be reached (or a directory that cannot be asked) CONNECT_FAILED. A
@@ -60,7 +60,6 @@ import ssh_proto
 from ssh_proto.certs import CertPermissions, validate_user_certificate
 from ssh_proto.errors import CertificateError
 from ssh_proto.keys import Certificate, PrivateKey, PublicKey
-from ssh_proto.messages import OPEN_ADMINISTRATIVELY_PROHIBITED, OPEN_CONNECT_FAILED
 
 from ..addresses import PROXY_PORT
 from ..api.protocol import E_INTERNAL, ApiProtocolError, FrameDecoder, parse_request
@@ -68,9 +67,9 @@ from .. import login_hints
 from ..auth.ca import generation_of, holder_of
 from ..cluster_view import ClusterView
 from ..limits import PROXY_OPTIONS, PROXY_PROFILE
-from ..relay import relay_line
 from . import routing
-from .dialing import CONNECT_TIMEOUT, DialError, Dialled, Dialer, ProxyDialer
+from .dialing import Dialer, ProxyDialer
+from .gate import Caller, NodeGate, NodeRefused
 
 __all__ = ["PROXY_PORT", "ProxyIdentity", "ProxyServer", "proxy_server_factory", "serve_proxy"]
 
@@ -110,29 +109,11 @@ class _ProxyConfig:
     view: ClusterView | None = None                       # revocation (the push stream)
     dialer: Dialer = dataclasses.field(default_factory=ProxyDialer)  # how a node is reached
 
-
-class _TrackedStream(trio.abc.HalfCloseableStream):
-    """A stream to a node that leaves the live registry when it is closed."""
-
-    def __init__(self, stream: trio.abc.HalfCloseableStream, unregister: Callable[[], None]):
-        self.stream = stream
-        self._unregister = unregister
-
-    async def send_all(self, data) -> None:
-        await self.stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        await self.stream.send_eof()
-
-    async def receive_some(self, max_bytes=None) -> bytes:
-        return await self.stream.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        self._unregister()
-        await self.stream.aclose()
+    @property
+    def gate(self) -> NodeGate:
+        """The door to nodes (:mod:`appliance.proxy.gate`), shared with the web terminal."""
+        return NodeGate(self.resolve, self.dialer, cluster=self.cluster, identity=self.identity, view=self.view,
+                        audit=self.audit)
 
 
 def _user_of(cert: Certificate) -> str | None:
@@ -153,6 +134,7 @@ class ProxyServer(ssh_proto.SSHServer):
         self._hints: set[str] = set()     # banners sent on this connection
         self._generation = 0
         self._unregister: Callable[[], None] | None = None
+        self._gate = config.gate
 
     def connection_made(self, conn: ssh_proto.SSHServerConnection) -> None:
         super().connection_made(conn)
@@ -243,71 +225,13 @@ class ProxyServer(ssh_proto.SSHServer):
 
     # ---- forwarding to nodes -----------------------------------------------------------------
     async def direct_tcpip(self, host: str, port: int, orig_host: str, orig_port: int) -> trio.abc.Stream:
+        """Through :class:`~appliance.proxy.gate.NodeGate`: its refusal's reason and words reach the client."""
+        caller = Caller(self.user or "", self.login, self.peer_address, self._generation, "proxy",
+                        f"{orig_host}:{orig_port}")
         try:
-            route = await self.config.resolve(host, port)
-        except Exception as exc:  # the directory's backend (auth API) failed: refuse this channel only
-            log.warning("proxy: node directory unavailable: %r", exc)
-            await self._emit("port", False, target=f"{host}:{port}", reason="node directory unavailable")
-            raise ssh_proto.ChannelOpenError(OPEN_CONNECT_FAILED, "the node directory is unavailable; try again") from None
-        if route is None:
-            await self._emit("port", False, target=f"{host}:{port}", reason="unknown node")
-            raise ssh_proto.ChannelOpenError(OPEN_ADMINISTRATIVELY_PROHIBITED,
-                                             f"unknown node {host!r} in cluster {self.config.cluster!r}")
-        node, where = route.node, {"node": route.key.name, "node_cluster": route.key.cluster}
-        try:
-            dialled = await self.config.dialer.dial(route.key, node)
-        except DialError as exc:
-            await self._emit("port", False, target=f"{host}:{port}", addr=node.shown_addr, reason=str(exc), **where)
-            raise ssh_proto.ChannelOpenError(OPEN_CONNECT_FAILED,
-                                             f"node {host!r} at {node.shown_addr} is unreachable: {exc}") from None
-        try:
-            with trio.fail_after(CONNECT_TIMEOUT):
-                await self._send_relay_line(dialled, node)
-        except (OSError, trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            reason = (f"no answer within {CONNECT_TIMEOUT:g}s" if isinstance(exc, trio.TooSlowError)
-                      else getattr(exc, "strerror", None) or "the connection broke")
-            await self._emit("port", False, target=f"{host}:{port}", addr=dialled.via, reason=reason, **where)
-            raise ssh_proto.ChannelOpenError(OPEN_CONNECT_FAILED,
-                                             f"node {host!r} at {dialled.via} is unreachable: {reason}") from None
-        try:
-            await self._emit("port", True, target=f"{host}:{port}", addr=dialled.via,
-                             origin=f"{orig_host}:{orig_port}", **where)
-        except BaseException:  # cancelled: the connection went away; the stream is ours to close (L1)
-            await trio.aclose_forcefully(dialled.stream)
-            raise
-        return self._tracked(dialled.stream, node.name)
-
-    def _tracked(self, stream: trio.abc.HalfCloseableStream, node: str) -> trio.abc.HalfCloseableStream:
-        """A stream that is cut when the node is removed or the user revoked (docs/security.md R4)."""
-        view = self.config.view
-        if view is None:
-            return stream
-        conn = self.conn
-
-        def cut(reason: str) -> None:
-            log.info("proxy: cutting %s's stream to %s: %s", self.user, node, reason)
-            try:
-                conn.nursery.start_soon(trio.aclose_forcefully, stream)
-            except RuntimeError:
-                pass
-        unregister = view.live.add(cut, user=self.user, generation=self._generation, node=node)
-        return _TrackedStream(stream, unregister)
-
-    async def _send_relay_line(self, dialled: Dialled, node: routing.NodeRecord) -> None:
-        """Tell a Jumpgate node whom it serves (agentless OpenSSH nodes get plain SSH); the
-        relay address is the dialer's (the node checks it against the peer it sees)."""
-        if node.kind != "node" or self.config.identity is None or self.peer_address is None:
-            return
-        identity = self.config.identity()
-        if identity.host_cert is None:
-            return
-        try:
-            await dialled.stream.send_all(relay_line(client=self.peer_address, relay=dialled.relay,
-                                                     node=node.name, host_key=identity.host_key,
-                                                     host_cert=identity.host_cert))
-        except BaseException:
-            await trio.aclose_forcefully(dialled.stream)
-            raise
+            return await self._gate.open(host, port, caller=caller, nursery=lambda: self.conn.nursery)
+        except NodeRefused as exc:
+            raise ssh_proto.ChannelOpenError(exc.reason, str(exc)) from None
 
     # ---- sessions: only the node list ------------------------------------------------------
     async def session(self, session: ssh_proto.ServerSession) -> int:

@@ -14,6 +14,9 @@ Routes (the JSON API is what ``jumpgate signup``/``login`` speak; ``/web/`` is t
     POST /web/api/logout       -> {ok: true}, the cookie cleared
     GET  /web/api/me           {user, logins, roles, expires}
     GET  /web/ws/nodes         WebSocket: the node list as JSON, again at every change
+    GET  /web/terminal?node=N&login=L   HTML: a terminal (xterm.js)
+    GET  /web/ws/terminal?node=N&login=L[&cols=C&rows=R]
+                               WebSocket: a pty session on node N as L (:mod:`.terminal`)
 
 Every business rule lives in the *service* (an ``AuthService`` in process, an ``ApiClient`` pool
 to the auth service in production: same method names); this module checks the shape of
@@ -36,11 +39,14 @@ import json
 import logging
 import math
 import re
+import secrets
+from urllib.parse import parse_qs
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import trio
+import trio_websocket
 
 from ssh_proto.errors import KeyFormatError
 from ssh_proto.keys import Certificate, PrivateKey, PublicKey, parse_public_line
@@ -57,6 +63,7 @@ from .limits import RateLimiter, WebLimits
 from .nodes import NodeFeed
 from .sessions import COOKIE_NAME, BrowserSession, SessionStore
 from .static import StaticFile, load_static
+from .terminal import MAX_SIZE, Resize, Terminals
 
 __all__ = ["HTTPError", "WebApp", "WebRequest", "WebResponse", "WebUpgrade", "json_response"]
 
@@ -102,6 +109,7 @@ class WebRequest:
     headers: Mapping[str, str]
     body: bytes
     client_ip: str
+    client_port: int = 0             # the browser's; the web terminal's relay line names it
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +271,7 @@ class WebApp:
                  limits: WebLimits = WebLimits(),
                  clock: Callable[[], float] = trio.current_time,
                  sessions: SessionStore | None = None, nodes: NodeFeed | None = None,
-                 static: Mapping[str, StaticFile] | None = None) -> None:
+                 static: Mapping[str, StaticFile] | None = None, terminals: Terminals | None = None) -> None:
         self._service = service
         self._proxy_ssh_addr = proxy_ssh_addr
         self._public_addr = public_addr
@@ -273,6 +281,7 @@ class WebApp:
         self.sessions = sessions if sessions is not None else SessionStore()
         self.nodes = nodes if nodes is not None else NodeFeed(service)
         self._static = static if static is not None else load_static()
+        self.terminals = terminals   # None: a web role without a proxy in its process
         r = re.compile
         self._routes: tuple[_Route, ...] = (
             # /v1/ping (what a login checks before it asks for secrets) reveals nothing and costs
@@ -291,6 +300,8 @@ class WebApp:
             _Route("POST", r(r"/web/api/logout"), "web-logout", self._web_logout),
             _Route("GET", r(r"/web/api/me"), "web-me", self._web_me),
             _Route("GET", r(r"/web/ws/nodes"), "ws-nodes", self._ws_nodes),
+            _Route("GET", r(r"/web/terminal"), "terminal-page", self._terminal_page),
+            _Route("GET", r(r"/web/ws/terminal"), "ws-terminal", self._ws_terminal),
         )
 
     async def handle(self, request: WebRequest) -> WebResponse | WebUpgrade:
@@ -430,6 +441,13 @@ class WebApp:
             return WebResponse(303, b"", "text/plain", (("location", "/web/login"),))
         return _html(pages.nodes_page(await self._cluster()), "nodes-page")
 
+    async def _terminal_page(self, request: WebRequest, params: dict[str, str]) -> WebResponse:
+        if self.sessions.get(cookie_value(request)) is None:
+            return WebResponse(303, b"", "text/plain", (("location", "/web/login"),))
+        nonce = secrets.token_urlsafe(18)
+        return WebResponse(200, pages.terminal_page(await self._cluster(), nonce), "text/html; charset=utf-8",
+                           pages.terminal_headers(nonce), "terminal-page")
+
     async def _static_file(self, request: WebRequest, params: dict[str, str]) -> WebResponse:
         found = self._static.get(params["name"])
         if found is None:
@@ -515,10 +533,69 @@ class WebApp:
             await ws.send_message(json.dumps({"type": "nodes", "nodes": nodes}, separators=(",", ":")))
 
 
+    async def _ws_terminal(self, request: WebRequest, params: dict[str, str]) -> WebUpgrade:
+        """A terminal on a node (W11): Origin and session as every WebSocket (W4), then the
+        login must be one of the session certificate's, before the upgrade."""
+        session = self._check_websocket(request)
+        query = _query(request)
+        node, login = query.get("node", ""), query.get("login", "")
+        if not _NODE_TARGET.fullmatch(node):
+            raise HTTPError(400, "bad_request", "name the node: ?node=NAME&login=LOGIN")
+        if login not in session.logins:
+            raise HTTPError(403, "permission_denied", f"login {login[:64]!r} is not one of your logins")
+        if self.terminals is None:
+            raise HTTPError(503, "unavailable", "this web service runs without a proxy: no terminals here")
+        size = Resize(_int_in(query.get("cols"), 80), _int_in(query.get("rows"), 24))
+        terminals = self.terminals
+
+        async def run(ws: Any) -> None:
+            await self._hold(session, terminals.run(ws, session, node=node, login=login,
+                                                    client=(request.client_ip, request.client_port), size=size), ws)
+        return WebUpgrade("ws-terminal", run)
+
+    async def _hold(self, session: BrowserSession, work: Awaitable[None], ws: Any) -> None:
+        """``work`` under the session: cancelled when it ends (logout, revocation, expiry), the
+        socket then closed with 4401 (W3)."""
+        with trio.CancelScope() as scope:
+            release = session.hold(scope)
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._watch_deadline, session, scope)
+                    await work
+                    nursery.cancel_scope.cancel()
+            finally:
+                release()
+        if scope.cancelled_caught:
+            await ws.aclose(_WS_CLOSE_SESSION_ENDED, "session ended")
+
+    async def _watch_deadline(self, session: BrowserSession, scope: trio.CancelScope) -> None:
+        while (left := self.sessions.alive(session)) > 0:
+            await trio.sleep(min(left, 60.0))
+        scope.cancel()
+
+
+_NODE_TARGET = re.compile(r"[A-Za-z0-9_.:\[\]-]{1,253}")
+
+
+def _query(request: WebRequest) -> dict[str, str]:
+    """The query string's first value of each name (bounded: the request head is)."""
+    _, _, query = request.path.partition("?")
+    try:
+        return {k: v[0] for k, v in parse_qs(query, max_num_fields=16).items()}
+    except ValueError:
+        raise HTTPError(400, "bad_request", "too many query parameters") from None
+
+
+def _int_in(text: str | None, default: int) -> int:
+    return int(text) if text is not None and text.isdigit() and 1 <= int(text) <= MAX_SIZE else default
+
+
 async def _discard_incoming(ws: Any, scope: trio.CancelScope) -> None:
     """The node list takes no messages; reading them is how a close is noticed."""
     try:
         while True:
             await ws.get_message()
+    except trio_websocket.ConnectionClosed:
+        pass  # the browser left the page (1001): the push ends with it, no traceback
     finally:
         scope.cancel()

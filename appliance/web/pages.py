@@ -14,22 +14,30 @@ import segno
 
 from ..timestamps import format_time
 
-__all__ = ["PAGE_HEADERS", "error_page", "invite_page", "login_page", "nodes_page", "qr_svg"]
+__all__ = ["PAGE_HEADERS", "error_page", "invite_page", "login_page", "nodes_page", "qr_svg", "terminal_headers",
+           "terminal_page"]
 
+_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'{style}; img-src 'self'; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 # The invite URL holds a secret: never leak it through Referer, framing or a cache.
 PAGE_HEADERS = (
-    ("content-security-policy",
-     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
-     "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"),
+    ("content-security-policy", _CSP.format(style="")),
     ("x-frame-options", "DENY"),
     ("cross-origin-opener-policy", "same-origin"),
 )
 
+
+def terminal_headers(nonce: str) -> tuple[tuple[str, str], ...]:
+    """The terminal page's headers: :data:`PAGE_HEADERS`, except that ``<style>`` elements
+    carrying ``nonce`` are allowed (xterm.js's DOM renderer injects its theme and cell sizes as
+    ``<style>`` elements; terminal.js gives them the nonce). Scripts stay ``'self'`` only (W12)."""
+    return (("content-security-policy", _CSP.format(style=f" 'nonce-{nonce}'")),) + PAGE_HEADERS[1:]
+
 e = html.escape
 
 
-def _document(title: str, body: str, *, script: str | None = None, data: str = "") -> bytes:
-    module = f'<script type="module" src="/web/static/{e(script)}"></script>' if script else ""
+def _document(title: str, body: str, *, script: str | None = None, data: str = "", head: str = "") -> bytes:
+    module = head + (f'<script type="module" src="/web/static/{e(script)}"></script>' if script else "")
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1">'
             f'<meta name="referrer" content="no-referrer">'
@@ -94,9 +102,26 @@ def nodes_page(cluster: str) -> bytes:
             f'</div>'
             f'<p id="status" role="status" aria-live="polite">Connecting…</p>'
             f'<table id="nodes"><caption>Nodes</caption><thead><tr><th scope="col">Name</th>'
-            f'<th scope="col">Address</th><th scope="col">Labels</th><th scope="col">State</th></tr>'
+            f'<th scope="col">Address</th><th scope="col">Labels</th><th scope="col">State</th>'
+            f'<th scope="col">Terminal</th></tr>'
             f'</thead><tbody></tbody></table>')
     return _document(f"Jumpgate: nodes of {cluster}", body, script="nodes.js")
+
+
+def terminal_page(cluster: str, nonce: str) -> bytes:
+    """A terminal on a node: xterm.js and its fit addon (classic scripts from ``vendor/``,
+    copied there from the npm packages by ``make pyz``), then terminal.js. The node and the
+    login come from the page's query string; the nonce is the one of :func:`terminal_headers`."""
+    head = ('<link rel="stylesheet" href="/web/static/vendor/xterm.css">'
+            '<script src="/web/static/vendor/xterm.js"></script>'
+            '<script src="/web/static/vendor/addon-fit.js"></script>')
+    body = (f'<header><h1>Jumpgate: {e(cluster)}</h1><span id="where"></span>'
+            f'<a href="/web/nodes">Nodes</a>'
+            f'<button id="logout" type="button">Log out</button></header>'
+            f'<p id="status" role="status" aria-live="polite">Connecting…</p>'
+            f'<div id="terminal" class="terminal"></div>')
+    return _document(f"Jumpgate: terminal ({cluster})", body, script="terminal.js", head=head,
+                     data=f' data-style-nonce="{e(nonce)}"')
 
 
 def error_page(title: str, message: str) -> bytes:

@@ -9,6 +9,7 @@ The parts, one idea each:
   browser's pages, sessions and WebSockets (the route table is in its docstring);
 * :mod:`.sessions` — browser sessions, revocable through the cluster view;
 * :mod:`.nodes` — the node list the UI shows, kept current;
+* :mod:`.terminal` — the browser terminal, relayed to a node through the proxy's node gate;
 * :mod:`.static`, :mod:`.pages` — the ``web_static`` files and the server-made pages.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .nodes import REFRESH_INTERVAL, NodeFeed
 from .sessions import IDLE_TIMEOUT, SESSION_LIFETIME, SessionStore
 from ..limits import TunnelLimits
 from .tls import HTTP_ALPN, TUNNEL_ALPN, load_certificate, pin_of, server_ssl_context
+from .terminal import Terminals
 from .tunnels import TunnelHandler, TunnelHandoff
 from .transport import serve_connections
 
@@ -59,6 +61,7 @@ async def serve_web(service: Any, tls_cert_path: str, tls_key_path: str, host: s
                     idle_timeout: float = IDLE_TIMEOUT, session_lifetime: float = SESSION_LIFETIME,
                     node_refresh: float = REFRESH_INTERVAL,
                     tunnel_handler: TunnelHandler | None = None, tunnel_limits: TunnelLimits = TunnelLimits(),
+                    terminals: Terminals | None = None,
                     task_status: trio.TaskStatus[WebEndpoint] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the web service until cancelled.
 
@@ -74,6 +77,10 @@ async def serve_web(service: Any, tls_cert_path: str, tls_key_path: str, host: s
     offers ALPN ``jumpgate-tunnel`` and hands the connections that negotiate it to the
     handler, counted by ``tunnel_limits`` (see :mod:`appliance.web.tunnels`); without one it
     speaks HTTP/1.1 only.
+
+    ``terminals`` (:class:`~appliance.web.terminal.Terminals` over the proxy's node gate, when
+    the proxy runs in this process) serves the browser terminal; without it
+    ``/web/ws/terminal`` answers 503.
 
     >>> async def main(service):                                          # doctest: +SKIP
     ...     async with trio.open_nursery() as nursery:
@@ -92,7 +99,7 @@ async def serve_web(service: Any, tls_cert_path: str, tls_key_path: str, host: s
     if view is not None:
         view.on_nodes_changed(nodes.poke)
     app = WebApp(service, proxy_ssh_addr=proxy_ssh_addr, public_addr=public_addr, limits=limits,
-                 sessions=sessions, nodes=nodes)
+                 sessions=sessions, nodes=nodes, terminals=terminals)
     if listeners is None:  # else bound beforehand by a caller that had to know the port was free
         listeners = await trio.open_tcp_listeners(port, host=host or None)
     async with trio.open_nursery() as nursery:

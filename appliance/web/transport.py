@@ -108,8 +108,9 @@ class _HeadersTooLarge(Exception):
 class _Exchange:
     """One h11 connection over one stream, recording the bytes of the current request."""
 
-    def __init__(self, stream: trio.abc.Stream, limits: WebLimits) -> None:
+    def __init__(self, stream: trio.abc.Stream, limits: WebLimits, client_port: int = 0) -> None:
         self.stream = stream
+        self.client_port = client_port
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=limits.max_header)
         self.request_bytes = bytearray()
 
@@ -154,7 +155,8 @@ async def _read_request(exchange: _Exchange, client_ip: str, limits: WebLimits) 
         if len(body) > limits.max_body:
             raise _RequestTooLarge
     return WebRequest(start.method.decode("ascii", "replace"),
-                      start.target.decode("ascii", "replace"), headers, bytes(body), client_ip)
+                      start.target.decode("ascii", "replace"), headers, bytes(body), client_ip,
+                      exchange.client_port)
 
 
 async def _send_response(exchange: _Exchange, response: WebResponse, *, close: bool) -> None:
@@ -266,7 +268,7 @@ class _Server:
             if self._tunnels is not None and tls.selected_alpn_protocol() == TUNNEL_ALPN:
                 await self._tunnels.serve(tls, peer, _local_address(tcp))  # its own pool and deadline (W8)
             else:
-                await self._http_connection(tls, peer[0], source)
+                await self._http_connection(tls, peer, source)
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.TooSlowError):
             pass  # the client went away or was too slow: nothing to answer, nobody to tell
         except Exception:
@@ -275,19 +277,19 @@ class _Server:
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _http_connection(self, stream: trio.SSLStream, client_ip: str, source: str) -> None:
+    async def _http_connection(self, stream: trio.SSLStream, peer: tuple[str, int], source: str) -> None:
         if not self._counter.admit(source):
             return  # closed before a byte of HTTP is read
         try:
-            await self._serve_requests(stream, client_ip)
+            await self._serve_requests(stream, *peer)
             with trio.move_on_after(_CLOSE_GRACE):
                 await stream.aclose()
         finally:
             self._counter.release(source)
 
-    async def _serve_requests(self, stream: trio.abc.Stream, client_ip: str) -> None:
+    async def _serve_requests(self, stream: trio.abc.Stream, client_ip: str, client_port: int = 0) -> None:
         limits = self._limits
-        exchange = _Exchange(stream, limits)
+        exchange = _Exchange(stream, limits, client_port)
         for count in range(1, limits.max_requests_per_connection + 1):
             answer, close = await self._one_exchange(exchange, client_ip)
             if isinstance(answer, WebUpgrade):

@@ -113,3 +113,73 @@ def test_signup_login_filter_live_update_and_logout_in_a_real_browser(cluster: C
     page.wait_for_url(f"{base}/web/login")
     page.goto(f"{base}/web/nodes")
     page.wait_for_url(f"{base}/web/login")  # the session is gone server-side, not only the cookie
+
+
+def _login(page, base: str, cluster: Cluster, user: str, logins: list[str]) -> None:
+    """Sign up ``user`` through the service's invite page and log in in ``page``."""
+    token = cluster.add_user(user, logins)
+    page.goto(f"{base}/web/invite/{token}")
+    authenticator = Authenticator.from_uri(page.locator("details pre").text_content())
+    page.fill("#password", PASSWORD)
+    page.fill("#password2", PASSWORD)
+    page.fill("#otp_code", authenticator.code())
+    page.click("#signup button")
+    sync_api.expect(page.locator("#message")).to_contain_text("Signed up")
+    page.goto(f"{base}/web/login")
+    page.fill("#user", user)
+    page.fill("#password", PASSWORD)
+    page.fill("#otp_code", authenticator.code())
+    page.click("#login button")
+    page.wait_for_url(f"{base}/web/nodes")
+
+
+_BUFFER = """() => { const b = window.jumpgateTerminal.buffer.active; const lines = [];
+  for (let i = 0; i < b.length; i++) lines.push(b.getLine(i).translateToString(true));
+  return lines.join("\\n"); }"""
+_COLOURED = """() => { const b = window.jumpgateTerminal.buffer.active;
+  for (let i = 0; i < b.length; i++) { const line = b.getLine(i); const text = line.translateToString(true);
+    const at = text.indexOf("RED-TEXT"); if (at >= 0 && !text.includes("printf"))
+      return {fg: line.getCell(at).getFgColor(), mode: line.getCell(at).isFgPalette()}; }
+  return null; }"""
+
+
+def test_w11_a_terminal_on_the_clusters_node_in_a_real_browser(cluster: Cluster, page):
+    """Open from the node list; echo, UTF-8 and a colour round-trip; the window's size reaches
+    the pty; logout elsewhere closes the terminal (W11-W13)."""
+    import getpass
+    expect = sync_api.expect
+    base = f"https://{cluster.web}"
+    login = getpass.getuser()
+    page.set_viewport_size({"width": 1000, "height": 700})
+    _login(page, base, cluster, "termuser", [login])
+
+    node = _rows(page).filter(has_text=cluster.node_name)
+    node.get_by_role("link", name=f"terminal on {cluster.node_name} as {login}").click()
+    page.wait_for_url(f"{base}/web/terminal?*")
+    expect(page.locator("#status")).to_contain_text("Connected", timeout=LIVE)
+
+    def typed(text: str, want: str) -> str:
+        page.locator("#terminal").click()
+        page.keyboard.type(text + "\n")
+        page.wait_for_function(f"() => ({_BUFFER})().includes({want!r})", timeout=LIVE)
+        return page.evaluate(_BUFFER)
+
+    assert "42" in typed("echo $((6*7))", "\n42")
+    typed("echo \"grüße ✓ 日本\"", "\ngrüße ✓ 日本")
+    typed(r"printf '\033[31mRED-TEXT\033[0m\n'", "\nRED-TEXT")
+    assert page.evaluate(_COLOURED) == {"fg": 1, "mode": True}  # palette colour 1: red
+
+    before = typed("stty size", "\n")
+    first = page.evaluate("() => [window.jumpgateTerminal.rows, window.jumpgateTerminal.cols]")
+    page.set_viewport_size({"width": 700, "height": 450})
+    page.wait_for_function(f"() => window.jumpgateTerminal.cols < {first[1]}", timeout=LIVE)
+    size = page.evaluate("() => [window.jumpgateTerminal.rows, window.jumpgateTerminal.cols]")
+    after = typed("stty size", f"\n{size[0]} {size[1]}")
+    assert f"{first[0]} {first[1]}" in before and f"{size[0]} {size[1]}" in after, (first, size)
+    _shot(page, "terminal")
+
+    other = page.context.new_page()           # the same browser session, another tab
+    other.goto(f"{base}/web/nodes")
+    other.click("#logout")
+    other.wait_for_url(f"{base}/web/login")
+    page.wait_for_url(f"{base}/web/login", timeout=LIVE)   # the server closed the socket with 4401
