@@ -381,11 +381,13 @@ async def _labels(provider: Callable[[], Any]) -> dict[str, str]:
 async def _beat_until_error(api: ApiClient, name: str, addr: str, labels_provider: Callable[[], Any], *,
                             interval: float, tunnel: bool, holder: MembershipHolder | None,
                             clock: Callable[[], float], on_heartbeat: Callable[[], None],
-                            on_beat: Callable[[], None]) -> None:
+                            on_beat: Callable[[], None], tunnel_addr: str = "") -> None:
     """Heartbeat (and renew) on one connection until it fails."""
     warned = False
+    extra = {"tunnel_addr": tunnel_addr} if tunnel_addr else {}  # a proxy's tunnel port (N6)
     while True:
-        result = await api.heartbeat(name=name, addr=addr, labels=await _labels(labels_provider), tunnel=tunnel)
+        result = await api.heartbeat(name=name, addr=addr, labels=await _labels(labels_provider), tunnel=tunnel,
+                                     **extra)
         on_heartbeat()
         registered = result.get("addr") if isinstance(result, Mapping) else None
         if isinstance(registered, str) and registered != addr and not warned:
@@ -407,7 +409,7 @@ async def heartbeat_loop(api_factory: ApiFactory, name: str, addr: str, labels_p
                          holder: MembershipHolder | None = None,
                          clock: Callable[[], float] = time.time, max_backoff: float = MAX_BACKOFF,
                          backoff: Backoff | None = None, on_beat: Callable[[], None] = lambda: None,
-                         task_status=trio.TASK_STATUS_IGNORED) -> None:
+                         tunnel_addr: str = "", task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Heartbeat forever; reconnect after a failure with a bounded backoff.
 
     ``api_factory()`` opens an :class:`ApiClient` (e.g. :meth:`MembershipHolder.api_factory`);
@@ -416,7 +418,8 @@ async def heartbeat_loop(api_factory: ApiFactory, name: str, addr: str, labels_p
     attempt, successful or not, so a node or proxy can start while the auth server is down.
     The waits are Trio's (``trio.sleep``: a ``MockClock`` drives them); ``backoff`` (its
     ``rng``) and ``clock`` (wall time, for the certificate) are injectable, and ``on_beat()``
-    is called after each heartbeat that was answered (and its renewal check).
+    is called after each heartbeat that was answered (and its renewal check). A proxy gives
+    ``tunnel_addr``, where it takes reverse tunnels (nodes learn it by the push stream).
     """
     backoff = backoff if backoff is not None else Backoff(maximum=max_backoff)
     started = False
@@ -434,7 +437,8 @@ async def heartbeat_loop(api_factory: ApiFactory, name: str, addr: str, labels_p
         try:
             async with api_factory() as api:
                 await _beat_until_error(api, name, addr, labels_provider, interval=interval, tunnel=tunnel,
-                                        holder=holder, clock=clock, on_heartbeat=answered, on_beat=on_beat)
+                                        holder=holder, clock=clock, on_heartbeat=answered, on_beat=on_beat,
+                                        tunnel_addr=tunnel_addr)
         except (ApiError, SSHError, OSError, trio.TooSlowError) as exc:
             log.warning("heartbeat of %s to the auth server failed: %s", name, exc)
         if not started:

@@ -488,15 +488,16 @@ async def _start_tunnelled_node(nursery: trio.Nursery, cfg: Config, data_dir: Pa
                                 diag: Diag | None, connect, where: str) -> str:
     """A node behind a firewall (``--tunnel-addr PROXY:3024``, or ``--auth-server PROXY:3080``:
     ``connect`` dials the tunnel, TCP or TLS with ALPN): no listening socket at all. It joins,
-    heartbeats, sends its audit events and follows the push stream through channels of its one
+    heartbeats, sends its audit events and follows the push stream through channels of its
     tunnel to the proxy at ``where``, which reaches it back through the same connection
-    (docs/security.md N1, W8)."""
+    (docs/security.md N1, W8), and keeps a tunnel to each other proxy the push stream names (N6)."""
     from ..api.pool import ApiPool
     from ..cluster_view import ClusterView
     from ..membership import MembershipHolder, heartbeat_loop
     from ..node.labels import CommandLabel, LabelSet
     from ..node.server import NodeIdentity, tunnelled_node
     from ..tunnel.agent import AUTH_NAME, TunnelAgent, join_stream
+    from ..tunnel.fleet import TunnelFleet
 
     member = await _membership(cfg, data_dir, "node", cfg.node_name, AUTH_NAME, "", "", None,
                                via=lambda pin: join_stream(connect, pin), via_addr=where)
@@ -509,20 +510,21 @@ async def _start_tunnelled_node(nursery: trio.Nursery, cfg: Config, data_dir: Pa
                             host_cas=(ident.host_ca,))
 
     diag = diag or Diag(cfg)
-    api_pool = ApiPool(lambda: agent.api_factory()(), view=view)
+    api_pool = ApiPool(lambda: fleet.api_factory()(), view=view)
     hub, recording = await _start_recording(nursery, cfg, data_dir, api_pool)  # recorded as a listening node is
     serve = tunnelled_node(provider, audit=diag.counted_sink("node", await _audit_sink(nursery, api_pool, "node")),
                            view=view, session_nofile=session_nofile, hub=hub, recording=recording)
     agent = TunnelAgent(connect, holder, serve)
-    await nursery.start(supervised, "node", agent.run)
+    fleet = TunnelFleet(agent, holder, serve, view)  # and one tunnel to each other proxy (N6)
+    await nursery.start(supervised, "node", fleet.run)
     await nursery.start(supervised, "node", api_pool.run)
     await _first_view(view)
-    diag.listening("node", agent)
+    diag.listening("node", fleet)
     labels = LabelSet(cfg.labels, {name: CommandLabel(list(c.command), c.period)
                                    for name, c in cfg.command_labels.items()})
     await nursery.start(supervised, "node", labels.run)
     await nursery.start(supervised, "node", functools.partial(
-        heartbeat_loop, agent.api_factory(), member.name, "", labels.current, holder=holder, tunnel=True,
+        heartbeat_loop, fleet.api_factory(), member.name, "", labels.current, holder=holder, tunnel=True,
         on_beat=diag.beat("node")))
     log.info("node %s reached through the tunnel to %s (listening on no port)", member.name, where)
     return member.cluster
@@ -576,7 +578,7 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
         diag.listening("proxy", listener)
         await nursery.start(supervised, "proxy", functools.partial(
             heartbeat_loop, holder.api_factory(auth_addr), member.name, proxy_addr, lambda: {}, holder=holder,
-            on_beat=diag.beat("proxy")))
+            on_beat=diag.beat("proxy"), tunnel_addr=format_endpoint(cfg.host_name, cfg.ports["tunnel"])))
         log.info("proxy serving SSH on %s:%d", cfg.listen_addr, cfg.ports["proxy"])
     if "web" in cfg.services:
         try:
