@@ -16,7 +16,7 @@ import trio
 
 from appliance.api.pool import ApiPool
 from appliance.auth.server import serve_auth
-from appliance.auth.service import AuthService
+from appliance.auth.service import AuthService, AuthServiceError
 from appliance.auth.watch import ChangeFeed
 from appliance.cluster_view import ClusterView
 from appliance.membership import MembershipHolder, join
@@ -183,3 +183,16 @@ async def test_N6_a_proxy_added_is_dialled_within_30s_and_one_removed_is_dropped
         while c.service.registry.get(KEY) is not None:    # its tunnel was closed by the node
             await trio.sleep(0.02)
     assert await echoes(a)
+
+
+async def test_N6_a_proxy_advertises_a_tunnel_address_only_on_its_own_host_and_a_node_none(auth, nursery):
+    service, _ = auth
+    a = await start_proxy(nursery, auth, "jump-a")
+    with pytest.raises(AuthServiceError, match="not on a host this proxy joined with"):
+        await service.heartbeat("jump-a", tunnel_addr="10.9.9.9:3024")
+    token = (await service.create_token("node", 600, addresses=[LOOPBACK])).token
+    await service.join(token, "node", "db1", PrivateKey.generate("ssh-ed25519").public_key.blob, [LOOPBACK], {},
+                       f"{LOOPBACK}:3022")
+    with pytest.raises(AuthServiceError, match="only a proxy"):
+        await service.heartbeat("db1", tunnel_addr=f"{LOOPBACK}:3024")
+    assert (await service.storage.get_node("jump-a")).tunnel_addr == a.tunnel_addr   # unchanged by the refusal
