@@ -9,6 +9,8 @@ asks (docs/security.md R1-R4):
   certificate of an older generation is refused from then on.
 * ``proxy_registered(name, host_key)`` — a relay line counts only from a proxy still
   registered with that host key.
+* ``proxy_tunnels`` — where each proxy takes reverse tunnels (``{name: HOST:PORT}``): a
+  tunnelled node keeps one to each (:class:`appliance.tunnel.fleet.TunnelFleet`).
 * ``nodes`` (proxies only) — the inventory, so the proxy routes to a node that just joined and
   stops routing to one just removed at once; ``has_inventory`` says whether the server sends
   it (a snapshot came with it), ``inventory_version`` counts its changes (a cache key).
@@ -84,6 +86,7 @@ class ClusterView:
     def __init__(self) -> None:
         self._generations: dict[str, int] = {}
         self._proxies: dict[str, bytes] | None = None
+        self.proxy_tunnels: dict[str, str] = {}
         self.nodes: dict[str, Mapping[str, Any]] = {}
         self._inventory = False  # whether the server sends us the nodes (proxies only)
         self.inventory_version = 0
@@ -136,6 +139,8 @@ class ClusterView:
     def _snapshot(self, data: Mapping[str, Any]) -> None:
         self._generations = {str(k): int(v) for k, v in dict(data.get("users", {})).items()}
         self._proxies = {str(k): bytes(v) for k, v in dict(data.get("proxies", {})).items()}
+        self.proxy_tunnels = {str(k): str(v) for k, v in dict(data.get("tunnels", {})).items()
+                              if str(k) in self._proxies and v}
         self._inventory = "nodes" in data
         if self._inventory:
             self.nodes = {str(n["name"]): n for n in data["nodes"]}
@@ -152,6 +157,10 @@ class ClusterView:
                 self._proxies[name] = bytes(node.get("host_key", b""))
             else:
                 self._proxies.pop(name, None)
+        if node is not None and node.get("kind") == "proxy" and node.get("tunnel_addr"):
+            self.proxy_tunnels[name] = str(node["tunnel_addr"])
+        else:
+            self.proxy_tunnels.pop(name, None)
         if not self._inventory:
             return
         if node is None:

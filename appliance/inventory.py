@@ -99,6 +99,7 @@ class NodeRecord:
     host_key: bytes | None = None
     created: float = 0.0
     offline: bool = False
+    tunnel_addr: str = ""   # a proxy's: where nodes dial its reverse tunnels (its heartbeat says)
 
     @property
     def endpoint(self) -> tuple[str, int] | None:

@@ -43,7 +43,7 @@ import os
 import random
 import stat
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, AsyncContextManager
@@ -117,12 +117,24 @@ class MembershipHolder:
     def __init__(self, membership: Membership):
         self.current = membership
 
-    def api_factory(self, auth_addr: str, *, connect_timeout: float = 30.0) -> ApiFactory:
-        """Connections to the auth API with whatever membership is current at the time."""
-        def factory() -> AsyncContextManager[ApiClient]:
+    def api_factory(self, auth_addr: str, *, connect_timeout: float = 30.0,
+                    first_stream: Callable[[], trio.abc.Stream | None] = lambda: None) -> ApiFactory:
+        """Connections to the auth API with whatever membership is current at the time.
+        ``first_stream()`` is asked at each connection for a stream already open to
+        ``auth_addr`` (the start-up probe's, :class:`appliance.tunnel.transport.HandOff`);
+        None, as it is after the first, means dial."""
+        @contextlib.asynccontextmanager
+        async def factory() -> AsyncIterator[ApiClient]:
             ident = self.current
-            return ApiClient.connect(auth_addr, identity=(ident.host_key, ident.host_cert),
-                                     host_ca_key=ident.host_ca, connect_timeout=connect_timeout)
+            stream = first_stream()
+            try:
+                async with ApiClient.connect(auth_addr, identity=(ident.host_key, ident.host_cert),
+                                             host_ca_key=ident.host_ca, connect_timeout=connect_timeout,
+                                             stream=stream) as api:
+                    yield api
+            finally:
+                if stream is not None:
+                    await trio.aclose_forcefully(stream)
         return factory
 
 
@@ -228,23 +240,28 @@ def _membership_from_result(result: Any, key: PrivateKey, kind: str, name: str, 
 async def join(auth_addr: str, token: str, *, kind: str, name: str, addresses: Sequence[str] = (),
                labels: Mapping[str, str] | None = None, data_dir: str | os.PathLike[str], addr: str = "",
                clock: Callable[[], float] = time.time, connect_timeout: float = 30.0,
-               via: Callable[[str], AsyncContextManager[trio.abc.Stream]] | None = None) -> Membership:
+               via: Callable[[str], AsyncContextManager[trio.abc.Stream]] | None = None,
+               stream: trio.abc.Stream | None = None) -> Membership:
     """Join the cluster as ``kind`` ("node" or "proxy") named ``name``; save and return the membership.
 
     ``addresses`` become certificate principals (besides name and name.CLUSTER);
     ``addr`` is where the proxy reaches us (host:port), "" if not known yet.
     With ``via`` (a node joining through a proxy's tunnel port, :func:`appliance.tunnel.agent.join_stream`),
     ``via(pin)`` gives the stream to the auth API and ``auth_addr`` is the name its certificate
-    must carry (``auth``).
+    must carry (``auth``). ``stream`` is a connection already open to ``auth_addr`` (the
+    start-up probe's: then the join costs the auth port no connection of its own); it is closed.
     Raises :class:`ApiError` when the auth server refuses (``already_used``,
     ``expired``, ...), ``HostKeyNotVerifiable`` when the server does not match the
     token's pin, MembershipError for a malformed token or answer.
     """
-    secret, pin = parse_token(token)
-    directory = _kind_dir(data_dir, kind)
-    key = await trio.to_thread.run_sync(host_key_for, directory)
     async with contextlib.AsyncExitStack() as stack:
-        stream = await stack.enter_async_context(via(pin)) if via is not None else None
+        if stream is not None:
+            stack.push_async_callback(trio.aclose_forcefully, stream)
+        secret, pin = parse_token(token)
+        directory = _kind_dir(data_dir, kind)
+        key = await trio.to_thread.run_sync(host_key_for, directory)
+        if stream is None and via is not None:
+            stream = await stack.enter_async_context(via(pin))
         api = await stack.enter_async_context(ApiClient.connect_join(auth_addr, secret, pin, stream=stream,
                                                                      connect_timeout=connect_timeout))
         # Signed every time: it counts only when the name is taken, by this key (a re-join, J2).
@@ -364,11 +381,13 @@ async def _labels(provider: Callable[[], Any]) -> dict[str, str]:
 async def _beat_until_error(api: ApiClient, name: str, addr: str, labels_provider: Callable[[], Any], *,
                             interval: float, tunnel: bool, holder: MembershipHolder | None,
                             clock: Callable[[], float], on_heartbeat: Callable[[], None],
-                            on_beat: Callable[[], None]) -> None:
+                            on_beat: Callable[[], None], tunnel_addr: str = "") -> None:
     """Heartbeat (and renew) on one connection until it fails."""
     warned = False
+    extra = {"tunnel_addr": tunnel_addr} if tunnel_addr else {}  # a proxy's tunnel port (N6)
     while True:
-        result = await api.heartbeat(name=name, addr=addr, labels=await _labels(labels_provider), tunnel=tunnel)
+        result = await api.heartbeat(name=name, addr=addr, labels=await _labels(labels_provider), tunnel=tunnel,
+                                     **extra)
         on_heartbeat()
         registered = result.get("addr") if isinstance(result, Mapping) else None
         if isinstance(registered, str) and registered != addr and not warned:
@@ -390,7 +409,7 @@ async def heartbeat_loop(api_factory: ApiFactory, name: str, addr: str, labels_p
                          holder: MembershipHolder | None = None,
                          clock: Callable[[], float] = time.time, max_backoff: float = MAX_BACKOFF,
                          backoff: Backoff | None = None, on_beat: Callable[[], None] = lambda: None,
-                         task_status=trio.TASK_STATUS_IGNORED) -> None:
+                         tunnel_addr: str = "", task_status=trio.TASK_STATUS_IGNORED) -> None:
     """Heartbeat forever; reconnect after a failure with a bounded backoff.
 
     ``api_factory()`` opens an :class:`ApiClient` (e.g. :meth:`MembershipHolder.api_factory`);
@@ -399,7 +418,8 @@ async def heartbeat_loop(api_factory: ApiFactory, name: str, addr: str, labels_p
     attempt, successful or not, so a node or proxy can start while the auth server is down.
     The waits are Trio's (``trio.sleep``: a ``MockClock`` drives them); ``backoff`` (its
     ``rng``) and ``clock`` (wall time, for the certificate) are injectable, and ``on_beat()``
-    is called after each heartbeat that was answered (and its renewal check).
+    is called after each heartbeat that was answered (and its renewal check). A proxy gives
+    ``tunnel_addr``, where it takes reverse tunnels (nodes learn it by the push stream).
     """
     backoff = backoff if backoff is not None else Backoff(maximum=max_backoff)
     started = False
@@ -417,7 +437,8 @@ async def heartbeat_loop(api_factory: ApiFactory, name: str, addr: str, labels_p
         try:
             async with api_factory() as api:
                 await _beat_until_error(api, name, addr, labels_provider, interval=interval, tunnel=tunnel,
-                                        holder=holder, clock=clock, on_heartbeat=answered, on_beat=on_beat)
+                                        holder=holder, clock=clock, on_heartbeat=answered, on_beat=on_beat,
+                                        tunnel_addr=tunnel_addr)
         except (ApiError, SSHError, OSError, trio.TooSlowError) as exc:
             log.warning("heartbeat of %s to the auth server failed: %s", name, exc)
         if not started:

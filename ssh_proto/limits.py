@@ -327,6 +327,13 @@ class Admission:
         if remaining >= penalties.minimum:
             source.penalised = True
 
+    def penalty(self, address) -> float:
+        """The seconds of penalty the source of ``address`` holds now (0.0: none), refused
+        or not yet."""
+        key = self.source_key(address)
+        source = self._sources.get(key) if key is not None else None
+        return max(source.penalty_until - self._clock(), 0.0) if source is not None else 0.0
+
     def penalised(self, address) -> bool:
         """Is ``address``'s source refused right now?"""
         key = self.source_key(address)

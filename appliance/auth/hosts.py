@@ -32,6 +32,7 @@ from typing import Any
 from ssh_proto.keys import Certificate, PublicKey
 
 from .. import inventory, names
+from ..addresses import parse_endpoint
 from ..inventory import HEARTBEAT_INTERVAL, is_offline, labels_match
 from ..storage.base import NodeRecord, Storage, TokenRecord
 from . import joining
@@ -250,19 +251,25 @@ class Hosts:
         return self._join_result(name, node.kind, cert, node.addr)
 
     async def heartbeat(self, name: str, addr: str = "", labels: Mapping[str, str] | None = None,
-                        tunnel: bool = False) -> HeartbeatResult:
+                        tunnel: bool = False, tunnel_addr: str = "") -> HeartbeatResult:
         """A joined node/proxy is alive, with these labels (``tunnel``: reachable by tunnel).
 
         ``addr`` is what the node believes its address is; it is never stored (J4): the
         proxy keeps dialling the address registered at the join, returned here so that the
-        node can say when the two differ (re-join to move it).
+        node can say when the two differ (re-join to move it). ``tunnel_addr`` is a proxy's
+        tunnel port (``HOST:3024``), stored and pushed: tunnelled nodes dial every proxy's
+        (N6). Its host must be one the proxy's join registered (its address or a certified
+        one), so a proxy can point nodes only at itself.
         """
         name = lookup_name(name)
         check_addr(addr, required=False)
+        check_addr(tunnel_addr, required=False)
         labels = check_labels(labels)
         node = await self.storage.get_node(name)
+        if node is not None and tunnel_addr:
+            _check_tunnel_addr(node, tunnel_addr)
         if node is None or not await self.storage.heartbeat_node(name, labels, bool(tunnel),
-                                                                  self._clock()):
+                                                                  self._clock(), tunnel_addr):
             raise AuthServiceError("not_found", f"no node {name!r}: join again with a new token")
         self._gone.discard(node.name)
         return HeartbeatResult(node.addr)
@@ -385,3 +392,14 @@ class Hosts:
             return self.ca.sign_host(key, kind, name, principals, ttl, self._clock())
         except CAError as exc:
             raise bad_request(f"cannot issue a host certificate for {name!r}: {exc}") from None
+
+
+def _check_tunnel_addr(node: NodeRecord, tunnel_addr: str) -> None:
+    """A proxy's tunnel address names a host of its own registration (N6)."""
+    if node.kind != "proxy":
+        raise bad_request("only a proxy has a tunnel address")
+    host = parse_endpoint(tunnel_addr)[0]
+    own = set(node.addresses) | ({node.endpoint[0]} if node.endpoint else set())
+    if host not in own:
+        raise bad_request(f"tunnel address {tunnel_addr[:64]!r} is not on a host this proxy joined with "
+                          f"({', '.join(sorted(own)) or 'none'})")

@@ -39,13 +39,15 @@ Theory of operation:
 Pushes::
 
     snapshot  {"users": {name: generation}, "proxies": {name: host_key},
+               "tunnels": {proxy name: tunnel address}  (proxies that take tunnels),
                "nodes": [node map]  (proxies only)}
     user      {"name": str, "generation": int, "exists": bool}
     node      {"name": str, "node": node map | None}    (None: removed)
     audit     an audit event's wire map {"id", "event", "code", "time", "user", "success", "fields"}
               (admins only; their snapshot is {"audit_last_id": int})
 
-A node map is ``{"name", "kind", "addr", "labels", "last_seen", "tunnel", "host_key"}``.
+A node map is ``{"name", "kind", "addr", "labels", "last_seen", "tunnel", "host_key", "tunnel_addr"}``
+(``tunnel_addr``: a proxy's tunnel port, "" for a node).
 Generations are sent for users whose generation changed within :data:`REVOCATION_HORIZON`:
 certificates of an older generation than that have all expired.
 """
@@ -89,7 +91,7 @@ SYNC_SOCKET = "feed.sock"
 
 def node_map(node: NodeRecord) -> dict[str, Any]:
     """The listing form of the record and its host key (nodes verify proxies by it)."""
-    return {**node.to_wire(), "host_key": node.host_key or b""}
+    return {**node.to_wire(), "host_key": node.host_key or b"", "tunnel_addr": node.tunnel_addr}
 
 
 class _Subscriber:
@@ -234,6 +236,7 @@ class ChangeFeed:
         data: dict[str, Any] = {
             "users": await self.storage.list_generations(self._clock() - REVOCATION_HORIZON),
             "proxies": {n.name: n.host_key or b"" for n in nodes if n.kind == "proxy"},
+            "tunnels": {n.name: n.tunnel_addr for n in nodes if n.kind == "proxy" and n.tunnel_addr},
         }
         if caller == "proxy":
             data["nodes"] = [node_map(n) for n in nodes]

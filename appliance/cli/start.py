@@ -33,7 +33,7 @@ from pathlib import Path
 
 import trio
 
-from ..addresses import AUTH_PORT, DEFAULT_PORTS, format_endpoint, host_of, parse_endpoint
+from ..addresses import DEFAULT_PORTS, format_endpoint, host_of, parse_endpoint
 from ..config import Config, ConfigError, default_data_dir, load_config
 from ..limits import raise_nofile_limit
 from .errors import CliError
@@ -301,8 +301,9 @@ async def _close_all(listeners: list[trio.SocketListener]) -> None:
 # ---------------------------------------------------------------------------------- identities
 
 async def _membership(cfg: Config, data_dir: Path, kind: str, name: str, auth_addr: str, host: str,
-                    addr: str, auth_service, via=None, via_addr: str = ""):
+                    addr: str, auth_service, via=None, via_addr: str = "", first_stream=lambda: None):
     """The saved membership of this node or proxy, or a new one by joining (locally or with --token).
+    ``first_stream()`` may give a connection already open to ``auth_addr`` for the join (the probe's).
 
     A saved membership keeps its name (docs/security.md J2): a different configured name is
     reported, not applied. Joining again (an expired certificate) with the saved host key
@@ -328,7 +329,7 @@ async def _membership(cfg: Config, data_dir: Path, kind: str, name: str, auth_ad
         raise CliError(f"{kind}: not joined yet: pass --token from `jumpgate ctl tokens add --type {kind}`")
     try:
         return await join(auth_addr, token, kind=kind, name=name, addresses=_local_addresses(cfg, kind, host),
-                          labels=dict(cfg.labels), data_dir=data_dir, addr=addr, via=via)
+                          labels=dict(cfg.labels), data_dir=data_dir, addr=addr, via=via, stream=first_stream())
     except (ApiError, MembershipError, OSError, trio.TooSlowError) as exc:
         if via is not None:
             raise CliError(f"{kind}: cannot join the cluster through the proxy at {via_addr}: "
@@ -377,33 +378,61 @@ async def _audit_sink(nursery: trio.Nursery, pool, service: str):
 # ---------------------------------------------------------------------------------- node
 
 async def _start_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_addr: str, host: str, auth_service,
-                      session_nofile: int | None = None, diag: Diag | None = None) -> None:
-    from ..api.pool import ApiPool
-    from ..membership import MembershipHolder, heartbeat_loop
-    from ..node.labels import CommandLabel, LabelSet
-    from ..cluster_view import ClusterView
-    from ..node.server import NodeIdentity, serve_node
+                      session_nofile: int | None = None, diag: Diag | None = None) -> str:
+    """A node: tunnelled (``--tunnel-addr``, or ``--auth-server`` a proxy's web port) or
+    listening. ``--auth-server`` is probed once, and that connection is handed on."""
+    from ..tunnel.transport import HandOff, tls_connector
 
     if cfg.tunnel_addr:
         from ..addresses import TUNNEL_PORT
         from ..tunnel.transport import tcp_connector
         connect = tcp_connector(*parse_endpoint(cfg.tunnel_addr, TUNNEL_PORT))
         return await _start_tunnelled_node(nursery, cfg, data_dir, session_nofile, diag, connect, cfg.tunnel_addr)
-    if auth_service is None and await _speaks(cfg.auth_server) == "tls":
-        # --auth-server PROXY:3080: the web port of a proxy, the only address such a node needs
-        from ..tunnel.transport import tls_connector
-        connect = tls_connector(*parse_endpoint(cfg.auth_server, AUTH_PORT))
-        return await _start_tunnelled_node(nursery, cfg, data_dir, session_nofile, diag, connect, cfg.auth_server)
+    hand_off = None
+    if auth_service is None:
+        probed = await _probe(cfg.auth_server)
+        hand_off = HandOff(probed.stream)
+        if probed.kind == "tls":
+            # --auth-server PROXY:3080: the web port of a proxy, the only address such a node needs;
+            # its first tunnel (the join's, or the node's own) runs on the probed connection
+            connect = hand_off.first_then(tls_connector(probed.host, probed.port), lambda _: probed.start_tls())
+            try:
+                return await _start_tunnelled_node(nursery, cfg, data_dir, session_nofile, diag, connect,
+                                                   cfg.auth_server)
+            finally:
+                await hand_off.aclose()
+    try:
+        return await _start_listening_node(nursery, cfg, data_dir, auth_addr, host, auth_service, session_nofile,
+                                           diag, hand_off)
+    finally:
+        if hand_off is not None:
+            await hand_off.aclose()
+
+
+async def _start_listening_node(nursery: trio.Nursery, cfg: Config, data_dir: Path, auth_addr: str, host: str,
+                                auth_service, session_nofile: int | None, diag: Diag | None, hand_off) -> str:
+    """Today's node: it listens on the node port. ``hand_off`` holds the start-up probe's
+    connection to ``--auth-server`` (None on the auth host): the join runs on it, or, for a
+    node already joined, the first API connection, so starting costs the auth port no
+    connection that hangs up unauthenticated (docs/security.md L9)."""
+    from ..api.pool import ApiPool
+    from ..membership import MembershipHolder, heartbeat_loop
+    from ..node.labels import CommandLabel, LabelSet
+    from ..cluster_view import ClusterView
+    from ..node.server import NodeIdentity, serve_node
+
+    first_stream = hand_off.take if hand_off is not None else (lambda: None)
     addr = format_endpoint(host, cfg.ports["node"])
     listeners = await bind_listeners("node", cfg.listen_addr, cfg.ports["node"])
     try:
-        member = await _membership(cfg, data_dir, "node", cfg.node_name, auth_addr, host, addr, auth_service)
+        member = await _membership(cfg, data_dir, "node", cfg.node_name, auth_addr, host, addr, auth_service,
+                                   first_stream=first_stream)
     except BaseException:
         await _close_all(listeners)
         raise
     holder = MembershipHolder(member)
     view = ClusterView()
-    pool = ApiPool(holder.api_factory(auth_addr), view=view)
+    pool = ApiPool(holder.api_factory(auth_addr, first_stream=first_stream), view=view)
     await nursery.start(supervised, "node", pool.run)
     await _first_view(view)
 
@@ -444,12 +473,13 @@ async def _start_recording(nursery: trio.Nursery, cfg: Config, data_dir: Path, p
     return hub, RecordingSettings(root, cfg.recording, record_input=cfg.recording_input, on_sealed=uploader.kick)
 
 
-async def _speaks(auth_server: str) -> str:
-    """``"ssh"`` (an auth port) or ``"tls"`` (a proxy's web port): who speaks first
-    (:func:`appliance.tunnel.transport.probe_auth_server`, through HTTPS_PROXY if set)."""
-    from ..tunnel.transport import probe_auth_server
+async def _probe(auth_server: str):
+    """The connection to ``--auth-server`` and what it speaks, ``"ssh"`` (an auth port) or
+    ``"tls"`` (a proxy's web port): who speaks first (:func:`appliance.tunnel.transport.open_probed`,
+    through HTTPS_PROXY if set). The caller hands the connection on (HandOff)."""
+    from ..tunnel.transport import open_probed
     try:
-        return await probe_auth_server(auth_server)
+        return await open_probed(auth_server)
     except OSError as exc:
         raise CliError(f"node: cannot reach the auth server {auth_server}: {exc}") from None
 
@@ -458,15 +488,16 @@ async def _start_tunnelled_node(nursery: trio.Nursery, cfg: Config, data_dir: Pa
                                 diag: Diag | None, connect, where: str) -> str:
     """A node behind a firewall (``--tunnel-addr PROXY:3024``, or ``--auth-server PROXY:3080``:
     ``connect`` dials the tunnel, TCP or TLS with ALPN): no listening socket at all. It joins,
-    heartbeats, sends its audit events and follows the push stream through channels of its one
+    heartbeats, sends its audit events and follows the push stream through channels of its
     tunnel to the proxy at ``where``, which reaches it back through the same connection
-    (docs/security.md N1, W8)."""
+    (docs/security.md N1, W8), and keeps a tunnel to each other proxy the push stream names (N6)."""
     from ..api.pool import ApiPool
     from ..cluster_view import ClusterView
     from ..membership import MembershipHolder, heartbeat_loop
     from ..node.labels import CommandLabel, LabelSet
     from ..node.server import NodeIdentity, tunnelled_node
     from ..tunnel.agent import AUTH_NAME, TunnelAgent, join_stream
+    from ..tunnel.fleet import TunnelFleet
 
     member = await _membership(cfg, data_dir, "node", cfg.node_name, AUTH_NAME, "", "", None,
                                via=lambda pin: join_stream(connect, pin), via_addr=where)
@@ -479,20 +510,21 @@ async def _start_tunnelled_node(nursery: trio.Nursery, cfg: Config, data_dir: Pa
                             host_cas=(ident.host_ca,))
 
     diag = diag or Diag(cfg)
-    api_pool = ApiPool(lambda: agent.api_factory()(), view=view)
+    api_pool = ApiPool(lambda: fleet.api_factory()(), view=view)
     hub, recording = await _start_recording(nursery, cfg, data_dir, api_pool)  # recorded as a listening node is
     serve = tunnelled_node(provider, audit=diag.counted_sink("node", await _audit_sink(nursery, api_pool, "node")),
                            view=view, session_nofile=session_nofile, hub=hub, recording=recording)
     agent = TunnelAgent(connect, holder, serve)
-    await nursery.start(supervised, "node", agent.run)
+    fleet = TunnelFleet(agent, holder, serve, view)  # and one tunnel to each other proxy (N6)
+    await nursery.start(supervised, "node", fleet.run)
     await nursery.start(supervised, "node", api_pool.run)
     await _first_view(view)
-    diag.listening("node", agent)
+    diag.listening("node", fleet)
     labels = LabelSet(cfg.labels, {name: CommandLabel(list(c.command), c.period)
                                    for name, c in cfg.command_labels.items()})
     await nursery.start(supervised, "node", labels.run)
     await nursery.start(supervised, "node", functools.partial(
-        heartbeat_loop, agent.api_factory(), member.name, "", labels.current, holder=holder, tunnel=True,
+        heartbeat_loop, fleet.api_factory(), member.name, "", labels.current, holder=holder, tunnel=True,
         on_beat=diag.beat("node")))
     log.info("node %s reached through the tunnel to %s (listening on no port)", member.name, where)
     return member.cluster
@@ -549,7 +581,7 @@ async def _start_proxy_and_web(nursery: trio.Nursery, cfg: Config, data_dir: Pat
                                    view, audit, holder)
         await nursery.start(supervised, "proxy", functools.partial(
             heartbeat_loop, holder.api_factory(auth_addr), member.name, proxy_addr, lambda: {}, holder=holder,
-            on_beat=diag.beat("proxy")))
+            on_beat=diag.beat("proxy"), tunnel_addr=format_endpoint(cfg.host_name, cfg.ports["tunnel"])))
         log.info("proxy serving SSH on %s:%d", cfg.listen_addr, cfg.ports["proxy"])
     if "web" in cfg.services:
         try:

@@ -325,9 +325,10 @@ class Storage(Protocol):
     async def list_nodes(self) -> list[NodeRecord]: ...
     async def delete_node(self, name: str) -> bool: ...
     async def heartbeat_node(self, name: str, labels: Mapping[str, str],
-                             tunnel: bool, now: float) -> bool:
-        """Update last_seen, labels and tunnel of an existing node; False if absent. The
-        address the proxy dials is not among them: only a join sets it."""
+                             tunnel: bool, now: float, tunnel_addr: str = "") -> bool:
+        """Update last_seen, labels, tunnel and (a proxy's) tunnel_addr of an existing node;
+        False if absent. The address the proxy dials is not among them: only a join sets it.
+        A change of ``tunnel`` or ``tunnel_addr`` is a change pushed to watchers."""
 
     # -- certificate authorities -------------------------------------------------------
     async def get_ca(self, kind: str, cluster: str | None = None) -> CARecord | None:

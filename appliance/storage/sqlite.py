@@ -52,7 +52,7 @@ from .base import (
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStorage"]
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 BUSY_TIMEOUT_MS = 5000
 MAX_AUDIT_LIMIT = 10_000
 
@@ -126,7 +126,8 @@ CREATE TABLE nodes (
     tunnel INTEGER NOT NULL,
     addresses BLOB NOT NULL,
     host_key BLOB,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    tunnel_addr TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE cas (
     cluster TEXT NOT NULL,
@@ -251,6 +252,11 @@ def _v8_sessions_and_audit_columns(db: sqlite3.Connection) -> None:
         db.execute(statement)
 
 
+def _v9_proxy_tunnel_addr(db: sqlite3.Connection) -> None:
+    """v9 (issue 15): where a proxy takes reverse tunnels (its heartbeat says; nodes dial each)."""
+    db.execute("ALTER TABLE nodes ADD COLUMN tunnel_addr TEXT NOT NULL DEFAULT ''")
+
+
 def _audit_columns(fields: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(str(fields.get(name) or "")[:256] for name in AUDIT_COLUMN_FIELDS)
 
@@ -264,13 +270,14 @@ _MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
     6: _v6_invite_attempts,
     7: _v7_cas_by_cluster_kind_and_id,
     8: _v8_sessions_and_audit_columns,
+    9: _v9_proxy_tunnel_addr,
 }
 
 _USER_COLUMNS = ("name, logins, roles, password_hash, totp_secret, last_totp_counter, "
                  "failed_logins, locked_until, created, kind")
 _INVITE_COLUMNS = "token_hash, user, totp_secret, created, expires, used, attempts"
 _TOKEN_COLUMNS = "id, token_hash, kind, created, expires, used, used_by, node_name, addresses"
-_NODE_COLUMNS = "name, kind, addr, labels, last_seen, tunnel, addresses, host_key, created"
+_NODE_COLUMNS = "name, kind, addr, labels, last_seen, tunnel, addresses, host_key, created, tunnel_addr"
 _AUDIT_COLUMNS = "id, time, event, code, user, success, fields"
 _SESSION_COLUMNS = ("id, user, login, node, kind, command, client_ip, started, ended, state, exit_status, "
                     "exit_signal, chunks, header")
@@ -303,7 +310,7 @@ def _user(row: Sequence[Any]) -> UserRecord:
 
 def _node(row: Sequence[Any]) -> NodeRecord:
     return NodeRecord(row[0], row[1], row[2], dict(_unpack(row[3])), row[4], bool(row[5]),
-                      tuple(_unpack(row[6])), row[7], row[8])
+                      tuple(_unpack(row[6])), row[7], row[8], tunnel_addr=row[9])
 
 
 def _token(row: Sequence[Any]) -> TokenRecord:
@@ -693,10 +700,10 @@ class SQLiteStorage:
     # -- nodes -----------------------------------------------------------------------
     async def put_node(self, node: NodeRecord) -> None:
         values = (node.name, node.kind, node.addr, _pack(dict(node.labels)), node.last_seen,
-                  int(node.tunnel), _pack(list(node.addresses)), node.host_key, node.created)
+                  int(node.tunnel), _pack(list(node.addresses)), node.host_key, node.created, node.tunnel_addr)
 
         def put(db: sqlite3.Connection) -> None:
-            db.execute(f"INSERT OR REPLACE INTO nodes ({_NODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", values)
+            db.execute(f"INSERT OR REPLACE INTO nodes ({_NODE_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", values)
             self._changed(db, "node", node.name)
         await self._run(put)
 
@@ -719,16 +726,18 @@ class SQLiteStorage:
         return await self._run(delete)
 
     async def heartbeat_node(self, name: str, labels: Mapping[str, str],
-                             tunnel: bool, now: float) -> bool:
-        values = (_pack(dict(labels)), now, int(tunnel), name)
+                             tunnel: bool, now: float, tunnel_addr: str = "") -> bool:
+        values = (_pack(dict(labels)), now, int(tunnel), tunnel_addr, name)
 
         def beat(db: sqlite3.Connection) -> bool:
-            row = db.execute("SELECT tunnel FROM nodes WHERE name = ?", (name,)).fetchone()
+            row = db.execute("SELECT tunnel, tunnel_addr FROM nodes WHERE name = ?", (name,)).fetchone()
             if row is None:
                 return False
-            db.execute("UPDATE nodes SET labels = ?, last_seen = ?, tunnel = ? WHERE name = ?", values)
-            if bool(row[0]) != bool(tunnel):
-                self._changed(db, "node", name)  # how the proxy reaches it changed: pushed (ls shows it)
+            db.execute("UPDATE nodes SET labels = ?, last_seen = ?, tunnel = ?, tunnel_addr = ? WHERE name = ?",
+                       values)
+            if bool(row[0]) != bool(tunnel) or row[1] != tunnel_addr:
+                # how the proxy reaches it, or where nodes reach a proxy, changed: pushed
+                self._changed(db, "node", name)
             return True
         return await self._run(beat)
 

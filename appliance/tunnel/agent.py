@@ -93,12 +93,15 @@ def verify_proxy(host_ca: PublicKey | None = None, *, ca_pin: str | None = None,
 
 class TunnelAgent:
     """Keep one tunnel to a proxy up (see the module docstring). ``serve_node(stream, relay,
-    proxy)`` serves one user connection the proxy opened."""
+    proxy)`` serves one user connection the proxy opened. With ``expect_proxy`` the proxy
+    reached must be that one (a tunnel dialled at an address the auth server gave for it:
+    :mod:`appliance.tunnel.fleet`)."""
 
     def __init__(self, connect: Connect, holder: MembershipHolder, serve_node: ServeNode, *,
                  keepalive_interval: float = KEEPALIVE_INTERVAL, keepalive_timeout: float = KEEPALIVE_TIMEOUT,
-                 backoff: Backoff | None = None):
+                 backoff: Backoff | None = None, expect_proxy: str | None = None):
         self._connect = connect
+        self.expect_proxy = expect_proxy
         self._holder = holder
         self._serve_node = serve_node
         self.keepalive_interval = keepalive_interval
@@ -133,10 +136,15 @@ class TunnelAgent:
         ident = self._holder.current
         stream = await self._connect()
         names: list[str] = []
+
+        def verified(name: str) -> None:
+            if self.expect_proxy is not None and name != self.expect_proxy:
+                raise HostKeyNotVerifiable(f"dialled proxy {self.expect_proxy} but reached proxy {name}")
+            names.append(name)
         try:
             async with ssh_proto.connect("proxy", 0, username=ident.name, stream=stream,
                                          client_keys=[(ident.host_key, ident.host_cert)],
-                                         known_hosts=verify_proxy(ident.host_ca, on_verified=names.append),
+                                         known_hosts=verify_proxy(ident.host_ca, on_verified=verified),
                                          connect_timeout=CONNECT_TIMEOUT) as conn:
                 self.proxy = names[-1]
                 conn.accept_channels(NODE_CHANNEL, self._node_channel)

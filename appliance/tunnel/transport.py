@@ -47,8 +47,8 @@ from ..addresses import AUTH_PORT, format_endpoint, parse_endpoint
 from ..web.tls import TUNNEL_ALPN
 from .http_proxy import HTTPProxy, ProxyError, connect_through, proxy_for
 
-__all__ = ["CONNECT_TIMEOUT", "PROBE_SILENCE", "Connect", "Probed", "ProxyError", "ReplayStream", "TransportError",
-           "open_probed", "probe_auth_server", "tcp_connector", "tls_connector", "tunnel_ssl_context"]
+__all__ = ["CONNECT_TIMEOUT", "PROBE_SILENCE", "Connect", "HandOff", "Probed", "ProxyError", "ReplayStream",
+           "TransportError", "open_probed", "probe_auth_server", "tcp_connector", "tls_connector", "tunnel_ssl_context"]
 
 Connect = Callable[[], Awaitable[trio.abc.Stream]]
 CONNECT_TIMEOUT = 15.0
@@ -199,6 +199,40 @@ async def open_probed(addr: str, *, silence: float = PROBE_SILENCE, environ: Map
         await trio.aclose_forcefully(stream)
         raise
     return Probed("tls", stream, host, port)
+
+
+class HandOff:
+    """A probed connection handed on to its first user, so the probe costs no connection.
+
+    ``take()`` gives the stream once, then None (the caller dials as usual); ``aclose()``
+    closes it if nobody took it. ``first_then(connect)`` is a connector whose first call is
+    the handed-on stream made ready by ``prepare`` (TLS, for the web port) and every later call
+    ``connect()``::
+
+        hand_off = HandOff(probed.stream)
+        stream = hand_off.take() or await trio.open_tcp_stream(host, port)
+    """
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream: trio.abc.Stream | None = stream
+
+    def take(self) -> trio.abc.Stream | None:
+        stream, self._stream = self._stream, None
+        return stream
+
+    def first_then(self, connect: Connect,
+                   prepare: Callable[[trio.abc.Stream], Awaitable[trio.abc.Stream]] | None = None) -> Connect:
+        async def connect_once() -> trio.abc.Stream:
+            stream = self.take()
+            if stream is None:
+                return await connect()
+            return await prepare(stream) if prepare is not None else stream
+        return connect_once
+
+    async def aclose(self) -> None:
+        stream = self.take()
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
 
 
 async def probe_auth_server(addr: str, *, silence: float = PROBE_SILENCE,

@@ -17,6 +17,7 @@ import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import trio
 
@@ -60,6 +61,7 @@ class AuthEnv:
     clock: OffsetClock
     port: int
     host_identity: tuple[PrivateKey, Certificate]
+    listener: Any = None  # the ssh_proto.SSHListener (its ``admission``)
 
     @property
     def addr(self) -> str:
@@ -159,6 +161,6 @@ async def running_auth(port: int = 0, service: AuthService | None = None,
         listener = await nursery.start(partial(serve_auth, service, service.ca, host_identity, "127.0.0.1", port,
                                                clock=clock))
         try:
-            yield AuthEnv(service, clock, listener.port, host_identity)
+            yield AuthEnv(service, clock, listener.port, host_identity, listener)
         finally:
             nursery.cancel_scope.cancel()
