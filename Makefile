@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PYTEST_WORKERS ?= 2
 
-.PHONY: test test-fast typecheck docs venv system-deps pyz vendor demo bench clean
+.PHONY: test test-fast typecheck docs venv system-deps pyz vendor vendor-check demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,22 +34,26 @@ PYZ_SOURCES := pyproject.toml build/build_pyz.sh build/fast_main.py \
 	$(shell find appliance ssh_proto web_static -type f ! -path '*/__pycache__/*' ! -path '*/node_modules/*' ! -name '*.pyc' 2>/dev/null)
 
 # xterm.js and its fit addon, from the npm registry at the versions web_static/package-lock.json pins:
-# `npm ci` into web_static/node_modules (ignored by git), then the built files into web_static/vendor/
-# (committed, so a pyz builds offline and without npm; this rule refreshes them when the lock changes).
+# `make vendor` runs `npm ci` into web_static/node_modules (ignored by git) and copies the built
+# files into web_static/vendor/, which is committed with the lock's digest, so that a pyz builds
+# offline and without npm. A build refreshes vendor/ only when the lock no longer matches that
+# digest (a fresh clone never needs npm; a changed lock does).
 VENDOR = web_static/vendor
-$(VENDOR)/xterm.js: web_static/package.json web_static/package-lock.json
+vendor:
 	cd web_static && npm ci --no-audit --no-fund --ignore-scripts
 	mkdir -p $(VENDOR)
 	cp web_static/node_modules/@xterm/xterm/lib/xterm.js web_static/node_modules/@xterm/xterm/css/xterm.css \
 	   web_static/node_modules/@xterm/addon-fit/lib/addon-fit.js $(VENDOR)/
 	cp web_static/node_modules/@xterm/xterm/LICENSE $(VENDOR)/LICENSE.xterm
 	cp web_static/node_modules/@xterm/addon-fit/LICENSE $(VENDOR)/LICENSE.addon-fit
-	touch $@
+	sha256sum web_static/package-lock.json | cut -d' ' -f1 > $(VENDOR)/lock.sha256
 
-vendor: $(VENDOR)/xterm.js
+vendor-check:
+	@if [ "$$(sha256sum web_static/package-lock.json | cut -d' ' -f1)" != "$$(cat $(VENDOR)/lock.sha256 2>/dev/null)" ]; then \
+	  echo "web_static/package-lock.json changed: refreshing web_static/vendor (npm ci)"; $(MAKE) vendor; fi
 
 # The venv is only the tool that builds (order-only): reinstalling it changes nothing inside the pyz.
-dist/jumpgate.pyz: $(PYZ_SOURCES) $(VENDOR)/xterm.js | $(VENV)/.installed
+dist/jumpgate.pyz: $(PYZ_SOURCES) | $(VENV)/.installed vendor-check
 	PY=$(PY) bash build/build_pyz.sh
 
 pyz: dist/jumpgate.pyz
