@@ -70,6 +70,9 @@ def _mode(path) -> int:
 
 async def test_signup_login_status_logout(tmp_path, monkeypatch, capsys, home):
     async with running_cluster(tmp_path) as cluster:
+        # status judges the certificate at the cluster's time: each TOTP code moved that clock a
+        # step (30 s) ahead of the wall clock, past the certificate's 60 s backdating
+        monkeypatch.setattr(status_cli, "clock", cluster.clock)
         otp_uri = await signup_alice(cluster, monkeypatch, capsys, use_url=True)
         saved = Profile.load(home)
         assert (saved.user, saved.proxy, saved.web_pin) == ("alice", cluster.addr, cluster.web.pin)

@@ -169,8 +169,8 @@ def test_w11_a_terminal_on_the_clusters_node_in_a_real_browser(cluster: Cluster,
     typed(r"printf '\033[31mRED-TEXT\033[0m\n'", "\nRED-TEXT")
     assert page.evaluate(_COLOURED) == {"fg": 1, "mode": True}  # palette colour 1: red
 
-    before = typed("stty size", "\n")
     first = page.evaluate("() => [window.jumpgateTerminal.rows, window.jumpgateTerminal.cols]")
+    before = typed("stty size", f"\n{first[0]} {first[1]}")  # wait for the answer itself, not any newline
     page.set_viewport_size({"width": 700, "height": 450})
     page.wait_for_function(f"() => window.jumpgateTerminal.cols < {first[1]}", timeout=LIVE)
     size = page.evaluate("() => [window.jumpgateTerminal.rows, window.jumpgateTerminal.cols]")
