@@ -18,8 +18,12 @@ be an admin (the ``admin`` role in the certificate) or the session's owner (anot
 terminal of theirs); a peer of a session with a pty needs ``permit-pty``. A certificate
 with a force-command never reaches the join (the node runs its command instead).
 
->>> encode_request("3f2a...", "peer")[:4]          # doctest: +SKIP
->>> parser = RequestParser(); parser.feed(data)     # -> JoinRequest or None (need more)
+>>> data = encode_request("00000000-0000-0000-0000-000000000001", "peer")
+>>> parser = RequestParser()
+>>> parser.feed(data[:3]) is None                   # not whole yet: None (feed more)
+True
+>>> parser.feed(data[3:])
+JoinRequest(session_id='00000000-0000-0000-0000-000000000001', mode='peer')
 """
 from __future__ import annotations
 
