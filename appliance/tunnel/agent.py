@@ -191,20 +191,27 @@ class TunnelAgent:
     def api_factory(self) -> Callable[[], AsyncContextManager[ApiClient]]:
         """Connections to the auth API through the tunnel, with the membership current then
         (as :meth:`MembershipHolder.api_factory` makes them over TCP)."""
-        @contextlib.asynccontextmanager
-        async def factory() -> AsyncIterator[ApiClient]:
-            ident = self._holder.current
-            try:
-                stream = await self.open_api_stream()
-            except trio.TooSlowError:
-                raise ApiError("unavailable", "the tunnel to the proxy is down") from None
-            try:
-                async with ApiClient.connect(AUTH_NAME, identity=(ident.host_key, ident.host_cert),
-                                             host_ca_key=ident.host_ca, stream=stream) as api:
-                    yield api
-            finally:
-                await trio.aclose_forcefully(stream)
-        return factory
+        return api_factory_over(self.open_api_stream, self._holder, "the tunnel to the proxy is down")
+
+
+def api_factory_over(open_stream: Callable[[], Awaitable[trio.abc.Stream]], holder: MembershipHolder,
+                     down: str) -> Callable[[], AsyncContextManager[ApiClient]]:
+    """Connections to the auth API on channels ``open_stream`` opens (a tunnel's), each as the
+    membership current at its start; ``down`` is the ApiError's words when none opens in time."""
+    @contextlib.asynccontextmanager
+    async def factory() -> AsyncIterator[ApiClient]:
+        ident = holder.current
+        try:
+            stream = await open_stream()
+        except trio.TooSlowError:
+            raise ApiError("unavailable", down) from None
+        try:
+            async with ApiClient.connect(AUTH_NAME, identity=(ident.host_key, ident.host_cert),
+                                         host_ca_key=ident.host_ca, stream=stream) as api:
+                yield api
+        finally:
+            await trio.aclose_forcefully(stream)
+    return factory
 
 
 @contextlib.asynccontextmanager

@@ -23,18 +23,17 @@ every tunnel.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import AsyncContextManager
 
 import trio
 
 from ..addresses import TUNNEL_PORT, AddressError, parse_endpoint
-from ..api.client import ApiClient, ApiError
+from ..api.client import ApiClient
 from ..cluster_view import ClusterView
 from ..membership import MembershipHolder
-from .agent import AUTH_NAME, CONNECT_TIMEOUT, ServeNode, TunnelAgent
+from .agent import CONNECT_TIMEOUT, ServeNode, TunnelAgent, api_factory_over
 from .protocol import API_CHANNEL
 from .transport import tcp_connector
 
@@ -149,17 +148,4 @@ class TunnelFleet:
     def api_factory(self) -> Callable[[], AsyncContextManager[ApiClient]]:
         """Connections to the auth API through any tunnel that is up, as
         :meth:`TunnelAgent.api_factory` makes them through one."""
-        @contextlib.asynccontextmanager
-        async def factory() -> AsyncIterator[ApiClient]:
-            ident = self._holder.current
-            try:
-                stream = await self.open_api_stream()
-            except trio.TooSlowError:
-                raise ApiError("unavailable", "no tunnel to a proxy is up") from None
-            try:
-                async with ApiClient.connect(AUTH_NAME, identity=(ident.host_key, ident.host_cert),
-                                             host_ca_key=ident.host_ca, stream=stream) as api:
-                    yield api
-            finally:
-                await trio.aclose_forcefully(stream)
-        return factory
+        return api_factory_over(self.open_api_stream, self._holder, "no tunnel to a proxy is up")
